@@ -1,0 +1,344 @@
+//! Frame codec: a big-endian `u32` length followed by a postcard-encoded [`Frame`].
+//!
+//! Decoding is a pure function over a buffer ([`decode`]): it checks the length prefix
+//! against a maximum *before* allocating anything, so a peer cannot make us reserve memory
+//! by announcing a huge frame.
+
+use crate::{Error, Request, Response};
+
+/// Default largest frame accepted: 4 MiB.
+pub const DEFAULT_MAX_FRAME_LEN: u32 = 4 * 1024 * 1024;
+
+/// Bytes in the length prefix.
+pub const LEN_PREFIX: usize = 4;
+
+/// Who opens a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Role {
+    /// An application client (KV and PD lookups only).
+    Client,
+    /// A storage node, with the id it claims; the server checks it against the certificate.
+    Node(crate::NodeId),
+    /// A placement-driver server.
+    Pd,
+}
+
+/// First frame on every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Hello {
+    /// The sender's [`crate::PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// What the sender claims to be.
+    pub role: Role,
+}
+
+/// Server's answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HelloAck {
+    /// The server's protocol version.
+    pub protocol_version: u32,
+    /// What the server is.
+    pub role: Role,
+}
+
+/// One frame.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Frame {
+    /// Matches a response to its request on a multiplexed stream. 0 for the handshake.
+    pub request_id: u64,
+    /// Content.
+    pub body: FrameBody,
+}
+
+/// Frame content.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum FrameBody {
+    /// Connection handshake.
+    Hello(Hello),
+    /// Handshake answer: accepted, or refused with a typed error.
+    HelloAck(Result<HelloAck, Error>),
+    /// A request.
+    Request(crate::Request),
+    /// A response.
+    Response(Response),
+}
+
+impl Frame {
+    /// A request frame.
+    pub fn request(request_id: u64, req: Request) -> Self {
+        Frame { request_id, body: FrameBody::Request(req) }
+    }
+
+    /// A response frame.
+    pub fn response(request_id: u64, resp: Response) -> Self {
+        Frame { request_id, body: FrameBody::Response(resp) }
+    }
+}
+
+/// Codec failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The length prefix announces a frame larger than allowed. The stream is unusable.
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Announced length.
+        len: u64,
+        /// Limit.
+        max: u32,
+    },
+    /// The frame body is not a valid postcard [`Frame`]. The stream is unusable.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Encodes `frame` with its length prefix.
+pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
+    let mut out = vec![0u8; LEN_PREFIX];
+    out = postcard::to_extend(frame, out).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let body_len = out.len() - LEN_PREFIX;
+    let len = u32::try_from(body_len).map_err(|_| FrameError::TooLarge { len: body_len as u64, max: u32::MAX })?;
+    out[..LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
+}
+
+/// Reads the length prefix of `buf`, if complete, and checks it against `max`.
+pub fn check(buf: &[u8], max: u32) -> Result<Option<usize>, FrameError> {
+    if buf.len() < LEN_PREFIX {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if len > max {
+        return Err(FrameError::TooLarge { len: len as u64, max });
+    }
+    Ok(Some(len as usize))
+}
+
+/// Decodes one frame from the front of `buf`. Returns `None` when more bytes are needed,
+/// otherwise the frame and the number of bytes it used.
+pub fn decode(buf: &[u8], max: u32) -> Result<Option<(Frame, usize)>, FrameError> {
+    let Some(len) = check(buf, max)? else { return Ok(None) };
+    if buf.len() < LEN_PREFIX + len {
+        return Ok(None);
+    }
+    let body = &buf[LEN_PREFIX..LEN_PREFIX + len];
+    let frame = decode_body(body)?;
+    Ok(Some((frame, LEN_PREFIX + len)))
+}
+
+/// Decodes a frame body (without its length prefix). Trailing bytes are an error.
+pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
+    let (frame, rest) = postcard::take_from_bytes::<Frame>(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(FrameError::Malformed(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::*;
+    use proptest::prelude::*;
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..24)
+    }
+
+    fn epoch() -> impl Strategy<Value = RegionEpoch> {
+        (any::<u64>(), any::<u64>()).prop_map(|(conf_ver, version)| RegionEpoch { conf_ver, version })
+    }
+
+    fn peer() -> impl Strategy<Value = Peer> {
+        (any::<u64>(), any::<u64>()).prop_map(|(p, n)| Peer { id: PeerId(p), node_id: NodeId(n) })
+    }
+
+    fn region() -> impl Strategy<Value = RegionDescriptor> {
+        (any::<u64>(), bytes(), bytes(), epoch(), proptest::collection::vec(peer(), 0..4)).prop_map(
+            |(id, start_key, end_key, epoch, peers)| RegionDescriptor { id: RegionId(id), start_key, end_key, epoch, peers },
+        )
+    }
+
+    fn write_command() -> impl Strategy<Value = WriteCommand> {
+        prop_oneof![
+            (bytes(), bytes()).prop_map(|(key, value)| WriteCommand::Put { key, value }),
+            bytes().prop_map(|key| WriteCommand::Delete { key }),
+            (bytes(), bytes()).prop_map(|(key, value)| WriteCommand::Append { key, value }),
+            (bytes(), proptest::option::of(bytes()), proptest::option::of(bytes()))
+                .prop_map(|(key, expected, new)| WriteCommand::CompareAndSwap { key, expected, new }),
+            proptest::collection::vec((bytes(), bytes()), 0..4).prop_map(|pairs| WriteCommand::BatchPut { pairs }),
+        ]
+    }
+
+    fn kv_op() -> impl Strategy<Value = KvOp> {
+        prop_oneof![
+            bytes().prop_map(|key| KvOp::Get { key }),
+            proptest::collection::vec(bytes(), 0..4).prop_map(|keys| KvOp::BatchGet { keys }),
+            (bytes(), bytes(), any::<u32>(), any::<bool>())
+                .prop_map(|(start, end, limit, reverse)| KvOp::Scan { start, end, limit, reverse }),
+            (proptest::option::of((any::<u64>(), any::<u64>())), write_command()).prop_map(|(s, command)| KvOp::Write {
+                session: s.map(|(s, seq)| SessionSeq { session: SessionId(s), seq }),
+                command
+            }),
+        ]
+    }
+
+    fn pd_request() -> impl Strategy<Value = PdRequest> {
+        prop_oneof![
+            (any::<u64>(), ".{0,10}", any::<u64>()).prop_map(|(n, addr, capacity_bytes)| PdRequest::RegisterNode {
+                node_id: NodeId(n),
+                addr,
+                capacity_bytes
+            }),
+            (any::<u64>(), any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u64>(), 0..3)).prop_map(
+                |(n, region_count, used_bytes, hosted)| PdRequest::NodeHeartbeat {
+                    node_id: NodeId(n),
+                    stats: NodeStats { region_count, leader_count: 0, used_bytes },
+                    hosted: hosted.into_iter().map(RegionId).collect(),
+                }
+            ),
+            (any::<u64>(), region(), peer(), any::<u64>()).prop_map(|(n, region, leader, term)| {
+                PdRequest::RegionHeartbeat {
+                    node_id: NodeId(n),
+                    regions: vec![RegionStats { region, leader, term, approximate_size: 1, approximate_keys: 2 }],
+                }
+            }),
+            bytes().prop_map(|key| PdRequest::GetRegion { key }),
+            any::<u64>().prop_map(|r| PdRequest::GetRegionById { region_id: RegionId(r) }),
+            (bytes(), bytes(), any::<u32>()).prop_map(|(start, end, limit)| PdRequest::ScanRegions { start, end, limit }),
+            Just(PdRequest::GetNodes),
+            Just(PdRequest::AllocSession),
+        ]
+    }
+
+    fn request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            (any::<u64>(), epoch(), any::<u32>(), any::<bool>(), kv_op()).prop_map(|(r, epoch, timeout_ms, stale, op)| {
+                Request::Kv(KvRequest {
+                    header: RequestHeader {
+                        region_id: RegionId(r),
+                        epoch,
+                        timeout_ms,
+                        consistency: if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable },
+                    },
+                    op,
+                })
+            }),
+            (any::<u64>(), any::<u64>(), bytes()).prop_map(|(r, p, payload)| Request::Raft(RaftRequest {
+                region_id: RegionId(r),
+                to_peer: PeerId(p),
+                kind: RaftRpcKind::AppendEntries,
+                payload
+            })),
+            pd_request().prop_map(Request::Pd),
+        ]
+    }
+
+    fn error() -> impl Strategy<Value = Error> {
+        prop_oneof![
+            (any::<u64>(), proptest::option::of((peer(), ".{0,8}"))).prop_map(|(r, l)| Error::NotLeader {
+                region_id: RegionId(r),
+                leader: l.map(|(peer, addr)| LeaderHint { peer, addr }),
+            }),
+            proptest::collection::vec(region(), 0..3).prop_map(|current| Error::EpochNotMatch { current }),
+            (bytes(), any::<u64>(), bytes(), bytes()).prop_map(|(key, r, start_key, end_key)| Error::KeyNotInRegion {
+                key,
+                region_id: RegionId(r),
+                start_key,
+                end_key
+            }),
+            any::<u64>().prop_map(|r| Error::RegionNotFound { region_id: RegionId(r) }),
+            any::<u32>().prop_map(|retry_after_ms| Error::ServerBusy { retry_after_ms }),
+            Just(Error::DeadlineExceeded),
+            (any::<u64>(), any::<u64>()).prop_map(|(len, max)| Error::KeyTooLarge { len, max }),
+            (any::<u64>(), any::<u64>()).prop_map(|(len, max)| Error::ValueTooLarge { len, max }),
+            ".{0,12}".prop_map(|reason| Error::InvalidRequest { reason }),
+            ".{0,12}".prop_map(|reason| Error::PermissionDenied { reason }),
+            (any::<u32>(), any::<u32>()).prop_map(|(ours, theirs)| Error::UnsupportedVersion { ours, theirs }),
+            Just(Error::NotBootstrapped),
+            any::<u64>().prop_map(|r| Error::WriteUndetermined { region_id: RegionId(r) }),
+        ]
+    }
+
+    fn response() -> impl Strategy<Value = Response> {
+        prop_oneof![
+            proptest::option::of(bytes()).prop_map(|v| Ok(ResponseBody::Kv(KvResponse::Value(v)))),
+            proptest::collection::vec(proptest::option::of(bytes()), 0..3)
+                .prop_map(|v| Ok(ResponseBody::Kv(KvResponse::Values(v)))),
+            (proptest::collection::vec((bytes(), bytes()), 0..3), proptest::option::of(bytes()))
+                .prop_map(|(pairs, resume_key)| Ok(ResponseBody::Kv(KvResponse::Scan { pairs, resume_key }))),
+            (any::<bool>(), proptest::option::of(bytes())).prop_map(|(succeeded, previous)| Ok(ResponseBody::Kv(
+                KvResponse::Write(WriteResult::CompareAndSwap { succeeded, previous })
+            ))),
+            bytes().prop_map(|payload| Ok(ResponseBody::Raft(RaftResponse { payload }))),
+            (region(), proptest::option::of(peer())).prop_map(|(region, leader)| Ok(ResponseBody::Pd(PdResponse::Region(
+                RegionRoute { region, leader, peer_addrs: vec!["127.0.0.1:1".into()] }
+            )))),
+            any::<u64>().prop_map(|s| Ok(ResponseBody::Pd(PdResponse::Session(SessionId(s))))),
+            error().prop_map(Err),
+        ]
+    }
+
+    fn frame() -> impl Strategy<Value = Frame> {
+        prop_oneof![
+            (any::<u32>(), any::<u64>()).prop_map(|(v, n)| Frame {
+                request_id: 0,
+                body: FrameBody::Hello(Hello { protocol_version: v, role: Role::Node(NodeId(n)) })
+            }),
+            error().prop_map(|e| Frame { request_id: 0, body: FrameBody::HelloAck(Err(e)) }),
+            Just(Frame {
+                request_id: 0,
+                body: FrameBody::HelloAck(Ok(HelloAck { protocol_version: 1, role: Role::Pd }))
+            }),
+            (any::<u64>(), request()).prop_map(|(id, r)| Frame::request(id, r)),
+            (any::<u64>(), response()).prop_map(|(id, r)| Frame::response(id, r)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_frame_round_trips(f in frame()) {
+            let bytes = encode(&f).unwrap();
+            let (back, used) = decode(&bytes, DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
+            prop_assert_eq!(used, bytes.len());
+            prop_assert_eq!(back, f);
+        }
+
+        #[test]
+        fn truncated_frames_ask_for_more(f in frame(), cut in 0usize..64) {
+            let bytes = encode(&f).unwrap();
+            let cut = cut.min(bytes.len().saturating_sub(1));
+            prop_assert_eq!(decode(&bytes[..cut], DEFAULT_MAX_FRAME_LEN).unwrap(), None);
+        }
+
+        #[test]
+        fn garbage_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&buf, DEFAULT_MAX_FRAME_LEN);
+        }
+    }
+
+    #[test]
+    fn oversized_length_prefix_is_refused_before_reading_the_body() {
+        let buf = (DEFAULT_MAX_FRAME_LEN + 1).to_be_bytes();
+        assert_eq!(
+            decode(&buf, DEFAULT_MAX_FRAME_LEN),
+            Err(FrameError::TooLarge { len: DEFAULT_MAX_FRAME_LEN as u64 + 1, max: DEFAULT_MAX_FRAME_LEN })
+        );
+    }
+
+    #[test]
+    fn garbage_body_is_malformed() {
+        let mut buf = 3u32.to_be_bytes().to_vec();
+        buf.extend_from_slice(&[0xff, 0xff, 0xff]);
+        assert!(matches!(decode(&buf, DEFAULT_MAX_FRAME_LEN), Err(FrameError::Malformed(_))));
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let mut bytes = encode(&Frame::response(7, Err(Error::DeadlineExceeded))).unwrap();
+        bytes.push(0);
+        let len = (bytes.len() - LEN_PREFIX) as u32;
+        bytes[..4].copy_from_slice(&len.to_be_bytes());
+        assert!(matches!(decode(&bytes, DEFAULT_MAX_FRAME_LEN), Err(FrameError::Malformed(_))));
+    }
+}
