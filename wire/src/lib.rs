@@ -29,6 +29,8 @@ mod ids;
 mod kv;
 mod limits;
 mod pd;
+#[cfg(feature = "quic")]
+pub mod quic;
 mod region;
 
 pub use error::{Error, RetryAction};

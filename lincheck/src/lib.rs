@@ -1,0 +1,1 @@
+//! lincheck (stub).
