@@ -1,1 +1,35 @@
+//! The Tessera storage node.
+//!
+//! A node hosts many regions; each region is one openraft group replicated on three nodes.
+//! All regions share one redb database (their logs, votes and state machines) written by a
+//! single group-commit writer, and one QUIC endpoint through which clients, peers and PD
+//! reach the node.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), tessera_node::NodeError> {
+//! use tessera_node::{Node, NodeConfig};
+//! use tessera_wire::NodeId;
+//! let dir = std::path::Path::new("./data");
+//! let tls = tessera_certs::TlsFiles::node(&dir.join("certs"), NodeId(1));
+//! let cfg = NodeConfig::new(NodeId(1), "127.0.0.1:0".parse().unwrap(), dir.join("node-1"), vec!["127.0.0.1:7379".into()], tls);
+//! let node = Node::start(cfg).await?;
+//! println!("listening on {}", node.local_addr());
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Main types: [`Node`], [`NodeConfig`]. Internals: [`storage`] (the redb engine, log store,
+//! state machine), `raft` (type configuration and network), `service` (request handling).
 
+mod config;
+mod error;
+mod node;
+mod pd_client;
+pub mod raft;
+mod region;
+mod service;
+pub mod storage;
+
+pub use config::{NodeConfig, RaftTiming};
+pub use error::NodeError;
+pub use node::Node;

@@ -1,0 +1,93 @@
+//! Node configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tessera_certs::TlsFiles;
+use tessera_wire::{Limits, NodeId};
+
+/// Configuration of a storage node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id; must match its certificate.
+    pub node_id: NodeId,
+    /// UDP address to listen on (QUIC).
+    pub listen: SocketAddr,
+    /// Address advertised to PD, peers and clients (default: the bound address).
+    pub advertise: Option<String>,
+    /// Data directory (holds `node.redb`).
+    pub data_dir: PathBuf,
+    /// PD addresses.
+    pub pd_endpoints: Vec<String>,
+    /// Certificate files.
+    pub tls: TlsFiles,
+    /// Raft timing.
+    pub raft: RaftTiming,
+    /// Interval of store and region heartbeats to PD.
+    pub heartbeat_interval: Duration,
+    /// Default time a request may take when the client sets none.
+    pub default_request_timeout: Duration,
+    /// Request size limits.
+    pub limits: Limits,
+    /// Capacity reported to PD, in bytes.
+    pub capacity_bytes: u64,
+}
+
+/// Raft timing parameters.
+#[derive(Debug, Clone)]
+pub struct RaftTiming {
+    /// Leader heartbeat interval (ms).
+    pub heartbeat_ms: u64,
+    /// Minimum election timeout (ms).
+    pub election_min_ms: u64,
+    /// Maximum election timeout (ms).
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_every: u64,
+    /// Entries kept in the log after a snapshot, for lagging followers.
+    pub keep_after_snapshot: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming { heartbeat_ms: 150, election_min_ms: 800, election_max_ms: 1600, snapshot_every: 10_000, keep_after_snapshot: 2_000 }
+    }
+}
+
+impl NodeConfig {
+    /// A configuration with defaults for everything but identity, addresses and files.
+    pub fn new(node_id: NodeId, listen: SocketAddr, data_dir: PathBuf, pd_endpoints: Vec<String>, tls: TlsFiles) -> Self {
+        NodeConfig {
+            node_id,
+            listen,
+            advertise: None,
+            data_dir,
+            pd_endpoints,
+            tls,
+            raft: RaftTiming::default(),
+            heartbeat_interval: Duration::from_millis(500),
+            default_request_timeout: Duration::from_secs(10),
+            limits: Limits::DEFAULT,
+            capacity_bytes: 100 * 1024 * 1024 * 1024,
+        }
+    }
+
+    /// Checks the configuration is usable.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_id.0 == 0 {
+            return Err("node id must be at least 1".into());
+        }
+        if self.pd_endpoints.is_empty() {
+            return Err("at least one PD endpoint is required".into());
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 || r.election_min_ms <= r.heartbeat_ms * 2 || r.election_max_ms <= r.election_min_ms {
+            return Err("raft timing must satisfy 0 < 2*heartbeat < election_min < election_max".into());
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err("heartbeat interval must be positive".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,245 @@
+//! A storage node: start-up, recovery, PD heartbeats and shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tessera_wire::quic::{ConnectionPool, Server, TransportConfig};
+use tessera_wire::{NodeId, PdRequest, PdResponse, RegionDescriptor, Role};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::pd_client::{led_region_stats, node_stats, PdClient};
+use crate::raft::network::{AddressBook, NetworkFactory};
+use crate::raft::types::Raft;
+use crate::region::{NodeContext, Region, RegionMap};
+use crate::service::NodeService;
+use crate::storage::engine::io_err;
+use crate::storage::records::{decode, encode, RegionRecord};
+use crate::storage::{Engine, RegionLogStore, RegionShared, RegionStateMachine};
+
+/// A running storage node.
+#[derive(Debug)]
+pub struct Node {
+    node_id: NodeId,
+    local_addr: SocketAddr,
+    ctx: NodeContext,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Shared {
+    cfg: NodeConfig,
+    ctx: NodeContext,
+    pool: ConnectionPool,
+    raft_config: Arc<openraft::Config>,
+    advertise: String,
+}
+
+impl Node {
+    /// Opens the data directory, recovers every hosted region, starts serving and registers
+    /// with PD.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        cfg.validate().map_err(NodeError::Config)?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| NodeError::Config(format!("data dir {}: {e}", cfg.data_dir.display())))?;
+        let engine = Engine::open(&cfg.data_dir.join("node.redb"))?;
+        let server_tls = tessera_certs::server_tls_config(&cfg.tls).map_err(|e| NodeError::Tls(e.to_string()))?;
+        let client_tls = tessera_certs::client_tls_config(&cfg.tls).map_err(|e| NodeError::Tls(e.to_string()))?;
+        let server = Server::bind(cfg.listen, server_tls, Some(client_tls), Role::Node(cfg.node_id), TransportConfig::default())
+            .map_err(|e| NodeError::Transport(e.to_string()))?;
+        let local_addr = server.local_addr();
+        let advertise = cfg.advertise.clone().unwrap_or_else(|| local_addr.to_string());
+        let pool = ConnectionPool::new(server.client());
+        let ctx = NodeContext { engine: engine.clone(), book: AddressBook::default(), regions: Arc::new(RegionMap::default()) };
+        ctx.book.set(cfg.node_id, advertise.clone());
+        let raft_config = openraft::Config {
+            cluster_name: "tessera".into(),
+            heartbeat_interval: cfg.raft.heartbeat_ms,
+            election_timeout_min: cfg.raft.election_min_ms,
+            election_timeout_max: cfg.raft.election_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.raft.snapshot_every),
+            max_in_snapshot_log_to_keep: cfg.raft.keep_after_snapshot,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate().map_err(|e| NodeError::Config(e.to_string()))?);
+        let shared = Arc::new(Shared { cfg: cfg.clone(), ctx: ctx.clone(), pool: pool.clone(), raft_config, advertise });
+
+        // Recover every region this node hosts.
+        let records = load_region_records(&engine).map_err(|e| NodeError::Storage(e.into()))?;
+        for desc in records {
+            open_region(&shared, desc).await?;
+        }
+        tracing::info!(node_id = cfg.node_id.0, addr = %local_addr, regions = ctx.regions.ids().len(), "node started");
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let service = Arc::new(NodeService {
+            ctx: ctx.clone(),
+            limits: cfg.limits,
+            default_timeout: cfg.default_request_timeout,
+        });
+        let mut rx = shutdown_rx.clone();
+        let serve = tokio::spawn(async move {
+            server
+                .serve(service, Arc::new(tessera_certs::ClusterAuthenticator::new()), async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        let hb = tokio::spawn(heartbeat_loop(shared.clone(), shutdown_rx));
+        Ok(Node { node_id: cfg.node_id, local_addr, ctx, shutdown, tasks: vec![serve, hb] })
+    }
+
+    /// The address the node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Number of hosted regions.
+    pub fn region_count(&self) -> usize {
+        self.ctx.regions.ids().len()
+    }
+
+    /// Number of regions this node leads.
+    pub fn leader_count(&self) -> usize {
+        self.ctx.regions.all().iter().filter(|r| r.is_leader()).count()
+    }
+
+    /// Group-commit counters: (commits/fsyncs, jobs, raft log entries).
+    pub fn commit_stats(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = self.ctx.engine.stats();
+        (s.commits.load(Relaxed), s.jobs.load(Relaxed), s.log_entries.load(Relaxed))
+    }
+
+    /// Stops serving, shuts every Raft group down and waits for the tasks to end.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for region in self.ctx.regions.all() {
+            let _ = region.raft.shutdown().await;
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        tracing::info!(node_id = self.node_id.0, "node stopped");
+    }
+}
+
+fn load_region_records(engine: &Engine) -> std::io::Result<Vec<RegionDescriptor>> {
+    use redb::ReadableTable;
+    let txn = engine.read()?;
+    let t = txn.open_table(crate::storage::tables::REGIONS).map_err(io_err)?;
+    let mut out = Vec::new();
+    for row in t.iter().map_err(io_err)? {
+        let (_, v) = row.map_err(io_err)?;
+        out.push(decode::<RegionRecord>(v.value())?.to_descriptor());
+    }
+    Ok(out)
+}
+
+async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Region>, NodeError> {
+    let region_err = |reason: String| NodeError::Region { region_id: desc.id.0, reason };
+    let Some(peer) = desc.peer_on(shared.cfg.node_id) else {
+        return Err(region_err("this node hosts no peer of the region".into()));
+    };
+    let engine = &shared.ctx.engine;
+    let log = RegionLogStore::open(engine, desc.id.0).map_err(|e| region_err(e.to_string()))?;
+    let region_shared = RegionShared::new(desc.clone());
+    let sm = RegionStateMachine::open(engine, region_shared.clone()).map_err(|e| region_err(e.to_string()))?;
+    let network = NetworkFactory { region_id: desc.id, pool: shared.pool.clone(), book: shared.ctx.book.clone() };
+    let raft = Raft::new(peer.id.0, shared.raft_config.clone(), network, log, sm).await.map_err(|e| region_err(e.to_string()))?;
+    let region = Arc::new(Region { id: desc.id, peer, raft, shared: region_shared, incoming: Default::default() });
+    shared.ctx.regions.insert(region.clone());
+    Ok(region)
+}
+
+/// Creates a region PD assigned to this node: persists its record, starts its Raft group
+/// and, on the peer with the lowest id, initialises the group's membership.
+async fn create_region(shared: &Shared, desc: RegionDescriptor) -> Result<(), NodeError> {
+    if shared.ctx.regions.get(desc.id).is_some() {
+        return Ok(());
+    }
+    let record = encode(&RegionRecord::from_descriptor(&desc)).map_err(|e| NodeError::Storage(e.into()))?;
+    let id = desc.id.0;
+    shared
+        .ctx
+        .engine
+        .write(Box::new(move |txn| {
+            let mut t = txn.open_table(crate::storage::tables::REGIONS).map_err(io_err)?;
+            t.insert(id, record.as_slice()).map_err(io_err)?;
+            Ok(())
+        }))
+        .await
+        .map_err(|e| NodeError::Storage(e.into()))?;
+    let region = open_region(shared, desc.clone()).await?;
+    let first = desc.peers.iter().map(|p| p.id).min();
+    if first == Some(region.peer.id) {
+        let initialized = region.raft.is_initialized().await.unwrap_or(true);
+        if !initialized {
+            if let Err(e) = region.raft.initialize(Region::initial_members(&desc)).await {
+                tracing::warn!(region_id = id, error = %e, "initialising region membership failed");
+            }
+        }
+    }
+    tracing::info!(region_id = id, peer = region.peer.id.0, "region created");
+    Ok(())
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let pd = PdClient::new(shared.cfg.pd_endpoints.clone(), shared.pool.clone());
+    let node_id = shared.cfg.node_id;
+    let mut registered = false;
+    let mut ticker = tokio::time::interval(shared.cfg.heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if !registered {
+            let req = PdRequest::RegisterNode { node_id, addr: shared.advertise.clone(), capacity_bytes: shared.cfg.capacity_bytes };
+            match pd.call(req).await {
+                Ok(_) => {
+                    registered = true;
+                    tracing::info!(node_id = node_id.0, "registered with PD");
+                }
+                Err(e) => {
+                    tracing::warn!(node_id = node_id.0, error = %e, "registering with PD failed; retrying");
+                    continue;
+                }
+            }
+        }
+        let hb = PdRequest::NodeHeartbeat { node_id, stats: node_stats(&shared.ctx), hosted: shared.ctx.regions.ids() };
+        match pd.call(hb).await {
+            Ok(PdResponse::NodeHeartbeat { create, nodes }) => {
+                for n in nodes {
+                    shared.ctx.book.set(n.id, n.addr);
+                }
+                for desc in create {
+                    if let Err(e) = create_region(&shared, desc).await {
+                        tracing::error!(node_id = node_id.0, error = %e, "creating region failed");
+                    }
+                }
+            }
+            Ok(other) => tracing::warn!(node_id = node_id.0, answer = ?other, "unexpected heartbeat answer"),
+            Err(e) => {
+                tracing::warn!(node_id = node_id.0, error = %e, "store heartbeat failed");
+                if matches!(&e, crate::pd_client::PdCallError::Refused(tessera_wire::Error::InvalidRequest { .. })) {
+                    registered = false;
+                }
+                continue;
+            }
+        }
+        let regions = led_region_stats(&shared.ctx);
+        if !regions.is_empty() {
+            if let Err(e) = pd.call(PdRequest::RegionHeartbeat { node_id, regions }).await {
+                tracing::debug!(node_id = node_id.0, error = %e, "region heartbeat failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Raft integration: type configuration and the node-to-node network.
+
+pub mod network;
+pub mod types;

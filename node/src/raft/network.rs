@@ -1,0 +1,204 @@
+//! openraft's network over the node's QUIC connection pool.
+//!
+//! Every region's Raft group sends through the same [`ConnectionPool`], so two nodes share
+//! one QUIC connection whatever the number of regions between them. Raft messages travel as
+//! [`tessera_wire::RaftRequest`]s whose payload is the postcard encoding of openraft's
+//! message (the openraft version is pinned exactly, which fixes that encoding).
+//! Snapshots are streamed in chunks of at most [`SNAPSHOT_CHUNK`] bytes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::OptionalSend;
+use serde::{Deserialize, Serialize};
+use tessera_wire::quic::ConnectionPool;
+use tessera_wire::{NodeId, PeerId, RaftRequest, RaftRpcKind, RegionId, Request, ResponseBody};
+
+use super::types::{PeerNode, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
+
+/// Largest snapshot chunk sent in one request.
+pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+
+/// Node id to address, learnt from PD. Shared by all regions.
+#[derive(Debug, Clone, Default)]
+pub struct AddressBook(Arc<RwLock<HashMap<NodeId, String>>>);
+
+impl AddressBook {
+    /// The address of `node`.
+    pub fn get(&self, node: NodeId) -> Option<String> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).get(&node).cloned()
+    }
+
+    /// Records `node`'s address.
+    pub fn set(&self, node: NodeId, addr: String) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(node, addr);
+    }
+}
+
+/// One chunk of a streamed snapshot (node-internal encoding inside a Raft payload).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// Identifies the transfer: (vote term-ish hash, last log index) chosen by the sender.
+    pub transfer_id: u64,
+    /// Byte offset of `data` in the snapshot.
+    pub offset: u64,
+    /// Bytes.
+    pub data: Vec<u8>,
+    /// Present on the last chunk: the leader's vote and the snapshot's metadata.
+    pub done: Option<(Vote, SnapshotMeta)>,
+}
+
+/// Creates per-peer network clients for one region.
+#[derive(Debug, Clone)]
+pub struct NetworkFactory {
+    pub(crate) region_id: RegionId,
+    pub(crate) pool: ConnectionPool,
+    pub(crate) book: AddressBook,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: u64, node: &PeerNode) -> Self::Network {
+        PeerNetwork {
+            region_id: self.region_id,
+            target: PeerId(target),
+            node_id: NodeId(node.node_id),
+            pool: self.pool.clone(),
+            book: self.book.clone(),
+        }
+    }
+}
+
+/// The network client towards one peer of one region.
+#[derive(Debug)]
+pub struct PeerNetwork {
+    region_id: RegionId,
+    target: PeerId,
+    node_id: NodeId,
+    pool: ConnectionPool,
+    book: AddressBook,
+}
+
+#[derive(Debug)]
+enum SendError {
+    Unreachable(String),
+    Network(String),
+}
+
+impl PeerNetwork {
+    async fn send(&self, kind: RaftRpcKind, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, SendError> {
+        let addr = self
+            .book
+            .get(self.node_id)
+            .ok_or_else(|| SendError::Unreachable(format!("no address known for node {}", self.node_id)))?;
+        let req = Request::Raft(RaftRequest { region_id: self.region_id, to_peer: self.target, kind, payload });
+        match self.pool.call(&addr, req, timeout).await {
+            Ok(Ok(ResponseBody::Raft(r))) => Ok(r.payload),
+            Ok(Ok(other)) => Err(SendError::Network(format!("unexpected response {other:?}"))),
+            Ok(Err(e)) => Err(SendError::Unreachable(e.to_string())),
+            Err(e) => {
+                if !e.may_have_been_delivered() {
+                    self.pool.evict(&addr);
+                }
+                Err(SendError::Unreachable(e.to_string()))
+            }
+        }
+    }
+
+    async fn rpc<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
+        &self,
+        kind: RaftRpcKind,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let payload = postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+        match self.send(kind, payload, timeout).await {
+            Ok(bytes) => postcard::from_bytes(&bytes).map_err(|e| RPCError::Network(NetworkError::from_string(e))),
+            Err(SendError::Unreachable(e)) => Err(RPCError::Unreachable(Unreachable::from_string(e))),
+            Err(SendError::Network(e)) => Err(RPCError::Network(NetworkError::from_string(e))),
+        }
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerNetwork {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(RaftRpcKind::AppendEntries, &rpc, option.soft_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(RaftRpcKind::Vote, &rpc, option.soft_ttl()).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(RaftRpcKind::PreVote, &rpc, option.soft_ttl()).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let data = snapshot.snapshot.into_inner();
+        let transfer_id = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            format!("{:?}{:?}", vote, snapshot.meta.last_log_id).hash(&mut h);
+            data.len().hash(&mut h);
+            h.finish()
+        };
+        let timeout = option.hard_ttl().max(Duration::from_secs(10));
+        let send_all = async {
+            let mut offset = 0usize;
+            loop {
+                let end = (offset + SNAPSHOT_CHUNK).min(data.len());
+                let last = end == data.len();
+                let chunk = SnapshotChunk {
+                    transfer_id,
+                    offset: offset as u64,
+                    data: data[offset..end].to_vec(),
+                    done: if last { Some((vote.clone(), snapshot.meta.clone())) } else { None },
+                };
+                let resp: Option<SnapshotResponse<TypeConfig>> = self
+                    .rpc(RaftRpcKind::SnapshotChunk, &chunk, timeout)
+                    .await
+                    .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))?;
+                if last {
+                    return resp.ok_or_else(|| {
+                        StreamingError::Network(NetworkError::from_string("snapshot receiver returned no response"))
+                    });
+                }
+                offset = end;
+            }
+        };
+        tokio::select! {
+            r = send_all => r,
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
+    }
+
+    fn backoff(&self) -> Option<openraft::network::Backoff> {
+        Some(openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200))))
+    }
+}

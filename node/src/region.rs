@@ -1,0 +1,100 @@
+//! A region replica hosted by this node: its Raft handle and shared state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use openraft::async_runtime::watch::WatchReceiver;
+
+use tessera_wire::{LeaderHint, Peer, RegionDescriptor, RegionId};
+
+use crate::raft::network::AddressBook;
+use crate::raft::types::{PeerNode, Raft};
+use crate::storage::{Engine, RegionShared};
+
+/// A snapshot being received in chunks.
+#[derive(Debug, Default)]
+pub struct IncomingSnapshot {
+    /// Transfer being assembled.
+    pub transfer_id: u64,
+    /// Bytes so far.
+    pub data: Vec<u8>,
+}
+
+/// One replica of a region on this node.
+pub struct Region {
+    /// Region id.
+    pub id: RegionId,
+    /// This node's peer of the region.
+    pub peer: Peer,
+    /// The Raft group handle.
+    pub raft: Raft,
+    /// Descriptor and statistics.
+    pub shared: Arc<RegionShared>,
+    /// Snapshot being received.
+    pub incoming: Mutex<IncomingSnapshot>,
+}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region").field("id", &self.id).field("peer", &self.peer).finish()
+    }
+}
+
+impl Region {
+    /// The leader as this replica knows it, with its node's address.
+    pub fn leader_hint(&self, book: &AddressBook) -> Option<LeaderHint> {
+        let leader = self.raft.metrics().borrow_watched().current_leader?;
+        let peer = self.shared.descriptor().peer(tessera_wire::PeerId(leader))?;
+        let addr = book.get(peer.node_id)?;
+        Some(LeaderHint { peer, addr })
+    }
+
+    /// True when this replica currently believes it leads the region.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().current_leader == Some(self.peer.id.0)
+    }
+
+    /// The Raft membership for a region's initial configuration.
+    pub fn initial_members(desc: &RegionDescriptor) -> BTreeMap<u64, PeerNode> {
+        desc.peers.iter().map(|p| (p.id.0, PeerNode { node_id: p.node_id.0 })).collect()
+    }
+}
+
+/// The regions hosted by this node.
+#[derive(Debug, Default)]
+pub struct RegionMap {
+    regions: RwLock<HashMap<RegionId, Arc<Region>>>,
+}
+
+impl RegionMap {
+    /// The region with `id`.
+    pub fn get(&self, id: RegionId) -> Option<Arc<Region>> {
+        self.regions.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    /// Adds a region.
+    pub fn insert(&self, region: Arc<Region>) {
+        self.regions.write().unwrap_or_else(|p| p.into_inner()).insert(region.id, region);
+    }
+
+    /// All regions.
+    pub fn all(&self) -> Vec<Arc<Region>> {
+        self.regions.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// Ids of all regions.
+    pub fn ids(&self) -> Vec<RegionId> {
+        self.regions.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
+    }
+}
+
+/// Engine-level context every region shares.
+#[derive(Debug, Clone)]
+pub struct NodeContext {
+    /// Storage.
+    pub engine: Engine,
+    /// Node addresses.
+    pub book: AddressBook,
+    /// Hosted regions.
+    pub regions: Arc<RegionMap>,
+}

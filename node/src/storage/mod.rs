@@ -1,0 +1,59 @@
+//! Node storage: one redb database per node holding every region's Raft log, vote and
+//! state machine.
+//!
+//! * [`engine`]: the database and its single writer thread, which batches the writes of all
+//!   regions into one write transaction and one fsync (group commit), then completes them.
+//!   A failed commit fail-stops the engine.
+//! * [`log_store`]: openraft's `RaftLogStorage` for one region.
+//! * [`state_machine`]: openraft's `RaftStateMachine` for one region, with the
+//!   exactly-once dedup table.
+//! * [`records`]: the on-disk record types (versioned; never wire types).
+
+pub mod engine;
+pub mod log_store;
+pub mod records;
+pub mod state_machine;
+pub(crate) mod tables;
+
+pub use engine::{CommitStats, Engine, StorageError};
+pub use log_store::RegionLogStore;
+pub use state_machine::{RegionShared, RegionStateMachine};
+
+#[cfg(test)]
+mod conformance {
+    //! openraft's storage conformance suite, run against the redb store.
+
+    use openraft::testing::log::{StoreBuilder, Suite};
+    use openraft::StorageError as RaftStorageError;
+    use tessera_wire::{NodeId, Peer, PeerId, RegionDescriptor, RegionEpoch, RegionId};
+
+    use super::*;
+    use crate::raft::types::TypeConfig;
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, RegionLogStore, RegionStateMachine, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, RegionLogStore, RegionStateMachine), RaftStorageError<TypeConfig>> {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let engine = Engine::open(&dir.path().join("node.redb")).expect("open engine");
+            let desc = RegionDescriptor {
+                id: RegionId(7),
+                start_key: vec![],
+                end_key: vec![],
+                epoch: RegionEpoch { conf_ver: 1, version: 1 },
+                peers: vec![Peer { id: PeerId(1), node_id: NodeId(1) }],
+            };
+            let log = RegionLogStore::open(&engine, 7).expect("open log");
+            let sm = RegionStateMachine::open(&engine, RegionShared::new(desc)).expect("open sm");
+            Ok((dir, log, sm))
+        }
+    }
+
+    #[test]
+    fn openraft_storage_conformance_suite_passes() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            Suite::test_all(Builder).await.expect("conformance suite");
+        });
+    }
+}

@@ -1,0 +1,40 @@
+//! Table definitions. The byte layout is documented in `docs/storage.md`.
+
+use redb::TableDefinition;
+
+/// Raft log entries: (region id, log index) -> postcard `Entry`.
+pub const LOGS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("raft_log");
+/// Raft metadata: (region id, name) -> postcard value. Names: `vote`, `purged`, `committed`.
+pub const RAFT_META: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("raft_meta");
+/// User data: region id (8 bytes, big-endian) ++ user key -> value.
+pub const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
+/// State machine metadata: region id -> postcard `SmMetaRecord`.
+pub const SM_META: TableDefinition<u64, &[u8]> = TableDefinition::new("sm_meta");
+/// Exactly-once table: (region, session, seq) -> postcard `DedupRecord`.
+pub const DEDUP: TableDefinition<(u64, u64, u64), &[u8]> = TableDefinition::new("dedup");
+/// Dedup eviction index: (region, applied log index) -> (session, seq).
+pub const DEDUP_INDEX: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("dedup_index");
+/// Regions hosted by this node: region id -> postcard `RegionRecord`.
+pub const REGIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("regions");
+
+/// The DATA-table key of `key` in `region`.
+pub fn data_key(region: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&region.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// The DATA-table key range `[start, end)` of `region` (empty `end`: to the region's end).
+pub fn data_range(region: u64, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let lo = data_key(region, start);
+    let hi = if end.is_empty() {
+        match region.checked_add(1) {
+            Some(next) => next.to_be_bytes().to_vec(),
+            None => vec![0xff; 9],
+        }
+    } else {
+        data_key(region, end)
+    };
+    (lo, hi)
+}

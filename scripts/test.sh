@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every Tessera test. Installs what it needs itself (the wasm32 target, cargo-nextest
+# if missing), so it works on a fresh machine. Used verbatim by CI (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain: wasm32-unknown-unknown target"
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    rustup target add wasm32-unknown-unknown
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+    step "installing cargo-nextest"
+    cargo install cargo-nextest --locked
+fi
+
+step "wasm32 build of the SDK core (no tokio, quinn or redb)"
+cargo build -p tessera --no-default-features --target wasm32-unknown-unknown
+if cargo tree -p tessera --no-default-features --target wasm32-unknown-unknown -e normal | grep -Eq '^.*(tokio|quinn|redb) v'; then
+    echo "error: the SDK core pulls in tokio, quinn or redb" >&2
+    exit 1
+fi
+
+step "unit, property and cluster tests"
+cargo nextest run --workspace --profile ci --no-fail-fast
+
+step "doc tests"
+cargo test --workspace --doc
