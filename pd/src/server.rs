@@ -1,0 +1,104 @@
+//! The running PD: storage, metadata and the QUIC endpoint, with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_certs::ClusterAuthenticator;
+use tessera_wire::quic::{Server, TransportConfig};
+use tessera_wire::Role;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::{PdConfig, PdError};
+use crate::meta::ClusterMeta;
+use crate::service::PdService;
+use crate::store::Store;
+
+/// Name of the metadata database inside [`PdConfig::data_dir`].
+pub const DB_FILE: &str = "pd.redb";
+
+/// A running placement driver. Dropping it without [`PdServer::shutdown`] also stops the
+/// endpoint, but does not wait for in-flight requests.
+#[derive(Debug)]
+pub struct PdServer {
+    local_addr: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl PdServer {
+    /// Validates `cfg`, opens and loads the metadata database, builds the TLS configuration,
+    /// binds the listen address and starts serving.
+    pub async fn start(cfg: PdConfig) -> Result<PdServer, PdError> {
+        cfg.validate()?;
+        let meta_config = cfg.meta_config();
+        let data_dir = cfg.data_dir.clone();
+        let db_path = data_dir.join(DB_FILE);
+        // Opening redb reads (and may repair) the file: blocking work.
+        let (meta, store, epoch) = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&data_dir).map_err(|source| PdError::DataDir {
+                path: data_dir.clone(),
+                source,
+            })?;
+            let storage = |source| PdError::Storage {
+                path: db_path.clone(),
+                source,
+            };
+            let store = Store::open(&db_path).map_err(storage)?;
+            let state = store.load().map_err(storage)?;
+            let epoch = Instant::now();
+            Ok::<_, PdError>((
+                ClusterMeta::restore(meta_config, state, Duration::ZERO),
+                store,
+                epoch,
+            ))
+        })
+        .await
+        .map_err(|e| PdError::Internal {
+            reason: e.to_string(),
+        })??;
+        let bootstrapped = meta.is_bootstrapped();
+        let nodes = meta.nodes(Duration::ZERO).len();
+
+        let tls = tessera_certs::server_tls_config(&cfg.tls).map_err(PdError::Tls)?;
+        let server = Server::bind(cfg.listen, tls, None, Role::Pd, TransportConfig::default())
+            .map_err(|source| PdError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let local_addr = server.local_addr();
+
+        let service = Arc::new(PdService::new(meta, store, epoch));
+        let auth = Arc::new(ClusterAuthenticator::new());
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            // Resolves on `shutdown()` and when the `PdServer` is dropped.
+            let signal = async move {
+                let _ = stopped.await;
+            };
+            server.serve(service, auth, signal).await;
+        });
+        tracing::info!(%local_addr, bootstrapped, nodes, "PD serving");
+        Ok(PdServer {
+            local_addr,
+            shutdown,
+            task,
+        })
+    }
+
+    /// The bound address (useful after listening on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting connections, waits for in-flight requests to finish (each mutation
+    /// is durable before its answer) and closes the metadata database.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(());
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "PD serve task failed");
+        }
+        tracing::info!(local_addr = %self.local_addr, "PD stopped");
+    }
+}
