@@ -1,1 +1,166 @@
-fn main() {}
+//! `tessera`: the Tessera command-line tool.
+//!
+//! Runs a local development cluster (`tessera dev`), the servers of a real deployment
+//! (`tessera pd`, `tessera node`), certificate tooling (`tessera certs ...`) and client
+//! commands (`put`, `get`, `delete`, `append`, `cas`, `scan`, `status`).
+
+mod certs_cmd;
+mod client_cmd;
+mod dev;
+mod layout;
+mod servers;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Tessera: a range-sharded, Raft-replicated key-value database.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Data directory of `tessera dev`; client commands find the dev cluster here.
+    #[arg(long, global = true, default_value = "./tessera-data", env = "TESSERA_DATA")]
+    data: PathBuf,
+    /// PD address for client commands (instead of finding the dev cluster in --data).
+    #[arg(long, global = true, env = "TESSERA_PD")]
+    pd: Option<String>,
+    /// CA certificate (PEM) for client commands with --pd.
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) for client commands with --pd.
+    #[arg(long, global = true)]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM) for client commands with --pd.
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run PD and N nodes in one process on loopback, with generated certificates.
+    Dev(dev::DevArgs),
+    /// Run a placement-driver server.
+    Pd(servers::PdArgs),
+    /// Run a storage node.
+    Node(servers::NodeArgs),
+    /// Certificate tooling: create the cluster CA, node and client certificates.
+    #[command(subcommand)]
+    Certs(certs_cmd::CertsCommand),
+    /// Set KEY to VALUE.
+    Put {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// Print the value of KEY (exit code 1 if absent).
+    Get {
+        /// Key.
+        key: String,
+        /// Serve from any replica; may miss recent writes.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Delete KEY.
+    Delete {
+        /// Key.
+        key: String,
+    },
+    /// Append VALUE to KEY's value (an absent key acts as put).
+    Append {
+        /// Key.
+        key: String,
+        /// Bytes to append.
+        value: String,
+    },
+    /// Compare-and-swap: set KEY to NEW if its value is --expect OLD (or absent, with --expect-absent).
+    Cas {
+        /// Key.
+        key: String,
+        /// New value; omit with --delete to delete instead.
+        new: Option<String>,
+        /// Expected current value.
+        #[arg(long, conflicts_with = "expect_absent")]
+        expect: Option<String>,
+        /// Expect the key to be absent.
+        #[arg(long)]
+        expect_absent: bool,
+        /// Delete the key on success instead of setting NEW.
+        #[arg(long, conflicts_with = "new")]
+        delete: bool,
+    },
+    /// List pairs in [START, END) as `key<TAB>value` lines.
+    Scan {
+        /// Inclusive start (default: the beginning).
+        start: Option<String>,
+        /// Exclusive end (default: the end).
+        end: Option<String>,
+        /// Most pairs to print.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Newest key first.
+        #[arg(long)]
+        reverse: bool,
+    },
+    /// Show nodes and regions (range, epoch, peers, leader).
+    Status,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                let default = if matches!(cli.command, Command::Dev(_) | Command::Pd(_) | Command::Node(_)) {
+                    "warn,tessera_cli=info"
+                } else {
+                    "error"
+                };
+                tracing_subscriber::EnvFilter::new(default)
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let target = client_cmd::Target { data: cli.data.clone(), pd: cli.pd, ca: cli.ca, cert: cli.cert, key: cli.key };
+    match cli.command {
+        Command::Dev(args) => dev::run(&cli.data, args).await.map(|_| ExitCode::SUCCESS),
+        Command::Pd(args) => servers::run_pd(args).await.map(|_| ExitCode::SUCCESS),
+        Command::Node(args) => servers::run_node(args).await.map(|_| ExitCode::SUCCESS),
+        Command::Certs(c) => certs_cmd::run(c).map(|_| ExitCode::SUCCESS),
+        Command::Put { key, value } => client_cmd::put(&target, key, value).await,
+        Command::Get { key, stale } => client_cmd::get(&target, key, stale).await,
+        Command::Delete { key } => client_cmd::delete(&target, key).await,
+        Command::Append { key, value } => client_cmd::append(&target, key, value).await,
+        Command::Cas { key, new, expect, expect_absent, delete } => {
+            if expect.is_none() && !expect_absent {
+                anyhow::bail!("cas needs --expect OLD or --expect-absent");
+            }
+            if new.is_none() && !delete {
+                anyhow::bail!("cas needs NEW (or --delete)");
+            }
+            client_cmd::cas(&target, key, expect, new).await
+        }
+        Command::Scan { start, end, limit, reverse } => client_cmd::scan(&target, start, end, limit, reverse).await,
+        Command::Status => client_cmd::status(&target).await,
+    }
+}

@@ -1,98 +1,497 @@
-//! Client side: connections with multiplexed request streams, and a pool keyed by address.
+//! Client side: connections with multiplexed request streams.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{TransportConfig, TransportError};
-use crate::{Request, Response, Role};
+use bytes::Bytes;
+use quinn::VarInt;
+use tokio::sync::{mpsc, oneshot};
+
+use super::stream::{self, FrameReader};
+use super::{
+    TransportConfig, TransportError, CLOSE_HANDSHAKE_REFUSED, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
+};
+use crate::{Frame, FrameBody, Hello, Request, Response, Role, PROTOCOL_VERSION};
+
+/// Frames queued per request stream before `call` waits for the writer.
+const STREAM_QUEUE: usize = 256;
 
 /// A client endpoint: dials servers and performs the `Hello` handshake as `role`.
 #[derive(Debug, Clone)]
 pub struct ClientEndpoint {
     pub(crate) endpoint: quinn::Endpoint,
-    pub(crate) tls: Arc<rustls::ClientConfig>,
+    /// `None` for the endpoint of a server bound without client TLS: it cannot dial.
+    pub(crate) client_config: Option<quinn::ClientConfig>,
     pub(crate) role: Role,
     pub(crate) config: TransportConfig,
+    pub(crate) protocol_version: u32,
 }
 
 impl ClientEndpoint {
-    /// Binds an ephemeral UDP port on loopback or `0.0.0.0` matching `bind_ip`'s family.
+    /// Binds `bind` (usually port 0 on loopback or the unspecified address) for dialling
+    /// out with `tls` (which should present this process's certificate).
     pub fn new(
         bind: SocketAddr,
         tls: Arc<rustls::ClientConfig>,
         role: Role,
         config: TransportConfig,
     ) -> Result<ClientEndpoint, TransportError> {
-        let _ = (bind, tls, role, config);
-        todo!("transport: ClientEndpoint::new")
+        config.validate().map_err(TransportError::Endpoint)?;
+        let client_config = quinn_client_config(tls, &config)?;
+        let endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| TransportError::Endpoint(format!("bind {bind}: {e}")))?;
+        Ok(ClientEndpoint {
+            endpoint,
+            client_config: Some(client_config),
+            role,
+            config,
+            protocol_version: PROTOCOL_VERSION,
+        })
+    }
+
+    /// The same endpoint announcing `protocol_version` instead of [`PROTOCOL_VERSION`] in
+    /// its `Hello`. For compatibility tests.
+    pub fn with_protocol_version(mut self, protocol_version: u32) -> ClientEndpoint {
+        self.protocol_version = protocol_version;
+        self
+    }
+
+    /// The role announced in the `Hello`.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The local UDP address.
+    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+        self.endpoint
+            .local_addr()
+            .map_err(|e| TransportError::Endpoint(e.to_string()))
     }
 
     /// Connects to `addr` (`host:port`; `host` is also the TLS server name) and runs the
-    /// handshake.
+    /// handshake, all within [`TransportConfig::connect_timeout`].
     pub async fn connect(&self, addr: &str) -> Result<Connection, TransportError> {
-        let _ = addr;
-        todo!("transport: ClientEndpoint::connect")
+        let connect_error = |reason: String| TransportError::Connect {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let Some(client_config) = &self.client_config else {
+            return Err(TransportError::Endpoint(
+                "endpoint has no client TLS configuration".into(),
+            ));
+        };
+        let host = server_name(addr).ok_or_else(|| connect_error("expected host:port".into()))?;
+        rustls_pki_types::ServerName::try_from(host)
+            .map_err(|e| connect_error(format!("invalid server name: {e}")))?;
+        let dial = async {
+            let remote = self.resolve(addr).await.map_err(connect_error)?;
+            let connecting = self
+                .endpoint
+                .connect_with(client_config.clone(), remote, host)
+                .map_err(|e| connect_error(e.to_string()))?;
+            let conn = connecting.await.map_err(|e| connect_error(e.to_string()))?;
+            self.handshake(addr, conn).await
+        };
+        match tokio::time::timeout(self.config.connect_timeout, dial).await {
+            Ok(result) => result,
+            Err(_) => Err(connect_error(format!(
+                "no handshake within {:?}",
+                self.config.connect_timeout
+            ))),
+        }
+    }
+
+    async fn resolve(&self, addr: &str) -> Result<SocketAddr, String> {
+        let want_v6 = self
+            .endpoint
+            .local_addr()
+            .map(|a| a.is_ipv6())
+            .unwrap_or(false);
+        let candidates: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| e.to_string())?
+            .collect();
+        candidates
+            .iter()
+            .find(|a| a.is_ipv6() == want_v6)
+            .or(candidates.first())
+            .copied()
+            .ok_or_else(|| "no address found".to_owned())
+    }
+
+    /// Sends `Hello` on the first stream and reads the `HelloAck`; that stream then becomes
+    /// the first request stream.
+    async fn handshake(
+        &self,
+        addr: &str,
+        conn: quinn::Connection,
+    ) -> Result<Connection, TransportError> {
+        let fail = |conn: &quinn::Connection, code: u32, reason: String| {
+            conn.close(VarInt::from_u32(code), b"handshake failed");
+            TransportError::Connect {
+                addr: addr.to_owned(),
+                reason,
+            }
+        };
+        let max = self.config.max_frame_len;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| fail(&conn, CLOSE_NORMAL, e.to_string()))?;
+        let hello = Frame {
+            request_id: 0,
+            body: FrameBody::Hello(Hello {
+                protocol_version: self.protocol_version,
+                role: self.role,
+            }),
+        };
+        let bytes = stream::encode(&hello, max)?;
+        send.write_all(&bytes)
+            .await
+            .map_err(|e| fail(&conn, CLOSE_NORMAL, e.to_string()))?;
+        let mut reader = FrameReader::new(recv, max);
+        let ack = match reader.next().await {
+            Ok(Some(Frame {
+                body: FrameBody::HelloAck(ack),
+                ..
+            })) => ack,
+            Ok(Some(_)) => {
+                return Err(fail(
+                    &conn,
+                    CLOSE_PROTOCOL_ERROR,
+                    "server answered Hello with another frame".into(),
+                ))
+            }
+            Ok(None) => {
+                return Err(fail(
+                    &conn,
+                    CLOSE_PROTOCOL_ERROR,
+                    "server closed the handshake stream".into(),
+                ))
+            }
+            Err(e) => {
+                let code = if e.is_protocol_violation() {
+                    CLOSE_PROTOCOL_ERROR
+                } else {
+                    CLOSE_NORMAL
+                };
+                return Err(fail(&conn, code, e.to_string()));
+            }
+        };
+        let ack = match ack {
+            Ok(ack) => ack,
+            Err(error) => {
+                conn.close(
+                    VarInt::from_u32(CLOSE_HANDSHAKE_REFUSED),
+                    b"handshake refused",
+                );
+                return Err(TransportError::Refused(error));
+            }
+        };
+        if ack.protocol_version != self.protocol_version {
+            return Err(fail(
+                &conn,
+                CLOSE_PROTOCOL_ERROR,
+                format!(
+                    "server speaks protocol version {}, we speak {}",
+                    ack.protocol_version, self.protocol_version
+                ),
+            ));
+        }
+
+        let pending = Arc::new(PendingTable::default());
+        let mut streams = Vec::with_capacity(self.config.streams_per_connection);
+        streams.push(spawn_stream(conn.clone(), send, reader, pending.clone()));
+        for _ in 1..self.config.streams_per_connection {
+            let (send, recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| fail(&conn, CLOSE_NORMAL, e.to_string()))?;
+            streams.push(spawn_stream(
+                conn.clone(),
+                send,
+                FrameReader::new(recv, max),
+                pending.clone(),
+            ));
+        }
+        tracing::debug!(peer = %conn.remote_address(), server_role = ?ack.role, "connected");
+        Ok(Connection {
+            inner: Arc::new(ConnectionInner {
+                remote: conn.remote_address(),
+                conn,
+                server_role: ack.role,
+                next_request_id: AtomicU64::new(1),
+                next_stream: AtomicUsize::new(0),
+                streams,
+                pending,
+                max_frame_len: max,
+            }),
+        })
     }
 }
 
+pub(crate) fn quinn_client_config(
+    tls: Arc<rustls::ClientConfig>,
+    config: &TransportConfig,
+) -> Result<quinn::ClientConfig, TransportError> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| TransportError::Endpoint(format!("client TLS configuration: {e}")))?;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
+    client_config.transport_config(Arc::new(config.quinn_transport()?));
+    Ok(client_config)
+}
+
+/// The host part of `host:port` (brackets of an IPv6 literal removed).
+fn server_name(addr: &str) -> Option<&str> {
+    let (host, port) = addr.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then_some(host)
+}
+
+/// Requests awaiting their response on one connection, shared by its stream readers.
+#[derive(Debug, Default)]
+struct PendingTable(Mutex<Pending>);
+
+#[derive(Debug, Default)]
+struct Pending {
+    waiters: HashMap<u64, oneshot::Sender<Response>>,
+    /// Set once the connection is unusable; no waiter is added after that.
+    lost: Option<String>,
+}
+
+impl PendingTable {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Fails every pending request (their receivers see the sender dropped) and every
+    /// later one.
+    fn fail_all(&self, reason: String) {
+        let waiters = {
+            let mut pending = self.lock();
+            pending.lost.get_or_insert(reason);
+            std::mem::take(&mut pending.waiters)
+        };
+        drop(waiters);
+    }
+}
+
+/// Removes a request from the pending table when its `call` ends for any reason (answer,
+/// timeout, cancellation).
+struct PendingGuard<'a> {
+    table: &'a PendingTable,
+    request_id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.table.lock().waiters.remove(&self.request_id);
+    }
+}
+
+/// Starts the writer and reader tasks of one request stream; returns its send queue.
+fn spawn_stream(
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut reader: FrameReader,
+    pending: Arc<PendingTable>,
+) -> mpsc::Sender<Bytes> {
+    let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
+    let writer_conn = conn.clone();
+    tokio::spawn(async move {
+        if let Err(error) = stream::write_loop(&mut send, &mut rx).await {
+            tracing::debug!(peer = %writer_conn.remote_address(), %error, "request stream write failed");
+            // Requests queued behind the failure would never be sent: give up on the
+            // connection so they fail fast instead of timing out.
+            writer_conn.close(VarInt::from_u32(CLOSE_NORMAL), b"stream failed");
+        }
+    });
+    tokio::spawn(async move {
+        let peer = conn.remote_address();
+        let reason = loop {
+            match reader.next().await {
+                Ok(Some(Frame {
+                    request_id,
+                    body: FrameBody::Response(response),
+                })) => {
+                    // No waiter: the call timed out or was cancelled; the answer is dropped.
+                    let waiter = pending.lock().waiters.remove(&request_id);
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(response);
+                    }
+                }
+                Ok(Some(Frame { request_id, .. })) => {
+                    tracing::debug!(%peer, request_id, "server sent a non-response frame; closing");
+                    conn.close(VarInt::from_u32(CLOSE_PROTOCOL_ERROR), b"unexpected frame");
+                    break "server sent an unexpected frame".to_owned();
+                }
+                Ok(None) => {
+                    conn.close(VarInt::from_u32(CLOSE_NORMAL), b"stream finished");
+                    break "server finished the stream".to_owned();
+                }
+                Err(error) => {
+                    if error.is_protocol_violation() {
+                        tracing::debug!(%peer, %error, "invalid frame from server; closing");
+                        conn.close(VarInt::from_u32(CLOSE_PROTOCOL_ERROR), b"malformed frame");
+                    }
+                    break error.to_string();
+                }
+            }
+        };
+        let reason = conn.close_reason().map(|e| e.to_string()).unwrap_or(reason);
+        pending.fail_all(reason);
+    });
+    tx
+}
+
 /// An established, authenticated connection. Cheap to clone; clones share the connection.
+/// The connection is closed when the last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct Connection {
-    pub(crate) inner: Arc<()>,
+    pub(crate) inner: Arc<ConnectionInner>,
+}
+
+pub(crate) struct ConnectionInner {
+    conn: quinn::Connection,
+    remote: SocketAddr,
+    server_role: Role,
+    /// Per-connection request ids; 0 is the handshake.
+    next_request_id: AtomicU64,
+    next_stream: AtomicUsize,
+    /// Send queues of the request streams; never empty.
+    streams: Vec<mpsc::Sender<Bytes>>,
+    pending: Arc<PendingTable>,
+    max_frame_len: u32,
+}
+
+impl fmt::Debug for ConnectionInner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("remote", &self.remote)
+            .field("server_role", &self.server_role)
+            .field("streams", &self.streams.len())
+            .field("closed", &self.conn.close_reason().is_some())
+            .finish()
+    }
+}
+
+impl Drop for ConnectionInner {
+    fn drop(&mut self) {
+        // The stream tasks keep the quinn connection alive; close it explicitly.
+        self.conn
+            .close(VarInt::from_u32(CLOSE_NORMAL), b"connection dropped");
+    }
 }
 
 impl Connection {
     /// Sends `request` and waits for its response, at most `timeout`.
-    pub async fn call(&self, request: Request, timeout: Duration) -> Result<Response, TransportError> {
-        let _ = (request, timeout);
-        todo!("transport: Connection::call")
+    ///
+    /// [`TransportError::Timeout`] and [`TransportError::ConnectionLost`] leave the fate of
+    /// the request unknown.
+    pub async fn call(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
+        let inner = &*self.inner;
+        let request_id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let bytes = stream::encode(&Frame::request(request_id, request), inner.max_frame_len)?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = inner.pending.lock();
+            if let Some(reason) = &pending.lost {
+                return Err(TransportError::ConnectionLost(reason.clone()));
+            }
+            pending.waiters.insert(request_id, tx);
+        }
+        let _guard = PendingGuard {
+            table: &inner.pending,
+            request_id,
+        };
+        let index = inner.next_stream.fetch_add(1, Ordering::Relaxed) % inner.streams.len();
+        let exchange = async {
+            inner.streams[index]
+                .send(bytes)
+                .await
+                .map_err(|_| self.lost())?;
+            rx.await.map_err(|_| self.lost())
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::debug!(peer = %inner.remote, request_id, "request timed out");
+                Err(TransportError::Timeout)
+            }
+        }
+    }
+
+    fn lost(&self) -> TransportError {
+        let inner = &*self.inner;
+        let reason = inner
+            .pending
+            .lock()
+            .lost
+            .clone()
+            .or_else(|| inner.conn.close_reason().map(|e| e.to_string()))
+            .unwrap_or_else(|| "request stream closed".to_owned());
+        TransportError::ConnectionLost(reason)
     }
 
     /// The role the server proved in its `HelloAck`.
     pub fn server_role(&self) -> Role {
-        todo!()
+        self.inner.server_role
     }
 
     /// The server's address.
     pub fn remote_addr(&self) -> SocketAddr {
-        todo!()
+        self.inner.remote
     }
 
     /// True once the connection is closed or lost.
     pub fn is_closed(&self) -> bool {
-        todo!()
+        self.inner.conn.close_reason().is_some() || self.inner.pending.lock().lost.is_some()
+    }
+
+    /// Closes the connection now; requests in flight fail with `ConnectionLost`.
+    pub fn close(&self) {
+        self.inner
+            .conn
+            .close(VarInt::from_u32(CLOSE_NORMAL), b"closed by client");
+    }
+
+    /// Resolves when the connection is closed or lost, with the reason.
+    pub async fn closed(&self) -> String {
+        self.inner.conn.closed().await.to_string()
+    }
+
+    /// True when `self` and `other` are clones of one connection.
+    pub fn same_connection(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 }
 
-/// Connections keyed by address, dialled on first use and redialled when lost. Concurrent
-/// callers for one address share a single dial.
-#[derive(Debug, Clone)]
-pub struct ConnectionPool {
-    pub(crate) endpoint: ClientEndpoint,
-}
+#[cfg(test)]
+mod tests {
+    use super::server_name;
 
-impl ConnectionPool {
-    /// A pool dialling through `endpoint`.
-    pub fn new(endpoint: ClientEndpoint) -> ConnectionPool {
-        ConnectionPool { endpoint }
-    }
-
-    /// The live connection to `addr`, dialling if needed.
-    pub async fn get(&self, addr: &str) -> Result<Connection, TransportError> {
-        let _ = addr;
-        todo!()
-    }
-
-    /// `get(addr)` then `call`. A connection found closed is redialled once before sending.
-    pub async fn call(&self, addr: &str, request: Request, timeout: Duration) -> Result<Response, TransportError> {
-        let _ = (addr, request, timeout);
-        todo!()
-    }
-
-    /// Drops the cached connection to `addr` (after an error that suggests it is broken).
-    pub fn evict(&self, addr: &str) {
-        let _ = addr;
-        todo!()
+    #[test]
+    fn server_name_is_the_host_part() {
+        assert_eq!(server_name("localhost:7000"), Some("localhost"));
+        assert_eq!(server_name("127.0.0.1:1"), Some("127.0.0.1"));
+        assert_eq!(server_name("[::1]:7000"), Some("::1"));
+        assert_eq!(server_name("localhost"), None);
+        assert_eq!(server_name(":7000"), None);
+        assert_eq!(server_name("host:port"), None);
     }
 }

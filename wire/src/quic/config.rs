@@ -50,12 +50,34 @@ impl TransportConfig {
         if self.keep_alive >= self.idle_timeout {
             return Err("keep_alive must be shorter than idle_timeout".into());
         }
-        if self.streams_per_connection == 0 || self.streams_per_connection as u32 > self.max_concurrent_bidi_streams {
+        if self.streams_per_connection == 0
+            || self.streams_per_connection as u32 > self.max_concurrent_bidi_streams
+        {
             return Err("streams_per_connection must be in 1..=max_concurrent_bidi_streams".into());
         }
         if self.max_frame_len < 1024 {
             return Err("max_frame_len must be at least 1 KiB".into());
         }
         Ok(())
+    }
+}
+
+impl TransportConfig {
+    /// The quinn transport parameters for these limits. Unidirectional streams are unused
+    /// and refused.
+    pub(crate) fn quinn_transport(&self) -> Result<quinn::TransportConfig, super::TransportError> {
+        use quinn::{IdleTimeout, VarInt};
+        let idle = IdleTimeout::try_from(self.idle_timeout)
+            .map_err(|_| super::TransportError::Endpoint("idle_timeout is too large".into()))?;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_bidi_streams))
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
+            .receive_window(VarInt::from_u32(self.receive_window))
+            .send_window(self.send_window)
+            .max_idle_timeout(Some(idle))
+            .keep_alive_interval(Some(self.keep_alive));
+        Ok(transport)
     }
 }

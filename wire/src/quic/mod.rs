@@ -9,17 +9,41 @@
 //! The server side is [`Server`]: it accepts connections (bounded by a semaphore), runs the
 //! handshake through an [`Authenticator`] that checks the claimed role against the TLS
 //! certificate, and calls a [`Service`] for every request.
+//!
+//! Invariants:
+//! * Every length prefix is checked against [`TransportConfig::max_frame_len`] before any
+//!   buffer grows for it; a buffer never holds more than one frame plus one read chunk.
+//! * A peer that sends a malformed or oversized frame loses its whole connection (closed
+//!   with [`CLOSE_PROTOCOL_ERROR`]); other connections are unaffected.
+//! * No request is dispatched on a connection before its `Hello` was authenticated.
+//! * When a client connection dies, every request pending on it fails with
+//!   [`TransportError::ConnectionLost`].
 
 mod client;
 mod config;
+mod pool;
 mod server;
+mod stream;
 
-pub use client::{ClientEndpoint, Connection, ConnectionPool};
+pub use client::{ClientEndpoint, Connection};
 pub use config::TransportConfig;
-pub use server::{Authenticator, PeerInfo, Server, Service};
+pub use pool::ConnectionPool;
+pub use server::{Authenticator, ClientEndpointHandle, PeerInfo, Server, Service};
+
+/// QUIC application close code: orderly close (shutdown, or the last handle dropped).
+pub const CLOSE_NORMAL: u32 = 0;
+/// QUIC application close code: the peer sent a malformed, oversized or unexpected frame.
+pub const CLOSE_PROTOCOL_ERROR: u32 = 1;
+/// QUIC application close code: the handshake was refused (see the `HelloAck` error).
+pub const CLOSE_HANDSHAKE_REFUSED: u32 = 2;
+/// QUIC application close code: the handshake did not complete in time.
+pub const CLOSE_HANDSHAKE_TIMEOUT: u32 = 3;
+/// QUIC application close code: a request handler panicked; requests in flight on the
+/// connection have unknown fate.
+pub const CLOSE_INTERNAL_ERROR: u32 = 4;
 
 /// Transport failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
     /// Could not establish the connection (unreachable, TLS refused, bad address).
@@ -51,6 +75,9 @@ pub enum TransportError {
 impl TransportError {
     /// True when the request may have reached the server (so a write's fate is unknown).
     pub fn may_have_been_delivered(&self) -> bool {
-        matches!(self, TransportError::ConnectionLost(_) | TransportError::Timeout)
+        matches!(
+            self,
+            TransportError::ConnectionLost(_) | TransportError::Timeout
+        )
     }
 }

@@ -1,0 +1,143 @@
+//! Client commands: put, get, delete, append, cas, scan, status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use futures::StreamExt;
+use tessera::{Client, ClientConfig, ReadConsistency, ScanOptions, TlsFiles};
+
+use crate::layout::DevLayout;
+
+/// How to reach the cluster.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub data: PathBuf,
+    pub pd: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl Target {
+    /// The client configuration: explicit `--pd/--ca/--cert/--key`, or the dev cluster in
+    /// `--data`.
+    pub fn config(&self) -> anyhow::Result<ClientConfig> {
+        if let Some(pd) = &self.pd {
+            let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) else {
+                anyhow::bail!("--pd needs --ca, --cert and --key");
+            };
+            let tls = TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
+            return Ok(ClientConfig::new(pd.split(',').map(str::to_string).collect(), Some(tls)));
+        }
+        let layout = DevLayout::new(&self.data);
+        let addrs = layout.read_addrs()?;
+        let pd = addrs.get("pd").with_context(|| {
+            format!("no dev cluster found in {} (start one with `tessera dev`, or pass --pd)", self.data.display())
+        })?;
+        Ok(ClientConfig::new(vec![pd.clone()], Some(TlsFiles::client(&layout.certs(), "dev"))))
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        Client::connect(self.config()?).await.context("connecting to the cluster")
+    }
+}
+
+/// Bytes for display: UTF-8 when printable, escaped otherwise.
+pub fn show(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) if !s.chars().any(|c| c.is_control()) => s.to_string(),
+        _ => b.escape_ascii().to_string(),
+    }
+}
+
+pub async fn put(t: &Target, key: String, value: String) -> anyhow::Result<ExitCode> {
+    t.connect().await?.put(key.as_bytes(), value.as_bytes()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn get(t: &Target, key: String, stale: bool) -> anyhow::Result<ExitCode> {
+    let c = t.connect().await?;
+    let consistency = if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
+    match c.get_with(key.as_bytes(), consistency).await? {
+        Some(v) => {
+            println!("{}", show(&v));
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("key not found: {key}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+pub async fn delete(t: &Target, key: String) -> anyhow::Result<ExitCode> {
+    let existed = t.connect().await?.delete(key.as_bytes()).await?;
+    if !existed {
+        eprintln!("note: {key} did not exist");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn append(t: &Target, key: String, value: String) -> anyhow::Result<ExitCode> {
+    let len = t.connect().await?.append(key.as_bytes(), value.as_bytes()).await?;
+    println!("{len}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn cas(t: &Target, key: String, expect: Option<String>, new: Option<String>) -> anyhow::Result<ExitCode> {
+    let c = t.connect().await?;
+    let out = c.compare_and_swap(key.as_bytes(), expect.as_deref().map(str::as_bytes), new.as_deref().map(str::as_bytes)).await?;
+    if out.succeeded {
+        println!("swapped");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        match out.previous {
+            Some(v) => eprintln!("not swapped: current value is {}", show(&v)),
+            None => eprintln!("not swapped: key is absent"),
+        }
+        Ok(ExitCode::from(1))
+    }
+}
+
+pub async fn scan(t: &Target, start: Option<String>, end: Option<String>, limit: Option<usize>, reverse: bool) -> anyhow::Result<ExitCode> {
+    let c = t.connect().await?;
+    let opts = ScanOptions { limit: limit.map(|l| l as u64), reverse, ..ScanOptions::default() };
+    let start = start.unwrap_or_default();
+    let end = end.unwrap_or_default();
+    let mut rows = c.scan(start.as_bytes(), end.as_bytes(), opts);
+    while let Some(row) = rows.next().await {
+        let (k, v) = row?;
+        println!("{}\t{}", show(&k), show(&v));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn status(t: &Target) -> anyhow::Result<ExitCode> {
+    let c = t.connect().await?;
+    let nodes = c.nodes().await?;
+    println!("NODES");
+    println!("{:<6} {:<22} {:<6} {:>8} {:>8}", "ID", "ADDRESS", "STATE", "REGIONS", "LEADERS");
+    for n in &nodes {
+        println!("{:<6} {:<22} {:<6} {:>8} {:>8}", n.id.0, n.addr, format!("{:?}", n.state), n.region_count, n.leader_count);
+    }
+    let regions = c.regions().await?;
+    println!();
+    println!("REGIONS");
+    println!("{:<6} {:<28} {:<8} {:<24} {:<8}", "ID", "RANGE", "EPOCH", "PEERS (peer@node)", "LEADER");
+    for r in &regions {
+        let d = &r.region;
+        let range = format!(
+            "[{}, {})",
+            if d.start_key.is_empty() { "-inf".to_string() } else { show(&d.start_key) },
+            if d.end_key.is_empty() { "+inf".to_string() } else { show(&d.end_key) }
+        );
+        let peers: Vec<String> = d.peers.iter().map(|p| format!("{}@{}", p.id.0, p.node_id.0)).collect();
+        let leader = match r.leader {
+            Some(l) => format!("{}@{}", l.id.0, l.node_id.0),
+            None => "none".into(),
+        };
+        println!("{:<6} {:<28} {:<8} {:<24} {:<8}", d.id.0, range, format!("{}/{}", d.epoch.conf_ver, d.epoch.version), peers.join(","), leader);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,144 @@
+//! `tessera dev`: PD and N nodes in one process on loopback.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tessera_certs::TlsFiles;
+use tessera_node::{Node, NodeConfig};
+use tessera_pd::{PdConfig, PdServer};
+use tessera_wire::NodeId;
+
+use crate::layout::DevLayout;
+
+/// Options of `tessera dev`.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Number of storage nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub nodes: u64,
+    /// Regions created at bootstrap, their split points spread over the key space.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub initial_regions: u32,
+}
+
+fn listen_addr(recorded: Option<&String>) -> anyhow::Result<SocketAddr> {
+    match recorded {
+        Some(a) => a.parse().with_context(|| format!("bad recorded address {a}")),
+        None => Ok(SocketAddr::from(([127, 0, 0, 1], 0))),
+    }
+}
+
+/// A running dev cluster.
+pub struct DevCluster {
+    pub pd: PdServer,
+    pub nodes: Vec<Node>,
+    pub pd_addr: String,
+}
+
+/// Starts the dev cluster described by `args` in `data`.
+pub async fn start(data: &Path, args: &DevArgs) -> anyhow::Result<DevCluster> {
+    let layout = DevLayout::new(data);
+    std::fs::create_dir_all(&layout.root).with_context(|| format!("creating {}", layout.root.display()))?;
+    let ids: Vec<NodeId> = (1..=args.nodes).map(NodeId).collect();
+    let fresh = !layout.certs().join("ca.pem").exists();
+    tessera_certs::ensure_dev_certs(&layout.certs(), &ids).context("generating certificates")?;
+    if fresh {
+        println!("generated a cluster CA and certificates in {}", layout.certs().display());
+    }
+    let mut addrs = layout.read_addrs()?;
+    let mut pd_cfg = PdConfig::new(listen_addr(addrs.get("pd"))?, layout.pd(), TlsFiles::pd(&layout.certs()));
+    pd_cfg.initial_regions = args.initial_regions;
+    pd_cfg.replicas = (args.nodes as usize).min(3);
+    let pd = PdServer::start(pd_cfg).await.context("starting PD (is another `tessera dev` using this data directory?)")?;
+    let pd_addr = pd.local_addr().to_string();
+    addrs.insert("pd".into(), pd_addr.clone());
+    let mut nodes = Vec::new();
+    for id in &ids {
+        let key = format!("node.{}", id.0);
+        let cfg = NodeConfig::new(
+            *id,
+            listen_addr(addrs.get(&key))?,
+            layout.node(id.0),
+            vec![pd_addr.clone()],
+            TlsFiles::node(&layout.certs(), *id),
+        );
+        let node = Node::start(cfg).await.with_context(|| format!("starting node {}", id.0))?;
+        addrs.insert(key, node.local_addr().to_string());
+        nodes.push(node);
+    }
+    layout.write_addrs(&addrs)?;
+    Ok(DevCluster { pd, nodes, pd_addr })
+}
+
+impl DevCluster {
+    /// Waits until every region hosted by the nodes has a leader (bounded).
+    pub async fn wait_ready(&self, expected_regions: usize, timeout: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            let regions = self.nodes.iter().map(|n| n.region_count()).max().unwrap_or(0);
+            let leaders: usize = self.nodes.iter().map(|n| n.leader_count()).sum();
+            if regions >= expected_regions && leaders >= regions && regions > 0 {
+                return true;
+            }
+            if start.elapsed() > timeout {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops nodes, then PD.
+    pub async fn shutdown(self) {
+        for n in self.nodes {
+            n.shutdown().await;
+        }
+        self.pd.shutdown().await;
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => { r?; Ok("Ctrl-C") }
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await?;
+        Ok("Ctrl-C")
+    }
+}
+
+/// Runs the dev cluster until Ctrl-C or SIGTERM.
+pub async fn run(data: &Path, args: DevArgs) -> anyhow::Result<()> {
+    println!("starting Tessera dev cluster in {} ...", data.display());
+    let cluster = start(data, &args).await?;
+    println!("PD      {}", cluster.pd_addr);
+    for n in &cluster.nodes {
+        println!("node {}  {}  ({} regions recovered)", n.node_id().0, n.local_addr(), n.region_count());
+    }
+    let expected = cluster.nodes.iter().map(|n| n.region_count()).max().unwrap_or(0).max(args.initial_regions as usize);
+    if cluster.wait_ready(expected, Duration::from_secs(60)).await {
+        println!("ready: {} regions, each with a leader", expected);
+    } else {
+        println!("warning: not every region has a leader yet; see `tessera status`");
+    }
+    let data_arg = data.display();
+    println!();
+    println!("connect with:");
+    println!("  tessera --data {data_arg} put hello world");
+    println!("  tessera --data {data_arg} get hello");
+    println!("  tessera --data {data_arg} status");
+    println!("or from code: ClientConfig::new(vec![\"{}\".into()], Some(TlsFiles::client(\"{data_arg}/certs\", \"dev\")))", cluster.pd_addr);
+    println!("press Ctrl-C to stop");
+    let sig = wait_for_signal().await?;
+    println!("{sig}: stopping ...");
+    cluster.shutdown().await;
+    println!("stopped");
+    Ok(())
+}

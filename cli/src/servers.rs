@@ -1,0 +1,100 @@
+//! `tessera pd` and `tessera node`: the servers of a real deployment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tessera_certs::TlsFiles;
+use tessera_node::{Node, NodeConfig};
+use tessera_pd::{PdConfig, PdServer};
+use tessera_wire::NodeId;
+
+/// Options of `tessera pd`.
+#[derive(Debug, clap::Args)]
+pub struct PdArgs {
+    /// UDP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7379")]
+    pub listen: SocketAddr,
+    /// Directory for PD metadata.
+    #[arg(long = "dir", default_value = "./tessera-pd")]
+    pub dir: PathBuf,
+    /// Regions created at bootstrap.
+    #[arg(long, default_value_t = 1)]
+    pub initial_regions: u32,
+    /// Cluster CA certificate.
+    #[arg(long = "tls-ca")]
+    pub tls_ca: PathBuf,
+    /// PD certificate.
+    #[arg(long = "tls-cert")]
+    pub tls_cert: PathBuf,
+    /// PD private key.
+    #[arg(long = "tls-key")]
+    pub tls_key: PathBuf,
+}
+
+/// Options of `tessera node`.
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// Node id (must match the node certificate).
+    #[arg(long)]
+    pub id: u64,
+    /// UDP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7380")]
+    pub listen: SocketAddr,
+    /// Address advertised to PD, peers and clients (default: the listen address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Data directory.
+    #[arg(long = "dir")]
+    pub dir: PathBuf,
+    /// PD endpoints (repeat or comma-separate).
+    #[arg(long = "pd-endpoints", value_delimiter = ',', required = true)]
+    pub pd_endpoints: Vec<String>,
+    /// Cluster CA certificate.
+    #[arg(long = "tls-ca")]
+    pub tls_ca: PathBuf,
+    /// Node certificate.
+    #[arg(long = "tls-cert")]
+    pub tls_cert: PathBuf,
+    /// Node private key.
+    #[arg(long = "tls-key")]
+    pub tls_key: PathBuf,
+}
+
+async fn wait_for_stop() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+/// Runs PD until stopped.
+pub async fn run_pd(args: PdArgs) -> anyhow::Result<()> {
+    let tls = TlsFiles { ca: args.tls_ca, cert: args.tls_cert, key: args.tls_key };
+    let mut cfg = PdConfig::new(args.listen, args.dir, tls);
+    cfg.initial_regions = args.initial_regions;
+    let pd = PdServer::start(cfg).await.context("starting PD")?;
+    println!("PD listening on {}", pd.local_addr());
+    wait_for_stop().await?;
+    pd.shutdown().await;
+    Ok(())
+}
+
+/// Runs a node until stopped.
+pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let tls = TlsFiles { ca: args.tls_ca, cert: args.tls_cert, key: args.tls_key };
+    let mut cfg = NodeConfig::new(NodeId(args.id), args.listen, args.dir, args.pd_endpoints, tls);
+    cfg.advertise = args.advertise;
+    let node = Node::start(cfg).await.context("starting node")?;
+    println!("node {} listening on {} ({} regions recovered)", args.id, node.local_addr(), node.region_count());
+    wait_for_stop().await?;
+    node.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! Losing a region leader under concurrent writes.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{watch, Notify};
+
+use crate::harness::TestCluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_continue_after_the_leader_node_stops_and_none_acknowledged_is_lost() {
+    let mut cluster = TestCluster::start(3, 4).await;
+    // All keys in one region, so stopping its leader matters to every writer.
+    let prefix = 0x50u8;
+    let victim = cluster.leader_node_of(&[prefix, b'x']).await;
+
+    let acked_before = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::new(Notify::new());
+    let (stopped_tx, stopped_rx) = watch::channel(false);
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let client = cluster.client().await;
+        let acked_before = acked_before.clone();
+        let progress = progress.clone();
+        let mut stopped = stopped_rx.clone();
+        workers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut unknown = 0;
+            let mut after_stop = 0;
+            let mut j = 0;
+            // Write until 40 writes have been acknowledged after the leader stopped.
+            while after_stop < 40 {
+                assert!(j < 5_000, "worker {w} made no progress after the leader stopped");
+                let key = [&[prefix][..], format!("w{w}-{j:05}").as_bytes()].concat();
+                let value = format!("value-{w}-{j}").into_bytes();
+                let was_stopped = *stopped.borrow_and_update();
+                match client.put(&key, &value).await {
+                    Ok(()) => {
+                        acked.push((key, value));
+                        if was_stopped {
+                            after_stop += 1;
+                        } else {
+                            acked_before.fetch_add(1, Ordering::SeqCst);
+                            progress.notify_one();
+                        }
+                    }
+                    Err(tessera::Error::Undetermined { .. }) => unknown += 1,
+                    Err(e) => panic!("worker {w}: write failed: {e}"),
+                }
+                j += 1;
+            }
+            (acked, unknown)
+        }));
+    }
+    // Stop the leader once the writers are well under way.
+    while acked_before.load(Ordering::SeqCst) < 80 {
+        progress.notified().await;
+    }
+    cluster.stop_node(victim).await;
+    stopped_tx.send(true).unwrap();
+
+    let mut all_acked = Vec::new();
+    for w in workers {
+        let (acked, _unknown) = w.await.expect("worker panicked");
+        all_acked.extend(acked);
+    }
+    let reader = cluster.client().await;
+    for (k, v) in &all_acked {
+        assert_eq!(reader.get(k).await.unwrap().as_ref(), Some(v), "acknowledged write lost");
+    }
+    assert!(all_acked.len() >= 8 * 40 + 80);
+    let new_leader = cluster.leader_node_of(&[prefix, b'x']).await;
+    assert_ne!(new_leader, victim);
+    cluster.shutdown().await;
+}

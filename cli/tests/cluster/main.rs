@@ -1,0 +1,13 @@
+//! Cluster tests: a real PD and three nodes on loopback QUIC with mutual TLS.
+//!
+//! One test binary, one module per behaviour. Each test starts its own cluster in a
+//! temporary directory with OS-assigned ports.
+
+mod bad_input;
+mod exactly_once;
+mod failover;
+mod harness;
+mod kv_ops;
+mod linearizable;
+mod restart;
+mod routing;

@@ -1,0 +1,123 @@
+//! The SDK's public error type.
+
+/// Why a client operation failed.
+///
+/// The distinction that matters most for writes: every variant except [`Error::Undetermined`]
+/// means the write was **not** applied; `Undetermined` means it may or may not have been.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The write's fate is unknown: it may have been applied. Raised only when the request's
+    /// deadline passed (or a non-retryable failure occurred) after an attempt that may have
+    /// reached the server. Read the key to learn the outcome.
+    #[error("write outcome undetermined: {reason}")]
+    Undetermined {
+        /// The last failure seen.
+        reason: String,
+    },
+    /// The request's deadline passed before it completed; a write was not applied.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+    /// The request is malformed (empty key, inverted range, oversized batch, ...).
+    #[error("invalid argument: {reason}")]
+    InvalidArgument {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A key is longer than the limit.
+    #[error("key of {len} bytes exceeds the maximum of {max}")]
+    KeyTooLarge {
+        /// Key length.
+        len: u64,
+        /// Limit.
+        max: u64,
+    },
+    /// A value is longer than the limit.
+    #[error("value of {len} bytes exceeds the maximum of {max}")]
+    ValueTooLarge {
+        /// Value length.
+        len: u64,
+        /// Limit.
+        max: u64,
+    },
+    /// No route to the data: PD unreachable, or no replica answered, before the deadline.
+    #[error("unavailable: {reason}")]
+    Unavailable {
+        /// The last failure seen.
+        reason: String,
+    },
+    /// A server error the client does not retry (authentication, permission, storage
+    /// failure, version mismatch, ...).
+    #[error("server error: {0}")]
+    Server(tessera_wire::Error),
+    /// The client configuration is invalid.
+    #[error("invalid configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The TLS files could not be loaded or do not form a usable configuration.
+    #[error("tls: {reason}")]
+    Tls {
+        /// What went wrong.
+        reason: String,
+    },
+    /// A peer broke the protocol (undecodable frame, answer of the wrong type).
+    #[error("protocol violation: {reason}")]
+    Protocol {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// The public form of a server error that is surfaced to the caller.
+    pub fn from_server(e: tessera_wire::Error) -> Error {
+        use tessera_wire::Error as W;
+        match e {
+            W::DeadlineExceeded => Error::DeadlineExceeded,
+            W::KeyTooLarge { len, max } => Error::KeyTooLarge { len, max },
+            W::ValueTooLarge { len, max } => Error::ValueTooLarge { len, max },
+            W::InvalidRequest { reason } => Error::InvalidArgument { reason },
+            W::BatchTooLarge { len, max } => Error::InvalidArgument {
+                reason: format!("batch of {len} exceeds the maximum of {max}"),
+            },
+            other => Error::Server(other),
+        }
+    }
+
+    /// True when a write that failed with this error may nonetheless have been applied.
+    pub fn is_undetermined(&self) -> bool {
+        matches!(self, Error::Undetermined { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_rejections_map_to_public_variants() {
+        use tessera_wire::Error as W;
+        assert_eq!(
+            Error::from_server(W::KeyTooLarge { len: 9, max: 8 }),
+            Error::KeyTooLarge { len: 9, max: 8 }
+        );
+        assert!(matches!(
+            Error::from_server(W::InvalidRequest { reason: "x".into() }),
+            Error::InvalidArgument { .. }
+        ));
+        assert!(matches!(
+            Error::from_server(W::BatchTooLarge { len: 2, max: 1 }),
+            Error::InvalidArgument { .. }
+        ));
+        assert_eq!(
+            Error::from_server(W::DeadlineExceeded),
+            Error::DeadlineExceeded
+        );
+        assert!(matches!(
+            Error::from_server(W::NotBootstrapped),
+            Error::Server(W::NotBootstrapped)
+        ));
+    }
+}

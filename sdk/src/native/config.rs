@@ -1,0 +1,142 @@
+//! Client configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tessera_certs::TlsFiles;
+use tessera_wire::quic::TransportConfig;
+use tessera_wire::Limits;
+
+use crate::{Backoff, Error};
+
+/// Configuration of a [`crate::Client`]. Start from [`ClientConfig::new`] and adjust fields.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// PD addresses (`host:port`); any one that answers will do.
+    pub pd_endpoints: Vec<String>,
+    /// Client certificate, key and cluster CA. Required: the cluster only accepts mutually
+    /// authenticated TLS.
+    pub tls: Option<TlsFiles>,
+    /// Deadline of each operation, retries included (default 10 s).
+    pub request_timeout: Duration,
+    /// Longest wait for one attempt's answer (default 3 s), so a dead node does not eat the
+    /// whole deadline; a write is resent with the same sequence number afterwards.
+    pub attempt_timeout: Duration,
+    /// Retry delays.
+    pub backoff: Backoff,
+    /// QUIC transport limits.
+    pub transport: TransportConfig,
+    /// Size limits checked before sending (the servers enforce their own).
+    pub limits: Limits,
+    /// Local UDP address to bind (default: an ephemeral port on the unspecified address of
+    /// the first PD endpoint's family).
+    pub bind: Option<SocketAddr>,
+    /// Seed of the jitter RNG (default: drawn from the OS). Set it to reproduce a run.
+    pub rng_seed: Option<u64>,
+}
+
+impl ClientConfig {
+    /// Defaults for everything but the PD endpoints and TLS files.
+    pub fn new(pd_endpoints: Vec<String>, tls: Option<TlsFiles>) -> Self {
+        ClientConfig {
+            pd_endpoints,
+            tls,
+            request_timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(3),
+            backoff: Backoff::default(),
+            transport: TransportConfig::default(),
+            limits: Limits::DEFAULT,
+            bind: None,
+            rng_seed: None,
+        }
+    }
+
+    /// Checks the configuration is usable.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |reason: &str| {
+            Err(Error::Config {
+                reason: reason.to_string(),
+            })
+        };
+        if self.pd_endpoints.is_empty() {
+            return bad("at least one PD endpoint is required");
+        }
+        if let Some(e) = self.pd_endpoints.iter().find(|e| {
+            e.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        }) {
+            return Err(Error::Config {
+                reason: format!("PD endpoint {e:?} is not host:port"),
+            });
+        }
+        if self.tls.is_none() {
+            return bad("TLS files are required: the cluster only accepts mutually authenticated connections");
+        }
+        if self.request_timeout.is_zero() || self.attempt_timeout.is_zero() {
+            return bad("request_timeout and attempt_timeout must be positive");
+        }
+        self.backoff
+            .validate()
+            .map_err(|reason| Error::Config { reason })?;
+        self.transport.validate().map_err(|reason| Error::Config {
+            reason: format!("transport: {reason}"),
+        })?;
+        Ok(())
+    }
+
+    /// The address to bind the client endpoint to.
+    pub(crate) fn bind_addr(&self) -> SocketAddr {
+        self.bind.unwrap_or_else(|| {
+            let v6 = self
+                .pd_endpoints
+                .first()
+                .is_some_and(|e| e.starts_with('['));
+            if v6 {
+                SocketAddr::from(([0u16; 8], 0))
+            } else {
+                SocketAddr::from(([0u8; 4], 0))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg() -> ClientConfig {
+        ClientConfig::new(
+            vec!["127.0.0.1:2379".into()],
+            Some(TlsFiles::client(Path::new("/tmp"), "dev")),
+        )
+    }
+
+    #[test]
+    fn default_config_is_valid() {
+        cfg().validate().unwrap();
+        assert_eq!(cfg().request_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn config_without_tls_or_endpoints_is_rejected() {
+        let mut c = cfg();
+        c.tls = None;
+        assert!(matches!(c.validate(), Err(Error::Config { .. })));
+        let mut c = cfg();
+        c.pd_endpoints = vec!["no-port".into()];
+        assert!(matches!(c.validate(), Err(Error::Config { .. })));
+        let mut c = cfg();
+        c.pd_endpoints.clear();
+        assert!(matches!(c.validate(), Err(Error::Config { .. })));
+    }
+
+    #[test]
+    fn bind_address_follows_pd_address_family() {
+        assert!(cfg().bind_addr().is_ipv4());
+        let mut c = cfg();
+        c.pd_endpoints = vec!["[::1]:2379".into()];
+        assert!(c.bind_addr().is_ipv6());
+    }
+}

@@ -1,0 +1,275 @@
+//! The single retry loop, and the attempt that sends one KV request to one region.
+
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use futures::future::{BoxFuture, Shared};
+use tessera_wire::quic::{ConnectionPool, TransportError};
+use tessera_wire::{
+    KvOp, KvRequest, KvResponse, ReadConsistency, RegionDescriptor, Request, RequestHeader,
+    ResponseBody, SessionId,
+};
+
+use super::clock::TokioClock;
+use super::config::ClientConfig;
+use crate::core::lookup::PendingLookups;
+use crate::core::retry::{Decision, Failure, RequestKind, RetryState, Target, TransportFailure};
+use crate::core::rng::SplitMix64;
+use crate::core::route::{CachedRegion, RegionCache};
+use crate::core::time::{Clock, Timestamp};
+use crate::Error;
+
+/// A PD lookup shared by every request that missed the cache for the same thing. Resolves
+/// once the answer is in the cache (or failed, with the reason).
+pub(crate) type SharedLookup = Shared<BoxFuture<'static, Result<(), String>>>;
+
+/// Routing state: the cache and the lookups in flight, under one lock so that a lookup's
+/// result is cached before the lookup is removed from the table.
+#[derive(Debug, Default)]
+pub(crate) struct Routing {
+    pub(crate) cache: RegionCache,
+    pub(crate) pending: PendingLookups<SharedLookup>,
+}
+
+/// Everything a client's clones share.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) cfg: ClientConfig,
+    pub(crate) pool: ConnectionPool,
+    pub(crate) session: OnceLock<SessionId>,
+    pub(crate) next_seq: AtomicU64,
+    pub(crate) routing: Mutex<Routing>,
+    pub(crate) rng: Mutex<SplitMix64>,
+    pub(crate) clock: TokioClock,
+    /// The PD endpoint that answered last (usually the PD leader).
+    pub(crate) pd_preferred: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded state stays consistent across a panic (every update is one call), so a
+    // poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inner {
+    pub(crate) fn routing(&self) -> MutexGuard<'_, Routing> {
+        lock(&self.routing)
+    }
+
+    pub(crate) fn pd_preferred(&self) -> MutexGuard<'_, Option<String>> {
+        lock(&self.pd_preferred)
+    }
+
+    /// Time left before `deadline`, capped by the per-attempt timeout.
+    pub(crate) fn attempt_timeout(&self, deadline: Timestamp) -> Duration {
+        deadline
+            .saturating_duration_since(self.clock.now())
+            .min(self.cfg.attempt_timeout)
+    }
+}
+
+/// One failed attempt: what failed, and where it was sent.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub(crate) failure: Failure,
+    pub(crate) target: Option<Target>,
+}
+
+impl From<Failure> for Failed {
+    fn from(failure: Failure) -> Self {
+        Failed {
+            failure,
+            target: None,
+        }
+    }
+}
+
+/// Classifies a transport error for the retry decision.
+pub(crate) fn classify(e: TransportError) -> TransportFailure {
+    match e {
+        TransportError::Refused(e) => TransportFailure::Refused(e),
+        TransportError::ConnectionLost(r) => TransportFailure::Lost(r),
+        TransportError::Timeout => TransportFailure::Timeout,
+        TransportError::Frame(f) => TransportFailure::Protocol(f.to_string()),
+        e if e.may_have_been_delivered() => TransportFailure::Lost(e.to_string()),
+        e => TransportFailure::Unreachable(e.to_string()),
+    }
+}
+
+/// One try of a request. The retry loop calls [`Attempt::run`] until it succeeds or the
+/// retry decision says stop.
+pub(crate) trait Attempt: Send {
+    type Output: Send;
+
+    /// Read or write, for the retry decision.
+    fn kind(&self) -> RequestKind;
+
+    /// Performs one attempt. `failures` counts the failed attempts before this one.
+    fn run<'a>(
+        &'a mut self,
+        inner: &'a Arc<Inner>,
+        failures: u32,
+        deadline: Timestamp,
+    ) -> impl Future<Output = Result<Self::Output, Failed>> + Send + 'a;
+}
+
+impl Inner {
+    /// The client's only retry loop: attempt, ask the core what to do, apply its cache
+    /// updates, wait if told to, repeat.
+    pub(crate) async fn retry<A: Attempt>(
+        self: &Arc<Self>,
+        mut attempt: A,
+        deadline: Timestamp,
+    ) -> Result<A::Output, Error> {
+        let mut state = RetryState::new(attempt.kind());
+        loop {
+            let decision = if self.clock.now() >= deadline {
+                state.on_deadline()
+            } else {
+                let failed = match attempt.run(self, state.failures(), deadline).await {
+                    Ok(out) => return Ok(out),
+                    Err(failed) => failed,
+                };
+                let verdict = {
+                    let mut rng = lock(&self.rng);
+                    state.decide(
+                        failed.failure,
+                        failed.target,
+                        self.clock.now(),
+                        deadline,
+                        &self.cfg.backoff,
+                        &mut *rng,
+                    )
+                };
+                let mut routing = self.routing();
+                for update in verdict.updates {
+                    routing.cache.apply(update);
+                }
+                verdict.decision
+            };
+            match decision {
+                Decision::RetryNow => {}
+                Decision::RetryAfter(delay) => tokio::time::sleep(delay).await,
+                Decision::Surface(e) => return Err(e),
+                Decision::Undetermined => return Err(state.undetermined_error()),
+            }
+        }
+    }
+}
+
+/// How a KV request finds its region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RouteBy {
+    /// The region containing the key.
+    Key(Vec<u8>),
+    /// The region holding the keys just below `key` (empty: the last region), for reverse
+    /// scans that stop at `lower`.
+    Before { key: Vec<u8>, lower: Vec<u8> },
+}
+
+/// Result of a KV attempt.
+#[derive(Debug)]
+pub(crate) enum KvOutcome {
+    /// The region answered.
+    Done {
+        region: RegionDescriptor,
+        response: KvResponse,
+    },
+    /// The request no longer fits one region (a batch straddling a split): plan it again.
+    Replan,
+}
+
+/// A KV request to the region found by `route`. `build` makes the operation for the region
+/// as currently cached, or returns `None` when the request no longer fits it. A write's
+/// `build` returns the same session sequence number every time.
+pub(crate) struct KvCall<F> {
+    pub(crate) route: RouteBy,
+    pub(crate) kind: RequestKind,
+    pub(crate) consistency: ReadConsistency,
+    pub(crate) build: F,
+}
+
+impl<F> KvCall<F> {
+    /// Picks the replica to send to: the leader when known; otherwise (and for stale reads
+    /// without a known leader) the peers in turn. The flag says the choice was a guess.
+    fn choose(region: &CachedRegion, failures: u32) -> Option<(tessera_wire::Peer, String, bool)> {
+        if let Some((peer, addr)) = region.leader_target() {
+            return Some((peer, addr.to_string(), false));
+        }
+        region
+            .peer_for_attempt(failures)
+            .map(|(p, a)| (p, a.to_string(), true))
+    }
+}
+
+impl<F> Attempt for KvCall<F>
+where
+    F: Fn(&RegionDescriptor) -> Option<KvOp> + Send,
+{
+    type Output = KvOutcome;
+
+    fn kind(&self) -> RequestKind {
+        self.kind
+    }
+
+    async fn run<'a>(
+        &'a mut self,
+        inner: &'a Arc<Inner>,
+        failures: u32,
+        deadline: Timestamp,
+    ) -> Result<KvOutcome, Failed> {
+        let region = inner.locate(&self.route, deadline).await?;
+        let Some(op) = (self.build)(&region.descriptor) else {
+            return Ok(KvOutcome::Replan);
+        };
+        let region_id = region.id();
+        let Some((peer, addr, guessed)) = Self::choose(&region, failures) else {
+            inner.routing().cache.invalidate(region_id);
+            return Err(Failure::NoRoute(format!(
+                "no address known for any peer of region {region_id}"
+            ))
+            .into());
+        };
+        let target = Some(Target {
+            region_id,
+            peer: Some(peer),
+        });
+        let remaining = deadline.saturating_duration_since(inner.clock.now());
+        let header = RequestHeader {
+            region_id,
+            epoch: region.descriptor.epoch,
+            timeout_ms: u32::try_from(remaining.as_millis())
+                .unwrap_or(u32::MAX)
+                .max(1),
+            consistency: self.consistency,
+        };
+        let request = Request::Kv(KvRequest { header, op });
+        let failed = |failure| Err(Failed { failure, target });
+        match inner
+            .pool
+            .call(&addr, request, inner.attempt_timeout(deadline))
+            .await
+        {
+            Ok(Ok(ResponseBody::Kv(response))) => {
+                // Only the leader serves writes and linearizable reads, so a guessed peer
+                // that answered one is the leader.
+                let leader_only = self.kind != RequestKind::Read
+                    || self.consistency == ReadConsistency::Linearizable;
+                if guessed && leader_only {
+                    inner.routing().cache.update_leader(region_id, peer);
+                }
+                Ok(KvOutcome::Done {
+                    region: region.descriptor,
+                    response,
+                })
+            }
+            Ok(Ok(_)) => failed(Failure::Transport(TransportFailure::Protocol(
+                "non-KV answer to a KV request".into(),
+            ))),
+            Ok(Err(e)) => failed(Failure::Server(e)),
+            Err(e) => failed(Failure::Transport(classify(e))),
+        }
+    }
+}
