@@ -7,7 +7,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use tessera::{Client, ClientConfig, ReadConsistency, ScanOptions, TlsFiles};
 
-use crate::layout::DevLayout;
+use tessera_cli::layout::DevLayout;
 
 /// How to reach the cluster.
 #[derive(Debug, Clone)]

@@ -72,6 +72,12 @@ pub async fn start(data: &Path, args: &DevArgs) -> anyhow::Result<DevCluster> {
     Ok(DevCluster { pd, nodes, pd_addr })
 }
 
+impl std::fmt::Debug for DevCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevCluster").field("pd_addr", &self.pd_addr).field("nodes", &self.nodes.len()).finish()
+    }
+}
+
 impl DevCluster {
     /// Waits until every region hosted by the nodes has a leader (bounded).
     pub async fn wait_ready(&self, expected_regions: usize, timeout: Duration) -> bool {

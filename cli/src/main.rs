@@ -6,9 +6,9 @@
 
 mod certs_cmd;
 mod client_cmd;
-mod dev;
-mod layout;
 mod servers;
+
+use tessera_cli::dev;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -13,8 +13,8 @@ use crate::search::{search, KeyOp, SearchResult};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckConfig {
     /// Maximum number of configurations (linearized set, register value) explored for one key
-    /// before that key's outcome is [`Outcome::Timeout`]. Memory grows with it: roughly
-    /// `16 + 8 * ceil(ops_on_key / 64)` bytes per configuration plus hash-set overhead.
+    /// before that key's outcome is [`Outcome::Timeout`]. Memory grows with it: each failed
+    /// configuration keeps two small bitsets (one bit per operation on the key) in a hash map.
     pub max_states_per_key: usize,
 }
 
@@ -22,7 +22,9 @@ impl Default for CheckConfig {
     /// One million configurations per key: enough for thousands of operations per key at the
     /// concurrency of a test cluster, and tens to hundreds of megabytes at worst.
     fn default() -> Self {
-        CheckConfig { max_states_per_key: 1_000_000 }
+        CheckConfig {
+            max_states_per_key: 1_000_000,
+        }
     }
 }
 
@@ -50,9 +52,10 @@ pub fn check_with(history: &History, config: &CheckConfig) -> Report {
         .map(|(key, ops)| {
             let outcome = match search(ops, config.max_states_per_key) {
                 SearchResult::Linearizable => Outcome::Linearizable,
-                SearchResult::NotLinearizable(explanation) => {
-                    Outcome::NotLinearizable { key: key.to_vec(), explanation }
-                }
+                SearchResult::NotLinearizable(explanation) => Outcome::NotLinearizable {
+                    key: key.to_vec(),
+                    explanation,
+                },
                 SearchResult::Timeout => Outcome::Timeout,
             };
             (key.to_vec(), outcome)

@@ -228,14 +228,24 @@ impl fmt::Display for HistoryError {
         match self {
             HistoryError::NoSuchOp { id } => write!(f, "operation {id} is not in this history"),
             HistoryError::AlreadyResolved { id } => {
-                write!(f, "operation {id} was already completed or declared unknown")
+                write!(
+                    f,
+                    "operation {id} was already completed or declared unknown"
+                )
             }
-            HistoryError::CompletedBeforeInvoked { id, invoke, complete } => write!(
+            HistoryError::CompletedBeforeInvoked {
+                id,
+                invoke,
+                complete,
+            } => write!(
                 f,
                 "operation {id} completed at {complete}, before its invocation at {invoke}"
             ),
             HistoryError::OutputMismatch { id, op, output } => {
-                write!(f, "operation {id} is a {op} but completed with a {output} output")
+                write!(
+                    f,
+                    "operation {id} is a {op} but completed with a {output} output"
+                )
             }
         }
     }
@@ -290,7 +300,11 @@ mod tests {
         ));
         assert!(matches!(
             h.complete(id, Output::absent(), 6),
-            Err(HistoryError::OutputMismatch { op: "put", output: "get", .. })
+            Err(HistoryError::OutputMismatch {
+                op: "put",
+                output: "get",
+                ..
+            })
         ));
         h.complete(id, Output::Put, 6).unwrap();
     }
@@ -301,13 +315,18 @@ mod tests {
         other.invoke(ClientId(0), "k", Op::Get, 0);
         let foreign = other.invoke(ClientId(0), "k", Op::Get, 0);
         let mut h = History::new();
-        assert_eq!(h.unknown(foreign), Err(HistoryError::NoSuchOp { id: foreign }));
+        assert_eq!(
+            h.unknown(foreign),
+            Err(HistoryError::NoSuchOp { id: foreign })
+        );
     }
 
     #[test]
     fn failed_record_leaves_no_entry() {
         let mut h = History::new();
-        assert!(h.record(ClientId(0), "k", Op::Get, Output::Put, 0, 1).is_err());
+        assert!(h
+            .record(ClientId(0), "k", Op::Get, Output::Put, 0, 1)
+            .is_err());
         assert!(h.is_empty());
     }
 }

@@ -38,7 +38,10 @@
 //! explored again. Two more reductions keep the search small:
 //!
 //! - Unknown operations are candidates like the others but need not be linearized: the search
-//!   succeeds once every *completed* operation is.
+//!   succeeds once every *completed* operation is. An unknown write is only tried right before
+//!   an operation that looks at the value, and a configuration with more unknown operations
+//!   linearized than one that already failed is not explored, so pending unknown writes do
+//!   not multiply the search space.
 //! - A completed operation that never changes the register (a read, a failed CAS, a delete
 //!   that reports the key absent) is linearized as soon as it is minimal and consistent,
 //!   without trying alternatives: moving it earlier cannot invalidate a linearization.

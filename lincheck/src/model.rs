@@ -177,7 +177,12 @@ pub(crate) fn output_matches(op: &Op, output: &Output) -> bool {
 pub(crate) fn is_pure(op: &Op, output: &Output) -> bool {
     match (op, output) {
         (Op::Get, Output::Get(_)) => true,
-        (Op::Delete, Output::Delete { existed: Some(false) }) => true,
+        (
+            Op::Delete,
+            Output::Delete {
+                existed: Some(false),
+            },
+        ) => true,
         (Op::Cas { .. }, Output::Cas { succeeded: false }) => true,
         (Op::Cas { expected, new }, Output::Cas { succeeded: true }) => expected == new,
         _ => false,
@@ -274,15 +279,25 @@ mod tests {
 
     #[test]
     fn get_accepts_only_the_current_value() {
-        assert_eq!(step(&v("a"), &Op::Get, Some(&Output::value("a"))), Step::Keep);
-        assert_eq!(step(&v("a"), &Op::Get, Some(&Output::absent())), Step::Reject);
+        assert_eq!(
+            step(&v("a"), &Op::Get, Some(&Output::value("a"))),
+            Step::Keep
+        );
+        assert_eq!(
+            step(&v("a"), &Op::Get, Some(&Output::absent())),
+            Step::Reject
+        );
         assert_eq!(step(&None, &Op::Get, Some(&Output::absent())), Step::Keep);
     }
 
     #[test]
     fn delete_checks_existed_when_reported() {
-        let yes = Output::Delete { existed: Some(true) };
-        let no = Output::Delete { existed: Some(false) };
+        let yes = Output::Delete {
+            existed: Some(true),
+        };
+        let no = Output::Delete {
+            existed: Some(false),
+        };
         let unsure = Output::Delete { existed: None };
         assert_eq!(step(&v("a"), &Op::Delete, Some(&yes)), Step::Set(None));
         assert_eq!(step(&v("a"), &Op::Delete, Some(&no)), Step::Reject);
@@ -301,7 +316,10 @@ mod tests {
 
     #[test]
     fn cas_success_and_failure_depend_on_expected() {
-        let op = Op::Cas { expected: v("a"), new: v("b") };
+        let op = Op::Cas {
+            expected: v("a"),
+            new: v("b"),
+        };
         let ok = Output::Cas { succeeded: true };
         let failed = Output::Cas { succeeded: false };
         assert_eq!(step(&v("a"), &op, Some(&ok)), Step::Set(v("b")));
@@ -316,7 +334,12 @@ mod tests {
     #[test]
     fn pure_ops_never_change_the_value() {
         assert!(is_pure(&Op::Get, &Output::absent()));
-        assert!(is_pure(&Op::Delete, &Output::Delete { existed: Some(false) }));
+        assert!(is_pure(
+            &Op::Delete,
+            &Output::Delete {
+                existed: Some(false)
+            }
+        ));
         assert!(!is_pure(&Op::Delete, &Output::Delete { existed: None }));
         assert!(!is_pure(&Op::put("a"), &Output::Put));
     }
@@ -324,8 +347,16 @@ mod tests {
     #[test]
     fn blind_writes_ignore_the_previous_value() {
         assert!(is_blind(&Op::put("a"), None));
-        assert!(is_blind(&Op::Delete, Some(&Output::Delete { existed: None })));
-        assert!(!is_blind(&Op::Delete, Some(&Output::Delete { existed: Some(true) })));
+        assert!(is_blind(
+            &Op::Delete,
+            Some(&Output::Delete { existed: None })
+        ));
+        assert!(!is_blind(
+            &Op::Delete,
+            Some(&Output::Delete {
+                existed: Some(true)
+            })
+        ));
         assert!(!is_blind(&Op::append("a"), None));
     }
 
@@ -333,6 +364,9 @@ mod tests {
     fn bytes_display_quotes_text_and_hexes_binary() {
         assert_eq!(Bytes(b"a\"b").to_string(), "\"a\\\"b\"");
         assert_eq!(Bytes(&[0, 255]).to_string(), "0x00ff");
-        assert_eq!(Bytes(&[b'x'; 40]).to_string(), format!("\"{}\"...(40 bytes)", "x".repeat(32)));
+        assert_eq!(
+            Bytes(&[b'x'; 40]).to_string(),
+            format!("\"{}\"...(40 bytes)", "x".repeat(32))
+        );
     }
 }

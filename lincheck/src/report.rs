@@ -37,7 +37,9 @@ impl Report {
     /// Whether every key is linearizable. A timed-out key makes this `false`: it was not
     /// shown to be linearizable.
     pub fn is_linearizable(&self) -> bool {
-        self.outcomes.iter().all(|(_, o)| *o == Outcome::Linearizable)
+        self.outcomes
+            .iter()
+            .all(|(_, o)| *o == Outcome::Linearizable)
     }
 
     /// Every key that appears in the history with its outcome, in key order.
@@ -70,7 +72,11 @@ impl Report {
 /// One line for the summary, then one line per key that is not linearizable or timed out.
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bad = self.outcomes.iter().filter(|(_, o)| *o != Outcome::Linearizable).count();
+        let bad = self
+            .outcomes
+            .iter()
+            .filter(|(_, o)| *o != Outcome::Linearizable)
+            .count();
         write!(
             f,
             "{} of {} keys linearizable",

@@ -4,8 +4,23 @@
 //! value they leave. From a configuration, an operation may be linearized next iff it is not
 //! yet linearized, it is minimal in the real-time order among the remaining operations (no
 //! remaining operation completed before it was invoked), and its output is consistent with the
-//! value. The search is a depth-first walk over configurations; a configuration already seen is
-//! never explored twice, because its outcome depends only on (set, value), not on the path.
+//! value. The search is a depth-first walk over configurations that stops as soon as every
+//! completed operation is linearized; a configuration already known to fail is never explored
+//! again, because its outcome depends only on the configuration, not on the path to it.
+//!
+//! Operations with an unknown outcome are what make the search blow up: each pending one may
+//! or may not be linearized, at any later point. Three reductions keep that in check, each
+//! justified where it is implemented:
+//! - an unknown operation that would not change the value is never linearized;
+//! - an unknown operation is never immediately followed by a blind write (which would erase
+//!   its effect unobserved), so unknown writes are only placed right before an operation that
+//!   looks at the value;
+//! - failed configurations are matched by subsumption ([`FailedConfigs`]), so having linearized
+//!   *more* unknown operations than a configuration that failed cannot help.
+//!
+//! Invariant: each reduction only removes linearizations that can be rewritten into one the
+//! search still explores, so "no linearization found" stays exact. `tests/it/oracle.rs` checks
+//! this against brute force.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -78,7 +93,12 @@ impl<'a, 'h> Search<'a, 'h> {
     fn new(ops: &'a [KeyOp<'h>]) -> Self {
         let unknown = (0..ops.len()).filter(|&i| !ops[i].completed()).collect();
         let n_completed = ops.iter().filter(|o| o.completed()).count();
-        Search { ops, unknown, n_completed, states: States::default() }
+        Search {
+            ops,
+            unknown,
+            n_completed,
+            states: States::default(),
+        }
     }
 
     fn run(mut self, max_states: usize) -> SearchResult {
@@ -111,7 +131,12 @@ impl<'a, 'h> Search<'a, 'h> {
             tried: 0,
         }];
         let mut done = 0usize;
-        let mut deepest = Deepest { done: 0, bits: lin.clone(), state: root_state, path: vec![] };
+        let mut deepest = Deepest {
+            done: 0,
+            bits: lin.clone(),
+            state: root_state,
+            path: vec![],
+        };
 
         while let Some(top) = stack.last_mut() {
             if top.tried == top.cands.len() {
@@ -173,11 +198,20 @@ impl<'a, 'h> Search<'a, 'h> {
                     return SearchResult::Linearizable;
                 }
             }
-            let frontier = if c == frontier { self.advance(&lin, frontier) } else { frontier };
+            let frontier = if c == frontier {
+                self.advance(&lin, frontier)
+            } else {
+                frontier
+            };
             if done > deepest.done {
                 let mut path: Vec<usize> = stack.iter().filter_map(|f| f.via).collect();
                 path.push(c);
-                deepest = Deepest { done, bits: lin.clone(), state: next_state, path };
+                deepest = Deepest {
+                    done,
+                    bits: lin.clone(),
+                    state: next_state,
+                    path,
+                };
             }
             let after_unknown = !completed;
             let cands = self.candidates(&lin, frontier, next_state, after_unknown, true);
@@ -458,21 +492,31 @@ mod tests {
     #[test]
     fn sequential_put_then_get_is_linearizable() {
         let mut h = History::new();
-        h.record(ClientId(0), "k", Op::put("a"), Output::Put, 0, 1).unwrap();
-        h.record(ClientId(0), "k", Op::Get, Output::value("a"), 2, 3).unwrap();
+        h.record(ClientId(0), "k", Op::put("a"), Output::Put, 0, 1)
+            .unwrap();
+        h.record(ClientId(0), "k", Op::Get, Output::value("a"), 2, 3)
+            .unwrap();
         assert_eq!(run(&h, 100), SearchResult::Linearizable);
     }
 
     #[test]
     fn explanation_names_the_stale_read() {
         let mut h = History::new();
-        h.record(ClientId(0), "k", Op::put("a"), Output::Put, 0, 1).unwrap();
-        h.record(ClientId(0), "k", Op::put("b"), Output::Put, 2, 3).unwrap();
-        h.record(ClientId(1), "k", Op::Get, Output::value("a"), 4, 5).unwrap();
-        let SearchResult::NotLinearizable(why) = run(&h, 100) else { panic!("accepted") };
+        h.record(ClientId(0), "k", Op::put("a"), Output::Put, 0, 1)
+            .unwrap();
+        h.record(ClientId(0), "k", Op::put("b"), Output::Put, 2, 3)
+            .unwrap();
+        h.record(ClientId(1), "k", Op::Get, Output::value("a"), 4, 5)
+            .unwrap();
+        let SearchResult::NotLinearizable(why) = run(&h, 100) else {
+            panic!("accepted")
+        };
         assert!(why.contains("at most 2 of 3"), "{why}");
         assert!(why.contains("holds \"b\""), "{why}");
-        assert!(why.contains("#2 client 1 get -> \"a\" [4, 5] (inconsistent"), "{why}");
+        assert!(
+            why.contains("#2 client 1 get -> \"a\" [4, 5] (inconsistent"),
+            "{why}"
+        );
     }
 
     #[test]
@@ -481,9 +525,18 @@ mod tests {
         // Many concurrent writes and a read nobody wrote: the search must explore every
         // ordering of the writes before concluding.
         for c in 0..12u64 {
-            h.record(ClientId(c), "k", Op::put(vec![c as u8]), Output::Put, 0, 100).unwrap();
+            h.record(
+                ClientId(c),
+                "k",
+                Op::put(vec![c as u8]),
+                Output::Put,
+                0,
+                100,
+            )
+            .unwrap();
         }
-        h.record(ClientId(99), "k", Op::Get, Output::value("zz"), 0, 100).unwrap();
+        h.record(ClientId(99), "k", Op::Get, Output::value("zz"), 0, 100)
+            .unwrap();
         assert_eq!(run(&h, 50), SearchResult::Timeout);
     }
 

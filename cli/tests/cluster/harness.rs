@@ -18,6 +18,8 @@ pub struct TestCluster {
     pub nodes: BTreeMap<u64, Option<Node>>,
     pub node_addrs: BTreeMap<u64, SocketAddr>,
     pub initial_regions: u32,
+    /// Adjusts every node's configuration (e.g. snapshot thresholds).
+    pub tweak: fn(&mut NodeConfig),
 }
 
 impl TestCluster {
@@ -39,11 +41,17 @@ impl TestCluster {
         );
         cfg.raft = RaftTiming { heartbeat_ms: 100, election_min_ms: 500, election_max_ms: 1000, ..RaftTiming::default() };
         cfg.heartbeat_interval = Duration::from_millis(100);
+        (self.tweak)(&mut cfg);
         cfg
     }
 
     /// Starts PD and `nodes` nodes, and waits until every region has a leader.
     pub async fn start(nodes: u64, initial_regions: u32) -> TestCluster {
+        Self::start_with(nodes, initial_regions, |_| {}).await
+    }
+
+    /// Like [`TestCluster::start`], with `tweak` applied to every node's configuration.
+    pub async fn start_with(nodes: u64, initial_regions: u32, tweak: fn(&mut NodeConfig)) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let certs = dir.path().join("certs");
         let ids: Vec<NodeId> = (1..=nodes).map(NodeId).collect();
@@ -59,6 +67,7 @@ impl TestCluster {
             nodes: BTreeMap::new(),
             node_addrs: BTreeMap::new(),
             initial_regions,
+            tweak,
         };
         for id in 1..=nodes {
             let node = Node::start(c.node_config(id, "127.0.0.1:0".parse().unwrap())).await.expect("start node");

@@ -46,3 +46,33 @@ async fn the_whole_cluster_restarts_with_its_data() {
     assert_eq!(cluster.routes().await.len(), 4, "PD recovered its routing table");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replica_catches_up_from_a_streamed_snapshot_after_log_compaction() {
+    // Snapshot every 50 entries and keep only 5 after it, so a replica that misses a few
+    // hundred writes can only catch up by installing a snapshot.
+    let mut cluster = TestCluster::start_with(3, 1, |cfg| {
+        cfg.raft.snapshot_every = 50;
+        cfg.raft.keep_after_snapshot = 5;
+    })
+    .await;
+    let lagging = 3;
+    cluster.stop_node(lagging).await;
+    let client = cluster.client().await;
+    let n = 400;
+    // Values large enough that the snapshot spans several 1 MiB chunks.
+    let value = |i: usize| format!("{i:08}").repeat(1024).into_bytes();
+    for i in 0..n {
+        client.put(&spread_key(i, n), &value(i)).await.unwrap();
+    }
+    cluster.restart_node(lagging).await;
+    // Stop another node: the remaining majority needs the lagging replica, which has the
+    // entries only if the snapshot was streamed to it and installed.
+    let other = if cluster.leader_node_of(&spread_key(0, n)).await == 1 { 2 } else { 1 };
+    cluster.stop_node(other).await;
+    let client = cluster.client().await;
+    for i in (0..n).step_by(7) {
+        assert_eq!(client.get(&spread_key(i, n)).await.unwrap(), Some(value(i)), "key {i}");
+    }
+    cluster.shutdown().await;
+}

@@ -1,45 +1,48 @@
 //! Histories of a simulated linearizable store: accepted as recorded, rejected once a read is
 //! corrupted.
+//!
+//! Deterministic seeded loops rather than proptest: a failure names its seed, and reruns are
+//! identical. Unknown outcomes are kept to the rates a fault-injection test produces (at most
+//! 8% of writes); at much higher rates on one hot key the search may legitimately time out.
 
-use proptest::prelude::*;
 use tessera_lincheck::{check, Outcome};
 
 use crate::sim::{corrupt_one_read, simulate, to_history, Rng, SimConfig};
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+const SEEDS: u64 = 200;
 
-    #[test]
-    fn simulated_store_histories_are_linearizable(
-        seed in any::<u64>(),
-        clients in 1usize..=8,
-        keys in 1usize..=4,
-        unknown_percent in 0u64..=10,
-    ) {
-        let cfg = SimConfig { clients, keys, ops: 300, unknown_percent };
-        let report = check(&to_history(&simulate(seed, cfg)));
-        prop_assert!(report.is_linearizable(), "seed {seed}: {report}");
+fn config(seed: u64) -> SimConfig {
+    let mut rng = Rng::new(seed.wrapping_mul(0x9e37_79b9));
+    SimConfig {
+        clients: 1 + rng.below(8) as usize,
+        keys: 1 + rng.below(4) as usize,
+        ops: 300,
+        unknown_percent: rng.below(9),
     }
+}
 
-    #[test]
-    fn corrupting_one_read_is_detected(
-        seed in any::<u64>(),
-        clients in 1usize..=8,
-        keys in 1usize..=4,
-        unknown_percent in 0u64..=10,
-    ) {
-        let cfg = SimConfig { clients, keys, ops: 300, unknown_percent };
+#[test]
+fn simulated_store_histories_are_linearizable() {
+    for seed in 0..SEEDS {
+        let cfg = config(seed);
+        let report = check(&to_history(&simulate(seed, cfg)));
+        assert!(report.is_linearizable(), "seed {seed} {cfg:?}: {report}");
+    }
+}
+
+#[test]
+fn corrupting_one_read_is_detected() {
+    for seed in 0..SEEDS {
+        let cfg = config(seed);
         let mut recs = simulate(seed, cfg);
         let mut rng = Rng::new(seed ^ 0xc0ff_ee);
-        let Some(corrupted) = corrupt_one_read(&mut rng, &mut recs) else {
-            return Ok(());
-        };
+        let corrupted = corrupt_one_read(&mut rng, &mut recs).expect("300 ops include a read");
         let report = check(&to_history(&recs));
         let key = recs[corrupted].key.clone();
-        prop_assert!(
+        assert!(
             matches!(report.outcome(&key), Some(Outcome::NotLinearizable { .. })),
-            "seed {seed}: corrupted read {corrupted} accepted: {report}"
+            "seed {seed} {cfg:?}: corrupted read {corrupted} accepted: {report}"
         );
-        prop_assert_eq!(report.violations().count(), 1, "seed {}: {}", seed, report);
+        assert_eq!(report.violations().count(), 1, "seed {seed}: {report}");
     }
 }

@@ -5,4 +5,3 @@ mod handmade;
 mod oracle;
 mod perf;
 mod sim;
-mod stress_tmp;

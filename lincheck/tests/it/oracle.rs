@@ -3,6 +3,7 @@
 //! The brute force tries every subset of unknown operations and every order of the chosen
 //! operations that respects real time, with its own implementation of the register model.
 
+use proptest::prelude::*;
 use tessera_lincheck::{check, ClientId, Op, Outcome, Output};
 
 use crate::sim::{to_history, Rec, Rng};
@@ -34,9 +35,11 @@ fn model_step(v: &Value, op: &Op, out: Option<&Output>) -> Option<Value> {
             }
         }
         // Unknown CAS: swaps if it matches, else does nothing.
-        (Op::Cas { expected, new }, None) => {
-            Some(if expected == v { new.clone() } else { v.clone() })
-        }
+        (Op::Cas { expected, new }, None) => Some(if expected == v {
+            new.clone()
+        } else {
+            v.clone()
+        }),
         (op, out) => panic!("unexpected pair {op:?} {out:?}"),
     }
 }
@@ -46,8 +49,10 @@ fn end_time(r: &Rec) -> u64 {
 }
 
 fn brute_force(recs: &[Rec]) -> bool {
-    let ops: Vec<&Rec> =
-        recs.iter().filter(|r| r.end.is_some() || r.op != Op::Get).collect();
+    let ops: Vec<&Rec> = recs
+        .iter()
+        .filter(|r| r.end.is_some() || r.op != Op::Get)
+        .collect();
     let unknown: Vec<usize> = (0..ops.len()).filter(|&i| ops[i].end.is_none()).collect();
     (0u32..1 << unknown.len()).any(|mask| {
         let chosen: Vec<&Rec> = (0..ops.len())
@@ -111,13 +116,27 @@ fn random_history(rng: &mut Rng) -> Vec<Rec> {
                     (Op::append("a"), Output::Append { new_len })
                 }
                 _ => {
-                    let op = Op::Cas { expected: random_value(rng), new: random_value(rng) };
-                    (op, Output::Cas { succeeded: rng.chance(50) })
+                    let op = Op::Cas {
+                        expected: random_value(rng),
+                        new: random_value(rng),
+                    };
+                    (
+                        op,
+                        Output::Cas {
+                            succeeded: rng.chance(50),
+                        },
+                    )
                 }
             };
             let invoke = rng.below(12);
             let end = (!rng.chance(20)).then(|| (out, invoke + rng.below(6)));
-            Rec { client: ClientId(c as u64), key: b"k".to_vec(), op, invoke, end }
+            Rec {
+                client: ClientId(c as u64),
+                key: b"k".to_vec(),
+                op,
+                invoke,
+                end,
+            }
         })
         .collect()
 }
@@ -129,9 +148,16 @@ fn search_agrees_with_brute_force_on_tiny_histories() {
         let recs = random_history(&mut Rng::new(seed));
         let expected = brute_force(&recs);
         let report = check(&to_history(&recs));
-        assert_eq!(report.is_linearizable(), expected, "seed {seed}: {recs:#?}\n{report}");
+        assert_eq!(
+            report.is_linearizable(),
+            expected,
+            "seed {seed}: {recs:#?}\n{report}"
+        );
         if !expected {
-            assert!(matches!(report.outcome(b"k"), Some(Outcome::NotLinearizable { .. })));
+            assert!(matches!(
+                report.outcome(b"k"),
+                Some(Outcome::NotLinearizable { .. })
+            ));
         }
         if expected {
             accepted += 1;
@@ -140,5 +166,20 @@ fn search_agrees_with_brute_force_on_tiny_histories() {
         }
     }
     // Both verdicts must be well represented, or the comparison proves little.
-    assert!(accepted > 2_000 && rejected > 2_000, "accepted {accepted}, rejected {rejected}");
+    assert!(
+        accepted > 2_000 && rejected > 2_000,
+        "accepted {accepted}, rejected {rejected}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    /// The same comparison over seeds the fixed loop does not cover.
+    #[test]
+    fn search_agrees_with_brute_force_on_random_seeds(seed in any::<u64>()) {
+        let recs = random_history(&mut Rng::new(seed));
+        let report = check(&to_history(&recs));
+        prop_assert_eq!(report.is_linearizable(), brute_force(&recs), "{:#?}\n{}", recs, report);
+    }
 }

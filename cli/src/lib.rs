@@ -1,0 +1,5 @@
+//! Library half of the `tessera` binary: the in-process development cluster, reused by the
+//! load harness (`benches/`).
+
+pub mod dev;
+pub mod layout;
