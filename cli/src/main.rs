@@ -52,6 +52,7 @@ enum Command {
     /// Set KEY to VALUE.
     Put {
         /// Key.
+        #[arg(id = "KEY", value_name = "KEY")]
         key: String,
         /// Value.
         value: String,
@@ -59,6 +60,7 @@ enum Command {
     /// Print the value of KEY (exit code 1 if absent).
     Get {
         /// Key.
+        #[arg(id = "KEY", value_name = "KEY")]
         key: String,
         /// Serve from any replica; may miss recent writes.
         #[arg(long)]
@@ -67,11 +69,13 @@ enum Command {
     /// Delete KEY.
     Delete {
         /// Key.
+        #[arg(id = "KEY", value_name = "KEY")]
         key: String,
     },
     /// Append VALUE to KEY's value (an absent key acts as put).
     Append {
         /// Key.
+        #[arg(id = "KEY", value_name = "KEY")]
         key: String,
         /// Bytes to append.
         value: String,
@@ -79,6 +83,7 @@ enum Command {
     /// Compare-and-swap: set KEY to NEW if its value is --expect OLD (or absent, with --expect-absent).
     Cas {
         /// Key.
+        #[arg(id = "KEY", value_name = "KEY")]
         key: String,
         /// New value; omit with --delete to delete instead.
         new: Option<String>,
@@ -115,7 +120,7 @@ fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 let default = if matches!(cli.command, Command::Dev(_) | Command::Pd(_) | Command::Node(_)) {
-                    "warn,tessera_cli=info"
+                    "warn,openraft=error,tessera_cli=info"
                 } else {
                     "error"
                 };

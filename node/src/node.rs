@@ -51,7 +51,12 @@ impl Node {
         let local_addr = server.local_addr();
         let advertise = cfg.advertise.clone().unwrap_or_else(|| local_addr.to_string());
         let pool = ConnectionPool::new(server.client());
-        let ctx = NodeContext { engine: engine.clone(), book: AddressBook::default(), regions: Arc::new(RegionMap::default()) };
+        let ctx = NodeContext {
+            engine: engine.clone(),
+            book: AddressBook::default(),
+            regions: Arc::new(RegionMap::default()),
+            snapshots_installed: Default::default(),
+        };
         ctx.book.set(cfg.node_id, advertise.clone());
         let raft_config = openraft::Config {
             cluster_name: "tessera".into(),
@@ -108,6 +113,11 @@ impl Node {
     /// Number of regions this node leads.
     pub fn leader_count(&self) -> usize {
         self.ctx.regions.all().iter().filter(|r| r.is_leader()).count()
+    }
+
+    /// Snapshots this node received from region leaders and installed since it started.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.ctx.snapshots_installed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Group-commit counters: (commits/fsyncs, jobs, raft log entries).

@@ -97,4 +97,6 @@ pub struct NodeContext {
     pub book: AddressBook,
     /// Hosted regions.
     pub regions: Arc<RegionMap>,
+    /// Snapshots received from leaders and installed.
+    pub snapshots_installed: Arc<std::sync::atomic::AtomicU64>,
 }

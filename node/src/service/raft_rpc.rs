@@ -64,6 +64,7 @@ impl NodeService {
                         tracing::info!(region_id = req.region_id.0, bytes = data.len(), "installing snapshot");
                         let snapshot = Snapshot { meta, snapshot: std::io::Cursor::new(data) };
                         let resp = region.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| unavailable(&e))?;
+                        self.ctx.snapshots_installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         encode(&Some(resp))
                     }
                 }
