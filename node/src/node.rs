@@ -129,10 +129,12 @@ impl Node {
 
     /// Stops serving, shuts every Raft group down and waits for the tasks to end.
     pub async fn shutdown(self) {
+        tracing::info!(node_id = self.node_id.0, "stopping node");
         let _ = self.shutdown.send(true);
         for region in self.ctx.regions.all() {
             let _ = region.raft.shutdown().await;
         }
+        tracing::debug!(node_id = self.node_id.0, "raft groups stopped");
         for t in self.tasks {
             let _ = t.await;
         }

@@ -52,6 +52,13 @@ impl TestCluster {
 
     /// Like [`TestCluster::start`], with `tweak` applied to every node's configuration.
     pub async fn start_with(nodes: u64, initial_regions: u32, tweak: fn(&mut NodeConfig)) -> TestCluster {
+        // Logs when asked for with RUST_LOG (e.g. RUST_LOG=tessera=debug).
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let certs = dir.path().join("certs");
         let ids: Vec<NodeId> = (1..=nodes).map(NodeId).collect();

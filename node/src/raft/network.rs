@@ -98,7 +98,13 @@ impl PeerNetwork {
             .get(self.node_id)
             .ok_or_else(|| SendError::Unreachable(format!("no address known for node {}", self.node_id)))?;
         let req = Request::Raft(RaftRequest { region_id: self.region_id, to_peer: self.target, kind, payload });
-        match self.pool.call(&addr, req, timeout).await {
+        // The deadline covers dialling too: a dead peer must not hold a replication stream
+        // (or shutdown) for the transport's whole connect timeout.
+        let result = match tokio::time::timeout(timeout, self.pool.call(&addr, req, timeout)).await {
+            Ok(r) => r,
+            Err(_) => Err(tessera_wire::quic::TransportError::Timeout),
+        };
+        match result {
             Ok(Ok(ResponseBody::Raft(r))) => Ok(r.payload),
             Ok(Ok(other)) => Err(SendError::Network(format!("unexpected response {other:?}"))),
             Ok(Err(e)) => Err(SendError::Unreachable(e.to_string())),

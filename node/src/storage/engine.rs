@@ -28,6 +28,7 @@ struct Job {
     work: Work,
     done: Done,
     log_entries: u64,
+    durable: bool,
 }
 
 /// Most jobs folded into one transaction.
@@ -53,7 +54,7 @@ pub enum StorageError {
 /// Counters of the group commit, for benchmarks and status.
 #[derive(Debug, Default)]
 pub struct CommitStats {
-    /// Committed transactions (one fsync each).
+    /// Durable commits (one fsync each).
     pub commits: AtomicU64,
     /// Jobs committed.
     pub jobs: AtomicU64,
@@ -120,9 +121,33 @@ impl Engine {
 
     /// Like [`Engine::submit`], counting `log_entries` Raft log entries for the statistics.
     pub fn submit_counted(&self, work: Work, done: Done, log_entries: u64) {
-        if let Err(mpsc::SendError(job)) = self.tx.send(Job { work, done, log_entries }) {
+        self.send(Job { work, done, log_entries, durable: true })
+    }
+
+    fn send(&self, job: Job) {
+        if let Err(mpsc::SendError(job)) = self.tx.send(job) {
             (job.done)(Err(io::Error::other("storage writer has stopped")));
         }
+    }
+
+    /// Runs `work` in the next group commit without requiring an fsync of its own, and
+    /// waits until it is committed (visible to readers).
+    ///
+    /// Used for state-machine applies: they are re-derived from the durable Raft log after
+    /// a crash. redb makes a non-durable commit durable with the next durable one, so once
+    /// anything later is durable (a log append, a vote, a purge) so is this; in particular
+    /// the log is never purged past state that could still be lost.
+    pub async fn write_lazy(&self, work: Work) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Job {
+            work,
+            done: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+            log_entries: 0,
+            durable: false,
+        });
+        rx.await.map_err(|_| io::Error::other("storage writer dropped a job"))?
     }
 
     /// Runs `work` in the next group commit and waits until it is durable.
@@ -180,9 +205,11 @@ fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Job>, failed: Arc<Mut
         }
         let mut dones = Vec::with_capacity(batch.len());
         let mut log_entries = 0;
+        let durable = batch.iter().any(|j| j.durable);
         let result = (|| -> io::Result<()> {
             let mut txn = db.begin_write().map_err(io_err)?;
-            txn.set_durability(redb::Durability::Immediate).map_err(io_err)?;
+            let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
+            txn.set_durability(durability).map_err(io_err)?;
             for job in batch {
                 log_entries += job.log_entries;
                 dones.push(job.done);
@@ -192,7 +219,9 @@ fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Job>, failed: Arc<Mut
         })();
         match &result {
             Ok(()) => {
-                stats.commits.fetch_add(1, Ordering::Relaxed);
+                if durable {
+                    stats.commits.fetch_add(1, Ordering::Relaxed);
+                }
                 stats.jobs.fetch_add(dones.len() as u64, Ordering::Relaxed);
                 stats.log_entries.fetch_add(log_entries, Ordering::Relaxed);
             }

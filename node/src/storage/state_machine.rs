@@ -265,7 +265,7 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
         let results: Arc<Mutex<(Vec<ApplyResult>, i64, i64)>> = Default::default();
         let out = results.clone();
         self.engine
-            .write(Box::new(move |txn| {
+            .write_lazy(Box::new(move |txn| {
                 let mut data = txn.open_table(tables::DATA).map_err(io_err)?;
                 let mut dedup = txn.open_table(tables::DEDUP).map_err(io_err)?;
                 let mut dedup_index = txn.open_table(tables::DEDUP_INDEX).map_err(io_err)?;

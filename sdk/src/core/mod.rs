@@ -12,4 +12,5 @@ pub mod plan;
 pub mod retry;
 pub mod rng;
 pub mod route;
+pub mod suspect;
 pub mod time;

@@ -66,6 +66,30 @@ impl CachedRegion {
         Some((leader, self.addr_of(leader)?))
     }
 
+    /// The replica to send to: the leader when known and not suspect, otherwise the peers
+    /// in turn starting at `attempt`, skipping suspect addresses unless all are suspect.
+    /// The flag is true when the choice is a guess rather than the known leader.
+    pub fn choose_target(&self, attempt: u32, suspect: impl Fn(&str) -> bool) -> Option<(Peer, &str, bool)> {
+        if let Some((peer, addr)) = self.leader_target() {
+            if !suspect(addr) {
+                return Some((peer, addr, false));
+            }
+        }
+        let n = self.descriptor.peers.len();
+        let candidates = (0..n).filter_map(|i| {
+            let peer = self.descriptor.peers[(attempt as usize + i) % n];
+            Some((peer, self.addr_of(peer)?))
+        });
+        let mut first = None;
+        for (peer, addr) in candidates {
+            if !suspect(addr) {
+                return Some((peer, addr, Some(peer) != self.leader));
+            }
+            first.get_or_insert((peer, addr));
+        }
+        first.map(|(peer, addr)| (peer, addr, Some(peer) != self.leader))
+    }
+
     /// The peer to try on attempt number `attempt` when no leader is known (round robin).
     pub fn peer_for_attempt(&self, attempt: u32) -> Option<(Peer, &str)> {
         let n = self.descriptor.peers.len();
@@ -622,6 +646,29 @@ pub(crate) mod tests {
         let cover = c.regions_for_range(b"a", b"");
         assert_eq!(cover.regions.len(), 2);
         assert_eq!(cover.gap, Some(b"f".to_vec()));
+    }
+
+    #[test]
+    fn suspect_leader_is_skipped_for_a_live_peer_unless_all_are_suspect() {
+        let region = CachedRegion {
+            descriptor: RegionDescriptor {
+                id: RegionId(1),
+                start_key: vec![],
+                end_key: vec![],
+                epoch: RegionEpoch { conf_ver: 1, version: 1 },
+                peers: (1..=3).map(|i| Peer { id: PeerId(i), node_id: NodeId(i) }).collect(),
+            },
+            leader: Some(Peer { id: PeerId(1), node_id: NodeId(1) }),
+            peer_addrs: vec!["n1".into(), "n2".into(), "n3".into()],
+        };
+        let (p, a, guessed) = region.choose_target(0, |_| false).unwrap();
+        assert_eq!((p.id, a, guessed), (PeerId(1), "n1", false));
+        let (p, a, guessed) = region.choose_target(0, |a| a == "n1").unwrap();
+        assert_eq!((p.id, a, guessed), (PeerId(2), "n2", true));
+        let (p, _, _) = region.choose_target(2, |a| a == "n1").unwrap();
+        assert_eq!(p.id, PeerId(3));
+        let (p, a, _) = region.choose_target(0, |_| true).unwrap();
+        assert_eq!((p.id, a), (PeerId(1), "n1"), "with every peer suspect, try anyway");
     }
 
     #[test]

@@ -45,7 +45,11 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(3),
             backoff: Backoff::default(),
-            transport: TransportConfig::default(),
+            transport: TransportConfig {
+                // Clients fail over to another replica rather than wait on a dead node.
+                connect_timeout: Duration::from_secs(2),
+                ..TransportConfig::default()
+            },
             limits: Limits::DEFAULT,
             bind: None,
             rng_seed: None,

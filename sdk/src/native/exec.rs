@@ -18,6 +18,7 @@ use crate::core::lookup::PendingLookups;
 use crate::core::retry::{Decision, Failure, RequestKind, RetryState, Target, TransportFailure};
 use crate::core::rng::SplitMix64;
 use crate::core::route::{CachedRegion, RegionCache};
+use crate::core::suspect::{discount_suspect_hint, Suspects};
 use crate::core::time::{Clock, Timestamp};
 use crate::Error;
 
@@ -31,6 +32,8 @@ pub(crate) type SharedLookup = Shared<BoxFuture<'static, Result<(), String>>>;
 pub(crate) struct Routing {
     pub(crate) cache: RegionCache,
     pub(crate) pending: PendingLookups<SharedLookup>,
+    /// Node addresses that recently failed to answer.
+    pub(crate) suspects: Suspects,
 }
 
 /// Everything a client's clones share.
@@ -67,6 +70,20 @@ impl Inner {
         deadline
             .saturating_duration_since(self.clock.now())
             .min(self.cfg.attempt_timeout)
+    }
+
+    /// One call through the pool, dial included, bounded by `timeout`: a dead node must
+    /// not hold an attempt for the transport's whole connect timeout.
+    pub(crate) async fn call(
+        &self,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<tessera_wire::Response, TransportError> {
+        match tokio::time::timeout(timeout, self.pool.call(addr, request, timeout)).await {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout),
+        }
     }
 }
 
@@ -194,13 +211,15 @@ pub(crate) struct KvCall<F> {
 impl<F> KvCall<F> {
     /// Picks the replica to send to: the leader when known; otherwise (and for stale reads
     /// without a known leader) the peers in turn. The flag says the choice was a guess.
-    fn choose(region: &CachedRegion, failures: u32) -> Option<(tessera_wire::Peer, String, bool)> {
-        if let Some((peer, addr)) = region.leader_target() {
-            return Some((peer, addr.to_string(), false));
-        }
+    fn choose(
+        region: &CachedRegion,
+        failures: u32,
+        suspects: &Suspects,
+        now: Timestamp,
+    ) -> Option<(tessera_wire::Peer, String, bool)> {
         region
-            .peer_for_attempt(failures)
-            .map(|(p, a)| (p, a.to_string(), true))
+            .choose_target(failures, |addr| suspects.is_suspect(addr, now))
+            .map(|(p, a, guessed)| (p, a.to_string(), guessed))
     }
 }
 
@@ -225,7 +244,11 @@ where
             return Ok(KvOutcome::Replan);
         };
         let region_id = region.id();
-        let Some((peer, addr, guessed)) = Self::choose(&region, failures) else {
+        let chosen = {
+            let now = inner.clock.now();
+            Self::choose(&region, failures, &inner.routing().suspects, now)
+        };
+        let Some((peer, addr, guessed)) = chosen else {
             inner.routing().cache.invalidate(region_id);
             return Err(Failure::NoRoute(format!(
                 "no address known for any peer of region {region_id}"
@@ -248,11 +271,11 @@ where
         let request = Request::Kv(KvRequest { header, op });
         let failed = |failure| Err(Failed { failure, target });
         match inner
-            .pool
             .call(&addr, request, inner.attempt_timeout(deadline))
             .await
         {
             Ok(Ok(ResponseBody::Kv(response))) => {
+                inner.routing().suspects.answered(&addr);
                 // Only the leader serves writes and linearizable reads, so a guessed peer
                 // that answered one is the leader.
                 let leader_only = self.kind != RequestKind::Read
@@ -268,8 +291,20 @@ where
             Ok(Ok(_)) => failed(Failure::Transport(TransportFailure::Protocol(
                 "non-KV answer to a KV request".into(),
             ))),
-            Ok(Err(e)) => failed(Failure::Server(e)),
-            Err(e) => failed(Failure::Transport(classify(e))),
+            Ok(Err(e)) => {
+                let now = inner.clock.now();
+                let mut routing = inner.routing();
+                routing.suspects.answered(&addr);
+                let e = discount_suspect_hint(e, &routing.suspects, now);
+                drop(routing);
+                failed(Failure::Server(e))
+            }
+            Err(e) => {
+                tracing::debug!(region_id = region_id.0, peer = peer.id.0, addr = %addr, error = %e, "request failed in transport");
+                let now = inner.clock.now();
+                inner.routing().suspects.failed(&addr, now);
+                failed(Failure::Transport(classify(e)))
+            }
         }
     }
 }

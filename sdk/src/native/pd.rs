@@ -43,7 +43,6 @@ impl Inner {
                 break;
             }
             match self
-                .pool
                 .call(&addr, Request::Pd(request.clone()), timeout)
                 .await
             {

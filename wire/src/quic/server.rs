@@ -32,6 +32,10 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 /// Bound on each phase of a graceful shutdown: in-flight handlers, then the endpoint's
 /// closing handshakes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// After closing the endpoint, how long to wait for peers to acknowledge the close. The
+/// close frame is already sent; waiting only retransmits it if lost, and a peer that is
+/// itself gone would otherwise hold shutdown for its whole backed-off timer.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// After its last response, how long a stream waits for the client to acknowledge it.
 const FLUSH_LINGER: Duration = Duration::from_secs(2);
 
@@ -196,7 +200,7 @@ impl Server {
         }
         self.endpoint
             .close(VarInt::from_u32(CLOSE_NORMAL), b"server shutting down");
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(CLOSE_LINGER, self.endpoint.wait_idle()).await;
     }
 }
 
