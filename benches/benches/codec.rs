@@ -1,7 +1,10 @@
 //! Frame codec micro-benchmarks: encode and decode a typical put request.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use tessera_wire::{frame, Frame, KvOp, KvRequest, ReadConsistency, RegionEpoch, RegionId, Request, RequestHeader, SessionId, SessionSeq, WriteCommand};
+use tessera_wire::{
+    frame, Frame, KvOp, KvRequest, ReadConsistency, RegionEpoch, RegionId, Request, RequestHeader, SessionId,
+    SessionSeq, WriteCommand,
+};
 
 fn put_frame(value_len: usize) -> Frame {
     Frame::request(
@@ -25,7 +28,9 @@ fn codec(c: &mut Criterion) {
     for len in [100usize, 4096] {
         let f = put_frame(len);
         let bytes = frame::encode(&f).unwrap();
-        c.bench_function(&format!("encode put {len}B"), |b| b.iter(|| frame::encode(std::hint::black_box(&f)).unwrap()));
+        c.bench_function(&format!("encode put {len}B"), |b| {
+            b.iter(|| frame::encode(std::hint::black_box(&f)).unwrap())
+        });
         c.bench_function(&format!("decode put {len}B"), |b| {
             b.iter(|| frame::decode(std::hint::black_box(&bytes), frame::DEFAULT_MAX_FRAME_LEN).unwrap())
         });

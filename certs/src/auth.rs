@@ -25,23 +25,13 @@ impl ClusterAuthenticator {
 }
 
 impl Authenticator for ClusterAuthenticator {
-    fn authenticate(
-        &self,
-        hello: &Hello,
-        certificates: &[CertificateDer<'static>],
-    ) -> Result<Role, Error> {
+    fn authenticate(&self, hello: &Hello, certificates: &[CertificateDer<'static>]) -> Result<Role, Error> {
         if hello.protocol_version != PROTOCOL_VERSION {
-            return Err(Error::UnsupportedVersion {
-                ours: PROTOCOL_VERSION,
-                theirs: hello.protocol_version,
-            });
+            return Err(Error::UnsupportedVersion { ours: PROTOCOL_VERSION, theirs: hello.protocol_version });
         }
-        let leaf = certificates.first().ok_or_else(|| Error::Unauthenticated {
-            reason: "no client certificate".into(),
-        })?;
-        let identity = identity_of(leaf).map_err(|e| Error::Unauthenticated {
-            reason: e.to_string(),
-        })?;
+        let leaf =
+            certificates.first().ok_or_else(|| Error::Unauthenticated { reason: "no client certificate".into() })?;
+        let identity = identity_of(leaf).map_err(|e| Error::Unauthenticated { reason: e.to_string() })?;
         let allowed = match (&hello.role, &identity) {
             (Role::Client, Identity::Client(_)) | (Role::Pd, Identity::Pd) => true,
             (Role::Node(claimed), Identity::Node(proven)) => claimed == proven,
@@ -49,10 +39,7 @@ impl Authenticator for ClusterAuthenticator {
         };
         if !allowed {
             return Err(Error::PermissionDenied {
-                reason: format!(
-                    "certificate identity {identity} may not act as {:?}",
-                    hello.role
-                ),
+                reason: format!("certificate identity {identity} may not act as {:?}", hello.role),
             });
         }
         Ok(hello.role)
@@ -85,82 +72,50 @@ mod tests {
     }
 
     fn hello(role: Role) -> Hello {
-        Hello {
-            protocol_version: PROTOCOL_VERSION,
-            role,
-        }
+        Hello { protocol_version: PROTOCOL_VERSION, role }
     }
 
     #[test]
     fn matching_claims_are_accepted() {
         let c = certs();
         let auth = ClusterAuthenticator::new();
-        assert_eq!(
-            auth.authenticate(&hello(Role::Client), &c.client),
-            Ok(Role::Client)
-        );
-        assert_eq!(
-            auth.authenticate(&hello(Role::Node(NodeId(2))), &c.node2),
-            Ok(Role::Node(NodeId(2)))
-        );
+        assert_eq!(auth.authenticate(&hello(Role::Client), &c.client), Ok(Role::Client));
+        assert_eq!(auth.authenticate(&hello(Role::Node(NodeId(2))), &c.node2), Ok(Role::Node(NodeId(2))));
         assert_eq!(auth.authenticate(&hello(Role::Pd), &c.pd), Ok(Role::Pd));
     }
 
     #[test]
     fn client_certificate_claiming_node_is_denied() {
         let c = certs();
-        let result =
-            ClusterAuthenticator::new().authenticate(&hello(Role::Node(NodeId(1))), &c.client);
-        assert!(
-            matches!(result, Err(Error::PermissionDenied { .. })),
-            "{result:?}"
-        );
+        let result = ClusterAuthenticator::new().authenticate(&hello(Role::Node(NodeId(1))), &c.client);
+        assert!(matches!(result, Err(Error::PermissionDenied { .. })), "{result:?}");
     }
 
     #[test]
     fn node_certificate_claiming_another_node_is_denied() {
         let c = certs();
-        let result =
-            ClusterAuthenticator::new().authenticate(&hello(Role::Node(NodeId(3))), &c.node2);
-        assert!(
-            matches!(result, Err(Error::PermissionDenied { .. })),
-            "{result:?}"
-        );
+        let result = ClusterAuthenticator::new().authenticate(&hello(Role::Node(NodeId(3))), &c.node2);
+        assert!(matches!(result, Err(Error::PermissionDenied { .. })), "{result:?}");
         let result = ClusterAuthenticator::new().authenticate(&hello(Role::Pd), &c.node2);
-        assert!(
-            matches!(result, Err(Error::PermissionDenied { .. })),
-            "{result:?}"
-        );
+        assert!(matches!(result, Err(Error::PermissionDenied { .. })), "{result:?}");
     }
 
     #[test]
     fn wrong_protocol_version_is_unsupported() {
         let c = certs();
-        let hello = Hello {
-            protocol_version: PROTOCOL_VERSION + 1,
-            role: Role::Client,
-        };
+        let hello = Hello { protocol_version: PROTOCOL_VERSION + 1, role: Role::Client };
         assert_eq!(
             ClusterAuthenticator::new().authenticate(&hello, &c.client),
-            Err(Error::UnsupportedVersion {
-                ours: PROTOCOL_VERSION,
-                theirs: PROTOCOL_VERSION + 1
-            })
+            Err(Error::UnsupportedVersion { ours: PROTOCOL_VERSION, theirs: PROTOCOL_VERSION + 1 })
         );
     }
 
     #[test]
     fn missing_or_anonymous_certificates_are_unauthenticated() {
         let auth = ClusterAuthenticator::new();
+        assert!(matches!(auth.authenticate(&hello(Role::Client), &[]), Err(Error::Unauthenticated { .. })));
         assert!(matches!(
-            auth.authenticate(&hello(Role::Client), &[]),
-            Err(Error::Unauthenticated { .. })
-        ));
-        assert!(matches!(
-            auth.authenticate(
-                &hello(Role::Client),
-                &[CertificateDer::from(vec![0x30, 0x00])]
-            ),
+            auth.authenticate(&hello(Role::Client), &[CertificateDer::from(vec![0x30, 0x00])]),
             Err(Error::Unauthenticated { .. })
         ));
     }

@@ -78,21 +78,14 @@ pub enum CertError {
 
 impl CertError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        CertError::Io {
-            path: path.into(),
-            source,
-        }
+        CertError::Io { path: path.into(), source }
     }
 
     pub(crate) fn generate(e: rcgen::Error) -> Self {
-        CertError::Generate {
-            reason: e.to_string(),
-        }
+        CertError::Generate { reason: e.to_string() }
     }
 
     pub(crate) fn tls(e: impl std::fmt::Display) -> Self {
-        CertError::Tls {
-            reason: e.to_string(),
-        }
+        CertError::Tls { reason: e.to_string() }
     }
 }

@@ -34,13 +34,8 @@ impl Identity {
 
     /// Parses a `tessera://` URI.
     pub fn from_uri(uri: &str) -> Result<Identity, CertError> {
-        let invalid = |reason| CertError::InvalidIdentity {
-            uri: uri.to_owned(),
-            reason,
-        };
-        let rest = uri
-            .strip_prefix(SCHEME)
-            .ok_or_else(|| invalid("not a tessera:// URI"))?;
+        let invalid = |reason| CertError::InvalidIdentity { uri: uri.to_owned(), reason };
+        let rest = uri.strip_prefix(SCHEME).ok_or_else(|| invalid("not a tessera:// URI"))?;
         if rest == "pd" {
             return Ok(Identity::Pd);
         }
@@ -49,9 +44,7 @@ impl Identity {
             if id.is_empty() || id.len() > 20 || !id.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(invalid("node id is not a decimal integer"));
             }
-            let id = id
-                .parse::<u64>()
-                .map_err(|_| invalid("node id out of range"))?;
+            let id = id.parse::<u64>().map_err(|_| invalid("node id out of range"))?;
             return Ok(Identity::Node(NodeId(id)));
         }
         if let Some(name) = rest.strip_prefix("client/") {
@@ -61,9 +54,7 @@ impl Identity {
             })?;
             return Ok(Identity::Client(name.to_owned()));
         }
-        Err(invalid(
-            "unknown identity kind (expected node/<id>, pd or client/<name>)",
-        ))
+        Err(invalid("unknown identity kind (expected node/<id>, pd or client/<name>)"))
     }
 }
 
@@ -78,25 +69,15 @@ impl fmt::Display for Identity {
 /// This does not verify the certificate: call it on chains rustls has already verified.
 pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, CertError> {
     let (_, x509) =
-        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| CertError::Parse {
-            reason: e.to_string(),
-        })?;
-    let san = x509
-        .subject_alternative_name()
-        .map_err(|e| CertError::Parse {
-            reason: e.to_string(),
-        })?;
+        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| CertError::Parse { reason: e.to_string() })?;
+    let san = x509.subject_alternative_name().map_err(|e| CertError::Parse { reason: e.to_string() })?;
     let Some(san) = san else {
         return Err(CertError::NoIdentity);
     };
-    let mut uris = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::URI(uri) if uri.starts_with(SCHEME) => Some(*uri),
-            _ => None,
-        });
+    let mut uris = san.value.general_names.iter().filter_map(|name| match name {
+        GeneralName::URI(uri) if uri.starts_with(SCHEME) => Some(*uri),
+        _ => None,
+    });
     let uri = uris.next().ok_or(CertError::NoIdentity)?;
     if let Some(second) = uris.next() {
         return Err(CertError::InvalidIdentity {
@@ -110,20 +91,12 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, CertError> {
 /// Client names go into file names and URIs: 1 to 64 characters of `[A-Za-z0-9._-]`, not
 /// starting with a dot.
 pub(crate) fn validate_name(name: &str) -> Result<(), CertError> {
-    let invalid = |reason| CertError::InvalidName {
-        name: name.to_owned(),
-        reason,
-    };
+    let invalid = |reason| CertError::InvalidName { name: name.to_owned(), reason };
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(invalid("must be 1 to 64 characters long"));
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err(invalid(
-            "may contain only ASCII letters, digits, '.', '_' and '-'",
-        ));
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        return Err(invalid("may contain only ASCII letters, digits, '.', '_' and '-'"));
     }
     if name.starts_with('.') {
         return Err(invalid("must not start with '.'"));
@@ -162,13 +135,7 @@ mod tests {
             "tessera://other",
             "https://node/1",
         ] {
-            assert!(
-                matches!(
-                    Identity::from_uri(uri),
-                    Err(CertError::InvalidIdentity { .. })
-                ),
-                "{uri}"
-            );
+            assert!(matches!(Identity::from_uri(uri), Err(CertError::InvalidIdentity { .. })), "{uri}");
         }
     }
 }

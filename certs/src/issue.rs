@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use tessera_wire::NodeId;
 
@@ -75,14 +75,8 @@ fn pair_exists(cert: &Path, key: &Path) -> Result<bool, CertError> {
     match (cert.exists(), key.exists()) {
         (true, true) => Ok(true),
         (false, false) => Ok(false),
-        (true, false) => Err(CertError::IncompletePair {
-            present: cert.to_owned(),
-            missing: key.to_owned(),
-        }),
-        (false, true) => Err(CertError::IncompletePair {
-            present: key.to_owned(),
-            missing: cert.to_owned(),
-        }),
+        (true, false) => Err(CertError::IncompletePair { present: cert.to_owned(), missing: key.to_owned() }),
+        (false, true) => Err(CertError::IncompletePair { present: key.to_owned(), missing: cert.to_owned() }),
     }
 }
 
@@ -102,11 +96,7 @@ pub fn init_ca(dir: &Path) -> Result<(), CertError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = name("Tessera cluster CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     set_validity(&mut params, CA_VALIDITY_DAYS);
     let cert = params.self_signed(&key).map_err(CertError::generate)?;
 
@@ -165,19 +155,11 @@ pub fn ensure_dev_certs(dir: &Path, nodes: &[NodeId]) -> Result<(), CertError> {
     Ok(())
 }
 
-fn issue(
-    dir: &Path,
-    files: &TlsFiles,
-    identity: &Identity,
-    hosts: &[String],
-    server: bool,
-) -> Result<(), CertError> {
+fn issue(dir: &Path, files: &TlsFiles, identity: &Identity, hosts: &[String], server: bool) -> Result<(), CertError> {
     let issuer = load_issuer(dir)?;
 
     let uri = identity.uri();
-    let mut sans = vec![SanType::URI(
-        uri.as_str().try_into().map_err(CertError::generate)?,
-    )];
+    let mut sans = vec![SanType::URI(uri.as_str().try_into().map_err(CertError::generate)?)];
     for host in hosts {
         sans.push(host_san(host)?);
     }
@@ -188,18 +170,13 @@ fn issue(
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = if server {
-        vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ]
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
     } else {
         vec![ExtendedKeyUsagePurpose::ClientAuth]
     };
     params.use_authority_key_identifier_extension = true;
     set_validity(&mut params, LEAF_VALIDITY_DAYS);
-    let cert = params
-        .signed_by(&key, &issuer)
-        .map_err(CertError::generate)?;
+    let cert = params.signed_by(&key, &issuer).map_err(CertError::generate)?;
 
     write_new(&files.key, key.serialize_pem().as_bytes(), KEY_MODE, true)?;
     write_new(&files.cert, cert.pem().as_bytes(), CERT_MODE, true)?;
@@ -212,38 +189,22 @@ fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, CertError> {
     let key_path = dir.join(CA_KEY);
     let cert_pem = fs::read_to_string(&cert_path).map_err(|e| CertError::io(&cert_path, e))?;
     let key_pem = fs::read_to_string(&key_path).map_err(|e| CertError::io(&key_path, e))?;
-    let key = KeyPair::from_pem(&key_pem).map_err(|e| CertError::Pem {
-        path: key_path,
-        reason: e.to_string(),
-    })?;
-    Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| CertError::Pem {
-        path: cert_path,
-        reason: e.to_string(),
-    })
+    let key = KeyPair::from_pem(&key_pem).map_err(|e| CertError::Pem { path: key_path, reason: e.to_string() })?;
+    Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| CertError::Pem { path: cert_path, reason: e.to_string() })
 }
 
 fn host_san(host: &str) -> Result<SanType, CertError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SanType::IpAddress(ip));
     }
-    let invalid = |reason| CertError::InvalidName {
-        name: host.to_owned(),
-        reason,
-    };
+    let invalid = |reason| CertError::InvalidName { name: host.to_owned(), reason };
     if host.is_empty() || host.len() > 253 {
         return Err(invalid("host name must be 1 to 253 characters long"));
     }
-    if !host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'*'))
-    {
-        return Err(invalid(
-            "host name may contain only ASCII letters, digits, '.', '-' and '*'",
-        ));
+    if !host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'*')) {
+        return Err(invalid("host name may contain only ASCII letters, digits, '.', '-' and '*'"));
     }
-    Ok(SanType::DnsName(
-        host.try_into().map_err(|_| invalid("not an IA5 string"))?,
-    ))
+    Ok(SanType::DnsName(host.try_into().map_err(|_| invalid("not an IA5 string"))?))
 }
 
 fn new_key() -> Result<KeyPair, CertError> {
@@ -273,10 +234,7 @@ fn create_dir(dir: &Path) -> Result<(), CertError> {
 /// exists.
 fn write_new(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Result<(), CertError> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
     let unique = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{file_name}.tmp-{}-{unique}", std::process::id()));
@@ -287,17 +245,14 @@ fn write_new(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Result
             .mode(mode)
             .open(&tmp)
             .map_err(|e| CertError::io(&tmp, e))?;
-        file.write_all(contents)
-            .map_err(|e| CertError::io(&tmp, e))?;
+        file.write_all(contents).map_err(|e| CertError::io(&tmp, e))?;
         file.sync_all().map_err(|e| CertError::io(&tmp, e))?;
         if overwrite {
             fs::rename(&tmp, path).map_err(|e| CertError::io(path, e))
         } else {
             fs::hard_link(&tmp, path).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    CertError::AlreadyExists {
-                        path: path.to_owned(),
-                    }
+                    CertError::AlreadyExists { path: path.to_owned() }
                 } else {
                     CertError::io(path, e)
                 }
@@ -346,47 +301,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         init_ca(dir.path()).unwrap();
         let before = fs::read(dir.path().join(CA_CERT)).unwrap();
-        assert!(matches!(
-            init_ca(dir.path()),
-            Err(CertError::AlreadyExists { .. })
-        ));
+        assert!(matches!(init_ca(dir.path()), Err(CertError::AlreadyExists { .. })));
         assert_eq!(fs::read(dir.path().join(CA_CERT)).unwrap(), before);
 
         // A lone key is not overwritten either.
         let other = tempfile::tempdir().unwrap();
         fs::write(other.path().join(CA_KEY), b"precious").unwrap();
-        assert!(matches!(
-            init_ca(other.path()),
-            Err(CertError::AlreadyExists { .. })
-        ));
+        assert!(matches!(init_ca(other.path()), Err(CertError::AlreadyExists { .. })));
         assert_eq!(fs::read(other.path().join(CA_KEY)).unwrap(), b"precious");
     }
 
     #[test]
     fn issuing_without_a_ca_fails() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            issue_pd(dir.path(), &[]),
-            Err(CertError::Io { .. })
-        ));
+        assert!(matches!(issue_pd(dir.path(), &[]), Err(CertError::Io { .. })));
     }
 
     #[test]
     fn invalid_names_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
         init_ca(dir.path()).unwrap();
-        assert!(matches!(
-            issue_client(dir.path(), "../evil"),
-            Err(CertError::InvalidName { .. })
-        ));
-        assert!(matches!(
-            issue_client(dir.path(), ""),
-            Err(CertError::InvalidName { .. })
-        ));
-        assert!(matches!(
-            issue_node(dir.path(), NodeId(1), &["bad host".into()]),
-            Err(CertError::InvalidName { .. })
-        ));
+        assert!(matches!(issue_client(dir.path(), "../evil"), Err(CertError::InvalidName { .. })));
+        assert!(matches!(issue_client(dir.path(), ""), Err(CertError::InvalidName { .. })));
+        assert!(matches!(issue_node(dir.path(), NodeId(1), &["bad host".into()]), Err(CertError::InvalidName { .. })));
     }
 
     #[test]
@@ -404,10 +341,7 @@ mod tests {
         fs::remove_file(TlsFiles::node(&certs, NodeId(2)).key).unwrap();
         ensure_dev_certs(&certs, &[NodeId(1), NodeId(2), NodeId(3)]).unwrap();
         assert_eq!(fs::read(certs.join(CA_CERT)).unwrap(), ca);
-        assert_eq!(
-            fs::read(TlsFiles::node(&certs, NodeId(1)).cert).unwrap(),
-            node1
-        );
+        assert_eq!(fs::read(TlsFiles::node(&certs, NodeId(1)).cert).unwrap(), node1);
         assert_eq!(fs::read(TlsFiles::pd(&certs).cert).unwrap(), pd);
         for id in [2, 3] {
             let files = TlsFiles::node(&certs, NodeId(id));
@@ -420,9 +354,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         ensure_dev_certs(dir.path(), &[NodeId(1)]).unwrap();
         fs::remove_file(TlsFiles::node(dir.path(), NodeId(1)).key).unwrap();
-        assert!(matches!(
-            ensure_dev_certs(dir.path(), &[NodeId(1)]),
-            Err(CertError::IncompletePair { .. })
-        ));
+        assert!(matches!(ensure_dev_certs(dir.path(), &[NodeId(1)]), Err(CertError::IncompletePair { .. })));
     }
 }

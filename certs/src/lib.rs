@@ -36,9 +36,7 @@ mod tls;
 pub use auth::ClusterAuthenticator;
 pub use error::CertError;
 pub use identity::{identity_of, Identity};
-pub use issue::{
-    ensure_dev_certs, init_ca, issue_client, issue_node, issue_pd, TlsFiles, DEV_CLIENT,
-};
+pub use issue::{ensure_dev_certs, init_ca, issue_client, issue_node, issue_pd, TlsFiles, DEV_CLIENT};
 pub use tls::{client_tls_config, load_certs, load_key, server_tls_config};
 
 #[cfg(test)]
@@ -52,19 +50,11 @@ mod tests {
         init_ca(dir.path()).unwrap();
         let cases = [
             (
-                issue_node(
-                    dir.path(),
-                    NodeId(42),
-                    &["127.0.0.1".into(), "node42.local".into()],
-                )
-                .unwrap(),
+                issue_node(dir.path(), NodeId(42), &["127.0.0.1".into(), "node42.local".into()]).unwrap(),
                 Identity::Node(NodeId(42)),
             ),
             (issue_pd(dir.path(), &["::1".into()]).unwrap(), Identity::Pd),
-            (
-                issue_client(dir.path(), "billing-app").unwrap(),
-                Identity::Client("billing-app".into()),
-            ),
+            (issue_client(dir.path(), "billing-app").unwrap(), Identity::Client("billing-app".into())),
         ];
         for (files, expected) in cases {
             let certs = load_certs(&files.cert).unwrap();
@@ -83,9 +73,6 @@ mod tests {
     #[test]
     fn garbage_is_not_a_certificate() {
         let garbage = rustls_pki_types::CertificateDer::from(vec![1, 2, 3]);
-        assert!(matches!(
-            identity_of(&garbage),
-            Err(CertError::Parse { .. })
-        ));
+        assert!(matches!(identity_of(&garbage), Err(CertError::Parse { .. })));
     }
 }

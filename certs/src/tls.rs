@@ -23,9 +23,8 @@ fn provider() -> Arc<CryptoProvider> {
 pub fn server_tls_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, CertError> {
     let provider = provider();
     let roots = Arc::new(load_roots(&files.ca)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(CertError::tls)?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build().map_err(CertError::tls)?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(CertError::tls)?
@@ -51,10 +50,7 @@ pub fn client_tls_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, CertErro
 
 /// Reads every certificate of a PEM file; at least one is required.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
-    let pem_error = |reason: String| CertError::Pem {
-        path: path.to_owned(),
-        reason,
-    };
+    let pem_error = |reason: String| CertError::Pem { path: path.to_owned(), reason };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| read_error(path, e))?
         .collect::<Result<Vec<_>, _>>()
@@ -73,10 +69,7 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
 fn load_roots(path: &Path) -> Result<RootCertStore, CertError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path)? {
-        roots.add(cert).map_err(|e| CertError::Pem {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+        roots.add(cert).map_err(|e| CertError::Pem { path: path.to_owned(), reason: e.to_string() })?;
     }
     Ok(roots)
 }
@@ -84,10 +77,7 @@ fn load_roots(path: &Path) -> Result<RootCertStore, CertError> {
 fn read_error(path: &Path, e: rustls_pki_types::pem::Error) -> CertError {
     match e {
         rustls_pki_types::pem::Error::Io(source) => CertError::io(path, source),
-        other => CertError::Pem {
-            path: path.to_owned(),
-            reason: other.to_string(),
-        },
+        other => CertError::Pem { path: path.to_owned(), reason: other.to_string() },
     }
 }
 
@@ -104,11 +94,7 @@ mod tests {
         let client = client_tls_config(&TlsFiles::client(dir.path(), crate::DEV_CLIENT)).unwrap();
         assert_eq!(server.alpn_protocols, vec![b"tessera/1".to_vec()]);
         assert_eq!(client.alpn_protocols, vec![b"tessera/1".to_vec()]);
-        assert!(server
-            .crypto_provider()
-            .cipher_suites
-            .iter()
-            .any(|s| s.version() == &rustls::version::TLS13));
+        assert!(server.crypto_provider().cipher_suites.iter().any(|s| s.version() == &rustls::version::TLS13));
     }
 
     #[test]

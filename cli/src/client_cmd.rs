@@ -87,7 +87,9 @@ pub async fn append(t: &Target, key: String, value: String) -> anyhow::Result<Ex
 
 pub async fn cas(t: &Target, key: String, expect: Option<String>, new: Option<String>) -> anyhow::Result<ExitCode> {
     let c = t.connect().await?;
-    let out = c.compare_and_swap(key.as_bytes(), expect.as_deref().map(str::as_bytes), new.as_deref().map(str::as_bytes)).await?;
+    let out = c
+        .compare_and_swap(key.as_bytes(), expect.as_deref().map(str::as_bytes), new.as_deref().map(str::as_bytes))
+        .await?;
     if out.succeeded {
         println!("swapped");
         Ok(ExitCode::SUCCESS)
@@ -100,7 +102,13 @@ pub async fn cas(t: &Target, key: String, expect: Option<String>, new: Option<St
     }
 }
 
-pub async fn scan(t: &Target, start: Option<String>, end: Option<String>, limit: Option<usize>, reverse: bool) -> anyhow::Result<ExitCode> {
+pub async fn scan(
+    t: &Target,
+    start: Option<String>,
+    end: Option<String>,
+    limit: Option<usize>,
+    reverse: bool,
+) -> anyhow::Result<ExitCode> {
     let c = t.connect().await?;
     let opts = ScanOptions { limit: limit.map(|l| l as u64), reverse, ..ScanOptions::default() };
     let start = start.unwrap_or_default();
@@ -119,7 +127,14 @@ pub async fn status(t: &Target) -> anyhow::Result<ExitCode> {
     println!("NODES");
     println!("{:<6} {:<22} {:<6} {:>8} {:>8}", "ID", "ADDRESS", "STATE", "REGIONS", "LEADERS");
     for n in &nodes {
-        println!("{:<6} {:<22} {:<6} {:>8} {:>8}", n.id.0, n.addr, format!("{:?}", n.state), n.region_count, n.leader_count);
+        println!(
+            "{:<6} {:<22} {:<6} {:>8} {:>8}",
+            n.id.0,
+            n.addr,
+            format!("{:?}", n.state),
+            n.region_count,
+            n.leader_count
+        );
     }
     let regions = c.regions().await?;
     println!();
@@ -137,7 +152,14 @@ pub async fn status(t: &Target) -> anyhow::Result<ExitCode> {
             Some(l) => format!("{}@{}", l.id.0, l.node_id.0),
             None => "none".into(),
         };
-        println!("{:<6} {:<28} {:<8} {:<24} {:<8}", d.id.0, range, format!("{}/{}", d.epoch.conf_ver, d.epoch.version), peers.join(","), leader);
+        println!(
+            "{:<6} {:<28} {:<8} {:<24} {:<8}",
+            d.id.0,
+            range,
+            format!("{}/{}", d.epoch.conf_ver, d.epoch.version),
+            peers.join(","),
+            leader
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

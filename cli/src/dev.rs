@@ -51,7 +51,8 @@ pub async fn start(data: &Path, args: &DevArgs) -> anyhow::Result<DevCluster> {
     let mut pd_cfg = PdConfig::new(listen_addr(addrs.get("pd"))?, layout.pd(), TlsFiles::pd(&layout.certs()));
     pd_cfg.initial_regions = args.initial_regions;
     pd_cfg.replicas = (args.nodes as usize).min(3);
-    let pd = PdServer::start(pd_cfg).await.context("starting PD (is another `tessera dev` using this data directory?)")?;
+    let pd =
+        PdServer::start(pd_cfg).await.context("starting PD (is another `tessera dev` using this data directory?)")?;
     let pd_addr = pd.local_addr().to_string();
     addrs.insert("pd".into(), pd_addr.clone());
     let mut nodes = Vec::new();
@@ -140,7 +141,10 @@ pub async fn run(data: &Path, args: DevArgs) -> anyhow::Result<()> {
     println!("  tessera --data {data_arg} put hello world");
     println!("  tessera --data {data_arg} get hello");
     println!("  tessera --data {data_arg} status");
-    println!("or from code: ClientConfig::new(vec![\"{}\".into()], Some(TlsFiles::client(\"{data_arg}/certs\", \"dev\")))", cluster.pd_addr);
+    println!(
+        "or from code: ClientConfig::new(vec![\"{}\".into()], Some(TlsFiles::client(\"{data_arg}/certs\", \"dev\")))",
+        cluster.pd_addr
+    );
     println!("press Ctrl-C to stop");
     let sig = wait_for_signal().await?;
     println!("{sig}: stopping ...");

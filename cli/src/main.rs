@@ -117,16 +117,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                let default = if matches!(cli.command, Command::Dev(_) | Command::Pd(_) | Command::Node(_)) {
-                    "warn,openraft=error,tessera_cli=info"
-                } else {
-                    "error"
-                };
-                tracing_subscriber::EnvFilter::new(default)
-            }),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            let default = if matches!(cli.command, Command::Dev(_) | Command::Pd(_) | Command::Node(_)) {
+                "warn,openraft=error,tessera_cli=info"
+            } else {
+                "error"
+            };
+            tracing_subscriber::EnvFilter::new(default)
+        }))
         .with_writer(std::io::stderr)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

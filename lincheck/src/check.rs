@@ -22,9 +22,7 @@ impl Default for CheckConfig {
     /// One million configurations per key: enough for thousands of operations per key at the
     /// concurrency of a test cluster, and tens to hundreds of megabytes at worst.
     fn default() -> Self {
-        CheckConfig {
-            max_states_per_key: 1_000_000,
-        }
+        CheckConfig { max_states_per_key: 1_000_000 }
     }
 }
 
@@ -52,10 +50,9 @@ pub fn check_with(history: &History, config: &CheckConfig) -> Report {
         .map(|(key, ops)| {
             let outcome = match search(ops, config.max_states_per_key) {
                 SearchResult::Linearizable => Outcome::Linearizable,
-                SearchResult::NotLinearizable(explanation) => Outcome::NotLinearizable {
-                    key: key.to_vec(),
-                    explanation,
-                },
+                SearchResult::NotLinearizable(explanation) => {
+                    Outcome::NotLinearizable { key: key.to_vec(), explanation }
+                }
                 SearchResult::Timeout => Outcome::Timeout,
             };
             (key.to_vec(), outcome)

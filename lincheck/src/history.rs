@@ -102,13 +102,7 @@ impl History {
     /// [`complete`](History::complete) or [`unknown`](History::unknown) is called for it.
     pub fn invoke(&mut self, client: ClientId, key: impl Into<Vec<u8>>, op: Op, time: u64) -> OpId {
         let id = OpId(self.entries.len());
-        self.entries.push(Entry {
-            client,
-            key: key.into(),
-            op,
-            invoke: time,
-            status: Status::Pending,
-        });
+        self.entries.push(Entry { client, key: key.into(), op, invoke: time, status: Status::Pending });
         id
     }
 
@@ -116,18 +110,10 @@ impl History {
     pub fn complete(&mut self, id: OpId, output: Output, time: u64) -> Result<(), HistoryError> {
         let entry = self.pending_mut(id)?;
         if time < entry.invoke {
-            return Err(HistoryError::CompletedBeforeInvoked {
-                id,
-                invoke: entry.invoke,
-                complete: time,
-            });
+            return Err(HistoryError::CompletedBeforeInvoked { id, invoke: entry.invoke, complete: time });
         }
         if !output_matches(&entry.op, &output) {
-            return Err(HistoryError::OutputMismatch {
-                id,
-                op: entry.op.name(),
-                output: output.name(),
-            });
+            return Err(HistoryError::OutputMismatch { id, op: entry.op.name(), output: output.name() });
         }
         entry.status = Status::Completed { output, time };
         Ok(())
@@ -177,10 +163,7 @@ impl History {
     }
 
     fn pending_mut(&mut self, id: OpId) -> Result<&mut Entry, HistoryError> {
-        let entry = self
-            .entries
-            .get_mut(id.0)
-            .ok_or(HistoryError::NoSuchOp { id })?;
+        let entry = self.entries.get_mut(id.0).ok_or(HistoryError::NoSuchOp { id })?;
         if entry.status != Status::Pending {
             return Err(HistoryError::AlreadyResolved { id });
         }
@@ -228,24 +211,13 @@ impl fmt::Display for HistoryError {
         match self {
             HistoryError::NoSuchOp { id } => write!(f, "operation {id} is not in this history"),
             HistoryError::AlreadyResolved { id } => {
-                write!(
-                    f,
-                    "operation {id} was already completed or declared unknown"
-                )
+                write!(f, "operation {id} was already completed or declared unknown")
             }
-            HistoryError::CompletedBeforeInvoked {
-                id,
-                invoke,
-                complete,
-            } => write!(
-                f,
-                "operation {id} completed at {complete}, before its invocation at {invoke}"
-            ),
+            HistoryError::CompletedBeforeInvoked { id, invoke, complete } => {
+                write!(f, "operation {id} completed at {complete}, before its invocation at {invoke}")
+            }
             HistoryError::OutputMismatch { id, op, output } => {
-                write!(
-                    f,
-                    "operation {id} is a {op} but completed with a {output} output"
-                )
+                write!(f, "operation {id} is a {op} but completed with a {output} output")
             }
         }
     }
@@ -283,10 +255,7 @@ mod tests {
         let mut h = History::new();
         let id = h.invoke(ClientId(1), "k", Op::Get, 5);
         h.complete(id, Output::absent(), 6).unwrap();
-        assert_eq!(
-            h.complete(id, Output::absent(), 7),
-            Err(HistoryError::AlreadyResolved { id })
-        );
+        assert_eq!(h.complete(id, Output::absent(), 7), Err(HistoryError::AlreadyResolved { id }));
         assert_eq!(h.unknown(id), Err(HistoryError::AlreadyResolved { id }));
     }
 
@@ -294,17 +263,10 @@ mod tests {
     fn complete_refuses_time_travel_and_mismatched_outputs() {
         let mut h = History::new();
         let id = h.invoke(ClientId(1), "k", Op::put("v"), 5);
-        assert!(matches!(
-            h.complete(id, Output::Put, 4),
-            Err(HistoryError::CompletedBeforeInvoked { .. })
-        ));
+        assert!(matches!(h.complete(id, Output::Put, 4), Err(HistoryError::CompletedBeforeInvoked { .. })));
         assert!(matches!(
             h.complete(id, Output::absent(), 6),
-            Err(HistoryError::OutputMismatch {
-                op: "put",
-                output: "get",
-                ..
-            })
+            Err(HistoryError::OutputMismatch { op: "put", output: "get", .. })
         ));
         h.complete(id, Output::Put, 6).unwrap();
     }
@@ -315,18 +277,13 @@ mod tests {
         other.invoke(ClientId(0), "k", Op::Get, 0);
         let foreign = other.invoke(ClientId(0), "k", Op::Get, 0);
         let mut h = History::new();
-        assert_eq!(
-            h.unknown(foreign),
-            Err(HistoryError::NoSuchOp { id: foreign })
-        );
+        assert_eq!(h.unknown(foreign), Err(HistoryError::NoSuchOp { id: foreign }));
     }
 
     #[test]
     fn failed_record_leaves_no_entry() {
         let mut h = History::new();
-        assert!(h
-            .record(ClientId(0), "k", Op::Get, Output::Put, 0, 1)
-            .is_err());
+        assert!(h.record(ClientId(0), "k", Op::Get, Output::Put, 0, 1).is_err());
         assert!(h.is_empty());
     }
 }

@@ -121,9 +121,7 @@ pub(crate) fn step(state: &Value, op: &Op, output: Option<&Output>) -> Step {
         // An unknown read constrains nothing; the history drops these before searching.
         (Op::Get, None) => Step::Keep,
         (Op::Put(v), _) => Step::Set(Some(v.clone())),
-        (Op::Delete, Some(Output::Delete { existed: Some(e) })) if *e != state.is_some() => {
-            Step::Reject
-        }
+        (Op::Delete, Some(Output::Delete { existed: Some(e) })) if *e != state.is_some() => Step::Reject,
         (Op::Delete, _) => match state {
             None => Step::Keep,
             Some(_) => Step::Set(None),
@@ -132,9 +130,7 @@ pub(crate) fn step(state: &Value, op: &Op, output: Option<&Output>) -> Step {
             let mut next = state.clone().unwrap_or_default();
             next.extend_from_slice(bytes);
             match out {
-                Some(Output::Append { new_len: Some(n) }) if *n != next.len() as u64 => {
-                    Step::Reject
-                }
+                Some(Output::Append { new_len: Some(n) }) if *n != next.len() as u64 => Step::Reject,
                 _ => Step::Set(Some(next)),
             }
         }
@@ -177,12 +173,7 @@ pub(crate) fn output_matches(op: &Op, output: &Output) -> bool {
 pub(crate) fn is_pure(op: &Op, output: &Output) -> bool {
     match (op, output) {
         (Op::Get, Output::Get(_)) => true,
-        (
-            Op::Delete,
-            Output::Delete {
-                existed: Some(false),
-            },
-        ) => true,
+        (Op::Delete, Output::Delete { existed: Some(false) }) => true,
         (Op::Cas { .. }, Output::Cas { succeeded: false }) => true,
         (Op::Cas { expected, new }, Output::Cas { succeeded: true }) => expected == new,
         _ => false,
@@ -193,11 +184,7 @@ pub(crate) fn is_pure(op: &Op, output: &Output) -> bool {
 /// output's consistency do not depend on the value before. An unknown operation immediately
 /// followed by a blind write has no observable effect, so the search never tries that order.
 pub(crate) fn is_blind(op: &Op, output: Option<&Output>) -> bool {
-    match (op, output) {
-        (Op::Put(_), _) => true,
-        (Op::Delete, None | Some(Output::Delete { existed: None })) => true,
-        _ => false,
-    }
+    matches!((op, output), (Op::Put(_), _) | (Op::Delete, None | Some(Output::Delete { existed: None })))
 }
 
 /// Formats bytes for humans: a quoted string when printable ASCII, hex otherwise, truncated
@@ -259,9 +246,7 @@ impl fmt::Display for Output {
         match self {
             Output::Get(v) => ValueFmt(v).fmt(f),
             Output::Put => f.write_str("ok"),
-            Output::Delete { existed: None } | Output::Append { new_len: None } => {
-                f.write_str("ok")
-            }
+            Output::Delete { existed: None } | Output::Append { new_len: None } => f.write_str("ok"),
             Output::Delete { existed: Some(e) } => write!(f, "existed={e}"),
             Output::Append { new_len: Some(n) } => write!(f, "len={n}"),
             Output::Cas { succeeded } => write!(f, "succeeded={succeeded}"),
@@ -279,25 +264,15 @@ mod tests {
 
     #[test]
     fn get_accepts_only_the_current_value() {
-        assert_eq!(
-            step(&v("a"), &Op::Get, Some(&Output::value("a"))),
-            Step::Keep
-        );
-        assert_eq!(
-            step(&v("a"), &Op::Get, Some(&Output::absent())),
-            Step::Reject
-        );
+        assert_eq!(step(&v("a"), &Op::Get, Some(&Output::value("a"))), Step::Keep);
+        assert_eq!(step(&v("a"), &Op::Get, Some(&Output::absent())), Step::Reject);
         assert_eq!(step(&None, &Op::Get, Some(&Output::absent())), Step::Keep);
     }
 
     #[test]
     fn delete_checks_existed_when_reported() {
-        let yes = Output::Delete {
-            existed: Some(true),
-        };
-        let no = Output::Delete {
-            existed: Some(false),
-        };
+        let yes = Output::Delete { existed: Some(true) };
+        let no = Output::Delete { existed: Some(false) };
         let unsure = Output::Delete { existed: None };
         assert_eq!(step(&v("a"), &Op::Delete, Some(&yes)), Step::Set(None));
         assert_eq!(step(&v("a"), &Op::Delete, Some(&no)), Step::Reject);
@@ -316,10 +291,7 @@ mod tests {
 
     #[test]
     fn cas_success_and_failure_depend_on_expected() {
-        let op = Op::Cas {
-            expected: v("a"),
-            new: v("b"),
-        };
+        let op = Op::Cas { expected: v("a"), new: v("b") };
         let ok = Output::Cas { succeeded: true };
         let failed = Output::Cas { succeeded: false };
         assert_eq!(step(&v("a"), &op, Some(&ok)), Step::Set(v("b")));
@@ -334,12 +306,7 @@ mod tests {
     #[test]
     fn pure_ops_never_change_the_value() {
         assert!(is_pure(&Op::Get, &Output::absent()));
-        assert!(is_pure(
-            &Op::Delete,
-            &Output::Delete {
-                existed: Some(false)
-            }
-        ));
+        assert!(is_pure(&Op::Delete, &Output::Delete { existed: Some(false) }));
         assert!(!is_pure(&Op::Delete, &Output::Delete { existed: None }));
         assert!(!is_pure(&Op::put("a"), &Output::Put));
     }
@@ -347,16 +314,8 @@ mod tests {
     #[test]
     fn blind_writes_ignore_the_previous_value() {
         assert!(is_blind(&Op::put("a"), None));
-        assert!(is_blind(
-            &Op::Delete,
-            Some(&Output::Delete { existed: None })
-        ));
-        assert!(!is_blind(
-            &Op::Delete,
-            Some(&Output::Delete {
-                existed: Some(true)
-            })
-        ));
+        assert!(is_blind(&Op::Delete, Some(&Output::Delete { existed: None })));
+        assert!(!is_blind(&Op::Delete, Some(&Output::Delete { existed: Some(true) })));
         assert!(!is_blind(&Op::append("a"), None));
     }
 
@@ -364,9 +323,6 @@ mod tests {
     fn bytes_display_quotes_text_and_hexes_binary() {
         assert_eq!(Bytes(b"a\"b").to_string(), "\"a\\\"b\"");
         assert_eq!(Bytes(&[0, 255]).to_string(), "0x00ff");
-        assert_eq!(
-            Bytes(&[b'x'; 40]).to_string(),
-            format!("\"{}\"...(40 bytes)", "x".repeat(32))
-        );
+        assert_eq!(Bytes(&[b'x'; 40]).to_string(), format!("\"{}\"...(40 bytes)", "x".repeat(32)));
     }
 }

@@ -37,9 +37,7 @@ impl Report {
     /// Whether every key is linearizable. A timed-out key makes this `false`: it was not
     /// shown to be linearizable.
     pub fn is_linearizable(&self) -> bool {
-        self.outcomes
-            .iter()
-            .all(|(_, o)| *o == Outcome::Linearizable)
+        self.outcomes.iter().all(|(_, o)| *o == Outcome::Linearizable)
     }
 
     /// Every key that appears in the history with its outcome, in key order.
@@ -54,35 +52,20 @@ impl Report {
 
     /// The keys found not linearizable, with their outcomes.
     pub fn violations(&self) -> impl Iterator<Item = &Outcome> {
-        self.outcomes
-            .iter()
-            .map(|(_, o)| o)
-            .filter(|o| matches!(o, Outcome::NotLinearizable { .. }))
+        self.outcomes.iter().map(|(_, o)| o).filter(|o| matches!(o, Outcome::NotLinearizable { .. }))
     }
 
     /// The keys whose search timed out.
     pub fn timed_out(&self) -> impl Iterator<Item = &[u8]> {
-        self.outcomes
-            .iter()
-            .filter(|(_, o)| *o == Outcome::Timeout)
-            .map(|(k, _)| k.as_slice())
+        self.outcomes.iter().filter(|(_, o)| *o == Outcome::Timeout).map(|(k, _)| k.as_slice())
     }
 }
 
 /// One line for the summary, then one line per key that is not linearizable or timed out.
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bad = self
-            .outcomes
-            .iter()
-            .filter(|(_, o)| *o != Outcome::Linearizable)
-            .count();
-        write!(
-            f,
-            "{} of {} keys linearizable",
-            self.outcomes.len() - bad,
-            self.outcomes.len()
-        )?;
+        let bad = self.outcomes.iter().filter(|(_, o)| *o != Outcome::Linearizable).count();
+        write!(f, "{} of {} keys linearizable", self.outcomes.len() - bad, self.outcomes.len())?;
         for (key, outcome) in &self.outcomes {
             match outcome {
                 Outcome::Linearizable => {}

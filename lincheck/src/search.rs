@@ -58,6 +58,9 @@ pub(crate) fn search(mut ops: Vec<KeyOp<'_>>, max_states: usize) -> SearchResult
 }
 
 /// A depth-first stack frame: the configuration reached by linearizing `via`.
+/// A hash map with the fast non-cryptographic hasher.
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
 #[derive(Debug)]
 struct Frame {
     /// The operation linearized to reach this configuration (`None` at the root).
@@ -93,12 +96,7 @@ impl<'a, 'h> Search<'a, 'h> {
     fn new(ops: &'a [KeyOp<'h>]) -> Self {
         let unknown = (0..ops.len()).filter(|&i| !ops[i].completed()).collect();
         let n_completed = ops.iter().filter(|o| o.completed()).count();
-        Search {
-            ops,
-            unknown,
-            n_completed,
-            states: States::default(),
-        }
+        Search { ops, unknown, n_completed, states: States::default() }
     }
 
     fn run(mut self, max_states: usize) -> SearchResult {
@@ -131,12 +129,7 @@ impl<'a, 'h> Search<'a, 'h> {
             tried: 0,
         }];
         let mut done = 0usize;
-        let mut deepest = Deepest {
-            done: 0,
-            bits: lin.clone(),
-            state: root_state,
-            path: vec![],
-        };
+        let mut deepest = Deepest { done: 0, bits: lin.clone(), state: root_state, path: vec![] };
 
         while let Some(top) = stack.last_mut() {
             if top.tried == top.cands.len() {
@@ -198,31 +191,15 @@ impl<'a, 'h> Search<'a, 'h> {
                     return SearchResult::Linearizable;
                 }
             }
-            let frontier = if c == frontier {
-                self.advance(&lin, frontier)
-            } else {
-                frontier
-            };
+            let frontier = if c == frontier { self.advance(&lin, frontier) } else { frontier };
             if done > deepest.done {
                 let mut path: Vec<usize> = stack.iter().filter_map(|f| f.via).collect();
                 path.push(c);
-                deepest = Deepest {
-                    done,
-                    bits: lin.clone(),
-                    state: next_state,
-                    path,
-                };
+                deepest = Deepest { done, bits: lin.clone(), state: next_state, path };
             }
             let after_unknown = !completed;
             let cands = self.candidates(&lin, frontier, next_state, after_unknown, true);
-            stack.push(Frame {
-                via: Some(c),
-                state: next_state,
-                after_unknown,
-                frontier,
-                cands,
-                tried: 0,
-            });
+            stack.push(Frame { via: Some(c), state: next_state, after_unknown, frontier, cands, tried: 0 });
         }
         SearchResult::NotLinearizable(self.explain(&deepest))
     }
@@ -240,22 +217,10 @@ impl<'a, 'h> Search<'a, 'h> {
     /// each in invocation order. With `after_unknown`, blind writes are left out (they would
     /// erase the unknown operation's effect unobserved). With `greedy`, a consistent pure
     /// operation is returned alone.
-    fn candidates(
-        &self,
-        bits: &[u64],
-        frontier: usize,
-        state: u32,
-        after_unknown: bool,
-        greedy: bool,
-    ) -> Vec<usize> {
+    fn candidates(&self, bits: &[u64], frontier: usize, state: u32, after_unknown: bool, greedy: bool) -> Vec<usize> {
         let mut completed = Vec::new();
-        let mut unknown: Vec<usize> = self
-            .unknown
-            .iter()
-            .copied()
-            .take_while(|&i| i < frontier)
-            .filter(|&i| !get(bits, i))
-            .collect();
+        let mut unknown: Vec<usize> =
+            self.unknown.iter().copied().take_while(|&i| i < frontier).filter(|&i| !get(bits, i)).collect();
         // Operations are sorted by invocation, so once one is invoked after the earliest
         // completion among the remaining ones, so are all later ones. The earliest completion
         // can only shrink to a time >= the current invocation, which keeps every operation
@@ -295,10 +260,7 @@ impl<'a, 'h> Search<'a, 'h> {
 
     fn explain(&self, deepest: &Deepest) -> String {
         let value = self.states.get(deepest.state);
-        let mut s = format!(
-            "at most {} of {} completed operations can be linearized",
-            deepest.done, self.n_completed
-        );
+        let mut s = format!("at most {} of {} completed operations can be linearized", deepest.done, self.n_completed);
         if !deepest.path.is_empty() {
             const SHOWN: usize = 3;
             let skip = deepest.path.len().saturating_sub(SHOWN);
@@ -356,14 +318,12 @@ impl<'a, 'h> Search<'a, 'h> {
 #[derive(Debug, Default)]
 struct FailedConfigs {
     /// (completed bitset ++ state id) -> minimal failed sets of linearized unknown operations.
-    by_key: HashMap<Box<[u64]>, Vec<Box<[u64]>>, BuildHasherDefault<FxHasher>>,
+    by_key: FxMap<Box<[u64]>, Vec<Box<[u64]>>>,
 }
 
 impl FailedConfigs {
     fn dominates(&self, ckey: &[u64], ukey: &[u64]) -> bool {
-        self.by_key
-            .get(ckey)
-            .is_some_and(|sets| sets.iter().any(|failed| is_subset(failed, ukey)))
+        self.by_key.get(ckey).is_some_and(|sets| sets.iter().any(|failed| is_subset(failed, ukey)))
     }
 
     fn insert(&mut self, ckey: &[u64], ukey: &[u64]) {
@@ -475,12 +435,7 @@ mod tests {
     use crate::model::{Op, Output};
 
     fn run(h: &History, max_states: usize) -> SearchResult {
-        let ops = h
-            .entries()
-            .iter()
-            .enumerate()
-            .map(|(i, entry)| KeyOp { id: OpId(i), entry })
-            .collect();
+        let ops = h.entries().iter().enumerate().map(|(i, entry)| KeyOp { id: OpId(i), entry }).collect();
         search(ops, max_states)
     }
 
@@ -492,31 +447,21 @@ mod tests {
     #[test]
     fn sequential_put_then_get_is_linearizable() {
         let mut h = History::new();
-        h.record(ClientId(0), "k", Op::put("a"), Output::Put, 0, 1)
-            .unwrap();
-        h.record(ClientId(0), "k", Op::Get, Output::value("a"), 2, 3)
-            .unwrap();
+        h.record(ClientId(0), "k", Op::put("a"), Output::Put, 0, 1).unwrap();
+        h.record(ClientId(0), "k", Op::Get, Output::value("a"), 2, 3).unwrap();
         assert_eq!(run(&h, 100), SearchResult::Linearizable);
     }
 
     #[test]
     fn explanation_names_the_stale_read() {
         let mut h = History::new();
-        h.record(ClientId(0), "k", Op::put("a"), Output::Put, 0, 1)
-            .unwrap();
-        h.record(ClientId(0), "k", Op::put("b"), Output::Put, 2, 3)
-            .unwrap();
-        h.record(ClientId(1), "k", Op::Get, Output::value("a"), 4, 5)
-            .unwrap();
-        let SearchResult::NotLinearizable(why) = run(&h, 100) else {
-            panic!("accepted")
-        };
+        h.record(ClientId(0), "k", Op::put("a"), Output::Put, 0, 1).unwrap();
+        h.record(ClientId(0), "k", Op::put("b"), Output::Put, 2, 3).unwrap();
+        h.record(ClientId(1), "k", Op::Get, Output::value("a"), 4, 5).unwrap();
+        let SearchResult::NotLinearizable(why) = run(&h, 100) else { panic!("accepted") };
         assert!(why.contains("at most 2 of 3"), "{why}");
         assert!(why.contains("holds \"b\""), "{why}");
-        assert!(
-            why.contains("#2 client 1 get -> \"a\" [4, 5] (inconsistent"),
-            "{why}"
-        );
+        assert!(why.contains("#2 client 1 get -> \"a\" [4, 5] (inconsistent"), "{why}");
     }
 
     #[test]
@@ -525,18 +470,9 @@ mod tests {
         // Many concurrent writes and a read nobody wrote: the search must explore every
         // ordering of the writes before concluding.
         for c in 0..12u64 {
-            h.record(
-                ClientId(c),
-                "k",
-                Op::put(vec![c as u8]),
-                Output::Put,
-                0,
-                100,
-            )
-            .unwrap();
+            h.record(ClientId(c), "k", Op::put(vec![c as u8]), Output::Put, 0, 100).unwrap();
         }
-        h.record(ClientId(99), "k", Op::Get, Output::value("zz"), 0, 100)
-            .unwrap();
+        h.record(ClientId(99), "k", Op::Get, Output::value("zz"), 0, 100).unwrap();
         assert_eq!(run(&h, 50), SearchResult::Timeout);
     }
 

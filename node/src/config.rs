@@ -51,13 +51,25 @@ pub struct RaftTiming {
 
 impl Default for RaftTiming {
     fn default() -> Self {
-        RaftTiming { heartbeat_ms: 150, election_min_ms: 800, election_max_ms: 1600, snapshot_every: 10_000, keep_after_snapshot: 2_000 }
+        RaftTiming {
+            heartbeat_ms: 150,
+            election_min_ms: 800,
+            election_max_ms: 1600,
+            snapshot_every: 10_000,
+            keep_after_snapshot: 2_000,
+        }
     }
 }
 
 impl NodeConfig {
     /// A configuration with defaults for everything but identity, addresses and files.
-    pub fn new(node_id: NodeId, listen: SocketAddr, data_dir: PathBuf, pd_endpoints: Vec<String>, tls: TlsFiles) -> Self {
+    pub fn new(
+        node_id: NodeId,
+        listen: SocketAddr,
+        data_dir: PathBuf,
+        pd_endpoints: Vec<String>,
+        tls: TlsFiles,
+    ) -> Self {
         NodeConfig {
             node_id,
             listen,

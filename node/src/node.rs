@@ -42,12 +42,14 @@ impl Node {
     /// with PD.
     pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         cfg.validate().map_err(NodeError::Config)?;
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| NodeError::Config(format!("data dir {}: {e}", cfg.data_dir.display())))?;
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| NodeError::Config(format!("data dir {}: {e}", cfg.data_dir.display())))?;
         let engine = Engine::open(&cfg.data_dir.join("node.redb"))?;
         let server_tls = tessera_certs::server_tls_config(&cfg.tls).map_err(|e| NodeError::Tls(e.to_string()))?;
         let client_tls = tessera_certs::client_tls_config(&cfg.tls).map_err(|e| NodeError::Tls(e.to_string()))?;
-        let server = Server::bind(cfg.listen, server_tls, Some(client_tls), Role::Node(cfg.node_id), TransportConfig::default())
-            .map_err(|e| NodeError::Transport(e.to_string()))?;
+        let server =
+            Server::bind(cfg.listen, server_tls, Some(client_tls), Role::Node(cfg.node_id), TransportConfig::default())
+                .map_err(|e| NodeError::Transport(e.to_string()))?;
         let local_addr = server.local_addr();
         let advertise = cfg.advertise.clone().unwrap_or_else(|| local_addr.to_string());
         let pool = ConnectionPool::new(server.client());
@@ -68,7 +70,8 @@ impl Node {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| NodeError::Config(e.to_string()))?);
-        let shared = Arc::new(Shared { cfg: cfg.clone(), ctx: ctx.clone(), pool: pool.clone(), raft_config, advertise });
+        let shared =
+            Arc::new(Shared { cfg: cfg.clone(), ctx: ctx.clone(), pool: pool.clone(), raft_config, advertise });
 
         // Recover every region this node hosts.
         let records = load_region_records(&engine).map_err(|e| NodeError::Storage(e.into()))?;
@@ -164,7 +167,9 @@ async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Regi
     let region_shared = RegionShared::new(desc.clone());
     let sm = RegionStateMachine::open(engine, region_shared.clone()).map_err(|e| region_err(e.to_string()))?;
     let network = NetworkFactory { region_id: desc.id, pool: shared.pool.clone(), book: shared.ctx.book.clone() };
-    let raft = Raft::new(peer.id.0, shared.raft_config.clone(), network, log, sm).await.map_err(|e| region_err(e.to_string()))?;
+    let raft = Raft::new(peer.id.0, shared.raft_config.clone(), network, log, sm)
+        .await
+        .map_err(|e| region_err(e.to_string()))?;
     let region = Arc::new(Region { id: desc.id, peer, raft, shared: region_shared, incoming: Default::default() });
     shared.ctx.regions.insert(region.clone());
     Ok(region)
@@ -214,7 +219,11 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             _ = shutdown.wait_for(|s| *s) => return,
         }
         if !registered {
-            let req = PdRequest::RegisterNode { node_id, addr: shared.advertise.clone(), capacity_bytes: shared.cfg.capacity_bytes };
+            let req = PdRequest::RegisterNode {
+                node_id,
+                addr: shared.advertise.clone(),
+                capacity_bytes: shared.cfg.capacity_bytes,
+            };
             match pd.call(req).await {
                 Ok(_) => {
                     registered = true;

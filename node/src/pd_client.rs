@@ -81,4 +81,3 @@ pub(crate) fn led_region_stats(ctx: &crate::region::NodeContext) -> Vec<RegionSt
         })
         .collect()
 }
-

@@ -46,11 +46,7 @@ impl PdConfig {
 
     /// Checks the settings are coherent.
     pub fn validate(&self) -> Result<(), PdError> {
-        let fail = |reason: &str| {
-            Err(PdError::Config {
-                reason: reason.to_owned(),
-            })
-        };
+        let fail = |reason: &str| Err(PdError::Config { reason: reason.to_owned() });
         if self.data_dir.as_os_str().is_empty() {
             return fail("data_dir must not be empty");
         }
@@ -128,51 +124,26 @@ mod tests {
     use super::*;
 
     fn cfg() -> PdConfig {
-        PdConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            "/tmp/pd",
-            TlsFiles::pd(std::path::Path::new("/tmp/certs")),
-        )
+        PdConfig::new("127.0.0.1:0".parse().unwrap(), "/tmp/pd", TlsFiles::pd(std::path::Path::new("/tmp/certs")))
     }
 
     #[test]
     fn defaults_are_valid() {
         let c = cfg();
-        assert_eq!(
-            (c.initial_regions, c.replicas, c.node_down_after),
-            (1, 3, Duration::from_secs(30))
-        );
+        assert_eq!((c.initial_regions, c.replicas, c.node_down_after), (1, 3, Duration::from_secs(30)));
         c.validate().unwrap();
     }
 
     #[test]
     fn validate_rejects_incoherent_settings() {
         for bad in [
-            PdConfig {
-                initial_regions: 0,
-                ..cfg()
-            },
-            PdConfig {
-                initial_regions: 257,
-                ..cfg()
-            },
-            PdConfig {
-                replicas: 0,
-                ..cfg()
-            },
-            PdConfig {
-                node_down_after: Duration::ZERO,
-                ..cfg()
-            },
-            PdConfig {
-                data_dir: PathBuf::new(),
-                ..cfg()
-            },
+            PdConfig { initial_regions: 0, ..cfg() },
+            PdConfig { initial_regions: 257, ..cfg() },
+            PdConfig { replicas: 0, ..cfg() },
+            PdConfig { node_down_after: Duration::ZERO, ..cfg() },
+            PdConfig { data_dir: PathBuf::new(), ..cfg() },
         ] {
-            assert!(
-                matches!(bad.validate(), Err(PdError::Config { .. })),
-                "{bad:?}"
-            );
+            assert!(matches!(bad.validate(), Err(PdError::Config { .. })), "{bad:?}");
         }
     }
 }

@@ -23,8 +23,8 @@ use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::time::Duration;
 
 use tessera_wire::{
-    NodeId, NodeInfo, NodeState, NodeStats, Peer, PeerId, RegionDescriptor, RegionEpoch, RegionId,
-    RegionRoute, RegionStats, SessionId,
+    NodeId, NodeInfo, NodeState, NodeStats, Peer, PeerId, RegionDescriptor, RegionEpoch, RegionId, RegionRoute,
+    RegionStats, SessionId,
 };
 
 /// Policy knobs of the metadata state machine.
@@ -40,11 +40,7 @@ pub struct MetaConfig {
 
 impl Default for MetaConfig {
     fn default() -> Self {
-        MetaConfig {
-            initial_regions: 1,
-            replicas: 3,
-            node_down_after: Duration::from_secs(30),
-        }
+        MetaConfig { initial_regions: 1, replicas: 3, node_down_after: Duration::from_secs(30) }
     }
 }
 
@@ -111,11 +107,7 @@ pub struct IdAllocatorState {
 
 impl Default for IdAllocatorState {
     fn default() -> Self {
-        IdAllocatorState {
-            next_region: 1,
-            next_peer: 1,
-            next_session: 1,
-        }
+        IdAllocatorState { next_region: 1, next_peer: 1, next_session: 1 }
     }
 }
 
@@ -266,16 +258,8 @@ impl ClusterMeta {
     /// The whole durable state (for tests and, later, Raft snapshots).
     pub fn snapshot(&self) -> PersistedMeta {
         PersistedMeta {
-            nodes: self
-                .nodes
-                .keys()
-                .filter_map(|id| self.node_registration(*id))
-                .collect(),
-            regions: self
-                .regions
-                .keys()
-                .filter_map(|id| self.region_placement(*id))
-                .collect(),
+            nodes: self.nodes.keys().filter_map(|id| self.node_registration(*id)).collect(),
+            regions: self.regions.keys().filter_map(|id| self.region_placement(*id)).collect(),
             allocator: self.alloc,
             bootstrapped: self.bootstrapped,
         }
@@ -298,31 +282,17 @@ impl ClusterMeta {
 
     /// A node's durable registration.
     pub fn node_registration(&self, id: NodeId) -> Option<NodeRegistration> {
-        self.nodes.get(&id).map(|n| NodeRegistration {
-            id,
-            addr: n.addr.clone(),
-            capacity_bytes: n.capacity_bytes,
-        })
+        self.nodes.get(&id).map(|n| NodeRegistration { id, addr: n.addr.clone(), capacity_bytes: n.capacity_bytes })
     }
 
     /// A region's durable placement.
     pub fn region_placement(&self, id: RegionId) -> Option<RegionPlacement> {
-        self.regions.get(&id).map(|r| RegionPlacement {
-            region: r.region.clone(),
-            leader: r.leader,
-            term: r.term,
-        })
+        self.regions.get(&id).map(|r| RegionPlacement { region: r.region.clone(), leader: r.leader, term: r.term })
     }
 
     /// Registers (or re-registers, after a restart or an address change) a node, and
     /// bootstraps the cluster if this brings the live nodes to `replicas`.
-    pub fn register_node(
-        &mut self,
-        node_id: NodeId,
-        addr: String,
-        capacity_bytes: u64,
-        now: Duration,
-    ) -> MetaChanges {
+    pub fn register_node(&mut self, node_id: NodeId, addr: String, capacity_bytes: u64, now: Duration) -> MetaChanges {
         let mut changes = MetaChanges::default();
         match self.nodes.get_mut(&node_id) {
             Some(n) => {
@@ -336,12 +306,7 @@ impl ClusterMeta {
             None => {
                 self.nodes.insert(
                     node_id,
-                    NodeEntry {
-                        addr,
-                        capacity_bytes,
-                        last_heartbeat: now,
-                        stats: NodeStats::default(),
-                    },
+                    NodeEntry { addr, capacity_bytes, last_heartbeat: now, stats: NodeStats::default() },
                 );
                 changes.nodes.insert(node_id);
             }
@@ -362,12 +327,8 @@ impl ClusterMeta {
         if self.bootstrapped {
             return changes;
         }
-        let live: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| self.state_of(n, now) == NodeState::Up)
-            .map(|(id, _)| *id)
-            .collect();
+        let live: Vec<NodeId> =
+            self.nodes.iter().filter(|(_, n)| self.state_of(n, now) == NodeState::Up).map(|(id, _)| *id).collect();
         let replicas = self.config.replicas;
         if replicas == 0 || live.len() < replicas {
             return changes;
@@ -384,39 +345,23 @@ impl ClusterMeta {
             for _ in 0..replicas {
                 let node_id = live[cursor % live.len()];
                 cursor += 1;
-                peers.push(Peer {
-                    id: PeerId(self.alloc.next_peer),
-                    node_id,
-                });
+                peers.push(Peer { id: PeerId(self.alloc.next_peer), node_id });
                 self.alloc.next_peer += 1;
             }
             let region = RegionDescriptor {
                 id,
                 start_key: w[0].clone(),
                 end_key: w[1].clone(),
-                epoch: RegionEpoch {
-                    conf_ver: 1,
-                    version: 1,
-                },
+                epoch: RegionEpoch { conf_ver: 1, version: 1 },
                 peers,
             };
-            self.insert_region(RegionEntry {
-                region,
-                leader: None,
-                term: 0,
-                approximate_size: 0,
-                approximate_keys: 0,
-            });
+            self.insert_region(RegionEntry { region, leader: None, term: 0, approximate_size: 0, approximate_keys: 0 });
             changes.regions.insert(id);
         }
         self.bootstrapped = true;
         changes.allocator = true;
         changes.cluster = true;
-        tracing::info!(
-            regions = changes.regions.len(),
-            replicas,
-            "cluster bootstrapped"
-        );
+        tracing::info!(regions = changes.regions.len(), replicas, "cluster bootstrapped");
         changes
     }
 
@@ -429,10 +374,7 @@ impl ClusterMeta {
         hosted: &[RegionId],
         now: Duration,
     ) -> Result<Vec<RegionDescriptor>, MetaError> {
-        let node = self
-            .nodes
-            .get_mut(&node_id)
-            .ok_or(MetaError::NodeNotRegistered { node_id })?;
+        let node = self.nodes.get_mut(&node_id).ok_or(MetaError::NodeNotRegistered { node_id })?;
         node.last_heartbeat = now;
         node.stats = stats;
         let hosted: HashSet<RegionId> = hosted.iter().copied().collect();
@@ -458,16 +400,10 @@ impl ClusterMeta {
         reports: &[RegionStats],
         now: Duration,
     ) -> Result<(Vec<RegionReport>, MetaChanges), MetaError> {
-        let node = self
-            .nodes
-            .get_mut(&node_id)
-            .ok_or(MetaError::NodeNotRegistered { node_id })?;
+        let node = self.nodes.get_mut(&node_id).ok_or(MetaError::NodeNotRegistered { node_id })?;
         node.last_heartbeat = now;
         let mut changes = MetaChanges::default();
-        let outcomes = reports
-            .iter()
-            .map(|r| self.apply_region_report(node_id, r, &mut changes))
-            .collect();
+        let outcomes = reports.iter().map(|r| self.apply_region_report(node_id, r, &mut changes)).collect();
         Ok((outcomes, changes))
     }
 
@@ -478,53 +414,30 @@ impl ClusterMeta {
         changes: &mut MetaChanges,
     ) -> RegionReport {
         let region_id = report.region.id;
-        if report.leader.node_id != node_id
-            || report.region.peer(report.leader.id) != Some(report.leader)
-        {
-            tracing::warn!(
-                node_id = node_id.0,
-                region_id = region_id.0,
-                "region heartbeat names a foreign leader"
-            );
+        if report.leader.node_id != node_id || report.region.peer(report.leader.id) != Some(report.leader) {
+            tracing::warn!(node_id = node_id.0, region_id = region_id.0, "region heartbeat names a foreign leader");
             return RegionReport::BadLeader;
         }
         let stored_epoch = self.regions.get(&region_id).map(|e| e.region.epoch);
         if let Some(epoch) = stored_epoch {
             if report.region.epoch.is_stale_against(&epoch) {
-                tracing::debug!(
-                    node_id = node_id.0,
-                    region_id = region_id.0,
-                    "stale region heartbeat ignored"
-                );
+                tracing::debug!(node_id = node_id.0, region_id = region_id.0, "stale region heartbeat ignored");
                 return RegionReport::StaleEpoch;
             }
         }
         let descriptor_changed = stored_epoch != Some(report.region.epoch);
         if descriptor_changed {
             let overlapping = self.overlapping(&report.region.start_key, &report.region.end_key);
-            let others: Vec<RegionId> = overlapping
-                .into_iter()
-                .filter(|id| *id != region_id)
-                .collect();
-            if others
-                .iter()
-                .any(|id| self.regions[id].region.epoch.version >= report.region.epoch.version)
-            {
-                tracing::debug!(
-                    node_id = node_id.0,
-                    region_id = region_id.0,
-                    "region heartbeat overlaps newer region"
-                );
+            let others: Vec<RegionId> = overlapping.into_iter().filter(|id| *id != region_id).collect();
+            if others.iter().any(|id| self.regions[id].region.epoch.version >= report.region.epoch.version) {
+                tracing::debug!(node_id = node_id.0, region_id = region_id.0, "region heartbeat overlaps newer region");
                 return RegionReport::StaleEpoch;
             }
             for id in others {
                 self.remove_region(id);
                 changes.regions.remove(&id);
                 changes.removed_regions.insert(id);
-                tracing::info!(
-                    region_id = id.0,
-                    "region replaced by a newer overlapping region"
-                );
+                tracing::info!(region_id = id.0, "region replaced by a newer overlapping region");
             }
             let old = self.remove_region(region_id);
             let (leader, term) = old.as_ref().map_or((None, 0), |e| (e.leader, e.term));
@@ -540,13 +453,8 @@ impl ClusterMeta {
             changes.regions.insert(region_id);
             tracing::info!(region_id = region_id.0, "region descriptor updated");
         }
-        let entry = self
-            .regions
-            .get_mut(&region_id)
-            .expect("inserted or present above");
-        if report.term >= entry.term
-            && (entry.leader != Some(report.leader) || entry.term != report.term)
-        {
+        let entry = self.regions.get_mut(&region_id).expect("inserted or present above");
+        if report.term >= entry.term && (entry.leader != Some(report.leader) || entry.term != report.term) {
             entry.leader = Some(report.leader);
             entry.term = report.term;
             changes.regions.insert(region_id);
@@ -566,11 +474,8 @@ impl ClusterMeta {
     pub fn get_region(&self, key: &[u8]) -> Result<RegionRoute, MetaError> {
         self.check_bootstrapped()?;
         // A miss is a gap: a region split and the half covering `key` has not reported yet.
-        let (_, id) = self
-            .by_start
-            .range::<[u8], _>((Unbounded, Included(key)))
-            .next_back()
-            .ok_or(MetaError::NoRegionForKey)?;
+        let (_, id) =
+            self.by_start.range::<[u8], _>((Unbounded, Included(key))).next_back().ok_or(MetaError::NoRegionForKey)?;
         let entry = &self.regions[id];
         if !entry.region.contains(key) {
             return Err(MetaError::NoRegionForKey);
@@ -581,35 +486,18 @@ impl ClusterMeta {
     /// A region by id.
     pub fn get_region_by_id(&self, region_id: RegionId) -> Result<RegionRoute, MetaError> {
         self.check_bootstrapped()?;
-        self.regions
-            .get(&region_id)
-            .map(|e| self.route(e))
-            .ok_or(MetaError::RegionNotFound { region_id })
+        self.regions.get(&region_id).map(|e| self.route(e)).ok_or(MetaError::RegionNotFound { region_id })
     }
 
     /// Regions overlapping `[start, end)` (empty `end`: unbounded) in key order, at most
     /// `limit` of them (0: no limit).
-    pub fn scan_regions(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: u32,
-    ) -> Result<Vec<RegionRoute>, MetaError> {
+    pub fn scan_regions(&self, start: &[u8], end: &[u8], limit: u32) -> Result<Vec<RegionRoute>, MetaError> {
         self.check_bootstrapped()?;
         if !end.is_empty() && start > end {
             return Err(MetaError::InvalidRange);
         }
-        let limit = if limit == 0 {
-            usize::MAX
-        } else {
-            limit as usize
-        };
-        Ok(self
-            .overlapping(start, end)
-            .into_iter()
-            .take(limit)
-            .map(|id| self.route(&self.regions[&id]))
-            .collect())
+        let limit = if limit == 0 { usize::MAX } else { limit as usize };
+        Ok(self.overlapping(start, end).into_iter().take(limit).map(|id| self.route(&self.regions[&id])).collect())
     }
 
     /// All nodes with their liveness at `now`.
@@ -632,20 +520,12 @@ impl ClusterMeta {
     pub fn alloc_session(&mut self) -> (SessionId, MetaChanges) {
         let id = SessionId(self.alloc.next_session);
         self.alloc.next_session += 1;
-        (
-            id,
-            MetaChanges {
-                allocator: true,
-                ..MetaChanges::default()
-            },
-        )
+        (id, MetaChanges { allocator: true, ..MetaChanges::default() })
     }
 
     /// Approximate size and key count last reported for a region.
     pub fn region_size(&self, region_id: RegionId) -> Option<(u64, u64)> {
-        self.regions
-            .get(&region_id)
-            .map(|e| (e.approximate_size, e.approximate_keys))
+        self.regions.get(&region_id).map(|e| (e.approximate_size, e.approximate_keys))
     }
 
     fn check_bootstrapped(&self) -> Result<(), MetaError> {
@@ -672,12 +552,7 @@ impl ClusterMeta {
                 .region
                 .peers
                 .iter()
-                .map(|p| {
-                    self.nodes
-                        .get(&p.node_id)
-                        .map(|n| n.addr.clone())
-                        .unwrap_or_default()
-                })
+                .map(|p| self.nodes.get(&p.node_id).map(|n| n.addr.clone()).unwrap_or_default())
                 .collect(),
         }
     }
@@ -685,11 +560,7 @@ impl ClusterMeta {
     /// Ids of the regions overlapping `[start, end)`, in key order.
     fn overlapping(&self, start: &[u8], end: &[u8]) -> Vec<RegionId> {
         let mut out = Vec::new();
-        if let Some((_, id)) = self
-            .by_start
-            .range::<[u8], _>((Unbounded, Excluded(start)))
-            .next_back()
-        {
+        if let Some((_, id)) = self.by_start.range::<[u8], _>((Unbounded, Excluded(start))).next_back() {
             let r = &self.regions[id].region;
             if r.end_key.is_empty() || r.end_key.as_slice() > start {
                 out.push(*id);
@@ -705,8 +576,7 @@ impl ClusterMeta {
     }
 
     fn insert_region(&mut self, e: RegionEntry) {
-        self.by_start
-            .insert(e.region.start_key.clone(), e.region.id);
+        self.by_start.insert(e.region.start_key.clone(), e.region.id);
         self.regions.insert(e.region.id, e);
     }
 
@@ -736,22 +606,13 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     fn config(regions: u32) -> MetaConfig {
-        MetaConfig {
-            initial_regions: regions,
-            replicas: 3,
-            node_down_after: Duration::from_secs(30),
-        }
+        MetaConfig { initial_regions: regions, replicas: 3, node_down_after: Duration::from_secs(30) }
     }
 
     fn register(meta: &mut ClusterMeta, ids: &[u64], now: Duration) -> MetaChanges {
         let mut all = MetaChanges::default();
         for id in ids {
-            all.merge(meta.register_node(
-                NodeId(*id),
-                format!("127.0.0.1:{}", 7000 + id),
-                1 << 30,
-                now,
-            ));
+            all.merge(meta.register_node(NodeId(*id), format!("127.0.0.1:{}", 7000 + id), 1 << 30, now));
         }
         all
     }
@@ -764,13 +625,7 @@ mod tests {
 
     fn stats(region: &RegionDescriptor, leader_node: u64, term: u64) -> RegionStats {
         let leader = region.peer_on(NodeId(leader_node)).unwrap();
-        RegionStats {
-            region: region.clone(),
-            leader,
-            term,
-            approximate_size: 10,
-            approximate_keys: 1,
-        }
+        RegionStats { region: region.clone(), leader, term, approximate_size: 10, approximate_keys: 1 }
     }
 
     #[test]
@@ -780,10 +635,7 @@ mod tests {
         assert!(!meta.is_bootstrapped());
         assert!(c.regions.is_empty() && !c.cluster);
         assert_eq!(meta.get_region(b"a"), Err(MetaError::NotBootstrapped));
-        assert_eq!(
-            meta.scan_regions(b"", b"", 0),
-            Err(MetaError::NotBootstrapped)
-        );
+        assert_eq!(meta.scan_regions(b"", b"", 0), Err(MetaError::NotBootstrapped));
 
         let c = register(&mut meta, &[3], S);
         assert!(meta.is_bootstrapped());
@@ -822,41 +674,19 @@ mod tests {
 
         let meta = bootstrapped(4);
         let routes = meta.scan_regions(b"", b"", 0).unwrap();
-        let ranges: Vec<(Vec<u8>, Vec<u8>)> = routes
-            .iter()
-            .map(|r| (r.region.start_key.clone(), r.region.end_key.clone()))
-            .collect();
+        let ranges: Vec<(Vec<u8>, Vec<u8>)> =
+            routes.iter().map(|r| (r.region.start_key.clone(), r.region.end_key.clone())).collect();
         assert_eq!(
             ranges,
-            vec![
-                (vec![], vec![64]),
-                (vec![64], vec![128]),
-                (vec![128], vec![192]),
-                (vec![192], vec![]),
-            ]
+            vec![(vec![], vec![64]), (vec![64], vec![128]), (vec![128], vec![192]), (vec![192], vec![]),]
         );
         for r in &routes {
-            assert_eq!(
-                r.region.epoch,
-                RegionEpoch {
-                    conf_ver: 1,
-                    version: 1
-                }
-            );
+            assert_eq!(r.region.epoch, RegionEpoch { conf_ver: 1, version: 1 });
         }
-        assert_eq!(
-            meta.get_region(b"").unwrap().region.start_key,
-            Vec::<u8>::new()
-        );
-        assert_eq!(
-            meta.get_region(&[63, 255]).unwrap().region.end_key,
-            vec![64]
-        );
+        assert_eq!(meta.get_region(b"").unwrap().region.start_key, Vec::<u8>::new());
+        assert_eq!(meta.get_region(&[63, 255]).unwrap().region.end_key, vec![64]);
         assert_eq!(meta.get_region(&[64]).unwrap().region.start_key, vec![64]);
-        assert_eq!(
-            meta.get_region(&[255, 255, 255]).unwrap().region.start_key,
-            vec![192]
-        );
+        assert_eq!(meta.get_region(&[255, 255, 255]).unwrap().region.start_key, vec![192]);
     }
 
     #[test]
@@ -868,19 +698,12 @@ mod tests {
         for r in &routes {
             assert!(region_ids.insert(r.region.id));
             let nodes: BTreeSet<NodeId> = r.region.peers.iter().map(|p| p.node_id).collect();
-            assert_eq!(
-                nodes,
-                [NodeId(1), NodeId(2), NodeId(3)].into_iter().collect()
-            );
+            assert_eq!(nodes, [NodeId(1), NodeId(2), NodeId(3)].into_iter().collect());
             for p in &r.region.peers {
                 assert!(peer_ids.insert(p.id), "peer id reused");
             }
-            let addrs: Vec<String> = r
-                .region
-                .peers
-                .iter()
-                .map(|p| format!("127.0.0.1:{}", 7000 + p.node_id.0))
-                .collect();
+            let addrs: Vec<String> =
+                r.region.peers.iter().map(|p| format!("127.0.0.1:{}", 7000 + p.node_id.0)).collect();
             assert_eq!(r.peer_addrs, addrs);
         }
     }
@@ -888,17 +711,9 @@ mod tests {
     #[test]
     fn peers_distinct_with_more_nodes_than_replicas() {
         // Four registered nodes, not yet bootstrapped (as after a restart), replicas = 3.
-        let nodes = (1..=4)
-            .map(|i| NodeRegistration {
-                id: NodeId(i),
-                addr: format!("h{i}:1"),
-                capacity_bytes: 1,
-            })
-            .collect();
-        let state = PersistedMeta {
-            nodes,
-            ..PersistedMeta::default()
-        };
+        let nodes =
+            (1..=4).map(|i| NodeRegistration { id: NodeId(i), addr: format!("h{i}:1"), capacity_bytes: 1 }).collect();
+        let state = PersistedMeta { nodes, ..PersistedMeta::default() };
         let mut meta = ClusterMeta::restore(config(5), state, S);
         assert!(!meta.is_bootstrapped());
         let _ = meta.register_node(NodeId(4), "h4:1".into(), 1, S);
@@ -912,30 +727,17 @@ mod tests {
             }
         }
         // 5 regions x 3 peers round-robin over 4 nodes: 4, 4, 4, 3.
-        assert_eq!(
-            per_node.values().copied().collect::<Vec<_>>(),
-            vec![4, 4, 4, 3]
-        );
+        assert_eq!(per_node.values().copied().collect::<Vec<_>>(), vec![4, 4, 4, 3]);
     }
 
     #[test]
     fn node_heartbeat_returns_unhosted_regions() {
         let mut meta = bootstrapped(3);
-        let all: Vec<RegionId> = meta
-            .scan_regions(b"", b"", 0)
-            .unwrap()
-            .iter()
-            .map(|r| r.region.id)
-            .collect();
-        let create = meta
-            .node_heartbeat(NodeId(2), NodeStats::default(), &all[..1], 2 * S)
-            .unwrap();
+        let all: Vec<RegionId> = meta.scan_regions(b"", b"", 0).unwrap().iter().map(|r| r.region.id).collect();
+        let create = meta.node_heartbeat(NodeId(2), NodeStats::default(), &all[..1], 2 * S).unwrap();
         let ids: Vec<RegionId> = create.iter().map(|r| r.id).collect();
         assert_eq!(ids, all[1..].to_vec());
-        assert!(meta
-            .node_heartbeat(NodeId(2), NodeStats::default(), &all, 2 * S)
-            .unwrap()
-            .is_empty());
+        assert!(meta.node_heartbeat(NodeId(2), NodeStats::default(), &all, 2 * S).unwrap().is_empty());
         assert_eq!(
             meta.node_heartbeat(NodeId(9), NodeStats::default(), &[], 2 * S),
             Err(MetaError::NodeNotRegistered { node_id: NodeId(9) })
@@ -948,16 +750,12 @@ mod tests {
         let region = meta.get_region(b"k").unwrap().region;
         let mut newer = region.clone();
         newer.epoch.conf_ver = 2;
-        let (out, changes) = meta
-            .region_heartbeat(NodeId(1), &[stats(&newer, 1, 5)], 2 * S)
-            .unwrap();
+        let (out, changes) = meta.region_heartbeat(NodeId(1), &[stats(&newer, 1, 5)], 2 * S).unwrap();
         assert_eq!(out, vec![RegionReport::Accepted]);
         assert!(changes.regions.contains(&region.id));
 
         // The old epoch, even with a higher term, changes nothing.
-        let (out, changes) = meta
-            .region_heartbeat(NodeId(2), &[stats(&region, 2, 9)], 2 * S)
-            .unwrap();
+        let (out, changes) = meta.region_heartbeat(NodeId(2), &[stats(&region, 2, 9)], 2 * S).unwrap();
         assert_eq!(out, vec![RegionReport::StaleEpoch]);
         assert!(changes.is_empty());
         let route = meta.get_region(b"k").unwrap();
@@ -970,34 +768,19 @@ mod tests {
     fn leader_updates_only_on_newer_or_equal_term() {
         let mut meta = bootstrapped(1);
         let region = meta.get_region(b"k").unwrap().region;
-        let _ = meta
-            .region_heartbeat(NodeId(1), &[stats(&region, 1, 3)], 2 * S)
-            .unwrap();
-        assert_eq!(
-            meta.get_region(b"k").unwrap().leader.unwrap().node_id,
-            NodeId(1)
-        );
+        let _ = meta.region_heartbeat(NodeId(1), &[stats(&region, 1, 3)], 2 * S).unwrap();
+        assert_eq!(meta.get_region(b"k").unwrap().leader.unwrap().node_id, NodeId(1));
 
         // Older term: ignored for the leader, but still accepted (epoch is current).
-        let (out, changes) = meta
-            .region_heartbeat(NodeId(2), &[stats(&region, 2, 2)], 2 * S)
-            .unwrap();
+        let (out, changes) = meta.region_heartbeat(NodeId(2), &[stats(&region, 2, 2)], 2 * S).unwrap();
         assert_eq!(out, vec![RegionReport::Accepted]);
         assert!(changes.is_empty());
-        assert_eq!(
-            meta.get_region(b"k").unwrap().leader.unwrap().node_id,
-            NodeId(1)
-        );
+        assert_eq!(meta.get_region(b"k").unwrap().leader.unwrap().node_id, NodeId(1));
 
         // Newer term: new leader, persisted.
-        let (_, changes) = meta
-            .region_heartbeat(NodeId(2), &[stats(&region, 2, 4)], 2 * S)
-            .unwrap();
+        let (_, changes) = meta.region_heartbeat(NodeId(2), &[stats(&region, 2, 4)], 2 * S).unwrap();
         assert!(changes.regions.contains(&region.id));
-        assert_eq!(
-            meta.get_region(b"k").unwrap().leader.unwrap().node_id,
-            NodeId(2)
-        );
+        assert_eq!(meta.get_region(b"k").unwrap().leader.unwrap().node_id, NodeId(2));
         assert_eq!(meta.region_placement(region.id).unwrap().term, 4);
 
         // Same leader, same term: nothing durable changes, statistics do.
@@ -1013,9 +796,7 @@ mod tests {
         let mut meta = bootstrapped(1);
         let region = meta.get_region(b"k").unwrap().region;
         // Node 1 claims node 2's peer leads.
-        let (out, changes) = meta
-            .region_heartbeat(NodeId(1), &[stats(&region, 2, 3)], 2 * S)
-            .unwrap();
+        let (out, changes) = meta.region_heartbeat(NodeId(1), &[stats(&region, 2, 3)], 2 * S).unwrap();
         assert_eq!(out, vec![RegionReport::BadLeader]);
         assert!(changes.is_empty());
         assert_eq!(meta.get_region(b"k").unwrap().leader, None);
@@ -1033,9 +814,7 @@ mod tests {
         left.end_key = b"m".to_vec();
         left.epoch.version = 2;
 
-        let (out, changes) = meta
-            .region_heartbeat(NodeId(1), &[stats(&right, 1, 1)], 2 * S)
-            .unwrap();
+        let (out, changes) = meta.region_heartbeat(NodeId(1), &[stats(&right, 1, 1)], 2 * S).unwrap();
         assert_eq!(out, vec![RegionReport::Accepted]);
         assert!(changes.removed_regions.contains(&parent.id));
         assert!(changes.regions.contains(&RegionId(100)));
@@ -1043,59 +822,31 @@ mod tests {
         // Until the left half reports, its range is a gap.
         assert_eq!(meta.get_region(b"a"), Err(MetaError::NoRegionForKey));
 
-        let (out, _) = meta
-            .region_heartbeat(NodeId(1), &[stats(&left, 1, 1)], 2 * S)
-            .unwrap();
+        let (out, _) = meta.region_heartbeat(NodeId(1), &[stats(&left, 1, 1)], 2 * S).unwrap();
         assert_eq!(out, vec![RegionReport::Accepted]);
         assert_eq!(meta.get_region(b"a").unwrap().region.id, parent.id);
         assert_eq!(meta.scan_regions(b"", b"", 0).unwrap().len(), 2);
 
         // The parent's old descriptor can no longer come back.
-        let (out, _) = meta
-            .region_heartbeat(NodeId(1), &[stats(&parent, 1, 9)], 2 * S)
-            .unwrap();
+        let (out, _) = meta.region_heartbeat(NodeId(1), &[stats(&parent, 1, 9)], 2 * S).unwrap();
         assert_eq!(out, vec![RegionReport::StaleEpoch]);
     }
 
     #[test]
     fn scan_regions_respects_range_and_limit() {
         let meta = bootstrapped(4);
-        let ids = |v: Vec<RegionRoute>| {
-            v.into_iter()
-                .map(|r| r.region.start_key)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            ids(meta.scan_regions(&[70], &[130], 0).unwrap()),
-            vec![vec![64], vec![128]]
-        );
-        assert_eq!(
-            ids(meta.scan_regions(&[64], &[128], 0).unwrap()),
-            vec![vec![64]]
-        );
-        assert_eq!(
-            ids(meta.scan_regions(b"", b"", 2).unwrap()),
-            vec![vec![], vec![64]]
-        );
-        assert_eq!(
-            ids(meta.scan_regions(&[200], b"", 0).unwrap()),
-            vec![vec![192]]
-        );
-        assert_eq!(
-            meta.scan_regions(&[9], &[1], 0),
-            Err(MetaError::InvalidRange)
-        );
+        let ids = |v: Vec<RegionRoute>| v.into_iter().map(|r| r.region.start_key).collect::<Vec<_>>();
+        assert_eq!(ids(meta.scan_regions(&[70], &[130], 0).unwrap()), vec![vec![64], vec![128]]);
+        assert_eq!(ids(meta.scan_regions(&[64], &[128], 0).unwrap()), vec![vec![64]]);
+        assert_eq!(ids(meta.scan_regions(b"", b"", 2).unwrap()), vec![vec![], vec![64]]);
+        assert_eq!(ids(meta.scan_regions(&[200], b"", 0).unwrap()), vec![vec![192]]);
+        assert_eq!(meta.scan_regions(&[9], &[1], 0), Err(MetaError::InvalidRange));
     }
 
     #[test]
     fn get_region_by_id_unknown_is_not_found() {
         let meta = bootstrapped(1);
-        assert_eq!(
-            meta.get_region_by_id(RegionId(77)),
-            Err(MetaError::RegionNotFound {
-                region_id: RegionId(77)
-            })
-        );
+        assert_eq!(meta.get_region_by_id(RegionId(77)), Err(MetaError::RegionNotFound { region_id: RegionId(77) }));
         let id = meta.get_region(b"").unwrap().region.id;
         assert_eq!(meta.get_region_by_id(id).unwrap().region.id, id);
     }
@@ -1104,29 +855,13 @@ mod tests {
     fn node_goes_down_after_threshold() {
         let mut meta = bootstrapped(1);
         let state = |meta: &ClusterMeta, id: u64, now: Duration| {
-            meta.nodes(now)
-                .into_iter()
-                .find(|n| n.id == NodeId(id))
-                .unwrap()
-                .state
+            meta.nodes(now).into_iter().find(|n| n.id == NodeId(id)).unwrap().state
         };
         assert_eq!(state(&meta, 1, S + Duration::from_secs(30)), NodeState::Up);
-        assert_eq!(
-            state(&meta, 1, S + Duration::from_secs(31)),
-            NodeState::Down
-        );
-        meta.node_heartbeat(
-            NodeId(1),
-            NodeStats::default(),
-            &[],
-            S + Duration::from_secs(40),
-        )
-        .unwrap();
+        assert_eq!(state(&meta, 1, S + Duration::from_secs(31)), NodeState::Down);
+        meta.node_heartbeat(NodeId(1), NodeStats::default(), &[], S + Duration::from_secs(40)).unwrap();
         assert_eq!(state(&meta, 1, S + Duration::from_secs(41)), NodeState::Up);
-        assert_eq!(
-            state(&meta, 2, S + Duration::from_secs(41)),
-            NodeState::Down
-        );
+        assert_eq!(state(&meta, 2, S + Duration::from_secs(41)), NodeState::Down);
         let info = meta.nodes(S + Duration::from_secs(41));
         assert_eq!(info[0].last_heartbeat_ms_ago, 1000);
     }
@@ -1140,12 +875,7 @@ mod tests {
         assert!(s2 > s1);
         let before = meta.snapshot();
         let max_region = before.regions.iter().map(|r| r.region.id).max().unwrap();
-        let max_peer = before
-            .regions
-            .iter()
-            .flat_map(|r| r.region.peers.iter().map(|p| p.id))
-            .max()
-            .unwrap();
+        let max_peer = before.regions.iter().flat_map(|r| r.region.peers.iter().map(|p| p.id)).max().unwrap();
 
         let mut restored = ClusterMeta::restore(config(2), before.clone(), Duration::ZERO);
         assert_eq!(restored.snapshot(), before);
@@ -1167,9 +897,6 @@ mod tests {
         let meta = bootstrapped(1);
         let restored = ClusterMeta::restore(config(1), meta.snapshot(), Duration::from_secs(5));
         assert!(restored.is_bootstrapped());
-        assert!(restored
-            .nodes(Duration::from_secs(6))
-            .iter()
-            .all(|n| n.state == NodeState::Up));
+        assert!(restored.nodes(Duration::from_secs(6)).iter().all(|n| n.state == NodeState::Up));
     }
 }

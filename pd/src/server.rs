@@ -37,36 +37,21 @@ impl PdServer {
         let db_path = data_dir.join(DB_FILE);
         // Opening redb reads (and may repair) the file: blocking work.
         let (meta, store, epoch) = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&data_dir).map_err(|source| PdError::DataDir {
-                path: data_dir.clone(),
-                source,
-            })?;
-            let storage = |source| PdError::Storage {
-                path: db_path.clone(),
-                source,
-            };
+            std::fs::create_dir_all(&data_dir).map_err(|source| PdError::DataDir { path: data_dir.clone(), source })?;
+            let storage = |source| PdError::Storage { path: db_path.clone(), source };
             let store = Store::open(&db_path).map_err(storage)?;
             let state = store.load().map_err(storage)?;
             let epoch = Instant::now();
-            Ok::<_, PdError>((
-                ClusterMeta::restore(meta_config, state, Duration::ZERO),
-                store,
-                epoch,
-            ))
+            Ok::<_, PdError>((ClusterMeta::restore(meta_config, state, Duration::ZERO), store, epoch))
         })
         .await
-        .map_err(|e| PdError::Internal {
-            reason: e.to_string(),
-        })??;
+        .map_err(|e| PdError::Internal { reason: e.to_string() })??;
         let bootstrapped = meta.is_bootstrapped();
         let nodes = meta.nodes(Duration::ZERO).len();
 
         let tls = tessera_certs::server_tls_config(&cfg.tls).map_err(PdError::Tls)?;
         let server = Server::bind(cfg.listen, tls, None, Role::Pd, TransportConfig::default())
-            .map_err(|source| PdError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
+            .map_err(|source| PdError::Bind { addr: cfg.listen, source })?;
         let local_addr = server.local_addr();
 
         let service = Arc::new(PdService::new(meta, store, epoch));
@@ -80,11 +65,7 @@ impl PdServer {
             server.serve(service, auth, signal).await;
         });
         tracing::info!(%local_addr, bootstrapped, nodes, "PD serving");
-        Ok(PdServer {
-            local_addr,
-            shutdown,
-            task,
-        })
+        Ok(PdServer { local_addr, shutdown, task })
     }
 
     /// The bound address (useful after listening on port 0).

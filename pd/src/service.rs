@@ -60,23 +60,12 @@ impl PdService {
     /// A service over restored metadata; `epoch` is the instant `meta` was restored at (its
     /// `now` of zero).
     pub(crate) fn new(meta: ClusterMeta, store: Store, epoch: Instant) -> PdService {
-        PdService {
-            state: Mutex::new(State {
-                meta,
-                store,
-                poisoned: false,
-            }),
-            epoch,
-        }
+        PdService { state: Mutex::new(State { meta, store, poisoned: false }), epoch }
     }
 
     /// Answers one PD request from a peer authenticated as `role`, blocking the thread on
     /// the lock and on the commit. Must not run on an async worker.
-    pub(crate) fn handle_blocking(
-        &self,
-        role: Role,
-        request: PdRequest,
-    ) -> Result<PdResponse, Error> {
+    pub(crate) fn handle_blocking(&self, role: Role, request: PdRequest) -> Result<PdResponse, Error> {
         authorize(role, &request)?;
         let mut state = self.state.blocking_lock();
         let now = self.epoch.elapsed();
@@ -97,78 +86,43 @@ impl PdService {
 /// Applies an authorized request to the state at `now`.
 fn apply(state: &mut State, now: Duration, request: PdRequest) -> Result<PdResponse, Error> {
     if state.poisoned {
-        return Err(Error::StorageUnavailable {
-            reason: "PD state poisoned by an earlier panic".into(),
-        });
+        return Err(Error::StorageUnavailable { reason: "PD state poisoned by an earlier panic".into() });
     }
     if let Some(reason) = state.store.failure() {
-        return Err(Error::StorageUnavailable {
-            reason: reason.to_owned(),
-        });
+        return Err(Error::StorageUnavailable { reason: reason.to_owned() });
     }
     let State { meta, store, .. } = state;
     match request {
-        PdRequest::RegisterNode {
-            node_id,
-            addr,
-            capacity_bytes,
-        } => {
+        PdRequest::RegisterNode { node_id, addr, capacity_bytes } => {
             validate_addr(&addr)?;
             let changes = meta.register_node(node_id, addr, capacity_bytes, now);
             store.persist(meta, &changes).map_err(storage_error)?;
-            tracing::info!(
-                node_id = node_id.0,
-                bootstrapped = meta.is_bootstrapped(),
-                "node registered"
-            );
+            tracing::info!(node_id = node_id.0, bootstrapped = meta.is_bootstrapped(), "node registered");
             Ok(PdResponse::Ok)
         }
-        PdRequest::NodeHeartbeat {
-            node_id,
-            stats,
-            hosted,
-        } => {
-            let create = meta
-                .node_heartbeat(node_id, stats, &hosted, now)
-                .map_err(meta_error)?;
+        PdRequest::NodeHeartbeat { node_id, stats, hosted } => {
+            let create = meta.node_heartbeat(node_id, stats, &hosted, now).map_err(meta_error)?;
             if !create.is_empty() {
-                tracing::debug!(
-                    node_id = node_id.0,
-                    regions = create.len(),
-                    "node must create regions"
-                );
+                tracing::debug!(node_id = node_id.0, regions = create.len(), "node must create regions");
             }
-            Ok(PdResponse::NodeHeartbeat {
-                create,
-                nodes: meta.nodes(now),
-            })
+            Ok(PdResponse::NodeHeartbeat { create, nodes: meta.nodes(now) })
         }
         PdRequest::RegionHeartbeat { node_id, regions } => {
-            let (outcomes, changes) = meta
-                .region_heartbeat(node_id, &regions, now)
-                .map_err(meta_error)?;
+            let (outcomes, changes) = meta.region_heartbeat(node_id, &regions, now).map_err(meta_error)?;
             store.persist(meta, &changes).map_err(storage_error)?;
-            let ignored = outcomes
-                .iter()
-                .filter(|o| **o != RegionReport::Accepted)
-                .count();
+            let ignored = outcomes.iter().filter(|o| **o != RegionReport::Accepted).count();
             if ignored > 0 {
                 tracing::debug!(node_id = node_id.0, ignored, "region heartbeats ignored");
             }
             Ok(PdResponse::Ok)
         }
-        PdRequest::GetRegion { key } => meta
-            .get_region(&key)
-            .map(PdResponse::Region)
-            .map_err(meta_error),
-        PdRequest::GetRegionById { region_id } => meta
-            .get_region_by_id(region_id)
-            .map(PdResponse::Region)
-            .map_err(meta_error),
-        PdRequest::ScanRegions { start, end, limit } => meta
-            .scan_regions(&start, &end, limit)
-            .map(PdResponse::Regions)
-            .map_err(meta_error),
+        PdRequest::GetRegion { key } => meta.get_region(&key).map(PdResponse::Region).map_err(meta_error),
+        PdRequest::GetRegionById { region_id } => {
+            meta.get_region_by_id(region_id).map(PdResponse::Region).map_err(meta_error)
+        }
+        PdRequest::ScanRegions { start, end, limit } => {
+            meta.scan_regions(&start, &end, limit).map(PdResponse::Regions).map_err(meta_error)
+        }
         PdRequest::GetNodes => Ok(PdResponse::Nodes(meta.nodes(now))),
         PdRequest::AllocSession => {
             let (session, changes) = meta.alloc_session();
@@ -181,20 +135,14 @@ fn apply(state: &mut State, now: Duration, request: PdRequest) -> Result<PdRespo
 impl Service for PdService {
     async fn call(self: Arc<Self>, peer: Arc<PeerInfo>, request: Request) -> Response {
         let Request::Pd(request) = request else {
-            return Err(Error::InvalidRequest {
-                reason: "the PD serves only PD requests".into(),
-            });
+            return Err(Error::InvalidRequest { reason: "the PD serves only PD requests".into() });
         };
         let role = peer.role;
         let response = if mutates(&request) {
             // Commits fsync: keep them off the async workers.
             tokio::task::spawn_blocking(move || self.handle_blocking(role, request))
                 .await
-                .unwrap_or_else(|e| {
-                    Err(Error::StorageUnavailable {
-                        reason: format!("PD request task failed: {e}"),
-                    })
-                })
+                .unwrap_or_else(|e| Err(Error::StorageUnavailable { reason: format!("PD request task failed: {e}") }))
         } else {
             self.handle_async(role, request).await
         };
@@ -203,12 +151,7 @@ impl Service for PdService {
 }
 
 fn mutates(request: &PdRequest) -> bool {
-    matches!(
-        request,
-        PdRequest::RegisterNode { .. }
-            | PdRequest::RegionHeartbeat { .. }
-            | PdRequest::AllocSession
-    )
+    matches!(request, PdRequest::RegisterNode { .. } | PdRequest::RegionHeartbeat { .. } | PdRequest::AllocSession)
 }
 
 /// Node-scoped requests only from the node itself; everything else from any authenticated
@@ -232,11 +175,7 @@ fn authorize(role: Role, request: &PdRequest) -> Result<(), Error> {
 }
 
 fn validate_addr(addr: &str) -> Result<(), Error> {
-    let bad = |reason: &str| {
-        Err(Error::InvalidRequest {
-            reason: reason.to_owned(),
-        })
-    };
+    let bad = |reason: &str| Err(Error::InvalidRequest { reason: reason.to_owned() });
     if addr.is_empty() || addr.len() > MAX_ADDR_LEN {
         return bad("node address must be 1..=255 bytes");
     }
@@ -250,19 +189,13 @@ fn meta_error(e: MetaError) -> Error {
     match e {
         MetaError::NotBootstrapped => Error::NotBootstrapped,
         MetaError::RegionNotFound { region_id } => Error::RegionNotFound { region_id },
-        MetaError::NoRegionForKey => Error::ServerBusy {
-            retry_after_ms: GAP_RETRY_MS,
-        },
-        other => Error::InvalidRequest {
-            reason: other.to_string(),
-        },
+        MetaError::NoRegionForKey => Error::ServerBusy { retry_after_ms: GAP_RETRY_MS },
+        other => Error::InvalidRequest { reason: other.to_string() },
     }
 }
 
 fn storage_error(e: StoreError) -> Error {
-    Error::StorageUnavailable {
-        reason: e.to_string(),
-    }
+    Error::StorageUnavailable { reason: e.to_string() }
 }
 
 #[cfg(test)]
@@ -273,8 +206,7 @@ mod tests {
 
     fn service(dir: &std::path::Path) -> PdService {
         let store = Store::open(&dir.join("pd.redb")).unwrap();
-        let meta =
-            ClusterMeta::restore(MetaConfig::default(), store.load().unwrap(), Duration::ZERO);
+        let meta = ClusterMeta::restore(MetaConfig::default(), store.load().unwrap(), Duration::ZERO);
         PdService::new(meta, store, Instant::now())
     }
 
@@ -293,41 +225,15 @@ mod tests {
     fn node_requests_need_the_matching_node_role() {
         let dir = tempfile::tempdir().unwrap();
         let svc = service(dir.path());
-        let req = PdRequest::RegisterNode {
-            node_id: NodeId(1),
-            addr: "h:1".into(),
-            capacity_bytes: 1,
-        };
+        let req = PdRequest::RegisterNode { node_id: NodeId(1), addr: "h:1".into(), capacity_bytes: 1 };
         for role in [Role::Client, Role::Pd, Role::Node(NodeId(2))] {
-            assert!(
-                matches!(
-                    svc.handle_blocking(role, req.clone()),
-                    Err(Error::PermissionDenied { .. })
-                ),
-                "{role:?}"
-            );
+            assert!(matches!(svc.handle_blocking(role, req.clone()), Err(Error::PermissionDenied { .. })), "{role:?}");
         }
-        let hb = PdRequest::NodeHeartbeat {
-            node_id: NodeId(1),
-            stats: NodeStats::default(),
-            hosted: vec![],
-        };
-        assert!(matches!(
-            svc.handle_blocking(Role::Client, hb),
-            Err(Error::PermissionDenied { .. })
-        ));
-        let rhb = PdRequest::RegionHeartbeat {
-            node_id: NodeId(1),
-            regions: vec![],
-        };
-        assert!(matches!(
-            svc.handle_blocking(Role::Node(NodeId(3)), rhb),
-            Err(Error::PermissionDenied { .. })
-        ));
-        assert_eq!(
-            svc.handle_blocking(Role::Node(NodeId(1)), req),
-            Ok(PdResponse::Ok)
-        );
+        let hb = PdRequest::NodeHeartbeat { node_id: NodeId(1), stats: NodeStats::default(), hosted: vec![] };
+        assert!(matches!(svc.handle_blocking(Role::Client, hb), Err(Error::PermissionDenied { .. })));
+        let rhb = PdRequest::RegionHeartbeat { node_id: NodeId(1), regions: vec![] };
+        assert!(matches!(svc.handle_blocking(Role::Node(NodeId(3)), rhb), Err(Error::PermissionDenied { .. })));
+        assert_eq!(svc.handle_blocking(Role::Node(NodeId(1)), req), Ok(PdResponse::Ok));
     }
 
     #[test]
@@ -340,24 +246,14 @@ mod tests {
             Err(Error::NotBootstrapped)
         );
         assert_eq!(
-            svc.handle_blocking(
-                Role::Client,
-                PdRequest::ScanRegions {
-                    start: vec![],
-                    end: vec![],
-                    limit: 0
-                }
-            ),
+            svc.handle_blocking(Role::Client, PdRequest::ScanRegions { start: vec![], end: vec![], limit: 0 }),
             Err(Error::NotBootstrapped)
         );
         // Node listing and session allocation work before bootstrap.
         assert!(
             matches!(svc.handle_blocking(Role::Client, PdRequest::GetNodes), Ok(PdResponse::Nodes(n)) if n.len() == 1)
         );
-        assert!(matches!(
-            svc.handle_blocking(Role::Client, PdRequest::AllocSession),
-            Ok(PdResponse::Session(_))
-        ));
+        assert!(matches!(svc.handle_blocking(Role::Client, PdRequest::AllocSession), Ok(PdResponse::Session(_))));
     }
 
     #[test]
@@ -374,24 +270,11 @@ mod tests {
         };
         assert_eq!(route.peer_addrs.len(), 3);
         assert_eq!(
-            svc.handle_blocking(
-                Role::Client,
-                PdRequest::GetRegionById {
-                    region_id: RegionId(999)
-                }
-            ),
-            Err(Error::RegionNotFound {
-                region_id: RegionId(999)
-            })
+            svc.handle_blocking(Role::Client, PdRequest::GetRegionById { region_id: RegionId(999) }),
+            Err(Error::RegionNotFound { region_id: RegionId(999) })
         );
-        let hb = PdRequest::NodeHeartbeat {
-            node_id: NodeId(2),
-            stats: NodeStats::default(),
-            hosted: vec![],
-        };
-        let Ok(PdResponse::NodeHeartbeat { create, nodes }) =
-            svc.handle_blocking(Role::Node(NodeId(2)), hb)
-        else {
+        let hb = PdRequest::NodeHeartbeat { node_id: NodeId(2), stats: NodeStats::default(), hosted: vec![] };
+        let Ok(PdResponse::NodeHeartbeat { create, nodes }) = svc.handle_blocking(Role::Node(NodeId(2)), hb) else {
             panic!("heartbeat failed");
         };
         assert_eq!(create, vec![route.region]);
@@ -403,94 +286,50 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let svc = service(dir.path());
         for addr in ["", "nohostport", ":1", "h:notaport"] {
-            let req = PdRequest::RegisterNode {
-                node_id: NodeId(1),
-                addr: addr.into(),
-                capacity_bytes: 1,
-            };
+            let req = PdRequest::RegisterNode { node_id: NodeId(1), addr: addr.into(), capacity_bytes: 1 };
             assert!(
-                matches!(
-                    svc.handle_blocking(Role::Node(NodeId(1)), req),
-                    Err(Error::InvalidRequest { .. })
-                ),
+                matches!(svc.handle_blocking(Role::Node(NodeId(1)), req), Err(Error::InvalidRequest { .. })),
                 "{addr}"
             );
         }
-        let hb = PdRequest::NodeHeartbeat {
-            node_id: NodeId(5),
-            stats: NodeStats::default(),
-            hosted: vec![],
-        };
-        assert!(matches!(
-            svc.handle_blocking(Role::Node(NodeId(5)), hb),
-            Err(Error::InvalidRequest { .. })
-        ));
+        let hb = PdRequest::NodeHeartbeat { node_id: NodeId(5), stats: NodeStats::default(), hosted: vec![] };
+        assert!(matches!(svc.handle_blocking(Role::Node(NodeId(5)), hb), Err(Error::InvalidRequest { .. })));
     }
 
     #[tokio::test]
     async fn non_pd_requests_are_invalid() {
         let dir = tempfile::tempdir().unwrap();
         let svc = Arc::new(service(dir.path()));
-        let peer = Arc::new(PeerInfo {
-            role: Role::Client,
-            remote: "127.0.0.1:1".parse().unwrap(),
-        });
+        let peer = Arc::new(PeerInfo { role: Role::Client, remote: "127.0.0.1:1".parse().unwrap() });
         let raft = Request::Raft(tessera_wire::RaftRequest {
             region_id: RegionId(1),
             to_peer: tessera_wire::PeerId(1),
             kind: tessera_wire::RaftRpcKind::Vote,
             payload: vec![],
         });
-        assert!(matches!(
-            svc.clone().call(peer.clone(), raft).await,
-            Err(Error::InvalidRequest { .. })
-        ));
+        assert!(matches!(svc.clone().call(peer.clone(), raft).await, Err(Error::InvalidRequest { .. })));
         let session = svc.call(peer, Request::Pd(PdRequest::AllocSession)).await;
-        assert!(matches!(
-            session,
-            Ok(ResponseBody::Pd(PdResponse::Session(_)))
-        ));
+        assert!(matches!(session, Ok(ResponseBody::Pd(PdResponse::Session(_)))));
     }
 
     #[test]
     fn storage_failure_fail_stops_every_request() {
         let (store, fail) = crate::store::testing::failing_store();
-        let svc = PdService::new(
-            ClusterMeta::new(MetaConfig::default()),
-            store,
-            Instant::now(),
-        );
+        let svc = PdService::new(ClusterMeta::new(MetaConfig::default()), store, Instant::now());
         register(&svc, 1).unwrap();
         fail.store(true, std::sync::atomic::Ordering::SeqCst);
-        assert!(matches!(
-            register(&svc, 2),
-            Err(Error::StorageUnavailable { .. })
-        ));
+        assert!(matches!(register(&svc, 2), Err(Error::StorageUnavailable { .. })));
         fail.store(false, std::sync::atomic::Ordering::SeqCst);
-        for req in [
-            PdRequest::GetNodes,
-            PdRequest::AllocSession,
-            PdRequest::GetRegion { key: vec![] },
-        ] {
-            assert!(matches!(
-                svc.handle_blocking(Role::Client, req),
-                Err(Error::StorageUnavailable { .. })
-            ));
+        for req in [PdRequest::GetNodes, PdRequest::AllocSession, PdRequest::GetRegion { key: vec![] }] {
+            assert!(matches!(svc.handle_blocking(Role::Client, req), Err(Error::StorageUnavailable { .. })));
         }
-        assert!(matches!(
-            register(&svc, 3),
-            Err(Error::StorageUnavailable { .. })
-        ));
+        assert!(matches!(register(&svc, 3), Err(Error::StorageUnavailable { .. })));
     }
 
     #[test]
     fn panic_while_holding_state_fail_stops() {
         let (store, _) = crate::store::testing::failing_store();
-        let svc = PdService::new(
-            ClusterMeta::new(MetaConfig::default()),
-            store,
-            Instant::now(),
-        );
+        let svc = PdService::new(ClusterMeta::new(MetaConfig::default()), store, Instant::now());
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut state = svc.state.blocking_lock();
             let _guard = PoisonOnPanic(&mut state);
@@ -508,17 +347,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = {
             let svc = service(dir.path());
-            let Ok(PdResponse::Session(s)) =
-                svc.handle_blocking(Role::Client, PdRequest::AllocSession)
-            else {
+            let Ok(PdResponse::Session(s)) = svc.handle_blocking(Role::Client, PdRequest::AllocSession) else {
                 panic!()
             };
             s
         };
         let svc = service(dir.path());
-        let Ok(PdResponse::Session(second)) =
-            svc.handle_blocking(Role::Client, PdRequest::AllocSession)
-        else {
+        let Ok(PdResponse::Session(second)) = svc.handle_blocking(Role::Client, PdRequest::AllocSession) else {
             panic!()
         };
         assert!(second > first);

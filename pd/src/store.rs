@@ -29,9 +29,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tessera_wire::{NodeId, Peer, PeerId, RegionDescriptor, RegionEpoch, RegionId};
 
-use crate::meta::{
-    ClusterMeta, IdAllocatorState, MetaChanges, NodeRegistration, PersistedMeta, RegionPlacement,
-};
+use crate::meta::{ClusterMeta, IdAllocatorState, MetaChanges, NodeRegistration, PersistedMeta, RegionPlacement};
 
 const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
 const REGIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("regions");
@@ -112,11 +110,7 @@ enum RegionRecord {
 /// On-disk id allocator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum AllocatorRecord {
-    V1 {
-        next_region: u64,
-        next_peer: u64,
-        next_session: u64,
-    },
+    V1 { next_region: u64, next_peer: u64, next_session: u64 },
 }
 
 /// On-disk cluster flags.
@@ -127,42 +121,26 @@ enum ClusterRecord {
 
 impl From<Peer> for PeerRecordV1 {
     fn from(p: Peer) -> Self {
-        PeerRecordV1 {
-            peer_id: p.id.0,
-            node_id: p.node_id.0,
-        }
+        PeerRecordV1 { peer_id: p.id.0, node_id: p.node_id.0 }
     }
 }
 
 impl From<PeerRecordV1> for Peer {
     fn from(p: PeerRecordV1) -> Self {
-        Peer {
-            id: PeerId(p.peer_id),
-            node_id: NodeId(p.node_id),
-        }
+        Peer { id: PeerId(p.peer_id), node_id: NodeId(p.node_id) }
     }
 }
 
 impl From<&NodeRegistration> for NodeRecord {
     fn from(n: &NodeRegistration) -> Self {
-        NodeRecord::V1 {
-            addr: n.addr.clone(),
-            capacity_bytes: n.capacity_bytes,
-        }
+        NodeRecord::V1 { addr: n.addr.clone(), capacity_bytes: n.capacity_bytes }
     }
 }
 
 impl NodeRecord {
     fn into_registration(self, id: NodeId) -> NodeRegistration {
         match self {
-            NodeRecord::V1 {
-                addr,
-                capacity_bytes,
-            } => NodeRegistration {
-                id,
-                addr,
-                capacity_bytes,
-            },
+            NodeRecord::V1 { addr, capacity_bytes } => NodeRegistration { id, addr, capacity_bytes },
         }
     }
 }
@@ -174,13 +152,7 @@ impl From<&RegionPlacement> for RegionRecord {
             end_key: p.region.end_key.clone(),
             conf_ver: p.region.epoch.conf_ver,
             version: p.region.epoch.version,
-            peers: p
-                .region
-                .peers
-                .iter()
-                .copied()
-                .map(PeerRecordV1::from)
-                .collect(),
+            peers: p.region.peers.iter().copied().map(PeerRecordV1::from).collect(),
             leader: p.leader.map(PeerRecordV1::from),
             term: p.term,
         }
@@ -190,15 +162,7 @@ impl From<&RegionPlacement> for RegionRecord {
 impl RegionRecord {
     fn into_placement(self, id: RegionId) -> RegionPlacement {
         match self {
-            RegionRecord::V1 {
-                start_key,
-                end_key,
-                conf_ver,
-                version,
-                peers,
-                leader,
-                term,
-            } => RegionPlacement {
+            RegionRecord::V1 { start_key, end_key, conf_ver, version, peers, leader, term } => RegionPlacement {
                 region: RegionDescriptor {
                     id,
                     start_key,
@@ -215,51 +179,31 @@ impl RegionRecord {
 
 impl From<IdAllocatorState> for AllocatorRecord {
     fn from(a: IdAllocatorState) -> Self {
-        AllocatorRecord::V1 {
-            next_region: a.next_region,
-            next_peer: a.next_peer,
-            next_session: a.next_session,
-        }
+        AllocatorRecord::V1 { next_region: a.next_region, next_peer: a.next_peer, next_session: a.next_session }
     }
 }
 
 impl From<AllocatorRecord> for IdAllocatorState {
     fn from(r: AllocatorRecord) -> Self {
         match r {
-            AllocatorRecord::V1 {
-                next_region,
-                next_peer,
-                next_session,
-            } => IdAllocatorState {
-                next_region,
-                next_peer,
-                next_session,
-            },
+            AllocatorRecord::V1 { next_region, next_peer, next_session } => {
+                IdAllocatorState { next_region, next_peer, next_session }
+            }
         }
     }
 }
 
 fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
     // Encoding plain records into a Vec cannot fail; treat a failure as a write error.
-    postcard::to_allocvec(record).map_err(|e| StoreError::Write {
-        source: Box::new(e),
-    })
+    postcard::to_allocvec(record).map_err(|e| StoreError::Write { source: Box::new(e) })
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(
-    what: impl FnOnce() -> String,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
-        what: what(),
-        reason: e.to_string(),
-    })
+fn decode<T: for<'de> Deserialize<'de>>(what: impl FnOnce() -> String, bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { what: what(), reason: e.to_string() })
 }
 
 fn read_err(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Read {
-        source: Box::new(e.into()),
-    }
+    StoreError::Read { source: Box::new(e.into()) }
 }
 
 /// The PD's durable metadata store.
@@ -273,9 +217,7 @@ pub(crate) struct Store {
 impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub(crate) fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Open {
-            source: Box::new(e),
-        })?;
+        let db = Database::create(path).map_err(|e| StoreError::Open { source: Box::new(e) })?;
         Store::init(db)
     }
 
@@ -289,9 +231,7 @@ impl Store {
             txn.commit()?;
             Ok(())
         };
-        init().map_err(|e| StoreError::Open {
-            source: Box::new(e),
-        })?;
+        init().map_err(|e| StoreError::Open { source: Box::new(e) })?;
         Ok(Store { db, failed: None })
     }
 
@@ -302,9 +242,7 @@ impl Store {
 
     fn check(&self) -> Result<(), StoreError> {
         match &self.failed {
-            Some(reason) => Err(StoreError::FailStopped {
-                reason: reason.clone(),
-            }),
+            Some(reason) => Err(StoreError::FailStopped { reason: reason.clone() }),
             None => Ok(()),
         }
     }
@@ -345,11 +283,7 @@ impl Store {
 
     /// Writes the keys named by `changes`, with their current values in `meta`, in one
     /// durable transaction. A no-op for empty changes. On failure the store fail-stops.
-    pub(crate) fn persist(
-        &mut self,
-        meta: &ClusterMeta,
-        changes: &MetaChanges,
-    ) -> Result<(), StoreError> {
+    pub(crate) fn persist(&mut self, meta: &ClusterMeta, changes: &MetaChanges) -> Result<(), StoreError> {
         self.check()?;
         if changes.is_empty() {
             return Ok(());
@@ -361,9 +295,7 @@ impl Store {
                 let reason = e.to_string();
                 tracing::error!(error = %reason, "PD storage write failed; fail-stopping");
                 self.failed = Some(reason);
-                Err(StoreError::Write {
-                    source: Box::new(e),
-                })
+                Err(StoreError::Write { source: Box::new(e) })
             }
         }
     }
@@ -398,15 +330,10 @@ impl Store {
             }
             let mut cluster = txn.open_table(CLUSTER)?;
             if changes.allocator {
-                cluster.insert(
-                    ALLOCATOR_KEY,
-                    encode(&AllocatorRecord::from(meta.allocator()))?.as_slice(),
-                )?;
+                cluster.insert(ALLOCATOR_KEY, encode(&AllocatorRecord::from(meta.allocator()))?.as_slice())?;
             }
             if changes.cluster {
-                let flags = ClusterRecord::V1 {
-                    bootstrapped: meta.is_bootstrapped(),
-                };
+                let flags = ClusterRecord::V1 { bootstrapped: meta.is_bootstrapped() };
                 cluster.insert(FLAGS_KEY, encode(&flags)?.as_slice())?;
             }
         }
@@ -443,21 +370,12 @@ mod tests {
     use crate::meta::MetaConfig;
 
     fn config() -> MetaConfig {
-        MetaConfig {
-            initial_regions: 4,
-            replicas: 3,
-            node_down_after: Duration::from_secs(30),
-        }
+        MetaConfig { initial_regions: 4, replicas: 3, node_down_after: Duration::from_secs(30) }
     }
 
     fn register_three(meta: &mut ClusterMeta, store: &mut Store) {
         for id in 1..=3u64 {
-            let c = meta.register_node(
-                NodeId(id),
-                format!("127.0.0.1:{}", 7000 + id),
-                1 << 30,
-                Duration::ZERO,
-            );
+            let c = meta.register_node(NodeId(id), format!("127.0.0.1:{}", 7000 + id), 1 << 30, Duration::ZERO);
             store.persist(meta, &c).unwrap();
         }
     }
@@ -476,16 +394,8 @@ mod tests {
             // A leader report and a session allocation are persisted too.
             let region = meta.get_region(b"a").unwrap().region;
             let leader = region.peer_on(NodeId(2)).unwrap();
-            let report = RegionStats {
-                region,
-                leader,
-                term: 7,
-                approximate_size: 1,
-                approximate_keys: 1,
-            };
-            let (_, c) = meta
-                .region_heartbeat(NodeId(2), &[report], Duration::ZERO)
-                .unwrap();
+            let report = RegionStats { region, leader, term: 7, approximate_size: 1, approximate_keys: 1 };
+            let (_, c) = meta.region_heartbeat(NodeId(2), &[report], Duration::ZERO).unwrap();
             store.persist(&meta, &c).unwrap();
             let (session, c) = meta.alloc_session();
             store.persist(&meta, &c).unwrap();
@@ -508,10 +418,7 @@ mod tests {
     fn split_removal_is_persisted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pd.redb");
-        let mut meta = ClusterMeta::new(MetaConfig {
-            initial_regions: 1,
-            ..config()
-        });
+        let mut meta = ClusterMeta::new(MetaConfig { initial_regions: 1, ..config() });
         let mut store = Store::open(&path).unwrap();
         register_three(&mut meta, &mut store);
         let parent = meta.get_region(b"a").unwrap().region;
@@ -520,30 +427,15 @@ mod tests {
         right.start_key = b"m".to_vec();
         right.epoch.version = 2;
         let leader = right.peer_on(NodeId(1)).unwrap();
-        let report = RegionStats {
-            region: right,
-            leader,
-            term: 1,
-            approximate_size: 0,
-            approximate_keys: 0,
-        };
-        let (_, c) = meta
-            .region_heartbeat(NodeId(1), &[report], Duration::ZERO)
-            .unwrap();
+        let report = RegionStats { region: right, leader, term: 1, approximate_size: 0, approximate_keys: 0 };
+        let (_, c) = meta.region_heartbeat(NodeId(1), &[report], Duration::ZERO).unwrap();
         store.persist(&meta, &c).unwrap();
         drop(store);
 
         let loaded = Store::open(&path).unwrap().load().unwrap();
         let ids: Vec<RegionId> = loaded.regions.iter().map(|p| p.region.id).collect();
         assert_eq!(ids, vec![RegionId(50)]);
-        let restored = ClusterMeta::restore(
-            MetaConfig {
-                initial_regions: 1,
-                ..config()
-            },
-            loaded,
-            Duration::ZERO,
-        );
+        let restored = ClusterMeta::restore(MetaConfig { initial_regions: 1, ..config() }, loaded, Duration::ZERO);
         assert!(restored.allocator().next_region > 50);
     }
 
@@ -554,10 +446,7 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             let txn = store.db.begin_write().unwrap();
-            txn.open_table(NODES)
-                .unwrap()
-                .insert(1, [9u8, 0, 0].as_slice())
-                .unwrap();
+            txn.open_table(NODES).unwrap().insert(1, [9u8, 0, 0].as_slice()).unwrap();
             txn.commit().unwrap();
         }
         let err = Store::open(&path).unwrap().load().unwrap_err();
@@ -580,10 +469,7 @@ mod tests {
         // The disk recovers, but the store stays stopped: no retry of a failed fsync.
         fail.store(false, Ordering::SeqCst);
         let (_, c) = meta.alloc_session();
-        assert!(matches!(
-            store.persist(&meta, &c),
-            Err(StoreError::FailStopped { .. })
-        ));
+        assert!(matches!(store.persist(&meta, &c), Err(StoreError::FailStopped { .. })));
         assert!(matches!(store.load(), Err(StoreError::FailStopped { .. })));
         let _ = meta.node_heartbeat(NodeId(1), NodeStats::default(), &[], Duration::ZERO);
     }
@@ -640,10 +526,7 @@ pub(crate) mod testing {
     /// An in-memory store whose disk fails once the returned flag is set.
     pub(crate) fn failing_store() -> (Store, Arc<AtomicBool>) {
         let fail = Arc::new(AtomicBool::new(false));
-        let backend = FailingBackend {
-            inner: InMemoryBackend::new(),
-            fail: fail.clone(),
-        };
+        let backend = FailingBackend { inner: InMemoryBackend::new(), fail: fail.clone() };
         let db = Database::builder().create_with_backend(backend).unwrap();
         (Store::init(db).unwrap(), fail)
     }

@@ -7,10 +7,7 @@ use std::time::Duration;
 use tessera_certs::{client_tls_config, ensure_dev_certs, TlsFiles, DEV_CLIENT};
 use tessera_pd::{PdConfig, PdServer};
 use tessera_wire::quic::{ClientEndpoint, Connection, TransportConfig, TransportError};
-use tessera_wire::{
-    Error, NodeId, NodeState, NodeStats, PdRequest, PdResponse, RegionId, Request, ResponseBody,
-    Role,
-};
+use tessera_wire::{Error, NodeId, NodeState, NodeStats, PdRequest, PdResponse, RegionId, Request, ResponseBody, Role};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const NODES: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
@@ -32,13 +29,7 @@ impl Cluster {
         let data = dir.path().join("pd");
         let pd = start_pd(&certs, &data, initial_regions).await;
         let addr = pd.local_addr().to_string();
-        Cluster {
-            _dir: dir,
-            certs,
-            data,
-            pd: Some(pd),
-            addr,
-        }
+        Cluster { _dir: dir, certs, data, pd: Some(pd), addr }
     }
 
     async fn restart(&mut self, initial_regions: u32) {
@@ -56,15 +47,11 @@ impl Cluster {
     }
 
     async fn node(&self, id: NodeId) -> Connection {
-        self.connect(TlsFiles::node(&self.certs, id), Role::Node(id))
-            .await
-            .unwrap()
+        self.connect(TlsFiles::node(&self.certs, id), Role::Node(id)).await.unwrap()
     }
 
     async fn client(&self) -> Connection {
-        self.connect(TlsFiles::client(&self.certs, DEV_CLIENT), Role::Client)
-            .await
-            .unwrap()
+        self.connect(TlsFiles::client(&self.certs, DEV_CLIENT), Role::Client).await.unwrap()
     }
 
     async fn shutdown(mut self) {
@@ -87,11 +74,8 @@ async fn pd(conn: &Connection, req: PdRequest) -> Result<PdResponse, Error> {
 }
 
 async fn register(conn: &Connection, id: NodeId) -> Result<PdResponse, Error> {
-    let req = PdRequest::RegisterNode {
-        node_id: id,
-        addr: format!("127.0.0.1:{}", 7000 + id.0),
-        capacity_bytes: 1 << 30,
-    };
+    let req =
+        PdRequest::RegisterNode { node_id: id, addr: format!("127.0.0.1:{}", 7000 + id.0), capacity_bytes: 1 << 30 };
     pd(conn, req).await
 }
 
@@ -107,26 +91,15 @@ async fn three_nodes_bootstrap_and_regions_are_routable() {
     for (id, conn) in &nodes[..2] {
         assert_eq!(register(conn, *id).await, Ok(PdResponse::Ok));
     }
-    assert_eq!(
-        pd(&client, PdRequest::GetRegion { key: b"k".to_vec() }).await,
-        Err(Error::NotBootstrapped)
-    );
+    assert_eq!(pd(&client, PdRequest::GetRegion { key: b"k".to_vec() }).await, Err(Error::NotBootstrapped));
     let (id, conn) = &nodes[2];
     assert_eq!(register(conn, *id).await, Ok(PdResponse::Ok));
 
     // Every node is told to create all four regions, and sees all three nodes.
     let mut all_regions = Vec::new();
     for (id, conn) in &nodes {
-        let hb = PdRequest::NodeHeartbeat {
-            node_id: *id,
-            stats: NodeStats::default(),
-            hosted: vec![],
-        };
-        let Ok(PdResponse::NodeHeartbeat {
-            create,
-            nodes: infos,
-        }) = pd(conn, hb).await
-        else {
+        let hb = PdRequest::NodeHeartbeat { node_id: *id, stats: NodeStats::default(), hosted: vec![] };
+        let Ok(PdResponse::NodeHeartbeat { create, nodes: infos }) = pd(conn, hb).await else {
             panic!("heartbeat of {id} failed");
         };
         assert_eq!(create.len(), 4, "{id}");
@@ -136,31 +109,16 @@ async fn three_nodes_bootstrap_and_regions_are_routable() {
         all_regions = create;
     }
     let hosted: Vec<RegionId> = all_regions.iter().map(|r| r.id).collect();
-    let hb = PdRequest::NodeHeartbeat {
-        node_id: NODES[0],
-        stats: NodeStats::default(),
-        hosted,
-    };
-    assert!(
-        matches!(pd(&nodes[0].1, hb).await, Ok(PdResponse::NodeHeartbeat { create, .. }) if create.is_empty())
-    );
+    let hb = PdRequest::NodeHeartbeat { node_id: NODES[0], stats: NodeStats::default(), hosted };
+    assert!(matches!(pd(&nodes[0].1, hb).await, Ok(PdResponse::NodeHeartbeat { create, .. }) if create.is_empty()));
 
-    let Ok(PdResponse::Region(route)) =
-        pd(&client, PdRequest::GetRegion { key: vec![0x90, 7] }).await
-    else {
+    let Ok(PdResponse::Region(route)) = pd(&client, PdRequest::GetRegion { key: vec![0x90, 7] }).await else {
         panic!("GetRegion failed");
     };
-    assert_eq!(
-        (route.region.start_key.clone(), route.region.end_key.clone()),
-        (vec![128], vec![192])
-    );
+    assert_eq!((route.region.start_key.clone(), route.region.end_key.clone()), (vec![128], vec![192]));
     assert_eq!(route.leader, None);
-    let expected: Vec<String> = route
-        .region
-        .peers
-        .iter()
-        .map(|p| format!("127.0.0.1:{}", 7000 + p.node_id.0))
-        .collect();
+    let expected: Vec<String> =
+        route.region.peers.iter().map(|p| format!("127.0.0.1:{}", 7000 + p.node_id.0)).collect();
     assert_eq!(route.peer_addrs, expected);
 
     // The leader reports; the route then names it.
@@ -172,57 +130,27 @@ async fn three_nodes_bootstrap_and_regions_are_routable() {
         approximate_size: 0,
         approximate_keys: 0,
     };
-    let rhb = PdRequest::RegionHeartbeat {
-        node_id: NodeId(2),
-        regions: vec![stats],
-    };
+    let rhb = PdRequest::RegionHeartbeat { node_id: NodeId(2), regions: vec![stats] };
     assert_eq!(pd(&nodes[1].1, rhb).await, Ok(PdResponse::Ok));
-    let Ok(PdResponse::Region(by_id)) = pd(
-        &client,
-        PdRequest::GetRegionById {
-            region_id: route.region.id,
-        },
-    )
-    .await
+    let Ok(PdResponse::Region(by_id)) = pd(&client, PdRequest::GetRegionById { region_id: route.region.id }).await
     else {
         panic!("GetRegionById failed");
     };
     assert_eq!(by_id.leader, Some(leader));
 
     assert_eq!(
-        pd(
-            &client,
-            PdRequest::GetRegionById {
-                region_id: RegionId(9999)
-            }
-        )
-        .await,
-        Err(Error::RegionNotFound {
-            region_id: RegionId(9999)
-        })
+        pd(&client, PdRequest::GetRegionById { region_id: RegionId(9999) }).await,
+        Err(Error::RegionNotFound { region_id: RegionId(9999) })
     );
-    let Ok(PdResponse::Regions(all)) = pd(
-        &client,
-        PdRequest::ScanRegions {
-            start: vec![],
-            end: vec![],
-            limit: 0,
-        },
-    )
-    .await
+    let Ok(PdResponse::Regions(all)) =
+        pd(&client, PdRequest::ScanRegions { start: vec![], end: vec![], limit: 0 }).await
     else {
         panic!("ScanRegions failed");
     };
     assert_eq!(all.len(), 4);
-    assert!(
-        matches!(pd(&client, PdRequest::GetNodes).await, Ok(PdResponse::Nodes(n)) if n.len() == 3)
-    );
-    let Ok(PdResponse::Session(s1)) = pd(&client, PdRequest::AllocSession).await else {
-        panic!()
-    };
-    let Ok(PdResponse::Session(s2)) = pd(&client, PdRequest::AllocSession).await else {
-        panic!()
-    };
+    assert!(matches!(pd(&client, PdRequest::GetNodes).await, Ok(PdResponse::Nodes(n)) if n.len() == 3));
+    let Ok(PdResponse::Session(s1)) = pd(&client, PdRequest::AllocSession).await else { panic!() };
+    let Ok(PdResponse::Session(s2)) = pd(&client, PdRequest::AllocSession).await else { panic!() };
     assert!(s2 > s1);
 
     cluster.shutdown().await;
@@ -233,40 +161,18 @@ async fn node_requests_from_other_identities_are_refused() {
     let cluster = Cluster::start(1).await;
 
     // A client certificate claiming to be node 1 is refused at the handshake.
-    let err = cluster
-        .connect(
-            TlsFiles::client(&cluster.certs, DEV_CLIENT),
-            Role::Node(NodeId(1)),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, TransportError::Refused(Error::PermissionDenied { .. })),
-        "{err}"
-    );
+    let err = cluster.connect(TlsFiles::client(&cluster.certs, DEV_CLIENT), Role::Node(NodeId(1))).await.unwrap_err();
+    assert!(matches!(err, TransportError::Refused(Error::PermissionDenied { .. })), "{err}");
 
     // An honest client may not register a node.
     let client = cluster.client().await;
-    assert!(matches!(
-        register(&client, NodeId(1)).await,
-        Err(Error::PermissionDenied { .. })
-    ));
+    assert!(matches!(register(&client, NodeId(1)).await, Err(Error::PermissionDenied { .. })));
 
     // Node 2 may not register, or heartbeat for, node 1.
     let node2 = cluster.node(NodeId(2)).await;
-    assert!(matches!(
-        register(&node2, NodeId(1)).await,
-        Err(Error::PermissionDenied { .. })
-    ));
-    let hb = PdRequest::NodeHeartbeat {
-        node_id: NodeId(1),
-        stats: NodeStats::default(),
-        hosted: vec![],
-    };
-    assert!(matches!(
-        pd(&node2, hb).await,
-        Err(Error::PermissionDenied { .. })
-    ));
+    assert!(matches!(register(&node2, NodeId(1)).await, Err(Error::PermissionDenied { .. })));
+    let hb = PdRequest::NodeHeartbeat { node_id: NodeId(1), stats: NodeStats::default(), hosted: vec![] };
+    assert!(matches!(pd(&node2, hb).await, Err(Error::PermissionDenied { .. })));
     assert_eq!(register(&node2, NodeId(2)).await, Ok(PdResponse::Ok));
 
     // Non-PD requests are invalid here.
@@ -276,10 +182,7 @@ async fn node_requests_from_other_identities_are_refused() {
         kind: tessera_wire::RaftRpcKind::Vote,
         payload: vec![],
     });
-    assert!(matches!(
-        node2.call(raft, TIMEOUT).await.unwrap(),
-        Err(Error::InvalidRequest { .. })
-    ));
+    assert!(matches!(node2.call(raft, TIMEOUT).await.unwrap(), Err(Error::InvalidRequest { .. })));
 
     cluster.shutdown().await;
 }
@@ -288,51 +191,28 @@ async fn node_requests_from_other_identities_are_refused() {
 async fn restart_recovers_regions_and_never_reuses_sessions() {
     let mut cluster = Cluster::start(2).await;
     for id in NODES {
-        assert_eq!(
-            register(&cluster.node(id).await, id).await,
-            Ok(PdResponse::Ok)
-        );
+        assert_eq!(register(&cluster.node(id).await, id).await, Ok(PdResponse::Ok));
     }
     let client = cluster.client().await;
-    let Ok(PdResponse::Regions(before)) = pd(
-        &client,
-        PdRequest::ScanRegions {
-            start: vec![],
-            end: vec![],
-            limit: 0,
-        },
-    )
-    .await
+    let Ok(PdResponse::Regions(before)) =
+        pd(&client, PdRequest::ScanRegions { start: vec![], end: vec![], limit: 0 }).await
     else {
         panic!("ScanRegions failed");
     };
-    let Ok(PdResponse::Session(s1)) = pd(&client, PdRequest::AllocSession).await else {
-        panic!()
-    };
+    let Ok(PdResponse::Session(s1)) = pd(&client, PdRequest::AllocSession).await else { panic!() };
 
     // `initial_regions` differs on restart: the persisted bootstrap wins.
     cluster.restart(8).await;
     let client = cluster.client().await;
-    let Ok(PdResponse::Regions(after)) = pd(
-        &client,
-        PdRequest::ScanRegions {
-            start: vec![],
-            end: vec![],
-            limit: 0,
-        },
-    )
-    .await
+    let Ok(PdResponse::Regions(after)) =
+        pd(&client, PdRequest::ScanRegions { start: vec![], end: vec![], limit: 0 }).await
     else {
         panic!("ScanRegions after restart failed");
     };
     assert_eq!(after, before);
-    let Ok(PdResponse::Session(s2)) = pd(&client, PdRequest::AllocSession).await else {
-        panic!()
-    };
+    let Ok(PdResponse::Session(s2)) = pd(&client, PdRequest::AllocSession).await else { panic!() };
     assert!(s2 > s1);
-    assert!(
-        matches!(pd(&client, PdRequest::GetNodes).await, Ok(PdResponse::Nodes(n)) if n.len() == 3)
-    );
+    assert!(matches!(pd(&client, PdRequest::GetNodes).await, Ok(PdResponse::Nodes(n)) if n.len() == 3));
 
     cluster.shutdown().await;
 }

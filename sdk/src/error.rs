@@ -79,9 +79,9 @@ impl Error {
             W::KeyTooLarge { len, max } => Error::KeyTooLarge { len, max },
             W::ValueTooLarge { len, max } => Error::ValueTooLarge { len, max },
             W::InvalidRequest { reason } => Error::InvalidArgument { reason },
-            W::BatchTooLarge { len, max } => Error::InvalidArgument {
-                reason: format!("batch of {len} exceeds the maximum of {max}"),
-            },
+            W::BatchTooLarge { len, max } => {
+                Error::InvalidArgument { reason: format!("batch of {len} exceeds the maximum of {max}") }
+            }
             other => Error::Server(other),
         }
     }
@@ -99,25 +99,10 @@ mod tests {
     #[test]
     fn request_rejections_map_to_public_variants() {
         use tessera_wire::Error as W;
-        assert_eq!(
-            Error::from_server(W::KeyTooLarge { len: 9, max: 8 }),
-            Error::KeyTooLarge { len: 9, max: 8 }
-        );
-        assert!(matches!(
-            Error::from_server(W::InvalidRequest { reason: "x".into() }),
-            Error::InvalidArgument { .. }
-        ));
-        assert!(matches!(
-            Error::from_server(W::BatchTooLarge { len: 2, max: 1 }),
-            Error::InvalidArgument { .. }
-        ));
-        assert_eq!(
-            Error::from_server(W::DeadlineExceeded),
-            Error::DeadlineExceeded
-        );
-        assert!(matches!(
-            Error::from_server(W::NotBootstrapped),
-            Error::Server(W::NotBootstrapped)
-        ));
+        assert_eq!(Error::from_server(W::KeyTooLarge { len: 9, max: 8 }), Error::KeyTooLarge { len: 9, max: 8 });
+        assert!(matches!(Error::from_server(W::InvalidRequest { reason: "x".into() }), Error::InvalidArgument { .. }));
+        assert!(matches!(Error::from_server(W::BatchTooLarge { len: 2, max: 1 }), Error::InvalidArgument { .. }));
+        assert_eq!(Error::from_server(W::DeadlineExceeded), Error::DeadlineExceeded);
+        assert!(matches!(Error::from_server(W::NotBootstrapped), Error::Server(W::NotBootstrapped)));
     }
 }

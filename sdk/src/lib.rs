@@ -57,6 +57,6 @@ pub use native::{CasOutcome, Client, ClientConfig};
 #[cfg(feature = "native")]
 pub use tessera_certs::TlsFiles;
 pub use tessera_wire::{
-    NodeId, NodeInfo, NodeState, Peer, PeerId, ReadConsistency, RegionDescriptor, RegionEpoch,
-    RegionId, RegionRoute, SessionId,
+    NodeId, NodeInfo, NodeState, Peer, PeerId, ReadConsistency, RegionDescriptor, RegionEpoch, RegionId, RegionRoute,
+    SessionId,
 };

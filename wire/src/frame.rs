@@ -155,7 +155,13 @@ mod tests {
 
     fn region() -> impl Strategy<Value = RegionDescriptor> {
         (any::<u64>(), bytes(), bytes(), epoch(), proptest::collection::vec(peer(), 0..4)).prop_map(
-            |(id, start_key, end_key, epoch, peers)| RegionDescriptor { id: RegionId(id), start_key, end_key, epoch, peers },
+            |(id, start_key, end_key, epoch, peers)| RegionDescriptor {
+                id: RegionId(id),
+                start_key,
+                end_key,
+                epoch,
+                peers,
+            },
         )
     }
 
@@ -174,11 +180,14 @@ mod tests {
         prop_oneof![
             bytes().prop_map(|key| KvOp::Get { key }),
             proptest::collection::vec(bytes(), 0..4).prop_map(|keys| KvOp::BatchGet { keys }),
-            (bytes(), bytes(), any::<u32>(), any::<bool>())
-                .prop_map(|(start, end, limit, reverse)| KvOp::Scan { start, end, limit, reverse }),
-            (proptest::option::of((any::<u64>(), any::<u64>())), write_command()).prop_map(|(s, command)| KvOp::Write {
-                session: s.map(|(s, seq)| SessionSeq { session: SessionId(s), seq }),
-                command
+            (bytes(), bytes(), any::<u32>(), any::<bool>()).prop_map(|(start, end, limit, reverse)| KvOp::Scan {
+                start,
+                end,
+                limit,
+                reverse
+            }),
+            (proptest::option::of((any::<u64>(), any::<u64>())), write_command()).prop_map(|(s, command)| {
+                KvOp::Write { session: s.map(|(s, seq)| SessionSeq { session: SessionId(s), seq }), command }
             }),
         ]
     }
@@ -205,7 +214,11 @@ mod tests {
             }),
             bytes().prop_map(|key| PdRequest::GetRegion { key }),
             any::<u64>().prop_map(|r| PdRequest::GetRegionById { region_id: RegionId(r) }),
-            (bytes(), bytes(), any::<u32>()).prop_map(|(start, end, limit)| PdRequest::ScanRegions { start, end, limit }),
+            (bytes(), bytes(), any::<u32>()).prop_map(|(start, end, limit)| PdRequest::ScanRegions {
+                start,
+                end,
+                limit
+            }),
             Just(PdRequest::GetNodes),
             Just(PdRequest::AllocSession),
         ]
@@ -213,17 +226,19 @@ mod tests {
 
     fn request() -> impl Strategy<Value = Request> {
         prop_oneof![
-            (any::<u64>(), epoch(), any::<u32>(), any::<bool>(), kv_op()).prop_map(|(r, epoch, timeout_ms, stale, op)| {
-                Request::Kv(KvRequest {
-                    header: RequestHeader {
-                        region_id: RegionId(r),
-                        epoch,
-                        timeout_ms,
-                        consistency: if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable },
-                    },
-                    op,
-                })
-            }),
+            (any::<u64>(), epoch(), any::<u32>(), any::<bool>(), kv_op()).prop_map(
+                |(r, epoch, timeout_ms, stale, op)| {
+                    Request::Kv(KvRequest {
+                        header: RequestHeader {
+                            region_id: RegionId(r),
+                            epoch,
+                            timeout_ms,
+                            consistency: if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable },
+                        },
+                        op,
+                    })
+                }
+            ),
             (any::<u64>(), any::<u64>(), bytes()).prop_map(|(r, p, payload)| Request::Raft(RaftRequest {
                 region_id: RegionId(r),
                 to_peer: PeerId(p),
@@ -271,9 +286,9 @@ mod tests {
                 KvResponse::Write(WriteResult::CompareAndSwap { succeeded, previous })
             ))),
             bytes().prop_map(|payload| Ok(ResponseBody::Raft(RaftResponse { payload }))),
-            (region(), proptest::option::of(peer())).prop_map(|(region, leader)| Ok(ResponseBody::Pd(PdResponse::Region(
-                RegionRoute { region, leader, peer_addrs: vec!["127.0.0.1:1".into()] }
-            )))),
+            (region(), proptest::option::of(peer())).prop_map(|(region, leader)| Ok(ResponseBody::Pd(
+                PdResponse::Region(RegionRoute { region, leader, peer_addrs: vec!["127.0.0.1:1".into()] })
+            ))),
             any::<u64>().prop_map(|s| Ok(ResponseBody::Pd(PdResponse::Session(SessionId(s))))),
             error().prop_map(Err),
         ]

@@ -36,10 +36,7 @@ mod region;
 pub use error::{Error, RetryAction};
 pub use frame::{Frame, FrameBody, FrameError, Hello, HelloAck, Role};
 pub use ids::{NodeId, PeerId, RegionId, SessionId};
-pub use kv::{
-    KvOp, KvRequest, KvResponse, ReadConsistency, RequestHeader, SessionSeq, WriteCommand,
-    WriteResult,
-};
+pub use kv::{KvOp, KvRequest, KvResponse, ReadConsistency, RequestHeader, SessionSeq, WriteCommand, WriteResult};
 pub use limits::{validate_key, validate_value, Limits};
 pub use pd::{NodeInfo, NodeState, NodeStats, PdRequest, PdResponse, RegionRoute, RegionStats};
 pub use region::{key_in_range, LeaderHint, Peer, RegionDescriptor, RegionEpoch};

@@ -17,12 +17,8 @@ pub struct Limits {
 
 impl Limits {
     /// Defaults: 8 KiB keys, 1 MiB values, 1,024 keys per batch, 10,000 pairs per scan page.
-    pub const DEFAULT: Limits = Limits {
-        max_key_len: 8 * 1024,
-        max_value_len: 1024 * 1024,
-        max_batch_keys: 1024,
-        max_scan_limit: 10_000,
-    };
+    pub const DEFAULT: Limits =
+        Limits { max_key_len: 8 * 1024, max_value_len: 1024 * 1024, max_batch_keys: 1024, max_scan_limit: 10_000 };
 }
 
 impl Default for Limits {

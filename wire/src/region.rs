@@ -7,9 +7,7 @@ use crate::{NodeId, PeerId, RegionId};
 /// `conf_ver` grows on every membership change, `version` on every split or merge. A request
 /// carries the epoch its sender believes in; a node answers a stale one with
 /// [`crate::Error::EpochNotMatch`].
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct RegionEpoch {
     /// Configuration (membership) version.
     pub conf_ver: u64,

@@ -11,16 +11,14 @@ use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 use tempfile::TempDir;
-use tessera_certs::{
-    client_tls_config, ensure_dev_certs, server_tls_config, ClusterAuthenticator, TlsFiles,
-};
+use tessera_certs::{client_tls_config, ensure_dev_certs, server_tls_config, ClusterAuthenticator, TlsFiles};
 use tessera_wire::quic::{
-    Authenticator, ClientEndpoint, ConnectionPool, PeerInfo, Server, Service, TransportConfig,
-    TransportError, CLOSE_HANDSHAKE_REFUSED, CLOSE_PROTOCOL_ERROR,
+    Authenticator, ClientEndpoint, ConnectionPool, PeerInfo, Server, Service, TransportConfig, TransportError,
+    CLOSE_HANDSHAKE_REFUSED, CLOSE_PROTOCOL_ERROR,
 };
 use tessera_wire::{
-    frame, Error, Frame, FrameBody, Hello, NodeId, PeerId, RaftRequest, RaftResponse, RaftRpcKind,
-    RegionId, Request, Response, ResponseBody, Role, PROTOCOL_VERSION,
+    frame, Error, Frame, FrameBody, Hello, NodeId, PeerId, RaftRequest, RaftResponse, RaftRpcKind, RegionId, Request,
+    Response, ResponseBody, Role, PROTOCOL_VERSION,
 };
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
@@ -43,9 +41,7 @@ impl Service for Echo {
     async fn call(self: Arc<Self>, peer: Arc<PeerInfo>, request: Request) -> Response {
         self.remotes.lock().unwrap().insert(peer.remote);
         let Request::Raft(raft) = request else {
-            return Err(Error::InvalidRequest {
-                reason: "echo serves Raft requests only".into(),
-            });
+            return Err(Error::InvalidRequest { reason: "echo serves Raft requests only".into() });
         };
         match raft.payload.as_slice() {
             b"hang" => {
@@ -58,9 +54,7 @@ impl Service for Echo {
             }
             _ => {}
         }
-        Ok(ResponseBody::Raft(RaftResponse {
-            payload: raft.payload,
-        }))
+        Ok(ResponseBody::Raft(RaftResponse { payload: raft.payload }))
     }
 }
 
@@ -72,11 +66,7 @@ struct CountingAuth {
 }
 
 impl Authenticator for CountingAuth {
-    fn authenticate(
-        &self,
-        hello: &Hello,
-        certificates: &[CertificateDer<'static>],
-    ) -> Result<Role, Error> {
+    fn authenticate(&self, hello: &Hello, certificates: &[CertificateDer<'static>]) -> Result<Role, Error> {
         self.handshakes.fetch_add(1, Ordering::SeqCst);
         self.inner.authenticate(hello, certificates)
     }
@@ -121,18 +111,11 @@ impl Running {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        tokio::time::timeout(TIMEOUT, self.task)
-            .await
-            .expect("serve returns after shutdown")
-            .unwrap();
+        tokio::time::timeout(TIMEOUT, self.task).await.expect("serve returns after shutdown").unwrap();
     }
 }
 
-fn bind(
-    dir: &TempDir,
-    addr: SocketAddr,
-    config: TransportConfig,
-) -> Result<Server, TransportError> {
+fn bind(dir: &TempDir, addr: SocketAddr, config: TransportConfig) -> Result<Server, TransportError> {
     let tls = server_tls_config(&TlsFiles::node(dir.path(), NodeId(1))).unwrap();
     Server::bind(addr, tls, None, Role::Node(NodeId(1)), config)
 }
@@ -149,13 +132,7 @@ fn run(server: Server) -> Running {
     let task = tokio::spawn(server.serve(service.clone(), auth.clone(), async move {
         let _ = stopped.await;
     }));
-    Running {
-        addr,
-        service,
-        auth,
-        stop: Some(stop),
-        task,
-    }
+    Running { addr, service, auth, stop: Some(stop), task }
 }
 
 fn loopback() -> SocketAddr {
@@ -167,25 +144,12 @@ fn client_with(tls: Arc<rustls::ClientConfig>, role: Role) -> ClientEndpoint {
 }
 
 fn client(dir: &TempDir) -> ClientEndpoint {
-    client_with(
-        client_tls_config(&TlsFiles::client(dir.path(), tessera_certs::DEV_CLIENT)).unwrap(),
-        Role::Client,
-    )
+    client_with(client_tls_config(&TlsFiles::client(dir.path(), tessera_certs::DEV_CLIENT)).unwrap(), Role::Client)
 }
 
 async fn assert_served(dir: &TempDir, server: &Running) {
-    let conn = client(dir)
-        .connect(&server.addr())
-        .await
-        .expect("a good client is still served");
-    assert_eq!(
-        echoed(
-            conn.call(echo_request(b"still here"), TIMEOUT)
-                .await
-                .unwrap()
-        ),
-        b"still here"
-    );
+    let conn = client(dir).connect(&server.addr()).await.expect("a good client is still served");
+    assert_eq!(echoed(conn.call(echo_request(b"still here"), TIMEOUT).await.unwrap()), b"still here");
 }
 
 /// A quinn connection made by hand, to send bytes the real client never would.
@@ -198,27 +162,15 @@ async fn raw_connect(dir: &TempDir, addr: SocketAddr) -> Raw {
     let tls = client_tls_config(&TlsFiles::client(dir.path(), tessera_certs::DEV_CLIENT)).unwrap();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let endpoint = quinn::Endpoint::client(loopback()).unwrap();
-    let conn = endpoint
-        .connect_with(
-            quinn::ClientConfig::new(Arc::new(crypto)),
-            addr,
-            "127.0.0.1",
-        )
-        .unwrap()
-        .await
-        .unwrap();
-    Raw {
-        _endpoint: endpoint,
-        conn,
-    }
+    let conn =
+        endpoint.connect_with(quinn::ClientConfig::new(Arc::new(crypto)), addr, "127.0.0.1").unwrap().await.unwrap();
+    Raw { _endpoint: endpoint, conn }
 }
 
 async fn read_frame(recv: &mut quinn::RecvStream) -> Frame {
     let mut prefix = [0u8; frame::LEN_PREFIX];
     recv.read_exact(&mut prefix).await.unwrap();
-    let len = frame::check(&prefix, frame::DEFAULT_MAX_FRAME_LEN)
-        .unwrap()
-        .unwrap();
+    let len = frame::check(&prefix, frame::DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.unwrap();
     frame::decode_body(&body).unwrap()
@@ -227,28 +179,17 @@ async fn read_frame(recv: &mut quinn::RecvStream) -> Frame {
 /// Opens the first stream, sends `first` and returns the server's answer with the stream.
 async fn raw_exchange(raw: &Raw, first: &Frame) -> (quinn::SendStream, quinn::RecvStream, Frame) {
     let (mut send, mut recv) = raw.conn.open_bi().await.unwrap();
-    send.write_all(&frame::encode(first).unwrap())
-        .await
-        .unwrap();
+    send.write_all(&frame::encode(first).unwrap()).await.unwrap();
     let answer = read_frame(&mut recv).await;
     (send, recv, answer)
 }
 
 fn hello() -> Frame {
-    Frame {
-        request_id: 0,
-        body: FrameBody::Hello(Hello {
-            protocol_version: PROTOCOL_VERSION,
-            role: Role::Client,
-        }),
-    }
+    Frame { request_id: 0, body: FrameBody::Hello(Hello { protocol_version: PROTOCOL_VERSION, role: Role::Client }) }
 }
 
 async fn application_close_code(conn: &quinn::Connection) -> u64 {
-    match tokio::time::timeout(TIMEOUT, conn.closed())
-        .await
-        .expect("server closes the connection")
-    {
+    match tokio::time::timeout(TIMEOUT, conn.closed()).await.expect("server closes the connection") {
         quinn::ConnectionError::ApplicationClosed(close) => close.error_code.into_inner(),
         other => panic!("expected an application close, got {other}"),
     }
@@ -270,30 +211,15 @@ async fn concurrent_calls_over_one_connection_are_all_answered() {
         .map(|i| {
             let conn = conn.clone();
             // Payloads of varying length, so frames straddle read chunks differently.
-            let payload: Vec<u8> = i
-                .to_be_bytes()
-                .iter()
-                .copied()
-                .cycle()
-                .take(4 + (i as usize * 97) % 3000)
-                .collect();
-            tokio::spawn(async move {
-                (
-                    payload.clone(),
-                    conn.call(echo_request(&payload), TIMEOUT).await,
-                )
-            })
+            let payload: Vec<u8> = i.to_be_bytes().iter().copied().cycle().take(4 + (i as usize * 97) % 3000).collect();
+            tokio::spawn(async move { (payload.clone(), conn.call(echo_request(&payload), TIMEOUT).await) })
         })
         .collect();
     for call in calls {
         let (payload, response) = call.await.unwrap();
         assert_eq!(echoed(response.unwrap()), payload);
     }
-    assert_eq!(
-        server.service.remotes.lock().unwrap().len(),
-        1,
-        "all calls shared one connection"
-    );
+    assert_eq!(server.service.remotes.lock().unwrap().len(), 1, "all calls shared one connection");
     assert_eq!(server.auth.handshakes.load(Ordering::SeqCst), 1);
     server.shutdown().await;
 }
@@ -303,15 +229,10 @@ async fn a_call_without_answer_times_out_and_the_connection_stays_usable() {
     let dir = certs();
     let server = start_server(&dir, loopback(), TransportConfig::default());
     let conn = client(&dir).connect(&server.addr()).await.unwrap();
-    let result = conn
-        .call(echo_request(b"hang"), Duration::from_millis(100))
-        .await;
+    let result = conn.call(echo_request(b"hang"), Duration::from_millis(100)).await;
     assert!(matches!(result, Err(TransportError::Timeout)), "{result:?}");
     assert!(!conn.is_closed());
-    assert_eq!(
-        echoed(conn.call(echo_request(b"next"), TIMEOUT).await.unwrap()),
-        b"next"
-    );
+    assert_eq!(echoed(conn.call(echo_request(b"next"), TIMEOUT).await.unwrap()), b"next");
 }
 
 #[tokio::test]
@@ -326,46 +247,23 @@ async fn pending_calls_fail_with_connection_lost_when_the_connection_dies() {
     server.service.started.notified().await;
     conn.close();
     let result = in_flight.await.unwrap();
-    assert!(
-        matches!(result, Err(TransportError::ConnectionLost(_))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(TransportError::ConnectionLost(_))), "{result:?}");
     assert!(conn.is_closed());
     let later = conn.call(echo_request(b"after"), TIMEOUT).await;
-    assert!(
-        matches!(later, Err(TransportError::ConnectionLost(_))),
-        "{later:?}"
-    );
+    assert!(matches!(later, Err(TransportError::ConnectionLost(_))), "{later:?}");
 }
 
 #[tokio::test]
 async fn oversized_requests_are_refused_locally() {
     let dir = certs();
     let server = start_server(&dir, loopback(), TransportConfig::default());
-    let config = TransportConfig {
-        max_frame_len: 4096,
-        ..TransportConfig::default()
-    };
+    let config = TransportConfig { max_frame_len: 4096, ..TransportConfig::default() };
     let tls = client_tls_config(&TlsFiles::client(dir.path(), tessera_certs::DEV_CLIENT)).unwrap();
-    let conn = ClientEndpoint::new(loopback(), tls, Role::Client, config)
-        .unwrap()
-        .connect(&server.addr())
-        .await
-        .unwrap();
+    let conn =
+        ClientEndpoint::new(loopback(), tls, Role::Client, config).unwrap().connect(&server.addr()).await.unwrap();
     let result = conn.call(echo_request(&[7u8; 8192]), TIMEOUT).await;
-    assert!(
-        matches!(
-            result,
-            Err(TransportError::Frame(
-                tessera_wire::FrameError::TooLarge { .. }
-            ))
-        ),
-        "{result:?}"
-    );
-    assert_eq!(
-        echoed(conn.call(echo_request(b"small"), TIMEOUT).await.unwrap()),
-        b"small"
-    );
+    assert!(matches!(result, Err(TransportError::Frame(tessera_wire::FrameError::TooLarge { .. }))), "{result:?}");
+    assert_eq!(echoed(conn.call(echo_request(b"small"), TIMEOUT).await.unwrap()), b"small");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -386,20 +284,9 @@ async fn garbage_after_the_handshake_closes_only_that_connection() {
     let mut garbage = 5u32.to_be_bytes().to_vec();
     garbage.extend_from_slice(&[0xff, 0xfe, 0xfd, 0xfc, 0xfb]);
     send.write_all(&garbage).await.unwrap();
-    assert_eq!(
-        application_close_code(&raw.conn).await,
-        u64::from(CLOSE_PROTOCOL_ERROR)
-    );
+    assert_eq!(application_close_code(&raw.conn).await, u64::from(CLOSE_PROTOCOL_ERROR));
 
-    assert_eq!(
-        echoed(
-            bystander
-                .call(echo_request(b"unaffected"), TIMEOUT)
-                .await
-                .unwrap()
-        ),
-        b"unaffected"
-    );
+    assert_eq!(echoed(bystander.call(echo_request(b"unaffected"), TIMEOUT).await.unwrap()), b"unaffected");
     assert_served(&dir, &server).await;
     server.shutdown().await;
 }
@@ -413,13 +300,8 @@ async fn oversized_length_prefix_is_refused_without_waiting_for_the_body() {
     assert!(matches!(ack.body, FrameBody::HelloAck(Ok(_))), "{ack:?}");
     // Announce a frame one byte over the limit and send no body: the server must refuse on
     // the prefix alone.
-    send.write_all(&(frame::DEFAULT_MAX_FRAME_LEN + 1).to_be_bytes())
-        .await
-        .unwrap();
-    assert_eq!(
-        application_close_code(&raw.conn).await,
-        u64::from(CLOSE_PROTOCOL_ERROR)
-    );
+    send.write_all(&(frame::DEFAULT_MAX_FRAME_LEN + 1).to_be_bytes()).await.unwrap();
+    assert_eq!(application_close_code(&raw.conn).await, u64::from(CLOSE_PROTOCOL_ERROR));
     assert_served(&dir, &server).await;
     server.shutdown().await;
 }
@@ -429,23 +311,10 @@ async fn a_request_before_the_handshake_is_refused() {
     let dir = certs();
     let server = start_server(&dir, loopback(), TransportConfig::default());
     let raw = raw_connect(&dir, server.addr).await;
-    let (_send, _recv, answer) =
-        raw_exchange(&raw, &Frame::request(1, echo_request(b"sneaky"))).await;
-    assert!(
-        matches!(
-            answer.body,
-            FrameBody::HelloAck(Err(Error::Unauthenticated { .. }))
-        ),
-        "{answer:?}"
-    );
-    assert_eq!(
-        application_close_code(&raw.conn).await,
-        u64::from(CLOSE_HANDSHAKE_REFUSED)
-    );
-    assert!(
-        server.service.remotes.lock().unwrap().is_empty(),
-        "the request never reached the service"
-    );
+    let (_send, _recv, answer) = raw_exchange(&raw, &Frame::request(1, echo_request(b"sneaky"))).await;
+    assert!(matches!(answer.body, FrameBody::HelloAck(Err(Error::Unauthenticated { .. }))), "{answer:?}");
+    assert_eq!(application_close_code(&raw.conn).await, u64::from(CLOSE_HANDSHAKE_REFUSED));
+    assert!(server.service.remotes.lock().unwrap().is_empty(), "the request never reached the service");
     assert_served(&dir, &server).await;
     server.shutdown().await;
 }
@@ -462,26 +331,15 @@ async fn a_client_without_certificate_is_refused() {
     for ca in tessera_certs::load_certs(&dir.path().join("ca.pem")).unwrap() {
         roots.add(ca).unwrap();
     }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     tls.alpn_protocols = vec![tessera_wire::ALPN.to_vec()];
-    let result = client_with(Arc::new(tls), Role::Client)
-        .connect(&server.addr())
-        .await;
-    assert!(
-        matches!(result, Err(TransportError::Connect { .. })),
-        "{result:?}"
-    );
-    assert_eq!(
-        server.auth.handshakes.load(Ordering::SeqCst),
-        0,
-        "TLS refused it before any Hello"
-    );
+    let result = client_with(Arc::new(tls), Role::Client).connect(&server.addr()).await;
+    assert!(matches!(result, Err(TransportError::Connect { .. })), "{result:?}");
+    assert_eq!(server.auth.handshakes.load(Ordering::SeqCst), 0, "TLS refused it before any Hello");
     assert_served(&dir, &server).await;
     server.shutdown().await;
 }
@@ -493,17 +351,9 @@ async fn a_client_certificate_from_another_ca_is_refused() {
     let server = start_server(&dir, loopback(), TransportConfig::default());
     // Trusts our CA (so the client accepts the server) but presents a certificate issued by
     // another CA: only the server can refuse this.
-    let mixed = TlsFiles {
-        ca: dir.path().join("ca.pem"),
-        ..TlsFiles::client(other.path(), tessera_certs::DEV_CLIENT)
-    };
-    let result = client_with(client_tls_config(&mixed).unwrap(), Role::Client)
-        .connect(&server.addr())
-        .await;
-    assert!(
-        matches!(result, Err(TransportError::Connect { .. })),
-        "{result:?}"
-    );
+    let mixed = TlsFiles { ca: dir.path().join("ca.pem"), ..TlsFiles::client(other.path(), tessera_certs::DEV_CLIENT) };
+    let result = client_with(client_tls_config(&mixed).unwrap(), Role::Client).connect(&server.addr()).await;
+    assert!(matches!(result, Err(TransportError::Connect { .. })), "{result:?}");
     assert_eq!(server.auth.handshakes.load(Ordering::SeqCst), 0);
     assert_served(&dir, &server).await;
     server.shutdown().await;
@@ -514,16 +364,9 @@ async fn a_client_certificate_claiming_a_node_role_is_refused() {
     let dir = certs();
     let server = start_server(&dir, loopback(), TransportConfig::default());
     let tls = client_tls_config(&TlsFiles::client(dir.path(), tessera_certs::DEV_CLIENT)).unwrap();
-    let result = client_with(tls, Role::Node(NodeId(1)))
-        .connect(&server.addr())
-        .await;
+    let result = client_with(tls, Role::Node(NodeId(1))).connect(&server.addr()).await;
     assert!(
-        matches!(
-            result,
-            Err(TransportError::Refused(
-                Error::PermissionDenied { .. } | Error::Unauthenticated { .. }
-            ))
-        ),
+        matches!(result, Err(TransportError::Refused(Error::PermissionDenied { .. } | Error::Unauthenticated { .. }))),
         "{result:?}"
     );
     assert!(server.service.remotes.lock().unwrap().is_empty());
@@ -536,14 +379,8 @@ async fn a_node_certificate_may_claim_its_own_role() {
     let dir = certs();
     let server = start_server(&dir, loopback(), TransportConfig::default());
     let tls = client_tls_config(&TlsFiles::node(dir.path(), NodeId(1))).unwrap();
-    let conn = client_with(tls, Role::Node(NodeId(1)))
-        .connect(&server.addr())
-        .await
-        .unwrap();
-    assert_eq!(
-        echoed(conn.call(echo_request(b"raft"), TIMEOUT).await.unwrap()),
-        b"raft"
-    );
+    let conn = client_with(tls, Role::Node(NodeId(1))).connect(&server.addr()).await.unwrap();
+    assert_eq!(echoed(conn.call(echo_request(b"raft"), TIMEOUT).await.unwrap()), b"raft");
     server.shutdown().await;
 }
 
@@ -551,10 +388,7 @@ async fn a_node_certificate_may_claim_its_own_role() {
 async fn a_wrong_protocol_version_is_refused_as_unsupported() {
     let dir = certs();
     let server = start_server(&dir, loopback(), TransportConfig::default());
-    let result = client(&dir)
-        .with_protocol_version(PROTOCOL_VERSION + 1)
-        .connect(&server.addr())
-        .await;
+    let result = client(&dir).with_protocol_version(PROTOCOL_VERSION + 1).connect(&server.addr()).await;
     match result {
         Err(TransportError::Refused(Error::UnsupportedVersion { ours, theirs })) => {
             assert_eq!((ours, theirs), (PROTOCOL_VERSION, PROTOCOL_VERSION + 1));
@@ -587,19 +421,12 @@ async fn the_pool_shares_one_dial_and_redials_closed_connections() {
         conns.push(get.await.unwrap());
     }
     assert!(conns.iter().all(|c| c.same_connection(&conns[0])));
-    assert_eq!(
-        server.auth.handshakes.load(Ordering::SeqCst),
-        1,
-        "concurrent gets shared one dial"
-    );
+    assert_eq!(server.auth.handshakes.load(Ordering::SeqCst), 1, "concurrent gets shared one dial");
     assert_eq!(pool.len(), 1);
 
     // A connection closed under the pool is replaced on the next use.
     conns[0].close();
-    let response = pool
-        .call(&addr, echo_request(b"redialled"), TIMEOUT)
-        .await
-        .unwrap();
+    let response = pool.call(&addr, echo_request(b"redialled"), TIMEOUT).await.unwrap();
     assert_eq!(echoed(response), b"redialled");
     assert!(!pool.get(&addr).await.unwrap().same_connection(&conns[0]));
     assert_eq!(server.auth.handshakes.load(Ordering::SeqCst), 2);
@@ -620,28 +447,14 @@ async fn the_pool_redials_after_a_server_restart() {
     let addr = server.addr();
     let pool = ConnectionPool::new(client(&dir));
     let old = pool.get(&addr).await.unwrap();
-    assert_eq!(
-        echoed(
-            pool.call(&addr, echo_request(b"before"), TIMEOUT)
-                .await
-                .unwrap()
-        ),
-        b"before"
-    );
+    assert_eq!(echoed(pool.call(&addr, echo_request(b"before"), TIMEOUT).await.unwrap()), b"before");
 
     server.shutdown().await;
     old.closed().await;
     assert!(old.is_closed());
 
     let restarted = start_on_same_port(&dir, bound).await;
-    assert_eq!(
-        echoed(
-            pool.call(&addr, echo_request(b"after"), TIMEOUT)
-                .await
-                .unwrap()
-        ),
-        b"after"
-    );
+    assert_eq!(echoed(pool.call(&addr, echo_request(b"after"), TIMEOUT).await.unwrap()), b"after");
     assert_eq!(restarted.auth.handshakes.load(Ordering::SeqCst), 1);
     restarted.shutdown().await;
 }
@@ -674,16 +487,8 @@ async fn a_server_endpoint_dials_out_on_its_own_socket() {
     let endpoint = dialer.client();
     assert_eq!(endpoint.local_addr().unwrap(), dialer.local_addr());
     let conn = endpoint.connect(&target.addr()).await.unwrap();
-    assert_eq!(
-        echoed(conn.call(echo_request(b"peer"), TIMEOUT).await.unwrap()),
-        b"peer"
-    );
-    assert!(target
-        .service
-        .remotes
-        .lock()
-        .unwrap()
-        .contains(&dialer.local_addr()));
+    assert_eq!(echoed(conn.call(echo_request(b"peer"), TIMEOUT).await.unwrap()), b"peer");
+    assert!(target.service.remotes.lock().unwrap().contains(&dialer.local_addr()));
     target.shutdown().await;
 }
 
@@ -691,19 +496,11 @@ async fn a_server_endpoint_dials_out_on_its_own_socket() {
 async fn a_server_without_client_tls_cannot_dial() {
     let dir = certs();
     let files = TlsFiles::node(dir.path(), NodeId(1));
-    let server = Server::bind(
-        loopback(),
-        server_tls_config(&files).unwrap(),
-        None,
-        Role::Pd,
-        TransportConfig::default(),
-    )
-    .unwrap();
+    let server =
+        Server::bind(loopback(), server_tls_config(&files).unwrap(), None, Role::Pd, TransportConfig::default())
+            .unwrap();
     let result = server.client().connect("127.0.0.1:1").await;
-    assert!(
-        matches!(result, Err(TransportError::Endpoint(_))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(TransportError::Endpoint(_))), "{result:?}");
 }
 
 #[tokio::test]

@@ -17,23 +17,43 @@ async fn bad_requests_get_typed_errors_and_the_cluster_keeps_serving() {
     let tls = tessera_certs::client_tls_config(&cluster.client_tls()).unwrap();
 
     // A client certificate claiming to be node 1 is refused at the handshake.
-    let as_node = ClientEndpoint::new("127.0.0.1:0".parse().unwrap(), tls.clone(), Role::Node(NodeId(1)), TransportConfig::default()).unwrap();
+    let as_node = ClientEndpoint::new(
+        "127.0.0.1:0".parse().unwrap(),
+        tls.clone(),
+        Role::Node(NodeId(1)),
+        TransportConfig::default(),
+    )
+    .unwrap();
     match as_node.connect(&node_addr).await {
         Err(TransportError::Refused(Error::PermissionDenied { .. } | Error::Unauthenticated { .. })) => {}
         other => panic!("client certificate acting as a node was not refused: {other:?}"),
     }
 
-    let client_ep = ClientEndpoint::new("127.0.0.1:0".parse().unwrap(), tls, Role::Client, TransportConfig::default()).unwrap();
+    let client_ep =
+        ClientEndpoint::new("127.0.0.1:0".parse().unwrap(), tls, Role::Client, TransportConfig::default()).unwrap();
     let conn = client_ep.connect(&node_addr).await.unwrap();
     // A client may not send Raft messages.
-    let raft = Request::Raft(RaftRequest { region_id: RegionId(1), to_peer: tessera_wire::PeerId(1), kind: RaftRpcKind::Vote, payload: vec![1, 2, 3] });
+    let raft = Request::Raft(RaftRequest {
+        region_id: RegionId(1),
+        to_peer: tessera_wire::PeerId(1),
+        kind: RaftRpcKind::Vote,
+        payload: vec![1, 2, 3],
+    });
     assert!(matches!(conn.call(raft, Duration::from_secs(5)).await.unwrap(), Err(Error::PermissionDenied { .. })));
     // An unknown region.
     let unknown = Request::Kv(KvRequest {
-        header: RequestHeader { region_id: RegionId(9_999), epoch: RegionEpoch::default(), timeout_ms: 0, consistency: ReadConsistency::Linearizable },
+        header: RequestHeader {
+            region_id: RegionId(9_999),
+            epoch: RegionEpoch::default(),
+            timeout_ms: 0,
+            consistency: ReadConsistency::Linearizable,
+        },
         op: KvOp::Get { key: b"k".to_vec() },
     });
-    assert_eq!(conn.call(unknown, Duration::from_secs(5)).await.unwrap(), Err(Error::RegionNotFound { region_id: RegionId(9_999) }));
+    assert_eq!(
+        conn.call(unknown, Duration::from_secs(5)).await.unwrap(),
+        Err(Error::RegionNotFound { region_id: RegionId(9_999) })
+    );
 
     // Through the SDK: oversized keys and values are refused with typed errors.
     let client = cluster.client().await;

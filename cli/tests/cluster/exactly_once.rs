@@ -20,7 +20,8 @@ async fn a_retried_append_with_the_same_session_sequence_applies_once() {
     let addr = route.peer_addrs[idx].clone();
 
     let tls = tessera_certs::client_tls_config(&cluster.client_tls()).unwrap();
-    let endpoint = ClientEndpoint::new("127.0.0.1:0".parse().unwrap(), tls, Role::Client, TransportConfig::default()).unwrap();
+    let endpoint =
+        ClientEndpoint::new("127.0.0.1:0".parse().unwrap(), tls, Role::Client, TransportConfig::default()).unwrap();
     let conn = endpoint.connect(&addr).await.unwrap();
     let append = |seq: u64| {
         Request::Kv(KvRequest {

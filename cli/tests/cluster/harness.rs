@@ -39,7 +39,8 @@ impl TestCluster {
             vec![self.pd_addr.to_string()],
             TlsFiles::node(&self.certs(), NodeId(id)),
         );
-        cfg.raft = RaftTiming { heartbeat_ms: 100, election_min_ms: 500, election_max_ms: 1000, ..RaftTiming::default() };
+        cfg.raft =
+            RaftTiming { heartbeat_ms: 100, election_min_ms: 500, election_max_ms: 1000, ..RaftTiming::default() };
         cfg.heartbeat_interval = Duration::from_millis(100);
         (self.tweak)(&mut cfg);
         cfg
@@ -101,7 +102,10 @@ impl TestCluster {
             if hosted >= self.initial_regions as usize && running >= hosted {
                 return;
             }
-            assert!(start.elapsed() < timeout, "regions did not all get a leader within {timeout:?} ({running}/{hosted})");
+            assert!(
+                start.elapsed() < timeout,
+                "regions did not all get a leader within {timeout:?} ({running}/{hosted})"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -188,7 +192,9 @@ impl TestCluster {
         let start = Instant::now();
         loop {
             for r in self.routes().await {
-                if r.region.contains(key) && r.leader.is_some_and(|l| self.nodes.get(&l.node_id.0).is_some_and(|n| n.is_some())) {
+                if r.region.contains(key)
+                    && r.leader.is_some_and(|l| self.nodes.get(&l.node_id.0).is_some_and(|n| n.is_some()))
+                {
                     return r;
                 }
             }

@@ -35,7 +35,7 @@ fn corrupting_one_read_is_detected() {
     for seed in 0..SEEDS {
         let cfg = config(seed);
         let mut recs = simulate(seed, cfg);
-        let mut rng = Rng::new(seed ^ 0xc0ff_ee);
+        let mut rng = Rng::new(seed ^ 0x00c0_ffee);
         let corrupted = corrupt_one_read(&mut rng, &mut recs).expect("300 ops include a read");
         let report = check(&to_history(&recs));
         let key = recs[corrupted].key.clone();

@@ -16,12 +16,8 @@ fn get(h: &mut History, c: ClientId, seen: Option<&str>, t0: u64, t1: u64) {
 }
 
 fn cas(h: &mut History, c: ClientId, from: Option<&str>, to: &str, ok: bool, t0: u64, t1: u64) {
-    let op = Op::Cas {
-        expected: from.map(|s| s.as_bytes().to_vec()),
-        new: Some(to.into()),
-    };
-    h.record(c, "k", op, Output::Cas { succeeded: ok }, t0, t1)
-        .unwrap();
+    let op = Op::Cas { expected: from.map(|s| s.as_bytes().to_vec()), new: Some(to.into()) };
+    h.record(c, "k", op, Output::Cas { succeeded: ok }, t0, t1).unwrap();
 }
 
 fn explanation(h: &History) -> String {
@@ -95,17 +91,7 @@ fn read_of_absent_key_after_completed_put_is_rejected() {
 fn delete_reporting_absent_key_after_put_is_rejected() {
     let mut h = History::new();
     put(&mut h, A, "a", 0, 10);
-    h.record(
-        B,
-        "k",
-        Op::Delete,
-        Output::Delete {
-            existed: Some(false),
-        },
-        11,
-        12,
-    )
-    .unwrap();
+    h.record(B, "k", Op::Delete, Output::Delete { existed: Some(false) }, 11, 12).unwrap();
     explanation(&h);
 }
 
@@ -196,10 +182,7 @@ fn pending_operation_is_treated_as_unknown() {
 fn unknown_cas_may_have_succeeded_or_not() {
     let mut h = History::new();
     put(&mut h, A, "v0", 0, 10);
-    let op = Op::Cas {
-        expected: Some("v0".into()),
-        new: Some("v1".into()),
-    };
+    let op = Op::Cas { expected: Some("v0".into()), new: Some("v1".into()) };
     let id = h.invoke(B, "k", op, 20);
     h.unknown(id).unwrap();
     get(&mut h, C, Some("v0"), 30, 40);
@@ -224,28 +207,8 @@ fn cas_append_and_delete_sequence_is_linearizable() {
     let out = Output::Append { new_len: Some(3) };
     h.record(A, "k", Op::append("bc"), out, 13, 14).unwrap();
     get(&mut h, B, Some("abc"), 15, 16);
-    h.record(
-        C,
-        "k",
-        Op::Delete,
-        Output::Delete {
-            existed: Some(true),
-        },
-        17,
-        18,
-    )
-    .unwrap();
-    h.record(
-        C,
-        "k",
-        Op::Delete,
-        Output::Delete {
-            existed: Some(false),
-        },
-        19,
-        20,
-    )
-    .unwrap();
+    h.record(C, "k", Op::Delete, Output::Delete { existed: Some(true) }, 17, 18).unwrap();
+    h.record(C, "k", Op::Delete, Output::Delete { existed: Some(false) }, 19, 20).unwrap();
     get(&mut h, A, None, 21, 22);
     assert!(check(&h).is_linearizable(), "{}", check(&h));
 }
@@ -254,10 +217,8 @@ fn cas_append_and_delete_sequence_is_linearizable() {
 fn keys_are_checked_independently() {
     let mut h = History::new();
     h.record(A, "x", Op::put("1"), Output::Put, 0, 10).unwrap();
-    h.record(B, "y", Op::Get, Output::value("1"), 20, 30)
-        .unwrap();
-    h.record(B, "x", Op::Get, Output::value("1"), 20, 30)
-        .unwrap();
+    h.record(B, "y", Op::Get, Output::value("1"), 20, 30).unwrap();
+    h.record(B, "x", Op::Get, Output::value("1"), 20, 30).unwrap();
     let report = check(&h);
     assert_eq!(report.outcome(b"x"), Some(&Outcome::Linearizable));
     assert!(matches!(
@@ -265,39 +226,20 @@ fn keys_are_checked_independently() {
         Some(Outcome::NotLinearizable { key, .. }) if key == b"y"
     ));
     assert_eq!(report.violations().count(), 1);
-    assert!(
-        report.to_string().contains("1 of 2 keys linearizable"),
-        "{report}"
-    );
+    assert!(report.to_string().contains("1 of 2 keys linearizable"), "{report}");
 }
 
 #[test]
 fn exhausted_search_budget_reports_timeout() {
     let mut h = History::new();
     for c in 0..10u64 {
-        h.record(
-            ClientId(c),
-            "k",
-            Op::put(vec![b'0' + c as u8]),
-            Output::Put,
-            0,
-            100,
-        )
-        .unwrap();
+        h.record(ClientId(c), "k", Op::put(vec![b'0' + c as u8]), Output::Put, 0, 100).unwrap();
     }
     get(&mut h, B, Some("never"), 50, 60);
-    let report = check_with(
-        &h,
-        &CheckConfig {
-            max_states_per_key: 100,
-        },
-    );
+    let report = check_with(&h, &CheckConfig { max_states_per_key: 100 });
     assert_eq!(report.outcome(b"k"), Some(&Outcome::Timeout));
     assert!(!report.is_linearizable());
-    assert_eq!(
-        report.timed_out().collect::<Vec<_>>(),
-        vec![b"k".as_slice()]
-    );
+    assert_eq!(report.timed_out().collect::<Vec<_>>(), vec![b"k".as_slice()]);
 }
 
 #[test]

@@ -35,11 +35,7 @@ fn model_step(v: &Value, op: &Op, out: Option<&Output>) -> Option<Value> {
             }
         }
         // Unknown CAS: swaps if it matches, else does nothing.
-        (Op::Cas { expected, new }, None) => Some(if expected == v {
-            new.clone()
-        } else {
-            v.clone()
-        }),
+        (Op::Cas { expected, new }, None) => Some(if expected == v { new.clone() } else { v.clone() }),
         (op, out) => panic!("unexpected pair {op:?} {out:?}"),
     }
 }
@@ -49,10 +45,7 @@ fn end_time(r: &Rec) -> u64 {
 }
 
 fn brute_force(recs: &[Rec]) -> bool {
-    let ops: Vec<&Rec> = recs
-        .iter()
-        .filter(|r| r.end.is_some() || r.op != Op::Get)
-        .collect();
+    let ops: Vec<&Rec> = recs.iter().filter(|r| r.end.is_some() || r.op != Op::Get).collect();
     let unknown: Vec<usize> = (0..ops.len()).filter(|&i| ops[i].end.is_none()).collect();
     (0u32..1 << unknown.len()).any(|mask| {
         let chosen: Vec<&Rec> = (0..ops.len())
@@ -75,8 +68,7 @@ fn orders(ops: &[&Rec], placed: &mut [bool], v: &Value) -> bool {
         if placed[i] {
             continue;
         }
-        let blocked =
-            (0..ops.len()).any(|j| !placed[j] && j != i && end_time(ops[j]) < ops[i].invoke);
+        let blocked = (0..ops.len()).any(|j| !placed[j] && j != i && end_time(ops[j]) < ops[i].invoke);
         if blocked {
             continue;
         }
@@ -116,27 +108,13 @@ fn random_history(rng: &mut Rng) -> Vec<Rec> {
                     (Op::append("a"), Output::Append { new_len })
                 }
                 _ => {
-                    let op = Op::Cas {
-                        expected: random_value(rng),
-                        new: random_value(rng),
-                    };
-                    (
-                        op,
-                        Output::Cas {
-                            succeeded: rng.chance(50),
-                        },
-                    )
+                    let op = Op::Cas { expected: random_value(rng), new: random_value(rng) };
+                    (op, Output::Cas { succeeded: rng.chance(50) })
                 }
             };
             let invoke = rng.below(12);
             let end = (!rng.chance(20)).then(|| (out, invoke + rng.below(6)));
-            Rec {
-                client: ClientId(c as u64),
-                key: b"k".to_vec(),
-                op,
-                invoke,
-                end,
-            }
+            Rec { client: ClientId(c as u64), key: b"k".to_vec(), op, invoke, end }
         })
         .collect()
 }
@@ -148,16 +126,9 @@ fn search_agrees_with_brute_force_on_tiny_histories() {
         let recs = random_history(&mut Rng::new(seed));
         let expected = brute_force(&recs);
         let report = check(&to_history(&recs));
-        assert_eq!(
-            report.is_linearizable(),
-            expected,
-            "seed {seed}: {recs:#?}\n{report}"
-        );
+        assert_eq!(report.is_linearizable(), expected, "seed {seed}: {recs:#?}\n{report}");
         if !expected {
-            assert!(matches!(
-                report.outcome(b"k"),
-                Some(Outcome::NotLinearizable { .. })
-            ));
+            assert!(matches!(report.outcome(b"k"), Some(Outcome::NotLinearizable { .. })));
         }
         if expected {
             accepted += 1;
@@ -166,10 +137,7 @@ fn search_agrees_with_brute_force_on_tiny_histories() {
         }
     }
     // Both verdicts must be well represented, or the comparison proves little.
-    assert!(
-        accepted > 2_000 && rejected > 2_000,
-        "accepted {accepted}, rejected {rejected}"
-    );
+    assert!(accepted > 2_000 && rejected > 2_000, "accepted {accepted}, rejected {rejected}");
 }
 
 proptest! {

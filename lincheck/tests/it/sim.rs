@@ -95,19 +95,9 @@ pub fn simulate(seed: u64, cfg: SimConfig) -> Vec<Rec> {
                 let key = format!("key{}", rng.below(cfg.keys as u64)).into_bytes();
                 let current = truth.get(&key).cloned().flatten();
                 let op = random_op(&mut rng, serial, current);
-                let unknown = op != Op::Get && rng.chance(cfg.unknown_percent)
-                    || op == Op::Get && rng.chance(2);
-                recs.push(Rec {
-                    client: ClientId(c as u64),
-                    key,
-                    op,
-                    invoke: now,
-                    end: None,
-                });
-                Client::Invoked {
-                    rec: recs.len() - 1,
-                    unknown,
-                }
+                let unknown = op != Op::Get && rng.chance(cfg.unknown_percent) || op == Op::Get && rng.chance(2);
+                recs.push(Rec { client: ClientId(c as u64), key, op, invoke: now, end: None });
+                Client::Invoked { rec: recs.len() - 1, unknown }
             }
             Client::Idle => Client::Idle,
             Client::Invoked { rec, unknown } => {
@@ -118,10 +108,7 @@ pub fn simulate(seed: u64, cfg: SimConfig) -> Vec<Rec> {
                     let value = truth.entry(recs[rec].key.clone()).or_default();
                     output = Some(apply(&mut rng, value, &recs[rec].op));
                 }
-                Client::Applied {
-                    rec,
-                    output: output.filter(|_| !unknown),
-                }
+                Client::Applied { rec, output: output.filter(|_| !unknown) }
             }
             Client::Applied { rec, output } => {
                 recs[rec].end = output.map(|o| (o, now));
@@ -139,16 +126,8 @@ fn random_op(rng: &mut Rng, serial: u64, current: Option<Vec<u8>>) -> Op {
         7 => Op::append(format!("+a{serial}")),
         _ => {
             // Expect the value seen at invocation half the time, so some CAS succeed.
-            let expected = if rng.chance(50) {
-                current
-            } else {
-                Some(b"p0".to_vec())
-            };
-            let new = if rng.chance(80) {
-                Some(format!("c{serial}").into_bytes())
-            } else {
-                None
-            };
+            let expected = if rng.chance(50) { current } else { Some(b"p0".to_vec()) };
+            let new = if rng.chance(80) { Some(format!("c{serial}").into_bytes()) } else { None };
             Op::Cas { expected, new }
         }
     }
@@ -164,16 +143,12 @@ fn apply(rng: &mut Rng, value: &mut Option<Vec<u8>>, op: &Op) -> Output {
         }
         Op::Delete => {
             let existed = value.take().is_some();
-            Output::Delete {
-                existed: rng.chance(70).then_some(existed),
-            }
+            Output::Delete { existed: rng.chance(70).then_some(existed) }
         }
         Op::Append(b) => {
             let v = value.get_or_insert_with(Vec::new);
             v.extend_from_slice(b);
-            Output::Append {
-                new_len: rng.chance(70).then_some(v.len() as u64),
-            }
+            Output::Append { new_len: rng.chance(70).then_some(v.len() as u64) }
         }
         Op::Cas { expected, new } => {
             let succeeded = expected == value;
@@ -190,18 +165,12 @@ fn apply(rng: &mut Rng, value: &mut Option<Vec<u8>>, op: &Op) -> Output {
 /// to the value of a put on the same key invoked after the read completed (when there is
 /// one), or to a value never written.
 pub fn corrupt_one_read(rng: &mut Rng, recs: &mut [Rec]) -> Option<usize> {
-    let reads: Vec<usize> = (0..recs.len())
-        .filter(|&i| recs[i].op == Op::Get && recs[i].end.is_some())
-        .collect();
+    let reads: Vec<usize> = (0..recs.len()).filter(|&i| recs[i].op == Op::Get && recs[i].end.is_some()).collect();
     if reads.is_empty() {
         return None;
     }
     let r = reads[rng.below(reads.len() as u64) as usize];
-    let done = recs[r]
-        .end
-        .as_ref()
-        .map(|(_, t)| *t)
-        .expect("completed read");
+    let done = recs[r].end.as_ref().map(|(_, t)| *t).expect("completed read");
     let future_puts: Vec<Vec<u8>> = recs
         .iter()
         .filter(|w| w.key == recs[r].key && w.invoke > done)

@@ -184,7 +184,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                     transfer_id,
                     offset: offset as u64,
                     data: data[offset..end].to_vec(),
-                    done: if last { Some((vote.clone(), snapshot.meta.clone())) } else { None },
+                    done: if last { Some((vote, snapshot.meta.clone())) } else { None },
                 };
                 let resp: Option<SnapshotResponse<TypeConfig>> = self
                     .rpc(RaftRpcKind::SnapshotChunk, &chunk, timeout)

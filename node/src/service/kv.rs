@@ -23,7 +23,8 @@ use crate::storage::state_machine::{read_batch, read_get, read_scan};
 impl NodeService {
     pub(crate) async fn kv(&self, req: KvRequest) -> Response {
         let header = req.header.clone();
-        let region = self.ctx.regions.get(header.region_id).ok_or(Error::RegionNotFound { region_id: header.region_id })?;
+        let region =
+            self.ctx.regions.get(header.region_id).ok_or(Error::RegionNotFound { region_id: header.region_id })?;
         let desc = region.shared.descriptor();
         if header.epoch != desc.epoch {
             return Err(Error::EpochNotMatch { current: vec![desc] });
@@ -72,7 +73,10 @@ impl NodeService {
                     return Err(Error::InvalidRequest { reason: "scan limit must be positive".into() });
                 }
                 if start.len() > limits.max_key_len || end.len() > limits.max_key_len + 1 {
-                    return Err(Error::KeyTooLarge { len: start.len().max(end.len()) as u64, max: limits.max_key_len as u64 });
+                    return Err(Error::KeyTooLarge {
+                        len: start.len().max(end.len()) as u64,
+                        max: limits.max_key_len as u64,
+                    });
                 }
                 // The scanned range must overlap the region.
                 let starts_before_end = desc.end_key.is_empty() || start.as_slice() < desc.end_key.as_slice();
@@ -89,7 +93,9 @@ impl NodeService {
             }
             KvOp::Write { command, .. } => {
                 match command {
-                    WriteCommand::Put { value, .. } | WriteCommand::Append { value, .. } => validate_value(value, limits)?,
+                    WriteCommand::Put { value, .. } | WriteCommand::Append { value, .. } => {
+                        validate_value(value, limits)?
+                    }
                     WriteCommand::CompareAndSwap { expected, new, .. } => {
                         if let Some(v) = expected {
                             validate_value(v, limits)?;
@@ -100,7 +106,10 @@ impl NodeService {
                     }
                     WriteCommand::BatchPut { pairs } => {
                         if pairs.len() > limits.max_batch_keys {
-                            return Err(Error::BatchTooLarge { len: pairs.len() as u64, max: limits.max_batch_keys as u64 });
+                            return Err(Error::BatchTooLarge {
+                                len: pairs.len() as u64,
+                                max: limits.max_batch_keys as u64,
+                            });
                         }
                         pairs.iter().try_for_each(|(_, v)| validate_value(v, limits))?;
                     }
@@ -123,7 +132,9 @@ impl NodeService {
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                     Err(Error::NotLeader { region_id, leader: region.leader_hint(&self.ctx.book) })
                 }
-                Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(Error::WriteUndetermined { region_id }),
+                Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                    Err(Error::WriteUndetermined { region_id })
+                }
                 Err(e) => Err(Error::RegionUnavailable { region_id, reason: e.to_string() }),
             };
         }
@@ -138,11 +149,17 @@ impl NodeService {
         }
         match req.op {
             KvOp::Get { key } => Ok(ResponseBody::Kv(KvResponse::Value(read_get(engine, r, &key).map_err(storage)?))),
-            KvOp::BatchGet { keys } => Ok(ResponseBody::Kv(KvResponse::Values(read_batch(engine, r, &keys).map_err(storage)?))),
+            KvOp::BatchGet { keys } => {
+                Ok(ResponseBody::Kv(KvResponse::Values(read_batch(engine, r, &keys).map_err(storage)?)))
+            }
             KvOp::Scan { start, end, limit, reverse } => {
                 // Clamp the range to the region.
                 let lo = if start.as_slice() < desc.start_key.as_slice() { desc.start_key.clone() } else { start };
-                let hi = if end.is_empty() || (!desc.end_key.is_empty() && desc.end_key < end) { desc.end_key.clone() } else { end };
+                let hi = if end.is_empty() || (!desc.end_key.is_empty() && desc.end_key < end) {
+                    desc.end_key.clone()
+                } else {
+                    end
+                };
                 let limit = limit.min(self.limits.max_scan_limit) as usize;
                 let (pairs, resume_key) = read_scan(engine, r, &lo, &hi, limit, reverse).map_err(storage)?;
                 debug_assert!(pairs.iter().all(|(k, _)| key_in_range(k, &desc.start_key, &desc.end_key)));

@@ -21,6 +21,8 @@ pub struct NodeService {
 }
 
 impl Service for NodeService {
+    // The trait spells out `Send + 'static`; keeping the signature explicit documents it.
+    #[allow(clippy::manual_async_fn)]
     fn call(self: Arc<Self>, peer: Arc<PeerInfo>, request: Request) -> impl Future<Output = Response> + Send + 'static {
         async move {
             if let Some(reason) = self.ctx.engine.failure() {

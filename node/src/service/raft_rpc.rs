@@ -24,7 +24,8 @@ impl NodeService {
         if region.peer.id != req.to_peer {
             return Err(Error::RegionNotFound { region_id: req.region_id });
         }
-        let unavailable = |e: &dyn std::fmt::Display| Error::RegionUnavailable { region_id: req.region_id, reason: e.to_string() };
+        let unavailable =
+            |e: &dyn std::fmt::Display| Error::RegionUnavailable { region_id: req.region_id, reason: e.to_string() };
         match req.kind {
             RaftRpcKind::AppendEntries => {
                 let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.payload)?;
@@ -63,13 +64,16 @@ impl NodeService {
                     Some(((vote, meta), data)) => {
                         tracing::info!(region_id = req.region_id.0, bytes = data.len(), "installing snapshot");
                         let snapshot = Snapshot { meta, snapshot: std::io::Cursor::new(data) };
-                        let resp = region.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| unavailable(&e))?;
+                        let resp =
+                            region.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| unavailable(&e))?;
                         self.ctx.snapshots_installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         encode(&Some(resp))
                     }
                 }
             }
-            RaftRpcKind::TransferLeader => Err(Error::InvalidRequest { reason: "transfer leader is not supported yet".into() }),
+            RaftRpcKind::TransferLeader => {
+                Err(Error::InvalidRequest { reason: "transfer leader is not supported yet".into() })
+            }
         }
     }
 }

@@ -187,7 +187,12 @@ impl Engine {
     }
 }
 
-fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Job>, failed: Arc<Mutex<Option<String>>>, stats: Arc<CommitStats>) {
+fn writer_loop(
+    db: Arc<redb::Database>,
+    rx: mpsc::Receiver<Job>,
+    failed: Arc<Mutex<Option<String>>>,
+    stats: Arc<CommitStats>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {

@@ -48,7 +48,10 @@ impl RegionLogStore {
             let entry: Entry = decode(v.value())?;
             let (_, index) = k.value();
             if entry.index() != index {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("log entry at {index} has index {}", entry.index())));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("log entry at {index} has index {}", entry.index()),
+                ));
             }
             mem.entries.insert(index, entry);
         }
@@ -79,11 +82,6 @@ impl RegionLogStore {
             }))
             .await
     }
-
-    /// Number of entries held (for tests and stats).
-    pub fn len(&self) -> usize {
-        self.mem().entries.len()
-    }
 }
 
 impl RaftLogReader<TypeConfig> for RegionLogStore {
@@ -106,7 +104,7 @@ impl RaftLogReader<TypeConfig> for RegionLogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(self.mem().vote.clone())
+        Ok(self.mem().vote)
     }
 }
 
@@ -115,8 +113,8 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let mem = self.mem();
-        let last = mem.entries.values().next_back().map(|e| e.log_id()).or_else(|| mem.last_purged.clone());
-        Ok(LogState { last_purged_log_id: mem.last_purged.clone(), last_log_id: last })
+        let last = mem.entries.values().next_back().map(|e| e.log_id()).or_else(|| mem.last_purged);
+        Ok(LogState { last_purged_log_id: mem.last_purged, last_log_id: last })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -127,12 +125,12 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
         self.engine.check()?;
         let bytes = encode(vote)?;
         self.put_meta("vote", bytes).await?;
-        self.mem().vote = Some(vote.clone());
+        self.mem().vote = Some(*vote);
         Ok(())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        let Some(c) = committed.clone() else { return Ok(()) };
+        let Some(c) = committed else { return Ok(()) };
         let bytes = encode(&c)?;
         // Not required to be durable: losing it only makes recovery re-apply from the last
         // state machine checkpoint. Queue it without waiting.
@@ -150,7 +148,7 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.mem().committed.clone())
+        Ok(self.mem().committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>

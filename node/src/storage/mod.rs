@@ -33,7 +33,9 @@ mod conformance {
     struct Builder;
 
     impl StoreBuilder<TypeConfig, RegionLogStore, RegionStateMachine, tempfile::TempDir> for Builder {
-        async fn build(&self) -> Result<(tempfile::TempDir, RegionLogStore, RegionStateMachine), RaftStorageError<TypeConfig>> {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, RegionLogStore, RegionStateMachine), RaftStorageError<TypeConfig>> {
             let dir = tempfile::tempdir().expect("tempdir");
             let engine = Engine::open(&dir.path().join("node.redb")).expect("open engine");
             let desc = RegionDescriptor {

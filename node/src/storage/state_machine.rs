@@ -28,6 +28,13 @@ use crate::raft::types::{
     ApplyResult, LogCommand, LogId, LogOp, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
 
+/// Key-value pairs, in scan order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+/// The last snapshot built or installed: its metadata and bytes.
+type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>;
+/// What one apply batch produced: results in entry order, and the change in (keys, bytes).
+type ApplyOutput = Arc<Mutex<(Vec<ApplyResult>, i64, i64)>>;
+
 /// Dedup rows older than this many log entries are evicted.
 pub const DEDUP_WINDOW: u64 = 200_000;
 
@@ -68,7 +75,7 @@ pub struct RegionStateMachine {
     engine: Engine,
     applied: Option<LogId>,
     membership: StoredMembership,
-    current: Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>,
+    current: CurrentSnapshot,
     shared: Arc<RegionShared>,
 }
 
@@ -94,7 +101,14 @@ impl RegionStateMachine {
         }
         shared.approx_keys.store(keys, Ordering::Relaxed);
         shared.approx_bytes.store(bytes, Ordering::Relaxed);
-        Ok(RegionStateMachine { region, engine: engine.clone(), applied, membership, current: Default::default(), shared })
+        Ok(RegionStateMachine {
+            region,
+            engine: engine.clone(),
+            applied,
+            membership,
+            current: Default::default(),
+            shared,
+        })
     }
 }
 
@@ -124,14 +138,16 @@ pub fn read_scan(
     end: &[u8],
     limit: usize,
     reverse: bool,
-) -> io::Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>)> {
+) -> io::Result<(Pairs, Option<Vec<u8>>)> {
     let txn = engine.read()?;
     let t = txn.open_table(tables::DATA).map_err(io_err)?;
     let (lo, hi) = data_range(region, start, end);
     let range = t.range(lo.as_slice()..hi.as_slice()).map_err(io_err)?;
     let mut out = Vec::new();
     let mut resume = None;
-    let mut push = |row: Result<(redb::AccessGuard<'_, &[u8]>, redb::AccessGuard<'_, &[u8]>), redb::StorageError>| -> io::Result<bool> {
+    type Row<'a> =
+        Result<(redb::AccessGuard<'a, &'static [u8]>, redb::AccessGuard<'a, &'static [u8]>), redb::StorageError>;
+    let mut push = |row: Row<'_>| -> io::Result<bool> {
         let (k, v) = row.map_err(io_err)?;
         let key = k.value()[8..].to_vec();
         if out.len() >= limit {
@@ -229,7 +245,7 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
     type SnapshotBuilder = RegionSnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        Ok((self.applied.clone(), self.membership.clone()))
+        Ok((self.applied, self.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -245,24 +261,24 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
         }
         let region = self.region;
         let mut membership = self.membership.clone();
-        let mut applied = self.applied.clone();
+        let mut applied = self.applied;
         let mut work_items = Vec::with_capacity(batch.len());
         let mut responders = Vec::with_capacity(batch.len());
         for (entry, responder) in batch {
             let log_id = entry.log_id();
-            applied = Some(log_id.clone());
+            applied = Some(log_id);
             match entry.payload {
                 EntryPayload::Blank => work_items.push((log_id.index(), None)),
                 EntryPayload::Normal(cmd) => work_items.push((log_id.index(), Some(cmd))),
                 EntryPayload::Membership(m) => {
-                    membership = StoredMembership::new(Some(log_id.clone()), m);
+                    membership = StoredMembership::new(Some(log_id), m);
                     work_items.push((log_id.index(), None));
                 }
             }
             responders.push(responder);
         }
-        let meta_bytes = encode(&SmMetaRecord::V1 { applied: applied.clone(), membership: membership.clone() })?;
-        let results: Arc<Mutex<(Vec<ApplyResult>, i64, i64)>> = Default::default();
+        let meta_bytes = encode(&SmMetaRecord::V1 { applied, membership: membership.clone() })?;
+        let results: ApplyOutput = Default::default();
         let out = results.clone();
         self.engine
             .write_lazy(Box::new(move |txn| {
@@ -298,7 +314,9 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
                 if last_index > DEDUP_WINDOW {
                     let horizon = last_index - DEDUP_WINDOW;
                     let mut old = Vec::new();
-                    for row in dedup_index.extract_from_if((region, 0u64)..(region, horizon), |_, _| true).map_err(io_err)? {
+                    for row in
+                        dedup_index.extract_from_if((region, 0u64)..(region, horizon), |_, _| true).map_err(io_err)?
+                    {
                         let (_, v) = row.map_err(io_err)?;
                         old.push(v.value());
                     }
@@ -334,7 +352,7 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
         let SnapshotRecord::V1 { pairs, dedup } = decode::<SnapshotRecord>(&bytes)?;
         let region = self.region;
         let meta_bytes =
-            encode(&SmMetaRecord::V1 { applied: meta.last_log_id.clone(), membership: meta.last_membership.clone() })?;
+            encode(&SmMetaRecord::V1 { applied: meta.last_log_id, membership: meta.last_membership.clone() })?;
         let (keys, total) = (pairs.len() as i64, pairs.iter().map(|(k, v)| (k.len() + v.len()) as i64).sum::<i64>());
         self.engine
             .write(Box::new(move |txn| {
@@ -358,7 +376,7 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
                 Ok(())
             }))
             .await?;
-        self.applied = meta.last_log_id.clone();
+        self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.shared.approx_keys.store(keys, Ordering::Relaxed);
         self.shared.approx_bytes.store(total, Ordering::Relaxed);
@@ -381,7 +399,7 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
 pub struct RegionSnapshotBuilder {
     region: u64,
     engine: Engine,
-    current: Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>,
+    current: CurrentSnapshot,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for RegionSnapshotBuilder {

@@ -72,10 +72,7 @@ impl Backoff {
     pub fn ceiling(&self, attempt: u32) -> Duration {
         let shift = attempt.max(1) - 1;
         let factor = 1u32.checked_shl(shift.min(31)).unwrap_or(u32::MAX);
-        self.base
-            .checked_mul(factor)
-            .unwrap_or(self.max)
-            .min(self.max)
+        self.base.checked_mul(factor).unwrap_or(self.max).min(self.max)
     }
 
     /// The delay before retrying after failure number `attempt`.
@@ -88,11 +85,7 @@ impl Backoff {
                 half + rng.duration_between(Duration::ZERO, ceiling - half)
             }
             Jitter::Decorrelated => {
-                let prev = if attempt <= 1 {
-                    self.base
-                } else {
-                    self.ceiling(attempt - 1)
-                };
+                let prev = if attempt <= 1 { self.base } else { self.ceiling(attempt - 1) };
                 let hi = prev.checked_mul(3).unwrap_or(self.max).min(self.max);
                 rng.duration_between(self.base.min(self.max), hi)
             }
@@ -102,12 +95,7 @@ impl Backoff {
 
     /// [`Backoff::next_delay`], but never shorter than the server's `hint`
     /// (e.g. [`tessera_wire::Error::ServerBusy`]'s `retry_after_ms`).
-    pub fn next_delay_with_hint(
-        &self,
-        attempt: u32,
-        hint: Option<Duration>,
-        rng: &mut impl RandomSource,
-    ) -> Duration {
+    pub fn next_delay_with_hint(&self, attempt: u32, hint: Option<Duration>, rng: &mut impl RandomSource) -> Duration {
         let delay = self.next_delay(attempt, rng);
         match hint {
             Some(h) => delay.max(h),
@@ -123,11 +111,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn jitter() -> impl Strategy<Value = Jitter> {
-        prop_oneof![
-            Just(Jitter::Full),
-            Just(Jitter::Equal),
-            Just(Jitter::Decorrelated)
-        ]
+        prop_oneof![Just(Jitter::Full), Just(Jitter::Equal), Just(Jitter::Decorrelated)]
     }
 
     fn policy() -> impl Strategy<Value = Backoff> {
@@ -182,9 +166,7 @@ mod tests {
         let b = Backoff::default();
         let run = |seed| {
             let mut rng = SplitMix64::new(seed);
-            (1..20)
-                .map(|a| b.next_delay(a, &mut rng))
-                .collect::<Vec<_>>()
+            (1..20).map(|a| b.next_delay(a, &mut rng)).collect::<Vec<_>>()
         };
         assert_eq!(run(9), run(9));
         assert_ne!(run(9), run(10));
@@ -192,15 +174,9 @@ mod tests {
 
     #[test]
     fn attempt_budget_zero_is_unlimited() {
-        let b = Backoff {
-            max_attempts: 0,
-            ..Backoff::default()
-        };
+        let b = Backoff { max_attempts: 0, ..Backoff::default() };
         assert!(!b.exhausted(u32::MAX));
-        let b = Backoff {
-            max_attempts: 3,
-            ..Backoff::default()
-        };
+        let b = Backoff { max_attempts: 3, ..Backoff::default() };
         assert!(!b.exhausted(2));
         assert!(b.exhausted(3));
     }

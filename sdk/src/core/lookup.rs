@@ -45,9 +45,7 @@ pub struct PendingLookups<W> {
 
 impl<W> Default for PendingLookups<W> {
     fn default() -> Self {
-        PendingLookups {
-            inflight: HashMap::new(),
-        }
+        PendingLookups { inflight: HashMap::new() }
     }
 }
 
@@ -103,28 +101,15 @@ mod tests {
         assert_eq!(begin(&mut t), Lookup::Join(1));
         assert_eq!(t.len(), 1);
         assert_eq!(t.finish(&LookupKey::Region(RegionId(7))), Some(1));
-        assert_eq!(
-            begin(&mut t),
-            Lookup::Lead(2),
-            "a miss after finish starts a new lookup"
-        );
+        assert_eq!(begin(&mut t), Lookup::Lead(2), "a miss after finish starts a new lookup");
     }
 
     #[test]
     fn different_keys_do_not_merge() {
         let mut t: PendingLookups<u8> = PendingLookups::new();
-        assert!(matches!(
-            t.begin(LookupKey::Key(b"a".to_vec()), || 1),
-            Lookup::Lead(1)
-        ));
-        assert!(matches!(
-            t.begin(LookupKey::Key(b"b".to_vec()), || 2),
-            Lookup::Lead(2)
-        ));
-        assert!(matches!(
-            t.begin(LookupKey::Region(RegionId(1)), || 3),
-            Lookup::Lead(3)
-        ));
+        assert!(matches!(t.begin(LookupKey::Key(b"a".to_vec()), || 1), Lookup::Lead(1)));
+        assert!(matches!(t.begin(LookupKey::Key(b"b".to_vec()), || 2), Lookup::Lead(2)));
+        assert!(matches!(t.begin(LookupKey::Region(RegionId(1)), || 3), Lookup::Lead(3)));
         assert_eq!(t.len(), 3);
     }
 }

@@ -34,19 +34,13 @@ pub fn group_by_region<K: AsRef<[u8]>>(cache: &RegionCache, keys: &[K]) -> KeyPl
         match cache.get(k.as_ref()) {
             Some(r) => by_start
                 .entry(r.descriptor.start_key.clone())
-                .or_insert_with(|| KeyGroup {
-                    region: r.clone(),
-                    indices: Vec::new(),
-                })
+                .or_insert_with(|| KeyGroup { region: r.clone(), indices: Vec::new() })
                 .indices
                 .push(i),
             None => missing.push(i),
         }
     }
-    KeyPlan {
-        groups: by_start.into_values().collect(),
-        missing,
-    }
+    KeyPlan { groups: by_start.into_values().collect(), missing }
 }
 
 /// True when every key lies in `region` (a group still fits after the cache changed).
@@ -70,12 +64,7 @@ pub struct ScanOptions {
 impl Default for ScanOptions {
     /// Unlimited, forward, linearizable, 256 pairs per page.
     fn default() -> Self {
-        ScanOptions {
-            limit: None,
-            reverse: false,
-            consistency: ReadConsistency::Linearizable,
-            page_size: 256,
-        }
+        ScanOptions { limit: None, reverse: false, consistency: ReadConsistency::Linearizable, page_size: 256 }
     }
 }
 
@@ -122,23 +111,15 @@ impl ScanCursor {
     /// `Ok(None)` when there is nothing to scan.
     pub fn new(start: &[u8], end: &[u8], opts: &ScanOptions) -> Result<Option<ScanCursor>, Error> {
         if !end.is_empty() && start > end {
-            return Err(Error::InvalidArgument {
-                reason: "scan start is after its end".into(),
-            });
+            return Err(Error::InvalidArgument { reason: "scan start is after its end".into() });
         }
         if opts.page_size == 0 {
-            return Err(Error::InvalidArgument {
-                reason: "scan page_size must be positive".into(),
-            });
+            return Err(Error::InvalidArgument { reason: "scan page_size must be positive".into() });
         }
         if (!end.is_empty() && start == end) || opts.limit == Some(0) {
             return Ok(None);
         }
-        let (next_key, far) = if opts.reverse {
-            (end, start)
-        } else {
-            (start, end)
-        };
+        let (next_key, far) = if opts.reverse { (end, start) } else { (start, end) };
         Ok(Some(ScanCursor {
             next_key: next_key.to_vec(),
             end: far.to_vec(),
@@ -172,8 +153,7 @@ impl ScanCursor {
             ScanPosition::At(k) => region.contains(k),
             ScanPosition::Before([]) => region.end_key.is_empty(),
             ScanPosition::Before(k) => {
-                region.start_key.as_slice() < k
-                    && (region.end_key.is_empty() || k <= region.end_key.as_slice())
+                region.start_key.as_slice() < k && (region.end_key.is_empty() || k <= region.end_key.as_slice())
             }
         }
     }
@@ -185,22 +165,11 @@ impl ScanCursor {
             None => self.page_size,
         };
         let (start, end) = if self.reverse {
-            (
-                self.end.as_slice().max(region.start_key.as_slice()),
-                min_end(&self.next_key, &region.end_key),
-            )
+            (self.end.as_slice().max(region.start_key.as_slice()), min_end(&self.next_key, &region.end_key))
         } else {
-            (
-                self.next_key.as_slice().max(region.start_key.as_slice()),
-                min_end(&self.end, &region.end_key),
-            )
+            (self.next_key.as_slice().max(region.start_key.as_slice()), min_end(&self.end, &region.end_key))
         };
-        KvOp::Scan {
-            start: start.to_vec(),
-            end: end.to_vec(),
-            limit,
-            reverse: self.reverse,
-        }
+        KvOp::Scan { start: start.to_vec(), end: end.to_vec(), limit, reverse: self.reverse }
     }
 
     /// The cursor after a page of `returned` pairs from `region` that ended with
@@ -219,9 +188,7 @@ impl ScanCursor {
             let next = match resume_key {
                 Some(k) => {
                     if !self.next_key.is_empty() && k >= self.next_key {
-                        return Err(Error::Protocol {
-                            reason: "reverse scan resume key did not move down".into(),
-                        });
+                        return Err(Error::Protocol { reason: "reverse scan resume key did not move down".into() });
                     }
                     k
                 }
@@ -236,9 +203,7 @@ impl ScanCursor {
             let next = match resume_key {
                 Some(k) => {
                     if k <= self.next_key {
-                        return Err(Error::Protocol {
-                            reason: "scan resume key did not move forward".into(),
-                        });
+                        return Err(Error::Protocol { reason: "scan resume key did not move forward".into() });
                     }
                     k
                 }
@@ -250,11 +215,7 @@ impl ScanCursor {
             }
             next
         };
-        Ok(Some(ScanCursor {
-            next_key: next,
-            remaining,
-            ..self.clone()
-        }))
+        Ok(Some(ScanCursor { next_key: next, remaining, ..self.clone() }))
     }
 }
 
@@ -273,12 +234,7 @@ mod tests {
 
     fn scan_bounds(op: &KvOp) -> (&[u8], &[u8], u32, bool) {
         match op {
-            KvOp::Scan {
-                start,
-                end,
-                limit,
-                reverse,
-            } => (start, end, *limit, *reverse),
+            KvOp::Scan { start, end, limit, reverse } => (start, end, *limit, *reverse),
             other => panic!("{other:?}"),
         }
     }
@@ -288,11 +244,7 @@ mod tests {
         let c = three_regions();
         let keys: Vec<&[u8]> = vec![b"z", b"a", b"h", b"b", b"q"];
         let plan = group_by_region(&c, &keys);
-        let got: Vec<(u64, Vec<usize>)> = plan
-            .groups
-            .iter()
-            .map(|g| (g.region.id().0, g.indices.clone()))
-            .collect();
+        let got: Vec<(u64, Vec<usize>)> = plan.groups.iter().map(|g| (g.region.id().0, g.indices.clone())).collect();
         assert_eq!(got, vec![(1, vec![1, 3]), (2, vec![2]), (3, vec![0, 4])]);
         assert!(plan.missing.is_empty());
     }
@@ -304,28 +256,14 @@ mod tests {
         let plan = group_by_region(&c, &[b"a".as_slice(), b"x", b"y"]);
         assert_eq!(plan.groups.len(), 1);
         assert_eq!(plan.missing, vec![1, 2]);
-        assert!(all_in_region(
-            &plan.groups[0].region.descriptor,
-            &[b"a", b"b"]
-        ));
-        assert!(!all_in_region(
-            &plan.groups[0].region.descriptor,
-            &[b"a", b"x"]
-        ));
+        assert!(all_in_region(&plan.groups[0].region.descriptor, &[b"a", b"b"]));
+        assert!(!all_in_region(&plan.groups[0].region.descriptor, &[b"a", b"x"]));
     }
 
     /// Walks a scan over `cache` assuming each region returns no pairs; returns the
     /// requested (start, end) per page.
-    fn walk(
-        cache: &RegionCache,
-        start: &[u8],
-        end: &[u8],
-        reverse: bool,
-    ) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let opts = ScanOptions {
-            reverse,
-            ..ScanOptions::default()
-        };
+    fn walk(cache: &RegionCache, start: &[u8], end: &[u8], reverse: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let opts = ScanOptions { reverse, ..ScanOptions::default() };
         let mut cur = ScanCursor::new(start, end, &opts).unwrap();
         let mut pages = Vec::new();
         while let Some(c) = cur {
@@ -347,11 +285,7 @@ mod tests {
         let pages = walk(&c, b"c", b"r", false);
         assert_eq!(
             pages,
-            vec![
-                (b"c".to_vec(), b"g".to_vec()),
-                (b"g".to_vec(), b"p".to_vec()),
-                (b"p".to_vec(), b"r".to_vec())
-            ]
+            vec![(b"c".to_vec(), b"g".to_vec()), (b"g".to_vec(), b"p".to_vec()), (b"p".to_vec(), b"r".to_vec())]
         );
         let pages = walk(&c, b"", b"", false);
         assert_eq!(pages.len(), 3);
@@ -364,83 +298,44 @@ mod tests {
         let pages = walk(&c, b"c", b"r", true);
         assert_eq!(
             pages,
-            vec![
-                (b"p".to_vec(), b"r".to_vec()),
-                (b"g".to_vec(), b"p".to_vec()),
-                (b"c".to_vec(), b"g".to_vec())
-            ]
+            vec![(b"p".to_vec(), b"r".to_vec()), (b"g".to_vec(), b"p".to_vec()), (b"c".to_vec(), b"g".to_vec())]
         );
         let pages = walk(&c, b"", b"", true);
-        assert_eq!(
-            pages,
-            vec![
-                (b"p".to_vec(), vec![]),
-                (b"g".to_vec(), b"p".to_vec()),
-                (vec![], b"g".to_vec())
-            ]
-        );
+        assert_eq!(pages, vec![(b"p".to_vec(), vec![]), (b"g".to_vec(), b"p".to_vec()), (vec![], b"g".to_vec())]);
     }
 
     #[test]
     fn reverse_scan_ending_on_region_boundary_skips_region_below() {
         let c = three_regions();
-        assert_eq!(
-            walk(&c, b"g", b"h", true),
-            vec![(b"g".to_vec(), b"h".to_vec())]
-        );
-        assert_eq!(
-            walk(&c, b"a", b"g", false),
-            vec![(b"a".to_vec(), b"g".to_vec())]
-        );
+        assert_eq!(walk(&c, b"g", b"h", true), vec![(b"g".to_vec(), b"h".to_vec())]);
+        assert_eq!(walk(&c, b"a", b"g", false), vec![(b"a".to_vec(), b"g".to_vec())]);
     }
 
     #[test]
     fn resume_key_continues_inside_the_region() {
         let c = three_regions();
-        let cur = ScanCursor::new(b"a", b"", &ScanOptions::default())
-            .unwrap()
-            .unwrap();
+        let cur = ScanCursor::new(b"a", b"", &ScanOptions::default()).unwrap().unwrap();
         let r = cur.region_in(&c).unwrap().descriptor.clone();
         let next = cur.advance(&r, 256, Some(b"d".to_vec())).unwrap().unwrap();
         assert_eq!(next.next_key, b"d");
         assert_eq!(scan_bounds(&next.page_request(&r)).0, b"d");
-        let rev = ScanCursor::new(
-            b"a",
-            b"",
-            &ScanOptions {
-                reverse: true,
-                ..ScanOptions::default()
-            },
-        )
-        .unwrap()
-        .unwrap();
+        let rev =
+            ScanCursor::new(b"a", b"", &ScanOptions { reverse: true, ..ScanOptions::default() }).unwrap().unwrap();
         let last = c.get_before(b"").unwrap().descriptor.clone();
-        let next = rev
-            .advance(&last, 10, Some(b"s".to_vec()))
-            .unwrap()
-            .unwrap();
+        let next = rev.advance(&last, 10, Some(b"s".to_vec())).unwrap().unwrap();
         assert_eq!(scan_bounds(&next.page_request(&last)).1, b"s");
     }
 
     #[test]
     fn resume_key_that_does_not_progress_is_a_protocol_error() {
-        let cur = ScanCursor::new(b"d", b"", &ScanOptions::default())
-            .unwrap()
-            .unwrap();
+        let cur = ScanCursor::new(b"d", b"", &ScanOptions::default()).unwrap().unwrap();
         let r = desc(1, b"", b"", 1, 1);
-        assert!(matches!(
-            cur.advance(&r, 0, Some(b"d".to_vec())),
-            Err(Error::Protocol { .. })
-        ));
+        assert!(matches!(cur.advance(&r, 0, Some(b"d".to_vec())), Err(Error::Protocol { .. })));
     }
 
     #[test]
     fn limit_caps_page_size_and_ends_the_scan() {
-        let opts = ScanOptions {
-            limit: Some(10),
-            page_size: 8,
-            ..ScanOptions::default()
-        };
+        let opts = ScanOptions { limit: Some(10), page_size: 8, ..ScanOptions::default() };
         let cur = ScanCursor::new(b"", b"", &opts).unwrap().unwrap();
         let r = desc(1, b"", b"", 1, 1);
         assert_eq!(scan_bounds(&cur.page_request(&r)).2, 8);
@@ -454,21 +349,7 @@ mod tests {
     fn empty_or_inverted_ranges() {
         let o = ScanOptions::default();
         assert_eq!(ScanCursor::new(b"k", b"k", &o).unwrap(), None);
-        assert!(matches!(
-            ScanCursor::new(b"z", b"a", &o),
-            Err(Error::InvalidArgument { .. })
-        ));
-        assert_eq!(
-            ScanCursor::new(
-                b"a",
-                b"z",
-                &ScanOptions {
-                    limit: Some(0),
-                    ..o
-                }
-            )
-            .unwrap(),
-            None
-        );
+        assert!(matches!(ScanCursor::new(b"z", b"a", &o), Err(Error::InvalidArgument { .. })));
+        assert_eq!(ScanCursor::new(b"a", b"z", &ScanOptions { limit: Some(0), ..o }).unwrap(), None);
     }
 }

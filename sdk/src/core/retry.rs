@@ -128,24 +128,13 @@ enum Next {
 
 fn is_request_rejection(e: &tessera_wire::Error) -> bool {
     use tessera_wire::Error as W;
-    matches!(
-        e,
-        W::KeyTooLarge { .. }
-            | W::ValueTooLarge { .. }
-            | W::BatchTooLarge { .. }
-            | W::InvalidRequest { .. }
-    )
+    matches!(e, W::KeyTooLarge { .. } | W::ValueTooLarge { .. } | W::BatchTooLarge { .. } | W::InvalidRequest { .. })
 }
 
 impl RetryState {
     /// Fresh state for a request of `kind`.
     pub fn new(kind: RequestKind) -> Self {
-        RetryState {
-            kind,
-            failures: 0,
-            maybe_delivered: false,
-            last_failure: None,
-        }
+        RetryState { kind, failures: 0, maybe_delivered: false, last_failure: None }
     }
 
     /// Failed attempts so far.
@@ -160,10 +149,7 @@ impl RetryState {
 
     /// The error to return for [`Decision::Undetermined`].
     pub fn undetermined_error(&self) -> Error {
-        let reason = self
-            .last_failure
-            .as_ref()
-            .map_or_else(|| "deadline exceeded".to_string(), |f| f.to_string());
+        let reason = self.last_failure.as_ref().map_or_else(|| "deadline exceeded".to_string(), |f| f.to_string());
         Error::Undetermined { reason }
     }
 
@@ -174,9 +160,7 @@ impl RetryState {
             return Decision::Undetermined;
         }
         match &self.last_failure {
-            Some(Failure::NoRoute(reason)) => Decision::Surface(Error::Unavailable {
-                reason: reason.clone(),
-            }),
+            Some(Failure::NoRoute(reason)) => Decision::Surface(Error::Unavailable { reason: reason.clone() }),
             _ => Decision::Surface(Error::DeadlineExceeded),
         }
     }
@@ -187,9 +171,7 @@ impl RetryState {
         }
         match &self.last_failure {
             Some(Failure::Server(e)) => Decision::Surface(Error::from_server(e.clone())),
-            Some(f) => Decision::Surface(Error::Unavailable {
-                reason: f.to_string(),
-            }),
+            Some(f) => Decision::Surface(Error::Unavailable { reason: f.to_string() }),
             None => Decision::Surface(Error::DeadlineExceeded),
         }
     }
@@ -251,11 +233,7 @@ impl RetryState {
         };
         self.last_failure = Some(failure);
 
-        let unsafe_to_resend = self.maybe_delivered
-            && self.kind
-                == (RequestKind::Write {
-                    exactly_once: false,
-                });
+        let unsafe_to_resend = self.maybe_delivered && self.kind == (RequestKind::Write { exactly_once: false });
         let decision = match next {
             Next::Reject(e) => Decision::Surface(e),
             _ if unsafe_to_resend => Decision::Undetermined,
@@ -296,18 +274,9 @@ impl RetryState {
     ) -> Next {
         use tessera_wire::Error as W;
         match (e.retry_action(), e) {
-            (
-                RetryAction::UpdateLeader,
-                W::NotLeader {
-                    region_id,
-                    leader: Some(hint),
-                },
-            ) => {
+            (RetryAction::UpdateLeader, W::NotLeader { region_id, leader: Some(hint) }) => {
                 let same_peer = target.and_then(|t| t.peer) == Some(hint.peer);
-                updates.push(CacheUpdate::SetLeader {
-                    region_id: *region_id,
-                    hint: hint.clone(),
-                });
+                updates.push(CacheUpdate::SetLeader { region_id: *region_id, hint: hint.clone() });
                 // A replica naming itself as leader while refusing is mid-transition: wait.
                 if same_peer {
                     Next::Wait(None)
@@ -315,13 +284,7 @@ impl RetryState {
                     Next::Now
                 }
             }
-            (
-                RetryAction::UpdateLeader,
-                W::NotLeader {
-                    region_id,
-                    leader: None,
-                },
-            ) => {
+            (RetryAction::UpdateLeader, W::NotLeader { region_id, leader: None }) => {
                 // No one knows the leader (an election is under way): ask PD after a pause.
                 updates.push(CacheUpdate::Invalidate(*region_id));
                 Next::Wait(None)
@@ -332,9 +295,7 @@ impl RetryState {
             }
             (RetryAction::InvalidateRegion, _) => {
                 let region = match e {
-                    W::KeyNotInRegion { region_id, .. } | W::RegionNotFound { region_id } => {
-                        Some(*region_id)
-                    }
+                    W::KeyNotInRegion { region_id, .. } | W::RegionNotFound { region_id } => Some(*region_id),
                     _ => target.map(|t| t.region_id),
                 };
                 if let Some(id) = region {
@@ -378,17 +339,11 @@ mod tests {
     const R: RegionId = RegionId(1);
 
     fn peer(n: u64) -> Peer {
-        Peer {
-            id: PeerId(n),
-            node_id: NodeId(n),
-        }
+        Peer { id: PeerId(n), node_id: NodeId(n) }
     }
 
     fn target(n: u64) -> Option<Target> {
-        Some(Target {
-            region_id: R,
-            peer: Some(peer(n)),
-        })
+        Some(Target { region_id: R, peer: Some(peer(n)) })
     }
 
     fn policy() -> Backoff {
@@ -408,22 +363,11 @@ mod tests {
 
     impl Run {
         fn new(kind: RequestKind) -> Self {
-            Run {
-                state: RetryState::new(kind),
-                rng: SplitMix64::new(3),
-                backoff: policy(),
-            }
+            Run { state: RetryState::new(kind), rng: SplitMix64::new(3), backoff: policy() }
         }
 
         fn decide(&mut self, f: Failure, now: u64, deadline: u64) -> Verdict {
-            self.state.decide(
-                f,
-                target(1),
-                Timestamp(now),
-                Timestamp(deadline),
-                &self.backoff,
-                &mut self.rng,
-            )
+            self.state.decide(f, target(1), Timestamp(now), Timestamp(deadline), &self.backoff, &mut self.rng)
         }
     }
 
@@ -433,52 +377,26 @@ mod tests {
 
     #[test]
     fn not_leader_with_hint_updates_leader_and_retries_now() {
-        let hint = LeaderHint {
-            peer: peer(2),
-            addr: "n2:1".into(),
-        };
+        let hint = LeaderHint { peer: peer(2), addr: "n2:1".into() };
         let v = Run::new(RequestKind::Read).decide(
-            server(W::NotLeader {
-                region_id: R,
-                leader: Some(hint.clone()),
-            }),
+            server(W::NotLeader { region_id: R, leader: Some(hint.clone()) }),
             0,
             1000,
         );
         assert_eq!(v.decision, Decision::RetryNow);
-        assert_eq!(
-            v.updates,
-            vec![CacheUpdate::SetLeader { region_id: R, hint }]
-        );
+        assert_eq!(v.updates, vec![CacheUpdate::SetLeader { region_id: R, hint }]);
     }
 
     #[test]
     fn not_leader_naming_the_addressed_peer_backs_off() {
-        let hint = LeaderHint {
-            peer: peer(1),
-            addr: "n1:1".into(),
-        };
-        let v = Run::new(RequestKind::Read).decide(
-            server(W::NotLeader {
-                region_id: R,
-                leader: Some(hint),
-            }),
-            0,
-            1000,
-        );
+        let hint = LeaderHint { peer: peer(1), addr: "n1:1".into() };
+        let v = Run::new(RequestKind::Read).decide(server(W::NotLeader { region_id: R, leader: Some(hint) }), 0, 1000);
         assert!(matches!(v.decision, Decision::RetryAfter(_)));
     }
 
     #[test]
     fn not_leader_without_hint_invalidates_and_backs_off() {
-        let v = Run::new(RequestKind::Read).decide(
-            server(W::NotLeader {
-                region_id: R,
-                leader: None,
-            }),
-            0,
-            1000,
-        );
+        let v = Run::new(RequestKind::Read).decide(server(W::NotLeader { region_id: R, leader: None }), 0, 1000);
         assert!(matches!(v.decision, Decision::RetryAfter(_)));
         assert_eq!(v.updates, vec![CacheUpdate::Invalidate(R)]);
     }
@@ -489,30 +407,17 @@ mod tests {
             id: R,
             start_key: vec![],
             end_key: b"m".to_vec(),
-            epoch: RegionEpoch {
-                conf_ver: 1,
-                version: 2,
-            },
+            epoch: RegionEpoch { conf_ver: 1, version: 2 },
             peers: vec![peer(1)],
         }];
-        let v = Run::new(WRITE).decide(
-            server(W::EpochNotMatch {
-                current: current.clone(),
-            }),
-            0,
-            1000,
-        );
+        let v = Run::new(WRITE).decide(server(W::EpochNotMatch { current: current.clone() }), 0, 1000);
         assert_eq!(v.decision, Decision::RetryNow);
         assert_eq!(v.updates, vec![CacheUpdate::Replace(current)]);
     }
 
     #[test]
     fn epoch_not_match_without_regions_invalidates_target() {
-        let v = Run::new(RequestKind::Read).decide(
-            server(W::EpochNotMatch { current: vec![] }),
-            0,
-            1000,
-        );
+        let v = Run::new(RequestKind::Read).decide(server(W::EpochNotMatch { current: vec![] }), 0, 1000);
         assert_eq!(v.decision, Decision::RetryNow);
         assert_eq!(v.updates, vec![CacheUpdate::Invalidate(R)]);
     }
@@ -520,22 +425,11 @@ mod tests {
     #[test]
     fn repeated_region_not_found_is_paced() {
         let mut run = Run::new(RequestKind::Read);
-        let v = run.decide(
-            server(W::RegionNotFound {
-                region_id: RegionId(5),
-            }),
-            0,
-            1000,
-        );
+        let v = run.decide(server(W::RegionNotFound { region_id: RegionId(5) }), 0, 1000);
         assert_eq!(v.decision, Decision::RetryNow);
         assert_eq!(v.updates, vec![CacheUpdate::Invalidate(RegionId(5))]);
         let v = run.decide(
-            server(W::KeyNotInRegion {
-                key: b"k".to_vec(),
-                region_id: R,
-                start_key: vec![],
-                end_key: vec![],
-            }),
+            server(W::KeyNotInRegion { key: b"k".to_vec(), region_id: R, start_key: vec![], end_key: vec![] }),
             0,
             1000,
         );
@@ -548,10 +442,7 @@ mod tests {
         for seed in 0..50 {
             let mut run = Run::new(RequestKind::Read);
             run.rng = SplitMix64::new(seed);
-            match run
-                .decide(server(W::ServerBusy { retry_after_ms: 70 }), 0, 10_000)
-                .decision
-            {
+            match run.decide(server(W::ServerBusy { retry_after_ms: 70 }), 0, 10_000).decision {
                 Decision::RetryAfter(d) => assert!(d >= Duration::from_millis(70)),
                 other => panic!("{other:?}"),
             }
@@ -560,26 +451,14 @@ mod tests {
 
     #[test]
     fn server_busy_hint_past_deadline_gives_up() {
-        let v = Run::new(RequestKind::Read).decide(
-            server(W::ServerBusy {
-                retry_after_ms: 5_000,
-            }),
-            0,
-            1000,
-        );
+        let v = Run::new(RequestKind::Read).decide(server(W::ServerBusy { retry_after_ms: 5_000 }), 0, 1000);
         assert_eq!(v.decision, Decision::Surface(Error::DeadlineExceeded));
     }
 
     #[test]
     fn region_unavailable_backs_off() {
-        let v = Run::new(WRITE).decide(
-            server(W::RegionUnavailable {
-                region_id: R,
-                reason: "election".into(),
-            }),
-            0,
-            1000,
-        );
+        let v =
+            Run::new(WRITE).decide(server(W::RegionUnavailable { region_id: R, reason: "election".into() }), 0, 1000);
         assert!(matches!(v.decision, Decision::RetryAfter(_)));
     }
 
@@ -590,14 +469,7 @@ mod tests {
         assert!(matches!(v.decision, Decision::RetryAfter(_)));
         assert!(run.state.maybe_delivered());
         // A later, definite-looking failure cannot make the outcome definite.
-        let v = run.decide(
-            server(W::NotLeader {
-                region_id: R,
-                leader: None,
-            }),
-            500,
-            1000,
-        );
+        let v = run.decide(server(W::NotLeader { region_id: R, leader: None }), 500, 1000);
         assert!(matches!(v.decision, Decision::RetryAfter(_)));
     }
 
@@ -611,10 +483,11 @@ mod tests {
 
     #[test]
     fn write_without_session_that_may_have_applied_is_not_resent() {
-        let v = Run::new(RequestKind::Write {
-            exactly_once: false,
-        })
-        .decide(Failure::Transport(TransportFailure::Timeout), 0, 1000);
+        let v = Run::new(RequestKind::Write { exactly_once: false }).decide(
+            Failure::Transport(TransportFailure::Timeout),
+            0,
+            1000,
+        );
         assert_eq!(v.decision, Decision::Undetermined);
     }
 
@@ -631,34 +504,18 @@ mod tests {
     #[test]
     fn connection_lost_on_write_at_deadline_is_undetermined() {
         let mut run = Run::new(WRITE);
-        let v = run.decide(
-            Failure::Transport(TransportFailure::Lost("reset".into())),
-            0,
-            1000,
-        );
+        let v = run.decide(Failure::Transport(TransportFailure::Lost("reset".into())), 0, 1000);
         assert!(matches!(v.decision, Decision::RetryAfter(_)));
-        let v = run.decide(
-            Failure::Transport(TransportFailure::Unreachable("refused".into())),
-            999,
-            1000,
-        );
+        let v = run.decide(Failure::Transport(TransportFailure::Unreachable("refused".into())), 999, 1000);
         assert_eq!(v.decision, Decision::Undetermined);
     }
 
     #[test]
     fn unreachable_write_is_definitely_not_applied_at_deadline() {
         let mut run = Run::new(WRITE);
-        let v = run.decide(
-            Failure::Transport(TransportFailure::Unreachable("refused".into())),
-            0,
-            1000,
-        );
+        let v = run.decide(Failure::Transport(TransportFailure::Unreachable("refused".into())), 0, 1000);
         assert_eq!(v.updates, vec![CacheUpdate::ClearLeader(R)]);
-        let v = run.decide(
-            Failure::Transport(TransportFailure::Unreachable("refused".into())),
-            1000,
-            1000,
-        );
+        let v = run.decide(Failure::Transport(TransportFailure::Unreachable("refused".into())), 1000, 1000);
         assert_eq!(v.decision, Decision::Surface(Error::DeadlineExceeded));
     }
 
@@ -667,62 +524,32 @@ mod tests {
         let mut run = Run::new(WRITE);
         run.decide(Failure::Transport(TransportFailure::Timeout), 0, 1000);
         let v = run.decide(server(W::ValueTooLarge { len: 10, max: 5 }), 10, 1000);
-        assert_eq!(
-            v.decision,
-            Decision::Surface(Error::ValueTooLarge { len: 10, max: 5 })
-        );
+        assert_eq!(v.decision, Decision::Surface(Error::ValueTooLarge { len: 10, max: 5 }));
     }
 
     #[test]
     fn permission_denied_surfaces_but_is_undetermined_after_possible_delivery() {
-        let denied = || {
-            server(W::PermissionDenied {
-                reason: "no".into(),
-            })
-        };
+        let denied = || server(W::PermissionDenied { reason: "no".into() });
         let v = Run::new(WRITE).decide(denied(), 0, 1000);
-        assert_eq!(
-            v.decision,
-            Decision::Surface(Error::Server(W::PermissionDenied {
-                reason: "no".into()
-            }))
-        );
+        assert_eq!(v.decision, Decision::Surface(Error::Server(W::PermissionDenied { reason: "no".into() })));
         let mut run = Run::new(WRITE);
         run.decide(Failure::Transport(TransportFailure::Timeout), 0, 1000);
-        assert_eq!(
-            run.decide(denied(), 10, 1000).decision,
-            Decision::Undetermined
-        );
+        assert_eq!(run.decide(denied(), 10, 1000).decision, Decision::Undetermined);
     }
 
     #[test]
     fn refused_handshake_surfaces() {
-        let e = W::Unauthenticated {
-            reason: "no cert".into(),
-        };
-        let v = Run::new(RequestKind::Read).decide(
-            Failure::Transport(TransportFailure::Refused(e.clone())),
-            0,
-            1000,
-        );
+        let e = W::Unauthenticated { reason: "no cert".into() };
+        let v = Run::new(RequestKind::Read).decide(Failure::Transport(TransportFailure::Refused(e.clone())), 0, 1000);
         assert_eq!(v.decision, Decision::Surface(Error::Server(e)));
     }
 
     #[test]
     fn no_route_until_deadline_is_unavailable() {
         let mut run = Run::new(RequestKind::Read);
-        assert!(matches!(
-            run.decide(Failure::NoRoute("pd down".into()), 0, 1000)
-                .decision,
-            Decision::RetryAfter(_)
-        ));
+        assert!(matches!(run.decide(Failure::NoRoute("pd down".into()), 0, 1000).decision, Decision::RetryAfter(_)));
         let v = run.decide(Failure::NoRoute("pd down".into()), 1000, 1000);
-        assert_eq!(
-            v.decision,
-            Decision::Surface(Error::Unavailable {
-                reason: "pd down".into()
-            })
-        );
+        assert_eq!(v.decision, Decision::Surface(Error::Unavailable { reason: "pd down".into() }));
     }
 
     #[test]
@@ -730,23 +557,14 @@ mod tests {
         let mut run = Run::new(RequestKind::Read);
         run.backoff.max_attempts = 2;
         let busy = || server(W::NotBootstrapped);
-        assert!(matches!(
-            run.decide(busy(), 0, 100_000).decision,
-            Decision::RetryAfter(_)
-        ));
-        assert_eq!(
-            run.decide(busy(), 0, 100_000).decision,
-            Decision::Surface(Error::Server(W::NotBootstrapped))
-        );
+        assert!(matches!(run.decide(busy(), 0, 100_000).decision, Decision::RetryAfter(_)));
+        assert_eq!(run.decide(busy(), 0, 100_000).decision, Decision::Surface(Error::Server(W::NotBootstrapped)));
     }
 
     #[test]
     fn server_deadline_exceeded_on_read_retries_while_time_is_left() {
         let mut run = Run::new(RequestKind::Read);
-        assert!(matches!(
-            run.decide(server(W::DeadlineExceeded), 0, 1000).decision,
-            Decision::RetryAfter(_)
-        ));
+        assert!(matches!(run.decide(server(W::DeadlineExceeded), 0, 1000).decision, Decision::RetryAfter(_)));
         assert_eq!(
             run.decide(server(W::DeadlineExceeded), 1000, 1000).decision,
             Decision::Surface(Error::DeadlineExceeded)

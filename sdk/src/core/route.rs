@@ -39,11 +39,7 @@ pub struct CachedRegion {
 impl CachedRegion {
     /// From a PD route.
     pub fn from_route(route: RegionRoute) -> Self {
-        CachedRegion {
-            descriptor: route.region,
-            leader: route.leader,
-            peer_addrs: route.peer_addrs,
-        }
+        CachedRegion { descriptor: route.region, leader: route.leader, peer_addrs: route.peer_addrs }
     }
 
     /// The region id.
@@ -54,10 +50,7 @@ impl CachedRegion {
     /// Address of the node hosting `peer`, if `peer` is one of the region's peers.
     pub fn addr_of(&self, peer: Peer) -> Option<&str> {
         let idx = self.descriptor.peers.iter().position(|p| *p == peer)?;
-        self.peer_addrs
-            .get(idx)
-            .map(String::as_str)
-            .filter(|a| !a.is_empty())
+        self.peer_addrs.get(idx).map(String::as_str).filter(|a| !a.is_empty())
     }
 
     /// The leader and its address, when both are known.
@@ -163,10 +156,7 @@ impl RegionCache {
 
     /// The cached region containing `key`.
     pub fn get(&self, key: &[u8]) -> Option<&CachedRegion> {
-        let (_, r) = self
-            .regions
-            .range::<[u8], _>((Unbounded, Included(key)))
-            .next_back()?;
+        let (_, r) = self.regions.range::<[u8], _>((Unbounded, Included(key))).next_back()?;
         r.descriptor.contains(key).then_some(r)
     }
 
@@ -177,10 +167,7 @@ impl RegionCache {
             let (_, r) = self.regions.iter().next_back()?;
             return r.descriptor.end_key.is_empty().then_some(r);
         }
-        let (_, r) = self
-            .regions
-            .range::<[u8], _>((Unbounded, Excluded(key)))
-            .next_back()?;
+        let (_, r) = self.regions.range::<[u8], _>((Unbounded, Excluded(key))).next_back()?;
         let end = &r.descriptor.end_key;
         (end.is_empty() || key <= end.as_slice()).then_some(r)
     }
@@ -198,11 +185,7 @@ impl RegionCache {
     /// What concurrent misses for `key` should share: the invalidated region the key was
     /// last known to be in, or else the key itself.
     pub fn lookup_key(&self, key: &[u8]) -> LookupKey {
-        if let Some((start, (id, end))) = self
-            .tombstones
-            .range::<[u8], _>((Unbounded, Included(key)))
-            .next_back()
-        {
+        if let Some((start, (id, end))) = self.tombstones.range::<[u8], _>((Unbounded, Included(key))).next_back() {
             if tessera_wire::key_in_range(key, start, end) {
                 return LookupKey::Region(*id);
             }
@@ -213,11 +196,7 @@ impl RegionCache {
     /// Start keys of cached regions overlapping `[start, end)` (empty `end`: unbounded).
     fn overlapping(&self, start: &[u8], end: &[u8]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        if let Some((s, r)) = self
-            .regions
-            .range::<[u8], _>((Unbounded, Excluded(start)))
-            .next_back()
-        {
+        if let Some((s, r)) = self.regions.range::<[u8], _>((Unbounded, Excluded(start))).next_back() {
             if ranges_overlap(start, end, &r.descriptor.start_key, &r.descriptor.end_key) {
                 out.push(s.clone());
             }
@@ -233,9 +212,7 @@ impl RegionCache {
 
     /// Would `new` be refused because a cached descriptor is newer?
     fn is_outdated(&self, new: &RegionDescriptor, overlapping: &[Vec<u8>]) -> bool {
-        let newer_same_id = self
-            .by_id(new.id)
-            .is_some_and(|c| new.epoch.is_stale_against(&c.descriptor.epoch));
+        let newer_same_id = self.by_id(new.id).is_some_and(|c| new.epoch.is_stale_against(&c.descriptor.epoch));
         newer_same_id
             || overlapping.iter().any(|s| {
                 let c = &self.regions[s].descriptor;
@@ -278,8 +255,7 @@ impl RegionCache {
             self.tombstones.pop_first();
         }
         self.clear_tombstones(&r.start_key, &r.end_key);
-        self.tombstones
-            .insert(r.start_key.clone(), (r.id, r.end_key.clone()));
+        self.tombstones.insert(r.start_key.clone(), (r.id, r.end_key.clone()));
     }
 
     /// Inserts `region`, evicting the cached regions it overlaps, unless one of them (or a
@@ -287,10 +263,7 @@ impl RegionCache {
     /// returned. Re-inserting the same epoch refreshes it, keeping a known leader when the
     /// newcomer has none.
     pub fn insert(&mut self, mut region: CachedRegion) -> bool {
-        let (start, end) = (
-            region.descriptor.start_key.clone(),
-            region.descriptor.end_key.clone(),
-        );
+        let (start, end) = (region.descriptor.start_key.clone(), region.descriptor.end_key.clone());
         if !end.is_empty() && start >= end {
             return false;
         }
@@ -301,8 +274,7 @@ impl RegionCache {
         if let Some(old_start) = self.ids.get(&region.descriptor.id).cloned() {
             let old = self.remove_start(&old_start);
             if let Some(old) = old {
-                let keep_leader =
-                    region.leader.is_none() && old.descriptor.epoch == region.descriptor.epoch;
+                let keep_leader = region.leader.is_none() && old.descriptor.epoch == region.descriptor.epoch;
                 if keep_leader {
                     region.leader = old.leader.filter(|l| region.descriptor.peers.contains(l));
                 }
@@ -329,14 +301,9 @@ impl RegionCache {
             self.remove_start(&s);
         }
         self.learn_addrs(&region);
-        self.clear_tombstones(
-            &region.descriptor.start_key.clone(),
-            &region.descriptor.end_key.clone(),
-        );
-        self.ids
-            .insert(region.descriptor.id, region.descriptor.start_key.clone());
-        self.regions
-            .insert(region.descriptor.start_key.clone(), region);
+        self.clear_tombstones(&region.descriptor.start_key.clone(), &region.descriptor.end_key.clone());
+        self.ids.insert(region.descriptor.id, region.descriptor.start_key.clone());
+        self.regions.insert(region.descriptor.start_key.clone(), region);
     }
 
     /// Records `peer` as the region's leader. If `peer` is not one of the cached peers the
@@ -345,10 +312,7 @@ impl RegionCache {
         let Some(start) = self.ids.get(&region_id).cloned() else {
             return false;
         };
-        let r = self
-            .regions
-            .get_mut(&start)
-            .expect("ids indexes cached regions");
+        let r = self.regions.get_mut(&start).expect("ids indexes cached regions");
         if r.descriptor.peers.contains(&peer) {
             r.leader = Some(peer);
             true
@@ -366,10 +330,7 @@ impl RegionCache {
         if !hint.addr.is_empty() {
             self.node_addrs.insert(hint.peer.node_id, hint.addr.clone());
             let start = &self.ids[&region_id];
-            let r = self
-                .regions
-                .get_mut(start)
-                .expect("ids indexes cached regions");
+            let r = self.regions.get_mut(start).expect("ids indexes cached regions");
             if let Some(idx) = r.descriptor.peers.iter().position(|p| *p == hint.peer) {
                 if let Some(slot) = r.peer_addrs.get_mut(idx) {
                     *slot = hint.addr.clone();
@@ -420,24 +381,13 @@ impl RegionCache {
                 continue;
             }
             let leader = leader_node.and_then(|n| d.peer_on(n));
-            let addrs: Option<Vec<String>> = d
-                .peers
-                .iter()
-                .map(|p| self.node_addrs.get(&p.node_id).cloned())
-                .collect();
+            let addrs: Option<Vec<String>> = d.peers.iter().map(|p| self.node_addrs.get(&p.node_id).cloned()).collect();
             match addrs {
                 Some(peer_addrs) => {
-                    self.insert(CachedRegion {
-                        descriptor: d,
-                        leader,
-                        peer_addrs,
-                    });
+                    self.insert(CachedRegion { descriptor: d, leader, peer_addrs });
                 }
                 None => {
-                    let mut stale: Vec<RegionId> = overlapping
-                        .iter()
-                        .map(|s| self.regions[s].descriptor.id)
-                        .collect();
+                    let mut stale: Vec<RegionId> = overlapping.iter().map(|s| self.regions[s].descriptor.id).collect();
                     stale.push(d.id);
                     for id in stale {
                         self.invalidate(id);
@@ -485,38 +435,19 @@ pub(crate) mod tests {
     use proptest::prelude::*;
     use tessera_wire::{PeerId, RegionEpoch};
 
-    pub(crate) fn desc(
-        id: u64,
-        start: &[u8],
-        end: &[u8],
-        conf_ver: u64,
-        version: u64,
-    ) -> RegionDescriptor {
+    pub(crate) fn desc(id: u64, start: &[u8], end: &[u8], conf_ver: u64, version: u64) -> RegionDescriptor {
         RegionDescriptor {
             id: RegionId(id),
             start_key: start.to_vec(),
             end_key: end.to_vec(),
             epoch: RegionEpoch { conf_ver, version },
-            peers: (1..=3)
-                .map(|n| Peer {
-                    id: PeerId(id * 10 + n),
-                    node_id: NodeId(n),
-                })
-                .collect(),
+            peers: (1..=3).map(|n| Peer { id: PeerId(id * 10 + n), node_id: NodeId(n) }).collect(),
         }
     }
 
     pub(crate) fn cached(d: RegionDescriptor) -> CachedRegion {
-        let peer_addrs = d
-            .peers
-            .iter()
-            .map(|p| format!("node{}:1", p.node_id.0))
-            .collect();
-        CachedRegion {
-            leader: Some(d.peers[0]),
-            descriptor: d,
-            peer_addrs,
-        }
+        let peer_addrs = d.peers.iter().map(|p| format!("node{}:1", p.node_id.0)).collect();
+        CachedRegion { leader: Some(d.peers[0]), descriptor: d, peer_addrs }
     }
 
     #[test]
@@ -571,13 +502,7 @@ pub(crate) mod tests {
         let mut c = RegionCache::new();
         let d = desc(1, b"", b"", 1, 1);
         c.insert(cached(d.clone()));
-        let hint = LeaderHint {
-            peer: Peer {
-                id: PeerId(99),
-                node_id: NodeId(9),
-            },
-            addr: "n9:1".into(),
-        };
+        let hint = LeaderHint { peer: Peer { id: PeerId(99), node_id: NodeId(9) }, addr: "n9:1".into() };
         assert!(!c.update_leader_hint(RegionId(1), &hint));
         assert!(c.get(b"k").is_none());
         assert_eq!(c.lookup_key(b"k"), LookupKey::Region(RegionId(1)));
@@ -588,10 +513,7 @@ pub(crate) mod tests {
         let mut c = RegionCache::new();
         let d = desc(1, b"", b"", 1, 1);
         c.insert(cached(d.clone()));
-        let hint = LeaderHint {
-            peer: d.peers[1],
-            addr: "moved:7".into(),
-        };
+        let hint = LeaderHint { peer: d.peers[1], addr: "moved:7".into() };
         assert!(c.update_leader_hint(RegionId(1), &hint));
         let r = c.get(b"k").unwrap();
         assert_eq!(r.leader_target(), Some((d.peers[1], "moved:7")));
@@ -610,14 +532,8 @@ pub(crate) mod tests {
         c.replace_from(vec![left.clone(), right.clone()]);
         assert_eq!(c.get(b"a").unwrap().descriptor, left);
         assert_eq!(c.get(b"x").unwrap().descriptor, right);
-        assert_eq!(
-            c.get(b"x").unwrap().leader.unwrap().node_id,
-            old.peers[1].node_id
-        );
-        assert_eq!(
-            c.get(b"x").unwrap().peer_addrs,
-            vec!["node1:1", "node2:1", "node3:1"]
-        );
+        assert_eq!(c.get(b"x").unwrap().leader.unwrap().node_id, old.peers[1].node_id);
+        assert_eq!(c.get(b"x").unwrap().peer_addrs, vec!["node1:1", "node2:1", "node3:1"]);
     }
 
     #[test]
@@ -638,10 +554,7 @@ pub(crate) mod tests {
         c.insert(cached(desc(2, b"c", b"f", 1, 1)));
         c.insert(cached(desc(3, b"h", b"", 1, 1)));
         let cover = c.regions_for_range(b"a", b"e");
-        assert_eq!(
-            cover.regions.iter().map(|r| r.id().0).collect::<Vec<_>>(),
-            vec![1, 2]
-        );
+        assert_eq!(cover.regions.iter().map(|r| r.id().0).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(cover.gap, None);
         let cover = c.regions_for_range(b"a", b"");
         assert_eq!(cover.regions.len(), 2);
@@ -696,12 +609,7 @@ pub(crate) mod tests {
                 return;
             }
             let overlaps = |c: &CachedRegion| {
-                ranges_overlap(
-                    &d.start_key,
-                    &d.end_key,
-                    &c.descriptor.start_key,
-                    &c.descriptor.end_key,
-                )
+                ranges_overlap(&d.start_key, &d.end_key, &c.descriptor.start_key, &c.descriptor.end_key)
             };
             let refused = self.regions.iter().any(|c| {
                 if c.descriptor.id == d.id {
@@ -713,8 +621,7 @@ pub(crate) mod tests {
             if refused {
                 return;
             }
-            self.regions
-                .retain(|c| c.descriptor.id != d.id && !overlaps(c));
+            self.regions.retain(|c| c.descriptor.id != d.id && !overlaps(c));
             self.regions.push(r);
         }
 
@@ -723,10 +630,7 @@ pub(crate) mod tests {
         }
 
         fn get(&self, key: &[u8]) -> Option<RegionId> {
-            self.regions
-                .iter()
-                .find(|c| c.descriptor.contains(key))
-                .map(|c| c.descriptor.id)
+            self.regions.iter().find(|c| c.descriptor.contains(key)).map(|c| c.descriptor.id)
         }
     }
 
@@ -739,17 +643,12 @@ pub(crate) mod tests {
     const BOUNDS: &[&[u8]] = &[b"", b"b", b"d", b"f", b"h", b"j"];
 
     fn op() -> impl Strategy<Value = Op> {
-        let insert = (
-            1u64..6,
-            0usize..BOUNDS.len(),
-            0usize..BOUNDS.len(),
-            0u64..3,
-            0u64..6,
-        )
-            .prop_map(|(id, s, e, conf_ver, version)| {
+        let insert = (1u64..6, 0usize..BOUNDS.len(), 0usize..BOUNDS.len(), 0u64..3, 0u64..6).prop_map(
+            |(id, s, e, conf_ver, version)| {
                 let (s, e) = if e == 0 { (s, 0) } else { (s.min(e), s.max(e)) };
                 Op::Insert(desc(id, BOUNDS[s], BOUNDS[e], conf_ver, version))
-            });
+            },
+        );
         prop_oneof![4 => insert, 1 => (1u64..6).prop_map(Op::Invalidate)]
     }
 
@@ -757,10 +656,7 @@ pub(crate) mod tests {
         let regions: Vec<&CachedRegion> = c.regions.values().collect();
         for w in regions.windows(2) {
             let (a, b) = (&w[0].descriptor, &w[1].descriptor);
-            assert!(
-                !a.end_key.is_empty() && a.end_key <= b.start_key,
-                "overlap: {a:?} {b:?}"
-            );
+            assert!(!a.end_key.is_empty() && a.end_key <= b.start_key, "overlap: {a:?} {b:?}");
         }
         assert_eq!(c.ids.len(), c.regions.len());
         for (id, start) in &c.ids {

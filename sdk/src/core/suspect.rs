@@ -84,7 +84,10 @@ mod tests {
         };
         let mut s = Suspects::default();
         s.failed("dead:1", Timestamp(0));
-        assert_eq!(discount_suspect_hint(hint("dead:1"), &s, Timestamp(1)), Error::NotLeader { region_id: RegionId(1), leader: None });
+        assert_eq!(
+            discount_suspect_hint(hint("dead:1"), &s, Timestamp(1)),
+            Error::NotLeader { region_id: RegionId(1), leader: None }
+        );
         assert_eq!(discount_suspect_hint(hint("live:1"), &s, Timestamp(1)), hint("live:1"));
         assert_eq!(discount_suspect_hint(Error::DeadlineExceeded, &s, Timestamp(1)), Error::DeadlineExceeded);
     }

@@ -50,15 +50,12 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock reading `start`.
     pub fn new(start: Timestamp) -> Self {
-        ManualClock {
-            now_ms: AtomicU64::new(start.0),
-        }
+        ManualClock { now_ms: AtomicU64::new(start.0) }
     }
 
     /// Moves the clock forward by `d`.
     pub fn advance(&self, d: Duration) {
-        self.now_ms
-            .fetch_add(duration_millis_ceil(d), Ordering::SeqCst);
+        self.now_ms.fetch_add(duration_millis_ceil(d), Ordering::SeqCst);
     }
 }
 
@@ -82,17 +79,8 @@ mod tests {
 
     #[test]
     fn timestamp_arithmetic_saturates() {
-        assert_eq!(
-            Timestamp(u64::MAX - 1).saturating_add(Duration::from_secs(1)),
-            Timestamp(u64::MAX)
-        );
-        assert_eq!(
-            Timestamp(3).saturating_duration_since(Timestamp(10)),
-            Duration::ZERO
-        );
-        assert_eq!(
-            Timestamp(10).saturating_duration_since(Timestamp(3)),
-            Duration::from_millis(7)
-        );
+        assert_eq!(Timestamp(u64::MAX - 1).saturating_add(Duration::from_secs(1)), Timestamp(u64::MAX));
+        assert_eq!(Timestamp(3).saturating_duration_since(Timestamp(10)), Duration::ZERO);
+        assert_eq!(Timestamp(10).saturating_duration_since(Timestamp(3)), Duration::from_millis(7));
     }
 }

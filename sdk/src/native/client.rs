@@ -6,10 +6,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::Stream;
 use tessera_wire::quic::{ClientEndpoint, ConnectionPool};
-use tessera_wire::{RegionEpoch, 
-    validate_key, validate_value, KvOp, KvResponse, NodeInfo, PdRequest, PdResponse, Peer,
-    ReadConsistency, RegionDescriptor, RegionRoute, Role, SessionId, SessionSeq, WriteCommand,
-    WriteResult,
+use tessera_wire::{
+    validate_key, validate_value, KvOp, KvResponse, NodeInfo, PdRequest, PdResponse, Peer, ReadConsistency,
+    RegionDescriptor, RegionEpoch, RegionRoute, Role, SessionId, SessionSeq, WriteCommand, WriteResult,
 };
 
 use super::clock::TokioClock;
@@ -42,9 +41,7 @@ pub struct Client {
 type Pair = (Vec<u8>, Vec<u8>);
 
 fn protocol(what: &str) -> Error {
-    Error::Protocol {
-        reason: format!("unexpected answer to {what}"),
-    }
+    Error::Protocol { reason: format!("unexpected answer to {what}") }
 }
 
 impl Client {
@@ -52,17 +49,10 @@ impl Client {
     /// session in PD (which must be reachable within `request_timeout`).
     pub async fn connect(cfg: ClientConfig) -> Result<Client, Error> {
         cfg.validate()?;
-        let files = cfg.tls.as_ref().ok_or_else(|| Error::Config {
-            reason: "TLS files are required".into(),
-        })?;
-        let tls = tessera_certs::client_tls_config(files).map_err(|e| Error::Tls {
-            reason: e.to_string(),
-        })?;
-        let endpoint =
-            ClientEndpoint::new(cfg.bind_addr(), tls, Role::Client, cfg.transport.clone())
-                .map_err(|e| Error::Config {
-                    reason: format!("client endpoint: {e}"),
-                })?;
+        let files = cfg.tls.as_ref().ok_or_else(|| Error::Config { reason: "TLS files are required".into() })?;
+        let tls = tessera_certs::client_tls_config(files).map_err(|e| Error::Tls { reason: e.to_string() })?;
+        let endpoint = ClientEndpoint::new(cfg.bind_addr(), tls, Role::Client, cfg.transport.clone())
+            .map_err(|e| Error::Config { reason: format!("client endpoint: {e}") })?;
         let seed = cfg.rng_seed.unwrap_or_else(rand::random);
         let inner = Arc::new(Inner {
             pool: ConnectionPool::new(endpoint),
@@ -79,28 +69,18 @@ impl Client {
             PdResponse::Session(s) => s,
             _ => return Err(protocol("AllocSession")),
         };
-        client
-            .inner
-            .session
-            .set(session)
-            .expect("session is set once, here");
+        client.inner.session.set(session).expect("session is set once, here");
         tracing::debug!(session = %session, "client connected");
         Ok(client)
     }
 
     /// This client's session id (shared by its clones).
     pub fn session_id(&self) -> SessionId {
-        *self
-            .inner
-            .session
-            .get()
-            .expect("a connected client has a session")
+        *self.inner.session.get().expect("a connected client has a session")
     }
 
     fn deadline(&self) -> Timestamp {
-        self.inner
-            .clock
-            .deadline_after(self.inner.cfg.request_timeout)
+        self.inner.clock.deadline_after(self.inner.cfg.request_timeout)
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), Error> {
@@ -116,19 +96,13 @@ impl Client {
     }
 
     /// Runs a single-region KV call to completion.
-    async fn kv<F>(
-        &self,
-        call: KvCall<F>,
-        deadline: Timestamp,
-    ) -> Result<(RegionDescriptor, KvResponse), Error>
+    async fn kv<F>(&self, call: KvCall<F>, deadline: Timestamp) -> Result<(RegionDescriptor, KvResponse), Error>
     where
         F: Fn(&RegionDescriptor) -> Option<KvOp> + Send,
     {
         match self.inner.retry(call, deadline).await? {
             KvOutcome::Done { region, response } => Ok((region, response)),
-            KvOutcome::Replan => Err(protocol(
-                "a single-key request (it cannot straddle regions)",
-            )),
+            KvOutcome::Replan => Err(protocol("a single-key request (it cannot straddle regions)")),
         }
     }
 
@@ -138,11 +112,7 @@ impl Client {
     }
 
     /// Reads `key` with the given consistency.
-    pub async fn get_with(
-        &self,
-        key: &[u8],
-        consistency: ReadConsistency,
-    ) -> Result<Option<Vec<u8>>, Error> {
+    pub async fn get_with(&self, key: &[u8], consistency: ReadConsistency) -> Result<Option<Vec<u8>>, Error> {
         self.check_key(key)?;
         let op = KvOp::Get { key: key.to_vec() };
         let call = KvCall {
@@ -158,20 +128,14 @@ impl Client {
     }
 
     fn next_seq(&self) -> SessionSeq {
-        SessionSeq {
-            session: self.session_id(),
-            seq: self.inner.next_seq.fetch_add(1, Ordering::Relaxed),
-        }
+        SessionSeq { session: self.session_id(), seq: self.inner.next_seq.fetch_add(1, Ordering::Relaxed) }
     }
 
     /// A single-key write with a fresh sequence number, resent with that same number until
     /// it is known to have been applied or the deadline passes.
     async fn write(&self, key: &[u8], command: WriteCommand) -> Result<WriteResult, Error> {
         let seq = self.next_seq();
-        let op = KvOp::Write {
-            session: Some(seq),
-            command,
-        };
+        let op = KvOp::Write { session: Some(seq), command };
         let call = KvCall {
             route: RouteBy::Key(key.to_vec()),
             kind: RequestKind::Write { exactly_once: true },
@@ -188,16 +152,7 @@ impl Client {
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), Error> {
         self.check_key(key)?;
         self.check_value(value)?;
-        match self
-            .write(
-                key,
-                WriteCommand::Put {
-                    key: key.to_vec(),
-                    value: value.to_vec(),
-                },
-            )
-            .await?
-        {
+        match self.write(key, WriteCommand::Put { key: key.to_vec(), value: value.to_vec() }).await? {
             WriteResult::Done => Ok(()),
             _ => Err(protocol("Put")),
         }
@@ -206,10 +161,7 @@ impl Client {
     /// Removes `key`; returns whether it existed.
     pub async fn delete(&self, key: &[u8]) -> Result<bool, Error> {
         self.check_key(key)?;
-        match self
-            .write(key, WriteCommand::Delete { key: key.to_vec() })
-            .await?
-        {
+        match self.write(key, WriteCommand::Delete { key: key.to_vec() }).await? {
             WriteResult::Deleted { existed } => Ok(existed),
             _ => Err(protocol("Delete")),
         }
@@ -220,16 +172,7 @@ impl Client {
     pub async fn append(&self, key: &[u8], value: &[u8]) -> Result<u64, Error> {
         self.check_key(key)?;
         self.check_value(value)?;
-        match self
-            .write(
-                key,
-                WriteCommand::Append {
-                    key: key.to_vec(),
-                    value: value.to_vec(),
-                },
-            )
-            .await?
-        {
+        match self.write(key, WriteCommand::Append { key: key.to_vec(), value: value.to_vec() }).await? {
             WriteResult::Appended { new_len } => Ok(new_len),
             _ => Err(protocol("Append")),
         }
@@ -253,13 +196,7 @@ impl Client {
             new: new.map(<[u8]>::to_vec),
         };
         match self.write(key, command).await? {
-            WriteResult::CompareAndSwap {
-                succeeded,
-                previous,
-            } => Ok(CasOutcome {
-                succeeded,
-                previous,
-            }),
+            WriteResult::CompareAndSwap { succeeded, previous } => Ok(CasOutcome { succeeded, previous }),
             _ => Err(protocol("CompareAndSwap")),
         }
     }
@@ -272,12 +209,7 @@ impl Client {
         let plan = group_by_region(&self.inner.routing().cache, &subset);
         let max = self.inner.cfg.limits.max_batch_keys.max(1);
         let mut groups: Vec<Vec<usize>> = Vec::new();
-        for g in plan
-            .groups
-            .iter()
-            .map(|g| &g.indices)
-            .chain(std::iter::once(&plan.missing))
-        {
+        for g in plan.groups.iter().map(|g| &g.indices).chain(std::iter::once(&plan.missing)) {
             for chunk in g.chunks(max) {
                 groups.push(chunk.iter().map(|&j| todo[j]).collect());
             }
@@ -286,10 +218,7 @@ impl Client {
     }
 
     /// Reads several keys, in any number of regions; one result per key, in order.
-    pub async fn batch_get<K: AsRef<[u8]>>(
-        &self,
-        keys: &[K],
-    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
+    pub async fn batch_get<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, Error> {
         for k in keys {
             self.check_key(k.as_ref())?;
         }
@@ -302,16 +231,13 @@ impl Client {
             }
             let groups = self.plan(keys, &todo);
             let calls = groups.iter().map(|group| {
-                let group_keys: Vec<Vec<u8>> =
-                    group.iter().map(|&i| keys[i].as_ref().to_vec()).collect();
+                let group_keys: Vec<Vec<u8>> = group.iter().map(|&i| keys[i].as_ref().to_vec()).collect();
                 let call = KvCall {
                     route: RouteBy::Key(group_keys[0].clone()),
                     kind: RequestKind::Read,
                     consistency: ReadConsistency::Linearizable,
                     build: move |r: &RegionDescriptor| {
-                        all_in_region(r, &group_keys).then(|| KvOp::BatchGet {
-                            keys: group_keys.clone(),
-                        })
+                        all_in_region(r, &group_keys).then(|| KvOp::BatchGet { keys: group_keys.clone() })
                     },
                 };
                 self.inner.retry(call, deadline)
@@ -321,10 +247,7 @@ impl Client {
             for (group, result) in groups.into_iter().zip(results) {
                 match result? {
                     KvOutcome::Replan => todo.extend(group),
-                    KvOutcome::Done {
-                        response: KvResponse::Values(values),
-                        ..
-                    } if values.len() == group.len() => {
+                    KvOutcome::Done { response: KvResponse::Values(values), .. } if values.len() == group.len() => {
                         for (i, v) in group.into_iter().zip(values) {
                             out[i] = v;
                         }
@@ -340,10 +263,7 @@ impl Client {
     /// pairs may have been written. Each region's part is one write with its own sequence
     /// number. (If a region splits between attempts of its part, the part is replanned with
     /// new sequence numbers; puts are idempotent, so at worst a pair is written twice.)
-    pub async fn batch_put<K: AsRef<[u8]>, V: AsRef<[u8]>>(
-        &self,
-        pairs: &[(K, V)],
-    ) -> Result<(), Error> {
+    pub async fn batch_put<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, pairs: &[(K, V)]) -> Result<(), Error> {
         for (k, v) in pairs {
             self.check_key(k.as_ref())?;
             self.check_value(v.as_ref())?;
@@ -357,25 +277,18 @@ impl Client {
             }
             let groups = self.plan(&keys, &todo);
             let calls = groups.iter().map(|group| {
-                let group_pairs: Vec<Pair> = group
-                    .iter()
-                    .map(|&i| (pairs[i].0.as_ref().to_vec(), pairs[i].1.as_ref().to_vec()))
-                    .collect();
+                let group_pairs: Vec<Pair> =
+                    group.iter().map(|&i| (pairs[i].0.as_ref().to_vec(), pairs[i].1.as_ref().to_vec())).collect();
                 let seq = self.next_seq();
                 let call = KvCall {
                     route: RouteBy::Key(group_pairs[0].0.clone()),
                     kind: RequestKind::Write { exactly_once: true },
                     consistency: ReadConsistency::Linearizable,
                     build: move |r: &RegionDescriptor| {
-                        group_pairs
-                            .iter()
-                            .all(|(k, _)| r.contains(k))
-                            .then(|| KvOp::Write {
-                                session: Some(seq),
-                                command: WriteCommand::BatchPut {
-                                    pairs: group_pairs.clone(),
-                                },
-                            })
+                        group_pairs.iter().all(|(k, _)| r.contains(k)).then(|| KvOp::Write {
+                            session: Some(seq),
+                            command: WriteCommand::BatchPut { pairs: group_pairs.clone() },
+                        })
                     },
                 };
                 self.inner.retry(call, deadline)
@@ -385,10 +298,7 @@ impl Client {
             for (group, result) in groups.into_iter().zip(results) {
                 match result? {
                     KvOutcome::Replan => todo.extend(group),
-                    KvOutcome::Done {
-                        response: KvResponse::Write(WriteResult::Done),
-                        ..
-                    } => {}
+                    KvOutcome::Done { response: KvResponse::Write(WriteResult::Done), .. } => {}
                     KvOutcome::Done { .. } => return Err(protocol("BatchPut")),
                 }
             }
@@ -399,15 +309,9 @@ impl Client {
     /// One page of a scan, from the region serving `cursor`'s position: the pairs (possibly
     /// none, when that region holds no keys of the range) and the cursor to continue from
     /// (`None`: the scan is complete).
-    pub async fn scan_page(
-        &self,
-        cursor: ScanCursor,
-    ) -> Result<(Vec<Pair>, Option<ScanCursor>), Error> {
+    pub async fn scan_page(&self, cursor: ScanCursor) -> Result<(Vec<Pair>, Option<ScanCursor>), Error> {
         let route = if cursor.reverse {
-            RouteBy::Before {
-                key: cursor.next_key.clone(),
-                lower: cursor.end.clone(),
-            }
+            RouteBy::Before { key: cursor.next_key.clone(), lower: cursor.end.clone() }
         } else {
             RouteBy::Key(cursor.next_key.clone())
         };
@@ -417,11 +321,7 @@ impl Client {
             route,
             kind: RequestKind::Read,
             consistency,
-            build: move |r: &RegionDescriptor| {
-                page_cursor
-                    .is_served_by(r)
-                    .then(|| page_cursor.page_request(r))
-            },
+            build: move |r: &RegionDescriptor| page_cursor.is_served_by(r).then(|| page_cursor.page_request(r)),
         };
         match self.kv(call, self.deadline()).await? {
             (region, KvResponse::Scan { pairs, resume_key }) => {
@@ -444,49 +344,31 @@ impl Client {
     ) -> impl Stream<Item = Result<Pair, Error>> + Send + Unpin + 'static {
         enum State {
             Failed(Error),
-            Paging {
-                cursor: Option<ScanCursor>,
-                buffered: VecDeque<Pair>,
-            },
+            Paging { cursor: Option<ScanCursor>, buffered: VecDeque<Pair> },
             Done,
         }
         let first = match ScanCursor::new(start, end, &opts) {
-            Ok(cursor) => State::Paging {
-                cursor,
-                buffered: VecDeque::new(),
-            },
+            Ok(cursor) => State::Paging { cursor, buffered: VecDeque::new() },
             Err(e) => State::Failed(e),
         };
-        Box::pin(futures::stream::unfold(
-            (self.clone(), first),
-            |(client, mut state)| async move {
-                loop {
-                    match state {
-                        State::Done => return None,
-                        State::Failed(e) => return Some((Err(e), (client, State::Done))),
-                        State::Paging {
-                            cursor,
-                            mut buffered,
-                        } => {
-                            if let Some(pair) = buffered.pop_front() {
-                                return Some((
-                                    Ok(pair),
-                                    (client, State::Paging { cursor, buffered }),
-                                ));
-                            }
-                            let cursor = cursor?;
-                            state = match client.scan_page(cursor).await {
-                                Ok((pairs, next)) => State::Paging {
-                                    cursor: next,
-                                    buffered: pairs.into(),
-                                },
-                                Err(e) => State::Failed(e),
-                            };
+        Box::pin(futures::stream::unfold((self.clone(), first), |(client, mut state)| async move {
+            loop {
+                match state {
+                    State::Done => return None,
+                    State::Failed(e) => return Some((Err(e), (client, State::Done))),
+                    State::Paging { cursor, mut buffered } => {
+                        if let Some(pair) = buffered.pop_front() {
+                            return Some((Ok(pair), (client, State::Paging { cursor, buffered })));
                         }
+                        let cursor = cursor?;
+                        state = match client.scan_page(cursor).await {
+                            Ok((pairs, next)) => State::Paging { cursor: next, buffered: pairs.into() },
+                            Err(e) => State::Failed(e),
+                        };
                     }
                 }
-            },
-        ))
+            }
+        }))
     }
 
     /// All nodes, as PD sees them.
@@ -500,14 +382,7 @@ impl Client {
     /// All regions over the whole key space, with leaders and addresses, as PD sees them.
     /// Also refreshes the routing cache.
     pub async fn regions(&self) -> Result<Vec<RegionRoute>, Error> {
-        match self
-            .pd(PdRequest::ScanRegions {
-                start: Vec::new(),
-                end: Vec::new(),
-                limit: 0,
-            })
-            .await?
-        {
+        match self.pd(PdRequest::ScanRegions { start: Vec::new(), end: Vec::new(), limit: 0 }).await? {
             PdResponse::Regions(routes) => {
                 let mut routing = self.inner.routing();
                 for r in &routes {
@@ -522,17 +397,8 @@ impl Client {
     /// Test hook: puts `region` in the routing cache regardless of epochs, evicting what it
     /// overlaps (to exercise stale-route handling).
     #[doc(hidden)]
-    pub fn debug_cache_route(
-        &self,
-        region: RegionDescriptor,
-        leader: Option<Peer>,
-        peer_addrs: Vec<String>,
-    ) {
-        self.inner.routing().cache.force_insert(CachedRegion {
-            descriptor: region,
-            leader,
-            peer_addrs,
-        });
+    pub fn debug_cache_route(&self, region: RegionDescriptor, leader: Option<Peer>, peer_addrs: Vec<String>) {
+        self.inner.routing().cache.force_insert(CachedRegion { descriptor: region, leader, peer_addrs });
     }
 
     /// The leader cached for the region containing `key` (test hook).
@@ -584,13 +450,8 @@ mod tests {
         // A bound, silent UDP socket: nothing answers QUIC there.
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = silent.local_addr().unwrap().to_string();
-        let mut cfg = ClientConfig::new(
-            vec![addr],
-            Some(crate::TlsFiles::client(
-                dir.path(),
-                tessera_certs::DEV_CLIENT,
-            )),
-        );
+        let mut cfg =
+            ClientConfig::new(vec![addr], Some(crate::TlsFiles::client(dir.path(), tessera_certs::DEV_CLIENT)));
         cfg.request_timeout = Duration::from_millis(1500);
         cfg.attempt_timeout = Duration::from_millis(300);
         cfg.transport.connect_timeout = Duration::from_millis(300);
@@ -598,17 +459,12 @@ mod tests {
         let started = tokio::time::Instant::now();
         let err = Client::connect(cfg).await.unwrap_err();
         assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the deadline bounds the retries"
-        );
+        assert!(started.elapsed() < Duration::from_secs(5), "the deadline bounds the retries");
     }
 
     #[tokio::test]
     async fn connect_rejects_invalid_config_before_any_io() {
-        let err = Client::connect(ClientConfig::new(vec![], None))
-            .await
-            .unwrap_err();
+        let err = Client::connect(ClientConfig::new(vec![], None)).await.unwrap_err();
         assert!(matches!(err, Error::Config { .. }));
     }
 }

@@ -14,9 +14,7 @@ pub(crate) struct TokioClock {
 
 impl TokioClock {
     pub(crate) fn new() -> Self {
-        TokioClock {
-            origin: Instant::now(),
-        }
+        TokioClock { origin: Instant::now() }
     }
 
     /// The deadline of a request of `timeout` starting now.

@@ -58,21 +58,16 @@ impl ClientConfig {
 
     /// Checks the configuration is usable.
     pub fn validate(&self) -> Result<(), Error> {
-        let bad = |reason: &str| {
-            Err(Error::Config {
-                reason: reason.to_string(),
-            })
-        };
+        let bad = |reason: &str| Err(Error::Config { reason: reason.to_string() });
         if self.pd_endpoints.is_empty() {
             return bad("at least one PD endpoint is required");
         }
-        if let Some(e) = self.pd_endpoints.iter().find(|e| {
-            e.rsplit_once(':')
-                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-        }) {
-            return Err(Error::Config {
-                reason: format!("PD endpoint {e:?} is not host:port"),
-            });
+        if let Some(e) = self
+            .pd_endpoints
+            .iter()
+            .find(|e| e.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()))
+        {
+            return Err(Error::Config { reason: format!("PD endpoint {e:?} is not host:port") });
         }
         if self.tls.is_none() {
             return bad("TLS files are required: the cluster only accepts mutually authenticated connections");
@@ -80,22 +75,15 @@ impl ClientConfig {
         if self.request_timeout.is_zero() || self.attempt_timeout.is_zero() {
             return bad("request_timeout and attempt_timeout must be positive");
         }
-        self.backoff
-            .validate()
-            .map_err(|reason| Error::Config { reason })?;
-        self.transport.validate().map_err(|reason| Error::Config {
-            reason: format!("transport: {reason}"),
-        })?;
+        self.backoff.validate().map_err(|reason| Error::Config { reason })?;
+        self.transport.validate().map_err(|reason| Error::Config { reason: format!("transport: {reason}") })?;
         Ok(())
     }
 
     /// The address to bind the client endpoint to.
     pub(crate) fn bind_addr(&self) -> SocketAddr {
         self.bind.unwrap_or_else(|| {
-            let v6 = self
-                .pd_endpoints
-                .first()
-                .is_some_and(|e| e.starts_with('['));
+            let v6 = self.pd_endpoints.first().is_some_and(|e| e.starts_with('['));
             if v6 {
                 SocketAddr::from(([0u16; 8], 0))
             } else {
@@ -111,10 +99,7 @@ mod tests {
     use std::path::Path;
 
     fn cfg() -> ClientConfig {
-        ClientConfig::new(
-            vec!["127.0.0.1:2379".into()],
-            Some(TlsFiles::client(Path::new("/tmp"), "dev")),
-        )
+        ClientConfig::new(vec!["127.0.0.1:2379".into()], Some(TlsFiles::client(Path::new("/tmp"), "dev")))
     }
 
     #[test]

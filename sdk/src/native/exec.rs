@@ -8,8 +8,7 @@ use std::time::Duration;
 use futures::future::{BoxFuture, Shared};
 use tessera_wire::quic::{ConnectionPool, TransportError};
 use tessera_wire::{
-    KvOp, KvRequest, KvResponse, ReadConsistency, RegionDescriptor, Request, RequestHeader,
-    ResponseBody, SessionId,
+    KvOp, KvRequest, KvResponse, ReadConsistency, RegionDescriptor, Request, RequestHeader, ResponseBody, SessionId,
 };
 
 use super::clock::TokioClock;
@@ -67,9 +66,7 @@ impl Inner {
 
     /// Time left before `deadline`, capped by the per-attempt timeout.
     pub(crate) fn attempt_timeout(&self, deadline: Timestamp) -> Duration {
-        deadline
-            .saturating_duration_since(self.clock.now())
-            .min(self.cfg.attempt_timeout)
+        deadline.saturating_duration_since(self.clock.now()).min(self.cfg.attempt_timeout)
     }
 
     /// One call through the pool, dial included, bounded by `timeout`: a dead node must
@@ -96,10 +93,7 @@ pub(crate) struct Failed {
 
 impl From<Failure> for Failed {
     fn from(failure: Failure) -> Self {
-        Failed {
-            failure,
-            target: None,
-        }
+        Failed { failure, target: None }
     }
 }
 
@@ -190,10 +184,7 @@ pub(crate) enum RouteBy {
 #[derive(Debug)]
 pub(crate) enum KvOutcome {
     /// The region answered.
-    Done {
-        region: RegionDescriptor,
-        response: KvResponse,
-    },
+    Done { region: RegionDescriptor, response: KvResponse },
     /// The request no longer fits one region (a batch straddling a split): plan it again.
     Replan,
 }
@@ -250,47 +241,30 @@ where
         };
         let Some((peer, addr, guessed)) = chosen else {
             inner.routing().cache.invalidate(region_id);
-            return Err(Failure::NoRoute(format!(
-                "no address known for any peer of region {region_id}"
-            ))
-            .into());
+            return Err(Failure::NoRoute(format!("no address known for any peer of region {region_id}")).into());
         };
-        let target = Some(Target {
-            region_id,
-            peer: Some(peer),
-        });
+        let target = Some(Target { region_id, peer: Some(peer) });
         let remaining = deadline.saturating_duration_since(inner.clock.now());
         let header = RequestHeader {
             region_id,
             epoch: region.descriptor.epoch,
-            timeout_ms: u32::try_from(remaining.as_millis())
-                .unwrap_or(u32::MAX)
-                .max(1),
+            timeout_ms: u32::try_from(remaining.as_millis()).unwrap_or(u32::MAX).max(1),
             consistency: self.consistency,
         };
         let request = Request::Kv(KvRequest { header, op });
         let failed = |failure| Err(Failed { failure, target });
-        match inner
-            .call(&addr, request, inner.attempt_timeout(deadline))
-            .await
-        {
+        match inner.call(&addr, request, inner.attempt_timeout(deadline)).await {
             Ok(Ok(ResponseBody::Kv(response))) => {
                 inner.routing().suspects.answered(&addr);
                 // Only the leader serves writes and linearizable reads, so a guessed peer
                 // that answered one is the leader.
-                let leader_only = self.kind != RequestKind::Read
-                    || self.consistency == ReadConsistency::Linearizable;
+                let leader_only = self.kind != RequestKind::Read || self.consistency == ReadConsistency::Linearizable;
                 if guessed && leader_only {
                     inner.routing().cache.update_leader(region_id, peer);
                 }
-                Ok(KvOutcome::Done {
-                    region: region.descriptor,
-                    response,
-                })
+                Ok(KvOutcome::Done { region: region.descriptor, response })
             }
-            Ok(Ok(_)) => failed(Failure::Transport(TransportFailure::Protocol(
-                "non-KV answer to a KV request".into(),
-            ))),
+            Ok(Ok(_)) => failed(Failure::Transport(TransportFailure::Protocol("non-KV answer to a KV request".into()))),
             Ok(Err(e)) => {
                 let now = inner.clock.now();
                 let mut routing = inner.routing();

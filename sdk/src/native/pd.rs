@@ -20,11 +20,7 @@ impl Inner {
     /// One PD request, tried on the preferred endpoint first and then on the others until
     /// one answers; a `PdNotLeader` hint is followed once. Not a retry loop: the caller's
     /// retry loop decides what follows a failure.
-    pub(crate) async fn pd_call(
-        &self,
-        request: PdRequest,
-        deadline: Timestamp,
-    ) -> Result<PdResponse, Failure> {
+    pub(crate) async fn pd_call(&self, request: PdRequest, deadline: Timestamp) -> Result<PdResponse, Failure> {
         let mut order: Vec<String> = Vec::new();
         order.extend(self.pd_preferred().clone());
         for e in &self.cfg.pd_endpoints {
@@ -42,18 +38,13 @@ impl Inner {
             if timeout.is_zero() {
                 break;
             }
-            match self
-                .call(&addr, Request::Pd(request.clone()), timeout)
-                .await
-            {
+            match self.call(&addr, Request::Pd(request.clone()), timeout).await {
                 Ok(Ok(ResponseBody::Pd(resp))) => {
                     *self.pd_preferred() = Some(addr);
                     return Ok(resp);
                 }
                 Ok(Ok(_)) => {
-                    return Err(Failure::Transport(TransportFailure::Protocol(
-                        "non-PD answer to a PD request".into(),
-                    )))
+                    return Err(Failure::Transport(TransportFailure::Protocol("non-PD answer to a PD request".into())))
                 }
                 Ok(Err(tessera_wire::Error::PdNotLeader { leader })) => {
                     last = format!("{addr} is not the PD leader");
@@ -65,25 +56,17 @@ impl Inner {
                 }
                 Ok(Err(e)) => return Err(Failure::Server(e)),
                 Err(e) => match classify(e) {
-                    TransportFailure::Refused(e) => {
-                        return Err(Failure::Transport(TransportFailure::Refused(e)))
-                    }
+                    TransportFailure::Refused(e) => return Err(Failure::Transport(TransportFailure::Refused(e))),
                     other => last = format!("{addr}: {}", Failure::Transport(other)),
                 },
             }
         }
-        Err(Failure::NoRoute(format!(
-            "no PD endpoint answered; last: {last}"
-        )))
+        Err(Failure::NoRoute(format!("no PD endpoint answered; last: {last}")))
     }
 
     /// The cached region for `route`, looking it up in PD on a miss. Concurrent misses for
     /// the same key or invalidated region share one PD request.
-    pub(crate) async fn locate(
-        self: &Arc<Self>,
-        route: &RouteBy,
-        deadline: Timestamp,
-    ) -> Result<CachedRegion, Failed> {
+    pub(crate) async fn locate(self: &Arc<Self>, route: &RouteBy, deadline: Timestamp) -> Result<CachedRegion, Failed> {
         for _ in 0..LOOKUP_ROUNDS {
             let lookup = {
                 let mut routing = self.routing();
@@ -97,19 +80,12 @@ impl Inner {
                 match route {
                     RouteBy::Key(k) => {
                         let key = routing.cache.lookup_key(k);
-                        let start = || {
-                            self.clone()
-                                .lookup_future(key.clone(), PdRequest::GetRegion { key: k.clone() })
-                        };
+                        let start = || self.clone().lookup_future(key.clone(), PdRequest::GetRegion { key: k.clone() });
                         routing.pending.begin(key.clone(), start).into_handle()
                     }
                     // Reverse-scan lookups cover a range, not a key: not merged.
                     RouteBy::Before { key, lower } => {
-                        let req = PdRequest::ScanRegions {
-                            start: lower.clone(),
-                            end: key.clone(),
-                            limit: 0,
-                        };
+                        let req = PdRequest::ScanRegions { start: lower.clone(), end: key.clone(), limit: 0 };
                         self.clone().lookup_future(LookupKey::Key(Vec::new()), req)
                     }
                 }
@@ -118,12 +94,7 @@ impl Inner {
             match tokio::time::timeout(remaining, lookup).await {
                 Ok(Ok(())) => {}
                 Ok(Err(reason)) => return Err(Failure::NoRoute(reason).into()),
-                Err(_) => {
-                    return Err(Failure::NoRoute(
-                        "PD lookup did not finish before the deadline".into(),
-                    )
-                    .into())
-                }
+                Err(_) => return Err(Failure::NoRoute("PD lookup did not finish before the deadline".into()).into()),
             }
         }
         Err(Failure::NoRoute("PD returned no usable route".into()).into())
@@ -150,9 +121,7 @@ impl Inner {
                     }
                     Ok(())
                 }
-                Ok(other) => Err(format!(
-                    "unexpected PD answer to a region lookup: {other:?}"
-                )),
+                Ok(other) => Err(format!("unexpected PD answer to a region lookup: {other:?}")),
                 Err(failure) => Err(failure.to_string()),
             };
             if merged {
@@ -185,9 +154,6 @@ impl super::exec::Attempt for PdCall {
         _failures: u32,
         deadline: Timestamp,
     ) -> Result<PdResponse, Failed> {
-        inner
-            .pd_call(self.request.clone(), deadline)
-            .await
-            .map_err(Failed::from)
+        inner.pd_call(self.request.clone(), deadline).await.map_err(Failed::from)
     }
 }

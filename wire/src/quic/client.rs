@@ -12,9 +12,7 @@ use quinn::VarInt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::stream::{self, FrameReader};
-use super::{
-    TransportConfig, TransportError, CLOSE_HANDSHAKE_REFUSED, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
-};
+use super::{TransportConfig, TransportError, CLOSE_HANDSHAKE_REFUSED, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR};
 use crate::{Frame, FrameBody, Hello, Request, Response, Role, PROTOCOL_VERSION};
 
 /// Frames queued per request stream before `call` waits for the writer.
@@ -42,8 +40,8 @@ impl ClientEndpoint {
     ) -> Result<ClientEndpoint, TransportError> {
         config.validate().map_err(TransportError::Endpoint)?;
         let client_config = quinn_client_config(tls, &config)?;
-        let endpoint = quinn::Endpoint::client(bind)
-            .map_err(|e| TransportError::Endpoint(format!("bind {bind}: {e}")))?;
+        let endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| TransportError::Endpoint(format!("bind {bind}: {e}")))?;
         Ok(ClientEndpoint {
             endpoint,
             client_config: Some(client_config),
@@ -67,26 +65,18 @@ impl ClientEndpoint {
 
     /// The local UDP address.
     pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
-        self.endpoint
-            .local_addr()
-            .map_err(|e| TransportError::Endpoint(e.to_string()))
+        self.endpoint.local_addr().map_err(|e| TransportError::Endpoint(e.to_string()))
     }
 
     /// Connects to `addr` (`host:port`; `host` is also the TLS server name) and runs the
     /// handshake, all within [`TransportConfig::connect_timeout`].
     pub async fn connect(&self, addr: &str) -> Result<Connection, TransportError> {
-        let connect_error = |reason: String| TransportError::Connect {
-            addr: addr.to_owned(),
-            reason,
-        };
+        let connect_error = |reason: String| TransportError::Connect { addr: addr.to_owned(), reason };
         let Some(client_config) = &self.client_config else {
-            return Err(TransportError::Endpoint(
-                "endpoint has no client TLS configuration".into(),
-            ));
+            return Err(TransportError::Endpoint("endpoint has no client TLS configuration".into()));
         };
         let host = server_name(addr).ok_or_else(|| connect_error("expected host:port".into()))?;
-        rustls_pki_types::ServerName::try_from(host)
-            .map_err(|e| connect_error(format!("invalid server name: {e}")))?;
+        rustls_pki_types::ServerName::try_from(host).map_err(|e| connect_error(format!("invalid server name: {e}")))?;
         let dial = async {
             let remote = self.resolve(addr).await.map_err(connect_error)?;
             let connecting = self
@@ -98,23 +88,13 @@ impl ClientEndpoint {
         };
         match tokio::time::timeout(self.config.connect_timeout, dial).await {
             Ok(result) => result,
-            Err(_) => Err(connect_error(format!(
-                "no handshake within {:?}",
-                self.config.connect_timeout
-            ))),
+            Err(_) => Err(connect_error(format!("no handshake within {:?}", self.config.connect_timeout))),
         }
     }
 
     async fn resolve(&self, addr: &str) -> Result<SocketAddr, String> {
-        let want_v6 = self
-            .endpoint
-            .local_addr()
-            .map(|a| a.is_ipv6())
-            .unwrap_or(false);
-        let candidates: Vec<SocketAddr> = tokio::net::lookup_host(addr)
-            .await
-            .map_err(|e| e.to_string())?
-            .collect();
+        let want_v6 = self.endpoint.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+        let candidates: Vec<SocketAddr> = tokio::net::lookup_host(addr).await.map_err(|e| e.to_string())?.collect();
         candidates
             .iter()
             .find(|a| a.is_ipv6() == want_v6)
@@ -125,70 +105,35 @@ impl ClientEndpoint {
 
     /// Sends `Hello` on the first stream and reads the `HelloAck`; that stream then becomes
     /// the first request stream.
-    async fn handshake(
-        &self,
-        addr: &str,
-        conn: quinn::Connection,
-    ) -> Result<Connection, TransportError> {
+    async fn handshake(&self, addr: &str, conn: quinn::Connection) -> Result<Connection, TransportError> {
         let fail = |conn: &quinn::Connection, code: u32, reason: String| {
             conn.close(VarInt::from_u32(code), b"handshake failed");
-            TransportError::Connect {
-                addr: addr.to_owned(),
-                reason,
-            }
+            TransportError::Connect { addr: addr.to_owned(), reason }
         };
         let max = self.config.max_frame_len;
-        let (mut send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| fail(&conn, CLOSE_NORMAL, e.to_string()))?;
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| fail(&conn, CLOSE_NORMAL, e.to_string()))?;
         let hello = Frame {
             request_id: 0,
-            body: FrameBody::Hello(Hello {
-                protocol_version: self.protocol_version,
-                role: self.role,
-            }),
+            body: FrameBody::Hello(Hello { protocol_version: self.protocol_version, role: self.role }),
         };
         let bytes = stream::encode(&hello, max)?;
-        send.write_all(&bytes)
-            .await
-            .map_err(|e| fail(&conn, CLOSE_NORMAL, e.to_string()))?;
+        send.write_all(&bytes).await.map_err(|e| fail(&conn, CLOSE_NORMAL, e.to_string()))?;
         let mut reader = FrameReader::new(recv, max);
         let ack = match reader.next().await {
-            Ok(Some(Frame {
-                body: FrameBody::HelloAck(ack),
-                ..
-            })) => ack,
+            Ok(Some(Frame { body: FrameBody::HelloAck(ack), .. })) => ack,
             Ok(Some(_)) => {
-                return Err(fail(
-                    &conn,
-                    CLOSE_PROTOCOL_ERROR,
-                    "server answered Hello with another frame".into(),
-                ))
+                return Err(fail(&conn, CLOSE_PROTOCOL_ERROR, "server answered Hello with another frame".into()))
             }
-            Ok(None) => {
-                return Err(fail(
-                    &conn,
-                    CLOSE_PROTOCOL_ERROR,
-                    "server closed the handshake stream".into(),
-                ))
-            }
+            Ok(None) => return Err(fail(&conn, CLOSE_PROTOCOL_ERROR, "server closed the handshake stream".into())),
             Err(e) => {
-                let code = if e.is_protocol_violation() {
-                    CLOSE_PROTOCOL_ERROR
-                } else {
-                    CLOSE_NORMAL
-                };
+                let code = if e.is_protocol_violation() { CLOSE_PROTOCOL_ERROR } else { CLOSE_NORMAL };
                 return Err(fail(&conn, code, e.to_string()));
             }
         };
         let ack = match ack {
             Ok(ack) => ack,
             Err(error) => {
-                conn.close(
-                    VarInt::from_u32(CLOSE_HANDSHAKE_REFUSED),
-                    b"handshake refused",
-                );
+                conn.close(VarInt::from_u32(CLOSE_HANDSHAKE_REFUSED), b"handshake refused");
                 return Err(TransportError::Refused(error));
             }
         };
@@ -196,10 +141,7 @@ impl ClientEndpoint {
             return Err(fail(
                 &conn,
                 CLOSE_PROTOCOL_ERROR,
-                format!(
-                    "server speaks protocol version {}, we speak {}",
-                    ack.protocol_version, self.protocol_version
-                ),
+                format!("server speaks protocol version {}, we speak {}", ack.protocol_version, self.protocol_version),
             ));
         }
 
@@ -207,16 +149,8 @@ impl ClientEndpoint {
         let mut streams = Vec::with_capacity(self.config.streams_per_connection);
         streams.push(spawn_stream(conn.clone(), send, reader, pending.clone()));
         for _ in 1..self.config.streams_per_connection {
-            let (send, recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| fail(&conn, CLOSE_NORMAL, e.to_string()))?;
-            streams.push(spawn_stream(
-                conn.clone(),
-                send,
-                FrameReader::new(recv, max),
-                pending.clone(),
-            ));
+            let (send, recv) = conn.open_bi().await.map_err(|e| fail(&conn, CLOSE_NORMAL, e.to_string()))?;
+            streams.push(spawn_stream(conn.clone(), send, FrameReader::new(recv, max), pending.clone()));
         }
         tracing::debug!(peer = %conn.remote_address(), server_role = ?ack.role, "connected");
         Ok(Connection {
@@ -249,10 +183,7 @@ pub(crate) fn quinn_client_config(
 fn server_name(addr: &str) -> Option<&str> {
     let (host, port) = addr.rsplit_once(':')?;
     port.parse::<u16>().ok()?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     (!host.is_empty()).then_some(host)
 }
 
@@ -270,9 +201,7 @@ struct Pending {
 impl PendingTable {
     fn lock(&self) -> MutexGuard<'_, Pending> {
         // A panic while holding this lock cannot leave the map inconsistent.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Fails every pending request (their receivers see the sender dropped) and every
@@ -321,10 +250,7 @@ fn spawn_stream(
         let peer = conn.remote_address();
         let reason = loop {
             match reader.next().await {
-                Ok(Some(Frame {
-                    request_id,
-                    body: FrameBody::Response(response),
-                })) => {
+                Ok(Some(Frame { request_id, body: FrameBody::Response(response) })) => {
                     // No waiter: the call timed out or was cancelled; the answer is dropped.
                     let waiter = pending.lock().waiters.remove(&request_id);
                     if let Some(waiter) = waiter {
@@ -389,8 +315,7 @@ impl fmt::Debug for ConnectionInner {
 impl Drop for ConnectionInner {
     fn drop(&mut self) {
         // The stream tasks keep the quinn connection alive; close it explicitly.
-        self.conn
-            .close(VarInt::from_u32(CLOSE_NORMAL), b"connection dropped");
+        self.conn.close(VarInt::from_u32(CLOSE_NORMAL), b"connection dropped");
     }
 }
 
@@ -399,11 +324,7 @@ impl Connection {
     ///
     /// [`TransportError::Timeout`] and [`TransportError::ConnectionLost`] leave the fate of
     /// the request unknown.
-    pub async fn call(
-        &self,
-        request: Request,
-        timeout: Duration,
-    ) -> Result<Response, TransportError> {
+    pub async fn call(&self, request: Request, timeout: Duration) -> Result<Response, TransportError> {
         let inner = &*self.inner;
         let request_id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
         let bytes = stream::encode(&Frame::request(request_id, request), inner.max_frame_len)?;
@@ -415,16 +336,10 @@ impl Connection {
             }
             pending.waiters.insert(request_id, tx);
         }
-        let _guard = PendingGuard {
-            table: &inner.pending,
-            request_id,
-        };
+        let _guard = PendingGuard { table: &inner.pending, request_id };
         let index = inner.next_stream.fetch_add(1, Ordering::Relaxed) % inner.streams.len();
         let exchange = async {
-            inner.streams[index]
-                .send(bytes)
-                .await
-                .map_err(|_| self.lost())?;
+            inner.streams[index].send(bytes).await.map_err(|_| self.lost())?;
             rx.await.map_err(|_| self.lost())
         };
         match tokio::time::timeout(timeout, exchange).await {
@@ -465,9 +380,7 @@ impl Connection {
 
     /// Closes the connection now; requests in flight fail with `ConnectionLost`.
     pub fn close(&self) {
-        self.inner
-            .conn
-            .close(VarInt::from_u32(CLOSE_NORMAL), b"closed by client");
+        self.inner.conn.close(VarInt::from_u32(CLOSE_NORMAL), b"closed by client");
     }
 
     /// Resolves when the connection is closed or lost, with the reason.

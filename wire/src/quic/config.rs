@@ -50,9 +50,7 @@ impl TransportConfig {
         if self.keep_alive >= self.idle_timeout {
             return Err("keep_alive must be shorter than idle_timeout".into());
         }
-        if self.streams_per_connection == 0
-            || self.streams_per_connection as u32 > self.max_concurrent_bidi_streams
-        {
+        if self.streams_per_connection == 0 || self.streams_per_connection as u32 > self.max_concurrent_bidi_streams {
             return Err("streams_per_connection must be in 1..=max_concurrent_bidi_streams".into());
         }
         if self.max_frame_len < 1024 {

@@ -75,9 +75,6 @@ pub enum TransportError {
 impl TransportError {
     /// True when the request may have reached the server (so a write's fate is unknown).
     pub fn may_have_been_delivered(&self) -> bool {
-        matches!(
-            self,
-            TransportError::ConnectionLost(_) | TransportError::Timeout
-        )
+        matches!(self, TransportError::ConnectionLost(_) | TransportError::Timeout)
     }
 }

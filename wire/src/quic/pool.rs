@@ -25,10 +25,7 @@ pub struct ConnectionPool {
 impl ConnectionPool {
     /// A pool dialling through `endpoint`.
     pub fn new(endpoint: ClientEndpoint) -> ConnectionPool {
-        ConnectionPool {
-            endpoint,
-            slots: Arc::default(),
-        }
+        ConnectionPool { endpoint, slots: Arc::default() }
     }
 
     /// The endpoint the pool dials through.
@@ -61,12 +58,7 @@ impl ConnectionPool {
     /// `get(addr)` then `call`. A connection found closed is redialled once before sending.
     /// A connection that fails while the request is in flight is evicted, so the next call
     /// dials a new one; the failed request is not retried.
-    pub async fn call(
-        &self,
-        addr: &str,
-        request: Request,
-        timeout: Duration,
-    ) -> Result<Response, TransportError> {
+    pub async fn call(&self, addr: &str, request: Request, timeout: Duration) -> Result<Response, TransportError> {
         let conn = self.get(addr).await?;
         let result = conn.call(request, timeout).await;
         if let Err(TransportError::ConnectionLost(_)) = &result {
@@ -106,18 +98,13 @@ impl ConnectionPool {
     /// replaced it already).
     fn remove_slot(&self, addr: &str, slot: &Slot) {
         let mut slots = self.lock();
-        if slots
-            .get(addr)
-            .is_some_and(|cached| Arc::ptr_eq(cached, slot))
-        {
+        if slots.get(addr).is_some_and(|cached| Arc::ptr_eq(cached, slot)) {
             slots.remove(addr);
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
         // Every critical section is a single map operation: a poisoned map is consistent.
-        self.slots
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use super::client::quinn_client_config;
 use super::stream::{self, FrameReader};
 use super::{
-    TransportConfig, TransportError, CLOSE_HANDSHAKE_REFUSED, CLOSE_HANDSHAKE_TIMEOUT,
-    CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
+    TransportConfig, TransportError, CLOSE_HANDSHAKE_REFUSED, CLOSE_HANDSHAKE_TIMEOUT, CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
 };
 use crate::{Frame, FrameBody, Hello, HelloAck, Request, Response, Role, PROTOCOL_VERSION};
 
@@ -52,21 +52,13 @@ pub struct PeerInfo {
 pub trait Authenticator: Send + Sync + 'static {
     /// Returns the verified role, or the typed error sent back in the `HelloAck`
     /// (`Unauthenticated`, `PermissionDenied`, `UnsupportedVersion`).
-    fn authenticate(
-        &self,
-        hello: &Hello,
-        certificates: &[CertificateDer<'static>],
-    ) -> Result<Role, crate::Error>;
+    fn authenticate(&self, hello: &Hello, certificates: &[CertificateDer<'static>]) -> Result<Role, crate::Error>;
 }
 
 /// Handles requests of authenticated peers.
 pub trait Service: Send + Sync + 'static {
     /// Answers one request. Called concurrently for requests in flight.
-    fn call(
-        self: Arc<Self>,
-        peer: Arc<PeerInfo>,
-        request: Request,
-    ) -> impl Future<Output = Response> + Send + 'static;
+    fn call(self: Arc<Self>, peer: Arc<PeerInfo>, request: Request) -> impl Future<Output = Response> + Send + 'static;
 }
 
 /// A listening QUIC endpoint. The same endpoint can also dial out ([`Server::client`]), so a
@@ -96,24 +88,14 @@ impl Server {
             .map_err(|e| TransportError::Endpoint(format!("server TLS configuration: {e}")))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server_config.transport_config(Arc::new(config.quinn_transport()?));
-        let client_config = client_tls
-            .map(|tls| quinn_client_config(tls, &config))
-            .transpose()?;
+        let client_config = client_tls.map(|tls| quinn_client_config(tls, &config)).transpose()?;
         let mut endpoint = quinn::Endpoint::server(server_config, addr)
             .map_err(|e| TransportError::Endpoint(format!("bind {addr}: {e}")))?;
         if let Some(client_config) = &client_config {
             endpoint.set_default_client_config(client_config.clone());
         }
-        let local_addr = endpoint
-            .local_addr()
-            .map_err(|e| TransportError::Endpoint(e.to_string()))?;
-        Ok(Server {
-            endpoint,
-            config,
-            role,
-            client_config,
-            local_addr,
-        })
+        let local_addr = endpoint.local_addr().map_err(|e| TransportError::Endpoint(e.to_string()))?;
+        Ok(Server { endpoint, config, role, client_config, local_addr })
     }
 
     /// The bound address (useful after binding port 0).
@@ -150,13 +132,7 @@ impl Server {
         // Drop guard: every connection, stream and handler task holds a clone of `done`;
         // `recv` returns `None` once all of them are gone.
         let (done, mut all_done) = mpsc::channel::<()>(1);
-        let ctx = Arc::new(ServeContext {
-            service,
-            auth,
-            role: self.role,
-            config: self.config.clone(),
-            stop: stop_rx,
-        });
+        let ctx = Arc::new(ServeContext { service, auth, role: self.role, config: self.config.clone(), stop: stop_rx });
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let incoming = tokio::select! {
@@ -170,12 +146,7 @@ impl Server {
                 incoming.refuse();
                 continue;
             };
-            tokio::spawn(serve_connection(
-                incoming,
-                ctx.clone(),
-                permit,
-                done.clone(),
-            ));
+            tokio::spawn(serve_connection(incoming, ctx.clone(), permit, done.clone()));
         }
 
         tracing::debug!(addr = %self.local_addr, "shutting down");
@@ -198,8 +169,7 @@ impl Server {
         if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
             tracing::warn!(addr = %self.local_addr, "requests still in flight at shutdown; abandoning them");
         }
-        self.endpoint
-            .close(VarInt::from_u32(CLOSE_NORMAL), b"server shutting down");
+        self.endpoint.close(VarInt::from_u32(CLOSE_NORMAL), b"server shutting down");
         let _ = tokio::time::timeout(CLOSE_LINGER, self.endpoint.wait_idle()).await;
     }
 }
@@ -239,8 +209,7 @@ async fn serve_connection<S: Service, A: Authenticator>(
             return;
         }
     };
-    let handshake =
-        tokio::time::timeout(ctx.config.connect_timeout, handshake(&conn, &ctx, remote)).await;
+    let handshake = tokio::time::timeout(ctx.config.connect_timeout, handshake(&conn, &ctx, remote)).await;
     let (peer, send, reader) = match handshake {
         Ok(Some(accepted)) => accepted,
         Ok(None) => return,
@@ -253,14 +222,7 @@ async fn serve_connection<S: Service, A: Authenticator>(
     tracing::debug!(peer = %remote, role = ?peer.role, "peer authenticated");
 
     // The handshake stream is the first request stream.
-    tokio::spawn(serve_stream(
-        conn.clone(),
-        peer.clone(),
-        send,
-        reader,
-        ctx.clone(),
-        done.clone(),
-    ));
+    tokio::spawn(serve_stream(conn.clone(), peer.clone(), send, reader, ctx.clone(), done.clone()));
     let mut stop = ctx.stop.clone();
     loop {
         let accepted = tokio::select! {
@@ -271,14 +233,7 @@ async fn serve_connection<S: Service, A: Authenticator>(
         match accepted {
             Ok((send, recv)) => {
                 let reader = FrameReader::new(recv, ctx.config.max_frame_len);
-                tokio::spawn(serve_stream(
-                    conn.clone(),
-                    peer.clone(),
-                    send,
-                    reader,
-                    ctx.clone(),
-                    done.clone(),
-                ));
+                tokio::spawn(serve_stream(conn.clone(), peer.clone(), send, reader, ctx.clone(), done.clone()));
             }
             Err(error) => {
                 tracing::debug!(peer = %remote, %error, "connection closed");
@@ -309,15 +264,10 @@ async fn handshake<S: Service, A: Authenticator>(
     };
     let mut reader = FrameReader::new(recv, ctx.config.max_frame_len);
     let hello = match reader.next().await {
-        Ok(Some(Frame {
-            body: FrameBody::Hello(hello),
-            ..
-        })) => hello,
+        Ok(Some(Frame { body: FrameBody::Hello(hello), .. })) => hello,
         Ok(Some(Frame { request_id, .. })) => {
             tracing::debug!(peer = %remote, request_id, "frame before Hello; refusing");
-            let error = crate::Error::Unauthenticated {
-                reason: "the first frame must be Hello".into(),
-            };
+            let error = crate::Error::Unauthenticated { reason: "the first frame must be Hello".into() };
             refuse(conn, &mut send, error, ctx.config.max_frame_len).await;
             return None;
         }
@@ -340,10 +290,7 @@ async fn handshake<S: Service, A: Authenticator>(
         Ok(role) => {
             let ack = Frame {
                 request_id: 0,
-                body: FrameBody::HelloAck(Ok(HelloAck {
-                    protocol_version: PROTOCOL_VERSION,
-                    role: ctx.role,
-                })),
+                body: FrameBody::HelloAck(Ok(HelloAck { protocol_version: PROTOCOL_VERSION, role: ctx.role })),
             };
             let bytes = match stream::encode(&ack, ctx.config.max_frame_len) {
                 Ok(bytes) => bytes,
@@ -369,16 +316,8 @@ async fn handshake<S: Service, A: Authenticator>(
 
 /// Sends `HelloAck(Err(error))`, gives the client a moment to read it and close, then
 /// closes the connection.
-async fn refuse(
-    conn: &quinn::Connection,
-    send: &mut quinn::SendStream,
-    error: crate::Error,
-    max_frame_len: u32,
-) {
-    let refusal = Frame {
-        request_id: 0,
-        body: FrameBody::HelloAck(Err(error)),
-    };
+async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, error: crate::Error, max_frame_len: u32) {
+    let refusal = Frame { request_id: 0, body: FrameBody::HelloAck(Err(error)) };
     if let Ok(bytes) = stream::encode(&refusal, max_frame_len) {
         if send.write_all(&bytes).await.is_ok() {
             let _ = send.finish();
@@ -427,10 +366,7 @@ async fn serve_stream<S: Service, A: Authenticator>(
             } => next,
         };
         match next {
-            Ok(Some(Frame {
-                request_id,
-                body: FrameBody::Request(request),
-            })) => {
+            Ok(Some(Frame { request_id, body: FrameBody::Request(request) })) => {
                 let handler = Handler {
                     _slot: slot,
                     conn: conn.clone(),
@@ -496,15 +432,11 @@ impl Handler {
                 return;
             }
         };
-        let bytes = match stream::encode(&Frame::response(request_id, response), self.max_frame_len)
-        {
+        let bytes = match stream::encode(&Frame::response(request_id, response), self.max_frame_len) {
             Ok(bytes) => bytes,
             Err(crate::FrameError::TooLarge { len, max }) => {
                 tracing::debug!(peer = %remote, request_id, len, "response exceeds the frame limit");
-                let error = crate::Error::BatchTooLarge {
-                    len,
-                    max: u64::from(max),
-                };
+                let error = crate::Error::BatchTooLarge { len, max: u64::from(max) };
                 match stream::encode(&Frame::response(request_id, Err(error)), self.max_frame_len) {
                     Ok(bytes) => bytes,
                     Err(_) => return,

@@ -43,11 +43,7 @@ pub(crate) struct FrameReader {
 
 impl FrameReader {
     pub(crate) fn new(recv: quinn::RecvStream, max_frame_len: u32) -> Self {
-        FrameReader {
-            recv,
-            buf: BytesMut::new(),
-            max_frame_len,
-        }
+        FrameReader { recv, buf: BytesMut::new(), max_frame_len }
     }
 
     /// The next frame, or `None` when the peer finished the stream cleanly between frames.
@@ -79,10 +75,7 @@ pub(crate) fn encode(frame: &Frame, max_frame_len: u32) -> Result<Bytes, FrameEr
     let bytes = frame::encode(frame)?;
     let body = bytes.len() - LEN_PREFIX;
     if body > max_frame_len as usize {
-        return Err(FrameError::TooLarge {
-            len: body as u64,
-            max: max_frame_len,
-        });
+        return Err(FrameError::TooLarge { len: body as u64, max: max_frame_len });
     }
     Ok(Bytes::from(bytes))
 }
