@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tessera::{Client, ClientConfig};
 use tessera_certs::TlsFiles;
 use tessera_node::{Node, NodeConfig};
 use tessera_pd::{PdConfig, PdServer};
@@ -35,6 +36,8 @@ pub struct DevCluster {
     pub pd: PdServer,
     pub nodes: Vec<Node>,
     pub pd_addr: String,
+    /// Certificate directory.
+    pub certs: std::path::PathBuf,
 }
 
 /// Starts the dev cluster described by `args` in `data`.
@@ -70,7 +73,7 @@ pub async fn start(data: &Path, args: &DevArgs) -> anyhow::Result<DevCluster> {
         nodes.push(node);
     }
     layout.write_addrs(&addrs)?;
-    Ok(DevCluster { pd, nodes, pd_addr })
+    Ok(DevCluster { pd, nodes, pd_addr, certs: layout.certs() })
 }
 
 impl std::fmt::Debug for DevCluster {
@@ -80,14 +83,31 @@ impl std::fmt::Debug for DevCluster {
 }
 
 impl DevCluster {
-    /// Waits until every region hosted by the nodes has a leader (bounded).
+    /// Waits until every region has a leader, as the nodes see it and as PD reports it to
+    /// clients (so `tessera status` right after shows them), bounded by `timeout`.
     pub async fn wait_ready(&self, expected_regions: usize, timeout: Duration) -> bool {
         let start = Instant::now();
-        loop {
+        let local_ready = || {
             let regions = self.nodes.iter().map(|n| n.region_count()).max().unwrap_or(0);
             let leaders: usize = self.nodes.iter().map(|n| n.leader_count()).sum();
-            if regions >= expected_regions && leaders >= regions && regions > 0 {
-                return true;
+            regions >= expected_regions && leaders >= regions && regions > 0
+        };
+        let mut client = None;
+        loop {
+            if local_ready() {
+                if client.is_none() {
+                    let cfg = ClientConfig::new(vec![self.pd_addr.clone()], Some(TlsFiles::client(&self.certs, "dev")));
+                    client = Client::connect(cfg).await.ok();
+                }
+                if let Some(c) = &client {
+                    let routes = c.regions().await.unwrap_or_default();
+                    let nodes = c.nodes().await.unwrap_or_default();
+                    let all_led = routes.len() >= expected_regions && routes.iter().all(|r| r.leader.is_some());
+                    let all_reported = nodes.len() >= self.nodes.len() && nodes.iter().all(|n| n.region_count > 0);
+                    if all_led && all_reported {
+                        return true;
+                    }
+                }
             }
             if start.elapsed() > timeout {
                 return false;

@@ -9,6 +9,26 @@ use tessera_node::{Node, NodeConfig};
 use tessera_pd::{PdConfig, PdServer};
 use tessera_wire::NodeId;
 
+/// Certificate files of a server.
+#[derive(Debug, clap::Args)]
+pub struct TlsArgs {
+    /// Cluster CA certificate (PEM).
+    #[arg(long = "tls-ca")]
+    pub tls_ca: PathBuf,
+    /// This server's certificate (PEM).
+    #[arg(long = "tls-cert")]
+    pub tls_cert: PathBuf,
+    /// This server's private key (PEM).
+    #[arg(long = "tls-key")]
+    pub tls_key: PathBuf,
+}
+
+impl TlsArgs {
+    fn files(self) -> TlsFiles {
+        TlsFiles { ca: self.tls_ca, cert: self.tls_cert, key: self.tls_key }
+    }
+}
+
 /// Options of `tessera pd`.
 #[derive(Debug, clap::Args)]
 pub struct PdArgs {
@@ -21,15 +41,9 @@ pub struct PdArgs {
     /// Regions created at bootstrap.
     #[arg(long, default_value_t = 1)]
     pub initial_regions: u32,
-    /// Cluster CA certificate.
-    #[arg(long = "tls-ca")]
-    pub tls_ca: PathBuf,
-    /// PD certificate.
-    #[arg(long = "tls-cert")]
-    pub tls_cert: PathBuf,
-    /// PD private key.
-    #[arg(long = "tls-key")]
-    pub tls_key: PathBuf,
+    /// Certificate files.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Options of `tessera node`.
@@ -50,15 +64,9 @@ pub struct NodeArgs {
     /// PD endpoints (repeat or comma-separate).
     #[arg(long = "pd-endpoints", value_delimiter = ',', required = true)]
     pub pd_endpoints: Vec<String>,
-    /// Cluster CA certificate.
-    #[arg(long = "tls-ca")]
-    pub tls_ca: PathBuf,
-    /// Node certificate.
-    #[arg(long = "tls-cert")]
-    pub tls_cert: PathBuf,
-    /// Node private key.
-    #[arg(long = "tls-key")]
-    pub tls_key: PathBuf,
+    /// Certificate files.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 async fn wait_for_stop() -> anyhow::Result<()> {
@@ -77,8 +85,7 @@ async fn wait_for_stop() -> anyhow::Result<()> {
 
 /// Runs PD until stopped.
 pub async fn run_pd(args: PdArgs) -> anyhow::Result<()> {
-    let tls = TlsFiles { ca: args.tls_ca, cert: args.tls_cert, key: args.tls_key };
-    let mut cfg = PdConfig::new(args.listen, args.dir, tls);
+    let mut cfg = PdConfig::new(args.listen, args.dir, args.tls.files());
     cfg.initial_regions = args.initial_regions;
     let pd = PdServer::start(cfg).await.context("starting PD")?;
     println!("PD listening on {}", pd.local_addr());
@@ -89,8 +96,7 @@ pub async fn run_pd(args: PdArgs) -> anyhow::Result<()> {
 
 /// Runs a node until stopped.
 pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
-    let tls = TlsFiles { ca: args.tls_ca, cert: args.tls_cert, key: args.tls_key };
-    let mut cfg = NodeConfig::new(NodeId(args.id), args.listen, args.dir, args.pd_endpoints, tls);
+    let mut cfg = NodeConfig::new(NodeId(args.id), args.listen, args.dir, args.pd_endpoints, args.tls.files());
     cfg.advertise = args.advertise;
     let node = Node::start(cfg).await.context("starting node")?;
     println!("node {} listening on {} ({} regions recovered)", args.id, node.local_addr(), node.region_count());

@@ -84,13 +84,7 @@ impl RegionStateMachine {
     pub fn open(engine: &Engine, shared: Arc<RegionShared>) -> io::Result<RegionStateMachine> {
         let region = shared.region_id.0;
         let txn = engine.read()?;
-        let meta = txn.open_table(tables::SM_META).map_err(io_err)?;
-        let (applied, membership) = match meta.get(region).map_err(io_err)? {
-            Some(v) => match decode::<SmMetaRecord>(v.value())? {
-                SmMetaRecord::V1 { applied, membership } => (applied, membership),
-            },
-            None => (None, StoredMembership::default()),
-        };
+        let (applied, membership) = read_sm_meta(&txn, region)?;
         let data = txn.open_table(tables::DATA).map_err(io_err)?;
         let (lo, hi) = data_range(region, b"", b"");
         let (mut keys, mut bytes) = (0i64, 0i64);
@@ -110,6 +104,17 @@ impl RegionStateMachine {
             shared,
         })
     }
+}
+
+/// The applied log id and membership recorded for `region` (none for a new region).
+fn read_sm_meta(txn: &redb::ReadTransaction, region: u64) -> io::Result<(Option<LogId>, StoredMembership)> {
+    let meta = txn.open_table(tables::SM_META).map_err(io_err)?;
+    Ok(match meta.get(region).map_err(io_err)? {
+        Some(v) => match decode::<SmMetaRecord>(v.value())? {
+            SmMetaRecord::V1 { applied, membership } => (applied, membership),
+        },
+        None => (None, StoredMembership::default()),
+    })
 }
 
 /// Reads one key of `region` from the applied state.
@@ -408,13 +413,7 @@ impl RaftSnapshotBuilder<TypeConfig> for RegionSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let region = self.region;
         let txn = self.engine.read()?;
-        let meta_t = txn.open_table(tables::SM_META).map_err(io_err)?;
-        let (applied, membership) = match meta_t.get(region).map_err(io_err)? {
-            Some(v) => match decode::<SmMetaRecord>(v.value())? {
-                SmMetaRecord::V1 { applied, membership } => (applied, membership),
-            },
-            None => (None, StoredMembership::default()),
-        };
+        let (applied, membership) = read_sm_meta(&txn, region)?;
         let data = txn.open_table(tables::DATA).map_err(io_err)?;
         let (lo, hi) = data_range(region, b"", b"");
         let mut pairs = Vec::new();

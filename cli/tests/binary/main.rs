@@ -1,0 +1,205 @@
+//! End-to-end tests of the `tessera` binary: `tessera dev` with the client commands, and a
+//! cluster of four processes (`tessera pd` + three `tessera node`).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+/// A child process killed (SIGTERM, then SIGKILL) when dropped.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tessera");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// Waits for a stdout line containing `needle`; returns it.
+    fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no line containing {needle:?}: {e}"),
+            }
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    fn stop(mut self) {
+        terminate(&self.child);
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "exit status {status}");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+}
+
+fn tessera(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env("RUST_LOG", "error").output().expect("run tessera")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = tessera(args);
+    assert!(o.status.success(), "tessera {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    stdout(&o)
+}
+
+#[test]
+fn dev_cluster_serves_client_commands_and_keeps_data_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let dev = Proc::spawn(&["dev", "--data", d]);
+    dev.wait_for("ready", Duration::from_secs(60));
+
+    ok(&["--data", d, "put", "a", "1"]);
+    assert_eq!(ok(&["--data", d, "get", "a"]), "1\n");
+    assert_eq!(ok(&["--data", d, "append", "a", "23"]), "3\n");
+    assert!(ok(&["--data", d, "cas", "a", "--expect", "123", "x"]).contains("swapped"));
+    let failed = tessera(&["--data", d, "cas", "a", "--expect", "123", "y"]);
+    assert_eq!(failed.status.code(), Some(1), "a failed CAS exits 1");
+    ok(&["--data", d, "put", "b", "2"]);
+    assert_eq!(ok(&["--data", d, "scan"]), "a\tx\nb\t2\n");
+    assert_eq!(ok(&["--data", d, "scan", "--reverse"]), "b\t2\na\tx\n");
+    let absent = tessera(&["--data", d, "get", "nope"]);
+    assert_eq!(absent.status.code(), Some(1), "get of an absent key exits 1");
+    assert!(String::from_utf8_lossy(&absent.stderr).contains("not found"));
+    ok(&["--data", d, "delete", "b"]);
+
+    let status = ok(&["--data", d, "status"]);
+    let nodes = status.lines().skip_while(|l| !l.starts_with("NODES")).skip(2).take_while(|l| !l.is_empty());
+    assert_eq!(nodes.filter(|l| l.contains("Up")).count(), 3, "{status}");
+    let regions: Vec<&str> = status.lines().skip_while(|l| !l.starts_with("REGIONS")).skip(2).collect();
+    assert_eq!(regions.len(), 4, "{status}");
+    assert!(regions.iter().all(|r| !r.trim_end().ends_with("none")), "every region has a leader:\n{status}");
+
+    dev.stop();
+    let dev = Proc::spawn(&["dev", "--data", d]);
+    dev.wait_for("ready", Duration::from_secs(60));
+    assert_eq!(ok(&["--data", d, "get", "a"]), "x\n");
+    assert_eq!(tessera(&["--data", d, "get", "b"]).status.code(), Some(1));
+    dev.stop();
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn four_processes_form_a_cluster_with_issued_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |rel: &str| dir.path().join(rel).to_str().unwrap().to_string();
+    let certs = p("certs");
+    ok(&["certs", "init-ca", "--dir", &certs]);
+    ok(&["certs", "pd", "--dir", &certs, "--host", "127.0.0.1"]);
+    for i in ["1", "2", "3"] {
+        ok(&["certs", "node", "--dir", &certs, "--id", i, "--host", "127.0.0.1"]);
+    }
+    ok(&["certs", "client", "--dir", &certs, "--name", "app"]);
+    assert!(!tessera(&["certs", "init-ca", "--dir", &certs]).status.success(), "init-ca refuses to overwrite");
+
+    let pd_addr = format!("127.0.0.1:{}", free_udp_port());
+    let cert = |name: &str| Path::new(&certs).join(name).to_str().unwrap().to_string();
+    let pd = Proc::spawn(&[
+        "pd",
+        "--listen",
+        &pd_addr,
+        "--dir",
+        &p("pd"),
+        "--initial-regions",
+        "2",
+        "--tls-ca",
+        &cert("ca.pem"),
+        "--tls-cert",
+        &cert("pd.pem"),
+        "--tls-key",
+        &cert("pd-key.pem"),
+    ]);
+    pd.wait_for("PD listening", Duration::from_secs(30));
+    let mut nodes = Vec::new();
+    for i in ["1", "2", "3"] {
+        let listen = format!("127.0.0.1:{}", free_udp_port());
+        let node = Proc::spawn(&[
+            "node",
+            "--id",
+            i,
+            "--listen",
+            &listen,
+            "--dir",
+            &p(&format!("node{i}")),
+            "--pd-endpoints",
+            &pd_addr,
+            "--tls-ca",
+            &cert("ca.pem"),
+            "--tls-cert",
+            &cert(&format!("node-{i}.pem")),
+            "--tls-key",
+            &cert(&format!("node-{i}-key.pem")),
+        ]);
+        node.wait_for("listening", Duration::from_secs(30));
+        nodes.push(node);
+    }
+    let client = [
+        "--pd",
+        pd_addr.as_str(),
+        "--ca",
+        &cert("ca.pem"),
+        "--cert",
+        &cert("client-app.pem"),
+        "--key",
+        &cert("client-app-key.pem"),
+    ];
+    let with = |extra: &[&str]| -> Vec<String> { client.iter().chain(extra).map(|s| s.to_string()).collect() };
+    let run = |extra: &[&str]| {
+        let args = with(extra);
+        ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    run(&["put", "k", "v"]);
+    assert_eq!(run(&["get", "k"]), "v\n");
+    let status = run(&["status"]);
+    assert_eq!(status.lines().filter(|l| l.contains("Up")).count(), 3, "{status}");
+    for n in nodes {
+        n.stop();
+    }
+    pd.stop();
+}
