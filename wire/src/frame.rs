@@ -224,6 +224,61 @@ mod tests {
         ]
     }
 
+    fn raft_kind() -> impl Strategy<Value = RaftRpcKind> {
+        prop_oneof![
+            Just(RaftRpcKind::AppendEntries),
+            Just(RaftRpcKind::Vote),
+            Just(RaftRpcKind::PreVote),
+            Just(RaftRpcKind::SnapshotChunk),
+            Just(RaftRpcKind::TransferLeader),
+        ]
+    }
+
+    fn node_info() -> impl Strategy<Value = NodeInfo> {
+        (any::<u64>(), ".{0,10}", any::<u64>(), any::<bool>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(id, addr, capacity_bytes, up, last_heartbeat_ms_ago, region_count, leader_count)| NodeInfo {
+                id: NodeId(id),
+                addr,
+                capacity_bytes,
+                state: if up { NodeState::Up } else { NodeState::Down },
+                last_heartbeat_ms_ago,
+                region_count,
+                leader_count,
+            },
+        )
+    }
+
+    fn route() -> impl Strategy<Value = RegionRoute> {
+        (region(), proptest::option::of(peer()), proptest::collection::vec(".{0,8}", 0..3))
+            .prop_map(|(region, leader, peer_addrs)| RegionRoute { region, leader, peer_addrs })
+    }
+
+    fn pd_response() -> impl Strategy<Value = PdResponse> {
+        prop_oneof![
+            Just(PdResponse::Ok),
+            (proptest::collection::vec(region(), 0..3), proptest::collection::vec(node_info(), 0..3))
+                .prop_map(|(create, nodes)| PdResponse::NodeHeartbeat { create, nodes }),
+            route().prop_map(PdResponse::Region),
+            proptest::collection::vec(route(), 0..3).prop_map(PdResponse::Regions),
+            proptest::collection::vec(node_info(), 0..3).prop_map(PdResponse::Nodes),
+            any::<u64>().prop_map(|s| PdResponse::Session(SessionId(s))),
+        ]
+    }
+
+    fn write_result() -> impl Strategy<Value = WriteResult> {
+        prop_oneof![
+            Just(WriteResult::Done),
+            any::<bool>().prop_map(|existed| WriteResult::Deleted { existed }),
+            any::<u64>().prop_map(|new_len| WriteResult::Appended { new_len }),
+            (any::<bool>(), proptest::option::of(bytes()))
+                .prop_map(|(succeeded, previous)| WriteResult::CompareAndSwap { succeeded, previous }),
+        ]
+    }
+
+    fn role() -> impl Strategy<Value = Role> {
+        prop_oneof![Just(Role::Client), Just(Role::Pd), any::<u64>().prop_map(|n| Role::Node(NodeId(n)))]
+    }
+
     fn request() -> impl Strategy<Value = Request> {
         prop_oneof![
             (any::<u64>(), epoch(), any::<u32>(), any::<bool>(), kv_op()).prop_map(
@@ -239,12 +294,9 @@ mod tests {
                     })
                 }
             ),
-            (any::<u64>(), any::<u64>(), bytes()).prop_map(|(r, p, payload)| Request::Raft(RaftRequest {
-                region_id: RegionId(r),
-                to_peer: PeerId(p),
-                kind: RaftRpcKind::AppendEntries,
-                payload
-            })),
+            (any::<u64>(), any::<u64>(), raft_kind(), bytes()).prop_map(|(r, p, kind, payload)| Request::Raft(
+                RaftRequest { region_id: RegionId(r), to_peer: PeerId(p), kind, payload }
+            )),
             pd_request().prop_map(Request::Pd),
         ]
     }
@@ -272,6 +324,12 @@ mod tests {
             (any::<u32>(), any::<u32>()).prop_map(|(ours, theirs)| Error::UnsupportedVersion { ours, theirs }),
             Just(Error::NotBootstrapped),
             any::<u64>().prop_map(|r| Error::WriteUndetermined { region_id: RegionId(r) }),
+            (any::<u64>(), ".{0,12}")
+                .prop_map(|(r, reason)| Error::RegionUnavailable { region_id: RegionId(r), reason }),
+            (any::<u64>(), any::<u64>()).prop_map(|(len, max)| Error::BatchTooLarge { len, max }),
+            ".{0,12}".prop_map(|reason| Error::Unauthenticated { reason }),
+            ".{0,12}".prop_map(|reason| Error::StorageUnavailable { reason }),
+            proptest::option::of(".{0,12}").prop_map(|leader| Error::PdNotLeader { leader }),
         ]
     }
 
@@ -282,28 +340,23 @@ mod tests {
                 .prop_map(|v| Ok(ResponseBody::Kv(KvResponse::Values(v)))),
             (proptest::collection::vec((bytes(), bytes()), 0..3), proptest::option::of(bytes()))
                 .prop_map(|(pairs, resume_key)| Ok(ResponseBody::Kv(KvResponse::Scan { pairs, resume_key }))),
-            (any::<bool>(), proptest::option::of(bytes())).prop_map(|(succeeded, previous)| Ok(ResponseBody::Kv(
-                KvResponse::Write(WriteResult::CompareAndSwap { succeeded, previous })
-            ))),
+            write_result().prop_map(|r| Ok(ResponseBody::Kv(KvResponse::Write(r)))),
             bytes().prop_map(|payload| Ok(ResponseBody::Raft(RaftResponse { payload }))),
-            (region(), proptest::option::of(peer())).prop_map(|(region, leader)| Ok(ResponseBody::Pd(
-                PdResponse::Region(RegionRoute { region, leader, peer_addrs: vec!["127.0.0.1:1".into()] })
-            ))),
-            any::<u64>().prop_map(|s| Ok(ResponseBody::Pd(PdResponse::Session(SessionId(s))))),
+            pd_response().prop_map(|r| Ok(ResponseBody::Pd(r))),
             error().prop_map(Err),
         ]
     }
 
     fn frame() -> impl Strategy<Value = Frame> {
         prop_oneof![
-            (any::<u32>(), any::<u64>()).prop_map(|(v, n)| Frame {
+            (any::<u32>(), role()).prop_map(|(v, role)| Frame {
                 request_id: 0,
-                body: FrameBody::Hello(Hello { protocol_version: v, role: Role::Node(NodeId(n)) })
+                body: FrameBody::Hello(Hello { protocol_version: v, role })
             }),
             error().prop_map(|e| Frame { request_id: 0, body: FrameBody::HelloAck(Err(e)) }),
-            Just(Frame {
+            (any::<u32>(), role()).prop_map(|(v, role)| Frame {
                 request_id: 0,
-                body: FrameBody::HelloAck(Ok(HelloAck { protocol_version: 1, role: Role::Pd }))
+                body: FrameBody::HelloAck(Ok(HelloAck { protocol_version: v, role }))
             }),
             (any::<u64>(), request()).prop_map(|(id, r)| Frame::request(id, r)),
             (any::<u64>(), response()).prop_map(|(id, r)| Frame::response(id, r)),
