@@ -2,6 +2,7 @@
 # Runs every Tessera test. Installs what it needs itself (the wasm32 target, cargo-nextest
 # if missing), so it works on a fresh machine. Used verbatim by CI (.ci/run).
 set -euo pipefail
+export CARGO_TERM_COLOR=never
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -22,8 +23,18 @@ if cargo tree -p tessera --no-default-features --target wasm32-unknown-unknown -
     exit 1
 fi
 
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+
 step "unit, property and cluster tests"
-cargo nextest run --workspace --profile ci --no-fail-fast
+cargo nextest run --workspace --profile ci --no-fail-fast 2>&1 | tee -a "$log"
 
 step "doc tests"
-cargo test --workspace --doc
+cargo test --workspace --doc 2>&1 | tee -a "$log"
+
+# One closing line with the totals of both runners.
+passed=$(awk '
+    /Summary .* tests run: [0-9]+ passed/ { for (i = 1; i <= NF; i++) if ($i == "passed,") n += $(i - 1) }
+    /^test result: ok\. [0-9]+ passed/ { n += $4 }
+    END { print n + 0 }' "$log")
+printf '\ntests: %d passed, 0 failed\n' "$passed"
