@@ -41,6 +41,14 @@ struct Args {
     op: String,
 }
 
+/// Key `i`, with a first byte spread over the key space so that the load reaches every
+/// region (initial split points are spread over the first byte).
+fn bench_key(i: usize) -> Vec<u8> {
+    let mut k = vec![(i.wrapping_mul(151) % 256) as u8];
+    k.extend_from_slice(format!("bench-{i:08}").as_bytes());
+    k
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -71,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let client = Client::connect(ClientConfig::new(vec![pd], Some(TlsFiles::client(&certs, "dev")))).await?;
     let value = vec![b'v'; args.value_size];
-    let key = |i: usize| format!("bench-{:08}", i % args.keys).into_bytes();
+    let key = |i: usize| bench_key(i % args.keys);
     if args.op == "get" {
         eprintln!("loading {} keys ...", args.keys);
         for chunk in (0..args.keys).collect::<Vec<_>>().chunks(256) {
@@ -94,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
                 if i >= requests {
                     return Ok::<_, tessera::Error>(lat);
                 }
-                let k = format!("bench-{:08}", (i.wrapping_mul(2_654_435_761)) % keys).into_bytes();
+                let k = bench_key(i.wrapping_mul(2_654_435_761) % keys);
                 let t = Instant::now();
                 if op == "put" {
                     client.put(&k, &value).await?;

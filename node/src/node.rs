@@ -175,8 +175,18 @@ async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Regi
     Ok(region)
 }
 
+/// The peer that initialises a new region's membership (and so usually becomes its first
+/// leader): rotated by region id over the peers in id order, so that the first leaders of
+/// a cluster's initial regions are spread over the nodes rather than all on one.
+fn initializer(desc: &RegionDescriptor) -> Option<tessera_wire::PeerId> {
+    let mut ids: Vec<_> = desc.peers.iter().map(|p| p.id).collect();
+    ids.sort();
+    let n = ids.len() as u64;
+    (n > 0).then(|| ids[(desc.id.0 % n) as usize])
+}
+
 /// Creates a region PD assigned to this node: persists its record, starts its Raft group
-/// and, on the peer with the lowest id, initialises the group's membership.
+/// and, on the region's [`initializer`] peer, initialises the group's membership.
 async fn create_region(shared: &Shared, desc: RegionDescriptor) -> Result<(), NodeError> {
     if shared.ctx.regions.get(desc.id).is_some() {
         return Ok(());
@@ -194,8 +204,7 @@ async fn create_region(shared: &Shared, desc: RegionDescriptor) -> Result<(), No
         .await
         .map_err(|e| NodeError::Storage(e.into()))?;
     let region = open_region(shared, desc.clone()).await?;
-    let first = desc.peers.iter().map(|p| p.id).min();
-    if first == Some(region.peer.id) {
+    if initializer(&desc) == Some(region.peer.id) {
         let initialized = region.raft.is_initialized().await.unwrap_or(true);
         if !initialized {
             if let Err(e) = region.raft.initialize(Region::initial_members(&desc)).await {
@@ -205,6 +214,33 @@ async fn create_region(shared: &Shared, desc: RegionDescriptor) -> Result<(), No
     }
     tracing::info!(region_id = id, peer = region.peer.id.0, "region created");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_wire::{NodeId, Peer, PeerId, RegionEpoch, RegionId};
+
+    use super::*;
+
+    #[test]
+    fn initial_leaders_rotate_over_the_peers() {
+        let desc = |id: u64| RegionDescriptor {
+            id: RegionId(id),
+            start_key: vec![],
+            end_key: vec![],
+            epoch: RegionEpoch::default(),
+            peers: (0..3).map(|i| Peer { id: PeerId(id * 3 + i), node_id: NodeId(i + 1) }).collect(),
+        };
+        let nodes: std::collections::BTreeSet<_> = (1..=3)
+            .map(|r| {
+                let d = desc(r);
+                let p = initializer(&d).unwrap();
+                d.peer(p).unwrap().node_id
+            })
+            .collect();
+        assert_eq!(nodes.len(), 3, "three regions start with leaders on three nodes");
+        assert_eq!(initializer(&RegionDescriptor { peers: vec![], ..desc(1) }), None);
+    }
 }
 
 async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
