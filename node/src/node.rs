@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use openraft::async_runtime::watch::WatchReceiver;
 use tessera_wire::quic::{ConnectionPool, Server, TransportConfig};
 use tessera_wire::{NodeId, PdRequest, PdResponse, RegionDescriptor, Role};
 use tokio::sync::watch;
@@ -35,6 +36,9 @@ struct Shared {
     pool: ConnectionPool,
     raft_config: Arc<openraft::Config>,
     advertise: String,
+    /// Woken when a hosted region gains a new leader on this node, so PD hears of it at
+    /// once rather than at the next heartbeat tick.
+    leadership: Arc<tokio::sync::Notify>,
 }
 
 impl Node {
@@ -70,8 +74,14 @@ impl Node {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| NodeError::Config(e.to_string()))?);
-        let shared =
-            Arc::new(Shared { cfg: cfg.clone(), ctx: ctx.clone(), pool: pool.clone(), raft_config, advertise });
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            ctx: ctx.clone(),
+            pool: pool.clone(),
+            raft_config,
+            advertise,
+            leadership: Default::default(),
+        });
 
         // Recover every region this node hosts.
         let records = load_region_records(&engine).map_err(|e| NodeError::Storage(e.into()))?;
@@ -172,6 +182,21 @@ async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Regi
         .map_err(|e| region_err(e.to_string()))?;
     let region = Arc::new(Region { id: desc.id, peer, raft, shared: region_shared, incoming: Default::default() });
     shared.ctx.regions.insert(region.clone());
+    // Report leadership changes to PD promptly. The task ends when the Raft group shuts
+    // down (its metrics channel closes).
+    let mut metrics = region.raft.metrics();
+    let notify = shared.leadership.clone();
+    let me = peer.id.0;
+    tokio::spawn(async move {
+        let mut was_leader = false;
+        while metrics.changed().await.is_ok() {
+            let is_leader = metrics.borrow_watched().current_leader == Some(me);
+            if is_leader && !was_leader {
+                notify.notify_one();
+            }
+            was_leader = is_leader;
+        }
+    });
     Ok(region)
 }
 
@@ -250,9 +275,17 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
     let mut ticker = tokio::time::interval(shared.cfg.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
+        let leadership_changed = tokio::select! {
+            _ = ticker.tick() => false,
+            _ = shared.leadership.notified(), if registered => true,
             _ = shutdown.wait_for(|s| *s) => return,
+        };
+        if leadership_changed {
+            let regions = led_region_stats(&shared.ctx);
+            if let Err(e) = pd.call(PdRequest::RegionHeartbeat { node_id, regions }).await {
+                tracing::debug!(node_id = node_id.0, error = %e, "leadership report failed");
+            }
+            continue;
         }
         if !registered {
             let req = PdRequest::RegisterNode {
