@@ -217,45 +217,67 @@ impl Client {
         groups
     }
 
-    /// Reads several keys, in any number of regions; one result per key, in order.
-    pub async fn batch_get<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, Error> {
-        for k in keys {
-            self.check_key(k.as_ref())?;
-        }
-        let deadline = self.deadline();
-        let mut out: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+    /// Serves a batch region by region: plans the keys' indices into groups by the cached
+    /// regions, sends one call per group (built by `make_call`) concurrently, hands each
+    /// answer to `on_done`, and plans again the groups whose region changed shape, until
+    /// every key is served or the deadline passes.
+    async fn per_region<K, F>(
+        &self,
+        keys: &[K],
+        deadline: Timestamp,
+        make_call: impl Fn(&[usize]) -> KvCall<F>,
+        mut on_done: impl FnMut(Vec<usize>, KvResponse) -> Result<(), Error>,
+    ) -> Result<(), Error>
+    where
+        K: AsRef<[u8]>,
+        F: Fn(&RegionDescriptor) -> Option<KvOp> + Send,
+    {
         let mut todo: Vec<usize> = (0..keys.len()).collect();
         while !todo.is_empty() {
             if self.inner.clock.now() >= deadline {
                 return Err(Error::DeadlineExceeded);
             }
             let groups = self.plan(keys, &todo);
-            let calls = groups.iter().map(|group| {
-                let group_keys: Vec<Vec<u8>> = group.iter().map(|&i| keys[i].as_ref().to_vec()).collect();
-                let call = KvCall {
-                    route: RouteBy::Key(group_keys[0].clone()),
-                    kind: RequestKind::Read,
-                    consistency: ReadConsistency::Linearizable,
-                    build: move |r: &RegionDescriptor| {
-                        all_in_region(r, &group_keys).then(|| KvOp::BatchGet { keys: group_keys.clone() })
-                    },
-                };
-                self.inner.retry(call, deadline)
-            });
+            let calls = groups.iter().map(|group| self.inner.retry(make_call(group), deadline));
             let results = futures::future::join_all(calls).await;
             todo.clear();
             for (group, result) in groups.into_iter().zip(results) {
                 match result? {
                     KvOutcome::Replan => todo.extend(group),
-                    KvOutcome::Done { response: KvResponse::Values(values), .. } if values.len() == group.len() => {
-                        for (i, v) in group.into_iter().zip(values) {
-                            out[i] = v;
-                        }
-                    }
-                    KvOutcome::Done { .. } => return Err(protocol("BatchGet")),
+                    KvOutcome::Done { response, .. } => on_done(group, response)?,
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Reads several keys, in any number of regions; one result per key, in order.
+    pub async fn batch_get<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        for k in keys {
+            self.check_key(k.as_ref())?;
+        }
+        let mut out: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+        let make_call = |group: &[usize]| {
+            let group_keys: Vec<Vec<u8>> = group.iter().map(|&i| keys[i].as_ref().to_vec()).collect();
+            KvCall {
+                route: RouteBy::Key(group_keys[0].clone()),
+                kind: RequestKind::Read,
+                consistency: ReadConsistency::Linearizable,
+                build: move |r: &RegionDescriptor| {
+                    all_in_region(r, &group_keys).then(|| KvOp::BatchGet { keys: group_keys.clone() })
+                },
+            }
+        };
+        self.per_region(keys, self.deadline(), make_call, |group, response| match response {
+            KvResponse::Values(values) if values.len() == group.len() => {
+                for (i, v) in group.into_iter().zip(values) {
+                    out[i] = v;
+                }
+                Ok(())
+            }
+            _ => Err(protocol("BatchGet")),
+        })
+        .await?;
         Ok(out)
     }
 
@@ -269,41 +291,27 @@ impl Client {
             self.check_value(v.as_ref())?;
         }
         let keys: Vec<&[u8]> = pairs.iter().map(|(k, _)| k.as_ref()).collect();
-        let deadline = self.deadline();
-        let mut todo: Vec<usize> = (0..pairs.len()).collect();
-        while !todo.is_empty() {
-            if self.inner.clock.now() >= deadline {
-                return Err(Error::DeadlineExceeded);
+        let make_call = |group: &[usize]| {
+            let group_pairs: Vec<Pair> =
+                group.iter().map(|&i| (pairs[i].0.as_ref().to_vec(), pairs[i].1.as_ref().to_vec())).collect();
+            let seq = self.next_seq();
+            KvCall {
+                route: RouteBy::Key(group_pairs[0].0.clone()),
+                kind: RequestKind::Write { exactly_once: true },
+                consistency: ReadConsistency::Linearizable,
+                build: move |r: &RegionDescriptor| {
+                    group_pairs.iter().all(|(k, _)| r.contains(k)).then(|| KvOp::Write {
+                        session: Some(seq),
+                        command: WriteCommand::BatchPut { pairs: group_pairs.clone() },
+                    })
+                },
             }
-            let groups = self.plan(&keys, &todo);
-            let calls = groups.iter().map(|group| {
-                let group_pairs: Vec<Pair> =
-                    group.iter().map(|&i| (pairs[i].0.as_ref().to_vec(), pairs[i].1.as_ref().to_vec())).collect();
-                let seq = self.next_seq();
-                let call = KvCall {
-                    route: RouteBy::Key(group_pairs[0].0.clone()),
-                    kind: RequestKind::Write { exactly_once: true },
-                    consistency: ReadConsistency::Linearizable,
-                    build: move |r: &RegionDescriptor| {
-                        group_pairs.iter().all(|(k, _)| r.contains(k)).then(|| KvOp::Write {
-                            session: Some(seq),
-                            command: WriteCommand::BatchPut { pairs: group_pairs.clone() },
-                        })
-                    },
-                };
-                self.inner.retry(call, deadline)
-            });
-            let results = futures::future::join_all(calls).await;
-            todo.clear();
-            for (group, result) in groups.into_iter().zip(results) {
-                match result? {
-                    KvOutcome::Replan => todo.extend(group),
-                    KvOutcome::Done { response: KvResponse::Write(WriteResult::Done), .. } => {}
-                    KvOutcome::Done { .. } => return Err(protocol("BatchPut")),
-                }
-            }
-        }
-        Ok(())
+        };
+        self.per_region(&keys, self.deadline(), make_call, |_, response| match response {
+            KvResponse::Write(WriteResult::Done) => Ok(()),
+            _ => Err(protocol("BatchPut")),
+        })
+        .await
     }
 
     /// One page of a scan, from the region serving `cursor`'s position: the pairs (possibly
