@@ -319,7 +319,9 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             Ok(other) => tracing::warn!(node_id = node_id.0, answer = ?other, "unexpected heartbeat answer"),
             Err(e) => {
                 tracing::warn!(node_id = node_id.0, error = %e, "store heartbeat failed");
-                if matches!(&e, crate::pd_client::PdCallError::Refused(tessera_wire::Error::InvalidRequest { .. })) {
+                // PD answered but refused (for instance it does not know this node): register
+                // again, which is idempotent, before the next heartbeat.
+                if matches!(e, crate::pd_client::PdCallError::Refused(_)) {
                     registered = false;
                 }
                 continue;

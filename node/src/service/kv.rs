@@ -35,12 +35,9 @@ impl NodeService {
         } else {
             std::time::Duration::from_millis(header.timeout_ms as u64)
         };
-        let is_write = matches!(req.op, KvOp::Write { .. });
-        match tokio::time::timeout(timeout, self.execute(region.clone(), desc, req)).await {
-            Ok(r) => r,
-            Err(_) if is_write => Err(Error::DeadlineExceeded),
-            Err(_) => Err(Error::DeadlineExceeded),
-        }
+        // For a write, DeadlineExceeded means its fate is unknown; the client retries it
+        // with the same session sequence number or reports it undetermined.
+        tokio::time::timeout(timeout, self.execute(region, desc, req)).await.unwrap_or(Err(Error::DeadlineExceeded))
     }
 
     fn validate(&self, op: &KvOp, desc: &RegionDescriptor) -> Result<(), Error> {

@@ -138,27 +138,20 @@ impl Engine {
     /// anything later is durable (a log append, a vote, a purge) so is this; in particular
     /// the log is never purged past state that could still be lost.
     pub async fn write_lazy(&self, work: Work) -> io::Result<()> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(Job {
-            work,
-            done: Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-            log_entries: 0,
-            durable: false,
-        });
-        rx.await.map_err(|_| io::Error::other("storage writer dropped a job"))?
+        self.run(work, false).await
     }
 
     /// Runs `work` in the next group commit and waits until it is durable.
     pub async fn write(&self, work: Work) -> io::Result<()> {
+        self.run(work, true).await
+    }
+
+    async fn run(&self, work: Work, durable: bool) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(
-            work,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
+        let done: Done = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        self.send(Job { work, done, log_entries: 0, durable });
         rx.await.map_err(|_| io::Error::other("storage writer dropped a job"))?
     }
 

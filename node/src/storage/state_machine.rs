@@ -148,41 +148,20 @@ pub fn read_scan(
     let t = txn.open_table(tables::DATA).map_err(io_err)?;
     let (lo, hi) = data_range(region, start, end);
     let range = t.range(lo.as_slice()..hi.as_slice()).map_err(io_err)?;
+    let rows: Box<dyn Iterator<Item = _>> = if reverse { Box::new(range.rev()) } else { Box::new(range) };
     let mut out = Vec::new();
-    let mut resume = None;
-    type Row<'a> =
-        Result<(redb::AccessGuard<'a, &'static [u8]>, redb::AccessGuard<'a, &'static [u8]>), redb::StorageError>;
-    let mut push = |row: Row<'_>| -> io::Result<bool> {
+    for row in rows {
         let (k, v) = row.map_err(io_err)?;
         let key = k.value()[8..].to_vec();
         if out.len() >= limit {
-            resume = Some(if reverse {
-                // Exclusive end for the next reverse page: just past this key.
-                let mut e = key;
-                e.push(0);
-                e
-            } else {
-                key
-            });
-            return Ok(false);
+            // Where the next page starts: this key for a forward scan; for a reverse scan
+            // the exclusive end just past it.
+            let resume = if reverse { [key.as_slice(), &[0]].concat() } else { key };
+            return Ok((out, Some(resume)));
         }
         out.push((key, v.value().to_vec()));
-        Ok(true)
-    };
-    if reverse {
-        for row in range.rev() {
-            if !push(row)? {
-                break;
-            }
-        }
-    } else {
-        for row in range {
-            if !push(row)? {
-                break;
-            }
-        }
     }
-    Ok((out, resume))
+    Ok((out, None))
 }
 
 type DataTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
