@@ -116,11 +116,10 @@ impl DevCluster {
         }
     }
 
-    /// Stops nodes, then PD.
+    /// Stops the nodes, then PD.
     pub async fn shutdown(self) {
-        for n in self.nodes {
-            n.shutdown().await;
-        }
+        // Concurrently: each node lingers briefly for its peers to acknowledge the close.
+        futures::future::join_all(self.nodes.into_iter().map(Node::shutdown)).await;
         self.pd.shutdown().await;
     }
 }

@@ -62,6 +62,7 @@ impl Node {
             book: AddressBook::default(),
             regions: Arc::new(RegionMap::default()),
             snapshots_installed: Default::default(),
+            changes: Arc::new(watch::channel(0).0),
         };
         ctx.book.set(cfg.node_id, advertise.clone());
         let raft_config = openraft::Config {
@@ -133,6 +134,13 @@ impl Node {
         self.ctx.snapshots_installed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// A receiver that changes whenever a hosted region's leader or applied log index
+    /// changes, or a snapshot is installed. Subscribe, check the state you wait for, then
+    /// await `changed()` and check again.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.ctx.changes.subscribe()
+    }
+
     /// Group-commit counters: (commits/fsyncs, jobs, raft log entries).
     pub fn commit_stats(&self) -> (u64, u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -182,19 +190,29 @@ async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Regi
         .map_err(|e| region_err(e.to_string()))?;
     let region = Arc::new(Region { id: desc.id, peer, raft, shared: region_shared, incoming: Default::default() });
     shared.ctx.regions.insert(region.clone());
-    // Report leadership changes to PD promptly. The task ends when the Raft group shuts
-    // down (its metrics channel closes).
+    shared.ctx.changed();
+    // openraft's metrics are the event source for leadership and apply progress. The task
+    // ends when the Raft group shuts down (its metrics channel closes).
     let mut metrics = region.raft.metrics();
     let notify = shared.leadership.clone();
+    let ctx = shared.ctx.clone();
     let me = peer.id.0;
     tokio::spawn(async move {
-        let mut was_leader = false;
+        let mut seen = (None, None);
         while metrics.changed().await.is_ok() {
-            let is_leader = metrics.borrow_watched().current_leader == Some(me);
-            if is_leader && !was_leader {
+            let (leader, applied) = {
+                let m = metrics.borrow_watched();
+                (m.current_leader, m.last_applied.map(|l| l.index))
+            };
+            if (leader, applied) == seen {
+                continue;
+            }
+            // A region that gains a leader here reports it to PD at once.
+            if leader == Some(me) && seen.0 != Some(me) {
                 notify.notify_one();
             }
-            was_leader = is_leader;
+            seen = (leader, applied);
+            ctx.changed();
         }
     });
     Ok(region)

@@ -99,4 +99,14 @@ pub struct NodeContext {
     pub regions: Arc<RegionMap>,
     /// Snapshots received from leaders and installed.
     pub snapshots_installed: Arc<std::sync::atomic::AtomicU64>,
+    /// Bumped whenever a hosted region's leader or applied log index changes, or a snapshot
+    /// is installed: lets callers wait for node state instead of polling it.
+    pub changes: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl NodeContext {
+    /// Signals a change of node state to [`NodeContext::changes`] subscribers.
+    pub fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }

@@ -92,22 +92,31 @@ impl TestCluster {
         Client::connect(cfg).await.expect("client connect")
     }
 
-    /// Waits until PD reports `initial_regions` regions, each with a leader on a running
-    /// node that agrees it is the leader.
+    /// Waits until every running node hosts `initial_regions` regions and each of them has
+    /// a leader among the running nodes.
     pub async fn wait_all_leaders(&self, timeout: Duration) {
-        let start = Instant::now();
-        loop {
-            let running: usize = self.nodes.values().flatten().map(|n| n.leader_count()).sum();
-            let hosted = self.nodes.values().flatten().map(|n| n.region_count()).max().unwrap_or(0);
-            if hosted >= self.initial_regions as usize && running >= hosted {
-                return;
+        self.wait_for_nodes(timeout, "every region to have a leader", |c| {
+            let leaders: usize = c.nodes.values().flatten().map(|n| n.leader_count()).sum();
+            let hosted = c.nodes.values().flatten().map(|n| n.region_count()).max().unwrap_or(0);
+            hosted >= c.initial_regions as usize && leaders >= hosted
+        })
+        .await
+    }
+
+    /// Waits, without polling, until `ready` holds: it is checked again each time a running
+    /// node reports a change (a leader, an applied index, an installed snapshot).
+    pub async fn wait_for_nodes(&self, timeout: Duration, what: &str, ready: impl Fn(&Self) -> bool) {
+        let mut subscriptions: Vec<_> = self.nodes.values().flatten().map(|n| n.subscribe()).collect();
+        let wait = async {
+            while !ready(self) {
+                let changes = subscriptions.iter_mut().map(|rx| Box::pin(rx.changed()));
+                let (result, _, _) = futures::future::select_all(changes).await;
+                result.expect("a node stopped while being waited on");
             }
-            assert!(
-                start.elapsed() < timeout,
-                "regions did not all get a leader within {timeout:?} ({running}/{hosted})"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or_else(|_| panic!("timed out after {timeout:?} waiting for {what}"));
     }
 
     pub async fn routes(&self) -> Vec<RegionRoute> {
@@ -124,44 +133,21 @@ impl TestCluster {
     /// Starts node `id` again on its previous address.
     pub async fn restart_node(&mut self, id: u64) {
         self.stop_node(id).await;
-        let addr = self.node_addrs[&id];
-        let mut last = None;
-        // The old socket is closed, but the OS may take a moment to release the port.
-        for _ in 0..50 {
-            match Node::start(self.node_config(id, addr)).await {
-                Ok(node) => {
-                    self.nodes.insert(id, Some(node));
-                    return;
-                }
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("node {id} did not restart: {last:?}");
+        let cfg = self.node_config(id, self.node_addrs[&id]);
+        let node = start_on_same_port(&format!("node {id}"), || Node::start(cfg.clone())).await;
+        self.nodes.insert(id, Some(node));
     }
 
     /// Stops every node and PD, then starts them all again from their directories.
     pub async fn restart_all(&mut self) {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
-        for id in &ids {
-            self.stop_node(*id).await;
-        }
+        self.stop_all_nodes().await;
         if let Some(pd) = self.pd.take() {
             pd.shutdown().await;
         }
         let mut pd_cfg = PdConfig::new(self.pd_addr, self.dir.path().join("pd"), TlsFiles::pd(&self.certs()));
         pd_cfg.initial_regions = self.initial_regions;
-        let mut pd = None;
-        for _ in 0..50 {
-            match PdServer::start(pd_cfg.clone()).await {
-                Ok(p) => {
-                    pd = Some(p);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-        self.pd = Some(pd.expect("PD restarts"));
+        self.pd = Some(start_on_same_port("PD", || PdServer::start(pd_cfg.clone())).await);
         for id in ids {
             self.restart_node(id).await;
         }
@@ -203,15 +189,36 @@ impl TestCluster {
         }
     }
 
+    /// Stops every running node, concurrently (data stays on disk).
+    async fn stop_all_nodes(&mut self) {
+        let nodes: Vec<Node> = self.nodes.values_mut().filter_map(Option::take).collect();
+        futures::future::join_all(nodes.into_iter().map(Node::shutdown)).await;
+    }
+
     pub async fn shutdown(mut self) {
-        let ids: Vec<u64> = self.nodes.keys().copied().collect();
-        for id in ids {
-            self.stop_node(id).await;
-        }
+        self.stop_all_nodes().await;
         if let Some(pd) = self.pd.take() {
             pd.shutdown().await;
         }
     }
+}
+
+/// Starts a server on the address its stopped predecessor used. The old socket is closed,
+/// but the OS may take a moment to release the port, and nothing signals that: so this
+/// retries a bounded number of times (a failed bind returns at once).
+async fn start_on_same_port<T, E: std::fmt::Debug, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    start: impl Fn() -> F,
+) -> T {
+    let mut last = None;
+    for _ in 0..50 {
+        match start().await {
+            Ok(server) => return server,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} did not restart on its port: {last:?}");
 }
 
 /// Keys spread over the key space so that they land in different regions when the

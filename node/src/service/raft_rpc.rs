@@ -67,6 +67,7 @@ impl NodeService {
                         let resp =
                             region.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| unavailable(&e))?;
                         self.ctx.snapshots_installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.ctx.changed();
                         encode(&Some(resp))
                     }
                 }
