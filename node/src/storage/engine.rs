@@ -114,14 +114,17 @@ impl Engine {
         Ok(Engine { db, tx, failed, stats })
     }
 
-    /// Queues `work`; `done` is called once it is durable (or failed).
-    pub fn submit(&self, work: Work, done: Done) {
-        self.submit_counted(work, done, 0)
+    /// Queues `work`; `done` is called once its commit is durable (or failed).
+    /// `log_entries` counts the Raft log entries it writes, for the statistics.
+    pub fn submit(&self, work: Work, done: Done, log_entries: u64) {
+        self.send(Job { work, done, log_entries, durable: true })
     }
 
-    /// Like [`Engine::submit`], counting `log_entries` Raft log entries for the statistics.
-    pub fn submit_counted(&self, work: Work, done: Done, log_entries: u64) {
-        self.send(Job { work, done, log_entries, durable: true })
+    /// Queues `work` without waiting for it and without requiring an fsync of its own: it
+    /// becomes durable with the next durable commit. A failure shows as the engine's
+    /// fail-stop, like every other.
+    pub fn submit_lazy(&self, work: Work) {
+        self.send(Job { work, done: Box::new(|_| {}), log_entries: 0, durable: false })
     }
 
     fn send(&self, job: Job) {
@@ -243,31 +246,49 @@ mod tests {
 
     use super::*;
 
+    fn insert(i: u64) -> Work {
+        Box::new(move |txn| {
+            let mut t = txn.open_table(tables::SM_META).map_err(io_err)?;
+            t.insert(i, [1u8].as_slice()).map_err(io_err)?;
+            Ok(())
+        })
+    }
+
     #[tokio::test]
-    async fn concurrent_jobs_share_commits_and_all_complete() {
+    async fn jobs_queued_during_a_commit_share_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
-        let mut waits = Vec::new();
-        for i in 0..200u64 {
+        // Job 0 holds the writer inside its transaction until released.
+        let (running_tx, running_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let first = {
             let e = engine.clone();
-            waits.push(tokio::spawn(async move {
+            tokio::spawn(async move {
                 e.write(Box::new(move |txn| {
-                    let mut t = txn.open_table(tables::SM_META).map_err(io_err)?;
-                    t.insert(i, [1u8].as_slice()).map_err(io_err)?;
-                    Ok(())
+                    running_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    insert(0)(txn)
                 }))
                 .await
-            }));
+            })
+        };
+        tokio::task::spawn_blocking(move || running_rx.recv().unwrap()).await.unwrap();
+        // While it commits, 199 more jobs queue up.
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 1..200u64 {
+            let tx = done_tx.clone();
+            engine.submit(insert(i), Box::new(move |r| tx.send(r).unwrap()), 0);
         }
-        for w in waits {
-            w.await.unwrap().unwrap();
+        release_tx.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        for _ in 1..200 {
+            done_rx.recv().await.unwrap().unwrap();
         }
         let stats = engine.stats();
         assert_eq!(stats.jobs.load(Ordering::Relaxed), 200);
-        assert!(stats.commits.load(Ordering::Relaxed) <= 200);
+        assert_eq!(stats.commits.load(Ordering::Relaxed), 2, "the 199 queued jobs shared one commit (one fsync)");
         let read = engine.read().unwrap();
-        let t = read.open_table(tables::SM_META).unwrap();
-        assert_eq!(t.len().unwrap(), 200);
+        assert_eq!(read.open_table(tables::SM_META).unwrap().len().unwrap(), 200);
     }
 
     #[tokio::test]

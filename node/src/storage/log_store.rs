@@ -132,17 +132,14 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         let Some(c) = committed else { return Ok(()) };
         let bytes = encode(&c)?;
-        // Not required to be durable: losing it only makes recovery re-apply from the last
-        // state machine checkpoint. Queue it without waiting.
+        // Not required to be durable: losing it only means recovery learns the commit index
+        // from the leader again. Queue it without waiting or forcing an fsync.
         let region = self.region;
-        self.engine.submit(
-            Box::new(move |txn| {
-                let mut t = txn.open_table(tables::RAFT_META).map_err(io_err)?;
-                t.insert((region, "committed"), bytes.as_slice()).map_err(io_err)?;
-                Ok(())
-            }),
-            Box::new(|_| {}),
-        );
+        self.engine.submit_lazy(Box::new(move |txn| {
+            let mut t = txn.open_table(tables::RAFT_META).map_err(io_err)?;
+            t.insert((region, "committed"), bytes.as_slice()).map_err(io_err)?;
+            Ok(())
+        }));
         self.mem().committed = committed;
         Ok(())
     }
@@ -167,7 +164,7 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
         }
         let region = self.region;
         let n = rows.len() as u64;
-        self.engine.submit_counted(
+        self.engine.submit(
             Box::new(move |txn| {
                 let mut t = txn.open_table(tables::LOGS).map_err(io_err)?;
                 for (index, bytes) in rows {
