@@ -259,33 +259,6 @@ async fn create_region(shared: &Shared, desc: RegionDescriptor) -> Result<(), No
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use tessera_wire::{NodeId, Peer, PeerId, RegionEpoch, RegionId};
-
-    use super::*;
-
-    #[test]
-    fn initial_leaders_rotate_over_the_peers() {
-        let desc = |id: u64| RegionDescriptor {
-            id: RegionId(id),
-            start_key: vec![],
-            end_key: vec![],
-            epoch: RegionEpoch::default(),
-            peers: (0..3).map(|i| Peer { id: PeerId(id * 3 + i), node_id: NodeId(i + 1) }).collect(),
-        };
-        let nodes: std::collections::BTreeSet<_> = (1..=3)
-            .map(|r| {
-                let d = desc(r);
-                let p = initializer(&d).unwrap();
-                d.peer(p).unwrap().node_id
-            })
-            .collect();
-        assert_eq!(nodes.len(), 3, "three regions start with leaders on three nodes");
-        assert_eq!(initializer(&RegionDescriptor { peers: vec![], ..desc(1) }), None);
-    }
-}
-
 async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let pd = PdClient::new(shared.cfg.pd_endpoints.clone(), shared.pool.clone());
     let node_id = shared.cfg.node_id;
@@ -351,5 +324,32 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
                 tracing::debug!(node_id = node_id.0, error = %e, "region heartbeat failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_wire::{NodeId, Peer, PeerId, RegionEpoch, RegionId};
+
+    use super::*;
+
+    #[test]
+    fn initial_leaders_rotate_over_the_peers() {
+        let desc = |id: u64| RegionDescriptor {
+            id: RegionId(id),
+            start_key: vec![],
+            end_key: vec![],
+            epoch: RegionEpoch::default(),
+            peers: (0..3).map(|i| Peer { id: PeerId(id * 3 + i), node_id: NodeId(i + 1) }).collect(),
+        };
+        let nodes: std::collections::BTreeSet<_> = (1..=3)
+            .map(|r| {
+                let d = desc(r);
+                let p = initializer(&d).unwrap();
+                d.peer(p).unwrap().node_id
+            })
+            .collect();
+        assert_eq!(nodes.len(), 3, "three regions start with leaders on three nodes");
+        assert_eq!(initializer(&RegionDescriptor { peers: vec![], ..desc(1) }), None);
     }
 }
