@@ -1,5 +1,6 @@
 //! Client commands: put, get, delete, append, cas, scan, status.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,6 +44,12 @@ impl Target {
     }
 }
 
+/// Standard output. Commands write with `writeln!` so that a closed pipe (`tessera scan |
+/// head`) is an error the binary treats as a normal end, not a panic.
+fn stdout() -> std::io::StdoutLock<'static> {
+    std::io::stdout().lock()
+}
+
 /// Bytes for display: UTF-8 when printable, escaped otherwise.
 pub fn show(b: &[u8]) -> String {
     match std::str::from_utf8(b) {
@@ -61,7 +68,7 @@ pub async fn get(t: &Target, key: String, stale: bool) -> anyhow::Result<ExitCod
     let consistency = if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
     match c.get_with(key.as_bytes(), consistency).await? {
         Some(v) => {
-            println!("{}", show(&v));
+            writeln!(stdout(), "{}", show(&v))?;
             Ok(ExitCode::SUCCESS)
         }
         None => {
@@ -81,7 +88,7 @@ pub async fn delete(t: &Target, key: String) -> anyhow::Result<ExitCode> {
 
 pub async fn append(t: &Target, key: String, value: String) -> anyhow::Result<ExitCode> {
     let len = t.connect().await?.append(key.as_bytes(), value.as_bytes()).await?;
-    println!("{len}");
+    writeln!(stdout(), "{len}")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -91,7 +98,7 @@ pub async fn cas(t: &Target, key: String, expect: Option<String>, new: Option<St
         .compare_and_swap(key.as_bytes(), expect.as_deref().map(str::as_bytes), new.as_deref().map(str::as_bytes))
         .await?;
     if out.succeeded {
-        println!("swapped");
+        writeln!(stdout(), "swapped")?;
         Ok(ExitCode::SUCCESS)
     } else {
         match out.previous {
@@ -116,7 +123,7 @@ pub async fn scan(
     let mut rows = c.scan(start.as_bytes(), end.as_bytes(), opts);
     while let Some(row) = rows.next().await {
         let (k, v) = row?;
-        println!("{}\t{}", show(&k), show(&v));
+        writeln!(stdout(), "{}\t{}", show(&k), show(&v))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -124,22 +131,23 @@ pub async fn scan(
 pub async fn status(t: &Target) -> anyhow::Result<ExitCode> {
     let c = t.connect().await?;
     let nodes = c.nodes().await?;
-    println!("NODES");
-    println!("{:<6} {:<22} {:<6} {:>8} {:>8}", "ID", "ADDRESS", "STATE", "REGIONS", "LEADERS");
+    writeln!(stdout(), "NODES")?;
+    writeln!(stdout(), "{:<6} {:<22} {:<6} {:>8} {:>8}", "ID", "ADDRESS", "STATE", "REGIONS", "LEADERS")?;
     for n in &nodes {
-        println!(
+        writeln!(
+            stdout(),
             "{:<6} {:<22} {:<6} {:>8} {:>8}",
             n.id.0,
             n.addr,
             format!("{:?}", n.state),
             n.region_count,
             n.leader_count
-        );
+        )?;
     }
     let regions = c.regions().await?;
-    println!();
-    println!("REGIONS");
-    println!("{:<6} {:<28} {:<8} {:<24} {:<8}", "ID", "RANGE", "EPOCH", "PEERS (peer@node)", "LEADER");
+    writeln!(stdout())?;
+    writeln!(stdout(), "REGIONS")?;
+    writeln!(stdout(), "{:<6} {:<28} {:<8} {:<24} {:<8}", "ID", "RANGE", "EPOCH", "PEERS (peer@node)", "LEADER")?;
     for r in &regions {
         let d = &r.region;
         let range = format!(
@@ -152,14 +160,15 @@ pub async fn status(t: &Target) -> anyhow::Result<ExitCode> {
             Some(l) => format!("{}@{}", l.id.0, l.node_id.0),
             None => "none".into(),
         };
-        println!(
+        writeln!(
+            stdout(),
             "{:<6} {:<28} {:<8} {:<24} {:<8}",
             d.id.0,
             range,
             format!("{}/{}", d.epoch.conf_ver, d.epoch.version),
             peers.join(","),
             leader
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -113,6 +113,17 @@ fn dev_cluster_serves_client_commands_and_keeps_data_across_restarts() {
     assert_eq!(regions.len(), 4, "{status}");
     assert!(regions.iter().all(|r| !r.trim_end().ends_with("none")), "every region has a leader:\n{status}");
 
+    // A reader that goes away (`tessera status | head -0`) ends the command quietly.
+    let mut child = Command::new(BIN)
+        .args(["--data", d, "status"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tessera status");
+    drop(child.stdout.take());
+    let closed = child.wait_with_output().expect("wait");
+    assert!(closed.status.success(), "closed stdout: {}", String::from_utf8_lossy(&closed.stderr));
+
     dev.stop();
     let dev = Proc::spawn(&["dev", "--data", d]);
     dev.wait_for("ready", Duration::from_secs(60));
