@@ -69,6 +69,8 @@ impl NodeService {
                 if *limit == 0 {
                     return Err(Error::InvalidRequest { reason: "scan limit must be positive".into() });
                 }
+                // A reverse page resumes at the exclusive end `last_key ++ [0]`, one byte
+                // longer than the longest key.
                 if start.len() > limits.max_key_len || end.len() > limits.max_key_len + 1 {
                     return Err(Error::KeyTooLarge {
                         len: start.len().max(end.len()) as u64,
