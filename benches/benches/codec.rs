@@ -17,7 +17,7 @@ fn put_frame(value_len: usize) -> Frame {
                 consistency: ReadConsistency::Linearizable,
             },
             op: KvOp::Write {
-                session: Some(SessionSeq { session: SessionId(7), seq: 1_000 }),
+                session: Some(SessionSeq { session: SessionId(7), seq: 1_000, first_pending: 990 }),
                 command: WriteCommand::Put { key: b"user:000000042".to_vec(), value: vec![7u8; value_len] },
             },
         }),

@@ -64,6 +64,12 @@ pub struct NodeArgs {
     /// PD endpoints (repeat or comma-separate).
     #[arg(long = "pd-endpoints", value_delimiter = ',', required = true)]
     pub pd_endpoints: Vec<String>,
+    /// Build a region snapshot (and compact its log) after this many log entries.
+    #[arg(long, default_value_t = tessera_node::RaftTiming::default().snapshot_every)]
+    pub snapshot_every: u64,
+    /// Log entries kept after a snapshot, for followers that lag a little.
+    #[arg(long, default_value_t = tessera_node::RaftTiming::default().keep_after_snapshot)]
+    pub keep_after_snapshot: u64,
     /// Certificate files.
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -98,6 +104,8 @@ pub async fn run_pd(args: PdArgs) -> anyhow::Result<()> {
 pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let mut cfg = NodeConfig::new(NodeId(args.id), args.listen, args.dir, args.pd_endpoints, args.tls.files());
     cfg.advertise = args.advertise;
+    cfg.raft.snapshot_every = args.snapshot_every;
+    cfg.raft.keep_after_snapshot = args.keep_after_snapshot;
     let node = Node::start(cfg).await.context("starting node")?;
     println!("node {} listening on {} ({} regions recovered)", args.id, node.local_addr(), node.region_count());
     wait_for_stop().await?;

@@ -32,6 +32,38 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Capacity reported to PD, in bytes.
     pub capacity_bytes: u64,
+    /// Load limits: beyond them requests are refused with `ServerBusy`.
+    pub admission: Admission,
+    /// Fault injection, for tests only.
+    #[doc(hidden)]
+    pub faults: Faults,
+}
+
+/// Fault points, for tests: each makes the node misbehave in one specific way.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Never initialise a new region's Raft group (as if the node crashed right after
+    /// recording the region, every time).
+    pub skip_region_initialization: bool,
+}
+
+/// When the node refuses work rather than queue it.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// Database reads (gets, scans) run at once on the blocking pool; more wait.
+    pub max_concurrent_reads: usize,
+    /// Writes are refused with `ServerBusy` while the group-commit queue holds more jobs.
+    pub max_write_queue: usize,
+    /// Writes to a region are refused with `ServerBusy` while its state machine lags its
+    /// log by more entries.
+    pub max_apply_lag: u64,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission { max_concurrent_reads: 32, max_write_queue: 20_000, max_apply_lag: 10_000 }
+    }
 }
 
 /// Raft timing parameters.
@@ -82,6 +114,8 @@ impl NodeConfig {
             default_request_timeout: Duration::from_secs(10),
             limits: Limits::DEFAULT,
             capacity_bytes: 100 * 1024 * 1024 * 1024,
+            admission: Admission::default(),
+            faults: Faults::default(),
         }
     }
 
@@ -100,6 +134,7 @@ impl NodeConfig {
         if self.heartbeat_interval.is_zero() {
             return Err("heartbeat interval must be positive".into());
         }
+        self.limits.validate(tessera_wire::frame::DEFAULT_MAX_FRAME_LEN).map_err(|e| format!("limits: {e}"))?;
         Ok(())
     }
 }

@@ -30,6 +30,6 @@ mod region;
 mod service;
 pub mod storage;
 
-pub use config::{NodeConfig, RaftTiming};
+pub use config::{Admission, Faults, NodeConfig, RaftTiming};
 pub use error::NodeError;
 pub use node::Node;

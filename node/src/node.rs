@@ -2,9 +2,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
-use tessera_wire::quic::{ConnectionPool, Server, TransportConfig};
+use tessera_wire::quic::{ConnectionPool, ResetKeySeed, Server, SocketReleased, TransportConfig};
 use tessera_wire::{NodeId, PdRequest, PdResponse, RegionDescriptor, Role};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -28,6 +29,7 @@ pub struct Node {
     ctx: NodeContext,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    released: SocketReleased,
 }
 
 struct Shared {
@@ -51,10 +53,17 @@ impl Node {
         let engine = Engine::open(&cfg.data_dir.join("node.redb"))?;
         let server_tls = tessera_certs::server_tls_config(&cfg.tls).map_err(|e| NodeError::Tls(e.to_string()))?;
         let client_tls = tessera_certs::client_tls_config(&cfg.tls).map_err(|e| NodeError::Tls(e.to_string()))?;
-        let server =
-            Server::bind(cfg.listen, server_tls, Some(client_tls), Role::Node(cfg.node_id), TransportConfig::default())
-                .map_err(|e| NodeError::Transport(e.to_string()))?;
+        // The stateless-reset key follows the node's identity (its private key), so a
+        // restarted node resets its previous incarnation's connections at once: peers and
+        // clients fail over instead of waiting for an idle timeout.
+        let key =
+            std::fs::read(&cfg.tls.key).map_err(|e| NodeError::Tls(format!("read {}: {e}", cfg.tls.key.display())))?;
+        let transport =
+            TransportConfig { reset_key_seed: Some(ResetKeySeed::derive(&key)), ..TransportConfig::default() };
+        let server = Server::bind(cfg.listen, server_tls, Some(client_tls), Role::Node(cfg.node_id), transport)
+            .map_err(|e| NodeError::Transport(e.to_string()))?;
         let local_addr = server.local_addr();
+        let released = server.released();
         let advertise = cfg.advertise.clone().unwrap_or_else(|| local_addr.to_string());
         let pool = ConnectionPool::new(server.client());
         let ctx = NodeContext {
@@ -92,11 +101,7 @@ impl Node {
         tracing::info!(node_id = cfg.node_id.0, addr = %local_addr, regions = ctx.regions.ids().len(), "node started");
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let service = Arc::new(NodeService {
-            ctx: ctx.clone(),
-            limits: cfg.limits,
-            default_timeout: cfg.default_request_timeout,
-        });
+        let service = Arc::new(NodeService::new(ctx.clone(), &cfg));
         let mut rx = shutdown_rx.clone();
         let serve = tokio::spawn(async move {
             server
@@ -106,7 +111,7 @@ impl Node {
                 .await
         });
         let hb = tokio::spawn(heartbeat_loop(shared.clone(), shutdown_rx));
-        Ok(Node { node_id: cfg.node_id, local_addr, ctx, shutdown, tasks: vec![serve, hb] })
+        Ok(Node { node_id: cfg.node_id, local_addr, ctx, shutdown, tasks: vec![serve, hb], released })
     }
 
     /// The address the node listens on.
@@ -159,7 +164,19 @@ impl Node {
         for t in self.tasks {
             let _ = t.await;
         }
-        tracing::info!(node_id = self.node_id.0, "node stopped");
+        // Every Raft group is stopped: finish the queued writes and release the database,
+        // so that a restart (even in this process) opens it at once.
+        let engine = self.ctx.engine.clone();
+        if tokio::task::spawn_blocking(move || engine.close()).await.is_err() {
+            tracing::error!(node_id = self.node_id.0, "closing storage failed");
+        }
+        // And the port: the endpoint's socket closes once its last handle is gone.
+        let Node { node_id, ctx, released, .. } = self;
+        drop(ctx);
+        if !released.wait(std::time::Duration::from_secs(5)).await {
+            tracing::warn!(node_id = node_id.0, "the node's socket was still open 5 s after shutdown");
+        }
+        tracing::info!(node_id = node_id.0, "node stopped");
     }
 }
 
@@ -191,6 +208,7 @@ async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Regi
     let region = Arc::new(Region { id: desc.id, peer, raft, shared: region_shared, incoming: Default::default() });
     shared.ctx.regions.insert(region.clone());
     shared.ctx.changed();
+    tokio::spawn(drive_initialization(region.clone(), desc.clone(), initialization_delay(shared, &desc, peer.id)));
     // openraft's metrics are the event source for leadership and apply progress. The task
     // ends when the Raft group shuts down (its metrics channel closes).
     let mut metrics = region.raft.metrics();
@@ -228,8 +246,73 @@ fn initializer(desc: &RegionDescriptor) -> Option<tessera_wire::PeerId> {
     (n > 0).then(|| ids[(desc.id.0 % n) as usize])
 }
 
-/// Creates a region PD assigned to this node: persists its record, starts its Raft group
-/// and, on the region's [`initializer`] peer, initialises the group's membership.
+/// How long this peer waits before initialising a new region's group itself: the region's
+/// [`initializer`] at once; the others only if no leader has appeared after a few election
+/// timeouts (the initializer crashed, or failed).
+fn initialization_delay(shared: &Shared, desc: &RegionDescriptor, me: tessera_wire::PeerId) -> Duration {
+    if shared.cfg.faults.skip_region_initialization {
+        return Duration::MAX;
+    }
+    if initializer(desc) == Some(me) {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(shared.cfg.raft.election_max_ms * 3)
+    }
+}
+
+/// Makes sure a region's Raft group gets initialised, whatever crashed in between: the
+/// region record is durable before the group starts, so a restarted node runs this again
+/// for every region it recovers. It returns once the group is initialised (here or by a
+/// peer's replication) or stopped.
+///
+/// Every peer initialises with the same membership (the peers PD assigned), which openraft
+/// allows: the vote decides one leader. Only the timing differs, so that normally the
+/// rotating [`initializer`] goes first and first leaders spread over the nodes.
+async fn drive_initialization(region: Arc<Region>, desc: RegionDescriptor, delay: Duration) {
+    const RETRY: Duration = Duration::from_millis(500);
+    if delay == Duration::MAX {
+        return;
+    }
+    let mut metrics = region.raft.metrics();
+    let waited = tokio::time::sleep(delay);
+    tokio::pin!(waited);
+    // Wait out the delay, unless the group gets a leader (or stops) first.
+    loop {
+        if metrics.borrow_watched().current_leader.is_some() {
+            return;
+        }
+        tokio::select! {
+            _ = &mut waited => break,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+    }
+    loop {
+        match region.raft.is_initialized().await {
+            Ok(true) => return,
+            Ok(false) => match region.raft.initialize(Region::initial_members(&desc)).await {
+                Ok(()) => {
+                    tracing::info!(region_id = desc.id.0, peer = region.peer.id.0, "region group initialised");
+                    return;
+                }
+                // A peer's log reached us first: initialised by replication.
+                Err(openraft::errors::RaftError::APIError(openraft::errors::InitializeError::NotAllowed(_))) => return,
+                Err(openraft::errors::RaftError::Fatal(e)) => {
+                    tracing::debug!(region_id = desc.id.0, error = %e, "region stopped before it was initialised");
+                    return;
+                }
+                Err(e) => tracing::warn!(region_id = desc.id.0, error = %e, "initialising the region failed; retrying"),
+            },
+            Err(e) => {
+                tracing::debug!(region_id = desc.id.0, error = %e, "region stopped before it was initialised");
+                return;
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Creates a region PD assigned to this node: persists its record, then starts its Raft
+/// group, whose initialisation [`open_region`] drives.
 async fn create_region(shared: &Shared, desc: RegionDescriptor) -> Result<(), NodeError> {
     if shared.ctx.regions.get(desc.id).is_some() {
         return Ok(());
@@ -246,15 +329,7 @@ async fn create_region(shared: &Shared, desc: RegionDescriptor) -> Result<(), No
         }))
         .await
         .map_err(|e| NodeError::Storage(e.into()))?;
-    let region = open_region(shared, desc.clone()).await?;
-    if initializer(&desc) == Some(region.peer.id) {
-        let initialized = region.raft.is_initialized().await.unwrap_or(true);
-        if !initialized {
-            if let Err(e) = region.raft.initialize(Region::initial_members(&desc)).await {
-                tracing::warn!(region_id = id, error = %e, "initialising region membership failed");
-            }
-        }
-    }
+    let region = open_region(shared, desc).await?;
     tracing::info!(region_id = id, peer = region.peer.id.0, "region created");
     Ok(())
 }

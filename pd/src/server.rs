@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera_certs::ClusterAuthenticator;
-use tessera_wire::quic::{Server, TransportConfig};
+use tessera_wire::quic::{ResetKeySeed, Server, SocketReleased, TransportConfig};
 use tessera_wire::Role;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -25,6 +25,7 @@ pub struct PdServer {
     local_addr: SocketAddr,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<()>,
+    released: SocketReleased,
 }
 
 impl PdServer {
@@ -50,9 +51,18 @@ impl PdServer {
         let nodes = meta.nodes(Duration::ZERO).len();
 
         let tls = tessera_certs::server_tls_config(&cfg.tls).map_err(PdError::Tls)?;
-        let server = Server::bind(cfg.listen, tls, None, Role::Pd, TransportConfig::default())
+        // A stable stateless-reset key (from PD's private key): clients and nodes connected
+        // to a previous PD process are reset at once when it restarts.
+        let transport = match std::fs::read(&cfg.tls.key) {
+            Ok(key) => {
+                TransportConfig { reset_key_seed: Some(ResetKeySeed::derive(&key)), ..TransportConfig::default() }
+            }
+            Err(_) => TransportConfig::default(),
+        };
+        let server = Server::bind(cfg.listen, tls, None, Role::Pd, transport)
             .map_err(|source| PdError::Bind { addr: cfg.listen, source })?;
         let local_addr = server.local_addr();
+        let released = server.released();
 
         let service = Arc::new(PdService::new(meta, store, epoch));
         let auth = Arc::new(ClusterAuthenticator::new());
@@ -65,7 +75,7 @@ impl PdServer {
             server.serve(service, auth, signal).await;
         });
         tracing::info!(%local_addr, bootstrapped, nodes, "PD serving");
-        Ok(PdServer { local_addr, shutdown, task })
+        Ok(PdServer { local_addr, shutdown, task, released })
     }
 
     /// The bound address (useful after listening on port 0).
@@ -79,6 +89,9 @@ impl PdServer {
         let _ = self.shutdown.send(());
         if let Err(e) = self.task.await {
             tracing::error!(error = %e, "PD serve task failed");
+        }
+        if !self.released.wait(std::time::Duration::from_secs(5)).await {
+            tracing::warn!(local_addr = %self.local_addr, "PD's socket was still open 5 s after shutdown");
         }
         tracing::info!(local_addr = %self.local_addr, "PD stopped");
     }

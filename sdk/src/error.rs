@@ -3,7 +3,8 @@
 /// Why a client operation failed.
 ///
 /// The distinction that matters most for writes: every variant except [`Error::Undetermined`]
-/// means the write was **not** applied; `Undetermined` means it may or may not have been.
+/// and [`Error::PartialBatch`] means the write was **not** applied; `Undetermined` means it
+/// may or may not have been; `PartialBatch` lists which pairs of a batch were applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -62,6 +63,21 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// Some parts of a multi-region batch failed. Positions index the caller's batch:
+    /// `applied` were written; `undetermined` may or may not have been; every other
+    /// position was not written. `error` is the first failure that was not undetermined
+    /// (or an undetermined one if all were).
+    #[error("batch partly applied: {} of {total} applied, {} undetermined: {error}", applied.len(), undetermined.len())]
+    PartialBatch {
+        /// Pairs in the batch.
+        total: usize,
+        /// Positions applied.
+        applied: Vec<usize>,
+        /// Positions whose fate is unknown.
+        undetermined: Vec<usize>,
+        /// The failure.
+        error: Box<Error>,
+    },
     /// A peer broke the protocol (undecodable frame, answer of the wrong type).
     #[error("protocol violation: {reason}")]
     Protocol {
@@ -80,15 +96,23 @@ impl Error {
             W::ValueTooLarge { len, max } => Error::ValueTooLarge { len, max },
             W::InvalidRequest { reason } => Error::InvalidArgument { reason },
             W::BatchTooLarge { len, max } => {
-                Error::InvalidArgument { reason: format!("batch of {len} exceeds the maximum of {max}") }
+                Error::InvalidArgument { reason: format!("batch of {len} entries exceeds the maximum of {max}") }
+            }
+            W::BatchBytesTooLarge { bytes, max } => {
+                Error::InvalidArgument { reason: format!("batch of {bytes} bytes exceeds the maximum of {max}") }
             }
             other => Error::Server(other),
         }
     }
 
-    /// True when a write that failed with this error may nonetheless have been applied.
+    /// True when a write that failed with this error may nonetheless have been applied
+    /// (for a batch: some of its pairs).
     pub fn is_undetermined(&self) -> bool {
-        matches!(self, Error::Undetermined { .. })
+        match self {
+            Error::Undetermined { .. } => true,
+            Error::PartialBatch { undetermined, .. } => !undetermined.is_empty(),
+            _ => false,
+        }
     }
 }
 

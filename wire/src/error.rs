@@ -68,13 +68,38 @@ pub enum Error {
         /// Limit.
         max: u64,
     },
-    /// A batch has too many entries or bytes.
-    #[error("batch of {len} exceeds the maximum of {max}")]
+    /// A batch has too many entries.
+    #[error("batch of {len} entries exceeds the maximum of {max}")]
     BatchTooLarge {
-        /// Entries (or bytes) in the batch.
+        /// Entries in the batch.
         len: u64,
         /// Limit.
         max: u64,
+    },
+    /// A batch holds too many key and value bytes. The SDK splits batches to fit; a client
+    /// that sees this sent one request too large.
+    #[error("batch of {bytes} bytes exceeds the maximum of {max}")]
+    BatchBytesTooLarge {
+        /// Key and value bytes in the batch.
+        bytes: u64,
+        /// Limit.
+        max: u64,
+    },
+    /// The answer to a read would not fit in one frame. Nothing was changed.
+    #[error("response of {len} bytes exceeds the frame limit of {max}")]
+    ResponseTooLarge {
+        /// Encoded length of the answer.
+        len: u64,
+        /// Frame limit.
+        max: u64,
+    },
+    /// The request's client session expired (idle longer than the server's session
+    /// lifetime), so the server can no longer tell whether this write was applied before.
+    /// It was not applied now. Open a new session (reconnect) and check the key.
+    #[error("client session {session} expired")]
+    SessionExpired {
+        /// The session.
+        session: crate::SessionId,
     },
     /// The request is malformed (empty key, inverted scan range, ...).
     #[error("invalid request: {reason}")]
@@ -168,6 +193,9 @@ impl Error {
             | Error::KeyTooLarge { .. }
             | Error::ValueTooLarge { .. }
             | Error::BatchTooLarge { .. }
+            | Error::BatchBytesTooLarge { .. }
+            | Error::ResponseTooLarge { .. }
+            | Error::SessionExpired { .. }
             | Error::InvalidRequest { .. }
             | Error::UnsupportedVersion { .. }
             | Error::Unauthenticated { .. }

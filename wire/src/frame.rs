@@ -186,9 +186,12 @@ mod tests {
                 limit,
                 reverse
             }),
-            (proptest::option::of((any::<u64>(), any::<u64>())), write_command()).prop_map(|(s, command)| {
-                KvOp::Write { session: s.map(|(s, seq)| SessionSeq { session: SessionId(s), seq }), command }
-            }),
+            (proptest::option::of((any::<u64>(), any::<u64>(), any::<u64>())), write_command()).prop_map(
+                |(s, command)| KvOp::Write {
+                    session: s.map(|(s, seq, first_pending)| SessionSeq { session: SessionId(s), seq, first_pending }),
+                    command
+                }
+            ),
         ]
     }
 
@@ -327,6 +330,9 @@ mod tests {
             (any::<u64>(), ".{0,12}")
                 .prop_map(|(r, reason)| Error::RegionUnavailable { region_id: RegionId(r), reason }),
             (any::<u64>(), any::<u64>()).prop_map(|(len, max)| Error::BatchTooLarge { len, max }),
+            (any::<u64>(), any::<u64>()).prop_map(|(bytes, max)| Error::BatchBytesTooLarge { bytes, max }),
+            (any::<u64>(), any::<u64>()).prop_map(|(len, max)| Error::ResponseTooLarge { len, max }),
+            any::<u64>().prop_map(|s| Error::SessionExpired { session: SessionId(s) }),
             ".{0,12}".prop_map(|reason| Error::Unauthenticated { reason }),
             ".{0,12}".prop_map(|reason| Error::StorageUnavailable { reason }),
             proptest::option::of(".{0,12}").prop_map(|leader| Error::PdNotLeader { leader }),

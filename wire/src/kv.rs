@@ -26,12 +26,18 @@ pub struct RequestHeader {
 }
 
 /// Identifies one write of a client session, for exactly-once application.
+///
+/// `first_pending` is the client's acknowledgement (Raft thesis §6.3): every write of the
+/// session numbered below it has had its answer delivered to the client, which will never
+/// resend it, so the servers may forget those results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct SessionSeq {
     /// The session.
     pub session: SessionId,
     /// Per-session sequence number, increasing by one per write.
     pub seq: u64,
+    /// The lowest sequence number of this session still awaiting its answer (at most `seq`).
+    pub first_pending: u64,
 }
 
 /// A KV request to one region.
@@ -64,7 +70,7 @@ pub enum KvOp {
         end: Vec<u8>,
         /// Most pairs to return.
         limit: u32,
-        /// Newest-key-first order.
+        /// Descending key order (`end` down to `start`).
         reverse: bool,
     },
     /// A replicated write.
@@ -156,10 +162,13 @@ pub enum WriteResult {
 pub enum KvResponse {
     /// `Get`: the value, if present.
     Value(Option<Vec<u8>>),
-    /// `BatchGet`: one entry per requested key, in request order.
+    /// `BatchGet`: one entry per requested key, in request order, for a prefix of the keys.
+    /// The answer stops once its values reach [`crate::Limits::max_response_bytes`] (it
+    /// always holds at least one entry); the client asks again for the keys not answered.
     Values(Vec<Option<Vec<u8>>>),
     /// `Scan`: a page of pairs; `resume_key` is where to continue inside this region if the
-    /// page was cut by `limit` (None: the region's part of the range is exhausted).
+    /// page was cut by `limit` or by [`crate::Limits::max_response_bytes`] (None: the
+    /// region's part of the range is exhausted).
     Scan {
         /// Pairs in scan order.
         pairs: Vec<(Vec<u8>, Vec<u8>)>,

@@ -13,8 +13,8 @@ use rustls_pki_types::CertificateDer;
 use tempfile::TempDir;
 use tessera_certs::{client_tls_config, ensure_dev_certs, server_tls_config, ClusterAuthenticator, TlsFiles};
 use tessera_wire::quic::{
-    Authenticator, ClientEndpoint, ConnectionPool, PeerInfo, Server, Service, TransportConfig, TransportError,
-    CLOSE_HANDSHAKE_REFUSED, CLOSE_PROTOCOL_ERROR,
+    Authenticator, ClientEndpoint, ConnectionPool, PeerInfo, ResetKeySeed, Server, Service, SocketReleased,
+    TransportConfig, TransportError, CLOSE_HANDSHAKE_REFUSED, CLOSE_PROTOCOL_ERROR,
 };
 use tessera_wire::{
     frame, Error, Frame, FrameBody, Hello, NodeId, PeerId, RaftRequest, RaftResponse, RaftRpcKind, RegionId, Request,
@@ -100,6 +100,7 @@ struct Running {
     auth: Arc<CountingAuth>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    released: SocketReleased,
 }
 
 impl Running {
@@ -112,6 +113,7 @@ impl Running {
             let _ = stop.send(());
         }
         tokio::time::timeout(TIMEOUT, self.task).await.expect("serve returns after shutdown").unwrap();
+        assert!(self.released.wait(TIMEOUT).await, "the socket is closed after shutdown");
     }
 }
 
@@ -126,13 +128,14 @@ fn start_server(dir: &TempDir, addr: SocketAddr, config: TransportConfig) -> Run
 
 fn run(server: Server) -> Running {
     let addr = server.local_addr();
+    let released = server.released();
     let service = Arc::new(Echo::default());
     let auth = Arc::new(CountingAuth::default());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.serve(service.clone(), auth.clone(), async move {
         let _ = stopped.await;
     }));
-    Running { addr, service, auth, stop: Some(stop), task }
+    Running { addr, service, auth, stop: Some(stop), task, released }
 }
 
 fn loopback() -> SocketAddr {
@@ -249,8 +252,10 @@ async fn pending_calls_fail_with_connection_lost_when_the_connection_dies() {
     let result = in_flight.await.unwrap();
     assert!(matches!(result, Err(TransportError::ConnectionLost(_))), "{result:?}");
     assert!(conn.is_closed());
+    // A call made once the connection is known dead is never sent: a definite failure.
     let later = conn.call(echo_request(b"after"), TIMEOUT).await;
-    assert!(matches!(later, Err(TransportError::ConnectionLost(_))), "{later:?}");
+    assert!(matches!(later, Err(TransportError::NotSent(_))), "{later:?}");
+    assert!(!later.unwrap_err().may_have_been_delivered());
 }
 
 #[tokio::test]
@@ -262,7 +267,8 @@ async fn oversized_requests_are_refused_locally() {
     let conn =
         ClientEndpoint::new(loopback(), tls, Role::Client, config).unwrap().connect(&server.addr()).await.unwrap();
     let result = conn.call(echo_request(&[7u8; 8192]), TIMEOUT).await;
-    assert!(matches!(result, Err(TransportError::Frame(tessera_wire::FrameError::TooLarge { .. }))), "{result:?}");
+    assert!(matches!(result, Err(TransportError::Encode(tessera_wire::FrameError::TooLarge { .. }))), "{result:?}");
+    assert!(!result.unwrap_err().may_have_been_delivered(), "nothing was sent");
     assert_eq!(echoed(conn.call(echo_request(b"small"), TIMEOUT).await.unwrap()), b"small");
 }
 
@@ -459,16 +465,10 @@ async fn the_pool_redials_after_a_server_restart() {
     restarted.shutdown().await;
 }
 
-/// Binds the port a stopped server used. The old endpoint's socket is released by its
-/// driver task once the endpoint is gone, so give the runtime a few turns to run it.
+/// Binds the port a stopped server used: `shutdown` waited for its socket to close, so the
+/// first attempt must succeed.
 async fn start_on_same_port(dir: &TempDir, addr: SocketAddr) -> Running {
-    for _ in 0..1000 {
-        match bind(dir, addr, TransportConfig::default()) {
-            Ok(server) => return run(server),
-            Err(_) => tokio::task::yield_now().await,
-        }
-    }
-    panic!("port {addr} was never released");
+    start_server(dir, addr, TransportConfig::default())
 }
 
 #[tokio::test]
@@ -526,4 +526,145 @@ async fn shutdown_lets_in_flight_requests_finish() {
     server.service.release.notify_one();
     assert_eq!(echoed(in_flight.await.unwrap().unwrap()), b"slow");
     server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Dead and restarted peers
+// ---------------------------------------------------------------------------------------
+
+/// A UDP relay between one client and a server. It can drop everything, as a frozen or
+/// killed peer would, and be pointed at another server, as a process restarted behind the
+/// same address would be.
+struct Relay {
+    addr: SocketAddr,
+    blackhole: Arc<std::sync::atomic::AtomicBool>,
+    target: Arc<Mutex<SocketAddr>>,
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(server: SocketAddr) -> Relay {
+        let front = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+        let back = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let blackhole = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let target = Arc::new(Mutex::new(server));
+        let (hole, to_server) = (blackhole.clone(), target.clone());
+        let task = tokio::spawn(async move {
+            let mut client: Option<SocketAddr> = None;
+            let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
+            loop {
+                tokio::select! {
+                    r = front.recv_from(&mut up) => {
+                        let Ok((n, from)) = r else { return };
+                        client = Some(from);
+                        if !hole.load(Ordering::SeqCst) {
+                            let server = *to_server.lock().unwrap();
+                            let _ = back.send_to(&up[..n], server).await;
+                        }
+                    }
+                    r = back.recv_from(&mut down) => {
+                        let Ok((n, _)) = r else { return };
+                        if let (Some(to), false) = (client, hole.load(Ordering::SeqCst)) {
+                            let _ = front.send_to(&down[..n], to).await;
+                        }
+                    }
+                }
+            }
+        });
+        Relay { addr, blackhole, target, task }
+    }
+}
+
+async fn connect_patient(dir: &TempDir, addr: SocketAddr, config: TransportConfig) -> tessera_wire::quic::Connection {
+    let tls = client_tls_config(&TlsFiles::client(dir.path(), tessera_certs::DEV_CLIENT)).unwrap();
+    ClientEndpoint::new(loopback(), tls, Role::Client, config).unwrap().connect(&addr.to_string()).await.unwrap()
+}
+
+/// A peer that goes silent (frozen, killed, partitioned) fails every request waiting on it
+/// with `ConnectionLost` once the connection has heard nothing for the liveness timeout,
+/// instead of each request waiting out its own (here much longer) timeout.
+#[tokio::test]
+async fn requests_to_a_silent_peer_fail_at_once_after_the_liveness_timeout() {
+    let dir = certs();
+    let server = start_server(&dir, loopback(), TransportConfig::default());
+    let relay = Relay::start(server.addr).await;
+    let config = TransportConfig { idle_timeout: Duration::from_secs(120), ..TransportConfig::default() };
+    let conn = connect_patient(&dir, relay.addr, config).await;
+    assert_eq!(echoed(conn.call(echo_request(b"alive"), TIMEOUT).await.unwrap()), b"alive");
+    relay.blackhole.store(true, Ordering::SeqCst);
+    let long = Duration::from_secs(60);
+    let calls = (0..8).map(|_| conn.call(echo_request(b"into the void"), long));
+    let results = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(calls))
+        .await
+        .expect("the silent peer is detected long before the calls' own timeout");
+    for r in results {
+        assert!(matches!(r, Err(TransportError::ConnectionLost(_))), "{r:?}");
+    }
+    assert!(conn.is_closed());
+    relay.task.abort();
+    server.shutdown().await;
+}
+
+/// A peer that is slow but alive keeps acknowledging keep-alives: its requests are not cut
+/// by the liveness check, only by their own timeout.
+#[tokio::test]
+async fn a_slow_but_live_peer_is_not_declared_dead() {
+    let dir = certs();
+    let server = start_server(&dir, loopback(), TransportConfig::default());
+    let conn = client(&dir).connect(&server.addr()).await.unwrap();
+    let config = TransportConfig::default();
+    let slow = conn.call(echo_request(b"slow"), TIMEOUT);
+    let release = async {
+        server.service.started.notified().await;
+        // Several liveness periods pass with the request unanswered.
+        tokio::time::sleep(config.liveness_timeout * 3).await;
+        server.service.release.notify_one();
+    };
+    let (answer, ()) = tokio::join!(slow, release);
+    assert_eq!(echoed(answer.unwrap()), b"slow");
+    assert!(!conn.is_closed());
+    server.shutdown().await;
+}
+
+/// A server restarted behind the same address with the same stateless-reset key resets
+/// its predecessor's connections as soon as they send: the client learns at once, not after
+/// its liveness or idle timeout (both set far beyond the call's timeout here). With another
+/// key the reset is not recognised and the call just times out, which shows the test can
+/// tell the two apart.
+#[tokio::test]
+async fn a_restarted_server_with_a_stable_reset_key_resets_old_connections_at_once() {
+    let dir = certs();
+    let keyed = |identity: &[u8]| TransportConfig {
+        reset_key_seed: Some(ResetKeySeed::derive(identity)),
+        ..TransportConfig::default()
+    };
+    let patient = TransportConfig {
+        liveness_timeout: Duration::from_secs(100),
+        idle_timeout: Duration::from_secs(120),
+        ..TransportConfig::default()
+    };
+    // The "crash": the first server stays up, but a relay now sends everything to a new
+    // server, which has never heard of the client's connection.
+    let first = start_server(&dir, loopback(), keyed(b"node 1"));
+    let (relay, other_relay) = (Relay::start(first.addr).await, Relay::start(first.addr).await);
+    let conn = connect_patient(&dir, relay.addr, patient.clone()).await;
+    let other = connect_patient(&dir, other_relay.addr, patient).await;
+    for c in [&conn, &other] {
+        assert_eq!(echoed(c.call(echo_request(b"before"), TIMEOUT).await.unwrap()), b"before");
+    }
+    let same_identity = start_server(&dir, loopback(), keyed(b"node 1"));
+    *relay.target.lock().unwrap() = same_identity.addr;
+    let result = conn.call(echo_request(b"after"), TIMEOUT).await;
+    assert!(matches!(result, Err(TransportError::ConnectionLost(_))), "{result:?}");
+
+    let stranger = start_server(&dir, loopback(), keyed(b"node 2"));
+    *other_relay.target.lock().unwrap() = stranger.addr;
+    let ignored = other.call(echo_request(b"unrecognised reset"), Duration::from_secs(2)).await;
+    assert!(matches!(ignored, Err(TransportError::Timeout)), "{ignored:?}");
+    other_relay.task.abort();
+    relay.task.abort();
+    for server in [first, stranger, same_identity] {
+        server.shutdown().await;
+    }
 }

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+mod crash;
+
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
 /// A child process killed (SIGTERM, then SIGKILL) when dropped.
@@ -17,22 +19,31 @@ struct Proc {
 
 impl Proc {
     fn spawn(args: &[&str]) -> Proc {
+        Self::spawn_logging(args, "error")
+    }
+
+    /// Spawns with `RUST_LOG=filter`; log lines (stderr) arrive with the stdout lines.
+    fn spawn_logging(args: &[&str], filter: &str) -> Proc {
         let mut child = Command::new(BIN)
             .args(args)
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tessera");
-        let out = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        for stream in [Box::new(out) as Box<dyn std::io::Read + Send>, Box::new(err)] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+        }
         Proc { child, lines }
     }
 

@@ -32,7 +32,7 @@ async fn a_retried_append_with_the_same_session_sequence_applies_once() {
                 consistency: ReadConsistency::Linearizable,
             },
             op: KvOp::Write {
-                session: Some(SessionSeq { session: SessionId(0xfeed), seq }),
+                session: Some(SessionSeq { session: SessionId(0xfeed), seq, first_pending: 1 }),
                 command: WriteCommand::Append { key: key.clone(), value: b"x".to_vec() },
             },
         })

@@ -53,6 +53,13 @@ impl TestCluster {
 
     /// Like [`TestCluster::start`], with `tweak` applied to every node's configuration.
     pub async fn start_with(nodes: u64, initial_regions: u32, tweak: fn(&mut NodeConfig)) -> TestCluster {
+        let c = Self::start_unready(nodes, initial_regions, tweak).await;
+        c.wait_all_leaders(Duration::from_secs(30)).await;
+        c
+    }
+
+    /// Starts PD and the nodes without waiting for the regions to get leaders.
+    pub async fn start_unready(nodes: u64, initial_regions: u32, tweak: fn(&mut NodeConfig)) -> TestCluster {
         // Logs when asked for with RUST_LOG (e.g. RUST_LOG=tessera=debug).
         if std::env::var_os("RUST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
@@ -82,7 +89,6 @@ impl TestCluster {
             c.node_addrs.insert(id, node.local_addr());
             c.nodes.insert(id, Some(node));
         }
-        c.wait_all_leaders(Duration::from_secs(30)).await;
         c
     }
 
@@ -203,22 +209,16 @@ impl TestCluster {
     }
 }
 
-/// Starts a server on the address its stopped predecessor used. The old socket is closed,
-/// but the OS may take a moment to release the port, and nothing signals that: so this
-/// retries a bounded number of times (a failed bind returns at once).
+/// Starts a server on the address its stopped predecessor used. Shutdown is synchronous
+/// (the socket and the database are released before it returns), so one attempt must do.
 async fn start_on_same_port<T, E: std::fmt::Debug, F: std::future::Future<Output = Result<T, E>>>(
     what: &str,
     start: impl Fn() -> F,
 ) -> T {
-    let mut last = None;
-    for _ in 0..50 {
-        match start().await {
-            Ok(server) => return server,
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    match start().await {
+        Ok(server) => server,
+        Err(e) => panic!("{what} did not restart on its port: {e:?}"),
     }
-    panic!("{what} did not restart on its port: {last:?}");
 }
 
 /// Keys spread over the key space so that they land in different regions when the

@@ -7,6 +7,7 @@ mod bad_input;
 mod exactly_once;
 mod failover;
 mod harness;
+mod init;
 mod kv_ops;
 mod linearizable;
 mod restart;

@@ -19,10 +19,40 @@ use serde::{Deserialize, Serialize};
 use tessera_wire::quic::ConnectionPool;
 use tessera_wire::{NodeId, PeerId, RaftRequest, RaftRpcKind, RegionId, Request, ResponseBody};
 
-use super::types::{PeerNode, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
+use openraft::entry::RaftEntry;
+use openraft::EntryPayload;
+
+use super::types::{Entry, LogCommand, PeerNode, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
 
 /// Largest snapshot chunk sent in one request.
 pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+
+/// Most bytes of log entries (by [`entry_len_bound`]) in one `AppendEntries` message: the
+/// frame limit less room for the message's own fields.
+pub const REPLICATION_BYTES: usize =
+    tessera_wire::frame::DEFAULT_MAX_FRAME_LEN as usize - 16 * tessera_wire::MESSAGE_OVERHEAD;
+
+/// An upper bound on an entry's encoding.
+pub fn entry_len_bound(entry: &Entry) -> usize {
+    64 + match &entry.payload {
+        EntryPayload::Blank => 0,
+        EntryPayload::Normal(LogCommand::WriteV1 { op, .. }) => op.encoded_len_bound(),
+        // A membership lists a few peers: ids and small node records.
+        EntryPayload::Membership(m) => 64 * (m.nodes().count() + 1) * (m.get_joint_config().len() + 1),
+    }
+}
+
+/// How many leading `entries` fit in `budget` bytes; at least one when there are any.
+pub fn entries_within(entries: &[Entry], budget: usize) -> usize {
+    let mut used = 0;
+    for (i, e) in entries.iter().enumerate() {
+        used += entry_len_bound(e);
+        if used > budget {
+            return i.max(1);
+        }
+    }
+    entries.len()
+}
 
 /// Node id to address, learnt from PD. Shared by all regions.
 #[derive(Debug, Clone, Default)]
@@ -100,10 +130,7 @@ impl PeerNetwork {
         let req = Request::Raft(RaftRequest { region_id: self.region_id, to_peer: self.target, kind, payload });
         // The deadline covers dialling too: a dead peer must not hold a replication stream
         // (or shutdown) for the transport's whole connect timeout.
-        let result = match tokio::time::timeout(timeout, self.pool.call(&addr, req, timeout)).await {
-            Ok(r) => r,
-            Err(_) => Err(tessera_wire::quic::TransportError::Timeout),
-        };
+        let result = self.pool.call(&addr, req, timeout).await;
         match result {
             Ok(Ok(ResponseBody::Raft(r))) => Ok(r.payload),
             Ok(Ok(other)) => Err(SendError::Network(format!("unexpected response {other:?}"))),
@@ -137,10 +164,20 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.rpc(RaftRpcKind::AppendEntries, &rpc, option.soft_ttl()).await
+        // openraft batches entries by count; a message must also fit one frame. Send the
+        // longest prefix that fits and report a partial success, so the leader sends the
+        // rest next (an entry alone always fits: see `Limits::max_request_bytes`).
+        let keep = entries_within(&rpc.entries, REPLICATION_BYTES);
+        let partial = (keep < rpc.entries.len()).then(|| rpc.entries[keep - 1].log_id());
+        rpc.entries.truncate(keep);
+        let resp = self.rpc(RaftRpcKind::AppendEntries, &rpc, option.soft_ttl()).await?;
+        Ok(match (resp, partial) {
+            (AppendEntriesResponse::Success, Some(last)) => AppendEntriesResponse::PartialSuccess(Some(last)),
+            (resp, _) => resp,
+        })
     }
 
     async fn vote(

@@ -55,6 +55,16 @@ pub enum LogOp {
     },
     /// Several puts.
     BatchPut(Vec<(Vec<u8>, Vec<u8>)>),
+    /// Append bytes unless the value would grow past `max_len`; then the write is refused
+    /// (the cap travels in the entry so every replica decides the same).
+    AppendCapped {
+        /// Key.
+        key: Vec<u8>,
+        /// Bytes appended.
+        value: Vec<u8>,
+        /// Longest value allowed.
+        max_len: u64,
+    },
 }
 
 impl fmt::Display for LogCommand {
@@ -65,7 +75,7 @@ impl fmt::Display for LogCommand {
                 let kind = match op {
                     LogOp::Put(..) => "put",
                     LogOp::Delete(..) => "delete",
-                    LogOp::Append(..) => "append",
+                    LogOp::Append(..) | LogOp::AppendCapped { .. } => "append",
                     LogOp::Cas { .. } => "cas",
                     LogOp::BatchPut(p) => return write!(f, "batch_put({}) session={session:?}", p.len()),
                 };
@@ -75,13 +85,29 @@ impl fmt::Display for LogCommand {
     }
 }
 
+impl LogOp {
+    /// An upper bound on the op's postcard encoding, from its key and value lengths.
+    pub fn encoded_len_bound(&self) -> usize {
+        const P: usize = tessera_wire::PAIR_OVERHEAD;
+        let opt = |v: &Option<Vec<u8>>| v.as_ref().map_or(1, |v| v.len() + P);
+        16 + match self {
+            LogOp::Put(k, v) | LogOp::Append(k, v) => k.len() + v.len() + P,
+            LogOp::AppendCapped { key, value, .. } => key.len() + value.len() + P + 10,
+            LogOp::Delete(k) => k.len() + P,
+            LogOp::Cas { key, expected, new } => key.len() + P + opt(expected) + opt(new),
+            LogOp::BatchPut(pairs) => pairs.iter().map(|(k, v)| k.len() + v.len() + P).sum::<usize>() + 5,
+        }
+    }
+}
+
 impl LogCommand {
-    /// Converts a wire write into a log command.
-    pub fn from_wire(session: Option<SessionSeq>, command: WriteCommand) -> LogCommand {
+    /// Converts a wire write into a log command; `max_value_len` caps what an append may
+    /// grow a value to.
+    pub fn from_wire(session: Option<SessionSeq>, command: WriteCommand, max_value_len: usize) -> LogCommand {
         let op = match command {
             WriteCommand::Put { key, value } => LogOp::Put(key, value),
             WriteCommand::Delete { key } => LogOp::Delete(key),
-            WriteCommand::Append { key, value } => LogOp::Append(key, value),
+            WriteCommand::Append { key, value } => LogOp::AppendCapped { key, value, max_len: max_value_len as u64 },
             WriteCommand::CompareAndSwap { key, expected, new } => LogOp::Cas { key, expected, new },
             WriteCommand::BatchPut { pairs } => LogOp::BatchPut(pairs),
         };
@@ -103,19 +129,30 @@ pub enum ApplyResult {
     Appended(u64),
     /// CAS: succeeded, previous value.
     Cas(bool, Option<Vec<u8>>),
+    /// The write was refused by the state machine and changed nothing: an append would
+    /// have grown the value to `len` bytes, past `max`.
+    ValueTooLarge {
+        /// Length the value would have had.
+        len: u64,
+        /// Limit.
+        max: u64,
+    },
 }
 
 impl ApplyResult {
-    /// Converts to the wire result.
-    pub fn to_wire(&self) -> WriteResult {
-        match self {
+    /// Converts to the wire answer: a write result, or the typed error of a refused write.
+    pub fn to_wire(&self) -> Result<WriteResult, tessera_wire::Error> {
+        Ok(match self {
             ApplyResult::None | ApplyResult::Done => WriteResult::Done,
             ApplyResult::Deleted(existed) => WriteResult::Deleted { existed: *existed },
             ApplyResult::Appended(n) => WriteResult::Appended { new_len: *n },
             ApplyResult::Cas(succeeded, previous) => {
                 WriteResult::CompareAndSwap { succeeded: *succeeded, previous: previous.clone() }
             }
-        }
+            ApplyResult::ValueTooLarge { len, max } => {
+                return Err(tessera_wire::Error::ValueTooLarge { len: *len, max: *max })
+            }
+        })
     }
 }
 

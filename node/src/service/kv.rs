@@ -8,15 +8,16 @@
 
 use std::sync::Arc;
 
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::ReadPolicy;
 use tessera_wire::{
-    key_in_range, validate_key, validate_value, Error, KvOp, KvRequest, KvResponse, ReadConsistency, RegionDescriptor,
-    Response, ResponseBody, WriteCommand,
+    key_in_range, validate_batch, validate_key, validate_value, Error, KvOp, KvRequest, KvResponse, LeaderHint,
+    ReadConsistency, RegionDescriptor, RegionId, Response, ResponseBody, WriteCommand,
 };
 
 use super::NodeService;
-use crate::raft::types::LogCommand;
+use crate::raft::types::{LogCommand, TypeConfig};
 use crate::region::Region;
 use crate::storage::state_machine::{read_batch, read_get, read_scan};
 
@@ -35,9 +36,13 @@ impl NodeService {
         } else {
             std::time::Duration::from_millis(header.timeout_ms as u64)
         };
-        // For a write, DeadlineExceeded means its fate is unknown; the client retries it
-        // with the same session sequence number or reports it undetermined.
-        tokio::time::timeout(timeout, self.execute(region, desc, req)).await.unwrap_or(Err(Error::DeadlineExceeded))
+        let timed_out = match &req.op {
+            // The proposal may still commit: its fate is unknown. The client resends it with
+            // the same session sequence number, or reports it undetermined.
+            KvOp::Write { .. } => Error::WriteUndetermined { region_id: header.region_id },
+            _ => Error::DeadlineExceeded,
+        };
+        tokio::time::timeout(timeout, self.execute(region, desc, req)).await.unwrap_or(Err(timed_out))
     }
 
     fn validate(&self, op: &KvOp, desc: &RegionDescriptor) -> Result<(), Error> {
@@ -104,12 +109,7 @@ impl NodeService {
                         }
                     }
                     WriteCommand::BatchPut { pairs } => {
-                        if pairs.len() > limits.max_batch_keys {
-                            return Err(Error::BatchTooLarge {
-                                len: pairs.len() as u64,
-                                max: limits.max_batch_keys as u64,
-                            });
-                        }
+                        validate_batch(pairs, limits)?;
                         pairs.iter().try_for_each(|(_, v)| validate_value(v, limits))?;
                     }
                     WriteCommand::Delete { .. } => {}
@@ -122,19 +122,25 @@ impl NodeService {
     async fn execute(&self, region: Arc<Region>, desc: RegionDescriptor, req: KvRequest) -> Response {
         let region_id = desc.id;
         let r = region_id.0;
-        let engine = &self.ctx.engine;
-        let storage = |e: std::io::Error| Error::StorageUnavailable { reason: e.to_string() };
         if let KvOp::Write { session, command } = req.op {
-            let cmd = LogCommand::from_wire(session, command);
+            if let WriteCommand::Append { key, value } = &command {
+                // Fast path: refuse an append that would grow the value past the limit
+                // without proposing it. The state machine checks again at apply, where
+                // concurrent appends are ordered; this read only saves a log entry.
+                let key = key.clone();
+                let current = self.read(move |engine| read_get(engine, r, &key)).await?;
+                let len = (current.map_or(0, |v| v.len()) + value.len()) as u64;
+                if len > self.limits.max_value_len as u64 {
+                    return Err(Error::ValueTooLarge { len, max: self.limits.max_value_len as u64 });
+                }
+            }
+            if let Some(busy) = self.overload(&region) {
+                return Err(busy);
+            }
+            let cmd = LogCommand::from_wire(session, command, self.limits.max_value_len);
             return match region.raft.client_write(cmd).await {
-                Ok(resp) => Ok(ResponseBody::Kv(KvResponse::Write(resp.data.to_wire()))),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    Err(Error::NotLeader { region_id, leader: region.leader_hint(&self.ctx.book) })
-                }
-                Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-                    Err(Error::WriteUndetermined { region_id })
-                }
-                Err(e) => Err(Error::RegionUnavailable { region_id, reason: e.to_string() }),
+                Ok(resp) => resp.data.to_wire().map(|w| ResponseBody::Kv(KvResponse::Write(w))),
+                Err(e) => Err(write_error(e, region_id, || region.leader_hint(&self.ctx.book))),
             };
         }
         if req.header.consistency == ReadConsistency::Linearizable {
@@ -146,10 +152,14 @@ impl NodeService {
                 Err(e) => return Err(Error::RegionUnavailable { region_id, reason: e.to_string() }),
             }
         }
+        let max_bytes = self.limits.max_response_bytes;
         match req.op {
-            KvOp::Get { key } => Ok(ResponseBody::Kv(KvResponse::Value(read_get(engine, r, &key).map_err(storage)?))),
+            KvOp::Get { key } => {
+                Ok(ResponseBody::Kv(KvResponse::Value(self.read(move |engine| read_get(engine, r, &key)).await?)))
+            }
             KvOp::BatchGet { keys } => {
-                Ok(ResponseBody::Kv(KvResponse::Values(read_batch(engine, r, &keys).map_err(storage)?)))
+                let values = self.read(move |engine| read_batch(engine, r, &keys, max_bytes)).await?;
+                Ok(ResponseBody::Kv(KvResponse::Values(values)))
             }
             KvOp::Scan { start, end, limit, reverse } => {
                 // Clamp the range to the region.
@@ -160,11 +170,72 @@ impl NodeService {
                     end
                 };
                 let limit = limit.min(self.limits.max_scan_limit) as usize;
-                let (pairs, resume_key) = read_scan(engine, r, &lo, &hi, limit, reverse).map_err(storage)?;
+                let (pairs, resume_key) =
+                    self.read(move |engine| read_scan(engine, r, &lo, &hi, limit, max_bytes, reverse)).await?;
                 debug_assert!(pairs.iter().all(|(k, _)| key_in_range(k, &desc.start_key, &desc.end_key)));
                 Ok(ResponseBody::Kv(KvResponse::Scan { pairs, resume_key }))
             }
             KvOp::Write { .. } => Err(Error::InvalidRequest { reason: "write reached the read path".into() }),
         }
+    }
+
+    /// `ServerBusy` when the node cannot take another write in time: its group-commit queue
+    /// is deeper than `max_write_queue` jobs, or the region's state machine lags its log by
+    /// more than `max_apply_lag` entries. Refused before proposing, so the write was not
+    /// applied and the client backs off and retries, instead of the write timing out into
+    /// an undetermined outcome.
+    fn overload(&self, region: &Region) -> Option<Error> {
+        let retry_after_ms = 20;
+        if self.ctx.engine.queue_depth() > self.admission.max_write_queue {
+            return Some(Error::ServerBusy { retry_after_ms });
+        }
+        let (last_log, applied) = {
+            let m = region.raft.metrics();
+            let m = m.borrow_watched();
+            (m.last_log_index.unwrap_or(0), m.last_applied.map_or(0, |l| l.index))
+        };
+        if last_log.saturating_sub(applied) > self.admission.max_apply_lag {
+            return Some(Error::ServerBusy { retry_after_ms });
+        }
+        None
+    }
+
+    /// Runs a read of the database on the bounded read pool, off the async runtime.
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&crate::storage::Engine) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, Error> {
+        let engine = self.ctx.engine.clone();
+        self.reads.run(move || read(&engine)).await.map_err(|e| Error::StorageUnavailable { reason: e.to_string() })
+    }
+}
+
+/// The typed error for a failed proposal, by whether its entry can still commit.
+///
+/// * `ForwardToLeader`: refused before anything was appended, so it can never commit:
+///   `NotLeader`, and the client resends to the leader.
+/// * `LogEntryDiscarded`: appended, then lost the leadership; the entry may have been
+///   replicated and may still commit under the next leader: `WriteUndetermined`.
+/// * `ChangeMembershipError`, `PreconditionFailed`: refused before appending (a client write
+///   changes no membership and carries no precondition): `RegionUnavailable`.
+/// * `Fatal` (storage failure, panic, shutdown): openraft stopped at some point after
+///   accepting the proposal, perhaps after appending and replicating it:
+///   `WriteUndetermined`.
+pub(crate) fn write_error(
+    e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+    region_id: RegionId,
+    leader: impl FnOnce() -> Option<LeaderHint>,
+) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Error::NotLeader { region_id, leader: leader() },
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => Error::WriteUndetermined { region_id },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Error::RegionUnavailable { region_id, reason: e.to_string() }
+        }
+        // Checked before appending; Tessera attaches no preconditions.
+        RaftError::APIError(ClientWriteError::PreconditionFailed(e)) => {
+            Error::RegionUnavailable { region_id, reason: e.to_string() }
+        }
+        RaftError::Fatal(_) => Error::WriteUndetermined { region_id },
     }
 }

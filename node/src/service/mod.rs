@@ -2,6 +2,7 @@
 
 mod kv;
 mod raft_rpc;
+mod read_pool;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +19,21 @@ pub struct NodeService {
     pub(crate) ctx: NodeContext,
     pub(crate) limits: Limits,
     pub(crate) default_timeout: Duration,
+    pub(crate) reads: read_pool::ReadPool,
+    pub(crate) admission: crate::config::Admission,
+}
+
+impl NodeService {
+    /// A service for the node described by `ctx`.
+    pub(crate) fn new(ctx: NodeContext, cfg: &crate::NodeConfig) -> Self {
+        NodeService {
+            ctx,
+            limits: cfg.limits,
+            default_timeout: cfg.default_request_timeout,
+            reads: read_pool::ReadPool::new(cfg.admission.max_concurrent_reads),
+            admission: cfg.admission.clone(),
+        }
+    }
 }
 
 impl Service for NodeService {
@@ -25,8 +41,8 @@ impl Service for NodeService {
     #[allow(clippy::manual_async_fn)]
     fn call(self: Arc<Self>, peer: Arc<PeerInfo>, request: Request) -> impl Future<Output = Response> + Send + 'static {
         async move {
-            if let Some(reason) = self.ctx.engine.failure() {
-                return Err(Error::StorageUnavailable { reason });
+            if let Some(failure) = self.ctx.engine.failure() {
+                return Err(Error::StorageUnavailable { reason: failure.to_string() });
             }
             match request {
                 Request::Kv(req) => self.kv(req).await,

@@ -12,8 +12,8 @@
 
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 
 use redb::ReadableDatabase;
 
@@ -29,6 +29,12 @@ struct Job {
     done: Done,
     log_entries: u64,
     durable: bool,
+}
+
+enum Msg {
+    Job(Job),
+    /// Finish the jobs queued before this message, then exit.
+    Stop,
 }
 
 /// Most jobs folded into one transaction.
@@ -62,23 +68,68 @@ pub struct CommitStats {
     pub log_entries: AtomicU64,
 }
 
-/// The node's database and writer. Cheap to clone.
+/// Why the engine stopped: the first failed commit, with its I/O error kind kept (a full
+/// disk is `StorageFull`, corruption `InvalidData`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The error kind.
+    pub kind: io::ErrorKind,
+    /// What failed.
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({:?})", self.message, self.kind)
+    }
+}
+
+impl Failure {
+    fn to_io(&self) -> io::Error {
+        io::Error::new(self.kind, format!("storage failed earlier: {}", self.message))
+    }
+}
+
+struct Shared {
+    /// `None` once the engine is closed.
+    db: RwLock<Option<Arc<redb::Database>>>,
+    tx: Mutex<mpsc::Sender<Msg>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    failed: Mutex<Option<Failure>>,
+    stats: CommitStats,
+    /// Jobs sent and not yet taken by the writer.
+    queued: AtomicUsize,
+}
+
+/// The node's database and writer. Cheap to clone; clones share everything.
 #[derive(Clone)]
 pub struct Engine {
-    db: Arc<redb::Database>,
-    tx: mpsc::Sender<Job>,
-    failed: Arc<Mutex<Option<String>>>,
-    stats: Arc<CommitStats>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("failed", &self.failed.lock().ok().and_then(|g| g.clone())).finish()
+        f.debug_struct("Engine").field("failed", &self.failure()).finish()
     }
 }
 
-pub(crate) fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
+/// Converts a redb error to an `io::Error`, keeping what kind of failure it was: redb's
+/// I/O errors keep their own kind (and OS error code, so a full disk stays `StorageFull`);
+/// corruption becomes `InvalidData`.
+pub(crate) fn io_err(e: impl Into<redb::Error>) -> io::Error {
+    match e.into() {
+        redb::Error::Io(e) => e,
+        redb::Error::Corrupted(what) => io::Error::new(io::ErrorKind::InvalidData, format!("corrupted: {what}")),
+        redb::Error::DatabaseAlreadyOpen => io::Error::new(io::ErrorKind::AlreadyExists, "database already open"),
+        redb::Error::ValueTooLarge(n) => {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("value of {n} bytes too large"))
+        }
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Engine {
@@ -99,19 +150,24 @@ impl Engine {
         }
         txn.commit().map_err(io_err)?;
         let db = Arc::new(db);
-        let (tx, rx) = mpsc::channel::<Job>();
-        let failed = Arc::new(Mutex::new(None));
-        let stats = Arc::new(CommitStats::default());
-        {
-            let db = db.clone();
-            let failed = failed.clone();
-            let stats = stats.clone();
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let shared = Arc::new(Shared {
+            db: RwLock::new(Some(db.clone())),
+            tx: Mutex::new(tx),
+            writer: Mutex::new(None),
+            failed: Mutex::new(None),
+            stats: CommitStats::default(),
+            queued: AtomicUsize::new(0),
+        });
+        let writer = {
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name("tessera-writer".into())
-                .spawn(move || writer_loop(db, rx, failed, stats))
-                .map_err(StorageError::Io)?;
-        }
-        Ok(Engine { db, tx, failed, stats })
+                .spawn(move || writer_loop(db, rx, &shared))
+                .map_err(StorageError::Io)?
+        };
+        *lock(&shared.writer) = Some(writer);
+        Ok(Engine { shared })
     }
 
     /// Queues `work`; `done` is called once its commit is durable (or failed).
@@ -128,7 +184,9 @@ impl Engine {
     }
 
     fn send(&self, job: Job) {
-        if let Err(mpsc::SendError(job)) = self.tx.send(job) {
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        if let Err(mpsc::SendError(Msg::Job(job))) = lock(&self.shared.tx).send(Msg::Job(job)) {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
             (job.done)(Err(io::Error::other("storage writer has stopped")));
         }
     }
@@ -161,82 +219,119 @@ impl Engine {
     /// A consistent read snapshot of the database.
     pub fn read(&self) -> io::Result<redb::ReadTransaction> {
         self.check()?;
-        self.db.begin_read().map_err(io_err)
+        let db = self.shared.db.read().unwrap_or_else(|p| p.into_inner());
+        let db = db.as_ref().ok_or_else(|| io::Error::other("storage is closed"))?;
+        db.begin_read().map_err(io_err)
     }
 
     /// `Err` once the engine has fail-stopped.
     pub fn check(&self) -> io::Result<()> {
-        match &*self.failed.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(reason) => Err(io::Error::other(format!("storage failed earlier: {reason}"))),
+        match &*lock(&self.shared.failed) {
+            Some(failure) => Err(failure.to_io()),
             None => Ok(()),
         }
     }
 
     /// The failure that stopped the engine, if any.
-    pub fn failure(&self) -> Option<String> {
-        self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    pub fn failure(&self) -> Option<Failure> {
+        lock(&self.shared.failed).clone()
     }
 
     /// Group-commit counters.
     pub fn stats(&self) -> &CommitStats {
-        &self.stats
+        &self.shared.stats
+    }
+
+    /// Jobs waiting for the writer: the depth of the group-commit queue.
+    pub fn queue_depth(&self) -> usize {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// Stops the writer after the jobs already queued, waits for it, and closes the
+    /// database: when this returns the database file is released (reads still in flight
+    /// keep their snapshot; jobs sent afterwards fail). Idempotent.
+    pub fn close(&self) {
+        let _ = lock(&self.shared.tx).send(Msg::Stop);
+        if let Some(writer) = lock(&self.shared.writer).take() {
+            if writer.join().is_err() {
+                tracing::error!("storage writer thread panicked");
+            }
+        }
+        self.shared.db.write().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 
-fn writer_loop(
-    db: Arc<redb::Database>,
-    rx: mpsc::Receiver<Job>,
-    failed: Arc<Mutex<Option<String>>>,
-    stats: Arc<CommitStats>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
+fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Msg>, shared: &Shared) {
+    let mut stopping = false;
+    while !stopping {
+        let mut batch = match rx.recv() {
+            Ok(Msg::Job(job)) => vec![job],
+            Ok(Msg::Stop) | Err(_) => break,
+        };
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(Msg::Job(job)) => batch.push(job),
+                Ok(Msg::Stop) => {
+                    stopping = true;
+                    break;
+                }
                 Err(_) => break,
             }
         }
-        let already_failed = failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(reason) = already_failed {
-            for job in batch {
-                (job.done)(Err(io::Error::other(format!("storage failed earlier: {reason}"))));
-            }
-            continue;
+        shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        commit_batch(&db, batch, shared);
+    }
+    // Anything sent after the stop fails instead of hanging its caller.
+    while let Ok(msg) = rx.try_recv() {
+        if let Msg::Job(job) = msg {
+            shared.queued.fetch_sub(1, Ordering::Relaxed);
+            (job.done)(Err(io::Error::other("storage is closed")));
         }
-        let mut dones = Vec::with_capacity(batch.len());
-        let mut log_entries = 0;
-        let durable = batch.iter().any(|j| j.durable);
-        let result = (|| -> io::Result<()> {
-            let mut txn = db.begin_write().map_err(io_err)?;
-            let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
-            txn.set_durability(durability).map_err(io_err)?;
-            for job in batch {
-                log_entries += job.log_entries;
-                dones.push(job.done);
-                (job.work)(&txn)?;
-            }
-            txn.commit().map_err(io_err)
-        })();
-        match &result {
-            Ok(()) => {
-                if durable {
-                    stats.commits.fetch_add(1, Ordering::Relaxed);
-                }
-                stats.jobs.fetch_add(dones.len() as u64, Ordering::Relaxed);
-                stats.log_entries.fetch_add(log_entries, Ordering::Relaxed);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "storage commit failed; fail-stopping the node's storage");
-                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-            }
+    }
+}
+
+/// Runs one batch in one transaction and completes every job of it with the outcome.
+fn commit_batch(db: &redb::Database, batch: Vec<Job>, shared: &Shared) {
+    let already_failed = lock(&shared.failed).clone();
+    if let Some(failure) = already_failed {
+        for job in batch {
+            (job.done)(Err(failure.to_io()));
         }
-        for done in dones {
-            done(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-            });
+        return;
+    }
+    let durable = batch.iter().any(|j| j.durable);
+    let jobs = batch.len() as u64;
+    let log_entries: u64 = batch.iter().map(|j| j.log_entries).sum();
+    // Completions are taken out first, so that every job of the batch hears the outcome,
+    // whichever job fails.
+    let (works, dones): (Vec<Work>, Vec<Done>) = batch.into_iter().map(|j| (j.work, j.done)).unzip();
+    let result = (|| -> io::Result<()> {
+        let mut txn = db.begin_write().map_err(io_err)?;
+        let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
+        txn.set_durability(durability).map_err(io_err)?;
+        for work in works {
+            work(&txn)?;
         }
+        txn.commit().map_err(io_err)
+    })();
+    match &result {
+        Ok(()) => {
+            if durable {
+                shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            shared.stats.jobs.fetch_add(jobs, Ordering::Relaxed);
+            shared.stats.log_entries.fetch_add(log_entries, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, kind = ?e.kind(), "storage commit failed; fail-stopping the node's storage");
+            *lock(&shared.failed) = Some(Failure { kind: e.kind(), message: e.to_string() });
+        }
+    }
+    for done in dones {
+        done(match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        });
     }
 }
 
@@ -302,5 +397,71 @@ mod tests {
         assert!(r.unwrap_err().to_string().contains("disk on fire"));
         assert!(engine.read().is_err());
         assert!(engine.failure().is_some());
+    }
+
+    #[tokio::test]
+    async fn every_job_of_a_failed_batch_hears_the_failure_with_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        // Hold the writer so the next jobs share one batch: a good one, a failing one (a
+        // full disk), and two more after it.
+        let (running_tx, running_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let first = {
+            let e = engine.clone();
+            tokio::spawn(async move {
+                e.write(Box::new(move |_| {
+                    running_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    Ok(())
+                }))
+                .await
+            })
+        };
+        tokio::task::spawn_blocking(move || running_rx.recv().unwrap()).await.unwrap();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        let full_disk = || io::Error::from(io::ErrorKind::StorageFull);
+        let jobs: Vec<Work> = vec![insert(1), Box::new(move |_| Err(full_disk())), insert(2), insert(3)];
+        for (i, work) in jobs.into_iter().enumerate() {
+            let tx = done_tx.clone();
+            engine.submit(work, Box::new(move |r| tx.send((i, r)).unwrap()), 0);
+        }
+        release_tx.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        let mut heard = Vec::new();
+        for _ in 0..4 {
+            let (i, r) = done_rx.recv().await.unwrap();
+            assert_eq!(r.unwrap_err().kind(), io::ErrorKind::StorageFull, "job {i}");
+            heard.push(i);
+        }
+        heard.sort();
+        assert_eq!(heard, vec![0, 1, 2, 3], "every job of the batch was completed");
+        assert_eq!(engine.failure().unwrap().kind, io::ErrorKind::StorageFull);
+        // Nothing of the failed batch was committed.
+        let read = engine.read();
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::StorageFull);
+    }
+
+    #[tokio::test]
+    async fn close_finishes_queued_jobs_and_releases_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let engine = Engine::open(&path).unwrap();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..50u64 {
+            let tx = done_tx.clone();
+            engine.submit(insert(i), Box::new(move |r| tx.send(r).unwrap()), 0);
+        }
+        let reader = engine.clone();
+        tokio::task::spawn_blocking(move || engine.close()).await.unwrap();
+        for _ in 0..50 {
+            done_rx.recv().await.unwrap().unwrap();
+        }
+        assert!(reader.read().is_err(), "a closed engine refuses reads");
+        let late = reader.write(insert(99)).await;
+        assert!(late.is_err(), "a job sent after close fails instead of hanging");
+        // The file is free: it opens again at once, with every queued job committed.
+        let reopened = Engine::open(&path).unwrap();
+        assert_eq!(reopened.read().unwrap().open_table(tables::SM_META).unwrap().len().unwrap(), 50);
     }
 }

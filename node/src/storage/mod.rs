@@ -10,6 +10,7 @@
 //! * [`records`]: the on-disk record types (versioned; never wire types).
 
 pub mod engine;
+pub mod inspect;
 pub mod log_store;
 pub mod records;
 pub mod state_machine;

@@ -124,24 +124,40 @@ pub fn read_get(engine: &Engine, region: u64, key: &[u8]) -> io::Result<Option<V
     Ok(t.get(data_key(region, key).as_slice()).map_err(io_err)?.map(|v| v.value().to_vec()))
 }
 
-/// Reads several keys of `region` from one consistent snapshot.
-pub fn read_batch(engine: &Engine, region: u64, keys: &[Vec<u8>]) -> io::Result<Vec<Option<Vec<u8>>>> {
+/// Reads keys of `region` from one consistent snapshot, in order, for a prefix of `keys`:
+/// it stops once the values read reach `max_bytes` (always answering at least one key).
+pub fn read_batch(
+    engine: &Engine,
+    region: u64,
+    keys: &[Vec<u8>],
+    max_bytes: usize,
+) -> io::Result<Vec<Option<Vec<u8>>>> {
     let txn = engine.read()?;
     let t = txn.open_table(tables::DATA).map_err(io_err)?;
-    keys.iter()
-        .map(|k| Ok(t.get(data_key(region, k).as_slice()).map_err(io_err)?.map(|v| v.value().to_vec())))
-        .collect()
+    let mut out = Vec::with_capacity(keys.len());
+    let mut bytes = 0;
+    for k in keys {
+        if !out.is_empty() && bytes >= max_bytes {
+            break;
+        }
+        let v = t.get(data_key(region, k).as_slice()).map_err(io_err)?.map(|v| v.value().to_vec());
+        bytes += k.len() + v.as_ref().map_or(0, Vec::len);
+        out.push(v);
+    }
+    Ok(out)
 }
 
 /// A page of the scan of `[start, end)` of `region`; returns the pairs and, if the page
-/// was cut by `limit`, where to resume (the next key for forward scans; the exclusive end
-/// for reverse scans).
+/// was cut by `limit` pairs or by `max_bytes` of keys and values (a page always holds at
+/// least one pair), where to resume (the next key for forward scans; the exclusive end for
+/// reverse scans).
 pub fn read_scan(
     engine: &Engine,
     region: u64,
     start: &[u8],
     end: &[u8],
     limit: usize,
+    max_bytes: usize,
     reverse: bool,
 ) -> io::Result<(Pairs, Option<Vec<u8>>)> {
     let txn = engine.read()?;
@@ -150,15 +166,17 @@ pub fn read_scan(
     let range = t.range(lo.as_slice()..hi.as_slice()).map_err(io_err)?;
     let rows: Box<dyn Iterator<Item = _>> = if reverse { Box::new(range.rev()) } else { Box::new(range) };
     let mut out = Vec::new();
+    let mut bytes = 0;
     for row in rows {
         let (k, v) = row.map_err(io_err)?;
         let key = k.value()[8..].to_vec();
-        if out.len() >= limit {
+        if out.len() >= limit || (!out.is_empty() && bytes >= max_bytes) {
             // Where the next page starts: this key for a forward scan; for a reverse scan
             // the exclusive end just past it.
             let resume = if reverse { [key.as_slice(), &[0]].concat() } else { key };
             return Ok((out, Some(resume)));
         }
+        bytes += key.len() + v.value().len();
         out.push((key, v.value().to_vec()));
     }
     Ok((out, None))
@@ -196,6 +214,16 @@ fn execute(data: &mut DataTable<'_>, region: u64, op: &LogOp) -> io::Result<(App
             cur.extend_from_slice(v);
             let (dk, db) = put(data, k, &cur)?;
             (ApplyResult::Appended(cur.len() as u64), dk, db)
+        }
+        LogOp::AppendCapped { key, value, max_len } => {
+            let mut cur = get(data, key)?.unwrap_or_default();
+            let len = (cur.len() + value.len()) as u64;
+            if len > *max_len {
+                return Ok((ApplyResult::ValueTooLarge { len, max: *max_len }, 0, 0));
+            }
+            cur.extend_from_slice(value);
+            let (dk, db) = put(data, key, &cur)?;
+            (ApplyResult::Appended(len), dk, db)
         }
         LogOp::Cas { key, expected, new } => {
             let cur = get(data, key)?;

@@ -12,5 +12,6 @@ pub mod plan;
 pub mod retry;
 pub mod rng;
 pub mod route;
+pub mod session;
 pub mod suspect;
 pub mod time;

@@ -43,6 +43,35 @@ pub fn group_by_region<K: AsRef<[u8]>>(cache: &RegionCache, keys: &[K]) -> KeyPl
     KeyPlan { groups: by_start.into_values().collect(), missing }
 }
 
+/// Cuts `indices` (one region's part of a batch) into chunks of at most `max_keys` entries
+/// and at most `max_bytes` bytes, where `size(i)` is the size of entry `i`. Every chunk
+/// holds at least one entry, so an entry larger than `max_bytes` is alone in its chunk (the
+/// server then refuses it with a clear error).
+pub fn chunk_by_size(
+    indices: &[usize],
+    max_keys: usize,
+    max_bytes: usize,
+    size: impl Fn(usize) -> usize,
+) -> Vec<Vec<usize>> {
+    let max_keys = max_keys.max(1);
+    let mut chunks = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut bytes = 0;
+    for &i in indices {
+        let n = size(i);
+        if !current.is_empty() && (current.len() == max_keys || bytes + n > max_bytes) {
+            chunks.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        current.push(i);
+        bytes += n;
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
 /// True when every key lies in `region` (a group still fits after the cache changed).
 pub fn all_in_region<K: AsRef<[u8]>>(region: &RegionDescriptor, keys: &[K]) -> bool {
     keys.iter().all(|k| region.contains(k.as_ref()))
@@ -247,6 +276,20 @@ mod tests {
         let got: Vec<(u64, Vec<usize>)> = plan.groups.iter().map(|g| (g.region.id().0, g.indices.clone())).collect();
         assert_eq!(got, vec![(1, vec![1, 3]), (2, vec![2]), (3, vec![0, 4])]);
         assert!(plan.missing.is_empty());
+    }
+
+    #[test]
+    fn chunks_respect_count_and_bytes_and_keep_order() {
+        let sizes = [5usize, 5, 5, 20, 1, 1, 1];
+        let idx: Vec<usize> = (0..sizes.len()).collect();
+        let chunks = chunk_by_size(&idx, 2, 10, |i| sizes[i]);
+        assert_eq!(chunks, vec![vec![0, 1], vec![2], vec![3], vec![4, 5], vec![6]]);
+        assert_eq!(chunks.concat(), idx, "every entry once, in order");
+        for c in &chunks {
+            assert!(c.len() <= 2);
+            assert!(c.len() == 1 || c.iter().map(|&i| sizes[i]).sum::<usize>() <= 10);
+        }
+        assert!(chunk_by_size(&[], 2, 10, |_| 1).is_empty());
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub enum TransportFailure {
     Refused(tessera_wire::Error),
     /// An undecodable frame or a wrongly typed answer.
     Protocol(String),
+    /// The request could not be encoded (it exceeds the frame limit): nothing was sent.
+    Unsendable(String),
 }
 
 /// Why an attempt failed.
@@ -70,6 +72,7 @@ impl fmt::Display for Failure {
             Failure::Transport(TransportFailure::Timeout) => write!(f, "request timed out"),
             Failure::Transport(TransportFailure::Refused(e)) => write!(f, "handshake refused: {e}"),
             Failure::Transport(TransportFailure::Protocol(r)) => write!(f, "protocol: {r}"),
+            Failure::Transport(TransportFailure::Unsendable(r)) => write!(f, "not sent: {r}"),
             Failure::NoRoute(r) => write!(f, "no route: {r}"),
         }
     }
@@ -128,7 +131,15 @@ enum Next {
 
 fn is_request_rejection(e: &tessera_wire::Error) -> bool {
     use tessera_wire::Error as W;
-    matches!(e, W::KeyTooLarge { .. } | W::ValueTooLarge { .. } | W::BatchTooLarge { .. } | W::InvalidRequest { .. })
+    matches!(
+        e,
+        W::KeyTooLarge { .. }
+            | W::ValueTooLarge { .. }
+            | W::BatchTooLarge { .. }
+            | W::BatchBytesTooLarge { .. }
+            | W::ResponseTooLarge { .. }
+            | W::InvalidRequest { .. }
+    )
 }
 
 impl RetryState {
@@ -174,6 +185,11 @@ impl RetryState {
             Some(f) => Decision::Surface(Error::Unavailable { reason: f.to_string() }),
             None => Decision::Surface(Error::DeadlineExceeded),
         }
+    }
+
+    /// Records that an earlier attempt, outside this state, may have delivered the write.
+    pub fn assume_delivered(&mut self) {
+        self.mark_delivered_if_write();
     }
 
     fn mark_delivered_if_write(&mut self) {
@@ -227,6 +243,9 @@ impl RetryState {
                 TransportFailure::Protocol(r) => {
                     self.mark_delivered_if_write();
                     Next::Stop(Error::Protocol { reason: r.clone() })
+                }
+                TransportFailure::Unsendable(r) => {
+                    Next::Stop(Error::InvalidArgument { reason: format!("request cannot be sent: {r}") })
                 }
             },
             Failure::NoRoute(_) => Next::Wait(None),

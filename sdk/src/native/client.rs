@@ -1,7 +1,6 @@
 //! The public client.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::Stream;
@@ -15,11 +14,12 @@ use super::clock::TokioClock;
 use super::config::ClientConfig;
 use super::exec::{Inner, KvCall, KvOutcome, RouteBy, Routing};
 use super::pd::PdCall;
-use crate::core::plan::{all_in_region, group_by_region};
+use crate::core::plan::{all_in_region, chunk_by_size, group_by_region};
 use crate::core::retry::RequestKind;
 use crate::core::rng::SplitMix64;
 use crate::core::route::CachedRegion;
-use crate::core::time::{Clock, Timestamp};
+use crate::core::session::SessionSeqs;
+use crate::core::time::Timestamp;
 use crate::{Error, ScanCursor, ScanOptions};
 
 /// Outcome of [`Client::compare_and_swap`].
@@ -29,6 +29,59 @@ pub struct CasOutcome {
     pub succeeded: bool,
     /// The value before the operation (`None`: absent).
     pub previous: Option<Vec<u8>>,
+}
+
+/// A sequence number taken by a write call: pending until dropped.
+struct PendingSeq {
+    inner: Arc<Inner>,
+    seq: u64,
+}
+
+impl PendingSeq {
+    /// Makes the request's session field afresh for each attempt, so that it carries the
+    /// session's current acknowledgement.
+    fn session_seq(&self, session: SessionId) -> impl Fn() -> SessionSeq + Send + 'static {
+        let (inner, seq) = (self.inner.clone(), self.seq);
+        move || SessionSeq { session, seq, first_pending: inner.seqs().first_pending() }
+    }
+}
+
+impl Drop for PendingSeq {
+    fn drop(&mut self) {
+        self.inner.seqs().finish(self.seq);
+    }
+}
+
+/// How the parts of a batch ended.
+#[derive(Debug, Default)]
+struct BatchOutcome {
+    /// Positions served.
+    done: Vec<usize>,
+    /// Failed parts: their positions and error.
+    failed: Vec<(Vec<usize>, Error)>,
+}
+
+impl BatchOutcome {
+    /// `Ok` when every part succeeded; the error of the only part when the batch was one
+    /// part that failed; otherwise [`Error::PartialBatch`] with the exact positions.
+    fn into_result(mut self, total: usize) -> Result<(), Error> {
+        if self.failed.is_empty() {
+            return Ok(());
+        }
+        if self.done.is_empty() && self.failed.len() == 1 {
+            return Err(self.failed.remove(0).1);
+        }
+        self.done.sort_unstable();
+        let mut undetermined: Vec<usize> = self
+            .failed
+            .iter()
+            .filter(|(_, e)| e.is_undetermined())
+            .flat_map(|(group, _)| group.iter().copied())
+            .collect();
+        undetermined.sort_unstable();
+        let error = self.failed.iter().find(|(_, e)| !e.is_undetermined()).unwrap_or(&self.failed[0]).1.clone();
+        Err(Error::PartialBatch { total, applied: self.done, undetermined, error: Box::new(error) })
+    }
 }
 
 /// A connection to a Tessera cluster. Cheap to clone; clones share connections, the routing
@@ -57,7 +110,7 @@ impl Client {
         let inner = Arc::new(Inner {
             pool: ConnectionPool::new(endpoint),
             session: OnceLock::new(),
-            next_seq: AtomicU64::new(1),
+            seqs: Mutex::new(SessionSeqs::default()),
             routing: Mutex::new(Routing::default()),
             rng: Mutex::new(SplitMix64::new(seed)),
             clock: TokioClock::new(),
@@ -127,20 +180,26 @@ impl Client {
         }
     }
 
-    fn next_seq(&self) -> SessionSeq {
-        SessionSeq { session: self.session_id(), seq: self.inner.next_seq.fetch_add(1, Ordering::Relaxed) }
+    /// Takes the session's next sequence number; it stays pending (held back from the
+    /// acknowledgement every request carries) until the guard is dropped, which is when the
+    /// call returns or is cancelled: after that it is never sent again.
+    fn begin_write(&self) -> PendingSeq {
+        let seq = self.inner.seqs().begin();
+        PendingSeq { inner: self.inner.clone(), seq }
     }
 
     /// A single-key write with a fresh sequence number, resent with that same number until
     /// it is known to have been applied or the deadline passes.
     async fn write(&self, key: &[u8], command: WriteCommand) -> Result<WriteResult, Error> {
-        let seq = self.next_seq();
-        let op = KvOp::Write { session: Some(seq), command };
+        let pending = self.begin_write();
         let call = KvCall {
             route: RouteBy::Key(key.to_vec()),
             kind: RequestKind::Write { exactly_once: true },
             consistency: ReadConsistency::Linearizable,
-            build: move |_: &RegionDescriptor| Some(op.clone()),
+            build: {
+                let session = pending.session_seq(self.session_id());
+                move |_: &RegionDescriptor| Some(KvOp::Write { session: Some(session()), command: command.clone() })
+            },
         };
         match self.kv(call, self.deadline()).await? {
             (_, KvResponse::Write(r)) => Ok(r),
@@ -201,64 +260,90 @@ impl Client {
         }
     }
 
-    /// Splits the positions `todo` of `keys` into per-region groups of at most
-    /// `max_batch_keys`, as the cache knows them now. Keys of unknown regions form one
-    /// group, routed by its first key; it is replanned once that lookup is done.
-    fn plan<K: AsRef<[u8]>>(&self, keys: &[K], todo: &[usize]) -> Vec<Vec<usize>> {
-        let subset: Vec<&[u8]> = todo.iter().map(|&i| keys[i].as_ref()).collect();
+    /// Splits the positions `todo` of `keys` into per-region groups, as the cache knows
+    /// them now, each cut to at most `max_batch_keys` keys and `max_bytes` bytes (by
+    /// `size`). Keys of unknown regions form groups routed by their first key; they are
+    /// replanned once that lookup is done.
+    fn plan(&self, keys: &[&[u8]], todo: &[usize], max_bytes: usize, size: impl Fn(usize) -> usize) -> Vec<Vec<usize>> {
+        let subset: Vec<&[u8]> = todo.iter().map(|&i| keys[i]).collect();
         let plan = group_by_region(&self.inner.routing().cache, &subset);
-        let max = self.inner.cfg.limits.max_batch_keys.max(1);
-        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let max_keys = self.inner.cfg.limits.max_batch_keys;
+        let mut groups = Vec::new();
         for g in plan.groups.iter().map(|g| &g.indices).chain(std::iter::once(&plan.missing)) {
-            for chunk in g.chunks(max) {
-                groups.push(chunk.iter().map(|&j| todo[j]).collect());
-            }
+            let g: Vec<usize> = g.iter().map(|&j| todo[j]).collect();
+            groups.extend(chunk_by_size(&g, max_keys, max_bytes, &size));
         }
         groups
     }
 
-    /// Serves a batch region by region: plans the keys' indices into groups by the cached
-    /// regions, sends one call per group (built by `make_call`) concurrently, hands each
-    /// answer to `on_done`, and plans again the groups whose region changed shape, until
-    /// every key is served or the deadline passes.
-    async fn per_region<K, F>(
+    /// Serves a batch region by region.
+    ///
+    /// Plans the keys into groups by the cached regions (cut by `max_bytes` of `size`),
+    /// gives each group an id from `begin` (a write's sequence number), sends one call per
+    /// group concurrently (built by `make_call`), and hands each answer to `on_done`, which
+    /// returns the positions it did not serve (a read answered in part). A group whose
+    /// region changed shape is planned again by region only: its parts keep the group's id,
+    /// so a write part that may already have been applied under it is not applied twice.
+    /// Runs every group to its end, then reports every failure with its positions.
+    async fn per_region<T: Copy, F>(
         &self,
-        keys: &[K],
-        deadline: Timestamp,
-        make_call: impl Fn(&[usize]) -> KvCall<F>,
-        mut on_done: impl FnMut(Vec<usize>, KvResponse) -> Result<(), Error>,
-    ) -> Result<(), Error>
+        keys: &[&[u8]],
+        max_bytes: usize,
+        size: impl Fn(usize) -> usize,
+        mut begin: impl FnMut() -> T,
+        make_call: impl Fn(&[usize], T) -> KvCall<F>,
+        mut on_done: impl FnMut(&[usize], KvResponse) -> Result<Vec<usize>, Error>,
+    ) -> BatchOutcome
     where
-        K: AsRef<[u8]>,
         F: Fn(&RegionDescriptor) -> Option<KvOp> + Send,
     {
-        let mut todo: Vec<usize> = (0..keys.len()).collect();
+        let deadline = self.deadline();
+        let mut outcome = BatchOutcome::default();
+        let all: Vec<usize> = (0..keys.len()).collect();
+        // (positions, id, may already have been delivered)
+        let mut todo: Vec<(Vec<usize>, T, bool)> =
+            self.plan(keys, &all, max_bytes, &size).into_iter().map(|g| (g, begin(), false)).collect();
         while !todo.is_empty() {
-            if self.inner.clock.now() >= deadline {
-                return Err(Error::DeadlineExceeded);
-            }
-            let groups = self.plan(keys, &todo);
-            let calls = groups.iter().map(|group| self.inner.retry(make_call(group), deadline));
+            let calls = todo
+                .iter()
+                .map(|(group, id, delivered)| self.inner.retry_from(make_call(group, *id), deadline, *delivered));
             let results = futures::future::join_all(calls).await;
-            todo.clear();
-            for (group, result) in groups.into_iter().zip(results) {
-                match result? {
-                    KvOutcome::Replan => todo.extend(group),
-                    KvOutcome::Done { response, .. } => on_done(group, response)?,
+            let mut next = Vec::new();
+            let mut unserved = Vec::new();
+            for ((group, id, _), result) in std::mem::take(&mut todo).into_iter().zip(results) {
+                match result {
+                    Ok((KvOutcome::Replan, delivered)) => {
+                        // By region only: the group already fits the count and byte limits.
+                        next.extend(self.plan(keys, &group, usize::MAX, &size).into_iter().map(|g| (g, id, delivered)));
+                    }
+                    Ok((KvOutcome::Done { response, .. }, _)) => match on_done(&group, response) {
+                        Ok(rest) => {
+                            outcome.done.extend(group.iter().filter(|i| !rest.contains(i)));
+                            unserved.extend(rest);
+                        }
+                        Err(e) => outcome.failed.push((group, e)),
+                    },
+                    Err(e) => outcome.failed.push((group, e)),
                 }
             }
+            if !unserved.is_empty() {
+                next.extend(self.plan(keys, &unserved, max_bytes, &size).into_iter().map(|g| (g, begin(), false)));
+            }
+            todo = next;
         }
-        Ok(())
+        outcome
     }
 
-    /// Reads several keys, in any number of regions; one result per key, in order.
+    /// Reads several keys, in any number of regions; one result per key, in order. Large
+    /// answers arrive in several round trips (each answer is capped by bytes).
     pub async fn batch_get<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, Error> {
         for k in keys {
             self.check_key(k.as_ref())?;
         }
+        let refs: Vec<&[u8]> = keys.iter().map(AsRef::as_ref).collect();
         let mut out: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
-        let make_call = |group: &[usize]| {
-            let group_keys: Vec<Vec<u8>> = group.iter().map(|&i| keys[i].as_ref().to_vec()).collect();
+        let make_call = |group: &[usize], (): ()| {
+            let group_keys: Vec<Vec<u8>> = group.iter().map(|&i| refs[i].to_vec()).collect();
             KvCall {
                 route: RouteBy::Key(group_keys[0].clone()),
                 kind: RequestKind::Read,
@@ -268,50 +353,76 @@ impl Client {
                 },
             }
         };
-        self.per_region(keys, self.deadline(), make_call, |group, response| match response {
-            KvResponse::Values(values) if values.len() == group.len() => {
-                for (i, v) in group.into_iter().zip(values) {
-                    out[i] = v;
-                }
-                Ok(())
-            }
-            _ => Err(protocol("BatchGet")),
-        })
-        .await?;
-        Ok(out)
+        let outcome = self
+            .per_region(
+                &refs,
+                usize::MAX,
+                |_| 0,
+                || (),
+                make_call,
+                |group, response| match response {
+                    KvResponse::Values(values) if !values.is_empty() && values.len() <= group.len() => {
+                        let rest = group[values.len()..].to_vec();
+                        for (&i, v) in group.iter().zip(values) {
+                            out[i] = v;
+                        }
+                        Ok(rest)
+                    }
+                    _ => Err(protocol("BatchGet")),
+                },
+            )
+            .await;
+        match outcome.failed.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(out),
+        }
     }
 
-    /// Writes several pairs. Atomic per region, not across regions: on error some regions'
-    /// pairs may have been written. Each region's part is one write with its own sequence
-    /// number. (If a region splits between attempts of its part, the part is replanned with
-    /// new sequence numbers; puts are idempotent, so at worst a pair is written twice.)
+    /// Writes several pairs. Atomic per region, not across regions. The pairs of each
+    /// region are sent as one write (or several, to respect the batch count and byte
+    /// limits), each with its own sequence number kept across retries, so every pair is
+    /// applied at most once. If some parts fail, the error is [`Error::PartialBatch`], which
+    /// says exactly which pairs were applied and which may have been.
     pub async fn batch_put<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, pairs: &[(K, V)]) -> Result<(), Error> {
         for (k, v) in pairs {
             self.check_key(k.as_ref())?;
             self.check_value(v.as_ref())?;
         }
         let keys: Vec<&[u8]> = pairs.iter().map(|(k, _)| k.as_ref()).collect();
-        let make_call = |group: &[usize]| {
+        let size = |i: usize| pairs[i].0.as_ref().len() + pairs[i].1.as_ref().len();
+        let mut seqs = Vec::new();
+        let begin = || {
+            let pending = self.begin_write();
+            let seq = pending.seq;
+            seqs.push(pending);
+            seq
+        };
+        let session = self.session_id();
+        let make_call = |group: &[usize], seq: u64| {
             let group_pairs: Vec<Pair> =
                 group.iter().map(|&i| (pairs[i].0.as_ref().to_vec(), pairs[i].1.as_ref().to_vec())).collect();
-            let seq = self.next_seq();
+            let inner = self.inner.clone();
             KvCall {
                 route: RouteBy::Key(group_pairs[0].0.clone()),
                 kind: RequestKind::Write { exactly_once: true },
                 consistency: ReadConsistency::Linearizable,
                 build: move |r: &RegionDescriptor| {
                     group_pairs.iter().all(|(k, _)| r.contains(k)).then(|| KvOp::Write {
-                        session: Some(seq),
+                        session: Some(SessionSeq { session, seq, first_pending: inner.seqs().first_pending() }),
                         command: WriteCommand::BatchPut { pairs: group_pairs.clone() },
                     })
                 },
             }
         };
-        self.per_region(&keys, self.deadline(), make_call, |_, response| match response {
-            KvResponse::Write(WriteResult::Done) => Ok(()),
-            _ => Err(protocol("BatchPut")),
-        })
-        .await
+        let max_bytes = self.inner.cfg.limits.max_batch_bytes;
+        let outcome = self
+            .per_region(&keys, max_bytes, size, begin, make_call, |_, response| match response {
+                KvResponse::Write(WriteResult::Done) => Ok(Vec::new()),
+                _ => Err(protocol("BatchPut")),
+            })
+            .await;
+        drop(seqs);
+        outcome.into_result(pairs.len())
     }
 
     /// One page of a scan, from the region serving `cursor`'s position: the pairs (possibly

@@ -1,7 +1,6 @@
 //! The single retry loop, and the attempt that sends one KV request to one region.
 
 use std::future::Future;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use crate::core::lookup::PendingLookups;
 use crate::core::retry::{Decision, Failure, RequestKind, RetryState, Target, TransportFailure};
 use crate::core::rng::SplitMix64;
 use crate::core::route::{CachedRegion, RegionCache};
+use crate::core::session::SessionSeqs;
 use crate::core::suspect::{discount_suspect_hint, Suspects};
 use crate::core::time::{Clock, Timestamp};
 use crate::Error;
@@ -41,7 +41,8 @@ pub(crate) struct Inner {
     pub(crate) cfg: ClientConfig,
     pub(crate) pool: ConnectionPool,
     pub(crate) session: OnceLock<SessionId>,
-    pub(crate) next_seq: AtomicU64,
+    /// Write sequence numbers in flight, for exactly-once and the acknowledgement.
+    pub(crate) seqs: Mutex<SessionSeqs>,
     pub(crate) routing: Mutex<Routing>,
     pub(crate) rng: Mutex<SplitMix64>,
     pub(crate) clock: TokioClock,
@@ -64,6 +65,10 @@ impl Inner {
         lock(&self.pd_preferred)
     }
 
+    pub(crate) fn seqs(&self) -> MutexGuard<'_, SessionSeqs> {
+        lock(&self.seqs)
+    }
+
     /// Time left before `deadline`, capped by the per-attempt timeout.
     pub(crate) fn attempt_timeout(&self, deadline: Timestamp) -> Duration {
         deadline.saturating_duration_since(self.clock.now()).min(self.cfg.attempt_timeout)
@@ -77,10 +82,7 @@ impl Inner {
         request: Request,
         timeout: Duration,
     ) -> Result<tessera_wire::Response, TransportError> {
-        match tokio::time::timeout(timeout, self.pool.call(addr, request, timeout)).await {
-            Ok(r) => r,
-            Err(_) => Err(TransportError::Timeout),
-        }
+        self.pool.call(addr, request, timeout).await
     }
 }
 
@@ -104,6 +106,7 @@ pub(crate) fn classify(e: TransportError) -> TransportFailure {
         TransportError::ConnectionLost(r) => TransportFailure::Lost(r),
         TransportError::Timeout => TransportFailure::Timeout,
         TransportError::Frame(f) => TransportFailure::Protocol(f.to_string()),
+        TransportError::Encode(f) => TransportFailure::Unsendable(f.to_string()),
         e if e.may_have_been_delivered() => TransportFailure::Lost(e.to_string()),
         e => TransportFailure::Unreachable(e.to_string()),
     }
@@ -131,16 +134,31 @@ impl Inner {
     /// updates, wait if told to, repeat.
     pub(crate) async fn retry<A: Attempt>(
         self: &Arc<Self>,
-        mut attempt: A,
+        attempt: A,
         deadline: Timestamp,
     ) -> Result<A::Output, Error> {
+        self.retry_from(attempt, deadline, false).await.map(|(out, _)| out)
+    }
+
+    /// [`Inner::retry`] for a request an earlier retry loop may already have delivered
+    /// (`maybe_delivered`: a batch part replanned after a split). Also returns whether any
+    /// attempt may have been delivered before the output was produced.
+    pub(crate) async fn retry_from<A: Attempt>(
+        self: &Arc<Self>,
+        mut attempt: A,
+        deadline: Timestamp,
+        maybe_delivered: bool,
+    ) -> Result<(A::Output, bool), Error> {
         let mut state = RetryState::new(attempt.kind());
+        if maybe_delivered {
+            state.assume_delivered();
+        }
         loop {
             let decision = if self.clock.now() >= deadline {
                 state.on_deadline()
             } else {
                 let failed = match attempt.run(self, state.failures(), deadline).await {
-                    Ok(out) => return Ok(out),
+                    Ok(out) => return Ok((out, state.maybe_delivered())),
                     Err(failed) => failed,
                 };
                 let verdict = {

@@ -40,8 +40,7 @@ impl ClientEndpoint {
     ) -> Result<ClientEndpoint, TransportError> {
         config.validate().map_err(TransportError::Endpoint)?;
         let client_config = quinn_client_config(tls, &config)?;
-        let endpoint =
-            quinn::Endpoint::client(bind).map_err(|e| TransportError::Endpoint(format!("bind {bind}: {e}")))?;
+        let (endpoint, _) = super::bind_endpoint(&config, None, bind)?;
         Ok(ClientEndpoint {
             endpoint,
             client_config: Some(client_config),
@@ -163,6 +162,7 @@ impl ClientEndpoint {
                 streams,
                 pending,
                 max_frame_len: max,
+                liveness: self.config.liveness_timeout,
             }),
         })
     }
@@ -299,6 +299,8 @@ pub(crate) struct ConnectionInner {
     streams: Vec<mpsc::Sender<Bytes>>,
     pending: Arc<PendingTable>,
     max_frame_len: u32,
+    /// See [`TransportConfig::liveness_timeout`].
+    liveness: Duration,
 }
 
 impl fmt::Debug for ConnectionInner {
@@ -323,44 +325,69 @@ impl Connection {
     /// Sends `request` and waits for its response, at most `timeout`.
     ///
     /// [`TransportError::Timeout`] and [`TransportError::ConnectionLost`] leave the fate of
-    /// the request unknown.
+    /// the request unknown; [`TransportError::Encode`] and [`TransportError::NotSent`] mean
+    /// nothing was sent. While waiting, the connection is watched: if it receives nothing at
+    /// all for [`TransportConfig::liveness_timeout`] (a live peer acknowledges keep-alives),
+    /// the peer is declared dead and the connection closed, failing every request on it.
     pub async fn call(&self, request: Request, timeout: Duration) -> Result<Response, TransportError> {
         let inner = &*self.inner;
         let request_id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let bytes = stream::encode(&Frame::request(request_id, request), inner.max_frame_len)?;
-        let (tx, rx) = oneshot::channel();
+        let bytes = stream::encode(&Frame::request(request_id, request), inner.max_frame_len)
+            .map_err(TransportError::Encode)?;
+        let (tx, mut rx) = oneshot::channel();
         {
             let mut pending = inner.pending.lock();
             if let Some(reason) = &pending.lost {
-                return Err(TransportError::ConnectionLost(reason.clone()));
+                return Err(TransportError::NotSent(reason.clone()));
             }
             pending.waiters.insert(request_id, tx);
         }
         let _guard = PendingGuard { table: &inner.pending, request_id };
         let index = inner.next_stream.fetch_add(1, Ordering::Relaxed) % inner.streams.len();
-        let exchange = async {
-            inner.streams[index].send(bytes).await.map_err(|_| self.lost())?;
-            rx.await.map_err(|_| self.lost())
-        };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::debug!(peer = %inner.remote, request_id, "request timed out");
-                Err(TransportError::Timeout)
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Queueing waits only for room in the stream's queue; a request still unqueued when
+        // time runs out was never sent.
+        match tokio::time::timeout_at(deadline, inner.streams[index].send(bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(TransportError::NotSent(self.lost_reason())),
+            Err(_) => return Err(TransportError::NotSent("request queue full until the timeout".into())),
+        }
+        let mut heard = inner.conn.stats().udp_rx.datagrams;
+        let mut check = tokio::time::interval_at(tokio::time::Instant::now() + inner.liveness, inner.liveness);
+        loop {
+            tokio::select! {
+                answer = &mut rx => return answer.map_err(|_| self.lost()),
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!(peer = %inner.remote, request_id, "request timed out");
+                    return Err(TransportError::Timeout);
+                }
+                _ = check.tick() => {
+                    let now_heard = inner.conn.stats().udp_rx.datagrams;
+                    if now_heard == heard {
+                        tracing::debug!(peer = %inner.remote, request_id, "peer silent; closing the connection");
+                        inner.conn.close(VarInt::from_u32(CLOSE_NORMAL), b"peer unresponsive");
+                        inner.pending.fail_all(format!("peer silent for {:?}", inner.liveness));
+                        return Err(self.lost());
+                    }
+                    heard = now_heard;
+                }
             }
         }
     }
 
-    fn lost(&self) -> TransportError {
+    fn lost_reason(&self) -> String {
         let inner = &*self.inner;
-        let reason = inner
+        inner
             .pending
             .lock()
             .lost
             .clone()
             .or_else(|| inner.conn.close_reason().map(|e| e.to_string()))
-            .unwrap_or_else(|| "request stream closed".to_owned());
-        TransportError::ConnectionLost(reason)
+            .unwrap_or_else(|| "request stream closed".to_owned())
+    }
+
+    fn lost(&self) -> TransportError {
+        TransportError::ConnectionLost(self.lost_reason())
     }
 
     /// The role the server proved in its `HelloAck`.

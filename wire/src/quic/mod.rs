@@ -23,12 +23,14 @@ mod client;
 mod config;
 mod pool;
 mod server;
+mod socket;
 mod stream;
 
 pub use client::{ClientEndpoint, Connection};
-pub use config::TransportConfig;
+pub use config::{ResetKeySeed, TransportConfig};
 pub use pool::ConnectionPool;
 pub use server::{Authenticator, ClientEndpointHandle, PeerInfo, Server, Service};
+pub use socket::SocketReleased;
 
 /// QUIC application close code: orderly close (shutdown, or the last handle dropped).
 pub const CLOSE_NORMAL: u32 = 0;
@@ -41,6 +43,23 @@ pub const CLOSE_HANDSHAKE_TIMEOUT: u32 = 3;
 /// QUIC application close code: a request handler panicked; requests in flight on the
 /// connection have unknown fate.
 pub const CLOSE_INTERNAL_ERROR: u32 = 4;
+
+/// Binds a UDP socket at `addr` and starts a quinn endpoint on it with `config`'s
+/// stateless-reset key; `server` makes it accept connections too. The second value resolves
+/// once the socket is closed again.
+pub(crate) fn bind_endpoint(
+    config: &TransportConfig,
+    server: Option<quinn::ServerConfig>,
+    addr: std::net::SocketAddr,
+) -> Result<(quinn::Endpoint, SocketReleased), TransportError> {
+    let bind_error = |e: std::io::Error| TransportError::Endpoint(format!("bind {addr}: {e}"));
+    let socket = std::net::UdpSocket::bind(addr).map_err(bind_error)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| TransportError::Endpoint("no async runtime".into()))?;
+    let (socket, released) = socket::track(runtime.wrap_udp_socket(socket).map_err(bind_error)?);
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(config.quinn_endpoint(), server, socket, runtime)
+        .map_err(bind_error)?;
+    Ok((endpoint, released))
+}
 
 /// Transport failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -64,9 +83,15 @@ pub enum TransportError {
     /// No response within the timeout: the request may or may not have been delivered.
     #[error("request timed out")]
     Timeout,
-    /// A frame could not be encoded or the peer sent an invalid one.
+    /// The peer sent an invalid frame.
     #[error(transparent)]
     Frame(#[from] crate::FrameError),
+    /// The request could not be encoded (it exceeds the frame limit): nothing was sent.
+    #[error("request not sent: {0}")]
+    Encode(crate::FrameError),
+    /// The connection was already closed when the request was queued: nothing was sent.
+    #[error("request not sent: connection closed: {0}")]
+    NotSent(String),
     /// Local endpoint set-up failed (bind, TLS configuration).
     #[error("endpoint: {0}")]
     Endpoint(String),

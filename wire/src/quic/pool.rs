@@ -55,13 +55,25 @@ impl ConnectionPool {
         }
     }
 
-    /// `get(addr)` then `call`. A connection found closed is redialled once before sending.
-    /// A connection that fails while the request is in flight is evicted, so the next call
-    /// dials a new one; the failed request is not retried.
+    /// `get(addr)` then `call`, all within `timeout`. A connection found closed is redialled
+    /// once before sending. A dial that does not finish in time is a
+    /// [`TransportError::Connect`] (nothing was sent). A connection that fails while the
+    /// request is in flight (lost, or its peer silent past the liveness timeout) is evicted,
+    /// so the next call dials a new one; the failed request is not retried.
     pub async fn call(&self, addr: &str, request: Request, timeout: Duration) -> Result<Response, TransportError> {
-        let conn = self.get(addr).await?;
-        let result = conn.call(request, timeout).await;
-        if let Err(TransportError::ConnectionLost(_)) = &result {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let conn = match tokio::time::timeout_at(deadline, self.get(addr)).await {
+            Ok(conn) => conn?,
+            Err(_) => {
+                return Err(TransportError::Connect {
+                    addr: addr.to_owned(),
+                    reason: format!("no connection within {timeout:?}"),
+                })
+            }
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let result = conn.call(request, left).await;
+        if let Err(TransportError::ConnectionLost(_) | TransportError::NotSent(_)) = &result {
             self.evict_connection(addr, &conn);
         }
         result

@@ -70,6 +70,7 @@ pub struct Server {
     pub(crate) role: Role,
     pub(crate) client_config: Option<quinn::ClientConfig>,
     pub(crate) local_addr: SocketAddr,
+    pub(crate) released: super::SocketReleased,
 }
 
 impl Server {
@@ -89,13 +90,19 @@ impl Server {
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server_config.transport_config(Arc::new(config.quinn_transport()?));
         let client_config = client_tls.map(|tls| quinn_client_config(tls, &config)).transpose()?;
-        let mut endpoint = quinn::Endpoint::server(server_config, addr)
-            .map_err(|e| TransportError::Endpoint(format!("bind {addr}: {e}")))?;
+        let (mut endpoint, released) = super::bind_endpoint(&config, Some(server_config), addr)?;
         if let Some(client_config) = &client_config {
             endpoint.set_default_client_config(client_config.clone());
         }
         let local_addr = endpoint.local_addr().map_err(|e| TransportError::Endpoint(e.to_string()))?;
-        Ok(Server { endpoint, config, role, client_config, local_addr })
+        Ok(Server { endpoint, config, role, client_config, local_addr, released })
+    }
+
+    /// Resolves once this server's socket is closed: after `serve` returned and every
+    /// handle of the endpoint (including [`Server::client`] endpoints and their
+    /// connections) is dropped. Await it before binding the same port again.
+    pub fn released(&self) -> super::SocketReleased {
+        self.released.clone()
     }
 
     /// The bound address (useful after binding port 0).
@@ -436,7 +443,7 @@ impl Handler {
             Ok(bytes) => bytes,
             Err(crate::FrameError::TooLarge { len, max }) => {
                 tracing::debug!(peer = %remote, request_id, len, "response exceeds the frame limit");
-                let error = crate::Error::BatchTooLarge { len, max: u64::from(max) };
+                let error = crate::Error::ResponseTooLarge { len, max: u64::from(max) };
                 match stream::encode(&Frame::response(request_id, Err(error)), self.max_frame_len) {
                     Ok(bytes) => bytes,
                     Err(_) => return,

@@ -1,0 +1,465 @@
+//! Crashes of real processes: `tessera pd` and three `tessera node` processes, killed with
+//! SIGKILL (no shutdown code runs) or frozen with SIGSTOP, under write load from clients
+//! connected before the fault.
+//!
+//! Writes are appends of unique tokens (`<writer>:<n>;`), so the final values show whether
+//! any acknowledged write was lost (its token is missing) or applied twice (its token
+//! appears twice).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tessera::{Client, ClientConfig, TlsFiles};
+
+use crate::{free_udp_port, ok, Proc};
+
+const NODES: u64 = 3;
+const REGIONS: u32 = 4;
+const WRITERS: usize = 8;
+
+/// PD and three nodes as separate processes, on fixed ports so that a restarted node comes
+/// back on its address.
+struct ProcCluster {
+    dir: tempfile::TempDir,
+    pd_addr: String,
+    _pd: Proc,
+    nodes: BTreeMap<u64, Option<Proc>>,
+    ports: BTreeMap<u64, u16>,
+    extra: Vec<String>,
+}
+
+impl ProcCluster {
+    fn start(extra_node_args: &[&str]) -> ProcCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        let certs_s = certs.to_str().unwrap();
+        ok(&["certs", "init-ca", "--dir", certs_s]);
+        ok(&["certs", "pd", "--dir", certs_s, "--host", "127.0.0.1"]);
+        for i in 1..=NODES {
+            ok(&["certs", "node", "--dir", certs_s, "--id", &i.to_string(), "--host", "127.0.0.1"]);
+        }
+        ok(&["certs", "client", "--dir", certs_s, "--name", "app"]);
+        let pd_addr = format!("127.0.0.1:{}", free_udp_port());
+        let cert = |name: &str| certs.join(name).to_str().unwrap().to_string();
+        let pd = Proc::spawn(&[
+            "pd",
+            "--listen",
+            &pd_addr,
+            "--dir",
+            dir.path().join("pd").to_str().unwrap(),
+            "--initial-regions",
+            &REGIONS.to_string(),
+            "--tls-ca",
+            &cert("ca.pem"),
+            "--tls-cert",
+            &cert("pd.pem"),
+            "--tls-key",
+            &cert("pd-key.pem"),
+        ]);
+        pd.wait_for("PD listening", Duration::from_secs(30));
+        let mut c = ProcCluster {
+            dir,
+            pd_addr,
+            _pd: pd,
+            nodes: BTreeMap::new(),
+            ports: (1..=NODES).map(|i| (i, free_udp_port())).collect(),
+            extra: extra_node_args.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 1..=NODES {
+            c.spawn_node(i);
+        }
+        c
+    }
+
+    fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    fn db_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}")).join("node.redb")
+    }
+
+    fn spawn_node(&mut self, id: u64) {
+        let cert = |name: &str| self.certs().join(name).to_str().unwrap().to_string();
+        let listen = format!("127.0.0.1:{}", self.ports[&id]);
+        let data = self.dir.path().join(format!("node{id}"));
+        let mut args: Vec<String> = [
+            "node",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            &listen,
+            "--dir",
+            data.to_str().unwrap(),
+            "--pd-endpoints",
+            &self.pd_addr,
+            "--tls-ca",
+            &cert("ca.pem"),
+            "--tls-cert",
+            &cert(&format!("node-{id}.pem")),
+            "--tls-key",
+            &cert(&format!("node-{id}-key.pem")),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(self.extra.iter().cloned());
+        // Node logs at info, so a test can wait for a log line (they are kept in memory).
+        let node = Proc::spawn_logging(&args.iter().map(String::as_str).collect::<Vec<_>>(), "warn,tessera_node=info");
+        node.wait_for("listening", Duration::from_secs(30));
+        self.nodes.insert(id, Some(node));
+    }
+
+    /// SIGKILL: the process gets no chance to flush or close anything.
+    fn kill9(&mut self, id: u64) {
+        let mut node = self.nodes.get_mut(&id).unwrap().take().expect("node running");
+        node.child.kill().unwrap();
+        node.child.wait().unwrap();
+    }
+
+    fn signal(&self, id: u64, signal: &str) {
+        let pid = self.nodes[&id].as_ref().expect("node running").child.id().to_string();
+        let status = std::process::Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success());
+    }
+
+    fn stop_all(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(node) = node.take() {
+                node.stop();
+            }
+        }
+    }
+
+    async fn client(&self) -> Client {
+        let tls = TlsFiles::client(&self.certs(), "app");
+        Client::connect(ClientConfig::new(vec![self.pd_addr.clone()], Some(tls))).await.unwrap()
+    }
+
+    /// A client, once PD reports every region with a leader.
+    async fn ready_client(&self) -> Client {
+        let client = self.client().await;
+        self.busiest_leader(&client).await;
+        client
+    }
+
+    /// The node leading the most regions, as PD reports it.
+    async fn busiest_leader(&self, client: &Client) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let routes = client.regions().await.unwrap();
+            if routes.len() == REGIONS as usize && routes.iter().all(|r| r.leader.is_some()) {
+                let mut count: BTreeMap<u64, usize> = BTreeMap::new();
+                for r in &routes {
+                    *count.entry(r.leader.unwrap().node_id.0).or_default() += 1;
+                }
+                return count.into_iter().max_by_key(|(_, n)| *n).unwrap().0;
+            }
+            assert!(Instant::now() < deadline, "regions without leaders: {routes:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// What happened to one write.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Acked,
+    Undetermined,
+    Failed(String),
+}
+
+/// Writes of every writer, and when each acknowledgement came, per region.
+#[derive(Debug, Default)]
+struct Record {
+    /// (writer, n) -> outcome.
+    writes: BTreeMap<(usize, u64), Outcome>,
+    /// Region (first key byte range) -> acknowledgement times.
+    acks: BTreeMap<u8, Vec<Instant>>,
+}
+
+fn writer_key(w: usize) -> Vec<u8> {
+    // Regions are cut on the first byte into REGIONS equal ranges: two writers per region.
+    let first = (w * 256 / WRITERS) as u8 + 1;
+    let mut key = vec![first];
+    key.extend_from_slice(format!("writer-{w}").as_bytes());
+    key
+}
+
+fn region_of(w: usize) -> u8 {
+    (writer_key(w)[0] as usize * REGIONS as usize / 256) as u8
+}
+
+/// Appends `w:n;` tokens in a loop until `stop`, recording every outcome.
+async fn writer(client: Client, w: usize, stop: Arc<tokio::sync::Notify>, record: Arc<Mutex<Record>>) {
+    let key = writer_key(w);
+    let mut n = 0u64;
+    loop {
+        n += 1;
+        let token = format!("{w}:{n};");
+        let result = tokio::select! {
+            r = client.append(&key, token.as_bytes()) => r,
+            _ = stop.notified() => return,
+        };
+        let outcome = match result {
+            Ok(_) => Outcome::Acked,
+            Err(e) if e.is_undetermined() => Outcome::Undetermined,
+            Err(e) => Outcome::Failed(e.to_string()),
+        };
+        let mut r = record.lock().unwrap();
+        if matches!(outcome, Outcome::Acked) {
+            r.acks.entry(region_of(w)).or_default().push(Instant::now());
+        }
+        r.writes.insert((w, n), outcome);
+    }
+}
+
+struct Load {
+    stop: Arc<tokio::sync::Notify>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    record: Arc<Mutex<Record>>,
+}
+
+impl Load {
+    /// `WRITERS` writers, each on its own client connected now (before any fault).
+    async fn start(cluster: &ProcCluster) -> Load {
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let record = Arc::new(Mutex::new(Record::default()));
+        let mut tasks = Vec::new();
+        for w in 0..WRITERS {
+            let client = cluster.ready_client().await;
+            tasks.push(tokio::spawn(writer(client, w, stop.clone(), record.clone())));
+        }
+        Load { stop, tasks, record }
+    }
+
+    async fn acks(&self) -> usize {
+        self.record.lock().unwrap().writes.values().filter(|o| matches!(o, Outcome::Acked)).count()
+    }
+
+    /// Waits until `more` writes beyond those acknowledged so far are acknowledged.
+    async fn wait_for_acks(&self, more: usize, within: Duration) {
+        let target = self.acks().await + more;
+        let deadline = Instant::now() + within;
+        while self.acks().await < target {
+            assert!(Instant::now() < deadline, "fewer than {more} writes acknowledged in {within:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn finish(self) -> Record {
+        for _ in 0..WRITERS {
+            self.stop.notify_waiters();
+        }
+        self.stop.notify_waiters();
+        for t in self.tasks {
+            // A writer in the middle of a call finishes it (recording the outcome) first.
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+        Arc::try_unwrap(self.record).map(|m| m.into_inner().unwrap()).unwrap_or_else(|r| {
+            let r = r.lock().unwrap();
+            Record { writes: r.writes.clone(), acks: r.acks.clone() }
+        })
+    }
+}
+
+/// Reads every writer's key and checks its tokens against the record: every acknowledged
+/// write is there exactly once, a write that failed definitely is absent, an undetermined
+/// one appears at most once, and nothing else appears.
+async fn verify(client: &Client, record: &Record) {
+    for w in 0..WRITERS {
+        let value = client.get(&writer_key(w)).await.unwrap().unwrap_or_default();
+        let text = String::from_utf8(value).unwrap();
+        let mut seen = BTreeSet::new();
+        for token in text.split(';').filter(|t| !t.is_empty()) {
+            let (tw, n) = token.split_once(':').unwrap();
+            assert_eq!(tw.parse::<usize>().unwrap(), w, "a token of another writer in writer {w}'s key");
+            let n: u64 = n.parse().unwrap();
+            assert!(seen.insert(n), "write {w}:{n} was applied twice");
+            match record.writes.get(&(w, n)) {
+                Some(Outcome::Acked | Outcome::Undetermined) => {}
+                Some(Outcome::Failed(e)) => panic!("write {w}:{n} failed definitely ({e}) but was applied"),
+                // Cancelled by the end of the load while in flight: its fate is open.
+                None => {}
+            }
+        }
+        for ((rw, n), outcome) in &record.writes {
+            if *rw == w && matches!(outcome, Outcome::Acked) {
+                assert!(seen.contains(n), "acknowledged write {w}:{n} is lost");
+            }
+        }
+    }
+}
+
+/// The longest time, from `from` to `to`, without an acknowledged write in any one region.
+fn longest_gap(record: &Record, from: Instant, to: Instant) -> Duration {
+    let mut worst = Duration::ZERO;
+    for acks in record.acks.values() {
+        let mut last = from;
+        for &t in acks.iter().filter(|t| **t > from && **t <= to) {
+            worst = worst.max(t - last);
+            last = t;
+        }
+        worst = worst.max(to.saturating_duration_since(last));
+    }
+    worst
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// The durable votes of a stopped node.
+fn votes(path: &Path) -> BTreeMap<u64, tessera_node::raft::types::Vote> {
+    let engine = tessera_node::storage::Engine::open(path).unwrap();
+    let votes = tessera_node::storage::inspect::votes(&engine).unwrap();
+    engine.close();
+    votes
+}
+
+/// Kills the node leading the most regions with SIGKILL under load, brings it back after
+/// `down`, and checks that clients connected before the fault kept being served, with no
+/// acknowledged write lost or applied twice and the killed node's votes never going back.
+fn kill_leader_under_load(down: Duration) {
+    runtime().block_on(async {
+        let mut cluster = ProcCluster::start(&[]);
+        let client = cluster.ready_client().await;
+        let victim = cluster.busiest_leader(&client).await;
+        let load = Load::start(&cluster).await;
+        load.wait_for_acks(200, Duration::from_secs(30)).await;
+
+        let fault = Instant::now();
+        cluster.kill9(victim);
+        let at_crash = votes(&cluster.db_path(victim));
+        assert!(!at_crash.is_empty(), "the killed node had durable votes");
+        // Clients connected before the fault are served while the node is down...
+        load.wait_for_acks(200, Duration::from_secs(30)).await;
+        tokio::time::sleep(down.saturating_sub(fault.elapsed())).await;
+        cluster.spawn_node(victim);
+        // ...and after it is back.
+        load.wait_for_acks(200, Duration::from_secs(30)).await;
+        let end = Instant::now();
+        let record = load.finish().await;
+        let gap = longest_gap(&record, fault, end);
+        eprintln!("kill -9 of node {victim}, down {down:?}: longest stretch without an acknowledged write in a region: {gap:?}");
+        assert!(gap < Duration::from_secs(5), "a region went {gap:?} without an acknowledged write");
+        verify(&client, &record).await;
+
+        cluster.stop_all();
+        let after = votes(&cluster.db_path(victim));
+        for (region, vote) in &at_crash {
+            assert!(after.get(region).is_some_and(|v| v >= vote), "region {region}: vote went back from {vote:?}");
+        }
+    });
+}
+
+#[test]
+fn kill9_of_the_busiest_leader_with_a_quick_restart_loses_nothing_and_clients_keep_going() {
+    kill_leader_under_load(Duration::from_millis(1500));
+}
+
+#[test]
+fn kill9_of_the_busiest_leader_with_a_slow_restart_loses_nothing_and_clients_keep_going() {
+    kill_leader_under_load(Duration::from_secs(8));
+}
+
+/// A node frozen with SIGSTOP for a few seconds (so its connections stay open but silent)
+/// must not stall the clients: they fail over, and the node catches up after SIGCONT.
+#[test]
+fn a_frozen_leader_does_not_stall_clients() {
+    runtime().block_on(async {
+        let mut cluster = ProcCluster::start(&[]);
+        let client = cluster.ready_client().await;
+        let victim = cluster.busiest_leader(&client).await;
+        let load = Load::start(&cluster).await;
+        load.wait_for_acks(200, Duration::from_secs(30)).await;
+        let fault = Instant::now();
+        cluster.signal(victim, "-STOP");
+        load.wait_for_acks(200, Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_secs(4).saturating_sub(fault.elapsed())).await;
+        cluster.signal(victim, "-CONT");
+        load.wait_for_acks(200, Duration::from_secs(30)).await;
+        let end = Instant::now();
+        let record = load.finish().await;
+        let gap = longest_gap(&record, fault, end);
+        eprintln!(
+            "SIGSTOP of node {victim} for 4 s: longest stretch without an acknowledged write in a region: {gap:?}"
+        );
+        assert!(gap < Duration::from_secs(5), "a region went {gap:?} without an acknowledged write");
+        verify(&client, &record).await;
+        cluster.stop_all();
+    });
+}
+
+/// All three nodes killed at once: after they restart, every acknowledged write is there
+/// (each was durable on a majority before it was acknowledged), none twice.
+#[test]
+fn kill9_of_every_node_at_once_loses_no_acknowledged_write() {
+    runtime().block_on(async {
+        let mut cluster = ProcCluster::start(&[]);
+        let client = cluster.ready_client().await;
+        let load = Load::start(&cluster).await;
+        load.wait_for_acks(300, Duration::from_secs(30)).await;
+        let mut at_crash = BTreeMap::new();
+        for id in 1..=NODES {
+            cluster.kill9(id);
+        }
+        for id in 1..=NODES {
+            at_crash.insert(id, votes(&cluster.db_path(id)));
+        }
+        for id in 1..=NODES {
+            cluster.spawn_node(id);
+        }
+        load.wait_for_acks(100, Duration::from_secs(60)).await;
+        let record = load.finish().await;
+        verify(&client, &record).await;
+        cluster.stop_all();
+        for id in 1..=NODES {
+            let after = votes(&cluster.db_path(id));
+            for (region, vote) in &at_crash[&id] {
+                assert!(after.get(region).is_some_and(|v| v >= vote), "node {id} region {region}: vote went back");
+            }
+        }
+    });
+}
+
+/// A node killed while it installs a snapshot recovers: restarted, it catches up, and with
+/// another node stopped it is part of every majority, so writes only go through once it
+/// has; every acknowledged write is then read back exactly once.
+#[test]
+fn a_node_killed_during_a_snapshot_install_recovers() {
+    runtime().block_on(async {
+        // Snapshots every 200 entries, keeping none: a node that misses 200 writes must
+        // install a snapshot to catch up.
+        let mut cluster = ProcCluster::start(&["--snapshot-every", "200", "--keep-after-snapshot", "0"]);
+        let client = cluster.ready_client().await;
+        let lagging = 3;
+        cluster.kill9(lagging);
+        // Enough data that the install takes a moment: 8 KiB values.
+        let value = vec![b'v'; 8 * 1024];
+        let keys: Vec<Vec<u8>> =
+            (0..1500u32).map(|i| [&[(i % 250) as u8 + 1][..], format!("bulk-{i:05}").as_bytes()].concat()).collect();
+        for chunk in keys.chunks(50) {
+            let pairs: Vec<(&[u8], &[u8])> = chunk.iter().map(|k| (k.as_slice(), value.as_slice())).collect();
+            client.batch_put(&pairs).await.unwrap();
+        }
+        let load = Load::start(&cluster).await;
+        load.wait_for_acks(100, Duration::from_secs(30)).await;
+        // Restart the node and kill it as soon as it starts installing a snapshot.
+        cluster.spawn_node(lagging);
+        cluster.nodes[&lagging].as_ref().unwrap().wait_for("installing snapshot", Duration::from_secs(60));
+        cluster.kill9(lagging);
+        load.wait_for_acks(100, Duration::from_secs(30)).await;
+        cluster.spawn_node(lagging);
+        // With node 1 stopped, every commit needs the recovered node.
+        cluster.nodes.get_mut(&1).unwrap().take().unwrap().stop();
+        load.wait_for_acks(300, Duration::from_secs(60)).await;
+        let record = load.finish().await;
+        verify(&client, &record).await;
+        let values = client.batch_get(&keys).await.unwrap();
+        assert!(values.iter().all(|v| v.as_deref() == Some(value.as_slice())), "bulk data intact");
+        cluster.stop_all();
+    });
+}
