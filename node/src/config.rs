@@ -83,10 +83,13 @@ pub struct RaftTiming {
 
 impl Default for RaftTiming {
     fn default() -> Self {
+        // A follower campaigns once the leader's lease (openraft uses `election_max_ms`) and
+        // then its election timeout have passed without a heartbeat: 1.2 to 1.6 s after a
+        // leader dies, which bounds how long its regions go without writes.
         RaftTiming {
-            heartbeat_ms: 150,
-            election_min_ms: 800,
-            election_max_ms: 1600,
+            heartbeat_ms: 100,
+            election_min_ms: 400,
+            election_max_ms: 800,
             snapshot_every: 10_000,
             keep_after_snapshot: 2_000,
         }

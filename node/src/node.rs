@@ -81,6 +81,9 @@ impl Node {
             election_timeout_max: cfg.raft.election_max_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.raft.snapshot_every),
             max_in_snapshot_log_to_keep: cfg.raft.keep_after_snapshot,
+            // A node back from a pause or a partition asks before campaigning, so it cannot
+            // depose healthy leaders (of every region it follows) with a higher term.
+            enable_pre_vote: Some(true),
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| NodeError::Config(e.to_string()))?);

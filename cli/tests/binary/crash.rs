@@ -293,21 +293,33 @@ async fn verify(client: &Client, record: &Record) {
     }
 }
 
-/// The longest time, from `from` to `to`, without an acknowledged write in any one region.
-fn longest_gap(record: &Record, from: Instant, to: Instant) -> Duration {
+/// The longest time, from `from` to `to`, without an acknowledged write in any one region,
+/// and a line per region saying where its longest gap was (relative to `from`).
+fn longest_gap(record: &Record, from: Instant, to: Instant) -> (Duration, String) {
     let mut worst = Duration::ZERO;
-    for acks in record.acks.values() {
-        let mut last = from;
-        for &t in acks.iter().filter(|t| **t > from && **t <= to) {
-            worst = worst.max(t - last);
+    let mut report = String::new();
+    for (region, acks) in &record.acks {
+        let (mut last, mut longest, mut at) = (from, Duration::ZERO, Duration::ZERO);
+        for t in acks.iter().copied().filter(|t| *t > from && *t <= to).chain([to]) {
+            if t - last > longest {
+                (longest, at) = (t - last, last - from);
+            }
             last = t;
         }
-        worst = worst.max(to.saturating_duration_since(last));
+        report.push_str(&format!("  region {region}: {longest:?} from {at:?}\n"));
+        worst = worst.max(longest);
     }
-    worst
+    (worst, report)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
+    // The clients' logs, when asked for with RUST_LOG (e.g. RUST_LOG=tessera=debug).
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
@@ -342,7 +354,8 @@ fn kill_leader_under_load(down: Duration) {
         load.wait_for_acks(200, Duration::from_secs(30)).await;
         let end = Instant::now();
         let record = load.finish().await;
-        let gap = longest_gap(&record, fault, end);
+        let (gap, report) = longest_gap(&record, fault, end);
+        eprint!("{report}");
         eprintln!("kill -9 of node {victim}, down {down:?}: longest stretch without an acknowledged write in a region: {gap:?}");
         assert!(gap < Duration::from_secs(5), "a region went {gap:?} without an acknowledged write");
         verify(&client, &record).await;
@@ -383,7 +396,8 @@ fn a_frozen_leader_does_not_stall_clients() {
         load.wait_for_acks(200, Duration::from_secs(30)).await;
         let end = Instant::now();
         let record = load.finish().await;
-        let gap = longest_gap(&record, fault, end);
+        let (gap, report) = longest_gap(&record, fault, end);
+        eprint!("{report}");
         eprintln!(
             "SIGSTOP of node {victim} for 4 s: longest stretch without an acknowledged write in a region: {gap:?}"
         );

@@ -40,11 +40,13 @@ pub struct Backoff {
 }
 
 impl Default for Backoff {
-    /// 10 ms base, 1 s cap, 64 attempts, decorrelated jitter.
+    /// 10 ms base, 250 ms cap, 64 attempts, decorrelated jitter. The cap is short so that a
+    /// client notices a new leader soon after an election (retries during one are cheap
+    /// `NotLeader` answers); a server's `ServerBusy` hint can ask for longer.
     fn default() -> Self {
         Backoff {
             base: Duration::from_millis(10),
-            max: Duration::from_secs(1),
+            max: Duration::from_millis(250),
             max_attempts: 64,
             jitter: Jitter::Decorrelated,
         }

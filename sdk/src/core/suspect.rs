@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use super::time::Timestamp;
 
-/// First quarantine after a failure.
-pub const FIRST_QUARANTINE: Duration = Duration::from_millis(500);
+/// First quarantine after a failure: longer than a client's dial timeout, so a dead or
+/// frozen node is not dialled again (an attempt lost to a handshake that never comes)
+/// before the survivors have elected new leaders.
+pub const FIRST_QUARANTINE: Duration = Duration::from_secs(2);
 /// Longest quarantine.
 pub const MAX_QUARANTINE: Duration = Duration::from_secs(8);
 
@@ -97,8 +99,8 @@ mod tests {
         let mut s = Suspects::default();
         s.failed("a:1", Timestamp(1_000));
         assert!(s.is_suspect("a:1", Timestamp(1_000)));
-        assert!(s.is_suspect("a:1", Timestamp(1_499)));
-        assert!(!s.is_suspect("a:1", Timestamp(1_500)));
+        assert!(s.is_suspect("a:1", Timestamp(2_999)));
+        assert!(!s.is_suspect("a:1", Timestamp(3_000)));
         assert!(!s.is_suspect("b:1", Timestamp(1_000)));
     }
 

@@ -47,7 +47,7 @@ impl ClientConfig {
             backoff: Backoff::default(),
             transport: TransportConfig {
                 // Clients fail over to another replica rather than wait on a dead node.
-                connect_timeout: Duration::from_secs(2),
+                connect_timeout: Duration::from_millis(1500),
                 ..TransportConfig::default()
             },
             limits: Limits::DEFAULT,

@@ -161,6 +161,7 @@ impl Inner {
                     Ok(out) => return Ok((out, state.maybe_delivered())),
                     Err(failed) => failed,
                 };
+                let failure_text = tracing::enabled!(tracing::Level::DEBUG).then(|| failed.failure.to_string());
                 let verdict = {
                     let mut rng = lock(&self.rng);
                     state.decide(
@@ -172,6 +173,10 @@ impl Inner {
                         &mut *rng,
                     )
                 };
+                if let Some(failure) = failure_text {
+                    let region_id = failed.target.map(|t| t.region_id.0);
+                    tracing::debug!(region_id, %failure, decision = ?verdict.decision, "attempt failed");
+                }
                 let mut routing = self.routing();
                 for update in verdict.updates {
                     routing.cache.apply(update);

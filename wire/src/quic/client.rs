@@ -152,6 +152,7 @@ impl ClientEndpoint {
             streams.push(spawn_stream(conn.clone(), send, FrameReader::new(recv, max), pending.clone()));
         }
         tracing::debug!(peer = %conn.remote_address(), server_role = ?ack.role, "connected");
+        let received = conn.stats().udp_rx.datagrams;
         Ok(Connection {
             inner: Arc::new(ConnectionInner {
                 remote: conn.remote_address(),
@@ -163,6 +164,7 @@ impl ClientEndpoint {
                 pending,
                 max_frame_len: max,
                 liveness: self.config.liveness_timeout,
+                heard: Mutex::new((received, tokio::time::Instant::now())),
             }),
         })
     }
@@ -301,6 +303,25 @@ pub(crate) struct ConnectionInner {
     max_frame_len: u32,
     /// See [`TransportConfig::liveness_timeout`].
     liveness: Duration,
+    /// Datagrams received so far, and when that count last changed (as last checked).
+    heard: Mutex<(u64, tokio::time::Instant)>,
+}
+
+impl ConnectionInner {
+    /// How long the connection has heard nothing from its peer, if that is longer than
+    /// the liveness timeout. Checked against the connection's own history, so every
+    /// request waiting on a dead peer learns it at the same moment, whenever it started.
+    fn silent_for(&self) -> Option<Duration> {
+        let received = self.conn.stats().udp_rx.datagrams;
+        let now = tokio::time::Instant::now();
+        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        if received != heard.0 {
+            *heard = (received, now);
+            return None;
+        }
+        let silent = now - heard.1;
+        (silent >= self.liveness).then_some(silent)
+    }
 }
 
 impl fmt::Debug for ConnectionInner {
@@ -352,8 +373,8 @@ impl Connection {
             Ok(Err(_)) => return Err(TransportError::NotSent(self.lost_reason())),
             Err(_) => return Err(TransportError::NotSent("request queue full until the timeout".into())),
         }
-        let mut heard = inner.conn.stats().udp_rx.datagrams;
-        let mut check = tokio::time::interval_at(tokio::time::Instant::now() + inner.liveness, inner.liveness);
+        let period = inner.liveness / 4;
+        let mut check = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             tokio::select! {
                 answer = &mut rx => return answer.map_err(|_| self.lost()),
@@ -362,14 +383,12 @@ impl Connection {
                     return Err(TransportError::Timeout);
                 }
                 _ = check.tick() => {
-                    let now_heard = inner.conn.stats().udp_rx.datagrams;
-                    if now_heard == heard {
-                        tracing::debug!(peer = %inner.remote, request_id, "peer silent; closing the connection");
+                    if let Some(silent) = inner.silent_for() {
+                        tracing::debug!(peer = %inner.remote, request_id, ?silent, "peer silent; closing the connection");
                         inner.conn.close(VarInt::from_u32(CLOSE_NORMAL), b"peer unresponsive");
-                        inner.pending.fail_all(format!("peer silent for {:?}", inner.liveness));
+                        inner.pending.fail_all(format!("peer silent for {silent:?}"));
                         return Err(self.lost());
                     }
-                    heard = now_heard;
                 }
             }
         }
