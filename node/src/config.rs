@@ -34,6 +34,10 @@ pub struct NodeConfig {
     pub capacity_bytes: u64,
     /// Load limits: beyond them requests are refused with `ServerBusy`.
     pub admission: Admission,
+    /// A client session that writes nothing to a region for this long expires there: its
+    /// remembered results are dropped and its later writes refused with `SessionExpired`
+    /// (the SDK renews an idle session well before). Default 30 min.
+    pub session_ttl: Duration,
     /// Fault injection, for tests only.
     #[doc(hidden)]
     pub faults: Faults,
@@ -118,6 +122,7 @@ impl NodeConfig {
             limits: Limits::DEFAULT,
             capacity_bytes: 100 * 1024 * 1024 * 1024,
             admission: Admission::default(),
+            session_ttl: Duration::from_secs(30 * 60),
             faults: Faults::default(),
         }
     }
@@ -136,6 +141,9 @@ impl NodeConfig {
         }
         if self.heartbeat_interval.is_zero() {
             return Err("heartbeat interval must be positive".into());
+        }
+        if self.session_ttl < Duration::from_secs(60) {
+            return Err("session_ttl must be at least a minute, far above any request deadline".into());
         }
         self.limits.validate(tessera_wire::frame::DEFAULT_MAX_FRAME_LEN).map_err(|e| format!("limits: {e}"))?;
         Ok(())

@@ -96,6 +96,10 @@ impl Node {
             leadership: Default::default(),
         });
 
+        // Rows of snapshot installs that a crash interrupted, or that were replaced, are
+        // deleted in the background.
+        crate::storage::snapshot::spawn_garbage_collection(engine.clone());
+
         // Recover every region this node hosts.
         let records = load_region_records(&engine).map_err(|e| NodeError::Storage(e.into()))?;
         for desc in records {

@@ -1,7 +1,7 @@
 //! A region replica hosted by this node: its Raft handle and shared state.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use openraft::async_runtime::watch::WatchReceiver;
 
@@ -11,13 +11,15 @@ use crate::raft::network::AddressBook;
 use crate::raft::types::{PeerNode, Raft};
 use crate::storage::{Engine, RegionShared};
 
-/// A snapshot being received in chunks.
+/// A snapshot being received in chunks, written to a file as they arrive.
 #[derive(Debug, Default)]
 pub struct IncomingSnapshot {
     /// Transfer being assembled.
     pub transfer_id: u64,
-    /// Bytes so far.
-    pub data: Vec<u8>,
+    /// The file (deleted if the transfer is abandoned) and its open handle.
+    pub file: Option<(crate::storage::snapshot::SnapshotFile, tokio::fs::File)>,
+    /// Bytes written so far.
+    pub received: u64,
 }
 
 /// One replica of a region on this node.
@@ -30,8 +32,8 @@ pub struct Region {
     pub raft: Raft,
     /// Descriptor and statistics.
     pub shared: Arc<RegionShared>,
-    /// Snapshot being received.
-    pub incoming: Mutex<IncomingSnapshot>,
+    /// Snapshot being received (an async lock: chunks are written to disk under it).
+    pub incoming: tokio::sync::Mutex<IncomingSnapshot>,
 }
 
 impl std::fmt::Debug for Region {

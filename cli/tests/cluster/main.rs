@@ -9,6 +9,7 @@ mod failover;
 mod harness;
 mod init;
 mod kv_ops;
+mod limits;
 mod linearizable;
 mod restart;
 mod routing;

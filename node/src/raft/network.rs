@@ -22,7 +22,7 @@ use tessera_wire::{NodeId, PeerId, RaftRequest, RaftRpcKind, RegionId, Request, 
 use openraft::entry::RaftEntry;
 use openraft::EntryPayload;
 
-use super::types::{Entry, LogCommand, PeerNode, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
+use super::types::{Entry, PeerNode, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
 
 /// Largest snapshot chunk sent in one request.
 pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
@@ -36,22 +36,38 @@ pub const REPLICATION_BYTES: usize =
 pub fn entry_len_bound(entry: &Entry) -> usize {
     64 + match &entry.payload {
         EntryPayload::Blank => 0,
-        EntryPayload::Normal(LogCommand::WriteV1 { op, .. }) => op.encoded_len_bound(),
+        EntryPayload::Normal(cmd) => cmd.op().encoded_len_bound() + 32,
         // A membership lists a few peers: ids and small node records.
         EntryPayload::Membership(m) => 64 * (m.nodes().count() + 1) * (m.get_joint_config().len() + 1),
     }
 }
 
-/// How many leading `entries` fit in `budget` bytes; at least one when there are any.
-pub fn entries_within(entries: &[Entry], budget: usize) -> usize {
+/// How many leading `entries` fit in `budget` bytes (at least one when there are any), and
+/// their bytes.
+pub fn entries_within(entries: &[Entry], budget: usize) -> (usize, usize) {
     let mut used = 0;
     for (i, e) in entries.iter().enumerate() {
-        used += entry_len_bound(e);
-        if used > budget {
-            return i.max(1);
+        let len = entry_len_bound(e);
+        if used + len > budget && i > 0 {
+            return (i, used);
         }
+        used += len;
     }
-    entries.len()
+    (entries.len(), used)
+}
+
+/// Assumed worst-case rate of moving and fsyncing replicated bytes, for timeouts.
+const REPLICATION_BYTES_PER_SEC: f64 = 8.0 * 1024.0 * 1024.0;
+
+/// The time allowed for an `AppendEntries` carrying `bytes` of entries: openraft's timeout
+/// (about a heartbeat interval) for heartbeats, and in addition time for the follower to
+/// receive and fsync the payload, so that a batch of large entries is not timed out and
+/// resent forever.
+pub fn append_timeout(soft_ttl: Duration, bytes: usize) -> Duration {
+    if bytes == 0 {
+        return soft_ttl;
+    }
+    soft_ttl + Duration::from_millis(200) + Duration::from_secs_f64(bytes as f64 / REPLICATION_BYTES_PER_SEC)
 }
 
 /// Node id to address, learnt from PD. Shared by all regions.
@@ -170,10 +186,25 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         // openraft batches entries by count; a message must also fit one frame. Send the
         // longest prefix that fits and report a partial success, so the leader sends the
         // rest next (an entry alone always fits: see `Limits::max_request_bytes`).
-        let keep = entries_within(&rpc.entries, REPLICATION_BYTES);
+        let (keep, bytes) = entries_within(&rpc.entries, REPLICATION_BYTES);
         let partial = (keep < rpc.entries.len()).then(|| rpc.entries[keep - 1].log_id());
         rpc.entries.truncate(keep);
-        let resp = self.rpc(RaftRpcKind::AppendEntries, &rpc, option.soft_ttl()).await?;
+        let timeout = append_timeout(option.soft_ttl(), bytes);
+        let started = tokio::time::Instant::now();
+        let resp = self.rpc(RaftRpcKind::AppendEntries, &rpc, timeout).await;
+        if keep > 0 {
+            tracing::debug!(
+                region_id = self.region_id.0,
+                peer = self.target.0,
+                entries = keep,
+                bytes,
+                ?timeout,
+                elapsed = ?started.elapsed(),
+                ok = resp.is_ok(),
+                "append entries sent"
+            );
+        }
+        let resp = resp?;
         Ok(match (resp, partial) {
             (AppendEntriesResponse::Success, Some(last)) => AppendEntriesResponse::PartialSuccess(Some(last)),
             (resp, _) => resp,
@@ -203,24 +234,37 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let data = snapshot.snapshot.into_inner();
+        // The file is read one chunk at a time: the sender never holds the snapshot.
+        let file = snapshot.snapshot;
+        let len = tokio::fs::metadata(file.path())
+            .await
+            .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(format!("snapshot file: {e}"))))?
+            .len();
         let transfer_id = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
             format!("{:?}{:?}", vote, snapshot.meta.last_log_id).hash(&mut h);
-            data.len().hash(&mut h);
+            len.hash(&mut h);
+            file.path().hash(&mut h);
             h.finish()
         };
         let timeout = option.hard_ttl().max(Duration::from_secs(10));
         let send_all = async {
-            let mut offset = 0usize;
+            use tokio::io::AsyncReadExt;
+            let local = |e: std::io::Error| {
+                StreamingError::Unreachable(Unreachable::from_string(format!("snapshot file: {e}")))
+            };
+            let mut reader = tokio::fs::File::open(file.path()).await.map_err(local)?;
+            let mut offset = 0u64;
             loop {
-                let end = (offset + SNAPSHOT_CHUNK).min(data.len());
-                let last = end == data.len();
+                let want = (len - offset).min(SNAPSHOT_CHUNK as u64) as usize;
+                let mut data = vec![0u8; want];
+                reader.read_exact(&mut data).await.map_err(local)?;
+                let last = offset + want as u64 == len;
                 let chunk = SnapshotChunk {
                     transfer_id,
-                    offset: offset as u64,
-                    data: data[offset..end].to_vec(),
+                    offset,
+                    data,
                     done: if last { Some((vote, snapshot.meta.clone())) } else { None },
                 };
                 let resp: Option<SnapshotResponse<TypeConfig>> = self
@@ -232,7 +276,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                         StreamingError::Network(NetworkError::from_string("snapshot receiver returned no response"))
                     });
                 }
-                offset = end;
+                offset += want as u64;
             }
         };
         tokio::select! {
@@ -243,5 +287,48 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
 
     fn backoff(&self) -> Option<openraft::network::Backoff> {
         Some(openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::log_id;
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::raft::types::{LogCommand, LogOp};
+
+    fn put(index: u64, value_len: usize) -> Entry {
+        let op = LogOp::Put(vec![1u8; 16], vec![2u8; value_len]);
+        Entry {
+            log_id: log_id::<TypeConfig>(1, 1, index),
+            payload: EntryPayload::Normal(LogCommand::WriteV1 { session: None, op }),
+        }
+    }
+
+    #[test]
+    fn an_append_entries_message_is_cut_to_fit_a_frame() {
+        let mib = 1024 * 1024;
+        let entries: Vec<Entry> = (1..=300).map(|i| put(i, mib)).collect();
+        let (keep, bytes) = entries_within(&entries, REPLICATION_BYTES);
+        assert_eq!(keep, 3, "three 1 MiB entries fit a 4 MiB frame, four do not");
+        assert!(bytes <= REPLICATION_BYTES);
+        // The bound is an upper bound of the real encoding, and the message fits a frame.
+        let encoded: usize = entries[..keep].iter().map(|e| postcard::to_allocvec(e).unwrap().len()).sum();
+        assert!(encoded <= bytes);
+        // One entry always goes, whatever its size; small entries all fit.
+        assert_eq!(entries_within(&entries[..1], 10).0, 1);
+        let small: Vec<Entry> = (1..=300).map(|i| put(i, 100)).collect();
+        assert_eq!(entries_within(&small, REPLICATION_BYTES).0, 300);
+        assert_eq!(entries_within(&[], REPLICATION_BYTES), (0, 0));
+    }
+
+    #[test]
+    fn large_appends_get_time_to_be_received_and_synced() {
+        let ttl = Duration::from_millis(75);
+        assert_eq!(append_timeout(ttl, 0), ttl, "heartbeats keep openraft's timeout");
+        let four_mib = append_timeout(ttl, 4 * 1024 * 1024);
+        assert!(four_mib >= Duration::from_millis(700), "{four_mib:?}");
+        assert!(append_timeout(ttl, 1000) > ttl);
     }
 }

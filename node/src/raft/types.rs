@@ -26,13 +26,47 @@ impl fmt::Display for PeerNode {
 /// A replicated command: one entry of a region's Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LogCommand {
-    /// Format version 1 of a client write.
+    /// Format version 1 of a client write (read for logs written before version 2).
     WriteV1 {
         /// Session and sequence number for exactly-once application.
         session: Option<(u64, u64)>,
         /// The mutation.
         op: LogOp,
     },
+    /// Format version 2 of a client write: with the client's acknowledgement and the
+    /// leader's clock, so every replica expires sessions identically.
+    WriteV2 {
+        /// Session, sequence number and acknowledgement, for exactly-once application.
+        session: Option<SessionRef>,
+        /// The mutation.
+        op: LogOp,
+        /// The proposing leader's wall clock (ms since the Unix epoch). Replicas keep the
+        /// largest seen as the region's clock, which only moves forward.
+        at_ms: u64,
+        /// Sessions idle longer than this (ms) expire; from the proposing leader's config.
+        session_ttl_ms: u64,
+    },
+}
+
+/// A write's place in its client session (the log's copy of [`SessionSeq`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRef {
+    /// Session id.
+    pub id: u64,
+    /// Sequence number of this write.
+    pub seq: u64,
+    /// Every write of the session numbered below this has been answered to the client and
+    /// will never be sent again.
+    pub first_pending: u64,
+}
+
+impl LogCommand {
+    /// The mutation, whatever the format version.
+    pub fn op(&self) -> &LogOp {
+        match self {
+            LogCommand::WriteV1 { op, .. } | LogCommand::WriteV2 { op, .. } => op,
+        }
+    }
 }
 
 /// A mutation, as stored in the log.
@@ -70,18 +104,18 @@ pub enum LogOp {
 impl fmt::Display for LogCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print keys or values: they may be sensitive.
-        match self {
-            LogCommand::WriteV1 { session, op } => {
-                let kind = match op {
-                    LogOp::Put(..) => "put",
-                    LogOp::Delete(..) => "delete",
-                    LogOp::Append(..) | LogOp::AppendCapped { .. } => "append",
-                    LogOp::Cas { .. } => "cas",
-                    LogOp::BatchPut(p) => return write!(f, "batch_put({}) session={session:?}", p.len()),
-                };
-                write!(f, "{kind} session={session:?}")
-            }
-        }
+        let session = match self {
+            LogCommand::WriteV1 { session, .. } => *session,
+            LogCommand::WriteV2 { session, .. } => session.map(|s| (s.id, s.seq)),
+        };
+        let kind = match self.op() {
+            LogOp::Put(..) => "put",
+            LogOp::Delete(..) => "delete",
+            LogOp::Append(..) | LogOp::AppendCapped { .. } => "append",
+            LogOp::Cas { .. } => "cas",
+            LogOp::BatchPut(p) => return write!(f, "batch_put({}) session={session:?}", p.len()),
+        };
+        write!(f, "{kind} session={session:?}")
     }
 }
 
@@ -102,8 +136,15 @@ impl LogOp {
 
 impl LogCommand {
     /// Converts a wire write into a log command; `max_value_len` caps what an append may
-    /// grow a value to.
-    pub fn from_wire(session: Option<SessionSeq>, command: WriteCommand, max_value_len: usize) -> LogCommand {
+    /// grow a value to, `at_ms` is the leader's clock and `session_ttl_ms` its session
+    /// lifetime.
+    pub fn from_wire(
+        session: Option<SessionSeq>,
+        command: WriteCommand,
+        max_value_len: usize,
+        at_ms: u64,
+        session_ttl_ms: u64,
+    ) -> LogCommand {
         let op = match command {
             WriteCommand::Put { key, value } => LogOp::Put(key, value),
             WriteCommand::Delete { key } => LogOp::Delete(key),
@@ -111,7 +152,8 @@ impl LogCommand {
             WriteCommand::CompareAndSwap { key, expected, new } => LogOp::Cas { key, expected, new },
             WriteCommand::BatchPut { pairs } => LogOp::BatchPut(pairs),
         };
-        LogCommand::WriteV1 { session: session.map(|s| (s.session.0, s.seq)), op }
+        let session = session.map(|s| SessionRef { id: s.session.0, seq: s.seq, first_pending: s.first_pending });
+        LogCommand::WriteV2 { session, op, at_ms, session_ttl_ms }
     }
 }
 
@@ -137,6 +179,12 @@ pub enum ApplyResult {
         /// Limit.
         max: u64,
     },
+    /// Refused, nothing changed: the write's session expired, so whether an earlier copy
+    /// of it was applied can no longer be told.
+    SessionExpired(u64),
+    /// Refused, nothing changed: the client had already acknowledged this sequence number
+    /// (a stale duplicate delivered late; the client no longer waits for it).
+    Acknowledged,
 }
 
 impl ApplyResult {
@@ -152,6 +200,14 @@ impl ApplyResult {
             ApplyResult::ValueTooLarge { len, max } => {
                 return Err(tessera_wire::Error::ValueTooLarge { len: *len, max: *max })
             }
+            ApplyResult::SessionExpired(id) => {
+                return Err(tessera_wire::Error::SessionExpired { session: tessera_wire::SessionId(*id) })
+            }
+            ApplyResult::Acknowledged => {
+                return Err(tessera_wire::Error::InvalidRequest {
+                    reason: "the session had already acknowledged this sequence number".into(),
+                })
+            }
         })
     }
 }
@@ -166,8 +222,9 @@ openraft::declare_raft_types!(
         Node = PeerNode,
 );
 
-/// Snapshot bytes (built and installed whole; streamed over the network in chunks).
-pub type SnapshotData = std::io::Cursor<Vec<u8>>;
+/// A snapshot: a file built, received and installed record by record (see
+/// `storage::snapshot`), never held in memory whole.
+pub type SnapshotData = crate::storage::snapshot::SnapshotFile;
 
 /// A region's Raft handle.
 pub type Raft = openraft::Raft<TypeConfig, crate::storage::RegionStateMachine>;

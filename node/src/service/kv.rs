@@ -137,7 +137,12 @@ impl NodeService {
             if let Some(busy) = self.overload(&region) {
                 return Err(busy);
             }
-            let cmd = LogCommand::from_wire(session, command, self.limits.max_value_len);
+            // The leader's wall clock drives session expiry; each replica keeps the largest
+            // seen, so a clock stepping back on a new leader only delays expiry.
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let cmd = LogCommand::from_wire(session, command, self.limits.max_value_len, now_ms, self.session_ttl_ms);
             return match region.raft.client_write(cmd).await {
                 Ok(resp) => resp.data.to_wire().map(|w| ResponseBody::Kv(KvResponse::Write(w))),
                 Err(e) => Err(write_error(e, region_id, || region.leader_hint(&self.ctx.book))),

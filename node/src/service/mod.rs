@@ -21,6 +21,7 @@ pub struct NodeService {
     pub(crate) default_timeout: Duration,
     pub(crate) reads: read_pool::ReadPool,
     pub(crate) admission: crate::config::Admission,
+    pub(crate) session_ttl_ms: u64,
 }
 
 impl NodeService {
@@ -32,6 +33,7 @@ impl NodeService {
             default_timeout: cfg.default_request_timeout,
             reads: read_pool::ReadPool::new(cfg.admission.max_concurrent_reads),
             admission: cfg.admission.clone(),
+            session_ttl_ms: u64::try_from(cfg.session_ttl.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }

@@ -6,7 +6,9 @@ use tessera_wire::{Error, RaftRequest, RaftResponse, RaftRpcKind, Response, Resp
 
 use super::NodeService;
 use crate::raft::network::SnapshotChunk;
-use crate::raft::types::{Snapshot, TypeConfig};
+use crate::raft::types::{Snapshot, SnapshotMeta, TypeConfig, Vote};
+use crate::region::{IncomingSnapshot, Region};
+use crate::storage::snapshot::{self, SnapshotFile};
 
 fn decode<T: for<'de> serde::Deserialize<'de>>(b: &[u8]) -> Result<T, Error> {
     postcard::from_bytes(b).map_err(|e| Error::InvalidRequest { reason: format!("bad raft payload: {e}") })
@@ -44,37 +46,58 @@ impl NodeService {
             }
             RaftRpcKind::SnapshotChunk => {
                 let chunk: SnapshotChunk = decode(&req.payload)?;
-                let complete = {
-                    let mut inc = region.incoming.lock().unwrap_or_else(|p| p.into_inner());
-                    if chunk.offset == 0 {
-                        inc.transfer_id = chunk.transfer_id;
-                        inc.data.clear();
-                    }
-                    if inc.transfer_id != chunk.transfer_id || inc.data.len() as u64 != chunk.offset {
-                        return Err(Error::InvalidRequest { reason: "snapshot chunk out of order".into() });
-                    }
-                    inc.data.extend_from_slice(&chunk.data);
-                    match chunk.done {
-                        Some(done) => Some((done, std::mem::take(&mut inc.data))),
-                        None => None,
-                    }
+                let Some(((vote, meta), file)) = self.receive_chunk(&region, chunk).await? else {
+                    return encode(&Option::<openraft::raft::SnapshotResponse<TypeConfig>>::None);
                 };
-                match complete {
-                    None => encode(&Option::<openraft::raft::SnapshotResponse<TypeConfig>>::None),
-                    Some(((vote, meta), data)) => {
-                        tracing::info!(region_id = req.region_id.0, bytes = data.len(), "installing snapshot");
-                        let snapshot = Snapshot { meta, snapshot: std::io::Cursor::new(data) };
-                        let resp =
-                            region.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| unavailable(&e))?;
-                        self.ctx.snapshots_installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        self.ctx.changed();
-                        encode(&Some(resp))
-                    }
-                }
+                tracing::info!(region_id = req.region_id.0, "installing snapshot");
+                let snapshot = Snapshot { meta, snapshot: file };
+                let resp = region.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| unavailable(&e))?;
+                self.ctx.snapshots_installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.ctx.changed();
+                encode(&Some(resp))
             }
             RaftRpcKind::TransferLeader => {
                 Err(Error::InvalidRequest { reason: "transfer leader is not supported yet".into() })
             }
         }
+    }
+}
+
+type Completed = ((Vote, SnapshotMeta), SnapshotFile);
+
+impl NodeService {
+    /// Appends a snapshot chunk to the region's incoming file. On the last chunk, checks
+    /// the whole file (so a damaged transfer is an error of this request, which the leader
+    /// retries, not a storage failure of the Raft group) and returns it.
+    async fn receive_chunk(&self, region: &Region, chunk: SnapshotChunk) -> Result<Option<Completed>, Error> {
+        use tokio::io::AsyncWriteExt;
+        let region_id = region.id;
+        let io = |e: std::io::Error| Error::RegionUnavailable { region_id, reason: format!("snapshot file: {e}") };
+        let mut inc = region.incoming.lock().await;
+        if chunk.offset == 0 {
+            // A new transfer replaces any unfinished one (whose file is then deleted).
+            let file = SnapshotFile::adopt(snapshot::new_path(&self.ctx.engine, "incoming", region_id.0));
+            let handle = tokio::fs::File::create(file.path()).await.map_err(io)?;
+            *inc = IncomingSnapshot { transfer_id: chunk.transfer_id, file: Some((file, handle)), received: 0 };
+        }
+        if inc.transfer_id != chunk.transfer_id || inc.received != chunk.offset || inc.file.is_none() {
+            return Err(Error::InvalidRequest { reason: "snapshot chunk out of order".into() });
+        }
+        let Some((_, handle)) = inc.file.as_mut() else { unreachable!("checked above") };
+        handle.write_all(&chunk.data).await.map_err(io)?;
+        inc.received += chunk.data.len() as u64;
+        let Some(done) = chunk.done else { return Ok(None) };
+        let (file, mut handle) = inc.file.take().expect("checked above");
+        handle.flush().await.map_err(io)?;
+        handle.sync_data().await.map_err(io)?;
+        drop(handle);
+        *inc = IncomingSnapshot::default();
+        drop(inc);
+        let path = file.path().to_path_buf();
+        tokio::task::spawn_blocking(move || snapshot::verify(&path))
+            .await
+            .map_err(|e| io(std::io::Error::other(e)))?
+            .map_err(|e| Error::InvalidRequest { reason: format!("received snapshot is damaged: {e}") })?;
+        Ok(Some((done, file)))
     }
 }

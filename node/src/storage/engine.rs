@@ -11,7 +11,7 @@
 //! work with `StorageUnavailable` until restarted, when redb recovers to its last commit.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 
@@ -91,6 +91,8 @@ impl Failure {
 }
 
 struct Shared {
+    /// Directory of snapshot files (`snapshots/` beside the database).
+    snapshot_dir: PathBuf,
     /// `None` once the engine is closed.
     db: RwLock<Option<Arc<redb::Database>>>,
     tx: Mutex<mpsc::Sender<Msg>>,
@@ -145,13 +147,22 @@ impl Engine {
             txn.open_table(tables::DATA).map_err(io_err)?;
             txn.open_table(tables::SM_META).map_err(io_err)?;
             txn.open_table(tables::DEDUP).map_err(io_err)?;
-            txn.open_table(tables::DEDUP_INDEX).map_err(io_err)?;
+            txn.open_table(tables::SESSIONS).map_err(io_err)?;
             txn.open_table(tables::REGIONS).map_err(io_err)?;
+            txn.open_table(tables::NODE_META).map_err(io_err)?;
         }
         txn.commit().map_err(io_err)?;
         let db = Arc::new(db);
+        // Snapshot files are rebuilt or resent on demand: whatever a previous run left is
+        // stale (a half-received transfer, an old build).
+        let snapshot_dir = path.parent().unwrap_or(Path::new(".")).join("snapshots");
+        if snapshot_dir.exists() {
+            std::fs::remove_dir_all(&snapshot_dir)?;
+        }
+        std::fs::create_dir_all(&snapshot_dir)?;
         let (tx, rx) = mpsc::channel::<Msg>();
         let shared = Arc::new(Shared {
+            snapshot_dir,
             db: RwLock::new(Some(db.clone())),
             tx: Mutex::new(tx),
             writer: Mutex::new(None),
@@ -240,6 +251,11 @@ impl Engine {
     /// Group-commit counters.
     pub fn stats(&self) -> &CommitStats {
         &self.shared.stats
+    }
+
+    /// The directory holding this engine's snapshot files.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.shared.snapshot_dir.clone()
     }
 
     /// Jobs waiting for the writer: the depth of the group-commit queue.

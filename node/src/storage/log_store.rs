@@ -1,9 +1,11 @@
 //! openraft log storage for one region.
 //!
-//! The region's unpurged log is mirrored in memory (bounded by log compaction), so reads
-//! never touch the disk and entries whose append is still being flushed are visible to
-//! replication, as openraft expects. Every mutation is written through the engine's group
-//! commit: `append` fires openraft's `IOFlushed` only after the fsync that made the entries
+//! The newest part of the region's log is mirrored in memory, up to [`TAIL_BYTES`] (by
+//! each entry's encoded-size bound), so replication and apply of recent entries never
+//! touch the disk, and entries whose append is still being flushed are visible, as openraft
+//! expects. Older entries are read from redb on demand; only entries already durable are
+//! ever dropped from memory. Every mutation is written through the engine's group commit:
+//! `append` fires openraft's `IOFlushed` only after the fsync that made the entries
 //! durable; `save_vote`, `truncate_after` and `purge` return only once durable.
 
 use std::collections::BTreeMap;
@@ -19,14 +21,76 @@ use openraft::{OptionalSend, RaftLogReader};
 use super::engine::{io_err, Engine};
 use super::records::{decode, encode};
 use super::tables;
+use crate::raft::network::entry_len_bound;
 use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
+
+/// Most bytes of log entries a region keeps in memory (at least the newest entry, and
+/// every entry not yet durable).
+pub const TAIL_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Default)]
 struct LogMem {
+    /// The newest entries, contiguous, ending at the last log entry.
     entries: BTreeMap<u64, Entry>,
+    /// Sum of `entry_len_bound` over `entries`.
+    bytes: usize,
+    /// Every entry up to this index is durable in redb (so may leave memory).
+    durable_upto: Option<u64>,
+    /// The last entry, even when it has left memory (only with an empty tail after a purge).
+    last: Option<LogId>,
     last_purged: Option<LogId>,
     vote: Option<Vote>,
     committed: Option<LogId>,
+}
+
+impl LogMem {
+    fn insert(&mut self, entry: Entry) {
+        self.last = Some(entry.log_id());
+        self.bytes += entry_len_bound(&entry);
+        if let Some(old) = self.entries.insert(entry.index(), entry) {
+            self.bytes -= entry_len_bound(&old);
+        }
+    }
+
+    /// Drops the entries after `last_kept` (they are being truncated); `last_kept` becomes
+    /// the last entry (whether it is in memory or only on disk) unless the log ended before.
+    fn truncate_after(&mut self, last_kept: Option<LogId>) {
+        let from = last_kept.as_ref().map_or(0, |l| l.index() + 1);
+        for (_, e) in self.entries.split_off(&from) {
+            self.bytes -= entry_len_bound(&e);
+        }
+        self.durable_upto = self.durable_upto.map(|d| d.min(from.saturating_sub(1)));
+        // Truncating past the end keeps the log as it is.
+        if self.last.is_some_and(|last| last.index() >= from) {
+            self.last = last_kept.or(self.last_purged);
+        }
+    }
+
+    /// Drops entries up to index `upto` (they are being purged).
+    fn cut_upto(&mut self, upto: u64) {
+        let keep = self.entries.split_off(&(upto + 1));
+        for e in std::mem::replace(&mut self.entries, keep).into_values() {
+            self.bytes -= entry_len_bound(&e);
+        }
+    }
+
+    /// Drops the oldest durable entries while over the budget, keeping the newest.
+    fn shrink(&mut self, budget: usize) {
+        while self.bytes > budget && self.entries.len() > 1 {
+            let Some((&index, _)) = self.entries.first_key_value() else { break };
+            if self.durable_upto.is_none_or(|d| index > d) {
+                break;
+            }
+            if let Some(e) = self.entries.remove(&index) {
+                self.bytes -= entry_len_bound(&e);
+            }
+        }
+    }
+
+    /// The first index held in memory.
+    fn first_cached(&self) -> Option<u64> {
+        self.entries.keys().next().copied()
+    }
 }
 
 /// Raft log storage of one region. Clones share state.
@@ -35,15 +99,25 @@ pub struct RegionLogStore {
     region: u64,
     engine: Engine,
     mem: Arc<Mutex<LogMem>>,
+    budget: usize,
+}
+
+fn lock(mem: &Mutex<LogMem>) -> std::sync::MutexGuard<'_, LogMem> {
+    mem.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RegionLogStore {
-    /// Loads the region's log, vote and purge point from the database.
+    /// Loads the region's vote and purge point, and the newest [`TAIL_BYTES`] of its log.
     pub fn open(engine: &Engine, region: u64) -> io::Result<RegionLogStore> {
+        Self::open_with_budget(engine, region, TAIL_BYTES)
+    }
+
+    /// [`RegionLogStore::open`] with another in-memory budget.
+    pub fn open_with_budget(engine: &Engine, region: u64, budget: usize) -> io::Result<RegionLogStore> {
         let txn = engine.read()?;
         let mut mem = LogMem::default();
         let logs = txn.open_table(tables::LOGS).map_err(io_err)?;
-        for row in logs.range((region, 0u64)..=(region, u64::MAX)).map_err(io_err)? {
+        for row in logs.range((region, 0u64)..=(region, u64::MAX)).map_err(io_err)?.rev() {
             let (k, v) = row.map_err(io_err)?;
             let entry: Entry = decode(v.value())?;
             let (_, index) = k.value();
@@ -53,7 +127,13 @@ impl RegionLogStore {
                     format!("log entry at {index} has index {}", entry.index()),
                 ));
             }
-            mem.entries.insert(index, entry);
+            let last = mem.last;
+            mem.insert(entry);
+            mem.last = last.or(mem.last);
+            mem.durable_upto = mem.durable_upto.or(Some(index));
+            if mem.bytes >= budget {
+                break;
+            }
         }
         let meta = txn.open_table(tables::RAFT_META).map_err(io_err)?;
         if let Some(v) = meta.get((region, "vote")).map_err(io_err)? {
@@ -65,11 +145,18 @@ impl RegionLogStore {
         if let Some(v) = meta.get((region, "committed")).map_err(io_err)? {
             mem.committed = Some(decode(v.value())?);
         }
-        Ok(RegionLogStore { region, engine: engine.clone(), mem: Arc::new(Mutex::new(mem)) })
+        mem.last = mem.last.or(mem.last_purged);
+        Ok(RegionLogStore { region, engine: engine.clone(), mem: Arc::new(Mutex::new(mem)), budget })
     }
 
     fn mem(&self) -> std::sync::MutexGuard<'_, LogMem> {
-        self.mem.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.mem)
+    }
+
+    /// Entries held in memory, and their bytes (for tests and statistics).
+    pub fn cached(&self) -> (usize, usize) {
+        let mem = self.mem();
+        (mem.entries.len(), mem.bytes)
     }
 
     async fn put_meta(&self, name: &'static str, bytes: Vec<u8>) -> io::Result<()> {
@@ -82,6 +169,18 @@ impl RegionLogStore {
             }))
             .await
     }
+
+    /// Reads entries `[start, end)` from redb (they have left memory, so they are durable).
+    fn read_disk(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        let txn = self.engine.read()?;
+        let logs = txn.open_table(tables::LOGS).map_err(io_err)?;
+        let mut out = Vec::new();
+        for row in logs.range((self.region, start)..(self.region, end)).map_err(io_err)? {
+            let (_, v) = row.map_err(io_err)?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
 }
 
 impl RaftLogReader<TypeConfig> for RegionLogStore {
@@ -89,18 +188,34 @@ impl RaftLogReader<TypeConfig> for RegionLogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        let mem = self.mem();
         let start = match range.start_bound() {
-            Bound::Included(x) => Bound::Included(*x),
-            Bound::Excluded(x) => Bound::Excluded(*x),
-            Bound::Unbounded => Bound::Unbounded,
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x + 1,
+            Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(x) => Bound::Included(*x),
-            Bound::Excluded(x) => Bound::Excluded(*x),
-            Bound::Unbounded => Bound::Unbounded,
+            Bound::Included(x) => x.saturating_add(1),
+            Bound::Excluded(x) => *x,
+            Bound::Unbounded => u64::MAX,
         };
-        Ok(mem.entries.range((start, end)).map(|(_, e)| e.clone()).collect())
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let (from_memory, first_cached) = {
+            let mem = self.mem();
+            let entries: Vec<Entry> = mem.entries.range(start..end).map(|(_, e)| e.clone()).collect();
+            (entries, mem.first_cached())
+        };
+        match first_cached {
+            // Part of the range has left memory: read it from disk, then the rest from memory.
+            Some(first) if start < first => {
+                let mut out = self.read_disk(start, end.min(first))?;
+                out.extend(from_memory);
+                Ok(out)
+            }
+            Some(_) => Ok(from_memory),
+            None => self.read_disk(start, end),
+        }
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -113,8 +228,7 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let mem = self.mem();
-        let last = mem.entries.values().next_back().map(|e| e.log_id()).or_else(|| mem.last_purged);
-        Ok(LogState { last_purged_log_id: mem.last_purged, last_log_id: last })
+        Ok(LogState { last_purged_log_id: mem.last_purged, last_log_id: mem.last })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -159,11 +273,16 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
             let mut mem = self.mem();
             for entry in entries {
                 rows.push((entry.index(), encode(&entry)?));
-                mem.entries.insert(entry.index(), entry);
+                mem.insert(entry);
             }
         }
+        let Some(&(last, _)) = rows.last() else {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        };
         let region = self.region;
         let n = rows.len() as u64;
+        let (mem, budget) = (self.mem.clone(), self.budget);
         self.engine.submit(
             Box::new(move |txn| {
                 let mut t = txn.open_table(tables::LOGS).map_err(io_err)?;
@@ -172,7 +291,19 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
                 }
                 Ok(())
             }),
-            Box::new(move |r| callback.io_completed(r)),
+            Box::new(move |r| {
+                if r.is_ok() {
+                    // Durable now: these entries may leave memory. The writer completes jobs
+                    // in order and openraft appends after a truncation returns, so if these
+                    // entries were truncated meanwhile, the tail now ends below them: never
+                    // mark past its end.
+                    let mut m = lock(&mem);
+                    let tail_end = m.entries.keys().next_back().copied().unwrap_or(0);
+                    m.durable_upto = Some(m.durable_upto.unwrap_or(0).max(last.min(tail_end)));
+                    m.shrink(budget);
+                }
+                callback.io_completed(r)
+            }),
             n,
         );
         Ok(())
@@ -180,10 +311,7 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.as_ref().map(|l| l.index() + 1).unwrap_or(0);
-        {
-            let mut mem = self.mem();
-            let _ = mem.entries.split_off(&from);
-        }
+        self.mem().truncate_after(last_log_id);
         let region = self.region;
         self.engine
             .write(Box::new(move |txn| {
@@ -199,8 +327,11 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
         let bytes = encode(&log_id)?;
         {
             let mut mem = self.mem();
-            mem.entries = mem.entries.split_off(&(upto + 1));
+            mem.cut_upto(upto);
             mem.last_purged = Some(log_id);
+            if mem.last.is_none_or(|l| l.index() < upto) {
+                mem.last = Some(log_id);
+            }
         }
         let region = self.region;
         self.engine
@@ -212,5 +343,50 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
                 Ok(())
             }))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::log_id;
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::raft::types::{LogCommand, LogOp};
+
+    fn entry(index: u64, value_len: usize) -> Entry {
+        let op = LogOp::Put(b"k".to_vec(), vec![1u8; value_len]);
+        Entry {
+            log_id: log_id::<TypeConfig>(1, 1, index),
+            payload: EntryPayload::Normal(LogCommand::WriteV1 { session: None, op }),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_memory_tail_is_bounded_by_bytes_and_older_entries_come_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let budget = 1024 * 1024;
+        let mut log = RegionLogStore::open_with_budget(&engine, 3, budget).unwrap();
+        // 40 entries of 100 KiB: 4 MiB, four times the budget.
+        for i in 1..=40 {
+            let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
+            let cb = IOFlushed::<TypeConfig>::signal(tx);
+            log.append([entry(i, 100 * 1024)], cb).await.unwrap();
+            rx.await.unwrap().unwrap();
+        }
+        let (entries, bytes) = log.cached();
+        assert!(bytes <= budget + 101 * 1024, "{bytes} bytes cached");
+        assert!(entries < 40);
+        let all = log.try_get_log_entries(1..=40).await.unwrap();
+        assert_eq!(all.iter().map(|e| e.index()).collect::<Vec<_>>(), (1..=40).collect::<Vec<_>>());
+        assert_eq!(all[0], entry(1, 100 * 1024), "read back from disk intact");
+        assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id::<TypeConfig>(1, 1, 40)));
+        // Reopening loads only a budget's worth of the tail.
+        drop(log);
+        let mut reopened = RegionLogStore::open_with_budget(&engine, 3, budget).unwrap();
+        assert!(reopened.cached().1 <= budget + 101 * 1024);
+        assert_eq!(reopened.get_log_state().await.unwrap().last_log_id, Some(log_id::<TypeConfig>(1, 1, 40)));
+        assert_eq!(reopened.try_get_log_entries(5..8).await.unwrap().len(), 3);
     }
 }

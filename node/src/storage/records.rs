@@ -63,6 +63,83 @@ pub enum SmMetaRecord {
         /// Last applied membership.
         membership: StoredMembership,
     },
+    /// Version 2: with the region's session clock and the id its rows are stored under.
+    V2 {
+        /// Last applied log id.
+        applied: Option<LogId>,
+        /// Last applied membership.
+        membership: StoredMembership,
+        /// The session clock.
+        clock: SessionClock,
+        /// The key prefix of the region's rows in `data`, `dedup` and `sessions` (see
+        /// [`SmState::data_id`]).
+        data_id: u64,
+    },
+}
+
+/// A region's state-machine metadata, whatever the record version.
+#[derive(Debug, Clone, Default)]
+pub struct SmState {
+    /// Last applied log id.
+    pub applied: Option<LogId>,
+    /// Last applied membership.
+    pub membership: StoredMembership,
+    /// The session clock.
+    pub clock: SessionClock,
+    /// The key prefix of the region's rows in the `data`, `dedup` and `sessions` tables.
+    /// It starts as the region id and changes when a snapshot is installed: the snapshot
+    /// is written under a fresh id, then one small commit switches to it, so a region's
+    /// state is never half replaced.
+    pub data_id: u64,
+}
+
+impl SmMetaRecord {
+    /// The state of `region` this record describes (version 1 has a zero clock and keeps
+    /// its rows under the region id).
+    pub fn state(self, region: u64) -> SmState {
+        match self {
+            SmMetaRecord::V1 { applied, membership } => {
+                SmState { applied, membership, clock: SessionClock::default(), data_id: region }
+            }
+            SmMetaRecord::V2 { applied, membership, clock, data_id } => SmState { applied, membership, clock, data_id },
+        }
+    }
+
+    /// The current record of `state`.
+    pub fn from_state(state: &SmState) -> SmMetaRecord {
+        SmMetaRecord::V2 {
+            applied: state.applied,
+            membership: state.membership.clone(),
+            clock: state.clock,
+            data_id: state.data_id,
+        }
+    }
+}
+
+/// The region's clock for session expiry: the largest leader timestamp applied, and when
+/// sessions were last swept. Part of the replicated state (in `sm_meta` and snapshots).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClock {
+    /// Largest leader timestamp applied (ms since the Unix epoch).
+    pub clock_ms: u64,
+    /// Region clock at the last sweep of idle sessions.
+    pub last_sweep_ms: u64,
+}
+
+/// A client session as one region knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionRecord {
+    /// Version 1.
+    V1 {
+        /// Region clock of the session's last write here.
+        last_seen_ms: u64,
+        /// The largest acknowledgement (first pending sequence number) received: results
+        /// of lower sequence numbers are forgotten, and those numbers refused.
+        floor: u64,
+        /// Set when the session expired (region clock at expiry): its writes are refused
+        /// with `SessionExpired` until the tombstone itself is dropped.
+        expired_at_ms: Option<u64>,
+    },
 }
 
 /// A remembered write result for exactly-once application.
@@ -77,15 +154,26 @@ pub enum DedupRecord {
     },
 }
 
-/// A snapshot of one region's state machine.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum SnapshotRecord {
-    /// Version 1.
-    V1 {
-        /// All pairs of the region, in key order.
-        pairs: Vec<(Vec<u8>, Vec<u8>)>,
-        /// The dedup table: (session, seq, encoded DedupRecord).
-        dedup: Vec<(u64, u64, Vec<u8>)>,
+/// One record of a snapshot file (see `storage::snapshot`). The file's header names the
+/// format version; these are the records of version 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotItem {
+    /// First record: the session clock.
+    Clock(SessionClock),
+    /// A key and its value.
+    Pair(Vec<u8>, Vec<u8>),
+    /// A row of the dedup table: session, seq, postcard `DedupRecord`.
+    Dedup(u64, u64, Vec<u8>),
+    /// A row of the sessions table: session, postcard `SessionRecord`.
+    Session(u64, Vec<u8>),
+    /// Last record: how many of each came before, so a truncated file is detected.
+    End {
+        /// `Pair` records.
+        pairs: u64,
+        /// `Dedup` records.
+        dedup: u64,
+        /// `Session` records.
+        sessions: u64,
     },
 }
 

@@ -1,14 +1,13 @@
 //! openraft state machine for one region.
 //!
-//! `apply` runs inside the engine's group commit: the data changes, the exactly-once dedup
-//! rows and the `applied` log id are written in one transaction, and responses are sent
-//! only after it is durable.
+//! `apply` runs inside the engine's group commit: the data changes, the exactly-once rows
+//! (`storage::sessions`) and the `applied` log id are written in one transaction, and
+//! responses are sent once it is committed (it becomes durable with the next durable
+//! commit; the Raft log it replays from already is).
 //!
-//! Exactly-once: a write carrying (session, seq) is applied once; its result is kept in
-//! the replicated dedup table, and a retry of the same (session, seq) returns the stored
-//! result without re-executing. Rows are evicted deterministically (same on every replica)
-//! once they are [`DEDUP_WINDOW`] log entries old, which bounds the table; a client retries
-//! only within its request deadline, far shorter than that window at any realistic rate.
+//! A region's rows live under its *data id* (`SmState::data_id`): readers look it up in the
+//! same read transaction as the rows, so a snapshot install (`storage::snapshot`), which
+//! writes the new state under a fresh id and then switches, is never seen half done.
 
 use std::io;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -22,21 +21,21 @@ use redb::ReadableTable;
 use tessera_wire::{RegionDescriptor, RegionId};
 
 use super::engine::{io_err, Engine};
-use super::records::{decode, encode, DedupRecord, SmMetaRecord, SnapshotRecord};
+use super::records::{encode, SmMetaRecord, SmState};
+use super::sessions::{Admit, Sessions};
+use super::snapshot::{self, SnapshotFile};
 use super::tables::{self, data_key, data_range};
 use crate::raft::types::{
-    ApplyResult, LogCommand, LogId, LogOp, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+    ApplyResult, LogCommand, LogOp, SessionRef, Snapshot, SnapshotData, SnapshotMeta, TypeConfig,
 };
 
 /// Key-value pairs, in scan order.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
-/// The last snapshot built or installed: its metadata and bytes.
-type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>;
-/// What one apply batch produced: results in entry order, and the change in (keys, bytes).
-type ApplyOutput = Arc<Mutex<(Vec<ApplyResult>, i64, i64)>>;
-
-/// Dedup rows older than this many log entries are evicted.
-pub const DEDUP_WINDOW: u64 = 200_000;
+/// The last snapshot built or installed: its metadata and file.
+type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, SnapshotFile)>>>;
+/// What one apply batch produced: results in entry order, the change in (keys, bytes), and
+/// the state after it.
+type ApplyOutput = Arc<Mutex<Option<(Vec<ApplyResult>, i64, i64, SmState)>>>;
 
 /// Region state shared between the state machine, the request path and heartbeats.
 #[derive(Debug)]
@@ -73,8 +72,8 @@ impl RegionShared {
 pub struct RegionStateMachine {
     region: u64,
     engine: Engine,
-    applied: Option<LogId>,
-    membership: StoredMembership,
+    /// Applied log id, membership, session clock and data id, as of the last apply.
+    state: SmState,
     current: CurrentSnapshot,
     shared: Arc<RegionShared>,
 }
@@ -84,9 +83,9 @@ impl RegionStateMachine {
     pub fn open(engine: &Engine, shared: Arc<RegionShared>) -> io::Result<RegionStateMachine> {
         let region = shared.region_id.0;
         let txn = engine.read()?;
-        let (applied, membership) = read_sm_meta(&txn, region)?;
+        let state = snapshot::read_state(&txn, region)?;
         let data = txn.open_table(tables::DATA).map_err(io_err)?;
-        let (lo, hi) = data_range(region, b"", b"");
+        let (lo, hi) = data_range(state.data_id, b"", b"");
         let (mut keys, mut bytes) = (0i64, 0i64);
         for row in data.range(lo.as_slice()..hi.as_slice()).map_err(io_err)? {
             let (k, v) = row.map_err(io_err)?;
@@ -95,33 +94,21 @@ impl RegionStateMachine {
         }
         shared.approx_keys.store(keys, Ordering::Relaxed);
         shared.approx_bytes.store(bytes, Ordering::Relaxed);
-        Ok(RegionStateMachine {
-            region,
-            engine: engine.clone(),
-            applied,
-            membership,
-            current: Default::default(),
-            shared,
-        })
+        Ok(RegionStateMachine { region, engine: engine.clone(), state, current: Default::default(), shared })
     }
 }
 
-/// The applied log id and membership recorded for `region` (none for a new region).
-fn read_sm_meta(txn: &redb::ReadTransaction, region: u64) -> io::Result<(Option<LogId>, StoredMembership)> {
-    let meta = txn.open_table(tables::SM_META).map_err(io_err)?;
-    Ok(match meta.get(region).map_err(io_err)? {
-        Some(v) => match decode::<SmMetaRecord>(v.value())? {
-            SmMetaRecord::V1 { applied, membership } => (applied, membership),
-        },
-        None => (None, StoredMembership::default()),
-    })
+/// The data id `region`'s rows are stored under, as of `txn`.
+fn data_id(txn: &redb::ReadTransaction, region: u64) -> io::Result<u64> {
+    Ok(snapshot::read_state(txn, region)?.data_id)
 }
 
 /// Reads one key of `region` from the applied state.
 pub fn read_get(engine: &Engine, region: u64, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
     let txn = engine.read()?;
+    let id = data_id(&txn, region)?;
     let t = txn.open_table(tables::DATA).map_err(io_err)?;
-    Ok(t.get(data_key(region, key).as_slice()).map_err(io_err)?.map(|v| v.value().to_vec()))
+    Ok(t.get(data_key(id, key).as_slice()).map_err(io_err)?.map(|v| v.value().to_vec()))
 }
 
 /// Reads keys of `region` from one consistent snapshot, in order, for a prefix of `keys`:
@@ -133,6 +120,7 @@ pub fn read_batch(
     max_bytes: usize,
 ) -> io::Result<Vec<Option<Vec<u8>>>> {
     let txn = engine.read()?;
+    let id = data_id(&txn, region)?;
     let t = txn.open_table(tables::DATA).map_err(io_err)?;
     let mut out = Vec::with_capacity(keys.len());
     let mut bytes = 0;
@@ -140,7 +128,7 @@ pub fn read_batch(
         if !out.is_empty() && bytes >= max_bytes {
             break;
         }
-        let v = t.get(data_key(region, k).as_slice()).map_err(io_err)?.map(|v| v.value().to_vec());
+        let v = t.get(data_key(id, k).as_slice()).map_err(io_err)?.map(|v| v.value().to_vec());
         bytes += k.len() + v.as_ref().map_or(0, Vec::len);
         out.push(v);
     }
@@ -161,8 +149,9 @@ pub fn read_scan(
     reverse: bool,
 ) -> io::Result<(Pairs, Option<Vec<u8>>)> {
     let txn = engine.read()?;
+    let id = data_id(&txn, region)?;
     let t = txn.open_table(tables::DATA).map_err(io_err)?;
-    let (lo, hi) = data_range(region, start, end);
+    let (lo, hi) = data_range(id, start, end);
     let range = t.range(lo.as_slice()..hi.as_slice()).map_err(io_err)?;
     let rows: Box<dyn Iterator<Item = _>> = if reverse { Box::new(range.rev()) } else { Box::new(range) };
     let mut out = Vec::new();
@@ -256,8 +245,10 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = RegionSnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        Ok((self.applied, self.membership.clone()))
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<crate::raft::types::LogId>, crate::raft::types::StoredMembership), io::Error> {
+        Ok((self.state.applied, self.state.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -272,79 +263,77 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
             return Ok(());
         }
         let region = self.region;
-        let mut membership = self.membership.clone();
-        let mut applied = self.applied;
+        let mut next = self.state.clone();
         let mut work_items = Vec::with_capacity(batch.len());
         let mut responders = Vec::with_capacity(batch.len());
         for (entry, responder) in batch {
             let log_id = entry.log_id();
-            applied = Some(log_id);
+            next.applied = Some(log_id);
             match entry.payload {
                 EntryPayload::Blank => work_items.push((log_id.index(), None)),
                 EntryPayload::Normal(cmd) => work_items.push((log_id.index(), Some(cmd))),
                 EntryPayload::Membership(m) => {
-                    membership = StoredMembership::new(Some(log_id), m);
+                    next.membership = crate::raft::types::StoredMembership::new(Some(log_id), m);
                     work_items.push((log_id.index(), None));
                 }
             }
             responders.push(responder);
         }
-        let meta_bytes = encode(&SmMetaRecord::V1 { applied, membership: membership.clone() })?;
         let results: ApplyOutput = Default::default();
         let out = results.clone();
+        let mut state = next;
         self.engine
             .write_lazy(Box::new(move |txn| {
+                let id = state.data_id;
                 let mut data = txn.open_table(tables::DATA).map_err(io_err)?;
-                let mut dedup = txn.open_table(tables::DEDUP).map_err(io_err)?;
-                let mut dedup_index = txn.open_table(tables::DEDUP_INDEX).map_err(io_err)?;
+                let mut sessions = Sessions::open(txn, id)?;
                 let mut res = Vec::with_capacity(work_items.len());
                 let (mut dk, mut db) = (0, 0);
-                let mut last_index = 0;
                 for (index, cmd) in work_items {
-                    last_index = index;
-                    let Some(LogCommand::WriteV1 { session, op }) = cmd else {
+                    let Some(cmd) = cmd else {
                         res.push(ApplyResult::None);
                         continue;
                     };
-                    if let Some((s, seq)) = session {
-                        if let Some(prev) = dedup.get((region, s, seq)).map_err(io_err)? {
-                            let DedupRecord::V1 { result, .. } = decode::<DedupRecord>(prev.value())?;
-                            res.push(result);
-                            continue;
+                    let (session, op) = match cmd {
+                        LogCommand::WriteV1 { session, op } => {
+                            // Version 1 carried no acknowledgement and no clock.
+                            (session.map(|(id, seq)| SessionRef { id, seq, first_pending: 0 }), op)
+                        }
+                        LogCommand::WriteV2 { session, op, at_ms, session_ttl_ms } => {
+                            state.clock.clock_ms = state.clock.clock_ms.max(at_ms);
+                            sessions.sweep(&mut state.clock, session_ttl_ms)?;
+                            (session, op)
+                        }
+                    };
+                    if let Some(s) = session {
+                        match sessions.admit(s, &op)? {
+                            Admit::Apply => {}
+                            Admit::Replay(r) | Admit::Refuse(r) => {
+                                res.push(r);
+                                continue;
+                            }
                         }
                     }
-                    let (r, k, b) = execute(&mut data, region, &op)?;
+                    let (r, k, b) = execute(&mut data, id, &op)?;
                     dk += k;
                     db += b;
-                    if let Some((s, seq)) = session {
-                        let rec = encode(&DedupRecord::V1 { index, result: r.clone() })?;
-                        dedup.insert((region, s, seq), rec.as_slice()).map_err(io_err)?;
-                        dedup_index.insert((region, index), (s, seq)).map_err(io_err)?;
+                    if let Some(s) = session {
+                        sessions.record(s, &op, &r, index, state.clock.clock_ms)?;
                     }
                     res.push(r);
                 }
-                if last_index > DEDUP_WINDOW {
-                    let horizon = last_index - DEDUP_WINDOW;
-                    let mut old = Vec::new();
-                    for row in
-                        dedup_index.extract_from_if((region, 0u64)..(region, horizon), |_, _| true).map_err(io_err)?
-                    {
-                        let (_, v) = row.map_err(io_err)?;
-                        old.push(v.value());
-                    }
-                    for (s, seq) in old {
-                        dedup.remove((region, s, seq)).map_err(io_err)?;
-                    }
-                }
                 let mut meta = txn.open_table(tables::SM_META).map_err(io_err)?;
-                meta.insert(region, meta_bytes.as_slice()).map_err(io_err)?;
-                *out.lock().unwrap_or_else(|p| p.into_inner()) = (res, dk, db);
+                meta.insert(region, encode(&SmMetaRecord::from_state(&state))?.as_slice()).map_err(io_err)?;
+                *out.lock().unwrap_or_else(|p| p.into_inner()) = Some((res, dk, db, state));
                 Ok(())
             }))
             .await?;
-        self.applied = applied;
-        self.membership = membership;
-        let (res, dk, db) = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
+        let (res, dk, db, state) = results
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| io::Error::other("apply produced no output"))?;
+        self.state = state;
         self.shared.approx_keys.fetch_add(dk, Ordering::Relaxed);
         self.shared.approx_bytes.fetch_add(db, Ordering::Relaxed);
         for (responder, r) in responders.into_iter().zip(res) {
@@ -360,39 +349,13 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
-        let bytes = snapshot.into_inner();
-        let SnapshotRecord::V1 { pairs, dedup } = decode::<SnapshotRecord>(&bytes)?;
-        let region = self.region;
-        let meta_bytes =
-            encode(&SmMetaRecord::V1 { applied: meta.last_log_id, membership: meta.last_membership.clone() })?;
-        let (keys, total) = (pairs.len() as i64, pairs.iter().map(|(k, v)| (k.len() + v.len()) as i64).sum::<i64>());
-        self.engine
-            .write(Box::new(move |txn| {
-                let mut data = txn.open_table(tables::DATA).map_err(io_err)?;
-                let (lo, hi) = data_range(region, b"", b"");
-                data.retain_in(lo.as_slice()..hi.as_slice(), |_, _| false).map_err(io_err)?;
-                for (k, v) in &pairs {
-                    data.insert(data_key(region, k).as_slice(), v.as_slice()).map_err(io_err)?;
-                }
-                let mut dd = txn.open_table(tables::DEDUP).map_err(io_err)?;
-                dd.retain_in((region, 0u64, 0u64)..=(region, u64::MAX, u64::MAX), |_, _| false).map_err(io_err)?;
-                let mut di = txn.open_table(tables::DEDUP_INDEX).map_err(io_err)?;
-                di.retain_in((region, 0u64)..=(region, u64::MAX), |_, _| false).map_err(io_err)?;
-                for (s, seq, rec) in &dedup {
-                    let DedupRecord::V1 { index, .. } = decode::<DedupRecord>(rec)?;
-                    dd.insert((region, *s, *seq), rec.as_slice()).map_err(io_err)?;
-                    di.insert((region, index), (*s, *seq)).map_err(io_err)?;
-                }
-                let mut m = txn.open_table(tables::SM_META).map_err(io_err)?;
-                m.insert(region, meta_bytes.as_slice()).map_err(io_err)?;
-                Ok(())
-            }))
-            .await?;
-        self.applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
-        self.shared.approx_keys.store(keys, Ordering::Relaxed);
-        self.shared.approx_bytes.store(total, Ordering::Relaxed);
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), bytes));
+        let installed =
+            snapshot::install(&self.engine, self.region, &snapshot, meta.last_log_id, meta.last_membership.clone())
+                .await?;
+        self.state = installed.state;
+        self.shared.approx_keys.store(installed.keys, Ordering::Relaxed);
+        self.shared.approx_bytes.store(installed.bytes, Ordering::Relaxed);
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), snapshot));
         Ok(())
     }
 
@@ -402,11 +365,11 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: std::io::Cursor::new(data.clone()) }))
+            .map(|(meta, file)| Snapshot { meta: meta.clone(), snapshot: file.clone() }))
     }
 }
 
-/// Builds a snapshot from one consistent read transaction, concurrently with applies.
+/// Builds a snapshot file from one consistent read transaction, concurrently with applies.
 #[derive(Debug)]
 pub struct RegionSnapshotBuilder {
     region: u64,
@@ -418,26 +381,11 @@ impl RaftSnapshotBuilder<TypeConfig> for RegionSnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let region = self.region;
-        let txn = self.engine.read()?;
-        let (applied, membership) = read_sm_meta(&txn, region)?;
-        let data = txn.open_table(tables::DATA).map_err(io_err)?;
-        let (lo, hi) = data_range(region, b"", b"");
-        let mut pairs = Vec::new();
-        for row in data.range(lo.as_slice()..hi.as_slice()).map_err(io_err)? {
-            let (k, v) = row.map_err(io_err)?;
-            pairs.push((k.value()[8..].to_vec(), v.value().to_vec()));
-        }
-        let dd = txn.open_table(tables::DEDUP).map_err(io_err)?;
-        let mut dedup = Vec::new();
-        for row in dd.range((region, 0u64, 0u64)..=(region, u64::MAX, u64::MAX)).map_err(io_err)? {
-            let (k, v) = row.map_err(io_err)?;
-            let (_, s, seq) = k.value();
-            dedup.push((s, seq, v.value().to_vec()));
-        }
-        let bytes = encode(&SnapshotRecord::V1 { pairs, dedup })?;
-        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), bytes.clone()));
-        Ok(Snapshot { meta, snapshot: std::io::Cursor::new(bytes) })
+        let (engine, region) = (self.engine.clone(), self.region);
+        let (state, file) =
+            tokio::task::spawn_blocking(move || snapshot::build(&engine, region)).await.map_err(io::Error::other)??;
+        let meta = SnapshotMeta { last_log_id: state.applied, last_membership: state.membership };
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), file.clone()));
+        Ok(Snapshot { meta, snapshot: file })
     }
 }

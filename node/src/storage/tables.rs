@@ -6,14 +6,18 @@ use redb::TableDefinition;
 pub const LOGS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("raft_log");
 /// Raft metadata: (region id, name) -> postcard value. Names: `vote`, `purged`, `committed`.
 pub const RAFT_META: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("raft_meta");
-/// User data: region id (8 bytes, big-endian) ++ user key -> value.
+/// User data: data id (8 bytes, big-endian; the region id until a snapshot is installed,
+/// see `SmState::data_id`) ++ user key -> value.
 pub const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 /// State machine metadata: region id -> postcard `SmMetaRecord`.
 pub const SM_META: TableDefinition<u64, &[u8]> = TableDefinition::new("sm_meta");
-/// Exactly-once table: (region, session, seq) -> postcard `DedupRecord`.
+/// Exactly-once table: (data id, session, seq) -> postcard `DedupRecord`.
 pub const DEDUP: TableDefinition<(u64, u64, u64), &[u8]> = TableDefinition::new("dedup");
-/// Dedup eviction index: (region, applied log index) -> (session, seq).
-pub const DEDUP_INDEX: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("dedup_index");
+/// Client sessions: (data id, session) -> postcard `SessionRecord`.
+pub const SESSIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("sessions");
+/// Node-level metadata: name -> postcard value. Names: `next_data_id` (u64), `gc_data_ids`
+/// (ids whose rows are garbage: replaced or abandoned snapshot installs).
+pub const NODE_META: TableDefinition<&str, &[u8]> = TableDefinition::new("node_meta");
 /// Regions hosted by this node: region id -> postcard `RegionRecord`.
 pub const REGIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("regions");
 

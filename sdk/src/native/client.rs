@@ -10,10 +10,11 @@ use tessera_wire::{
     RegionDescriptor, RegionEpoch, RegionRoute, Role, SessionId, SessionSeq, WriteCommand, WriteResult,
 };
 
-use super::clock::TokioClock;
+use super::clock::{Timer, TokioClock};
 use super::config::ClientConfig;
 use super::exec::{Inner, KvCall, KvOutcome, RouteBy, Routing};
 use super::pd::PdCall;
+use super::transport::Transport;
 use crate::core::plan::{all_in_region, chunk_by_size, group_by_region};
 use crate::core::retry::RequestKind;
 use crate::core::rng::SplitMix64;
@@ -106,14 +107,26 @@ impl Client {
         let tls = tessera_certs::client_tls_config(files).map_err(|e| Error::Tls { reason: e.to_string() })?;
         let endpoint = ClientEndpoint::new(cfg.bind_addr(), tls, Role::Client, cfg.transport.clone())
             .map_err(|e| Error::Config { reason: format!("client endpoint: {e}") })?;
+        let pool = ConnectionPool::new(endpoint);
+        Client::start(cfg, Arc::new(pool), Arc::new(TokioClock::new())).await
+    }
+
+    /// A client over `transport` on `clock`, once it has a session. [`Client::connect`]
+    /// passes the QUIC pool and tokio's clock; simulation tests pass a scripted transport
+    /// and a manual clock. The configuration is assumed valid.
+    pub(crate) async fn start(
+        cfg: ClientConfig,
+        transport: Arc<dyn Transport>,
+        clock: Arc<dyn Timer>,
+    ) -> Result<Client, Error> {
         let seed = cfg.rng_seed.unwrap_or_else(rand::random);
         let inner = Arc::new(Inner {
-            pool: ConnectionPool::new(endpoint),
+            transport,
             session: OnceLock::new(),
             seqs: Mutex::new(SessionSeqs::default()),
             routing: Mutex::new(Routing::default()),
             rng: Mutex::new(SplitMix64::new(seed)),
-            clock: TokioClock::new(),
+            clock,
             pd_preferred: Mutex::new(None),
             cfg,
         });

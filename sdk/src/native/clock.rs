@@ -1,10 +1,29 @@
-//! The native clock: tokio's monotonic time (pausable in tests) as core timestamps.
+//! Time for the native layer, injected: the retry loop reads the clock and sleeps only
+//! through [`Timer`].
+//!
+//! Production uses [`TokioClock`] (tokio's monotonic time). Simulation tests use the core's
+//! [`ManualClock`], on which a sleep moves the clock forward by its duration and completes
+//! at once, so a test runs on simulated time with no real timer.
 
+use std::fmt::Debug;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use tokio::time::Instant;
 
-use crate::core::time::{Clock, Timestamp};
+use crate::core::time::{Clock, ManualClock, Timestamp};
+
+/// A clock the retry loop can also sleep on.
+pub(crate) trait Timer: Clock + Send + Sync + Debug {
+    /// Completes once `d` has passed on this clock.
+    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()>;
+
+    /// The deadline of a request of `timeout` starting now.
+    fn deadline_after(&self, timeout: Duration) -> Timestamp {
+        self.now().saturating_add(timeout)
+    }
+}
 
 /// Milliseconds since the client was created, from `tokio::time::Instant`.
 #[derive(Debug, Clone, Copy)]
@@ -16,15 +35,40 @@ impl TokioClock {
     pub(crate) fn new() -> Self {
         TokioClock { origin: Instant::now() }
     }
-
-    /// The deadline of a request of `timeout` starting now.
-    pub(crate) fn deadline_after(&self, timeout: Duration) -> Timestamp {
-        self.now().saturating_add(timeout)
-    }
 }
 
 impl Clock for TokioClock {
     fn now(&self) -> Timestamp {
         Timestamp(u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+impl Timer for TokioClock {
+    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
+        tokio::time::sleep(d).boxed()
+    }
+}
+
+/// Simulated time for a single logical actor: a sleep is the clock jumping forward by its
+/// duration. Concurrent sleepers (the parts of a batch) each move the clock, so simulated
+/// time runs at least as fast as real time would; deadlines are never reached late.
+impl Timer for ManualClock {
+    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
+        self.advance(d);
+        futures::future::ready(()).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_sleep_advances_the_clock_and_completes_at_once() {
+        let clock = ManualClock::new(Timestamp(100));
+        let slept = clock.sleep(Duration::from_millis(250)).now_or_never();
+        assert_eq!(slept, Some(()), "a simulated sleep needs no timer");
+        assert_eq!(clock.now(), Timestamp(350));
+        assert_eq!(Timer::deadline_after(&clock, Duration::from_secs(1)), Timestamp(1350));
     }
 }

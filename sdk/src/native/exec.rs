@@ -5,20 +5,21 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, Shared};
-use tessera_wire::quic::{ConnectionPool, TransportError};
+use tessera_wire::quic::TransportError;
 use tessera_wire::{
     KvOp, KvRequest, KvResponse, ReadConsistency, RegionDescriptor, Request, RequestHeader, ResponseBody, SessionId,
 };
 
-use super::clock::TokioClock;
+use super::clock::Timer;
 use super::config::ClientConfig;
+use super::transport::Transport;
 use crate::core::lookup::PendingLookups;
 use crate::core::retry::{Decision, Failure, RequestKind, RetryState, Target, TransportFailure};
 use crate::core::rng::SplitMix64;
 use crate::core::route::{CachedRegion, RegionCache};
 use crate::core::session::SessionSeqs;
 use crate::core::suspect::{discount_suspect_hint, Suspects};
-use crate::core::time::{Clock, Timestamp};
+use crate::core::time::Timestamp;
 use crate::Error;
 
 /// A PD lookup shared by every request that missed the cache for the same thing. Resolves
@@ -39,13 +40,15 @@ pub(crate) struct Routing {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) cfg: ClientConfig,
-    pub(crate) pool: ConnectionPool,
+    /// Where requests go: the QUIC pool, or a scripted fake in simulation tests.
+    pub(crate) transport: Arc<dyn Transport>,
     pub(crate) session: OnceLock<SessionId>,
     /// Write sequence numbers in flight, for exactly-once and the acknowledgement.
     pub(crate) seqs: Mutex<SessionSeqs>,
     pub(crate) routing: Mutex<Routing>,
     pub(crate) rng: Mutex<SplitMix64>,
-    pub(crate) clock: TokioClock,
+    /// Every reading of the time and every backoff sleep goes through this clock.
+    pub(crate) clock: Arc<dyn Timer>,
     /// The PD endpoint that answered last (usually the PD leader).
     pub(crate) pd_preferred: Mutex<Option<String>>,
 }
@@ -74,15 +77,15 @@ impl Inner {
         deadline.saturating_duration_since(self.clock.now()).min(self.cfg.attempt_timeout)
     }
 
-    /// One call through the pool, dial included, bounded by `timeout`: a dead node must
-    /// not hold an attempt for the transport's whole connect timeout.
+    /// One call through the transport, dial included, bounded by `timeout`: a dead node
+    /// must not hold an attempt for the transport's whole connect timeout.
     pub(crate) async fn call(
         &self,
         addr: &str,
         request: Request,
         timeout: Duration,
     ) -> Result<tessera_wire::Response, TransportError> {
-        self.pool.call(addr, request, timeout).await
+        self.transport.call(addr, request, timeout).await
     }
 }
 
@@ -185,7 +188,7 @@ impl Inner {
             };
             match decision {
                 Decision::RetryNow => {}
-                Decision::RetryAfter(delay) => tokio::time::sleep(delay).await,
+                Decision::RetryAfter(delay) => self.clock.sleep(delay).await,
                 Decision::Surface(e) => return Err(e),
                 Decision::Undetermined => return Err(state.undetermined_error()),
             }

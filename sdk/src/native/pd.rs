@@ -10,7 +10,7 @@ use super::exec::{classify, Failed, Inner, RouteBy, SharedLookup};
 use crate::core::lookup::LookupKey;
 use crate::core::retry::{Failure, RequestKind, TransportFailure};
 use crate::core::route::CachedRegion;
-use crate::core::time::{Clock, Timestamp};
+use crate::core::time::Timestamp;
 
 /// Misses re-checked after a lookup before giving up for this attempt (a joined lookup may
 /// have resolved a neighbouring region, or PD may have answered with a stale route).
@@ -90,6 +90,12 @@ impl Inner {
                     }
                 }
             };
+            // The lookup is bounded by the attempt timeouts `pd_call` gives the transport,
+            // computed on the injected clock. This wait only keeps a request that joined
+            // another's lookup from outliving its own deadline, so it races the lookup
+            // against a timer, and that timer stays tokio's: a simulated sleep jumps the clock
+            // and completes at once, which would end the race before the lookup could answer.
+            // (tokio's `timeout` polls the lookup first, so a ready answer always wins.)
             let remaining = deadline.saturating_duration_since(self.clock.now());
             match tokio::time::timeout(remaining, lookup).await {
                 Ok(Ok(())) => {}

@@ -1,0 +1,316 @@
+//! Exactly-once application of client writes: sessions, their acknowledgements and expiry.
+//!
+//! Every client write carries (session, seq, first_pending). A region remembers the result
+//! of each applied (session, seq) in the `dedup` table, so a retry returns the remembered
+//! result instead of applying again. The client's acknowledgement `first_pending` (every
+//! lower seq has been answered and will never be sent again, Raft thesis §6.3) lets the
+//! region forget results below it; a seq below the acknowledged floor is refused
+//! (`Acknowledged`): it can only be a stale duplicate nobody waits for.
+//!
+//! Sessions that write nothing to a region for `session_ttl_ms` of the region's clock
+//! expire there: their results are dropped and a tombstone refuses their later writes with
+//! `SessionExpired`, so a retry delivered after expiry is never silently applied twice.
+//! Tombstones are dropped after [`TOMBSTONE_TTL_MS`].
+//!
+//! Determinism: everything here depends only on the log (the leader's timestamp and TTL
+//! travel in each entry, and the region's clock only moves forward), so every replica keeps
+//! the same rows.
+
+use std::io;
+
+use redb::{ReadableTable, WriteTransaction};
+
+use super::engine::io_err;
+use super::records::{decode, encode, DedupRecord, SessionClock, SessionRecord};
+use super::tables;
+use crate::raft::types::{ApplyResult, LogOp, SessionRef};
+
+/// Sessions are swept for expiry at most this often (region clock).
+pub const SWEEP_INTERVAL_MS: u64 = 10_000;
+/// A tombstone of an expired session is kept this long (region clock): a client suspended
+/// longer than this with a write in flight could have it applied twice.
+pub const TOMBSTONE_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// What to do with a write of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    /// Apply it, then [`Sessions::record`] its result.
+    Apply,
+    /// Already applied: answer with this result, change nothing.
+    Replay(ApplyResult),
+    /// Refused: answer with this result, change nothing.
+    Refuse(ApplyResult),
+}
+
+/// The session tables of one region, inside a write transaction.
+pub struct Sessions<'t> {
+    region: u64,
+    sessions: redb::Table<'t, (u64, u64), &'static [u8]>,
+    dedup: redb::Table<'t, (u64, u64, u64), &'static [u8]>,
+}
+
+impl std::fmt::Debug for Sessions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").field("region", &self.region).finish_non_exhaustive()
+    }
+}
+
+impl<'t> Sessions<'t> {
+    /// Opens the tables of `region`.
+    pub fn open(txn: &'t WriteTransaction, region: u64) -> io::Result<Sessions<'t>> {
+        Ok(Sessions {
+            region,
+            sessions: txn.open_table(tables::SESSIONS).map_err(io_err)?,
+            dedup: txn.open_table(tables::DEDUP).map_err(io_err)?,
+        })
+    }
+
+    fn session(&self, id: u64) -> io::Result<Option<SessionRecord>> {
+        self.sessions.get((self.region, id)).map_err(io_err)?.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Decides whether the write `s` (with mutation `op`) is applied.
+    pub fn admit(&self, s: SessionRef, op: &LogOp) -> io::Result<Admit> {
+        let floor = match self.session(s.id)? {
+            Some(SessionRecord::V1 { expired_at_ms: Some(_), .. }) => {
+                return Ok(Admit::Refuse(ApplyResult::SessionExpired(s.id)))
+            }
+            Some(SessionRecord::V1 { floor, .. }) => floor,
+            None => 0,
+        };
+        if s.seq < floor {
+            return Ok(Admit::Refuse(ApplyResult::Acknowledged));
+        }
+        match self.dedup.get((self.region, s.id, s.seq)).map_err(io_err)? {
+            Some(row) => {
+                let DedupRecord::V1 { result, .. } = decode(row.value())?;
+                Ok(Admit::Replay(expand(result, op)))
+            }
+            None => Ok(Admit::Apply),
+        }
+    }
+
+    /// Records the result of the applied write `s` at log `index`, at region clock
+    /// `clock_ms`, and forgets the results the client has acknowledged.
+    pub fn record(
+        &mut self,
+        s: SessionRef,
+        op: &LogOp,
+        result: &ApplyResult,
+        index: u64,
+        clock_ms: u64,
+    ) -> io::Result<()> {
+        let old_floor = match self.session(s.id)? {
+            Some(SessionRecord::V1 { floor, .. }) => floor,
+            None => 0,
+        };
+        let floor = old_floor.max(s.first_pending.min(s.seq));
+        let row = encode(&DedupRecord::V1 { index, result: compact(result, op) })?;
+        self.dedup.insert((self.region, s.id, s.seq), row.as_slice()).map_err(io_err)?;
+        if floor > old_floor {
+            let (region, id) = (self.region, s.id);
+            self.dedup.retain_in((region, id, old_floor)..(region, id, floor), |_, _| false).map_err(io_err)?;
+        }
+        let session = encode(&SessionRecord::V1 { last_seen_ms: clock_ms, floor, expired_at_ms: None })?;
+        self.sessions.insert((self.region, s.id), session.as_slice()).map_err(io_err)?;
+        Ok(())
+    }
+
+    /// Expires sessions idle for `ttl_ms` and drops old tombstones, at most once per
+    /// [`SWEEP_INTERVAL_MS`] of region clock.
+    pub fn sweep(&mut self, clock: &mut SessionClock, ttl_ms: u64) -> io::Result<()> {
+        let now = clock.clock_ms;
+        if now < clock.last_sweep_ms.saturating_add(SWEEP_INTERVAL_MS) {
+            return Ok(());
+        }
+        clock.last_sweep_ms = now;
+        let region = self.region;
+        let (mut expire, mut forget) = (Vec::new(), Vec::new());
+        for row in self.sessions.range((region, 0)..=(region, u64::MAX)).map_err(io_err)? {
+            let (k, v) = row.map_err(io_err)?;
+            let (_, id) = k.value();
+            match decode::<SessionRecord>(v.value())? {
+                SessionRecord::V1 { expired_at_ms: Some(at), .. } => {
+                    if now.saturating_sub(at) > TOMBSTONE_TTL_MS {
+                        forget.push(id);
+                    }
+                }
+                SessionRecord::V1 { last_seen_ms, floor, expired_at_ms: None } => {
+                    if now.saturating_sub(last_seen_ms) > ttl_ms {
+                        expire.push((id, floor));
+                    }
+                }
+            }
+        }
+        for (id, floor) in expire {
+            self.dedup.retain_in((region, id, 0)..=(region, id, u64::MAX), |_, _| false).map_err(io_err)?;
+            let tombstone = encode(&SessionRecord::V1 { last_seen_ms: now, floor, expired_at_ms: Some(now) })?;
+            self.sessions.insert((region, id), tombstone.as_slice()).map_err(io_err)?;
+        }
+        for id in forget {
+            self.sessions.remove((region, id)).map_err(io_err)?;
+        }
+        Ok(())
+    }
+}
+
+/// What the dedup table keeps of a result: all of it, except that a successful
+/// compare-and-swap's previous value equals the request's `expected`, which a retry carries.
+fn compact(result: &ApplyResult, op: &LogOp) -> ApplyResult {
+    match (result, op) {
+        (ApplyResult::Cas(true, _), LogOp::Cas { .. }) => ApplyResult::Cas(true, None),
+        (r, _) => r.clone(),
+    }
+}
+
+/// The full result from what the dedup table kept (see [`compact`]).
+fn expand(result: ApplyResult, op: &LogOp) -> ApplyResult {
+    match (result, op) {
+        (ApplyResult::Cas(true, None), LogOp::Cas { expected, .. }) => ApplyResult::Cas(true, expected.clone()),
+        (r, _) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Engine;
+
+    fn s(id: u64, seq: u64, first_pending: u64) -> SessionRef {
+        SessionRef { id, seq, first_pending }
+    }
+
+    fn put() -> LogOp {
+        LogOp::Put(b"k".to_vec(), b"v".to_vec())
+    }
+
+    /// Runs `f` in one committed write transaction of a fresh engine.
+    struct Db {
+        _dir: tempfile::TempDir,
+        engine: Engine,
+    }
+
+    impl Db {
+        fn new() -> Db {
+            let dir = tempfile::tempdir().unwrap();
+            let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+            Db { _dir: dir, engine }
+        }
+
+        async fn with<T: Send + 'static>(
+            &self,
+            f: impl FnOnce(&mut Sessions<'_>) -> io::Result<T> + Send + 'static,
+        ) -> T {
+            let out = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let o = out.clone();
+            self.engine
+                .write(Box::new(move |txn| {
+                    let mut sessions = Sessions::open(txn, 1)?;
+                    *o.lock().unwrap() = Some(f(&mut sessions)?);
+                    Ok(())
+                }))
+                .await
+                .unwrap();
+            let v = out.lock().unwrap().take().unwrap();
+            v
+        }
+
+        fn dedup_rows(&self) -> usize {
+            let txn = self.engine.read().unwrap();
+            let t = txn.open_table(tables::DEDUP).unwrap();
+            t.iter().unwrap().count()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retry_replays_the_recorded_result() {
+        let db = Db::new();
+        assert_eq!(db.with(|x| x.admit(s(7, 1, 1), &put())).await, Admit::Apply);
+        db.with(|x| x.record(s(7, 1, 1), &put(), &ApplyResult::Done, 10, 1_000)).await;
+        assert_eq!(db.with(|x| x.admit(s(7, 1, 1), &put())).await, Admit::Replay(ApplyResult::Done));
+        // Another session's same seq is a different write.
+        assert_eq!(db.with(|x| x.admit(s(8, 1, 1), &put())).await, Admit::Apply);
+    }
+
+    #[tokio::test]
+    async fn acknowledged_results_are_forgotten_and_their_seqs_refused() {
+        let db = Db::new();
+        for seq in 1..=5 {
+            db.with(move |x| x.record(s(7, seq, 1), &put(), &ApplyResult::Done, seq, 1_000)).await;
+        }
+        assert_eq!(db.dedup_rows(), 5);
+        // The client has its answers for 1..=3: seq 6 says so.
+        db.with(|x| x.record(s(7, 6, 4), &put(), &ApplyResult::Done, 6, 1_000)).await;
+        assert_eq!(db.dedup_rows(), 3, "rows 1..=3 dropped, 4..=6 kept");
+        assert_eq!(db.with(|x| x.admit(s(7, 2, 4), &put())).await, Admit::Refuse(ApplyResult::Acknowledged));
+        assert_eq!(db.with(|x| x.admit(s(7, 4, 4), &put())).await, Admit::Replay(ApplyResult::Done));
+        // An acknowledgement never moves back.
+        db.with(|x| x.record(s(7, 7, 2), &put(), &ApplyResult::Done, 7, 1_000)).await;
+        assert_eq!(db.with(|x| x.admit(s(7, 3, 2), &put())).await, Admit::Refuse(ApplyResult::Acknowledged));
+    }
+
+    #[tokio::test]
+    async fn idle_sessions_expire_and_their_writes_are_refused() {
+        let db = Db::new();
+        db.with(|x| x.record(s(7, 1, 1), &put(), &ApplyResult::Done, 1, 1_000)).await;
+        db.with(|x| x.record(s(8, 1, 1), &put(), &ApplyResult::Done, 2, 50_000)).await;
+        let ttl = 60_000;
+        // At 55 s nobody is idle for 60 s yet.
+        let mut clock = SessionClock { clock_ms: 55_000, last_sweep_ms: 0 };
+        db.with(move |x| x.sweep(&mut clock, ttl)).await;
+        assert_eq!(db.dedup_rows(), 2);
+        // At 70 s session 7 (last seen at 1 s) has expired; session 8 has not.
+        let mut clock = SessionClock { clock_ms: 70_000, last_sweep_ms: 55_000 };
+        db.with(move |x| x.sweep(&mut clock, ttl)).await;
+        assert_eq!(db.dedup_rows(), 1);
+        assert_eq!(
+            db.with(|x| x.admit(s(7, 1, 1), &put())).await,
+            Admit::Refuse(ApplyResult::SessionExpired(7)),
+            "a retry after expiry is refused, not applied again"
+        );
+        assert_eq!(db.with(|x| x.admit(s(7, 9, 9), &put())).await, Admit::Refuse(ApplyResult::SessionExpired(7)));
+        assert_eq!(db.with(|x| x.admit(s(8, 2, 2), &put())).await, Admit::Apply);
+    }
+
+    #[tokio::test]
+    async fn sweeps_are_rate_limited_and_tombstones_are_dropped_eventually() {
+        let db = Db::new();
+        db.with(|x| x.record(s(7, 1, 1), &put(), &ApplyResult::Done, 1, 0)).await;
+        // Within the sweep interval of the last sweep, nothing is swept.
+        let mut clock = SessionClock { clock_ms: 100_000, last_sweep_ms: 95_000 };
+        db.with(move |x| x.sweep(&mut clock, 1_000)).await;
+        assert_eq!(db.with(|x| x.admit(s(7, 1, 1), &put())).await, Admit::Replay(ApplyResult::Done));
+        let mut clock = SessionClock { clock_ms: 100_000, last_sweep_ms: 0 };
+        db.with(move |x| x.sweep(&mut clock, 1_000)).await;
+        assert_eq!(db.with(|x| x.admit(s(7, 1, 1), &put())).await, Admit::Refuse(ApplyResult::SessionExpired(7)));
+        let later = 100_000 + TOMBSTONE_TTL_MS + 1;
+        let mut clock = SessionClock { clock_ms: later, last_sweep_ms: 0 };
+        db.with(move |x| x.sweep(&mut clock, 1_000)).await;
+        assert_eq!(db.with(|x| x.admit(s(7, 1, 1), &put())).await, Admit::Apply, "the tombstone is gone");
+    }
+
+    #[tokio::test]
+    async fn a_successful_cas_is_remembered_without_its_previous_value() {
+        let db = Db::new();
+        let big = vec![9u8; 64 * 1024];
+        let cas = LogOp::Cas { key: b"k".to_vec(), expected: Some(big.clone()), new: None };
+        let (c, b) = (cas.clone(), big.clone());
+        db.with(move |x| x.record(s(7, 1, 1), &c, &ApplyResult::Cas(true, Some(b)), 1, 0)).await;
+        let row_len = {
+            let txn = db.engine.read().unwrap();
+            let t = txn.open_table(tables::DEDUP).unwrap();
+            let row = t.get((1, 7, 1)).unwrap().unwrap();
+            row.value().len()
+        };
+        assert!(row_len < 64, "the dedup row does not copy the previous value");
+        let c = cas.clone();
+        assert_eq!(db.with(move |x| x.admit(s(7, 1, 1), &c)).await, Admit::Replay(ApplyResult::Cas(true, Some(big))));
+        // A failed CAS keeps the current value: the reply needs it.
+        let c = cas.clone();
+        db.with(move |x| x.record(s(7, 2, 1), &c, &ApplyResult::Cas(false, Some(b"now".to_vec())), 2, 0)).await;
+        assert_eq!(
+            db.with(move |x| x.admit(s(7, 2, 1), &cas)).await,
+            Admit::Replay(ApplyResult::Cas(false, Some(b"now".to_vec())))
+        );
+    }
+}

@@ -1,0 +1,526 @@
+//! Region snapshots as files, so that no side ever holds a whole region in memory.
+//!
+//! * **Build**: one redb read transaction (a consistent view, taken concurrently with
+//!   applies) is streamed record by record into a file in `<data>/snapshots/`.
+//! * **Send and receive**: the leader reads the file in chunks of `SNAPSHOT_CHUNK` bytes
+//!   (see `raft::network`); the follower appends each chunk to a file as it arrives.
+//! * **Install**: the file is read record by record and written under a fresh *data id* in
+//!   steps of at most [`INSTALL_STEP_BYTES`], each its own (lazily durable) group-commit
+//!   job, so other regions' commits interleave with the install instead of waiting for one
+//!   region-sized transaction. Readers keep using the old data id until one small durable
+//!   commit switches the region to the new one; the old rows are then deleted in steps of
+//!   at most [`GC_STEP_ROWS`] rows ([`collect_garbage`]).
+//! * **Crash safety**: a staging id is recorded as garbage (`gc_data_ids`) before its
+//!   first row is written and leaves that list in the commit that makes it live, so a crash
+//!   mid-install leaves the region on its old state plus garbage that the next start
+//!   collects.
+//!
+//! File format: the magic [`MAGIC`], then records, each a little-endian `u32` length and a
+//! postcard [`SnapshotItem`]: a `Clock` first, then pairs in key order, dedup rows, session
+//! rows, and an `End` with the counts.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use redb::{ReadableTable, WriteTransaction};
+
+use super::engine::{io_err, Engine};
+use super::records::{decode, encode, SmMetaRecord, SmState, SnapshotItem};
+use super::tables::{self, data_key, data_range};
+
+/// First bytes of every snapshot file: the format and its version.
+pub const MAGIC: &[u8; 8] = b"TSNAP001";
+/// Largest record accepted when reading a snapshot file (a pair is at most a key and a
+/// value, far below this).
+const MAX_RECORD: u32 = 16 * 1024 * 1024;
+/// Most bytes of records written by one install step (one group-commit job).
+pub const INSTALL_STEP_BYTES: usize = 4 * 1024 * 1024;
+/// Most rows deleted by one garbage-collection step.
+pub const GC_STEP_ROWS: usize = 20_000;
+/// Data ids of installed snapshots start here, above any region id.
+const FIRST_INSTALLED_DATA_ID: u64 = 1 << 48;
+
+/// A snapshot file. Clones share it; the file is deleted when the last clone is dropped,
+/// so a sender still streaming an older snapshot keeps it alive.
+#[derive(Debug, Clone)]
+pub struct SnapshotFile(Arc<Owned>);
+
+#[derive(Debug)]
+struct Owned(PathBuf);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl SnapshotFile {
+    /// Takes ownership of the file at `path` (which need not exist yet).
+    pub fn adopt(path: PathBuf) -> SnapshotFile {
+        SnapshotFile(Arc::new(Owned(path)))
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.0 .0
+    }
+}
+
+static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh file name in the engine's snapshot directory.
+pub fn new_path(engine: &Engine, what: &str, region: u64) -> PathBuf {
+    let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
+    engine.snapshot_dir().join(format!("{what}-r{region}-{}-{n}.snap", std::process::id()))
+}
+
+/// The state-machine state of `region` as of `txn`.
+pub fn read_state(txn: &redb::ReadTransaction, region: u64) -> io::Result<SmState> {
+    let meta = txn.open_table(tables::SM_META).map_err(io_err)?;
+    Ok(match meta.get(region).map_err(io_err)? {
+        Some(v) => decode::<SmMetaRecord>(v.value())?.state(region),
+        None => SmState { data_id: region, ..SmState::default() },
+    })
+}
+
+/// The state of `region` as of `txn` (a write transaction).
+fn read_state_mut(txn: &WriteTransaction, region: u64) -> io::Result<SmState> {
+    let meta = txn.open_table(tables::SM_META).map_err(io_err)?;
+    let state = match meta.get(region).map_err(io_err)? {
+        Some(v) => decode::<SmMetaRecord>(v.value())?.state(region),
+        None => SmState { data_id: region, ..SmState::default() },
+    };
+    Ok(state)
+}
+
+fn write_item(w: &mut impl Write, item: &SnapshotItem) -> io::Result<()> {
+    let bytes = encode(item)?;
+    let len = u32::try_from(bytes.len()).map_err(|_| io::Error::other("snapshot record too large"))?;
+    w.write_all(&len.to_le_bytes())?;
+    w.write_all(&bytes)
+}
+
+/// Writes a snapshot of `region` (blocking: run it off the async runtime). Returns the
+/// state it reflects and the file.
+pub fn build(engine: &Engine, region: u64) -> io::Result<(SmState, SnapshotFile)> {
+    let txn = engine.read()?;
+    let state = read_state(&txn, region)?;
+    let id = state.data_id;
+    let file = SnapshotFile::adopt(new_path(engine, "built", region));
+    let mut w = BufWriter::with_capacity(1 << 20, File::create(file.path())?);
+    w.write_all(MAGIC)?;
+    write_item(&mut w, &SnapshotItem::Clock(state.clock))?;
+    let (mut pairs, mut dedup, mut sessions) = (0u64, 0u64, 0u64);
+    let data = txn.open_table(tables::DATA).map_err(io_err)?;
+    let (lo, hi) = data_range(id, b"", b"");
+    for row in data.range(lo.as_slice()..hi.as_slice()).map_err(io_err)? {
+        let (k, v) = row.map_err(io_err)?;
+        write_item(&mut w, &SnapshotItem::Pair(k.value()[8..].to_vec(), v.value().to_vec()))?;
+        pairs += 1;
+    }
+    let dd = txn.open_table(tables::DEDUP).map_err(io_err)?;
+    for row in dd.range((id, 0u64, 0u64)..=(id, u64::MAX, u64::MAX)).map_err(io_err)? {
+        let (k, v) = row.map_err(io_err)?;
+        let (_, s, seq) = k.value();
+        write_item(&mut w, &SnapshotItem::Dedup(s, seq, v.value().to_vec()))?;
+        dedup += 1;
+    }
+    let ss = txn.open_table(tables::SESSIONS).map_err(io_err)?;
+    for row in ss.range((id, 0u64)..=(id, u64::MAX)).map_err(io_err)? {
+        let (k, v) = row.map_err(io_err)?;
+        write_item(&mut w, &SnapshotItem::Session(k.value().1, v.value().to_vec()))?;
+        sessions += 1;
+    }
+    write_item(&mut w, &SnapshotItem::End { pairs, dedup, sessions })?;
+    w.into_inner().map_err(|e| e.into_error())?.sync_data()?;
+    Ok((state, file))
+}
+
+/// Reads the records of a snapshot file in order.
+#[derive(Debug)]
+pub struct SnapshotReader {
+    r: BufReader<File>,
+    counts: (u64, u64, u64),
+    ended: bool,
+}
+
+impl SnapshotReader {
+    /// Opens `path` and checks its header.
+    pub fn open(path: &Path) -> io::Result<SnapshotReader> {
+        let mut r = BufReader::with_capacity(1 << 20, File::open(path)?);
+        let mut magic = [0u8; 8];
+        r.read_exact(&mut magic)?;
+        if &magic != MAGIC {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a Tessera snapshot (or an unknown version)"));
+        }
+        Ok(SnapshotReader { r, counts: (0, 0, 0), ended: false })
+    }
+
+    /// The next record, or `None` after the `End` record (which is checked against the
+    /// records read, so a truncated or padded file is an error).
+    pub fn next_item(&mut self) -> io::Result<Option<SnapshotItem>> {
+        if self.ended {
+            return Ok(None);
+        }
+        let truncated = |e: io::Error| match e.kind() {
+            io::ErrorKind::UnexpectedEof => io::Error::new(io::ErrorKind::InvalidData, "snapshot file is truncated"),
+            _ => e,
+        };
+        let mut len = [0u8; 4];
+        self.r.read_exact(&mut len).map_err(truncated)?;
+        let len = u32::from_le_bytes(len);
+        if len > MAX_RECORD {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("snapshot record of {len} bytes")));
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.r.read_exact(&mut buf).map_err(truncated)?;
+        let item: SnapshotItem = decode(&buf)?;
+        match &item {
+            SnapshotItem::Pair(..) => self.counts.0 += 1,
+            SnapshotItem::Dedup(..) => self.counts.1 += 1,
+            SnapshotItem::Session(..) => self.counts.2 += 1,
+            SnapshotItem::End { pairs, dedup, sessions } => {
+                if (*pairs, *dedup, *sessions) != self.counts {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot record counts do not match"));
+                }
+                self.ended = true;
+                let mut rest = [0u8; 1];
+                if self.r.read(&mut rest)? != 0 {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "bytes after the end of the snapshot"));
+                }
+            }
+            SnapshotItem::Clock(_) => {}
+        }
+        Ok(Some(item))
+    }
+}
+
+/// Reads the whole file at `path`, checking every record and the final counts.
+pub fn verify(path: &Path) -> io::Result<()> {
+    let mut reader = SnapshotReader::open(path)?;
+    while reader.next_item()?.is_some() {}
+    if !reader.ended {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot file has no end record"));
+    }
+    Ok(())
+}
+
+/// Reads records until `max_bytes` of them (or the end); returns them with the reader.
+fn read_step(mut reader: SnapshotReader, max_bytes: usize) -> io::Result<(SnapshotReader, Vec<SnapshotItem>)> {
+    let mut items = Vec::new();
+    let mut bytes = 0;
+    while bytes < max_bytes {
+        let Some(item) = reader.next_item()? else { break };
+        bytes += match &item {
+            SnapshotItem::Pair(k, v) => k.len() + v.len(),
+            SnapshotItem::Dedup(_, _, r) | SnapshotItem::Session(_, r) => r.len() + 16,
+            _ => 16,
+        };
+        items.push(item);
+    }
+    Ok((reader, items))
+}
+
+/// What an install produced: the region's new state, and its key and byte counts.
+#[derive(Debug)]
+pub struct Installed {
+    /// The state now live.
+    pub state: SmState,
+    /// Keys in the region.
+    pub keys: i64,
+    /// Bytes of keys and values in the region.
+    pub bytes: i64,
+}
+
+fn node_meta_u64(txn: &WriteTransaction, name: &str) -> io::Result<Option<u64>> {
+    let t = txn.open_table(tables::NODE_META).map_err(io_err)?;
+    let v = t.get(name).map_err(io_err)?.map(|v| decode::<u64>(v.value())).transpose()?;
+    Ok(v)
+}
+
+fn gc_list(txn: &WriteTransaction) -> io::Result<Vec<u64>> {
+    let t = txn.open_table(tables::NODE_META).map_err(io_err)?;
+    let v = t.get("gc_data_ids").map_err(io_err)?.map(|v| decode::<Vec<u64>>(v.value())).transpose()?;
+    Ok(v.unwrap_or_default())
+}
+
+fn set_node_meta<T: serde::Serialize>(txn: &WriteTransaction, name: &str, value: &T) -> io::Result<()> {
+    let mut t = txn.open_table(tables::NODE_META).map_err(io_err)?;
+    t.insert(name, encode(value)?.as_slice()).map_err(io_err)?;
+    Ok(())
+}
+
+/// Runs `work` as one group-commit job and returns its output.
+async fn job<T: Send + 'static>(
+    engine: &Engine,
+    durable: bool,
+    work: impl FnOnce(&WriteTransaction) -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let out = Arc::new(std::sync::Mutex::new(None));
+    let slot = out.clone();
+    let work: super::engine::Work = Box::new(move |txn| {
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(work(txn)?);
+        Ok(())
+    });
+    if durable {
+        engine.write(work).await?;
+    } else {
+        engine.write_lazy(work).await?;
+    }
+    let v = out.lock().unwrap_or_else(|p| p.into_inner()).take();
+    v.ok_or_else(|| io::Error::other("storage job produced no output"))
+}
+
+/// Installs the snapshot in `file` as the state of `region` at `applied` with
+/// `membership`, in bounded steps (see the module docs). Returns once the new state is
+/// durable and live; the old rows are collected in the background.
+pub async fn install(
+    engine: &Engine,
+    region: u64,
+    file: &SnapshotFile,
+    applied: Option<crate::raft::types::LogId>,
+    membership: crate::raft::types::StoredMembership,
+) -> io::Result<Installed> {
+    // A fresh data id, recorded as garbage until it goes live.
+    let staging = job(engine, false, |txn| {
+        let id = node_meta_u64(txn, "next_data_id")?.unwrap_or(FIRST_INSTALLED_DATA_ID);
+        set_node_meta(txn, "next_data_id", &(id + 1))?;
+        let mut gc = gc_list(txn)?;
+        gc.push(id);
+        set_node_meta(txn, "gc_data_ids", &gc)?;
+        Ok(id)
+    })
+    .await?;
+    let path = file.path().to_path_buf();
+    let mut reader =
+        Some(tokio::task::spawn_blocking(move || SnapshotReader::open(&path)).await.map_err(io::Error::other)??);
+    let (mut keys, mut bytes) = (0i64, 0i64);
+    let mut clock = None;
+    loop {
+        let r = reader.take().expect("reader is put back after each step");
+        let (r, items) =
+            tokio::task::spawn_blocking(move || read_step(r, INSTALL_STEP_BYTES)).await.map_err(io::Error::other)??;
+        reader = Some(r);
+        if items.is_empty() {
+            break;
+        }
+        for item in &items {
+            match item {
+                SnapshotItem::Pair(k, v) => {
+                    keys += 1;
+                    bytes += (k.len() + v.len()) as i64;
+                }
+                SnapshotItem::Clock(c) => clock = Some(*c),
+                _ => {}
+            }
+        }
+        job(engine, false, move |txn| {
+            let mut data = txn.open_table(tables::DATA).map_err(io_err)?;
+            let mut dedup = txn.open_table(tables::DEDUP).map_err(io_err)?;
+            let mut sessions = txn.open_table(tables::SESSIONS).map_err(io_err)?;
+            for item in items {
+                match item {
+                    SnapshotItem::Pair(k, v) => {
+                        data.insert(data_key(staging, &k).as_slice(), v.as_slice()).map_err(io_err)?;
+                    }
+                    SnapshotItem::Dedup(s, seq, rec) => {
+                        dedup.insert((staging, s, seq), rec.as_slice()).map_err(io_err)?;
+                    }
+                    SnapshotItem::Session(s, rec) => {
+                        sessions.insert((staging, s), rec.as_slice()).map_err(io_err)?;
+                    }
+                    SnapshotItem::Clock(_) | SnapshotItem::End { .. } => {}
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    let clock = clock.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "snapshot without a clock"))?;
+    // One small durable commit makes the new state live and the old one garbage.
+    let state = SmState { applied, membership, clock, data_id: staging };
+    let live = state.clone();
+    job(engine, true, move |txn| {
+        let old = read_state_mut(txn, region)?;
+        let mut meta = txn.open_table(tables::SM_META).map_err(io_err)?;
+        meta.insert(region, encode(&SmMetaRecord::from_state(&live))?.as_slice()).map_err(io_err)?;
+        drop(meta);
+        let mut gc = gc_list(txn)?;
+        gc.retain(|id| *id != staging);
+        if old.data_id != staging {
+            gc.push(old.data_id);
+        }
+        set_node_meta(txn, "gc_data_ids", &gc)
+    })
+    .await?;
+    spawn_garbage_collection(engine.clone());
+    Ok(Installed { state, keys, bytes })
+}
+
+/// Starts [`collect_garbage`] in the background (logging a failure).
+pub fn spawn_garbage_collection(engine: Engine) {
+    tokio::spawn(async move {
+        if let Err(e) = collect_garbage(&engine).await {
+            tracing::warn!(error = %e, "collecting replaced snapshot rows failed");
+        }
+    });
+}
+
+/// Deletes the rows of every data id listed as garbage, at most [`GC_STEP_ROWS`] rows per
+/// group-commit job, until none is left. Safe to run concurrently with itself and to
+/// interrupt: each step is idempotent.
+pub async fn collect_garbage(engine: &Engine) -> io::Result<()> {
+    loop {
+        let more = job(engine, false, |txn| {
+            let mut gc = gc_list(txn)?;
+            let Some(&id) = gc.first() else { return Ok(false) };
+            let mut left = GC_STEP_ROWS;
+            {
+                let mut data = txn.open_table(tables::DATA).map_err(io_err)?;
+                let (lo, hi) = data_range(id, b"", b"");
+                for row in data.extract_from_if(lo.as_slice()..hi.as_slice(), |_, _| true).map_err(io_err)?.take(left) {
+                    row.map_err(io_err)?;
+                    left -= 1;
+                }
+            }
+            {
+                let mut dedup = txn.open_table(tables::DEDUP).map_err(io_err)?;
+                let range = (id, 0u64, 0u64)..=(id, u64::MAX, u64::MAX);
+                for row in dedup.extract_from_if(range, |_, _| true).map_err(io_err)?.take(left) {
+                    row.map_err(io_err)?;
+                    left -= 1;
+                }
+            }
+            {
+                let mut sessions = txn.open_table(tables::SESSIONS).map_err(io_err)?;
+                for row in
+                    sessions.extract_from_if((id, 0u64)..=(id, u64::MAX), |_, _| true).map_err(io_err)?.take(left)
+                {
+                    row.map_err(io_err)?;
+                    left -= 1;
+                }
+            }
+            if left > 0 {
+                // Fewer rows than a step: this id is done.
+                gc.retain(|g| *g != id);
+                set_node_meta(txn, "gc_data_ids", &gc)?;
+            }
+            Ok(true)
+        })
+        .await?;
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::StoredMembership;
+    use crate::storage::records::SessionClock;
+
+    async fn fill(engine: &Engine, region: u64, n: u32) {
+        engine
+            .write(Box::new(move |txn| {
+                let mut data = txn.open_table(tables::DATA).map_err(io_err)?;
+                for i in 0..n {
+                    data.insert(data_key(region, format!("k{i:06}").as_bytes()).as_slice(), vec![7u8; 100].as_slice())
+                        .map_err(io_err)?;
+                }
+                let mut dedup = txn.open_table(tables::DEDUP).map_err(io_err)?;
+                dedup.insert((region, 9, 1), [1u8, 2].as_slice()).map_err(io_err)?;
+                Ok(())
+            }))
+            .await
+            .unwrap();
+    }
+
+    fn rows(engine: &Engine, id: u64) -> (usize, usize) {
+        let txn = engine.read().unwrap();
+        let data = txn.open_table(tables::DATA).unwrap();
+        let (lo, hi) = data_range(id, b"", b"");
+        let n = data.range(lo.as_slice()..hi.as_slice()).unwrap().count();
+        let dedup = txn.open_table(tables::DEDUP).unwrap();
+        let d = dedup.range((id, 0u64, 0u64)..=(id, u64::MAX, u64::MAX)).unwrap().count();
+        (n, d)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_built_snapshot_installs_elsewhere_in_steps_and_replaces_the_old_state() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let leader = Engine::open(&a.path().join("db.redb")).unwrap();
+        let follower = Engine::open(&b.path().join("db.redb")).unwrap();
+        // 60,000 pairs of 100 bytes: about 7 MiB, so the install takes several steps.
+        fill(&leader, 5, 60_000).await;
+        // The follower has old, different state for the region.
+        fill(&follower, 5, 10).await;
+        let l = leader.clone();
+        let (_, file) = tokio::task::spawn_blocking(move || build(&l, 5)).await.unwrap().unwrap();
+        let commits_before = follower.stats().jobs.load(Ordering::Relaxed);
+        let installed = install(&follower, 5, &file, None, StoredMembership::default()).await.unwrap();
+        assert!(follower.stats().jobs.load(Ordering::Relaxed) - commits_before >= 3, "installed in several jobs");
+        assert_eq!(installed.keys, 60_000);
+        assert!(installed.state.data_id >= FIRST_INSTALLED_DATA_ID);
+        assert_eq!(rows(&follower, installed.state.data_id), (60_000, 1));
+        let txn = follower.read().unwrap();
+        assert_eq!(read_state(&txn, 5).unwrap().data_id, installed.state.data_id, "the new rows are live");
+        drop(txn);
+        collect_garbage(&follower).await.unwrap();
+        assert_eq!(rows(&follower, 5), (0, 0), "the old rows are collected");
+        // Snapshot files are removed with their last handle.
+        let path = file.path().to_path_buf();
+        drop(file);
+        assert!(!path.exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_truncated_snapshot_is_refused_and_leaves_the_old_state() {
+        let a = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&a.path().join("db.redb")).unwrap();
+        fill(&engine, 5, 1000).await;
+        let e = engine.clone();
+        let (_, file) = tokio::task::spawn_blocking(move || build(&e, 5)).await.unwrap().unwrap();
+        let len = std::fs::metadata(file.path()).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(file.path()).unwrap();
+        f.set_len(len - 10).unwrap();
+        let r = install(&engine, 5, &file, None, StoredMembership::default()).await;
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        let txn = engine.read().unwrap();
+        assert_eq!(read_state(&txn, 5).unwrap().data_id, 5, "still on the old rows");
+        drop(txn);
+        assert_eq!(rows(&engine, 5).0, 1000);
+        // The abandoned staging rows are garbage.
+        collect_garbage(&engine).await.unwrap();
+        assert_eq!(rows(&engine, FIRST_INSTALLED_DATA_ID), (0, 0));
+        assert_eq!(rows(&engine, 5).0, 1000);
+    }
+
+    #[test]
+    fn records_round_trip_through_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.snap");
+        let mut w = BufWriter::new(File::create(&path).unwrap());
+        w.write_all(MAGIC).unwrap();
+        let items = vec![
+            SnapshotItem::Clock(SessionClock { clock_ms: 5, last_sweep_ms: 1 }),
+            SnapshotItem::Pair(b"a".to_vec(), b"1".to_vec()),
+            SnapshotItem::Session(3, vec![9]),
+            SnapshotItem::End { pairs: 1, dedup: 0, sessions: 1 },
+        ];
+        for i in &items {
+            write_item(&mut w, i).unwrap();
+        }
+        drop(w);
+        let mut r = SnapshotReader::open(&path).unwrap();
+        let mut back = Vec::new();
+        while let Some(i) = r.next_item().unwrap() {
+            back.push(i);
+        }
+        assert_eq!(back, items);
+    }
+}
