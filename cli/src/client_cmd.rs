@@ -58,6 +58,22 @@ pub fn show(b: &[u8]) -> String {
     }
 }
 
+/// A byte count in binary units with one decimal (`512 B`, `12.3 MiB`), for tables.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    // Move up a unit also when rounding to one decimal would print 1024.0.
+    while value >= 1023.95 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 pub async fn put(t: &Target, key: String, value: String) -> anyhow::Result<ExitCode> {
     t.connect().await?.put(key.as_bytes(), value.as_bytes()).await?;
     Ok(ExitCode::SUCCESS)
@@ -132,16 +148,26 @@ pub async fn status(t: &Target) -> anyhow::Result<ExitCode> {
     let c = t.connect().await?;
     let nodes = c.nodes().await?;
     writeln!(stdout(), "NODES")?;
-    writeln!(stdout(), "{:<6} {:<22} {:<6} {:>8} {:>8}", "ID", "ADDRESS", "STATE", "REGIONS", "LEADERS")?;
+    writeln!(
+        stdout(),
+        "{:<6} {:<22} {:<6} {:>8} {:>8} {:>10}",
+        "ID",
+        "ADDRESS",
+        "STATE",
+        "REGIONS",
+        "LEADERS",
+        "USED"
+    )?;
     for n in &nodes {
         writeln!(
             stdout(),
-            "{:<6} {:<22} {:<6} {:>8} {:>8}",
+            "{:<6} {:<22} {:<6} {:>8} {:>8} {:>10}",
             n.id.0,
             n.addr,
             format!("{:?}", n.state),
             n.region_count,
-            n.leader_count
+            n.leader_count,
+            human_bytes(n.used_bytes)
         )?;
     }
     let regions = c.regions().await?;
@@ -171,4 +197,21 @@ pub async fn status(t: &Target) -> anyhow::Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn human_bytes_picks_the_largest_unit_below_1024() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(12_897_485), "12.3 MiB");
+        assert_eq!(human_bytes((1 << 20) - 1), "1.0 MiB", "never 1024.0 KiB");
+        assert_eq!(human_bytes(5 << 30), "5.0 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
 }

@@ -70,6 +70,9 @@ pub struct NodeArgs {
     /// Log entries kept after a snapshot, for followers that lag a little.
     #[arg(long, default_value_t = tessera_node::RaftTiming::default().keep_after_snapshot)]
     pub keep_after_snapshot: u64,
+    /// Size of the storage engine's page cache, in MiB.
+    #[arg(long, default_value_t = (tessera_node::storage::engine::DEFAULT_CACHE_BYTES >> 20) as u64)]
+    pub cache_mb: u64,
     /// Certificate files.
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -106,6 +109,7 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     cfg.advertise = args.advertise;
     cfg.raft.snapshot_every = args.snapshot_every;
     cfg.raft.keep_after_snapshot = args.keep_after_snapshot;
+    cfg.cache_bytes = usize::try_from(args.cache_mb << 20).context("--cache-mb is too large")?;
     let node = Node::start(cfg).await.context("starting node")?;
     println!("node {} listening on {} ({} regions recovered)", args.id, node.local_addr(), node.region_count());
     wait_for_stop().await?;

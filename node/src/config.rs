@@ -34,6 +34,8 @@ pub struct NodeConfig {
     pub capacity_bytes: u64,
     /// Load limits: beyond them requests are refused with `ServerBusy`.
     pub admission: Admission,
+    /// Size of the storage engine's page cache, in bytes (default 256 MiB).
+    pub cache_bytes: usize,
     /// A client session that writes nothing to a region for this long expires there: its
     /// remembered results are dropped and its later writes refused with `SessionExpired`
     /// (the SDK renews an idle session well before). Default 30 min.
@@ -123,6 +125,7 @@ impl NodeConfig {
             capacity_bytes: 100 * 1024 * 1024 * 1024,
             admission: Admission::default(),
             session_ttl: Duration::from_secs(30 * 60),
+            cache_bytes: crate::storage::engine::DEFAULT_CACHE_BYTES,
             faults: Faults::default(),
         }
     }

@@ -50,18 +50,18 @@ impl Node {
         cfg.validate().map_err(NodeError::Config)?;
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| NodeError::Config(format!("data dir {}: {e}", cfg.data_dir.display())))?;
-        let engine = Engine::open(&cfg.data_dir.join("node.redb"))?;
-        let server_tls = tessera_certs::server_tls_config(&cfg.tls).map_err(|e| NodeError::Tls(e.to_string()))?;
-        let client_tls = tessera_certs::client_tls_config(&cfg.tls).map_err(|e| NodeError::Tls(e.to_string()))?;
+        let engine = Engine::open_with_cache(&cfg.data_dir.join("node.redb"), cfg.cache_bytes)?;
+        let server_tls = tessera_certs::server_tls_config(&cfg.tls).map_err(NodeError::Tls)?;
+        let client_tls = tessera_certs::client_tls_config(&cfg.tls).map_err(NodeError::Tls)?;
         // The stateless-reset key follows the node's identity (its private key), so a
         // restarted node resets its previous incarnation's connections at once: peers and
         // clients fail over instead of waiting for an idle timeout.
-        let key =
-            std::fs::read(&cfg.tls.key).map_err(|e| NodeError::Tls(format!("read {}: {e}", cfg.tls.key.display())))?;
+        let key = std::fs::read(&cfg.tls.key)
+            .map_err(|source| NodeError::Key { path: cfg.tls.key.display().to_string(), source })?;
         let transport =
             TransportConfig { reset_key_seed: Some(ResetKeySeed::derive(&key)), ..TransportConfig::default() };
         let server = Server::bind(cfg.listen, server_tls, Some(client_tls), Role::Node(cfg.node_id), transport)
-            .map_err(|e| NodeError::Transport(e.to_string()))?;
+            .map_err(NodeError::Transport)?;
         let local_addr = server.local_addr();
         let released = server.released();
         let advertise = cfg.advertise.clone().unwrap_or_else(|| local_addr.to_string());
@@ -200,18 +200,18 @@ fn load_region_records(engine: &Engine) -> std::io::Result<Vec<RegionDescriptor>
 }
 
 async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Region>, NodeError> {
-    let region_err = |reason: String| NodeError::Region { region_id: desc.id.0, reason };
+    let region_id = desc.id.0;
+    let region_err = |source: Box<dyn std::error::Error + Send + Sync>| NodeError::Region { region_id, source };
     let Some(peer) = desc.peer_on(shared.cfg.node_id) else {
-        return Err(region_err("this node hosts no peer of the region".into()));
+        return Err(NodeError::NotAPeer { region_id });
     };
     let engine = &shared.ctx.engine;
-    let log = RegionLogStore::open(engine, desc.id.0).map_err(|e| region_err(e.to_string()))?;
+    let log = RegionLogStore::open(engine, region_id).map_err(|e| region_err(e.into()))?;
     let region_shared = RegionShared::new(desc.clone());
-    let sm = RegionStateMachine::open(engine, region_shared.clone()).map_err(|e| region_err(e.to_string()))?;
+    let sm = RegionStateMachine::open(engine, region_shared.clone()).map_err(|e| region_err(e.into()))?;
     let network = NetworkFactory { region_id: desc.id, pool: shared.pool.clone(), book: shared.ctx.book.clone() };
-    let raft = Raft::new(peer.id.0, shared.raft_config.clone(), network, log, sm)
-        .await
-        .map_err(|e| region_err(e.to_string()))?;
+    let raft =
+        Raft::new(peer.id.0, shared.raft_config.clone(), network, log, sm).await.map_err(|e| region_err(e.into()))?;
     let region = Arc::new(Region { id: desc.id, peer, raft, shared: region_shared, incoming: Default::default() });
     shared.ctx.regions.insert(region.clone());
     shared.ctx.changed();

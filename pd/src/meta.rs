@@ -14,7 +14,10 @@
 //!
 //! Durable: node registrations (address, capacity), region descriptors with their last
 //! accepted leader and term, the id allocator, the bootstrapped flag. Soft (rebuilt by
-//! heartbeats after a restart): heartbeat times, node statistics, approximate region sizes.
+//! heartbeats after a restart): heartbeat times, node statistics (region and leader counts,
+//! used bytes), approximate region sizes. Node statistics change with every heartbeat;
+//! persisting them would cost a durable write per heartbeat for a value the next heartbeat
+//! restores.
 //! Heartbeat times are measured on the driver's monotonic clock, which does not survive a
 //! restart, so a restored node counts as heard from at the moment of the restore.
 
@@ -512,6 +515,7 @@ impl ClusterMeta {
                 last_heartbeat_ms_ago: millis(now.saturating_sub(n.last_heartbeat)),
                 region_count: n.stats.region_count,
                 leader_count: n.stats.leader_count,
+                used_bytes: n.stats.used_bytes,
             })
             .collect()
     }
@@ -864,6 +868,28 @@ mod tests {
         assert_eq!(state(&meta, 2, S + Duration::from_secs(41)), NodeState::Down);
         let info = meta.nodes(S + Duration::from_secs(41));
         assert_eq!(info[0].last_heartbeat_ms_ago, 1000);
+    }
+
+    #[test]
+    fn heartbeat_used_bytes_shows_in_node_list() {
+        let mut meta = bootstrapped(1);
+        let used = |meta: &ClusterMeta, id: u64| {
+            meta.nodes(2 * S).into_iter().find(|n| n.id == NodeId(id)).unwrap().used_bytes
+        };
+        assert_eq!(used(&meta, 2), 0, "nothing reported yet");
+        let stats = NodeStats { region_count: 1, leader_count: 1, used_bytes: 12_345 };
+        meta.node_heartbeat(NodeId(2), stats, &[], 2 * S).unwrap();
+        assert_eq!(used(&meta, 2), 12_345);
+        assert_eq!(used(&meta, 1), 0, "another node's report stays its own");
+
+        // The next heartbeat replaces the value, also with a smaller one.
+        let stats = NodeStats { used_bytes: 7, ..NodeStats::default() };
+        meta.node_heartbeat(NodeId(2), stats, &[], 2 * S).unwrap();
+        assert_eq!(used(&meta, 2), 7);
+
+        // Soft state: a restart forgets it until the node's next heartbeat.
+        let restored = ClusterMeta::restore(config(1), meta.snapshot(), 2 * S);
+        assert_eq!(used(&restored, 2), 0);
     }
 
     #[test]

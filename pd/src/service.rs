@@ -202,7 +202,7 @@ fn storage_error(e: StoreError) -> Error {
 mod tests {
     use super::*;
     use crate::meta::MetaConfig;
-    use tessera_wire::{NodeStats, RegionId};
+    use tessera_wire::{NodeInfo, NodeStats, RegionId};
 
     fn service(dir: &std::path::Path) -> PdService {
         let store = Store::open(&dir.join("pd.redb")).unwrap();
@@ -273,12 +273,21 @@ mod tests {
             svc.handle_blocking(Role::Client, PdRequest::GetRegionById { region_id: RegionId(999) }),
             Err(Error::RegionNotFound { region_id: RegionId(999) })
         );
-        let hb = PdRequest::NodeHeartbeat { node_id: NodeId(2), stats: NodeStats::default(), hosted: vec![] };
+        let stats = NodeStats { region_count: 0, leader_count: 0, used_bytes: 4096 };
+        let hb = PdRequest::NodeHeartbeat { node_id: NodeId(2), stats, hosted: vec![] };
         let Ok(PdResponse::NodeHeartbeat { create, nodes }) = svc.handle_blocking(Role::Node(NodeId(2)), hb) else {
             panic!("heartbeat failed");
         };
         assert_eq!(create, vec![route.region]);
         assert_eq!(nodes.len(), 3);
+        // The heartbeat answer and the node listing both carry the reported bytes.
+        let used = |nodes: &[NodeInfo]| nodes.iter().map(|n| (n.id, n.used_bytes)).collect::<Vec<_>>();
+        let expected = vec![(NodeId(1), 0), (NodeId(2), 4096), (NodeId(3), 0)];
+        assert_eq!(used(&nodes), expected);
+        let Ok(PdResponse::Nodes(listed)) = svc.handle_blocking(Role::Client, PdRequest::GetNodes) else {
+            panic!("node listing failed");
+        };
+        assert_eq!(used(&listed), expected);
     }
 
     #[test]

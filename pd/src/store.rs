@@ -13,6 +13,9 @@
 //! | `cluster` | `"allocator"`  | [`AllocatorRecord`] |
 //! | `cluster` | `"flags"`      | [`ClusterRecord`] |
 //!
+//! A node record holds its registration only; heartbeat statistics (region and leader
+//! counts, used bytes) are soft state, rebuilt by the next heartbeat after a restart.
+//!
 //! # Invariants
 //!
 //! - Every mutation of [`ClusterMeta`] is written, as named by its [`MetaChanges`], in one

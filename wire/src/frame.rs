@@ -238,17 +238,21 @@ mod tests {
     }
 
     fn node_info() -> impl Strategy<Value = NodeInfo> {
-        (any::<u64>(), ".{0,10}", any::<u64>(), any::<bool>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-            |(id, addr, capacity_bytes, up, last_heartbeat_ms_ago, region_count, leader_count)| NodeInfo {
-                id: NodeId(id),
-                addr,
-                capacity_bytes,
-                state: if up { NodeState::Up } else { NodeState::Down },
-                last_heartbeat_ms_ago,
-                region_count,
-                leader_count,
-            },
-        )
+        (any::<u64>(), ".{0,10}", any::<u64>(), any::<bool>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>())
+            .prop_map(
+                |(id, addr, capacity_bytes, up, last_heartbeat_ms_ago, region_count, leader_count, used_bytes)| {
+                    NodeInfo {
+                        id: NodeId(id),
+                        addr,
+                        capacity_bytes,
+                        state: if up { NodeState::Up } else { NodeState::Down },
+                        last_heartbeat_ms_ago,
+                        region_count,
+                        leader_count,
+                        used_bytes,
+                    }
+                },
+            )
     }
 
     fn route() -> impl Strategy<Value = RegionRoute> {
@@ -398,6 +402,22 @@ mod tests {
             decode(&buf, DEFAULT_MAX_FRAME_LEN),
             Err(FrameError::TooLarge { len: DEFAULT_MAX_FRAME_LEN as u64 + 1, max: DEFAULT_MAX_FRAME_LEN })
         );
+    }
+
+    /// Byte fields use `serde_bytes` for speed; postcard writes them exactly as it wrote the
+    /// plain `Vec<u8>` they replaced (length, then the bytes), so nothing on the wire or on
+    /// disk changes.
+    #[test]
+    fn byte_fields_encode_as_plain_byte_vectors_did() {
+        #[derive(serde::Serialize)]
+        struct Plain(Vec<u8>, Option<Vec<u8>>);
+        #[derive(serde::Serialize)]
+        struct Fast(#[serde(with = "serde_bytes")] Vec<u8>, #[serde(with = "serde_bytes")] Option<Vec<u8>>);
+        for v in [vec![], vec![0u8, 255, 7], vec![9u8; 300]] {
+            let plain = postcard::to_allocvec(&Plain(v.clone(), Some(v.clone()))).unwrap();
+            let fast = postcard::to_allocvec(&Fast(v.clone(), Some(v))).unwrap();
+            assert_eq!(plain, fast);
+        }
     }
 
     #[test]

@@ -88,8 +88,10 @@ pub enum WriteCommand {
     /// Set a key.
     Put {
         /// Key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Remove a key.
@@ -100,8 +102,10 @@ pub enum WriteCommand {
     /// Append bytes to a value; an absent key acts as a put.
     Append {
         /// Key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Bytes appended.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Set or delete a key only if its current value is `expected` (`None`: absent).
@@ -161,7 +165,7 @@ pub enum WriteResult {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KvResponse {
     /// `Get`: the value, if present.
-    Value(Option<Vec<u8>>),
+    Value(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     /// `BatchGet`: one entry per requested key, in request order, for a prefix of the keys.
     /// The answer stops once its values reach [`crate::Limits::max_response_bytes`] (it
     /// always holds at least one entry); the client asks again for the keys not answered.

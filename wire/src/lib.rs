@@ -99,6 +99,7 @@ pub struct RaftRequest {
     /// What the payload is.
     pub kind: RaftRpcKind,
     /// The node-encoded Raft message.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -106,5 +107,6 @@ pub struct RaftRequest {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RaftResponse {
     /// The node-encoded Raft response.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }

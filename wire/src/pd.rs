@@ -28,6 +28,10 @@ pub struct NodeInfo {
     pub region_count: u64,
     /// Regions it leads (last heartbeat).
     pub leader_count: u64,
+    /// Bytes it reported using, [`NodeStats::used_bytes`] of its last heartbeat. 0 until
+    /// PD hears its first heartbeat, also after a PD restart: node statistics are not
+    /// persisted by PD.
+    pub used_bytes: u64,
 }
 
 /// Node-level statistics sent in store heartbeats.
@@ -37,7 +41,8 @@ pub struct NodeStats {
     pub region_count: u64,
     /// Regions led.
     pub leader_count: u64,
-    /// Bytes used by the data directory.
+    /// Approximate bytes of the keys and values held by the replicas the node hosts (the
+    /// sum of their region sizes; not the size of the files in its data directory).
     pub used_bytes: u64,
 }
 

@@ -15,23 +15,23 @@ use tessera::{Client, ClientConfig, TlsFiles};
 
 use crate::{free_udp_port, ok, Proc};
 
-const NODES: u64 = 3;
-const REGIONS: u32 = 4;
+pub(crate) const NODES: u64 = 3;
+pub(crate) const REGIONS: u32 = 4;
 const WRITERS: usize = 8;
 
 /// PD and three nodes as separate processes, on fixed ports so that a restarted node comes
 /// back on its address.
-struct ProcCluster {
+pub(crate) struct ProcCluster {
     dir: tempfile::TempDir,
     pd_addr: String,
     _pd: Proc,
-    nodes: BTreeMap<u64, Option<Proc>>,
+    pub(crate) nodes: BTreeMap<u64, Option<Proc>>,
     ports: BTreeMap<u64, u16>,
     extra: Vec<String>,
 }
 
 impl ProcCluster {
-    fn start(extra_node_args: &[&str]) -> ProcCluster {
+    pub(crate) fn start(extra_node_args: &[&str]) -> ProcCluster {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
         let certs_s = certs.to_str().unwrap();
@@ -73,15 +73,15 @@ impl ProcCluster {
         c
     }
 
-    fn certs(&self) -> PathBuf {
+    pub(crate) fn certs(&self) -> PathBuf {
         self.dir.path().join("certs")
     }
 
-    fn db_path(&self, id: u64) -> PathBuf {
+    pub(crate) fn db_path(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("node{id}")).join("node.redb")
     }
 
-    fn spawn_node(&mut self, id: u64) {
+    pub(crate) fn spawn_node(&mut self, id: u64) {
         let cert = |name: &str| self.certs().join(name).to_str().unwrap().to_string();
         let listen = format!("127.0.0.1:{}", self.ports[&id]);
         let data = self.dir.path().join(format!("node{id}"));
@@ -113,19 +113,19 @@ impl ProcCluster {
     }
 
     /// SIGKILL: the process gets no chance to flush or close anything.
-    fn kill9(&mut self, id: u64) {
+    pub(crate) fn kill9(&mut self, id: u64) {
         let mut node = self.nodes.get_mut(&id).unwrap().take().expect("node running");
         node.child.kill().unwrap();
         node.child.wait().unwrap();
     }
 
-    fn signal(&self, id: u64, signal: &str) {
+    pub(crate) fn signal(&self, id: u64, signal: &str) {
         let pid = self.nodes[&id].as_ref().expect("node running").child.id().to_string();
         let status = std::process::Command::new("kill").args([signal, &pid]).status().unwrap();
         assert!(status.success());
     }
 
-    fn stop_all(&mut self) {
+    pub(crate) fn stop_all(&mut self) {
         for node in self.nodes.values_mut() {
             if let Some(node) = node.take() {
                 node.stop();
@@ -133,20 +133,20 @@ impl ProcCluster {
         }
     }
 
-    async fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> Client {
         let tls = TlsFiles::client(&self.certs(), "app");
         Client::connect(ClientConfig::new(vec![self.pd_addr.clone()], Some(tls))).await.unwrap()
     }
 
     /// A client, once PD reports every region with a leader.
-    async fn ready_client(&self) -> Client {
+    pub(crate) async fn ready_client(&self) -> Client {
         let client = self.client().await;
         self.busiest_leader(&client).await;
         client
     }
 
     /// The node leading the most regions, as PD reports it.
-    async fn busiest_leader(&self, client: &Client) -> u64 {
+    pub(crate) async fn busiest_leader(&self, client: &Client) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let routes = client.regions().await.unwrap();
@@ -312,7 +312,7 @@ fn longest_gap(record: &Record, from: Instant, to: Instant) -> (Duration, String
     (worst, report)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     // The clients' logs, when asked for with RUST_LOG (e.g. RUST_LOG=tessera=debug).
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()

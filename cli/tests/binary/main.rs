@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+mod big_snapshot;
 mod crash;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");

@@ -94,6 +94,7 @@ pub struct SnapshotChunk {
     /// Byte offset of `data` in the snapshot.
     pub offset: u64,
     /// Bytes.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// Present on the last chunk: the leader's vote and the snapshot's metadata.
     pub done: Option<(Vote, SnapshotMeta)>,

@@ -73,11 +73,11 @@ impl LogCommand {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LogOp {
     /// Set.
-    Put(Vec<u8>, Vec<u8>),
+    Put(#[serde(with = "serde_bytes")] Vec<u8>, #[serde(with = "serde_bytes")] Vec<u8>),
     /// Remove.
     Delete(Vec<u8>),
     /// Append bytes.
-    Append(Vec<u8>, Vec<u8>),
+    Append(#[serde(with = "serde_bytes")] Vec<u8>, #[serde(with = "serde_bytes")] Vec<u8>),
     /// Compare-and-swap.
     Cas {
         /// Key.
@@ -93,8 +93,10 @@ pub enum LogOp {
     /// (the cap travels in the entry so every replica decides the same).
     AppendCapped {
         /// Key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Bytes appended.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// Longest value allowed.
         max_len: u64,

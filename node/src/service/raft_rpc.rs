@@ -49,9 +49,12 @@ impl NodeService {
                 let Some(((vote, meta), file)) = self.receive_chunk(&region, chunk).await? else {
                     return encode(&Option::<openraft::raft::SnapshotResponse<TypeConfig>>::None);
                 };
-                tracing::info!(region_id = req.region_id.0, "installing snapshot");
+                let bytes = std::fs::metadata(file.path()).map_or(0, |m| m.len());
+                tracing::info!(region_id = req.region_id.0, bytes, "installing snapshot");
+                let started = std::time::Instant::now();
                 let snapshot = Snapshot { meta, snapshot: file };
                 let resp = region.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| unavailable(&e))?;
+                tracing::info!(region_id = req.region_id.0, bytes, elapsed = ?started.elapsed(), "snapshot installed");
                 self.ctx.snapshots_installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.ctx.changed();
                 encode(&Some(resp))

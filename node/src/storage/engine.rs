@@ -37,6 +37,11 @@ enum Msg {
     Stop,
 }
 
+/// Default size of redb's page cache. It bounds the database's own memory; the OS page
+/// cache comes on top. (redb's own default, 1 GiB, makes a node's memory grow with the data
+/// it touches.)
+pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
+
 /// Most jobs folded into one transaction.
 const MAX_BATCH: usize = 4096;
 
@@ -135,9 +140,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Engine {
-    /// Opens (or creates) the database at `path` and starts the writer thread.
+    /// Opens (or creates) the database at `path` with a [`DEFAULT_CACHE_BYTES`] page cache
+    /// and starts the writer thread.
     pub fn open(path: &Path) -> Result<Engine, StorageError> {
-        let db = redb::Database::create(path)
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Engine::open`] with a page cache of `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Engine, StorageError> {
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
             .map_err(|source| StorageError::Open { path: path.display().to_string(), source })?;
         // Create every table up front so readers never see a missing table.
         let txn = db.begin_write().map_err(io_err)?;

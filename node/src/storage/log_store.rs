@@ -21,7 +21,7 @@ use openraft::{OptionalSend, RaftLogReader};
 use super::engine::{io_err, Engine};
 use super::records::{decode, encode};
 use super::tables;
-use crate::raft::network::entry_len_bound;
+use crate::raft::network::{entry_len_bound, REPLICATION_BYTES};
 use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
 
 /// Most bytes of log entries a region keeps in memory (at least the newest entry, and
@@ -172,14 +172,26 @@ impl RegionLogStore {
 
     /// Reads entries `[start, end)` from redb (they have left memory, so they are durable).
     fn read_disk(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        self.read_disk_limited(start, end, usize::MAX).map(|(entries, _)| entries)
+    }
+
+    /// Reads entries from `start` towards `end` from redb while they fit in `budget` bytes
+    /// (at least one); returns them and their bytes.
+    fn read_disk_limited(&self, start: u64, end: u64, budget: usize) -> io::Result<(Vec<Entry>, usize)> {
         let txn = self.engine.read()?;
         let logs = txn.open_table(tables::LOGS).map_err(io_err)?;
-        let mut out = Vec::new();
+        let (mut out, mut used) = (Vec::new(), 0);
         for row in logs.range((self.region, start)..(self.region, end)).map_err(io_err)? {
             let (_, v) = row.map_err(io_err)?;
-            out.push(decode(v.value())?);
+            let entry: Entry = decode(v.value())?;
+            let len = entry_len_bound(&entry);
+            if !out.is_empty() && used + len > budget {
+                break;
+            }
+            used += len;
+            out.push(entry);
         }
-        Ok(out)
+        Ok((out, used))
     }
 }
 
@@ -220,6 +232,45 @@ impl RaftLogReader<TypeConfig> for RegionLogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
         Ok(self.mem().vote)
+    }
+
+    /// Replication reads through this: the entries from `start` that fit one
+    /// `AppendEntries` frame ([`REPLICATION_BYTES`]), at least one. openraft asks for up to
+    /// `max_payload_entries` (300) at a time, which for large entries would be hundreds of
+    /// MiB read into memory for a lagging follower.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let budget = REPLICATION_BYTES;
+        let first_cached = self.mem().first_cached();
+        let (mut out, mut used) = (Vec::new(), 0);
+        if first_cached.is_none_or(|first| start < first) {
+            let disk_end = first_cached.map_or(end, |first| end.min(first));
+            (out, used) = self.read_disk_limited(start, disk_end, budget)?;
+            let next = out.last().map_or(start, |e| e.index() + 1);
+            if next < disk_end {
+                return Ok(out);
+            }
+        }
+        // Continue from memory, as long as the entries there follow on (entries may have
+        // left memory since `first_cached` was read: then stop, or read the disk instead).
+        {
+            let mem = self.mem();
+            let from = out.last().map_or(start, |e| e.index() + 1);
+            for (expected, (&index, entry)) in (from..).zip(mem.entries.range(from..end)) {
+                let len = entry_len_bound(entry);
+                if index != expected || (!out.is_empty() && used + len > budget) {
+                    break;
+                }
+                used += len;
+                out.push(entry.clone());
+            }
+        }
+        if out.is_empty() {
+            out = self.read_disk_limited(start, end, budget)?.0;
+        }
+        Ok(out)
     }
 }
 
@@ -388,5 +439,31 @@ mod tests {
         assert!(reopened.cached().1 <= budget + 101 * 1024);
         assert_eq!(reopened.get_log_state().await.unwrap().last_log_id, Some(log_id::<TypeConfig>(1, 1, 40)));
         assert_eq!(reopened.try_get_log_entries(5..8).await.unwrap().len(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replication_reads_at_most_a_frame_of_entries_from_disk_or_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let mut log = RegionLogStore::open_with_budget(&engine, 3, 2 * 1024 * 1024).unwrap();
+        for i in 1..=20 {
+            let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
+            log.append([entry(i, 1024 * 1024)], IOFlushed::<TypeConfig>::signal(tx)).await.unwrap();
+            rx.await.unwrap().unwrap();
+        }
+        // Walk the whole log the way replication does: every read non-empty, contiguous,
+        // within a frame.
+        let mut next = 1;
+        while next <= 20 {
+            let got = log.limited_get_log_entries(next, 21).await.unwrap();
+            assert!(!got.is_empty());
+            let bytes: usize = got.iter().map(entry_len_bound).sum();
+            assert!(got.len() == 1 || bytes <= REPLICATION_BYTES, "{} entries, {bytes} bytes", got.len());
+            for (i, e) in got.iter().enumerate() {
+                assert_eq!(e.index(), next + i as u64);
+            }
+            next += got.len() as u64;
+        }
+        assert!(log.limited_get_log_entries(5, 5).await.unwrap().is_empty());
     }
 }

@@ -82,15 +82,6 @@ impl CachedRegion {
         }
         first.map(|(peer, addr)| (peer, addr, Some(peer) != self.leader))
     }
-
-    /// The peer to try on attempt number `attempt` when no leader is known (round robin).
-    pub fn peer_for_attempt(&self, attempt: u32) -> Option<(Peer, &str)> {
-        let n = self.descriptor.peers.len();
-        (0..n).find_map(|i| {
-            let peer = self.descriptor.peers[(attempt as usize + i) % n];
-            Some((peer, self.addr_of(peer)?))
-        })
-    }
 }
 
 /// Cached regions covering a key range, in key order, up to the first gap.
@@ -590,8 +581,14 @@ pub(crate) mod tests {
         let mut r = cached(d.clone());
         r.leader = None;
         assert_eq!(r.leader_target(), None);
-        let tried: Vec<Peer> = (0..4).map(|a| r.peer_for_attempt(a).unwrap().0).collect();
-        assert_eq!(tried, vec![d.peers[0], d.peers[1], d.peers[2], d.peers[0]]);
+        let tried: Vec<(Peer, bool)> = (0..4)
+            .map(|a| {
+                let (peer, _, guessed) = r.choose_target(a, |_| false).unwrap();
+                (peer, guessed)
+            })
+            .collect();
+        let expected: Vec<(Peer, bool)> = [0, 1, 2, 0].iter().map(|&i| (d.peers[i], true)).collect();
+        assert_eq!(tried, expected);
     }
 
     // ---- model-based property test ----

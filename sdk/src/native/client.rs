@@ -1,7 +1,7 @@
 //! The public client.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use futures::Stream;
 use tessera_wire::quic::{ClientEndpoint, ConnectionPool};
@@ -35,14 +35,16 @@ pub struct CasOutcome {
 /// A sequence number taken by a write call: pending until dropped.
 struct PendingSeq {
     inner: Arc<Inner>,
+    session: SessionId,
     seq: u64,
 }
 
 impl PendingSeq {
     /// Makes the request's session field afresh for each attempt, so that it carries the
-    /// session's current acknowledgement.
-    fn session_seq(&self, session: SessionId) -> impl Fn() -> SessionSeq + Send + 'static {
-        let (inner, seq) = (self.inner.clone(), self.seq);
+    /// session's current acknowledgement. (The session cannot be renewed while this write
+    /// is pending, so the acknowledgement is always of this write's session.)
+    fn session_seq(&self) -> impl Fn() -> SessionSeq + Send + 'static {
+        let (inner, session, seq) = (self.inner.clone(), self.session, self.seq);
         move || SessionSeq { session, seq, first_pending: inner.seqs().first_pending() }
     }
 }
@@ -122,8 +124,8 @@ impl Client {
         let seed = cfg.rng_seed.unwrap_or_else(rand::random);
         let inner = Arc::new(Inner {
             transport,
-            session: OnceLock::new(),
             seqs: Mutex::new(SessionSeqs::default()),
+            renewing: tokio::sync::Mutex::new(()),
             routing: Mutex::new(Routing::default()),
             rng: Mutex::new(SplitMix64::new(seed)),
             clock,
@@ -131,18 +133,57 @@ impl Client {
             cfg,
         });
         let client = Client { inner };
-        let session = match client.pd(PdRequest::AllocSession).await? {
-            PdResponse::Session(s) => s,
-            _ => return Err(protocol("AllocSession")),
-        };
-        client.inner.session.set(session).expect("session is set once, here");
+        let session = client.alloc_session().await?;
+        *client.inner.seqs() = SessionSeqs::new(session, client.inner.clock.now());
         tracing::debug!(session = %session, "client connected");
         Ok(client)
     }
 
-    /// This client's session id (shared by its clones).
+    async fn alloc_session(&self) -> Result<SessionId, Error> {
+        match self.pd(PdRequest::AllocSession).await? {
+            PdResponse::Session(s) => Ok(s),
+            _ => Err(protocol("AllocSession")),
+        }
+    }
+
+    /// This client's current session id (shared by its clones). It changes when the
+    /// session is renewed after a long idle time or after the cluster expired it.
     pub fn session_id(&self) -> SessionId {
-        *self.inner.session.get().expect("a connected client has a session")
+        self.inner.seqs().id()
+    }
+
+    /// Replaces the session before a write if it has been idle for
+    /// [`ClientConfig::session_renew_after`] or a server said it expired (and no write of
+    /// it is in flight), so that the cluster never refuses a fresh write as expired.
+    async fn renew_session_if_needed(&self) -> Result<(), Error> {
+        let renew_after = self.inner.cfg.session_renew_after;
+        let due = |client: &Client| client.inner.seqs().needs_renewal(client.inner.clock.now(), renew_after);
+        if !due(self) {
+            return Ok(());
+        }
+        let _renewing = self.inner.renewing.lock().await;
+        if !due(self) {
+            return Ok(());
+        }
+        let fresh = self.alloc_session().await?;
+        let old = self.session_id();
+        if self.inner.seqs().renew(fresh, self.inner.clock.now(), renew_after) {
+            tracing::debug!(old = %old, session = %fresh, "client session renewed");
+        }
+        Ok(())
+    }
+
+    /// Remembers a `SessionExpired` answer, so the next write renews the session.
+    fn note(&self, error: &Error) {
+        let expired = |e: &Error| {
+            if let Error::Server(tessera_wire::Error::SessionExpired { session }) = e {
+                self.inner.seqs().mark_expired(*session);
+            }
+        };
+        match error {
+            Error::PartialBatch { error, .. } => expired(error),
+            e => expired(e),
+        }
     }
 
     fn deadline(&self) -> Timestamp {
@@ -197,26 +238,37 @@ impl Client {
     /// acknowledgement every request carries) until the guard is dropped, which is when the
     /// call returns or is cancelled: after that it is never sent again.
     fn begin_write(&self) -> PendingSeq {
-        let seq = self.inner.seqs().begin();
-        PendingSeq { inner: self.inner.clone(), seq }
+        let now = self.inner.clock.now();
+        let (session, seq) = {
+            let mut seqs = self.inner.seqs();
+            (seqs.id(), seqs.begin_at(now))
+        };
+        PendingSeq { inner: self.inner.clone(), session, seq }
     }
 
     /// A single-key write with a fresh sequence number, resent with that same number until
     /// it is known to have been applied or the deadline passes.
     async fn write(&self, key: &[u8], command: WriteCommand) -> Result<WriteResult, Error> {
+        self.renew_session_if_needed().await?;
         let pending = self.begin_write();
         let call = KvCall {
             route: RouteBy::Key(key.to_vec()),
             kind: RequestKind::Write { exactly_once: true },
             consistency: ReadConsistency::Linearizable,
             build: {
-                let session = pending.session_seq(self.session_id());
+                let session = pending.session_seq();
                 move |_: &RegionDescriptor| Some(KvOp::Write { session: Some(session()), command: command.clone() })
             },
         };
-        match self.kv(call, self.deadline()).await? {
-            (_, KvResponse::Write(r)) => Ok(r),
-            _ => Err(protocol("a write")),
+        let result = self.kv(call, self.deadline()).await;
+        drop(pending);
+        match result {
+            Ok((_, KvResponse::Write(r))) => Ok(r),
+            Ok(_) => Err(protocol("a write")),
+            Err(e) => {
+                self.note(&e);
+                Err(e)
+            }
         }
     }
 
@@ -401,17 +453,17 @@ impl Client {
             self.check_key(k.as_ref())?;
             self.check_value(v.as_ref())?;
         }
+        self.renew_session_if_needed().await?;
         let keys: Vec<&[u8]> = pairs.iter().map(|(k, _)| k.as_ref()).collect();
         let size = |i: usize| pairs[i].0.as_ref().len() + pairs[i].1.as_ref().len();
         let mut seqs = Vec::new();
         let begin = || {
             let pending = self.begin_write();
-            let seq = pending.seq;
+            let id = (pending.session, pending.seq);
             seqs.push(pending);
-            seq
+            id
         };
-        let session = self.session_id();
-        let make_call = |group: &[usize], seq: u64| {
+        let make_call = |group: &[usize], (session, seq): (SessionId, u64)| {
             let group_pairs: Vec<Pair> =
                 group.iter().map(|&i| (pairs[i].0.as_ref().to_vec(), pairs[i].1.as_ref().to_vec())).collect();
             let inner = self.inner.clone();
@@ -435,7 +487,11 @@ impl Client {
             })
             .await;
         drop(seqs);
-        outcome.into_result(pairs.len())
+        let result = outcome.into_result(pairs.len());
+        if let Err(e) = &result {
+            self.note(e);
+        }
+        result
     }
 
     /// One page of a scan, from the region serving `cursor`'s position: the pairs (possibly

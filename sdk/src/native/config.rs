@@ -34,6 +34,10 @@ pub struct ClientConfig {
     pub bind: Option<SocketAddr>,
     /// Seed of the jitter RNG (default: drawn from the OS). Set it to reproduce a run.
     pub rng_seed: Option<u64>,
+    /// A session idle this long (default 10 min) is replaced by a fresh one before the next
+    /// write. Keep it well below the nodes' `session_ttl` (default 30 min), after which the
+    /// cluster refuses the idle session's writes with `SessionExpired`.
+    pub session_renew_after: Duration,
 }
 
 impl ClientConfig {
@@ -53,6 +57,7 @@ impl ClientConfig {
             limits: Limits::DEFAULT,
             bind: None,
             rng_seed: None,
+            session_renew_after: Duration::from_secs(10 * 60),
         }
     }
 
@@ -74,6 +79,9 @@ impl ClientConfig {
         }
         if self.request_timeout.is_zero() || self.attempt_timeout.is_zero() {
             return bad("request_timeout and attempt_timeout must be positive");
+        }
+        if self.session_renew_after <= self.request_timeout {
+            return bad("session_renew_after must be longer than request_timeout");
         }
         self.backoff.validate().map_err(|reason| Error::Config { reason })?;
         self.transport.validate().map_err(|reason| Error::Config { reason: format!("transport: {reason}") })?;

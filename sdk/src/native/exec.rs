@@ -1,13 +1,13 @@
 //! The single retry loop, and the attempt that sends one KV request to one region.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, Shared};
 use tessera_wire::quic::TransportError;
 use tessera_wire::{
-    KvOp, KvRequest, KvResponse, ReadConsistency, RegionDescriptor, Request, RequestHeader, ResponseBody, SessionId,
+    KvOp, KvRequest, KvResponse, ReadConsistency, RegionDescriptor, Request, RequestHeader, ResponseBody,
 };
 
 use super::clock::Timer;
@@ -42,9 +42,11 @@ pub(crate) struct Inner {
     pub(crate) cfg: ClientConfig,
     /// Where requests go: the QUIC pool, or a scripted fake in simulation tests.
     pub(crate) transport: Arc<dyn Transport>,
-    pub(crate) session: OnceLock<SessionId>,
-    /// Write sequence numbers in flight, for exactly-once and the acknowledgement.
+    /// The session and its write sequence numbers in flight, for exactly-once and the
+    /// acknowledgement.
     pub(crate) seqs: Mutex<SessionSeqs>,
+    /// Held while a new session is being allocated, so concurrent writes renew once.
+    pub(crate) renewing: tokio::sync::Mutex<()>,
     pub(crate) routing: Mutex<Routing>,
     pub(crate) rng: Mutex<SplitMix64>,
     /// Every reading of the time and every backoff sleep goes through this clock.

@@ -210,12 +210,14 @@ impl ScriptedTransport {
             .collect()
     }
 
-    fn pd_answer(routes: &[RegionRoute], request: &PdRequest) -> Response {
+    /// PD's answer; `sessions` counts the sessions allocated before (the first is
+    /// [`SESSION`], then the following ids).
+    fn pd_answer(routes: &[RegionRoute], request: &PdRequest, sessions: u64) -> Response {
         let overlaps = |r: &RegionDescriptor, start: &[u8], end: &[u8]| {
             (end.is_empty() || r.start_key.as_slice() < end) && (r.end_key.is_empty() || r.end_key.as_slice() > start)
         };
         let answer = match request {
-            PdRequest::AllocSession => PdResponse::Session(SESSION),
+            PdRequest::AllocSession => PdResponse::Session(SessionId(SESSION.0 + sessions)),
             PdRequest::GetRegion { key } => {
                 let found = routes.iter().find(|r| r.region.contains(key));
                 PdResponse::Region(found.unwrap_or_else(|| panic!("simulated PD has no region for {key:?}")).clone())
@@ -244,7 +246,10 @@ impl Transport for ScriptedTransport {
         state.sent.push(Sent { at: self.clock.now(), addr: addr.to_string(), timeout, request: request.clone() });
         let step = match &request {
             Request::Pd(pd) => {
-                Step { takes: Takes::For(Duration::ZERO), reply: Ok(Self::pd_answer(&state.routes, pd)) }
+                let sessions =
+                    state.sent.iter().filter(|s| matches!(s.request, Request::Pd(PdRequest::AllocSession))).count();
+                let reply = Self::pd_answer(&state.routes, pd, sessions as u64 - 1);
+                Step { takes: Takes::For(Duration::ZERO), reply: Ok(reply) }
             }
             Request::Kv(_) => match state.script.pop_front().or_else(|| state.otherwise.clone()) {
                 Some(step) => step,

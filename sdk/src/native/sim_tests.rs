@@ -13,7 +13,7 @@ use tessera_wire::{
 };
 
 use super::sim::{addr, peer, region, route, SentKv, Sim, Step, SESSION, START};
-use crate::Error;
+use crate::{Error, SessionId};
 
 const R1: RegionId = RegionId(1);
 
@@ -286,6 +286,36 @@ async fn session_expired_surfaces_as_server_error_without_retry() {
     assert_eq!(err, Error::Server(W::SessionExpired { session: SESSION }));
     assert!(!err.is_undetermined());
     assert_eq!(sim.net.kv_sent().len(), 1);
+}
+
+#[tokio::test]
+async fn after_session_expired_the_next_write_uses_a_fresh_session() {
+    let sim = one_region().await;
+    sim.net.script([Step::server(W::SessionExpired { session: SESSION }), Step::done()]);
+    sim.client.put(b"k", b"v").await.unwrap_err();
+    sim.client.put(b"k", b"v").await.unwrap();
+    let sent = writes(&sim.net.kv_sent());
+    assert_eq!(sent[0].session, SESSION);
+    assert_eq!((sent[1].session, sent[1].seq), (SessionId(SESSION.0 + 1), 1), "a new session, from seq 1");
+    assert_eq!(sim.client.session_id(), SessionId(SESSION.0 + 1));
+}
+
+#[tokio::test]
+async fn an_idle_session_is_renewed_before_the_next_write_and_a_busy_one_is_not() {
+    let sim = one_region().await;
+    sim.net.otherwise(Step::done());
+    sim.client.put(b"k", b"1").await.unwrap();
+    // Just under the renewal age: same session.
+    sim.clock.advance(sim.cfg.session_renew_after - Duration::from_secs(1));
+    sim.client.put(b"k", b"2").await.unwrap();
+    // Idle for the renewal age since that write: a new session.
+    sim.clock.advance(sim.cfg.session_renew_after);
+    sim.client.put(b"k", b"3").await.unwrap();
+    let sent = writes(&sim.net.kv_sent());
+    let ids: Vec<(u64, u64)> = sent.iter().map(|s| (s.session.0, s.seq)).collect();
+    assert_eq!(ids, vec![(SESSION.0, 1), (SESSION.0, 2), (SESSION.0 + 1, 1)]);
+    let allocations = sim.net.pd_sent().iter().filter(|r| matches!(r, PdRequest::AllocSession)).count();
+    assert_eq!(allocations, 2);
 }
 
 fn writes(kv: &[SentKv]) -> Vec<SessionSeq> {
