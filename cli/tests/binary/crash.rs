@@ -331,10 +331,11 @@ fn votes(path: &Path) -> BTreeMap<u64, tessera_node::raft::types::Vote> {
     votes
 }
 
-/// Kills the node leading the most regions with SIGKILL under load, brings it back after
-/// `down`, and checks that clients connected before the fault kept being served, with no
-/// acknowledged write lost or applied twice and the killed node's votes never going back.
-fn kill_leader_under_load(down: Duration) {
+/// A fault of the node leading the most regions, under load from clients connected before
+/// it: `fault` at time 0, `recover` after `down`. Checks that every region kept being served
+/// (and reports its longest gap), that no acknowledged write was lost or applied twice and,
+/// after a kill, that the killed node's votes never went back.
+fn leader_fault_under_load(what: &str, down: Duration, kill: bool) {
     runtime().block_on(async {
         let mut cluster = ProcCluster::start(&[]);
         let client = cluster.ready_client().await;
@@ -343,20 +344,34 @@ fn kill_leader_under_load(down: Duration) {
         load.wait_for_acks(200, Duration::from_secs(30)).await;
 
         let fault = Instant::now();
-        cluster.kill9(victim);
-        let at_crash = votes(&cluster.db_path(victim));
-        assert!(!at_crash.is_empty(), "the killed node had durable votes");
+        let at_crash = if kill {
+            cluster.kill9(victim);
+            let votes = votes(&cluster.db_path(victim));
+            assert!(!votes.is_empty(), "the killed node had durable votes");
+            votes
+        } else {
+            cluster.signal(victim, "-STOP");
+            BTreeMap::new()
+        };
         // Clients connected before the fault are served while the node is down...
         load.wait_for_acks(200, Duration::from_secs(30)).await;
         tokio::time::sleep(down.saturating_sub(fault.elapsed())).await;
-        cluster.spawn_node(victim);
+        if kill {
+            cluster.spawn_node(victim);
+        } else {
+            cluster.signal(victim, "-CONT");
+        }
         // ...and after it is back.
         load.wait_for_acks(200, Duration::from_secs(30)).await;
         let end = Instant::now();
         let record = load.finish().await;
         let (gap, report) = longest_gap(&record, fault, end);
         eprint!("{report}");
-        eprintln!("kill -9 of node {victim}, down {down:?}: longest stretch without an acknowledged write in a region: {gap:?}");
+        eprintln!(
+            "{what} of node {victim} for {down:?}: longest stretch without an acknowledged write in a region: {gap:?}"
+        );
+        // A regression bound (stalls used to run into 10 s deadlines), not the goal: the
+        // measured figures are in the note of issue 5.
         assert!(gap < Duration::from_secs(5), "a region went {gap:?} without an acknowledged write");
         verify(&client, &record).await;
 
@@ -370,41 +385,19 @@ fn kill_leader_under_load(down: Duration) {
 
 #[test]
 fn kill9_of_the_busiest_leader_with_a_quick_restart_loses_nothing_and_clients_keep_going() {
-    kill_leader_under_load(Duration::from_millis(1500));
+    leader_fault_under_load("kill -9", Duration::from_millis(1500), true);
 }
 
 #[test]
 fn kill9_of_the_busiest_leader_with_a_slow_restart_loses_nothing_and_clients_keep_going() {
-    kill_leader_under_load(Duration::from_secs(8));
+    leader_fault_under_load("kill -9", Duration::from_secs(8), true);
 }
 
 /// A node frozen with SIGSTOP for a few seconds (so its connections stay open but silent)
 /// must not stall the clients: they fail over, and the node catches up after SIGCONT.
 #[test]
 fn a_frozen_leader_does_not_stall_clients() {
-    runtime().block_on(async {
-        let mut cluster = ProcCluster::start(&[]);
-        let client = cluster.ready_client().await;
-        let victim = cluster.busiest_leader(&client).await;
-        let load = Load::start(&cluster).await;
-        load.wait_for_acks(200, Duration::from_secs(30)).await;
-        let fault = Instant::now();
-        cluster.signal(victim, "-STOP");
-        load.wait_for_acks(200, Duration::from_secs(30)).await;
-        tokio::time::sleep(Duration::from_secs(4).saturating_sub(fault.elapsed())).await;
-        cluster.signal(victim, "-CONT");
-        load.wait_for_acks(200, Duration::from_secs(30)).await;
-        let end = Instant::now();
-        let record = load.finish().await;
-        let (gap, report) = longest_gap(&record, fault, end);
-        eprint!("{report}");
-        eprintln!(
-            "SIGSTOP of node {victim} for 4 s: longest stretch without an acknowledged write in a region: {gap:?}"
-        );
-        assert!(gap < Duration::from_secs(5), "a region went {gap:?} without an acknowledged write");
-        verify(&client, &record).await;
-        cluster.stop_all();
-    });
+    leader_fault_under_load("SIGSTOP", Duration::from_secs(4), false);
 }
 
 /// All three nodes killed at once: after they restart, every acknowledged write is there

@@ -163,6 +163,7 @@ impl Engine {
             txn.open_table(tables::SESSIONS).map_err(io_err)?;
             txn.open_table(tables::REGIONS).map_err(io_err)?;
             txn.open_table(tables::NODE_META).map_err(io_err)?;
+            txn.open_table(tables::DATA_IDS).map_err(io_err)?;
         }
         txn.commit().map_err(io_err)?;
         let db = Arc::new(db);
@@ -378,25 +379,30 @@ mod tests {
         })
     }
 
+    /// Submits a job (inserting row 0) that holds the writer inside its transaction until
+    /// the returned sender is used; returns once the writer is inside it.
+    async fn hold_writer(engine: &Engine) -> (tokio::task::JoinHandle<io::Result<()>>, std::sync::mpsc::Sender<()>) {
+        let (running_tx, running_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let e = engine.clone();
+        let first = tokio::spawn(async move {
+            e.write(Box::new(move |txn| {
+                running_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+                insert(0)(txn)
+            }))
+            .await
+        });
+        tokio::task::spawn_blocking(move || running_rx.recv().unwrap()).await.unwrap();
+        (first, release_tx)
+    }
+
     #[tokio::test]
     async fn jobs_queued_during_a_commit_share_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
         // Job 0 holds the writer inside its transaction until released.
-        let (running_tx, running_rx) = std::sync::mpsc::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let first = {
-            let e = engine.clone();
-            tokio::spawn(async move {
-                e.write(Box::new(move |txn| {
-                    running_tx.send(()).unwrap();
-                    release_rx.recv().unwrap();
-                    insert(0)(txn)
-                }))
-                .await
-            })
-        };
-        tokio::task::spawn_blocking(move || running_rx.recv().unwrap()).await.unwrap();
+        let (first, release_tx) = hold_writer(&engine).await;
         // While it commits, 199 more jobs queue up.
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
         for i in 1..200u64 {
@@ -434,20 +440,7 @@ mod tests {
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
         // Hold the writer so the next jobs share one batch: a good one, a failing one (a
         // full disk), and two more after it.
-        let (running_tx, running_rx) = std::sync::mpsc::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let first = {
-            let e = engine.clone();
-            tokio::spawn(async move {
-                e.write(Box::new(move |_| {
-                    running_tx.send(()).unwrap();
-                    release_rx.recv().unwrap();
-                    Ok(())
-                }))
-                .await
-            })
-        };
-        tokio::task::spawn_blocking(move || running_rx.recv().unwrap()).await.unwrap();
+        let (first, release_tx) = hold_writer(&engine).await;
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
         let full_disk = || io::Error::from(io::ErrorKind::StorageFull);
         let jobs: Vec<Work> = vec![insert(1), Box::new(move |_| Err(full_disk())), insert(2), insert(3)];
@@ -456,6 +449,7 @@ mod tests {
             engine.submit(work, Box::new(move |r| tx.send((i, r)).unwrap()), 0);
         }
         release_tx.send(()).unwrap();
+        // The holding job committed in its own batch, before the failing one.
         first.await.unwrap().unwrap();
         let mut heard = Vec::new();
         for _ in 0..4 {

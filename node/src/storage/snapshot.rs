@@ -80,19 +80,29 @@ pub fn new_path(engine: &Engine, what: &str, region: u64) -> PathBuf {
 /// The state-machine state of `region` as of `txn`.
 pub fn read_state(txn: &redb::ReadTransaction, region: u64) -> io::Result<SmState> {
     let meta = txn.open_table(tables::SM_META).map_err(io_err)?;
-    Ok(match meta.get(region).map_err(io_err)? {
+    let mut state = match meta.get(region).map_err(io_err)? {
         Some(v) => decode::<SmMetaRecord>(v.value())?.state(region),
-        None => SmState { data_id: region, ..SmState::default() },
-    })
+        None => SmState::default(),
+    };
+    state.data_id = read_data_id(txn, region)?;
+    Ok(state)
+}
+
+/// The data id `region`'s rows are stored under, as of `txn`: one integer lookup.
+pub fn read_data_id(txn: &redb::ReadTransaction, region: u64) -> io::Result<u64> {
+    let ids = txn.open_table(tables::DATA_IDS).map_err(io_err)?;
+    Ok(ids.get(region).map_err(io_err)?.map_or(region, |v| v.value()))
 }
 
 /// The state of `region` as of `txn` (a write transaction).
 fn read_state_mut(txn: &WriteTransaction, region: u64) -> io::Result<SmState> {
     let meta = txn.open_table(tables::SM_META).map_err(io_err)?;
-    let state = match meta.get(region).map_err(io_err)? {
+    let mut state = match meta.get(region).map_err(io_err)? {
         Some(v) => decode::<SmMetaRecord>(v.value())?.state(region),
-        None => SmState { data_id: region, ..SmState::default() },
+        None => SmState::default(),
     };
+    let ids = txn.open_table(tables::DATA_IDS).map_err(io_err)?;
+    state.data_id = ids.get(region).map_err(io_err)?.map_or(region, |v| v.value());
     Ok(state)
 }
 
@@ -348,6 +358,9 @@ pub async fn install(
         let mut meta = txn.open_table(tables::SM_META).map_err(io_err)?;
         meta.insert(region, encode(&SmMetaRecord::from_state(&live))?.as_slice()).map_err(io_err)?;
         drop(meta);
+        let mut ids = txn.open_table(tables::DATA_IDS).map_err(io_err)?;
+        ids.insert(region, staging).map_err(io_err)?;
+        drop(ids);
         let mut gc = gc_list(txn)?;
         gc.retain(|id| *id != staging);
         if old.data_id != staging {

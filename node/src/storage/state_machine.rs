@@ -100,7 +100,7 @@ impl RegionStateMachine {
 
 /// The data id `region`'s rows are stored under, as of `txn`.
 fn data_id(txn: &redb::ReadTransaction, region: u64) -> io::Result<u64> {
-    Ok(snapshot::read_state(txn, region)?.data_id)
+    snapshot::read_data_id(txn, region)
 }
 
 /// Reads one key of `region` from the applied state.

@@ -15,6 +15,10 @@ pub const SM_META: TableDefinition<u64, &[u8]> = TableDefinition::new("sm_meta")
 pub const DEDUP: TableDefinition<(u64, u64, u64), &[u8]> = TableDefinition::new("dedup");
 /// Client sessions: (data id, session) -> postcard `SessionRecord`.
 pub const SESSIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("sessions");
+/// The data id of each region whose rows are not under its region id (after a snapshot
+/// install): region id -> data id. Readers look it up with the rows, in one read
+/// transaction; it is a separate table so that a read costs one integer lookup.
+pub const DATA_IDS: TableDefinition<u64, u64> = TableDefinition::new("data_ids");
 /// Node-level metadata: name -> postcard value. Names: `next_data_id` (u64), `gc_data_ids`
 /// (ids whose rows are garbage: replaced or abandoned snapshot installs).
 pub const NODE_META: TableDefinition<&str, &[u8]> = TableDefinition::new("node_meta");
