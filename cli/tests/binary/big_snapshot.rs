@@ -53,16 +53,17 @@ const MEMORY_BOUND: u64 = (32 + 16 + 48) * 1024 * 1024;
 fn a_200_mb_region_is_sent_as_a_snapshot_in_bounded_memory_while_other_regions_are_served() {
     runtime().block_on(async {
         let mut cluster =
-            ProcCluster::start(&["--snapshot-every", "220", "--keep-after-snapshot", "0", "--cache-mb", "32"]);
+            ProcCluster::start(&["--snapshot-every", "110", "--keep-after-snapshot", "0", "--cache-mb", "32"]);
         let client = cluster.ready_client().await;
         let lagging = 3;
         cluster.kill9(lagging);
-        // 250 values of 1 MiB in the first region (keys start with a low byte), one per log
-        // entry: the snapshot taken at entry 220 holds more than 200 MiB.
-        let value = vec![b'v'; 1024 * 1024];
+        // 250 values of just under 1 MiB in the first region, two per log entry (a batch
+        // holds at most 2 MiB): the snapshot taken at entry 110 holds more than 200 MiB.
+        let value = vec![b'v'; 1024 * 1024 - 64];
         let keys: Vec<Vec<u8>> = (0..250u32).map(|i| format!("\x01big-{i:04}").into_bytes()).collect();
-        for key in &keys {
-            client.put(key, &value).await.unwrap();
+        for pair in keys.chunks(2) {
+            let pairs: Vec<(&[u8], &[u8])> = pair.iter().map(|k| (k.as_slice(), value.as_slice())).collect();
+            client.batch_put(&pairs).await.unwrap();
         }
         let routes = client.regions().await.unwrap();
         let big = routes.iter().find(|r| r.region.contains(b"\x01big")).unwrap();
