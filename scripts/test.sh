@@ -34,7 +34,7 @@ cargo test --workspace --doc 2>&1 | tee -a "$log"
 
 # One closing line with the totals of both runners.
 passed=$(awk '
-    /Summary .* tests run: [0-9]+ passed/ { for (i = 1; i <= NF; i++) if ($i == "passed,") n += $(i - 1) }
+    /Summary .* tests run: [0-9]+ passed/ { for (i = 1; i <= NF; i++) if ($i ~ /^passed,?$/) { n += $(i - 1); break } }
     /^test result: ok\. [0-9]+ passed/ { n += $4 }
     END { print n + 0 }' "$log")
 printf '\ntests: %d passed, 0 failed\n' "$passed"
