@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tessera::{Client, ClientConfig, TlsFiles};
 
-use crate::{free_udp_port, ok, Proc};
+use crate::{free_udp_port, ok, spawn_pd, Proc};
 
 pub(crate) const NODES: u64 = 3;
 pub(crate) const REGIONS: u32 = 4;
@@ -42,23 +42,7 @@ impl ProcCluster {
         }
         ok(&["certs", "client", "--dir", certs_s, "--name", "app"]);
         let pd_addr = format!("127.0.0.1:{}", free_udp_port());
-        let cert = |name: &str| certs.join(name).to_str().unwrap().to_string();
-        let pd = Proc::spawn(&[
-            "pd",
-            "--listen",
-            &pd_addr,
-            "--dir",
-            dir.path().join("pd").to_str().unwrap(),
-            "--initial-regions",
-            &REGIONS.to_string(),
-            "--tls-ca",
-            &cert("ca.pem"),
-            "--tls-cert",
-            &cert("pd.pem"),
-            "--tls-key",
-            &cert("pd-key.pem"),
-        ]);
-        pd.wait_for("PD listening", Duration::from_secs(30));
+        let pd = spawn_pd(&certs, &pd_addr, &dir.path().join("pd"), REGIONS);
         let mut c = ProcCluster {
             dir,
             pd_addr,

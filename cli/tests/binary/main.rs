@@ -144,6 +144,28 @@ fn dev_cluster_serves_client_commands_and_keeps_data_across_restarts() {
     dev.stop();
 }
 
+/// Starts `tessera pd` on `addr` with the certificates in `certs`, and waits until it listens.
+fn spawn_pd(certs: &Path, addr: &str, dir: &Path, initial_regions: u32) -> Proc {
+    let cert = |name: &str| certs.join(name).to_str().unwrap().to_string();
+    let pd = Proc::spawn(&[
+        "pd",
+        "--listen",
+        addr,
+        "--dir",
+        dir.to_str().unwrap(),
+        "--initial-regions",
+        &initial_regions.to_string(),
+        "--tls-ca",
+        &cert("ca.pem"),
+        "--tls-cert",
+        &cert("pd.pem"),
+        "--tls-key",
+        &cert("pd-key.pem"),
+    ]);
+    pd.wait_for("PD listening", Duration::from_secs(30));
+    pd
+}
+
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -163,22 +185,7 @@ fn four_processes_form_a_cluster_with_issued_certificates() {
 
     let pd_addr = format!("127.0.0.1:{}", free_udp_port());
     let cert = |name: &str| Path::new(&certs).join(name).to_str().unwrap().to_string();
-    let pd = Proc::spawn(&[
-        "pd",
-        "--listen",
-        &pd_addr,
-        "--dir",
-        &p("pd"),
-        "--initial-regions",
-        "2",
-        "--tls-ca",
-        &cert("ca.pem"),
-        "--tls-cert",
-        &cert("pd.pem"),
-        "--tls-key",
-        &cert("pd-key.pem"),
-    ]);
-    pd.wait_for("PD listening", Duration::from_secs(30));
+    let pd = spawn_pd(Path::new(&certs), &pd_addr, Path::new(&p("pd")), 2);
     let mut nodes = Vec::new();
     for i in ["1", "2", "3"] {
         let listen = format!("127.0.0.1:{}", free_udp_port());
