@@ -60,6 +60,7 @@ pub(crate) fn node_stats(ctx: &crate::region::NodeContext) -> NodeStats {
         region_count: regions.len() as u64,
         leader_count: regions.iter().filter(|r| r.is_leader()).count() as u64,
         used_bytes: regions.iter().map(|r| r.shared.approx_bytes.load(Ordering::Relaxed).max(0) as u64).sum(),
+        write_path: ctx.write_path_stats(),
     }
 }
 

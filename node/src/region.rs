@@ -111,4 +111,15 @@ impl NodeContext {
     pub fn changed(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
+
+    /// The write path's cumulative counters (durable log syncs and what they carried).
+    pub fn write_path_stats(&self) -> tessera_wire::WritePathStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = self.engine.stats();
+        tessera_wire::WritePathStats {
+            log_syncs: stats.commits.load(Relaxed),
+            log_entries: stats.log_entries.load(Relaxed),
+            log_bytes: 0,
+        }
+    }
 }

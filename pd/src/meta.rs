@@ -516,6 +516,7 @@ impl ClusterMeta {
                 region_count: n.stats.region_count,
                 leader_count: n.stats.leader_count,
                 used_bytes: n.stats.used_bytes,
+                write_path: n.stats.write_path,
             })
             .collect()
     }
@@ -877,7 +878,7 @@ mod tests {
             meta.nodes(2 * S).into_iter().find(|n| n.id == NodeId(id)).unwrap().used_bytes
         };
         assert_eq!(used(&meta, 2), 0, "nothing reported yet");
-        let stats = NodeStats { region_count: 1, leader_count: 1, used_bytes: 12_345 };
+        let stats = NodeStats { region_count: 1, leader_count: 1, used_bytes: 12_345, ..NodeStats::default() };
         meta.node_heartbeat(NodeId(2), stats, &[], 2 * S).unwrap();
         assert_eq!(used(&meta, 2), 12_345);
         assert_eq!(used(&meta, 1), 0, "another node's report stays its own");

@@ -273,7 +273,7 @@ mod tests {
             svc.handle_blocking(Role::Client, PdRequest::GetRegionById { region_id: RegionId(999) }),
             Err(Error::RegionNotFound { region_id: RegionId(999) })
         );
-        let stats = NodeStats { region_count: 0, leader_count: 0, used_bytes: 4096 };
+        let stats = NodeStats { region_count: 0, leader_count: 0, used_bytes: 4096, ..NodeStats::default() };
         let hb = PdRequest::NodeHeartbeat { node_id: NodeId(2), stats, hosted: vec![] };
         let Ok(PdResponse::NodeHeartbeat { create, nodes }) = svc.handle_blocking(Role::Node(NodeId(2)), hb) else {
             panic!("heartbeat failed");

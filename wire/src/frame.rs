@@ -205,7 +205,7 @@ mod tests {
             (any::<u64>(), any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u64>(), 0..3)).prop_map(
                 |(n, region_count, used_bytes, hosted)| PdRequest::NodeHeartbeat {
                     node_id: NodeId(n),
-                    stats: NodeStats { region_count, leader_count: 0, used_bytes },
+                    stats: NodeStats { region_count, leader_count: 0, used_bytes, ..NodeStats::default() },
                     hosted: hosted.into_iter().map(RegionId).collect(),
                 }
             ),
@@ -250,6 +250,7 @@ mod tests {
                         region_count,
                         leader_count,
                         used_bytes,
+                        write_path: crate::pd::WritePathStats { log_syncs: id ^ 7, log_entries: used_bytes, log_bytes: 3 },
                     }
                 },
             )

@@ -38,12 +38,12 @@ pub use frame::{Frame, FrameBody, FrameError, Hello, HelloAck, Role};
 pub use ids::{NodeId, PeerId, RegionId, SessionId};
 pub use kv::{KvOp, KvRequest, KvResponse, ReadConsistency, RequestHeader, SessionSeq, WriteCommand, WriteResult};
 pub use limits::{validate_batch, validate_key, validate_value, Limits, MESSAGE_OVERHEAD, PAIR_OVERHEAD};
-pub use pd::{NodeInfo, NodeState, NodeStats, PdRequest, PdResponse, RegionRoute, RegionStats};
+pub use pd::{NodeInfo, NodeState, NodeStats, PdRequest, PdResponse, RegionRoute, RegionStats, WritePathStats};
 pub use region::{key_in_range, LeaderHint, Peer, RegionDescriptor, RegionEpoch};
 
 /// Version of the protocol spoken by this build. Sent in every [`Hello`]; peers with a
 /// different version are refused with [`Error::UnsupportedVersion`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// ALPN protocol identifier used on every Tessera QUIC connection.
 pub const ALPN: &[u8] = b"tessera/1";

@@ -32,6 +32,21 @@ pub struct NodeInfo {
     /// PD hears its first heartbeat, also after a PD restart: node statistics are not
     /// persisted by PD.
     pub used_bytes: u64,
+    /// Write-path counters of its last heartbeat ([`NodeStats::write_path`]).
+    pub write_path: WritePathStats,
+}
+
+/// Cumulative counters of a node's write path since it started, for benchmarks and
+/// `tessera status`: how many durable log syncs (`fdatasync`) it made, and how many Raft log
+/// entries they made durable. Their ratio is the group commit's entries per sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct WritePathStats {
+    /// Durable syncs of the Raft log.
+    pub log_syncs: u64,
+    /// Raft log entries made durable by them.
+    pub log_entries: u64,
+    /// Bytes of log records written.
+    pub log_bytes: u64,
 }
 
 /// Node-level statistics sent in store heartbeats.
@@ -44,6 +59,8 @@ pub struct NodeStats {
     /// Approximate bytes of the keys and values held by the replicas the node hosts (the
     /// sum of their region sizes; not the size of the files in its data directory).
     pub used_bytes: u64,
+    /// Write-path counters, cumulative since the node started.
+    pub write_path: WritePathStats,
 }
 
 /// Per-region statistics sent by the region leader.
