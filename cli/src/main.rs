@@ -1,8 +1,9 @@
 //! `tessera`: the Tessera command-line tool.
 //!
 //! Runs a local development cluster (`tessera dev`), the servers of a real deployment
-//! (`tessera pd`, `tessera node`), certificate tooling (`tessera certs ...`) and client
-//! commands (`put`, `get`, `delete`, `append`, `cas`, `scan`, `status`).
+//! (`tessera pd`, `tessera node`), certificate tooling (`tessera certs ...`), client
+//! commands (`put`, `get`, `delete`, `append`, `cas`, `scan`, `status`) and `tessera bench`,
+//! which hands over to the separate `tessera-bench` binary.
 
 mod certs_cmd;
 mod client_cmd;
@@ -112,10 +113,51 @@ enum Command {
     },
     /// Show nodes and regions (range, epoch, peers, leader).
     Status,
+    /// Benchmark Tessera against etcd: runs `tessera-bench` with these arguments
+    /// (`tessera bench --help`, `tessera bench compare --quick`).
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    Bench {
+        /// Arguments passed to tessera-bench.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
+}
+
+/// Runs `tessera-bench` (next to this executable, else on PATH) in place of this process,
+/// so that its exit code and the signals sent to us (Ctrl-C) are its own. It is a separate
+/// binary to keep the etcd client and the charting code out of the server binary.
+fn bench(args: &[String]) -> ExitCode {
+    const NAME: &str = "tessera-bench";
+    let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join(NAME)));
+    let on_path = || std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(NAME)).find(|p| p.is_file());
+    let Some(exe) = beside.filter(|p| p.is_file()).or_else(on_path) else {
+        eprintln!("error: tessera-bench not found next to tessera; build it with `cargo build --release -p tessera-benches`");
+        return ExitCode::from(2);
+    };
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args(args);
+    #[cfg(unix)]
+    let outcome = {
+        use std::os::unix::process::CommandExt;
+        // Only returns on failure.
+        Err::<std::process::ExitStatus, _>(cmd.exec())
+    };
+    #[cfg(not(unix))]
+    let outcome = cmd.status();
+    match outcome {
+        Ok(status) => ExitCode::from(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(2)),
+        Err(e) => {
+            eprintln!("error: cannot run {}: {e}", exe.display());
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Bench { args } = &cli.command {
+        return bench(args);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
             let default = if matches!(cli.command, Command::Dev(_) | Command::Pd(_) | Command::Node(_)) {
@@ -169,5 +211,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Scan { start, end, limit, reverse } => client_cmd::scan(&target, start, end, limit, reverse).await,
         Command::Status => client_cmd::status(&target).await,
+        Command::Bench { args } => Ok(bench(&args)),
     }
 }

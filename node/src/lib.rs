@@ -23,6 +23,7 @@
 
 mod config;
 mod error;
+pub mod metrics;
 mod node;
 mod pd_client;
 pub mod raft;
@@ -32,4 +33,4 @@ pub mod storage;
 
 pub use config::{Admission, Faults, NodeConfig, RaftTiming};
 pub use error::NodeError;
-pub use node::Node;
+pub use node::{Node, RAFT_LOG_DIR};

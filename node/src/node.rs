@@ -19,6 +19,7 @@ use crate::region::{NodeContext, Region, RegionMap};
 use crate::service::NodeService;
 use crate::storage::engine::io_err;
 use crate::storage::records::{decode, encode, RegionRecord};
+use crate::storage::wal::LogEngine;
 use crate::storage::{Engine, RegionLogStore, RegionShared, RegionStateMachine};
 
 /// A running storage node.
@@ -43,6 +44,9 @@ struct Shared {
     leadership: Arc<tokio::sync::Notify>,
 }
 
+/// The directory of the node's Raft log, inside its data directory.
+pub const RAFT_LOG_DIR: &str = "raft-log";
+
 impl Node {
     /// Opens the data directory, recovers every hosted region, starts serving and registers
     /// with PD.
@@ -51,6 +55,8 @@ impl Node {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| NodeError::Config(format!("data dir {}: {e}", cfg.data_dir.display())))?;
         let engine = Engine::open_with_cache(&cfg.data_dir.join("node.redb"), cfg.cache_bytes)?;
+        let wal = LogEngine::open(&cfg.data_dir.join(RAFT_LOG_DIR)).map_err(|e| NodeError::Storage(e.into()))?;
+        crate::storage::migrate::raft_log_out_of_redb(&engine, &wal).map_err(|e| NodeError::Storage(e.into()))?;
         let server_tls = tessera_certs::server_tls_config(&cfg.tls).map_err(NodeError::Tls)?;
         let client_tls = tessera_certs::client_tls_config(&cfg.tls).map_err(NodeError::Tls)?;
         // The stateless-reset key follows the node's identity (its private key), so a
@@ -68,6 +74,7 @@ impl Node {
         let pool = ConnectionPool::new(server.client());
         let ctx = NodeContext {
             engine: engine.clone(),
+            wal: wal.clone(),
             book: AddressBook::default(),
             regions: Arc::new(RegionMap::default()),
             snapshots_installed: Default::default(),
@@ -117,8 +124,9 @@ impl Node {
                 })
                 .await
         });
-        let hb = tokio::spawn(heartbeat_loop(shared.clone(), shutdown_rx));
-        Ok(Node { node_id: cfg.node_id, local_addr, ctx, shutdown, tasks: vec![serve, hb], released })
+        let hb = tokio::spawn(heartbeat_loop(shared.clone(), shutdown_rx.clone()));
+        let stages = tokio::spawn(crate::metrics::report_loop(shutdown_rx));
+        Ok(Node { node_id: cfg.node_id, local_addr, ctx, shutdown, tasks: vec![serve, hb, stages], released })
     }
 
     /// The address the node listens on.
@@ -153,11 +161,11 @@ impl Node {
         self.ctx.changes.subscribe()
     }
 
-    /// Group-commit counters: (commits/fsyncs, jobs, raft log entries).
+    /// Group-commit counters of the Raft log: (syncs, writes, raft log entries).
     pub fn commit_stats(&self) -> (u64, u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        let s = self.ctx.engine.stats();
-        (s.commits.load(Relaxed), s.jobs.load(Relaxed), s.log_entries.load(Relaxed))
+        let s = self.ctx.wal.stats();
+        (s.syncs.load(Relaxed), s.writes.load(Relaxed), s.entries.load(Relaxed))
     }
 
     /// Stops serving, shuts every Raft group down and waits for the tasks to end.
@@ -173,8 +181,14 @@ impl Node {
         }
         // Every Raft group is stopped: finish the queued writes and release the database,
         // so that a restart (even in this process) opens it at once.
-        let engine = self.ctx.engine.clone();
-        if tokio::task::spawn_blocking(move || engine.close()).await.is_err() {
+        let (engine, wal) = (self.ctx.engine.clone(), self.ctx.wal.clone());
+        if tokio::task::spawn_blocking(move || {
+            wal.close();
+            engine.close()
+        })
+        .await
+        .is_err()
+        {
             tracing::error!(node_id = self.node_id.0, "closing storage failed");
         }
         // And the port: the endpoint's socket closes once its last handle is gone.
@@ -206,7 +220,7 @@ async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Regi
         return Err(NodeError::NotAPeer { region_id });
     };
     let engine = &shared.ctx.engine;
-    let log = RegionLogStore::open(engine, region_id).map_err(|e| region_err(e.into()))?;
+    let log = RegionLogStore::open(engine, &shared.ctx.wal, region_id).map_err(|e| region_err(e.into()))?;
     let region_shared = RegionShared::new(desc.clone());
     let sm = RegionStateMachine::open(engine, region_shared.clone()).map_err(|e| region_err(e.into()))?;
     let network = NetworkFactory { region_id: desc.id, pool: shared.pool.clone(), book: shared.ctx.book.clone() };

@@ -93,8 +93,10 @@ impl RegionMap {
 /// Engine-level context every region shares.
 #[derive(Debug, Clone)]
 pub struct NodeContext {
-    /// Storage.
+    /// The state machines' database.
     pub engine: Engine,
+    /// The Raft log of every region.
+    pub wal: crate::storage::wal::LogEngine,
     /// Node addresses.
     pub book: AddressBook,
     /// Hosted regions.
@@ -115,11 +117,11 @@ impl NodeContext {
     /// The write path's cumulative counters (durable log syncs and what they carried).
     pub fn write_path_stats(&self) -> tessera_wire::WritePathStats {
         use std::sync::atomic::Ordering::Relaxed;
-        let stats = self.engine.stats();
+        let stats = self.wal.stats();
         tessera_wire::WritePathStats {
-            log_syncs: stats.commits.load(Relaxed),
-            log_entries: stats.log_entries.load(Relaxed),
-            log_bytes: 0,
+            log_syncs: stats.syncs.load(Relaxed),
+            log_entries: stats.entries.load(Relaxed),
+            log_bytes: stats.bytes.load(Relaxed),
         }
     }
 }

@@ -307,11 +307,12 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-/// The durable votes of a stopped node.
+/// The durable votes of a stopped node (`path`: its database; the Raft log is beside it).
 fn votes(path: &Path) -> BTreeMap<u64, tessera_node::raft::types::Vote> {
-    let engine = tessera_node::storage::Engine::open(path).unwrap();
-    let votes = tessera_node::storage::inspect::votes(&engine).unwrap();
-    engine.close();
+    let dir = path.parent().unwrap().join(tessera_node::RAFT_LOG_DIR);
+    let wal = tessera_node::storage::wal::LogEngine::open(&dir).unwrap();
+    let votes = tessera_node::storage::inspect::votes(&wal).unwrap();
+    wal.close();
     votes
 }
 

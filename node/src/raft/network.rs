@@ -194,6 +194,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let started = tokio::time::Instant::now();
         let resp = self.rpc(RaftRpcKind::AppendEntries, &rpc, timeout).await;
         if keep > 0 {
+            crate::metrics::STAGES.append_rpc.record(started.elapsed());
             tracing::debug!(
                 region_id = self.region_id.0,
                 peer = self.target.0,

@@ -143,13 +143,19 @@ impl NodeService {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
             let cmd = LogCommand::from_wire(session, command, self.limits.max_value_len, now_ms, self.session_ttl_ms);
-            return match region.raft.client_write(cmd).await {
+            let started = std::time::Instant::now();
+            let result = region.raft.client_write(cmd).await;
+            crate::metrics::STAGES.kv_write.record(started.elapsed());
+            return match result {
                 Ok(resp) => resp.data.to_wire().map(|w| ResponseBody::Kv(KvResponse::Write(w))),
                 Err(e) => Err(write_error(e, region_id, || region.leader_hint(&self.ctx.book))),
             };
         }
         if req.header.consistency == ReadConsistency::Linearizable {
-            match region.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            let started = std::time::Instant::now();
+            let read_index = region.raft.ensure_linearizable(ReadPolicy::ReadIndex).await;
+            crate::metrics::STAGES.read_index.record(started.elapsed());
+            match read_index {
                 Ok(_) => {}
                 Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
                     return Err(Error::NotLeader { region_id, leader: region.leader_hint(&self.ctx.book) })

@@ -31,7 +31,12 @@ impl NodeService {
         match req.kind {
             RaftRpcKind::AppendEntries => {
                 let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.payload)?;
+                let has_entries = !rpc.entries.is_empty();
+                let started = std::time::Instant::now();
                 let resp = region.raft.append_entries(rpc).await.map_err(|e| unavailable(&e))?;
+                if has_entries {
+                    crate::metrics::STAGES.follower_append.record(started.elapsed());
+                }
                 encode(&resp)
             }
             RaftRpcKind::Vote => {

@@ -9,18 +9,15 @@ use super::engine::{io_err, Engine};
 use super::records::decode;
 use super::state_machine::{read_scan, Pairs};
 use super::tables;
+use super::wal::LogEngine;
 use crate::raft::types::Vote;
 
 /// The durable Raft vote of every region that has one, by region id.
-pub fn votes(engine: &Engine) -> io::Result<BTreeMap<u64, Vote>> {
-    let txn = engine.read()?;
-    let meta = txn.open_table(tables::RAFT_META).map_err(io_err)?;
+pub fn votes(wal: &LogEngine) -> io::Result<BTreeMap<u64, Vote>> {
     let mut out = BTreeMap::new();
-    for row in meta.iter().map_err(io_err)? {
-        let (k, v) = row.map_err(io_err)?;
-        let (region, name) = k.value();
-        if name == "vote" {
-            out.insert(region, decode(v.value())?);
+    for region in wal.regions() {
+        if let Some(v) = wal.region_state(region).vote {
+            out.insert(region, decode(&v)?);
         }
     }
     Ok(out)

@@ -1,12 +1,17 @@
 //! openraft log storage for one region.
 //!
+//! The log lives in the node's write-ahead log ([`LogEngine`]), shared by every region.
 //! The newest part of the region's log is mirrored in memory, up to [`TAIL_BYTES`] (by
 //! each entry's encoded-size bound), so replication and apply of recent entries never
 //! touch the disk, and entries whose append is still being flushed are visible, as openraft
-//! expects. Older entries are read from redb on demand; only entries already durable are
-//! ever dropped from memory. Every mutation is written through the engine's group commit:
-//! `append` fires openraft's `IOFlushed` only after the fsync that made the entries
-//! durable; `save_vote`, `truncate_after` and `purge` return only once durable.
+//! expects. Older entries are read from the log engine on demand; only entries already
+//! durable are ever dropped from memory. Every mutation goes through the log engine's group
+//! commit: `append` fires openraft's `IOFlushed` only after the `fdatasync` that made the
+//! entries durable; `save_vote`, `truncate_after` and `purge` return only once durable.
+//!
+//! The state machine is in redb, applied lazily (durable with some later redb commit). So
+//! `purge` first makes redb durable, then purges: the log is never purged past state that a
+//! crash could still lose.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -21,6 +26,7 @@ use openraft::{OptionalSend, RaftLogReader};
 use super::engine::{io_err, Engine};
 use super::records::{decode, encode};
 use super::tables;
+use super::wal::{LogEngine, Op};
 use crate::raft::network::{entry_len_bound, REPLICATION_BYTES};
 use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
 
@@ -97,6 +103,8 @@ impl LogMem {
 #[derive(Debug, Clone)]
 pub struct RegionLogStore {
     region: u64,
+    wal: LogEngine,
+    /// The state machine's database, made durable before every purge.
     engine: Engine,
     mem: Arc<Mutex<LogMem>>,
     budget: usize,
@@ -108,45 +116,36 @@ fn lock(mem: &Mutex<LogMem>) -> std::sync::MutexGuard<'_, LogMem> {
 
 impl RegionLogStore {
     /// Loads the region's vote and purge point, and the newest [`TAIL_BYTES`] of its log.
-    pub fn open(engine: &Engine, region: u64) -> io::Result<RegionLogStore> {
-        Self::open_with_budget(engine, region, TAIL_BYTES)
+    pub fn open(engine: &Engine, wal: &LogEngine, region: u64) -> io::Result<RegionLogStore> {
+        Self::open_with_budget(engine, wal, region, TAIL_BYTES)
     }
 
     /// [`RegionLogStore::open`] with another in-memory budget.
-    pub fn open_with_budget(engine: &Engine, region: u64, budget: usize) -> io::Result<RegionLogStore> {
-        let txn = engine.read()?;
+    pub fn open_with_budget(engine: &Engine, wal: &LogEngine, region: u64, budget: usize) -> io::Result<RegionLogStore> {
+        let state = wal.region_state(region);
         let mut mem = LogMem::default();
-        let logs = txn.open_table(tables::LOGS).map_err(io_err)?;
-        for row in logs.range((region, 0u64)..=(region, u64::MAX)).map_err(io_err)?.rev() {
-            let (k, v) = row.map_err(io_err)?;
-            let entry: Entry = decode(v.value())?;
-            let (_, index) = k.value();
-            if entry.index() != index {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("log entry at {index} has index {}", entry.index()),
-                ));
-            }
-            let last = mem.last;
+        for (index, bytes) in wal.read_tail(region, budget)? {
+            let entry = decode_entry(index, &bytes)?;
             mem.insert(entry);
-            mem.last = last.or(mem.last);
-            mem.durable_upto = mem.durable_upto.or(Some(index));
-            if mem.bytes >= budget {
-                break;
-            }
+            mem.durable_upto = Some(index);
         }
-        let meta = txn.open_table(tables::RAFT_META).map_err(io_err)?;
-        if let Some(v) = meta.get((region, "vote")).map_err(io_err)? {
-            mem.vote = Some(decode(v.value())?);
+        if let Some(v) = &state.vote {
+            mem.vote = Some(decode(v)?);
         }
-        if let Some(v) = meta.get((region, "purged")).map_err(io_err)? {
-            mem.last_purged = Some(decode(v.value())?);
+        if let Some((_, v)) = &state.purged {
+            mem.last_purged = Some(decode(v)?);
         }
-        if let Some(v) = meta.get((region, "committed")).map_err(io_err)? {
-            mem.committed = Some(decode(v.value())?);
+        if let Some(v) = &state.committed {
+            mem.committed = Some(decode(v)?);
         }
         mem.last = mem.last.or(mem.last_purged);
-        Ok(RegionLogStore { region, engine: engine.clone(), mem: Arc::new(Mutex::new(mem)), budget })
+        Ok(RegionLogStore {
+            region,
+            wal: wal.clone(),
+            engine: engine.clone(),
+            mem: Arc::new(Mutex::new(mem)),
+            budget,
+        })
     }
 
     fn mem(&self) -> std::sync::MutexGuard<'_, LogMem> {
@@ -159,40 +158,31 @@ impl RegionLogStore {
         (mem.entries.len(), mem.bytes)
     }
 
-    async fn put_meta(&self, name: &'static str, bytes: Vec<u8>) -> io::Result<()> {
-        let region = self.region;
-        self.engine
-            .write(Box::new(move |txn| {
-                let mut t = txn.open_table(tables::RAFT_META).map_err(io_err)?;
-                t.insert((region, name), bytes.as_slice()).map_err(io_err)?;
-                Ok(())
-            }))
-            .await
-    }
-
-    /// Reads entries `[start, end)` from redb (they have left memory, so they are durable).
+    /// Reads entries `[start, end)` from the log engine (they have left memory, so they are
+    /// durable).
     fn read_disk(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
         self.read_disk_limited(start, end, usize::MAX).map(|(entries, _)| entries)
     }
 
-    /// Reads entries from `start` towards `end` from redb while they fit in `budget` bytes
-    /// (at least one); returns them and their bytes.
+    /// Reads entries from `start` towards `end` from the log engine while they fit in
+    /// `budget` bytes (at least one); returns them and their bytes.
     fn read_disk_limited(&self, start: u64, end: u64, budget: usize) -> io::Result<(Vec<Entry>, usize)> {
-        let txn = self.engine.read()?;
-        let logs = txn.open_table(tables::LOGS).map_err(io_err)?;
         let (mut out, mut used) = (Vec::new(), 0);
-        for row in logs.range((self.region, start)..(self.region, end)).map_err(io_err)? {
-            let (_, v) = row.map_err(io_err)?;
-            let entry: Entry = decode(v.value())?;
-            let len = entry_len_bound(&entry);
-            if !out.is_empty() && used + len > budget {
-                break;
-            }
-            used += len;
+        for (index, bytes) in self.wal.read(self.region, start, end, budget)? {
+            let entry = decode_entry(index, &bytes)?;
+            used += entry_len_bound(&entry);
             out.push(entry);
         }
         Ok((out, used))
     }
+}
+
+fn decode_entry(index: u64, bytes: &[u8]) -> io::Result<Entry> {
+    let entry: Entry = decode(bytes)?;
+    if entry.index() != index {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("log entry at {index} has index {}", entry.index())));
+    }
+    Ok(entry)
 }
 
 impl RaftLogReader<TypeConfig> for RegionLogStore {
@@ -287,9 +277,9 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.engine.check()?;
+        self.wal.check()?;
         let bytes = encode(vote)?;
-        self.put_meta("vote", bytes).await?;
+        self.wal.write(vec![Op::Vote { region: self.region, vote: bytes }]).await?;
         self.mem().vote = Some(*vote);
         Ok(())
     }
@@ -299,12 +289,7 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
         let bytes = encode(&c)?;
         // Not required to be durable: losing it only means recovery learns the commit index
         // from the leader again. Queue it without waiting or forcing an fsync.
-        let region = self.region;
-        self.engine.submit_lazy(Box::new(move |txn| {
-            let mut t = txn.open_table(tables::RAFT_META).map_err(io_err)?;
-            t.insert((region, "committed"), bytes.as_slice()).map_err(io_err)?;
-            Ok(())
-        }));
+        self.wal.submit_lazy(vec![Op::Committed { region: self.region, committed: bytes }]);
         self.mem().committed = committed;
         Ok(())
     }
@@ -318,30 +303,25 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.engine.check()?;
+        self.wal.check()?;
         let mut rows = Vec::new();
+        let mut first = None;
         {
             let mut mem = self.mem();
             for entry in entries {
-                rows.push((entry.index(), encode(&entry)?));
+                first = first.or(Some(entry.index()));
+                rows.push(encode(&entry)?);
                 mem.insert(entry);
             }
         }
-        let Some(&(last, _)) = rows.last() else {
+        let Some(first) = first else {
             callback.io_completed(Ok(()));
             return Ok(());
         };
-        let region = self.region;
-        let n = rows.len() as u64;
+        let last = first + rows.len() as u64 - 1;
         let (mem, budget) = (self.mem.clone(), self.budget);
-        self.engine.submit(
-            Box::new(move |txn| {
-                let mut t = txn.open_table(tables::LOGS).map_err(io_err)?;
-                for (index, bytes) in rows {
-                    t.insert((region, index), bytes.as_slice()).map_err(io_err)?;
-                }
-                Ok(())
-            }),
+        self.wal.submit(
+            vec![Op::Entries { region: self.region, first, entries: rows }],
             Box::new(move |r| {
                 if r.is_ok() {
                     // Durable now: these entries may leave memory. The writer completes jobs
@@ -355,7 +335,6 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
                 }
                 callback.io_completed(r)
             }),
-            n,
         );
         Ok(())
     }
@@ -363,14 +342,7 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.as_ref().map(|l| l.index() + 1).unwrap_or(0);
         self.mem().truncate_after(last_log_id);
-        let region = self.region;
-        self.engine
-            .write(Box::new(move |txn| {
-                let mut t = txn.open_table(tables::LOGS).map_err(io_err)?;
-                t.retain_in((region, from)..=(region, u64::MAX), |_, _| false).map_err(io_err)?;
-                Ok(())
-            }))
-            .await
+        self.wal.write(vec![Op::Truncate { region: self.region, from }]).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -384,16 +356,17 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
                 mem.last = Some(log_id);
             }
         }
-        let region = self.region;
+        // The entries purged were applied to the state machine, whose writes are lazily
+        // durable: make them durable first, so a crash cannot leave the state machine behind
+        // a log that no longer has the entries to replay.
         self.engine
-            .write(Box::new(move |txn| {
-                let mut t = txn.open_table(tables::LOGS).map_err(io_err)?;
-                t.retain_in((region, 0u64)..=(region, upto), |_, _| false).map_err(io_err)?;
-                let mut m = txn.open_table(tables::RAFT_META).map_err(io_err)?;
-                m.insert((region, "purged"), bytes.as_slice()).map_err(io_err)?;
+            .write(Box::new(|txn| {
+                let mut t = txn.open_table(tables::NODE_META).map_err(io_err)?;
+                t.insert("log_purge_barrier", [1u8].as_slice()).map_err(io_err)?;
                 Ok(())
             }))
-            .await
+            .await?;
+        self.wal.write(vec![Op::Purge { region: self.region, upto, log_id: bytes }]).await
     }
 }
 
@@ -417,8 +390,9 @@ mod tests {
     async fn the_memory_tail_is_bounded_by_bytes_and_older_entries_come_from_disk() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let wal = LogEngine::open(&dir.path().join("raft-log")).unwrap();
         let budget = 1024 * 1024;
-        let mut log = RegionLogStore::open_with_budget(&engine, 3, budget).unwrap();
+        let mut log = RegionLogStore::open_with_budget(&engine, &wal, 3, budget).unwrap();
         // 40 entries of 100 KiB: 4 MiB, four times the budget.
         for i in 1..=40 {
             let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
@@ -435,7 +409,7 @@ mod tests {
         assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id::<TypeConfig>(1, 1, 40)));
         // Reopening loads only a budget's worth of the tail.
         drop(log);
-        let mut reopened = RegionLogStore::open_with_budget(&engine, 3, budget).unwrap();
+        let mut reopened = RegionLogStore::open_with_budget(&engine, &wal, 3, budget).unwrap();
         assert!(reopened.cached().1 <= budget + 101 * 1024);
         assert_eq!(reopened.get_log_state().await.unwrap().last_log_id, Some(log_id::<TypeConfig>(1, 1, 40)));
         assert_eq!(reopened.try_get_log_entries(5..8).await.unwrap().len(), 3);
@@ -445,7 +419,8 @@ mod tests {
     async fn replication_reads_at_most_a_frame_of_entries_from_disk_or_memory() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
-        let mut log = RegionLogStore::open_with_budget(&engine, 3, 2 * 1024 * 1024).unwrap();
+        let wal = LogEngine::open(&dir.path().join("raft-log")).unwrap();
+        let mut log = RegionLogStore::open_with_budget(&engine, &wal, 3, 2 * 1024 * 1024).unwrap();
         for i in 1..=20 {
             let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
             log.append([entry(i, 1024 * 1024)], IOFlushed::<TypeConfig>::signal(tx)).await.unwrap();
@@ -465,5 +440,36 @@ mod tests {
             next += got.len() as u64;
         }
         assert!(log.limited_get_log_entries(5, 5).await.unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_first_makes_the_lazily_applied_state_machine_durable() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let wal = LogEngine::open(&dir.path().join("raft-log")).unwrap();
+        let mut log = RegionLogStore::open(&engine, &wal, 3).unwrap();
+        for i in 1..=10 {
+            let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
+            log.append([entry(i, 10)], IOFlushed::<TypeConfig>::signal(tx)).await.unwrap();
+            rx.await.unwrap().unwrap();
+        }
+        // An apply, committed lazily: visible, but durable only with a later durable commit.
+        engine
+            .write_lazy(Box::new(|txn| {
+                let mut t = txn.open_table(tables::SM_META).map_err(io_err)?;
+                t.insert(3u64, [9u8].as_slice()).map_err(io_err)?;
+                Ok(())
+            }))
+            .await
+            .unwrap();
+        let durable_before = engine.stats().commits.load(Relaxed);
+        log.purge(log_id::<TypeConfig>(1, 1, 8)).await.unwrap();
+        assert!(
+            engine.stats().commits.load(Relaxed) > durable_before,
+            "the purge made redb durable (covering the lazy apply) before dropping entries"
+        );
+        assert_eq!(wal.region_state(3).entries, Some((9, 10)));
+        assert_eq!(wal.region_state(3).purged.map(|p| p.0), Some(8));
     }
 }

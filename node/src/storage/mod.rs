@@ -1,10 +1,14 @@
-//! Node storage: one redb database per node holding every region's Raft log, vote and
-//! state machine.
+//! Node storage: one write-ahead log per node holding every region's Raft log and vote,
+//! and one redb database per node holding every region's state machine.
 //!
+//! * [`wal`]: the Raft log engine: segmented, checksummed, one `fdatasync` per group
+//!   commit of all regions' appends. A failed write fail-stops it.
 //! * [`engine`]: the database and its single writer thread, which batches the writes of all
-//!   regions into one write transaction and one fsync (group commit), then completes them.
-//!   A failed commit fail-stops the engine.
-//! * [`log_store`]: openraft's `RaftLogStorage` for one region.
+//!   regions into one write transaction (group commit), then completes them. A failed
+//!   commit fail-stops the engine.
+//! * [`log_store`]: openraft's `RaftLogStorage` for one region, on the log engine.
+//! * [`migrate`]: moves the Raft log of a data directory written before the log engine
+//!   out of redb.
 //! * [`state_machine`]: openraft's `RaftStateMachine` for one region, with the
 //!   exactly-once dedup table.
 //! * [`records`]: the on-disk record types (versioned; never wire types).
@@ -12,10 +16,12 @@
 pub mod engine;
 pub mod inspect;
 pub mod log_store;
+pub mod migrate;
 pub mod records;
 pub mod sessions;
 pub mod snapshot;
 pub mod state_machine;
+pub mod wal;
 pub(crate) mod tables;
 
 pub use engine::{CommitStats, Engine, StorageError};
@@ -24,7 +30,7 @@ pub use state_machine::{RegionShared, RegionStateMachine};
 
 #[cfg(test)]
 mod conformance {
-    //! openraft's storage conformance suite, run against the redb store.
+    //! openraft's storage conformance suite, run against the log engine and the redb state machine.
 
     use openraft::testing::log::{StoreBuilder, Suite};
     use openraft::StorageError as RaftStorageError;
@@ -45,6 +51,7 @@ mod conformance {
         ) -> Result<(tempfile::TempDir, RegionLogStore, RegionStateMachine), RaftStorageError<TypeConfig>> {
             let dir = tempfile::tempdir().expect("tempdir");
             let engine = Engine::open(&dir.path().join("node.redb")).expect("open engine");
+            let wal = wal::LogEngine::open(&dir.path().join("raft-log")).expect("open log engine");
             let desc = RegionDescriptor {
                 id: RegionId(7),
                 start_key: vec![],
@@ -52,7 +59,7 @@ mod conformance {
                 epoch: RegionEpoch { conf_ver: 1, version: 1 },
                 peers: vec![Peer { id: PeerId(1), node_id: NodeId(1) }],
             };
-            let log = RegionLogStore::open_with_budget(&engine, 7, self.budget).expect("open log");
+            let log = RegionLogStore::open_with_budget(&engine, &wal, 7, self.budget).expect("open log");
             let sm = RegionStateMachine::open(&engine, RegionShared::new(desc)).expect("open sm");
             Ok((dir, log, sm))
         }

@@ -262,6 +262,7 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
         if batch.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let region = self.region;
         let mut next = self.state.clone();
         let mut work_items = Vec::with_capacity(batch.len());
@@ -328,6 +329,7 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
                 Ok(())
             }))
             .await?;
+        crate::metrics::STAGES.apply.record(started.elapsed());
         let (res, dk, db, state) = results
             .lock()
             .unwrap_or_else(|p| p.into_inner())
