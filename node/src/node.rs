@@ -226,7 +226,14 @@ async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Regi
     let network = NetworkFactory { region_id: desc.id, pool: shared.pool.clone(), book: shared.ctx.book.clone() };
     let raft =
         Raft::new(peer.id.0, shared.raft_config.clone(), network, log, sm).await.map_err(|e| region_err(e.into()))?;
-    let region = Arc::new(Region { id: desc.id, peer, raft, shared: region_shared, incoming: Default::default() });
+    let region = Arc::new(Region {
+        id: desc.id,
+        peer,
+        raft,
+        shared: region_shared,
+        incoming: Default::default(),
+        append_streams: Default::default(),
+    });
     shared.ctx.regions.insert(region.clone());
     shared.ctx.changed();
     tokio::spawn(drive_initialization(region.clone(), desc.clone(), initialization_delay(shared, &desc, peer.id)));

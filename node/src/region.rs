@@ -34,6 +34,8 @@ pub struct Region {
     pub shared: Arc<RegionShared>,
     /// Snapshot being received (an async lock: chunks are written to disk under it).
     pub incoming: tokio::sync::Mutex<IncomingSnapshot>,
+    /// Pipelined replication streams from the region's leader (when a follower).
+    pub append_streams: Arc<crate::raft::append_stream::AppendStreams>,
 }
 
 impl std::fmt::Debug for Region {

@@ -120,6 +120,7 @@ pub enum WriteCommand {
     /// Set several keys of one region atomically.
     BatchPut {
         /// Pairs.
+        #[serde(with = "crate::byte_pairs")]
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
     },
 }
@@ -175,6 +176,7 @@ pub enum KvResponse {
     /// region's part of the range is exhausted).
     Scan {
         /// Pairs in scan order.
+        #[serde(with = "crate::byte_pairs")]
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
         /// Continue from here (inclusive for forward scans, exclusive end for reverse).
         resume_key: Option<Vec<u8>>,

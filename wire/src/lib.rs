@@ -29,6 +29,7 @@ mod ids;
 mod kv;
 mod limits;
 mod pd;
+pub mod byte_pairs;
 #[cfg(feature = "quic")]
 pub mod quic;
 mod region;
@@ -87,6 +88,9 @@ pub enum RaftRpcKind {
     SnapshotChunk,
     /// Leadership transfer notification.
     TransferLeader,
+    /// One `AppendEntries` of a pipelined replication stream (with its stream id and
+    /// sequence number); the follower answers in sequence order.
+    AppendStream,
 }
 
 /// A Raft RPC for one region, addressed to one peer.

@@ -23,8 +23,10 @@ impl Proc {
         Self::spawn_logging(args, "error")
     }
 
-    /// Spawns with `RUST_LOG=filter`; log lines (stderr) arrive with the stdout lines.
+    /// Spawns with `RUST_LOG=filter`; log lines (stderr) arrive with the stdout lines. With
+    /// `TESSERA_TEST_LOGS` set, every line is also echoed to the test's stderr.
     fn spawn_logging(args: &[&str], filter: &str) -> Proc {
+        let echo = std::env::var_os("TESSERA_TEST_LOGS").is_some();
         let mut child = Command::new(BIN)
             .args(args)
             .env("RUST_LOG", filter)
@@ -39,7 +41,10 @@ impl Proc {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
+                    if echo {
+                        eprintln!("{line}");
+                    }
+                    if tx.send(line).is_err() && !echo {
                         break;
                     }
                 }

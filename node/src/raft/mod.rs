@@ -1,4 +1,5 @@
 //! Raft integration: type configuration and the node-to-node network.
 
+pub mod append_stream;
 pub mod network;
 pub mod types;

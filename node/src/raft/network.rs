@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use tessera_wire::quic::ConnectionPool;
 use tessera_wire::{NodeId, PeerId, RaftRequest, RaftRpcKind, RegionId, Request, ResponseBody};
 
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::entry::RaftEntry;
+use openraft::raft::StreamAppendResult;
 use openraft::EntryPayload;
 
 use super::types::{Entry, PeerNode, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
@@ -54,6 +56,55 @@ pub fn entries_within(entries: &[Entry], budget: usize) -> (usize, usize) {
         used += len;
     }
     (entries.len(), used)
+}
+
+/// Most `AppendEntries` messages in flight per follower per region on a replication
+/// stream. openraft's own default keeps one.
+pub const PIPELINE_DEPTH: usize = 8;
+
+/// One `AppendEntries` of a pipelined replication stream (node-internal encoding inside a
+/// Raft payload). The follower applies a stream's messages in `seq` order, whatever order
+/// they arrive in (requests travel over several QUIC streams).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StreamAppendMsg {
+    /// Chosen by the leader for each replication stream.
+    pub stream: u64,
+    /// Position in the stream, from 0.
+    pub seq: u64,
+    /// The request.
+    pub rpc: AppendEntriesRequest<TypeConfig>,
+}
+
+/// A fresh replication stream id: unique within this process, and random across processes
+/// (so a restarted leader never reuses a stream a follower still remembers).
+fn new_stream_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.finish()
+}
+
+/// Cuts `rpc` into requests whose entries each fit one frame, chained by `prev_log_id`.
+fn split_to_frames(mut rpc: AppendEntriesRequest<TypeConfig>) -> Vec<(AppendEntriesRequest<TypeConfig>, usize)> {
+    let mut out = Vec::new();
+    loop {
+        let (keep, bytes) = entries_within(&rpc.entries, REPLICATION_BYTES);
+        if keep == rpc.entries.len() {
+            out.push((rpc, bytes));
+            return out;
+        }
+        let rest: Vec<Entry> = rpc.entries.split_off(keep);
+        let next_prev = rpc.entries.last().map(|e| e.log_id());
+        let next = AppendEntriesRequest {
+            vote: rpc.vote,
+            prev_log_id: next_prev,
+            entries: rest,
+            leader_commit: rpc.leader_commit,
+        };
+        out.push((rpc, bytes));
+        rpc = next;
+    }
 }
 
 /// Assumed worst-case rate of moving and fsyncing replicated bytes, for timeouts.
@@ -210,6 +261,67 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         Ok(match (resp, partial) {
             (AppendEntriesResponse::Success, Some(last)) => AppendEntriesResponse::PartialSuccess(Some(last)),
             (resp, _) => resp,
+        })
+    }
+
+    /// Pipelined replication: up to [`PIPELINE_DEPTH`] requests in flight, answered in
+    /// order. Each request goes as one or more [`StreamAppendMsg`]s (one per frame); the
+    /// follower feeds them, in sequence order, to openraft's `Raft::stream_append`, which
+    /// appends each without waiting for the previous one's flush.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        use futures::StreamExt;
+        let this: &'s PeerNetwork = self;
+        let stream = new_stream_id();
+        let mut next_seq = 0u64;
+        let soft_ttl = option.soft_ttl();
+        Box::pin(async move {
+            let responses = input
+                .map(move |rpc| {
+                    let last = rpc.entries.last().map(|e| e.log_id()).or(rpc.prev_log_id);
+                    let parts = split_to_frames(rpc);
+                    let first_seq = next_seq;
+                    next_seq += parts.len() as u64;
+                    async move {
+                        let sends = parts.into_iter().enumerate().map(|(i, (rpc, bytes))| {
+                            let msg = StreamAppendMsg { stream, seq: first_seq + i as u64, rpc };
+                            let timeout = append_timeout(soft_ttl, bytes);
+                            async move {
+                                let started = tokio::time::Instant::now();
+                                let r: Result<StreamAppendResult<TypeConfig>, _> =
+                                    this.rpc(RaftRpcKind::AppendStream, &msg, timeout).await;
+                                if bytes > 0 {
+                                    crate::metrics::STAGES.append_rpc.record(started.elapsed());
+                                }
+                                r
+                            }
+                        });
+                        // A request of several frames succeeds when all do; its answer is the
+                        // first failure, or the whole request's last log id.
+                        for r in futures::future::join_all(sends).await {
+                            match r {
+                                Ok(Ok(_)) => {}
+                                other => return other,
+                            }
+                        }
+                        Ok(Ok(last))
+                    }
+                })
+                .buffered(PIPELINE_DEPTH)
+                // The stream ends after the first error or refusal, as openraft expects.
+                .scan(false, |stopped, r| {
+                    let out = if *stopped { None } else { Some(r) };
+                    *stopped = !matches!(out, Some(Ok(Ok(_))));
+                    futures::future::ready(out)
+                });
+            let boxed: BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> = Box::pin(responses);
+            Ok(boxed)
         })
     }
 

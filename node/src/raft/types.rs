@@ -88,7 +88,7 @@ pub enum LogOp {
         new: Option<Vec<u8>>,
     },
     /// Several puts.
-    BatchPut(Vec<(Vec<u8>, Vec<u8>)>),
+    BatchPut(#[serde(with = "tessera_wire::byte_pairs")] Vec<(Vec<u8>, Vec<u8>)>),
     /// Append bytes unless the value would grow past `max_len`; then the write is refused
     /// (the cap travels in the entry so every replica decides the same).
     AppendCapped {

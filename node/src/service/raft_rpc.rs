@@ -39,6 +39,17 @@ impl NodeService {
                 }
                 encode(&resp)
             }
+            RaftRpcKind::AppendStream => {
+                let msg: crate::raft::network::StreamAppendMsg = decode(&req.payload)?;
+                let has_entries = !msg.rpc.entries.is_empty();
+                let started = std::time::Instant::now();
+                let answer = region.append_streams.submit(&region.raft, msg);
+                let result = answer.await.map_err(|_| unavailable(&"replication stream ended"))?;
+                if has_entries {
+                    crate::metrics::STAGES.follower_append.record(started.elapsed());
+                }
+                encode(&result)
+            }
             RaftRpcKind::Vote => {
                 let rpc: VoteRequest<TypeConfig> = decode(&req.payload)?;
                 let resp = region.raft.vote(rpc).await.map_err(|e| unavailable(&e))?;

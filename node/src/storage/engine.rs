@@ -45,6 +45,12 @@ pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
 /// Most jobs folded into one transaction.
 const MAX_BATCH: usize = 4096;
 
+/// Lazy commits (applies) are made durable at least this often, so that the dirty data a
+/// durable commit must flush stays small: without it, the first durable commit after a long
+/// run of applies (a purge's barrier) flushes everything applied since, stalling every
+/// apply behind it for seconds.
+pub const LAZY_DURABLE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Storage failure at start-up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -106,6 +112,8 @@ struct Shared {
     stats: CommitStats,
     /// Jobs sent and not yet taken by the writer.
     queued: AtomicUsize,
+    /// When the last durable commit was made.
+    last_durable: Mutex<std::time::Instant>,
 }
 
 /// The node's database and writer. Cheap to clone; clones share everything.
@@ -183,6 +191,7 @@ impl Engine {
             failed: Mutex::new(None),
             stats: CommitStats::default(),
             queued: AtomicUsize::new(0),
+            last_durable: Mutex::new(std::time::Instant::now()),
         });
         let writer = {
             let shared = shared.clone();
@@ -329,7 +338,7 @@ fn commit_batch(db: &redb::Database, batch: Vec<Job>, shared: &Shared) {
         }
         return;
     }
-    let durable = batch.iter().any(|j| j.durable);
+    let durable = batch.iter().any(|j| j.durable) || lock(&shared.last_durable).elapsed() >= LAZY_DURABLE_EVERY;
     let jobs = batch.len() as u64;
     let log_entries: u64 = batch.iter().map(|j| j.log_entries).sum();
     // Completions are taken out first, so that every job of the batch hears the outcome,
@@ -348,6 +357,7 @@ fn commit_batch(db: &redb::Database, batch: Vec<Job>, shared: &Shared) {
         Ok(()) => {
             if durable {
                 shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+                *lock(&shared.last_durable) = std::time::Instant::now();
             }
             shared.stats.jobs.fetch_add(jobs, Ordering::Relaxed);
             shared.stats.log_entries.fetch_add(log_entries, Ordering::Relaxed);
