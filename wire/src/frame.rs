@@ -94,12 +94,29 @@ pub enum FrameError {
 
 /// Encodes `frame` with its length prefix.
 pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
-    let mut out = vec![0u8; LEN_PREFIX];
-    out = postcard::to_extend(frame, out).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    let body_len = out.len() - LEN_PREFIX;
-    let len = u32::try_from(body_len).map_err(|_| FrameError::TooLarge { len: body_len as u64, max: u32::MAX })?;
-    out[..LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+    let mut out = Vec::new();
+    encode_into(frame, &mut out)?;
     Ok(out)
+}
+
+/// Appends `frame`, with its length prefix, to `out`; returns the length appended. With a
+/// reused buffer this allocates nothing once the buffer has grown to the frames' size. On
+/// error `out` is left as it was.
+pub fn encode_into(frame: &Frame, out: &mut Vec<u8>) -> Result<usize, FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; LEN_PREFIX]);
+    let taken = core::mem::take(out);
+    *out = match postcard::to_extend(frame, taken) {
+        Ok(v) => v,
+        Err(e) => return Err(FrameError::Malformed(e.to_string())),
+    };
+    let body_len = out.len() - start - LEN_PREFIX;
+    let Ok(len) = u32::try_from(body_len) else {
+        out.truncate(start);
+        return Err(FrameError::TooLarge { len: body_len as u64, max: u32::MAX });
+    };
+    out[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+    Ok(out.len() - start)
 }
 
 /// Reads the length prefix of `buf`, if complete, and checks it against `max`.
@@ -375,6 +392,20 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn frames_appended_to_a_reused_buffer_decode_in_order(a in frame(), b in frame()) {
+            let mut buf = b"junk".to_vec();
+            let la = encode_into(&a, &mut buf).unwrap();
+            let lb = encode_into(&b, &mut buf).unwrap();
+            prop_assert_eq!(buf.len(), 4 + la + lb);
+            let alone = encode(&a).unwrap();
+            prop_assert_eq!(&buf[4..4 + la], alone.as_slice());
+            let (back_a, used) = decode(&buf[4..], DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
+            let (back_b, _) = decode(&buf[4 + used..], DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
+            prop_assert_eq!(back_a, a);
+            prop_assert_eq!(back_b, b);
+        }
+
         #[test]
         fn every_frame_round_trips(f in frame()) {
             let bytes = encode(&f).unwrap();

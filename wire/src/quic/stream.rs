@@ -72,12 +72,59 @@ impl FrameReader {
 
 /// Encodes `frame`, refusing frames the peer would reject as too large.
 pub(crate) fn encode(frame: &Frame, max_frame_len: u32) -> Result<Bytes, FrameError> {
-    let bytes = frame::encode(frame)?;
-    let body = bytes.len() - LEN_PREFIX;
-    if body > max_frame_len as usize {
-        return Err(FrameError::TooLarge { len: body as u64, max: max_frame_len });
+    // Frames are encoded into a per-thread buffer and split off it: consecutive frames share
+    // one allocation (made once per ENCODE_BLOCK bytes of frames, not once per frame), and the
+    // block is freed when the last frame in it has been sent.
+    ENCODE_BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        if buf.capacity() - buf.len() < ENCODE_BLOCK / 4 {
+            buf.reserve(ENCODE_BLOCK);
+        }
+        buf.extend_from_slice(&[0u8; LEN_PREFIX]);
+        let encoded = postcard::serialize_with_flavor(frame, BytesMutFlavor(&mut buf));
+        let body = buf.len() - LEN_PREFIX;
+        let refuse = match encoded {
+            Err(e) => Some(FrameError::Malformed(e.to_string())),
+            Ok(()) if body > max_frame_len as usize => Some(FrameError::TooLarge { len: body as u64, max: max_frame_len }),
+            Ok(()) => None,
+        };
+        if let Some(e) = refuse {
+            buf.clear();
+            return Err(e);
+        }
+        let len = body as u32;
+        buf[..LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+        Ok(buf.split().freeze())
+    })
+}
+
+/// Bytes reserved at a time for encoding frames.
+const ENCODE_BLOCK: usize = 256 * 1024;
+
+thread_local! {
+    static ENCODE_BUF: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+/// postcard output into a `BytesMut`, copying slices whole (`BytesMut`'s `Extend<u8>` would
+/// push byte by byte).
+struct BytesMutFlavor<'a>(&'a mut BytesMut);
+
+impl postcard::ser_flavors::Flavor for BytesMutFlavor<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.extend_from_slice(&[data]);
+        Ok(())
     }
-    Ok(Bytes::from(bytes))
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes queued frames to `send` until every sender of `rx` is gone, batching whatever is
