@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# Runs every Tessera test. Installs what it needs itself (the wasm32 target, cargo-nextest
-# if missing), so it works on a fresh machine. Used verbatim by CI (.ci/run).
+# Runs every Tessera test. Installs what it needs itself (protoc, the wasm32 target,
+# cargo-nextest if missing), so it works on a fresh machine. Used verbatim by CI (.ci/run).
 set -euo pipefail
 export CARGO_TERM_COLOR=never
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+# The benchmark harness's etcd client (etcd-client, tonic) compiles etcd's protos with protoc.
+if ! command -v protoc >/dev/null 2>&1; then
+    step "installing protobuf-compiler (protoc, for the etcd client of the benchmark harness)"
+    sudo_cmd=""
+    if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
+    $sudo_cmd apt-get update -qq
+    $sudo_cmd apt-get install -y -qq protobuf-compiler
+fi
 
 step "toolchain: wasm32-unknown-unknown target"
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then

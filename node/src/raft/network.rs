@@ -303,14 +303,15 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                             }
                         });
                         // A request of several frames succeeds when all do; its answer is the
-                        // first failure, or the whole request's last log id.
+                        // first failure, or the follower's answer to the last frame.
+                        let mut acked = None;
                         for r in futures::future::join_all(sends).await {
                             match r {
-                                Ok(Ok(_)) => {}
+                                Ok(Ok(matched)) => acked = Some(matched),
                                 other => return other,
                             }
                         }
-                        Ok(Ok(last))
+                        Ok(Ok(acked.unwrap_or(last)))
                     }
                 })
                 .buffered(PIPELINE_DEPTH)
@@ -435,6 +436,30 @@ mod tests {
         let small: Vec<Entry> = (1..=300).map(|i| put(i, 100)).collect();
         assert_eq!(entries_within(&small, REPLICATION_BYTES).0, 300);
         assert_eq!(entries_within(&[], REPLICATION_BYTES), (0, 0));
+    }
+
+    #[test]
+    fn a_pipelined_request_is_split_into_frames_chained_by_prev_log_id() {
+        let mib = 1024 * 1024;
+        let rpc = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new(1, 1),
+            prev_log_id: Some(log_id::<TypeConfig>(1, 1, 9)),
+            entries: (10..=19).map(|i| put(i, mib)).collect(),
+            leader_commit: Some(log_id::<TypeConfig>(1, 1, 5)),
+        };
+        let parts = split_to_frames(rpc);
+        assert_eq!(parts.len(), 4, "ten 1 MiB entries: 3 + 3 + 3 + 1");
+        let mut prev = Some(log_id::<TypeConfig>(1, 1, 9));
+        for (part, bytes) in &parts {
+            assert_eq!(part.prev_log_id, prev, "each part follows the previous one");
+            assert!(*bytes <= REPLICATION_BYTES);
+            assert_eq!(part.leader_commit, Some(log_id::<TypeConfig>(1, 1, 5)));
+            prev = part.entries.last().map(|e| e.log_id());
+        }
+        assert_eq!(prev, Some(log_id::<TypeConfig>(1, 1, 19)), "every entry is sent once, in order");
+        // A heartbeat (no entries) stays one message.
+        let hb = AppendEntriesRequest::<TypeConfig> { vote: Vote::new(1, 1), prev_log_id: prev, entries: vec![], leader_commit: prev };
+        assert_eq!(split_to_frames(hb).len(), 1);
     }
 
     #[test]
