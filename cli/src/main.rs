@@ -131,7 +131,9 @@ fn bench(args: &[String]) -> ExitCode {
     let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join(NAME)));
     let on_path = || std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(NAME)).find(|p| p.is_file());
     let Some(exe) = beside.filter(|p| p.is_file()).or_else(on_path) else {
-        eprintln!("error: tessera-bench not found next to tessera; build it with `cargo build --release -p tessera-benches`");
+        eprintln!(
+            "error: tessera-bench not found next to tessera; build it with `cargo build --release -p tessera-benches`"
+        );
         return ExitCode::from(2);
     };
     let mut cmd = std::process::Command::new(&exe);
