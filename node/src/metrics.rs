@@ -106,7 +106,19 @@ pub fn describe(before: &[(&'static str, u64, u64)], after: &[(&'static str, u64
 }
 
 /// Logs the stage averages every [`REPORT_EVERY`] while there is work, until `shutdown`.
+/// One node per process reports (the counters are process-wide).
 pub async fn report_loop(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    static REPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if REPORTING.swap(true, Relaxed) {
+        return;
+    }
+    struct Release;
+    impl Drop for Release {
+        fn drop(&mut self) {
+            REPORTING.store(false, Relaxed);
+        }
+    }
+    let _release = Release;
     let mut last = STAGES.snapshot();
     loop {
         tokio::select! {

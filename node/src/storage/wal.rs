@@ -312,6 +312,8 @@ struct Job {
     done: Done,
     durable: bool,
     queued_at: std::time::Instant,
+    /// A lazy job held back for the next synced write (already taken off the queue count).
+    deferred: bool,
 }
 
 enum Msg {
@@ -416,13 +418,13 @@ impl LogEngine {
 
     /// Queues `ops`; `done` is called once they are durable (or failed).
     pub fn submit(&self, ops: Vec<Op>, done: Done) {
-        self.send(Job { ops, done, durable: true, queued_at: std::time::Instant::now() });
+        self.send(Job { ops, done, durable: true, queued_at: std::time::Instant::now(), deferred: false });
     }
 
     /// Queues `ops` without waiting and without asking for a sync of their own: they become
     /// durable with the next synced write.
     pub fn submit_lazy(&self, ops: Vec<Op>) {
-        self.send(Job { ops, done: Box::new(|_| {}), durable: false, queued_at: std::time::Instant::now() });
+        self.send(Job { ops, done: Box::new(|_| {}), durable: false, queued_at: std::time::Instant::now(), deferred: false });
     }
 
     /// Writes `ops` and waits until they are durable.
@@ -865,12 +867,17 @@ fn writer_loop(rx: mpsc::Receiver<Msg>, mut tail: Tail, shared: &Arc<Shared>) {
     let engine = LogEngine { shared: shared.clone() };
     let mut buf: Vec<u8> = Vec::with_capacity(1024 * 1024);
     let mut positions: Vec<(u64, u32)> = Vec::new();
+    // Lazy jobs (commit marks) wait here for the next synced write instead of costing a
+    // write of their own: they need no durability, only their place in the order.
+    let mut deferred: Vec<Job> = Vec::new();
     let mut stopping = false;
     while !stopping {
-        let mut batch = match rx.recv() {
-            Ok(Msg::Job(job)) => vec![job],
+        let first = match rx.recv() {
+            Ok(Msg::Job(job)) => job,
             Ok(Msg::Stop) | Err(_) => break,
         };
+        let mut batch = std::mem::take(&mut deferred);
+        batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(Msg::Job(job)) => batch.push(job),
@@ -881,7 +888,14 @@ fn writer_loop(rx: mpsc::Receiver<Msg>, mut tail: Tail, shared: &Arc<Shared>) {
                 Err(_) => break,
             }
         }
-        shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        shared.queued.fetch_sub(batch.len() - batch.iter().filter(|j| j.deferred).count(), Ordering::Relaxed);
+        if !stopping && !batch.iter().any(|j| j.durable) && batch.len() < MAX_BATCH {
+            for job in &mut batch {
+                job.deferred = true;
+            }
+            deferred = batch;
+            continue;
+        }
         let started = std::time::Instant::now();
         for job in batch.iter().filter(|j| j.durable) {
             crate::metrics::STAGES.raft_log_queue.record(started.saturating_duration_since(job.queued_at));
@@ -916,6 +930,11 @@ fn writer_loop(rx: mpsc::Receiver<Msg>, mut tail: Tail, shared: &Arc<Shared>) {
         // Keep the buffer for the next batch, unless one huge batch grew it.
         if buf.capacity() > 16 * 1024 * 1024 {
             buf = Vec::with_capacity(1024 * 1024);
+        }
+    }
+    if !deferred.is_empty() && engine.check().is_ok() {
+        if let Err(e) = write_batch(shared, &mut tail, &deferred, &mut buf, &mut positions) {
+            tracing::warn!(error = %e, "could not write the last commit marks at close");
         }
     }
     while let Ok(msg) = rx.try_recv() {
@@ -958,7 +977,7 @@ fn compact_oldest(engine: &LogEngine, tail: &mut Tail, buf: &mut Vec<u8>, positi
     if ops.is_empty() {
         return Ok(());
     }
-    let job = Job { ops, done: Box::new(|_| {}), durable: true, queued_at: std::time::Instant::now() };
+    let job = Job { ops, done: Box::new(|_| {}), durable: true, queued_at: std::time::Instant::now(), deferred: false };
     write_batch(shared, tail, std::slice::from_ref(&job), buf, positions)?;
     tracing::info!(segment = oldest, entries = moved, "raft log compaction copied live entries out of the oldest segment");
     Ok(())
@@ -1203,5 +1222,29 @@ mod tests {
         let log = LogEngine::open_with_segment_bytes(dir.path(), segment).unwrap();
         check(&log);
         assert_eq!(log.region_state(1).entries.map(|e| e.1), Some(12 * 16));
+    }
+
+    #[test]
+    fn commit_marks_ride_on_the_next_synced_write_instead_of_writing_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogEngine::open(dir.path()).unwrap();
+        log.write_blocking(vec![entries(1, 1, 2)]).unwrap();
+        let writes = log.stats().writes.load(Ordering::Relaxed);
+        log.submit_lazy(vec![Op::Committed { region: 1, committed: b"c2".to_vec() }]);
+        // Wait until the writer has taken the lazy job off the queue (it holds it back).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while log.queue_depth() > 0 && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(log.queue_depth(), 0);
+        assert_eq!(log.stats().writes.load(Ordering::Relaxed), writes, "a lazy job alone writes nothing");
+        log.write_blocking(vec![Op::Vote { region: 1, vote: b"v".to_vec() }]).unwrap();
+        assert_eq!(log.stats().writes.load(Ordering::Relaxed), writes + 1, "it went out with the synced write");
+        assert_eq!(log.region_state(1).committed.as_deref(), Some(&b"c2"[..]));
+        // A lazy job still held at close is written then.
+        log.submit_lazy(vec![Op::Committed { region: 1, committed: b"c9".to_vec() }]);
+        log.close();
+        let log = LogEngine::open(dir.path()).unwrap();
+        assert_eq!(log.region_state(1).committed.as_deref(), Some(&b"c9"[..]));
     }
 }
