@@ -492,6 +492,26 @@ impl LogEngine {
     /// The region's entries from `start` towards `end` (exclusive) while their bytes fit in
     /// `budget` (at least one), as `(index, encoded entry)`.
     pub fn read(&self, region: u64, start: u64, end: u64, budget: usize) -> io::Result<Vec<(u64, Vec<u8>)>> {
+        self.retrying(|| self.read_once(region, start, end, budget))
+    }
+
+    /// The newest entries of the region whose bytes fit in `budget` (at least one), in
+    /// index order.
+    pub fn read_tail(&self, region: u64, budget: usize) -> io::Result<Vec<(u64, Vec<u8>)>> {
+        self.retrying(|| self.read_tail_once(region, budget))
+    }
+
+    /// Runs a read again if a segment it meant to read was deleted meanwhile (compaction
+    /// copied its live entries forward and deleted it between the index lookup and the
+    /// read): the second attempt looks the spans up afresh.
+    fn retrying<T>(&self, read: impl Fn() -> io::Result<T>) -> io::Result<T> {
+        match read() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => read(),
+            other => other,
+        }
+    }
+
+    fn read_once(&self, region: u64, start: u64, end: u64, budget: usize) -> io::Result<Vec<(u64, Vec<u8>)>> {
         let spans: Vec<Span> = {
             let index = lock(&self.shared.index);
             let Some(r) = index.get(&region) else { return Ok(Vec::new()) };
@@ -514,9 +534,7 @@ impl LogEngine {
         Ok(out)
     }
 
-    /// The newest entries of the region whose bytes fit in `budget` (at least one), in
-    /// index order.
-    pub fn read_tail(&self, region: u64, budget: usize) -> io::Result<Vec<(u64, Vec<u8>)>> {
+    fn read_tail_once(&self, region: u64, budget: usize) -> io::Result<Vec<(u64, Vec<u8>)>> {
         let spans: Vec<Span> = {
             let index = lock(&self.shared.index);
             let Some(r) = index.get(&region) else { return Ok(Vec::new()) };
@@ -546,7 +564,10 @@ impl LogEngine {
             segments.files.get(&span.segment).cloned()
         };
         let Some(file) = file else {
-            return Err(corrupt(format!("raft log segment {} of region {region} is missing", span.segment)));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("raft log segment {} of region {region} is gone", span.segment),
+            ));
         };
         let mut buf = vec![0u8; span.len as usize];
         file.read_exact_at(&mut buf, span.offset)?;
@@ -866,6 +887,15 @@ fn recover(dir: &Path, segment_bytes: u64) -> io::Result<Recovered> {
 fn writer_loop(rx: mpsc::Receiver<Msg>, mut tail: Tail, shared: &Arc<Shared>) {
     let engine = LogEngine { shared: shared.clone() };
     let mut buf: Vec<u8> = Vec::with_capacity(1024 * 1024);
+    // A segment must start with a checkpoint (older segments are deleted on that basis). A
+    // crash can leave the newest segment without one: created, but the write carrying its
+    // checkpoint torn. Write it before anything else.
+    if tail.offset == SEGMENT_HEADER {
+        if let Err(e) = write_checkpoint(shared, &mut tail, &mut buf) {
+            tracing::error!(error = %e, kind = ?e.kind(), "raft log checkpoint failed; fail-stopping the node's storage");
+            *lock(&shared.failed) = Some((e.kind(), e.to_string()));
+        }
+    }
     let mut positions: Vec<(u64, u32)> = Vec::new();
     // Lazy jobs (commit marks) wait here for the next synced write instead of costing a
     // write of their own: they need no durability, only their place in the order.
@@ -943,6 +973,17 @@ fn writer_loop(rx: mpsc::Receiver<Msg>, mut tail: Tail, shared: &Arc<Shared>) {
             (job.done)(Err(io::Error::other("raft log is closed")));
         }
     }
+}
+
+/// Writes a checkpoint record at the tail and syncs it.
+fn write_checkpoint(shared: &Shared, tail: &mut Tail, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    encode_checkpoint(&lock(&shared.index), tail.next_lsn, buf);
+    tail.file.write_all_at(buf, tail.offset)?;
+    tail.file.sync_data()?;
+    tail.next_lsn += 1;
+    tail.offset += buf.len() as u64;
+    Ok(())
 }
 
 /// Copies the live entries held in the oldest segment forward (as `Relocate` records), so
@@ -1246,5 +1287,27 @@ mod tests {
         log.close();
         let log = LogEngine::open(dir.path()).unwrap();
         assert_eq!(log.region_state(1).committed.as_deref(), Some(&b"c9"[..]));
+    }
+
+    #[test]
+    fn a_newest_segment_left_without_its_checkpoint_by_a_crash_gets_one_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = 1024 * 1024;
+        let log = LogEngine::open_with_segment_bytes(dir.path(), segment).unwrap();
+        log.write_blocking(vec![Op::Vote { region: 4, vote: b"four".to_vec() }, entries(1, 1, 1)]).unwrap();
+        log.write_blocking(vec![Op::Purge { region: 1, upto: 1, log_id: vec![1] }]).unwrap();
+        log.close();
+        // A crash right after segment 2 was created: its first write (checkpoint + batch)
+        // never reached the disk.
+        create_segment(dir.path(), 2, segment).unwrap();
+        let log = LogEngine::open_with_segment_bytes(dir.path(), segment).unwrap();
+        // Segment 1 holds no live entry, so it may go; the vote must survive that.
+        log.write_blocking(vec![entries(1, 2, 1)]).unwrap();
+        log.delete_unused_segments();
+        assert_eq!(log.segment_count(), 1, "segment 1 was deleted");
+        log.close();
+        let log = LogEngine::open_with_segment_bytes(dir.path(), segment).unwrap();
+        assert_eq!(log.region_state(4).vote.as_deref(), Some(&b"four"[..]));
+        assert_eq!(log.region_state(1).entries, Some((2, 2)));
     }
 }
