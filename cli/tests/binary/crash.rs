@@ -90,8 +90,13 @@ impl ProcCluster {
         .map(|s| s.to_string())
         .collect();
         args.extend(self.extra.iter().cloned());
-        // Node logs at info, so a test can wait for a log line (they are kept in memory).
-        let node = Proc::spawn_logging(&args.iter().map(String::as_str).collect::<Vec<_>>(), "warn,tessera_node=info");
+        // Node logs at info, so a test can wait for a log line (they are kept in memory);
+        // `TESSERA_TEST_NODE_LOG` adds directives, e.g. `openraft=debug`, for debugging.
+        let filter = match std::env::var("TESSERA_TEST_NODE_LOG") {
+            Ok(extra) => format!("warn,tessera_node=info,{extra}"),
+            Err(_) => "warn,tessera_node=info".to_owned(),
+        };
+        let node = Proc::spawn_logging(&args.iter().map(String::as_str).collect::<Vec<_>>(), &filter);
         node.wait_for("listening", Duration::from_secs(30));
         self.nodes.insert(id, Some(node));
     }
@@ -439,6 +444,11 @@ fn a_node_killed_during_a_snapshot_install_recovers() {
         }
         let load = Load::start(&cluster).await;
         load.wait_for_acks(100, Duration::from_secs(30)).await;
+        // Only once the live replicas have purged their logs (a snapshot was taken, and the
+        // load keeps writing until one is) does the lagging node need a snapshot.
+        for live in [1, 2] {
+            cluster.nodes[&live].as_ref().unwrap().wait_for("raft log purged", Duration::from_secs(60));
+        }
         // Restart the node and kill it as soon as it starts installing a snapshot.
         cluster.spawn_node(lagging);
         cluster.nodes[&lagging].as_ref().unwrap().wait_for("installing snapshot", Duration::from_secs(60));

@@ -366,7 +366,9 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
                 Ok(())
             }))
             .await?;
-        self.wal.write(vec![Op::Purge { region: self.region, upto, log_id: bytes }]).await
+        self.wal.write(vec![Op::Purge { region: self.region, upto, log_id: bytes }]).await?;
+        tracing::info!(region_id = self.region, index = upto, "raft log purged");
+        Ok(())
     }
 }
 
