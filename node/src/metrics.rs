@@ -85,10 +85,13 @@ impl Stages {
 
     /// (name, count, total nanoseconds) of every stage.
     pub fn snapshot(&self) -> Vec<(&'static str, u64, u64)> {
-        self.all().iter().map(|(n, s)| {
-            let (c, t) = s.read();
-            (*n, c, t)
-        }).collect()
+        self.all()
+            .iter()
+            .map(|(n, s)| {
+                let (c, t) = s.read();
+                (*n, c, t)
+            })
+            .collect()
     }
 }
 

@@ -11,6 +11,9 @@ use serde::de::{SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
 use serde::{Deserializer, Serializer};
 
+/// Key-value pairs.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 #[derive(serde::Serialize)]
 struct PairRef<'a>(#[serde(with = "serde_bytes")] &'a [u8], #[serde(with = "serde_bytes")] &'a [u8]);
 
@@ -27,10 +30,10 @@ pub fn serialize<S: Serializer>(pairs: &[(Vec<u8>, Vec<u8>)], s: S) -> Result<S:
 }
 
 /// Deserializes pairs of byte strings.
-pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Vec<u8>, Vec<u8>)>, D::Error> {
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Pairs, D::Error> {
     struct PairsVisitor;
     impl<'de> Visitor<'de> for PairsVisitor {
-        type Value = Vec<(Vec<u8>, Vec<u8>)>;
+        type Value = Pairs;
         fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
             f.write_str("a sequence of (bytes, bytes) pairs")
         }

@@ -63,7 +63,11 @@ impl AppendStreams {
 
     /// Submits one message; the receiver gets its answer, or is dropped if the stream
     /// ended first (an error earlier in it, a Raft shutdown).
-    pub fn submit(self: &Arc<Self>, raft: &Raft, msg: StreamAppendMsg) -> oneshot::Receiver<StreamAppendResult<TypeConfig>> {
+    pub fn submit(
+        self: &Arc<Self>,
+        raft: &Raft,
+        msg: StreamAppendMsg,
+    ) -> oneshot::Receiver<StreamAppendResult<TypeConfig>> {
         let (tx, rx) = oneshot::channel();
         let now = Instant::now();
         let mut streams = self.lock();
@@ -127,6 +131,8 @@ impl AppendStreams {
 }
 
 /// An unbounded receiver as a `Stream`.
-fn tokio_stream_from<T: Send + 'static>(rx: mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> + Send + 'static {
+fn tokio_stream_from<T: Send + 'static>(
+    rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }

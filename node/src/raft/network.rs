@@ -272,7 +272,10 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         &'s mut self,
         input: S,
         option: RPCOption,
-    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>>
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
     where
         S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
@@ -321,7 +324,8 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                     *stopped = !matches!(out, Some(Ok(Ok(_))));
                     futures::future::ready(out)
                 });
-            let boxed: BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> = Box::pin(responses);
+            let boxed: BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> =
+                Box::pin(responses);
             Ok(boxed)
         })
     }
@@ -458,7 +462,12 @@ mod tests {
         }
         assert_eq!(prev, Some(log_id::<TypeConfig>(1, 1, 19)), "every entry is sent once, in order");
         // A heartbeat (no entries) stays one message.
-        let hb = AppendEntriesRequest::<TypeConfig> { vote: Vote::new(1, 1), prev_log_id: prev, entries: vec![], leader_commit: prev };
+        let hb = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new(1, 1),
+            prev_log_id: prev,
+            entries: vec![],
+            leader_commit: prev,
+        };
         assert_eq!(split_to_frames(hb).len(), 1);
     }
 

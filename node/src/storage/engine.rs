@@ -31,11 +31,7 @@ struct Job {
     durable: bool,
 }
 
-enum Msg {
-    Job(Job),
-    /// Finish the jobs queued before this message, then exit.
-    Stop,
-}
+type Msg = super::WriterMsg<Job>;
 
 /// Default size of redb's page cache. It bounds the database's own memory; the OS page
 /// cache comes on top. (redb's own default, 1 GiB, makes a node's memory grow with the data
@@ -303,20 +299,8 @@ impl Engine {
 fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Msg>, shared: &Shared) {
     let mut stopping = false;
     while !stopping {
-        let mut batch = match rx.recv() {
-            Ok(Msg::Job(job)) => vec![job],
-            Ok(Msg::Stop) | Err(_) => break,
-        };
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Msg::Job(job)) => batch.push(job),
-                Ok(Msg::Stop) => {
-                    stopping = true;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
+        let Some((batch, stop)) = super::next_batch(&rx, Vec::new(), MAX_BATCH) else { break };
+        stopping = stop;
         shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
         commit_batch(&db, batch, shared);
     }

@@ -121,7 +121,12 @@ impl RegionLogStore {
     }
 
     /// [`RegionLogStore::open`] with another in-memory budget.
-    pub fn open_with_budget(engine: &Engine, wal: &LogEngine, region: u64, budget: usize) -> io::Result<RegionLogStore> {
+    pub fn open_with_budget(
+        engine: &Engine,
+        wal: &LogEngine,
+        region: u64,
+        budget: usize,
+    ) -> io::Result<RegionLogStore> {
         let state = wal.region_state(region);
         let mut mem = LogMem::default();
         for (index, bytes) in wal.read_tail(region, budget)? {
@@ -139,13 +144,7 @@ impl RegionLogStore {
             mem.committed = Some(decode(v)?);
         }
         mem.last = mem.last.or(mem.last_purged);
-        Ok(RegionLogStore {
-            region,
-            wal: wal.clone(),
-            engine: engine.clone(),
-            mem: Arc::new(Mutex::new(mem)),
-            budget,
-        })
+        Ok(RegionLogStore { region, wal: wal.clone(), engine: engine.clone(), mem: Arc::new(Mutex::new(mem)), budget })
     }
 
     fn mem(&self) -> std::sync::MutexGuard<'_, LogMem> {
@@ -180,7 +179,10 @@ impl RegionLogStore {
 fn decode_entry(index: u64, bytes: &[u8]) -> io::Result<Entry> {
     let entry: Entry = decode(bytes)?;
     if entry.index() != index {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("log entry at {index} has index {}", entry.index())));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("log entry at {index} has index {}", entry.index()),
+        ));
     }
     Ok(entry)
 }

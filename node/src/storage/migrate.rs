@@ -52,8 +52,9 @@ pub fn raft_log_out_of_redb(engine: &Engine, wal: &LogEngine) -> io::Result<u64>
     for row in logs.iter().map_err(io_err)? {
         let (k, v) = row.map_err(io_err)?;
         let (region, index) = k.value();
-        let contiguous =
-            pending.as_ref().is_some_and(|(r, first, entries, bytes)| *r == region && first + entries.len() as u64 == index && *bytes < CHUNK_BYTES);
+        let contiguous = pending.as_ref().is_some_and(|(r, first, entries, bytes)| {
+            *r == region && first + entries.len() as u64 == index && *bytes < CHUNK_BYTES
+        });
         if !contiguous {
             flush(&mut pending)?;
             pending = Some((region, index, Vec::new(), 0));
@@ -110,13 +111,19 @@ mod tests {
         let engine = Engine::open(&dir.path().join("node.redb")).unwrap();
         let entry = |i: u64| Entry {
             log_id: log_id::<TypeConfig>(2, 1, i),
-            payload: EntryPayload::Normal(LogCommand::WriteV1 { session: None, op: LogOp::Put(b"k".to_vec(), vec![i as u8]) }),
+            payload: EntryPayload::Normal(LogCommand::WriteV1 {
+                session: None,
+                op: LogOp::Put(b"k".to_vec(), vec![i as u8]),
+            }),
         };
         let vote = Vote::new(2, 1);
         let purged = log_id::<TypeConfig>(1, 1, 4);
         // What the previous version wrote: entries 5..=9 of region 3, its vote and purge point.
-        let (rows, vote_b, purged_b) =
-            ((5..=9).map(|i| (i, encode(&entry(i)).unwrap())).collect::<Vec<_>>(), encode(&vote).unwrap(), encode(&purged).unwrap());
+        let (rows, vote_b, purged_b) = (
+            (5..=9).map(|i| (i, encode(&entry(i)).unwrap())).collect::<Vec<_>>(),
+            encode(&vote).unwrap(),
+            encode(&purged).unwrap(),
+        );
         let (tx, rx) = std::sync::mpsc::channel();
         engine.submit(
             Box::new(move |txn| {

@@ -21,8 +21,40 @@ pub mod records;
 pub mod sessions;
 pub mod snapshot;
 pub mod state_machine;
-pub mod wal;
 pub(crate) mod tables;
+pub mod wal;
+
+/// A message to a storage writer thread (the redb writer and the log-engine writer).
+pub(crate) enum WriterMsg<J> {
+    /// Work to do.
+    Job(J),
+    /// Finish the jobs queued before this message, then exit.
+    Stop,
+}
+
+/// Group commit's intake, shared by both writers: blocks for the next job, then takes every
+/// job already queued, up to `max` (or until a stop), after the `held` jobs. Returns the
+/// batch and whether a stop was seen; `None` when stopped (or every sender is gone) with
+/// nothing held or queued.
+pub(crate) fn next_batch<J>(
+    rx: &std::sync::mpsc::Receiver<WriterMsg<J>>,
+    held: Vec<J>,
+    max: usize,
+) -> Option<(Vec<J>, bool)> {
+    let mut batch = held;
+    match rx.recv() {
+        Ok(WriterMsg::Job(job)) => batch.push(job),
+        Ok(WriterMsg::Stop) | Err(_) => return (!batch.is_empty()).then_some((batch, true)),
+    }
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(WriterMsg::Job(job)) => batch.push(job),
+            Ok(WriterMsg::Stop) => return Some((batch, true)),
+            Err(_) => break,
+        }
+    }
+    Some((batch, false))
+}
 
 pub use engine::{CommitStats, Engine, StorageError};
 pub use log_store::RegionLogStore;

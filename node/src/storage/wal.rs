@@ -316,10 +316,7 @@ struct Job {
     deferred: bool,
 }
 
-enum Msg {
-    Job(Job),
-    Stop,
-}
+type Msg = super::WriterMsg<Job>;
 
 struct Segments {
     /// Open segment files by sequence number (readers `pread` them).
@@ -424,7 +421,13 @@ impl LogEngine {
     /// Queues `ops` without waiting and without asking for a sync of their own: they become
     /// durable with the next synced write.
     pub fn submit_lazy(&self, ops: Vec<Op>) {
-        self.send(Job { ops, done: Box::new(|_| {}), durable: false, queued_at: std::time::Instant::now(), deferred: false });
+        self.send(Job {
+            ops,
+            done: Box::new(|_| {}),
+            durable: false,
+            queued_at: std::time::Instant::now(),
+            deferred: false,
+        });
     }
 
     /// Writes `ops` and waits until they are durable.
@@ -571,11 +574,15 @@ impl LogEngine {
         };
         let mut buf = vec![0u8; span.len as usize];
         file.read_exact_at(&mut buf, span.offset)?;
-        let (body, _) = check_record(&buf)
-            .ok_or_else(|| corrupt(format!("raft log record at {}:{} fails its checksum", span.segment, span.offset)))?;
+        let (body, _) = check_record(&buf).ok_or_else(|| {
+            corrupt(format!("raft log record at {}:{} fails its checksum", span.segment, span.offset))
+        })?;
         let (_, kind, r, payload) = split_body(body);
         if !(kind == KIND_ENTRIES || kind == KIND_RELOCATE) || r != region {
-            return Err(corrupt(format!("raft log record at {}:{} is not region {region}'s entries", span.segment, span.offset)));
+            return Err(corrupt(format!(
+                "raft log record at {}:{} is not region {region}'s entries",
+                span.segment, span.offset
+            )));
         }
         let (first, entries) = decode_entries(payload)?;
         if first != span.record_first {
@@ -740,7 +747,8 @@ fn encode_checkpoint(index: &HashMap<u64, RegionIndex>, lsn: u64, out: &mut Vec<
     };
     for (id, r) in regions {
         out.extend_from_slice(&id.to_le_bytes());
-        let flags = u8::from(r.vote.is_some()) | (u8::from(r.committed.is_some()) << 1) | (u8::from(r.purged.is_some()) << 2);
+        let flags =
+            u8::from(r.vote.is_some()) | (u8::from(r.committed.is_some()) << 1) | (u8::from(r.purged.is_some()) << 2);
         out.push(flags);
         if let Some(v) = &r.vote {
             put(out, v);
@@ -810,7 +818,8 @@ fn recover(dir: &Path, segment_bytes: u64) -> io::Result<Recovered> {
             let _ = stem;
             std::fs::remove_file(entry.path())?;
         } else if let Some(stem) = name.strip_suffix(".wal") {
-            let seq = u64::from_str_radix(stem, 16).map_err(|_| corrupt(format!("unexpected file {name} in the raft log")))?;
+            let seq = u64::from_str_radix(stem, 16)
+                .map_err(|_| corrupt(format!("unexpected file {name} in the raft log")))?;
             seqs.push(seq);
         }
     }
@@ -845,7 +854,11 @@ fn recover(dir: &Path, segment_bytes: u64) -> io::Result<Recovered> {
             });
             let Some((body, len)) = checked else {
                 if last_segment {
-                    tracing::warn!(segment = seq, offset, "raft log ends in a torn record (a write a crash interrupted); dropping it");
+                    tracing::warn!(
+                        segment = seq,
+                        offset,
+                        "raft log ends in a torn record (a write a crash interrupted); dropping it"
+                    );
                     end_of_log = true;
                     break;
                 }
@@ -902,22 +915,9 @@ fn writer_loop(rx: mpsc::Receiver<Msg>, mut tail: Tail, shared: &Arc<Shared>) {
     let mut deferred: Vec<Job> = Vec::new();
     let mut stopping = false;
     while !stopping {
-        let first = match rx.recv() {
-            Ok(Msg::Job(job)) => job,
-            Ok(Msg::Stop) | Err(_) => break,
-        };
-        let mut batch = std::mem::take(&mut deferred);
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Msg::Job(job)) => batch.push(job),
-                Ok(Msg::Stop) => {
-                    stopping = true;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
+        let Some((batch, stop)) = super::next_batch(&rx, std::mem::take(&mut deferred), MAX_BATCH) else { break };
+        stopping = stop;
+        let mut batch = batch;
         shared.queued.fetch_sub(batch.len() - batch.iter().filter(|j| j.deferred).count(), Ordering::Relaxed);
         if !stopping && !batch.iter().any(|j| j.durable) && batch.len() < MAX_BATCH {
             for job in &mut batch {
@@ -988,7 +988,12 @@ fn write_checkpoint(shared: &Shared, tail: &mut Tail, buf: &mut Vec<u8>) -> io::
 
 /// Copies the live entries held in the oldest segment forward (as `Relocate` records), so
 /// the segment can be deleted. Runs on the writer thread, between batches.
-fn compact_oldest(engine: &LogEngine, tail: &mut Tail, buf: &mut Vec<u8>, positions: &mut Vec<(u64, u32)>) -> io::Result<()> {
+fn compact_oldest(
+    engine: &LogEngine,
+    tail: &mut Tail,
+    buf: &mut Vec<u8>,
+    positions: &mut Vec<(u64, u32)>,
+) -> io::Result<()> {
     let shared = &engine.shared;
     let Some(oldest) = shared.segments.read().unwrap_or_else(|p| p.into_inner()).files.keys().next().copied() else {
         return Ok(());
@@ -1020,7 +1025,11 @@ fn compact_oldest(engine: &LogEngine, tail: &mut Tail, buf: &mut Vec<u8>, positi
     }
     let job = Job { ops, done: Box::new(|_| {}), durable: true, queued_at: std::time::Instant::now(), deferred: false };
     write_batch(shared, tail, std::slice::from_ref(&job), buf, positions)?;
-    tracing::info!(segment = oldest, entries = moved, "raft log compaction copied live entries out of the oldest segment");
+    tracing::info!(
+        segment = oldest,
+        entries = moved,
+        "raft log compaction copied live entries out of the oldest segment"
+    );
     Ok(())
 }
 
@@ -1084,7 +1093,11 @@ mod tests {
     use super::*;
 
     fn entries(region: u64, first: u64, n: u64) -> Op {
-        Op::Entries { region, first, entries: (first..first + n).map(|i| format!("{region}:{i}").into_bytes()).collect() }
+        Op::Entries {
+            region,
+            first,
+            entries: (first..first + n).map(|i| format!("{region}:{i}").into_bytes()).collect(),
+        }
     }
 
     fn indexes(got: &[(u64, Vec<u8>)]) -> Vec<u64> {
@@ -1095,7 +1108,8 @@ mod tests {
     fn entries_votes_truncations_and_purges_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let log = LogEngine::open(dir.path()).unwrap();
-        log.write_blocking(vec![entries(1, 1, 10), entries(2, 1, 5), Op::Vote { region: 1, vote: b"v1".to_vec() }]).unwrap();
+        log.write_blocking(vec![entries(1, 1, 10), entries(2, 1, 5), Op::Vote { region: 1, vote: b"v1".to_vec() }])
+            .unwrap();
         log.write_blocking(vec![Op::Truncate { region: 1, from: 8 }, entries(1, 8, 2)]).unwrap();
         log.write_blocking(vec![Op::Purge { region: 2, upto: 3, log_id: b"p3".to_vec() }]).unwrap();
         log.submit_lazy(vec![Op::Committed { region: 1, committed: b"c5".to_vec() }]);
@@ -1201,7 +1215,8 @@ mod tests {
         for i in 1..=200u64 {
             log.write_blocking(vec![Op::Entries { region: 1, first: i, entries: vec![big.clone()] }]).unwrap();
             if i % 20 == 0 {
-                log.write_blocking(vec![Op::Purge { region: 1, upto: i - 5, log_id: i.to_le_bytes().to_vec() }]).unwrap();
+                log.write_blocking(vec![Op::Purge { region: 1, upto: i - 5, log_id: i.to_le_bytes().to_vec() }])
+                    .unwrap();
             }
         }
         assert!(log.stats().segments_deleted.load(Ordering::Relaxed) >= 1, "old segments were deleted");
@@ -1255,7 +1270,10 @@ mod tests {
         let check = |log: &LogEngine| {
             assert_eq!(log.region_state(2).entries, Some((1, 3)));
             let got = log.read(2, 1, 4, usize::MAX).unwrap();
-            assert_eq!(got.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(), vec![b"2:1".to_vec(), b"2:2".to_vec(), b"2:3".to_vec()]);
+            assert_eq!(
+                got.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(),
+                vec![b"2:1".to_vec(), b"2:2".to_vec(), b"2:3".to_vec()]
+            );
             assert_eq!(log.region_state(2).vote.as_deref(), Some(&b"two"[..]));
         };
         check(&log);
