@@ -149,6 +149,14 @@ impl Node {
         self.ctx.regions.all().iter().filter(|r| r.is_leader()).count()
     }
 
+    /// Pipelined replication streams this node keeps open as a follower, over all regions
+    /// (each is an openraft `stream_append` pipeline and a task). Leaders continue one
+    /// stream per follower across replication sessions, so this stays near the number of
+    /// (region, leader) pairs however many writes arrive.
+    pub fn replication_streams(&self) -> usize {
+        self.ctx.regions.all().iter().map(|r| r.append_streams.len()).sum()
+    }
+
     /// Snapshots this node received from region leaders and installed since it started.
     pub fn snapshots_installed(&self) -> u64 {
         self.ctx.snapshots_installed.load(std::sync::atomic::Ordering::Relaxed)

@@ -11,5 +11,6 @@ mod init;
 mod kv_ops;
 mod limits;
 mod linearizable;
+mod replication;
 mod restart;
 mod routing;

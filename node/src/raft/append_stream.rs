@@ -22,6 +22,9 @@ use super::types::{Raft, TypeConfig};
 /// A stream with no request for this long is dropped.
 pub const IDLE: Duration = Duration::from_secs(30);
 
+/// How often idle streams are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Most requests parked waiting for an earlier sequence number, per stream. A leader never
 /// has more than `PIPELINE_DEPTH` frames' worth in flight; more means a gap that will never
 /// fill (a lost request), and the stream is dropped.
@@ -43,12 +46,19 @@ struct StreamState {
 /// The replication streams of one region's follower.
 #[derive(Default)]
 pub struct AppendStreams {
-    streams: Mutex<HashMap<u64, StreamState>>,
+    streams: Mutex<Streams>,
+}
+
+#[derive(Default)]
+struct Streams {
+    by_id: HashMap<u64, StreamState>,
+    /// When idle streams were last dropped.
+    swept: Option<Instant>,
 }
 
 impl std::fmt::Debug for AppendStreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppendStreams").field("streams", &self.lock().len()).finish()
+        f.debug_struct("AppendStreams").field("streams", &self.lock().by_id.len()).finish()
     }
 }
 
@@ -57,8 +67,18 @@ fn lock_waiters(w: &Mutex<VecDeque<Answer>>) -> std::sync::MutexGuard<'_, VecDeq
 }
 
 impl AppendStreams {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, StreamState>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Streams> {
         self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Streams known: live ones, and ended or idle ones not yet swept.
+    pub fn len(&self) -> usize {
+        self.lock().by_id.len()
+    }
+
+    /// True when no stream is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Submits one message; the receiver gets its answer, or is dropped if the stream
@@ -70,9 +90,12 @@ impl AppendStreams {
     ) -> oneshot::Receiver<StreamAppendResult<TypeConfig>> {
         let (tx, rx) = oneshot::channel();
         let now = Instant::now();
-        let mut streams = self.lock();
-        streams.retain(|_, s| now.duration_since(s.last_used) < IDLE);
-        let state = streams.entry(msg.stream).or_insert_with(|| self.start(raft, msg.stream));
+        let mut guard = self.lock();
+        if guard.swept.is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY) {
+            guard.by_id.retain(|_, s| now.duration_since(s.last_used) < IDLE);
+            guard.swept = Some(now);
+        }
+        let state = guard.by_id.entry(msg.stream).or_insert_with(|| self.start(raft, msg.stream));
         state.last_used = now;
         if state.ended || msg.seq < state.next_seq {
             // A duplicate of a request already fed: it gets no answer of its own.
@@ -120,7 +143,7 @@ impl AppendStreams {
             // Every request still waiting hears that the stream ended (its sender drops).
             lock_waiters(&w).clear();
             if let Some(me) = me.upgrade() {
-                if let Some(state) = me.lock().get_mut(&stream) {
+                if let Some(state) = me.lock().by_id.get_mut(&stream) {
                     state.ended = true;
                     state.parked.clear();
                 }
