@@ -73,6 +73,7 @@
 
 mod config;
 mod meta;
+pub mod scheduler;
 mod server;
 mod service;
 mod store;
