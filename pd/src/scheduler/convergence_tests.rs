@@ -12,16 +12,7 @@ use super::{schedule, ClusterSnapshot, NodeView, Operator, OperatorKind, RegionV
 const HOUR_MS: u64 = 3_600_000;
 
 fn node(id: u64) -> NodeView {
-    NodeView {
-        id: NodeId(id),
-        up: true,
-        down_for_ms: 0,
-        draining: false,
-        region_count: 0,
-        leader_count: 0,
-        used_bytes: 0,
-        capacity_bytes: 0,
-    }
+    NodeView::up(NodeId(id))
 }
 
 /// `count` regions over the whole key space, voters placed round-robin on `nodes`, leaders

@@ -127,16 +127,7 @@ fn parse_config(config: &mut SchedulerConfig, rest: &str) -> Result<(), String> 
 fn parse_node(rest: &str) -> Result<(NodeView, Option<u64>, Option<u64>), String> {
     let mut tokens = rest.split_whitespace();
     let id = NodeId(prefixed(tokens.next().ok_or("missing node id")?, "n")?);
-    let mut node = NodeView {
-        id,
-        up: true,
-        down_for_ms: 0,
-        draining: false,
-        region_count: 0,
-        leader_count: 0,
-        used_bytes: 0,
-        capacity_bytes: 0,
-    };
+    let mut node = NodeView::up(id);
     let (mut regions, mut leaders) = (None, None);
     for token in tokens {
         if token == "draining" {

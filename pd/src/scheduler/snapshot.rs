@@ -30,6 +30,20 @@ pub struct NodeView {
 }
 
 impl NodeView {
+    /// A node that is up, not draining, with no replicas, leaders or reported capacity yet.
+    pub fn up(id: NodeId) -> NodeView {
+        NodeView {
+            id,
+            up: true,
+            down_for_ms: 0,
+            draining: false,
+            region_count: 0,
+            leader_count: 0,
+            used_bytes: 0,
+            capacity_bytes: 0,
+        }
+    }
+
     /// May receive replicas and leaders: up, not draining, not full.
     pub fn is_schedulable(&self) -> bool {
         self.up && !self.draining && !self.is_full()
