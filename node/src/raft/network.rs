@@ -233,6 +233,33 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 struct StreamCursor {
     stream: u64,
     next_seq: u64,
+    /// When its last session ended.
+    ended_at: std::time::Instant,
+}
+
+/// A replication session continues the previous session's stream only if that one ended
+/// less than this long ago. The follower forgets a stream idle for
+/// [`append_stream::IDLE`](super::append_stream::IDLE) (30 s); a message continuing a
+/// forgotten stream would wait for sequence numbers that never come, until its timeout. So
+/// a region that was idle starts a fresh stream, with a wide margin.
+///
+/// A follower that restarted between two sessions has forgotten the stream too; that case
+/// costs one append timeout (a few hundred milliseconds), after which the next session
+/// starts a fresh stream.
+pub const CONTINUE_STREAM_WITHIN: Duration = Duration::from_secs(10);
+
+impl StreamCursor {
+    fn fresh() -> StreamCursor {
+        StreamCursor { stream: new_stream_id(), next_seq: 0, ended_at: std::time::Instant::now() }
+    }
+
+    /// The cursor a new session starts from: `saved` if it is recent enough, else a fresh one.
+    fn resume(saved: Option<StreamCursor>, now: std::time::Instant) -> StreamCursor {
+        match saved {
+            Some(c) if now.saturating_duration_since(c.ended_at) < CONTINUE_STREAM_WITHIN => c,
+            _ => StreamCursor::fresh(),
+        }
+    }
 }
 
 /// The network client towards one peer of one region.
@@ -351,7 +378,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let this: &'s PeerNetwork = self;
         // Taken for this session: a session that does not give it back (an error, a
         // dropped session) makes the next one start a new follower stream.
-        let cursor = lock(&self.stream).take().unwrap_or(StreamCursor { stream: new_stream_id(), next_seq: 0 });
+        let cursor = StreamCursor::resume(lock(&self.stream).take(), std::time::Instant::now());
         let stream = cursor.stream;
         let next_seq = Arc::new(AtomicU64::new(cursor.next_seq));
         let soft_ttl = option.soft_ttl();
@@ -415,7 +442,11 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                 // is exactly at `next_seq`, and the next session continues it.
                 .chain(futures::stream::once(async move {
                     if !failed_seen.load(Ordering::Relaxed) {
-                        *lock(&this.stream) = Some(StreamCursor { stream, next_seq: next_seq.load(Ordering::Relaxed) });
+                        *lock(&this.stream) = Some(StreamCursor {
+                            stream,
+                            next_seq: next_seq.load(Ordering::Relaxed),
+                            ended_at: std::time::Instant::now(),
+                        });
                     }
                     None
                 }))
@@ -592,5 +623,22 @@ mod tests {
         // The last answer wakes the waiter (a notification, not a poll loop).
         tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken when the last small request ends");
         assert!(small.wait_none().now_or_never().is_some());
+    }
+
+    #[test]
+    fn a_session_continues_a_recent_stream_and_starts_afresh_after_idling() {
+        let now = std::time::Instant::now();
+        let saved = StreamCursor { stream: 7, next_seq: 42, ended_at: now };
+        assert_eq!(StreamCursor::resume(Some(saved), now + Duration::from_secs(1)), saved);
+        // Idle past the bound: the follower may have forgotten the stream.
+        let later = StreamCursor::resume(Some(saved), now + CONTINUE_STREAM_WITHIN);
+        assert_ne!(later.stream, 7);
+        assert_eq!(later.next_seq, 0);
+        // The follower keeps idle streams well past the bound.
+        assert!(CONTINUE_STREAM_WITHIN * 2 < crate::raft::append_stream::IDLE);
+        // No saved cursor (a failed session): fresh.
+        let fresh = StreamCursor::resume(None, now);
+        assert_eq!(fresh.next_seq, 0);
+        assert_ne!(fresh.stream, StreamCursor::resume(None, now).stream, "fresh streams get distinct ids");
     }
 }
