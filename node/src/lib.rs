@@ -1,9 +1,10 @@
 //! The Tessera storage node.
 //!
 //! A node hosts many regions; each region is one openraft group replicated on three nodes.
-//! All regions share one redb database (their logs, votes and state machines) written by a
-//! single group-commit writer, and one QUIC endpoint through which clients, peers and PD
-//! reach the node.
+//! All regions share one Raft log engine (a write-ahead log of their entries and votes,
+//! `storage::wal`), one redb database of their state machines, each written by a single
+//! group-commit writer, and one QUIC endpoint through which clients, peers and PD reach the
+//! node.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), tessera_node::NodeError> {
@@ -34,3 +35,9 @@ pub mod storage;
 pub use config::{Admission, Faults, NodeConfig, RaftTiming};
 pub use error::NodeError;
 pub use node::{Node, RAFT_LOG_DIR};
+
+/// Locks `m`, taking the data of a poisoned lock as it is: every lock in the node guards
+/// state that stays consistent between statements, so a panic elsewhere does not spread.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -62,13 +62,9 @@ impl std::fmt::Debug for AppendStreams {
     }
 }
 
-fn lock_waiters(w: &Mutex<VecDeque<Answer>>) -> std::sync::MutexGuard<'_, VecDeque<Answer>> {
-    w.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl AppendStreams {
     fn lock(&self) -> std::sync::MutexGuard<'_, Streams> {
-        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.streams)
     }
 
     /// Streams known: live ones, and ended or idle ones not yet swept.
@@ -103,7 +99,7 @@ impl AppendStreams {
         }
         state.parked.insert(msg.seq, (msg.rpc, tx));
         while let Some((rpc, answer)) = state.parked.remove(&state.next_seq) {
-            lock_waiters(&state.waiters).push_back(answer);
+            crate::lock(&state.waiters).push_back(answer);
             if state.input.send(rpc).is_err() {
                 break;
             }
@@ -125,7 +121,7 @@ impl AppendStreams {
         tokio::spawn(async move {
             let mut output = Box::pin(output);
             while let Some(result) = output.next().await {
-                let Some(answer) = lock_waiters(&w).pop_front() else { break };
+                let Some(answer) = crate::lock(&w).pop_front() else { break };
                 match result {
                     Ok(r) => {
                         let failed = r.is_err();
@@ -141,7 +137,7 @@ impl AppendStreams {
                 }
             }
             // Every request still waiting hears that the stream ended (its sender drops).
-            lock_waiters(&w).clear();
+            crate::lock(&w).clear();
             if let Some(me) = me.upgrade() {
                 if let Some(state) = me.lock().by_id.get_mut(&stream) {
                     state.ended = true;

@@ -6,6 +6,7 @@
 //! message (the openraft version is pinned exactly, which fixes that encoding).
 //! Snapshots are streamed in chunks of at most [`SNAPSHOT_CHUNK`] bytes.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -169,10 +170,6 @@ pub fn append_timeout(soft_ttl: Duration, bytes: usize) -> Duration {
         return soft_ttl;
     }
     soft_ttl + Duration::from_millis(200) + Duration::from_secs_f64(bytes as f64 / REPLICATION_BYTES_PER_SEC)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Node id to address, learnt from PD. Shared by all regions.

@@ -10,6 +10,7 @@
 //! failure, fails that batch and every later job, and never retries. The node then refuses
 //! work with `StorageUnavailable` until restarted, when redb recovers to its last commit.
 
+use crate::lock;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -137,10 +138,6 @@ pub(crate) fn io_err(e: impl Into<redb::Error>) -> io::Error {
         }
         other => io::Error::other(other.to_string()),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Engine {

@@ -27,6 +27,7 @@
 //! retries (after a failed `fdatasync` the page cache can no longer be trusted). A restart
 //! recovers to the last durable record.
 
+use crate::lock;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -348,10 +349,6 @@ impl std::fmt::Debug for LogEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogEngine").field("dir", &self.shared.dir).finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn corrupt(msg: String) -> io::Error {
