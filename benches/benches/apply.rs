@@ -24,7 +24,7 @@ fn state_machine(dir: &std::path::Path) -> RegionStateMachine {
         epoch: RegionEpoch { conf_ver: 1, version: 1 },
         peers: vec![Peer { id: PeerId(1), node_id: NodeId(1) }],
     };
-    RegionStateMachine::open(&engine, RegionShared::new(desc)).expect("open state machine")
+    RegionStateMachine::open(&engine, RegionShared::new(desc, 0)).expect("open state machine")
 }
 
 /// Puts of 100-byte values at log indexes `first..first + n`, each with the next sequence

@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
         None => {
             _tmp = tempfile::tempdir()?;
             eprintln!("starting an in-process cluster (PD + 3 nodes, 4 regions) in {}", _tmp.path().display());
-            let c = dev::start(_tmp.path(), &DevArgs { nodes: 3, initial_regions: 4 }).await?;
+            let c = dev::start(_tmp.path(), &DevArgs::new(3, 4)).await?;
             anyhow::ensure!(c.wait_ready(4, Duration::from_secs(30)).await, "cluster did not become ready");
             let pd = c.pd_addr.clone();
             (Some(c), pd, DevLayout::new(_tmp.path()).certs())

@@ -1,4 +1,4 @@
-//! Client commands: put, get, delete, append, cas, scan, status.
+//! Client commands: put, get, delete, append, cas, scan.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -140,61 +140,6 @@ pub async fn scan(
     while let Some(row) = rows.next().await {
         let (k, v) = row?;
         writeln!(stdout(), "{}\t{}", show(&k), show(&v))?;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn status(t: &Target) -> anyhow::Result<ExitCode> {
-    let c = t.connect().await?;
-    let nodes = c.nodes().await?;
-    writeln!(stdout(), "NODES")?;
-    writeln!(
-        stdout(),
-        "{:<6} {:<22} {:<6} {:>8} {:>8} {:>10}",
-        "ID",
-        "ADDRESS",
-        "STATE",
-        "REGIONS",
-        "LEADERS",
-        "USED"
-    )?;
-    for n in &nodes {
-        writeln!(
-            stdout(),
-            "{:<6} {:<22} {:<6} {:>8} {:>8} {:>10}",
-            n.id.0,
-            n.addr,
-            format!("{:?}", n.state),
-            n.region_count,
-            n.leader_count,
-            human_bytes(n.used_bytes)
-        )?;
-    }
-    let regions = c.regions().await?;
-    writeln!(stdout())?;
-    writeln!(stdout(), "REGIONS")?;
-    writeln!(stdout(), "{:<6} {:<28} {:<8} {:<24} {:<8}", "ID", "RANGE", "EPOCH", "PEERS (peer@node)", "LEADER")?;
-    for r in &regions {
-        let d = &r.region;
-        let range = format!(
-            "[{}, {})",
-            if d.start_key.is_empty() { "-inf".to_string() } else { show(&d.start_key) },
-            if d.end_key.is_empty() { "+inf".to_string() } else { show(&d.end_key) }
-        );
-        let peers: Vec<String> = d.peers.iter().map(|p| format!("{}@{}", p.id.0, p.node_id.0)).collect();
-        let leader = match r.leader {
-            Some(l) => format!("{}@{}", l.id.0, l.node_id.0),
-            None => "none".into(),
-        };
-        writeln!(
-            stdout(),
-            "{:<6} {:<28} {:<8} {:<24} {:<8}",
-            d.id.0,
-            range,
-            format!("{}/{}", d.epoch.conf_ver, d.epoch.version),
-            peers.join(","),
-            leader
-        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -22,6 +22,22 @@ pub struct DevArgs {
     /// Regions created at bootstrap, their split points spread over the key space.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub initial_regions: u32,
+    /// Placement policy: when regions split and merge, how evenly replicas spread.
+    #[command(flatten)]
+    pub placement: crate::placement::PlacementArgs,
+}
+
+impl DevArgs {
+    /// `n` nodes and `initial_regions` regions with the default placement policy.
+    pub fn new(nodes: u64, initial_regions: u32) -> DevArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            placement: crate::placement::PlacementArgs,
+        }
+        DevArgs { nodes, initial_regions, placement: Defaults::parse_from(["tessera"]).placement }
+    }
 }
 
 fn listen_addr(recorded: Option<&String>) -> anyhow::Result<SocketAddr> {
@@ -54,6 +70,7 @@ pub async fn start(data: &Path, args: &DevArgs) -> anyhow::Result<DevCluster> {
     let mut pd_cfg = PdConfig::new(listen_addr(addrs.get("pd"))?, layout.pd(), TlsFiles::pd(&layout.certs()));
     pd_cfg.initial_regions = args.initial_regions;
     pd_cfg.replicas = (args.nodes as usize).min(3);
+    pd_cfg.scheduler = args.placement.scheduler(pd_cfg.replicas);
     let pd =
         PdServer::start(pd_cfg).await.context("starting PD (is another `tessera dev` using this data directory?)")?;
     let pd_addr = pd.local_addr().to_string();
@@ -103,7 +120,9 @@ impl DevCluster {
                     let routes = c.regions().await.unwrap_or_default();
                     let nodes = c.nodes().await.unwrap_or_default();
                     let all_led = routes.len() >= expected_regions && routes.iter().all(|r| r.leader.is_some());
-                    let all_reported = nodes.len() >= self.nodes.len() && nodes.iter().all(|n| n.region_count > 0);
+                    // Nodes beyond the first three start empty and receive replicas from
+                    // the balancer; ready means registered, with every region led.
+                    let all_reported = nodes.len() >= self.nodes.len();
                     if all_led && all_reported {
                         return true;
                     }

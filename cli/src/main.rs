@@ -2,9 +2,11 @@
 //!
 //! Runs a local development cluster (`tessera dev`), the servers of a real deployment
 //! (`tessera pd`, `tessera node`), certificate tooling (`tessera certs ...`), client
-//! commands (`put`, `get`, `delete`, `append`, `cas`, `scan`, `status`) and `tessera bench`,
+//! commands (`put`, `get`, `delete`, `append`, `cas`, `scan`, `status`, `load`), cluster
+//! administration (`admin split|drain|remove-node|operators`) and `tessera bench`,
 //! which hands over to the separate `tessera-bench` binary.
 
+mod admin_cmd;
 mod certs_cmd;
 mod client_cmd;
 mod servers;
@@ -111,8 +113,22 @@ enum Command {
         #[arg(long)]
         reverse: bool,
     },
-    /// Show nodes and regions (range, epoch, peers, leader).
-    Status,
+    /// Show nodes (regions, leaders, approximate bytes and keys); with --regions every
+    /// region (range, epoch, peers with roles, leader, size).
+    Status {
+        /// List every region.
+        #[arg(long)]
+        regions: bool,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cluster administration: split a region, drain or remove a node, list operators.
+    #[command(subcommand)]
+    Admin(admin_cmd::AdminCommand),
+    /// Write generated keys through the client with a progress bar, then print keys/s and
+    /// latency percentiles.
+    Load(admin_cmd::LoadArgs),
     /// Benchmark Tessera against etcd: runs `tessera-bench` with these arguments
     /// (`tessera bench --help`, `tessera bench compare --quick`).
     #[command(disable_help_flag = true, disable_version_flag = true)]
@@ -212,7 +228,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client_cmd::cas(&target, key, expect, new).await
         }
         Command::Scan { start, end, limit, reverse } => client_cmd::scan(&target, start, end, limit, reverse).await,
-        Command::Status => client_cmd::status(&target).await,
+        Command::Status { regions, json } => admin_cmd::status(&target, regions, json).await,
+        Command::Admin(cmd) => admin_cmd::admin(&target, cmd).await,
+        Command::Load(args) => admin_cmd::load(&target, args).await,
         Command::Bench { args } => Ok(bench(&args)),
     }
 }

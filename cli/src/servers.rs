@@ -41,6 +41,9 @@ pub struct PdArgs {
     /// Regions created at bootstrap.
     #[arg(long, default_value_t = 1)]
     pub initial_regions: u32,
+    /// Placement policy.
+    #[command(flatten)]
+    pub placement: tessera_cli::placement::PlacementArgs,
     /// Certificate files.
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -96,6 +99,7 @@ async fn wait_for_stop() -> anyhow::Result<()> {
 pub async fn run_pd(args: PdArgs) -> anyhow::Result<()> {
     let mut cfg = PdConfig::new(args.listen, args.dir, args.tls.files());
     cfg.initial_regions = args.initial_regions;
+    cfg.scheduler = args.placement.scheduler(cfg.replicas);
     let pd = PdServer::start(cfg).await.context("starting PD")?;
     println!("PD listening on {}", pd.local_addr());
     wait_for_stop().await?;

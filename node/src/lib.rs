@@ -22,6 +22,7 @@
 //! Main types: [`Node`], [`NodeConfig`]. Internals: [`storage`] (the redb engine, log store,
 //! state machine), `raft` (type configuration and network), `service` (request handling).
 
+mod admin;
 mod config;
 mod error;
 pub mod metrics;

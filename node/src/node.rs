@@ -12,13 +12,14 @@ use tokio::task::JoinHandle;
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
-use crate::pd_client::{led_region_stats, node_stats, PdClient};
+use crate::pd_client::{led_region_stats, node_stats, LoadMeter, PdClient};
 use crate::raft::network::{AddressBook, NetworkFactory};
 use crate::raft::types::Raft;
 use crate::region::{NodeContext, Region, RegionMap};
 use crate::service::NodeService;
 use crate::storage::engine::io_err;
 use crate::storage::records::{decode, encode, RegionRecord};
+use crate::storage::state_machine::{split_seed_log_id, RegionEvent};
 use crate::storage::wal::LogEngine;
 use crate::storage::{Engine, RegionLogStore, RegionShared, RegionStateMachine};
 
@@ -42,6 +43,10 @@ struct Shared {
     /// Woken when a hosted region gains a new leader on this node, so PD hears of it at
     /// once rather than at the next heartbeat tick.
     leadership: Arc<tokio::sync::Notify>,
+    /// Where regions' state machines report splits.
+    events: tokio::sync::mpsc::UnboundedSender<RegionEvent>,
+    /// Serialises creating, splitting off and destroying replicas.
+    lifecycle: tokio::sync::Mutex<()>,
 }
 
 /// The directory of the node's Raft log, inside its data directory.
@@ -94,6 +99,7 @@ impl Node {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| NodeError::Config(e.to_string()))?);
+        let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             ctx: ctx.clone(),
@@ -101,6 +107,8 @@ impl Node {
             raft_config,
             advertise,
             leadership: Default::default(),
+            events,
+            lifecycle: Default::default(),
         });
 
         // Rows of snapshot installs that a crash interrupted, or that were replaced, are
@@ -110,7 +118,15 @@ impl Node {
         // Recover every region this node hosts.
         let records = load_region_records(&engine).map_err(|e| NodeError::Storage(e.into()))?;
         for desc in records {
-            open_region(&shared, desc).await?;
+            match open_region(&shared, desc).await {
+                Ok(_) => {}
+                // A replica whose peer this node cannot find (its removal was applied here,
+                // PD will have it destroyed) must not keep the node from starting.
+                Err(NodeError::NotAPeer { region_id }) => {
+                    tracing::warn!(region_id, "hosted region has no replica on this node; not started")
+                }
+                Err(e) => return Err(e),
+            }
         }
         tracing::info!(node_id = cfg.node_id.0, addr = %local_addr, regions = ctx.regions.ids().len(), "node started");
 
@@ -125,8 +141,9 @@ impl Node {
                 .await
         });
         let hb = tokio::spawn(heartbeat_loop(shared.clone(), shutdown_rx.clone()));
+        let ev = tokio::spawn(region_events(shared.clone(), events_rx, shutdown_rx.clone()));
         let stages = tokio::spawn(crate::metrics::report_loop(shutdown_rx));
-        Ok(Node { node_id: cfg.node_id, local_addr, ctx, shutdown, tasks: vec![serve, hb, stages], released })
+        Ok(Node { node_id: cfg.node_id, local_addr, ctx, shutdown, tasks: vec![serve, hb, ev, stages], released })
     }
 
     /// The address the node listens on.
@@ -216,7 +233,8 @@ fn load_region_records(engine: &Engine) -> std::io::Result<Vec<RegionDescriptor>
     let mut out = Vec::new();
     for row in t.iter().map_err(io_err)? {
         let (_, v) = row.map_err(io_err)?;
-        out.push(decode::<RegionRecord>(v.value())?.to_descriptor());
+        // Tombstones of destroyed replicas are skipped.
+        out.extend(decode::<RegionRecord>(v.value())?.to_descriptor());
     }
     Ok(out)
 }
@@ -224,13 +242,17 @@ fn load_region_records(engine: &Engine) -> std::io::Result<Vec<RegionDescriptor>
 async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Region>, NodeError> {
     let region_id = desc.id.0;
     let region_err = |source: Box<dyn std::error::Error + Send + Sync>| NodeError::Region { region_id, source };
-    let Some(peer) = desc.peer_on(shared.cfg.node_id) else {
+    let engine = &shared.ctx.engine;
+    let mut log = RegionLogStore::open(engine, &shared.ctx.wal, region_id).map_err(|e| region_err(e.into()))?;
+    let region_shared = RegionShared::new(desc.clone(), shared.cfg.node_id.0);
+    let _ = region_shared.events.set(shared.events.clone());
+    let mut sm = RegionStateMachine::open(engine, region_shared.clone()).map_err(|e| region_err(e.into()))?;
+    // A voter is in the descriptor; a learner only in the applied membership (or, before
+    // its first snapshot, in the descriptor PD created it from).
+    let Some(peer) = desc.peer_on(shared.cfg.node_id).or_else(|| sm.member_on(shared.cfg.node_id)) else {
         return Err(NodeError::NotAPeer { region_id });
     };
-    let engine = &shared.ctx.engine;
-    let log = RegionLogStore::open(engine, &shared.ctx.wal, region_id).map_err(|e| region_err(e.into()))?;
-    let region_shared = RegionShared::new(desc.clone());
-    let sm = RegionStateMachine::open(engine, region_shared.clone()).map_err(|e| region_err(e.into()))?;
+    seed_split_log(&mut log, &mut sm).await.map_err(|e| region_err(e.into()))?;
     let network = NetworkFactory { region_id: desc.id, pool: shared.pool.clone(), book: shared.ctx.book.clone() };
     let raft =
         Raft::new(peer.id.0, shared.raft_config.clone(), network, log, sm).await.map_err(|e| region_err(e.into()))?;
@@ -241,6 +263,7 @@ async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Regi
         shared: region_shared,
         incoming: Default::default(),
         append_streams: Default::default(),
+        admin_busy: Default::default(),
     });
     shared.ctx.regions.insert(region.clone());
     shared.ctx.changed();
@@ -272,6 +295,21 @@ async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Regi
     Ok(region)
 }
 
+/// A region created by a split starts with its state machine at the seed log id
+/// ([`split_seed_log_id`]) and no log: purge the log up to the seed, so openraft sees the
+/// seeded membership as committed state and sends a snapshot to any replica without it.
+/// Idempotent: does nothing once the log has the purge point (or any entries).
+async fn seed_split_log(log: &mut RegionLogStore, sm: &mut RegionStateMachine) -> std::io::Result<()> {
+    use openraft::storage::{RaftLogStorage, RaftStateMachine};
+    let state = log.get_log_state().await?;
+    let (applied, _) = sm.applied_state().await?;
+    let seed = split_seed_log_id();
+    if state.last_log_id.is_none() && applied == Some(seed) {
+        log.purge(seed).await?;
+    }
+    Ok(())
+}
+
 /// The peer that initialises a new region's membership (and so usually becomes its first
 /// leader): rotated by region id over the peers in id order, so that the first leaders of
 /// a cluster's initial regions are spread over the nodes rather than all on one.
@@ -286,7 +324,11 @@ fn initializer(desc: &RegionDescriptor) -> Option<tessera_wire::PeerId> {
 /// [`initializer`] at once; the others only if no leader has appeared after a few election
 /// timeouts (the initializer crashed, or failed).
 fn initialization_delay(shared: &Shared, desc: &RegionDescriptor, me: tessera_wire::PeerId) -> Duration {
-    if shared.cfg.faults.skip_region_initialization {
+    // Only a region as PD bootstrapped it, never changed, is initialised by its replicas: a
+    // region created by a split starts from its seeded state, and a replica added by a
+    // membership change receives its state from the region's leader. Initialising those
+    // would start a second, empty group.
+    if shared.cfg.faults.skip_region_initialization || desc.epoch != BOOTSTRAP_EPOCH {
         return Duration::MAX;
     }
     if initializer(desc) == Some(me) {
@@ -347,33 +389,138 @@ async fn drive_initialization(region: Arc<Region>, desc: RegionDescriptor, delay
     }
 }
 
-/// Creates a region PD assigned to this node: persists its record, then starts its Raft
-/// group, whose initialisation [`open_region`] drives.
+/// The epoch PD gives the regions it bootstraps.
+const BOOTSTRAP_EPOCH: tessera_wire::RegionEpoch = tessera_wire::RegionEpoch { conf_ver: 1, version: 1 };
+
+/// Creates a replica PD assigned to this node: persists its record, then starts its Raft
+/// group. A bootstrap region's group is initialised by its replicas ([`open_region`]);
+/// any other starts empty and receives its state from the region's leader.
+///
+/// Refused (silently) if the replica exists, or was destroyed here at an epoch at least as
+/// new (a stale descriptor must not bring a removed replica back).
 async fn create_region(shared: &Shared, desc: RegionDescriptor) -> Result<(), NodeError> {
+    let _guard = shared.lifecycle.lock().await;
     if shared.ctx.regions.get(desc.id).is_some() {
         return Ok(());
     }
-    let record = encode(&RegionRecord::from_descriptor(&desc)).map_err(|e| NodeError::Storage(e.into()))?;
     let id = desc.id.0;
+    let record = encode(&RegionRecord::from_descriptor(&desc)).map_err(|e| NodeError::Storage(e.into()))?;
+    let created = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = created.clone();
+    let epoch = desc.epoch;
     shared
         .ctx
         .engine
         .write(Box::new(move |txn| {
+            use redb::ReadableTable;
             let mut t = txn.open_table(crate::storage::tables::REGIONS).map_err(io_err)?;
+            if let Some(old) = t.get(id).map_err(io_err)? {
+                let old: RegionRecord = decode(old.value())?;
+                match old.tombstone_epoch() {
+                    Some(dead) if epoch.conf_ver <= dead.conf_ver => return Ok(()),
+                    Some(_) => {}
+                    // A live record: a split seeded it after PD answered; it opens from there.
+                    None => return Ok(()),
+                }
+            }
             t.insert(id, record.as_slice()).map_err(io_err)?;
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
             Ok(())
         }))
         .await
         .map_err(|e| NodeError::Storage(e.into()))?;
+    if !created.load(std::sync::atomic::Ordering::SeqCst) {
+        tracing::debug!(region_id = id, "region not created: a record or a newer tombstone exists");
+        return Ok(());
+    }
     let region = open_region(shared, desc).await?;
     tracing::info!(region_id = id, peer = region.peer.id.0, "region created");
     Ok(())
+}
+
+/// Destroys this node's replica of a region PD says it no longer has a replica of (`newer`
+/// is PD's descriptor): only if the local descriptor is older than `newer` (so the change
+/// that removed it is committed) and `newer` names no replica here. Stops the group,
+/// replaces the region record with a tombstone, forgets the log, and hands the rows to the
+/// background collector, which deletes them in bounded steps.
+async fn destroy_region(shared: &Shared, newer: RegionDescriptor) -> Result<(), NodeError> {
+    let _guard = shared.lifecycle.lock().await;
+    let Some(region) = shared.ctx.regions.get(newer.id) else { return Ok(()) };
+    let local = region.shared.descriptor();
+    let removed = newer.peer_on(shared.cfg.node_id).is_none_or(|p| p.id != region.peer.id);
+    if !removed || !local.epoch.is_stale_against(&newer.epoch) || newer.epoch.conf_ver <= local.epoch.conf_ver {
+        return Ok(());
+    }
+    tracing::info!(region_id = newer.id.0, peer = region.peer.id.0, "destroying a replica that was moved away");
+    if let Err(e) = region.raft.shutdown().await {
+        tracing::warn!(region_id = newer.id.0, error = %e, "stopping the region's group failed");
+    }
+    shared.ctx.regions.remove(newer.id);
+    let id = newer.id.0;
+    let tombstone = encode(&RegionRecord::tombstone(&local)).map_err(|e| NodeError::Storage(e.into()))?;
+    shared
+        .ctx
+        .engine
+        .write(Box::new(move |txn| crate::storage::snapshot::retire_region(txn, id, &tombstone)))
+        .await
+        .map_err(|e| NodeError::Storage(e.into()))?;
+    shared
+        .ctx
+        .wal
+        .write(vec![crate::storage::wal::Op::Forget { region: id }])
+        .await
+        .map_err(|e| NodeError::Storage(e.into()))?;
+    crate::storage::snapshot::spawn_garbage_collection(shared.ctx.engine.clone());
+    shared.ctx.changed();
+    Ok(())
+}
+
+/// Acts on region events: starts the group of a region a split seeded here.
+async fn region_events(
+    shared: Arc<Shared>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<RegionEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => match e { Some(e) => e, None => return },
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match event {
+            RegionEvent::Split { parent, child, seeded } => {
+                // The parent's leader reports its new shape to PD at once.
+                if shared.ctx.regions.get(parent).is_some_and(|p| p.is_leader()) {
+                    shared.leadership.notify_one();
+                }
+                if !seeded || shared.ctx.regions.get(child.id).is_some() {
+                    continue;
+                }
+                let _guard = shared.lifecycle.lock().await;
+                let child_id = child.id;
+                match open_region(&shared, child).await {
+                    Ok(region) => {
+                        // The parent's leader campaigns for the new region at once, so it
+                        // serves within a round trip instead of an election timeout.
+                        let parent_leader = shared.ctx.regions.get(parent).is_some_and(|p| p.is_leader());
+                        if parent_leader {
+                            if let Err(e) = region.raft.trigger().elect(false).await {
+                                tracing::debug!(region_id = child_id.0, error = %e, "campaign for a split-off region failed");
+                            }
+                        }
+                        tracing::info!(region_id = child_id.0, parent = parent.0, "split-off region started");
+                    }
+                    Err(e) => tracing::error!(region_id = child_id.0, error = %e, "starting a split-off region failed"),
+                }
+            }
+        }
+    }
 }
 
 async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let pd = PdClient::new(shared.cfg.pd_endpoints.clone(), shared.pool.clone());
     let node_id = shared.cfg.node_id;
     let mut registered = false;
+    let mut load = LoadMeter::default();
     let mut ticker = tokio::time::interval(shared.cfg.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -383,10 +530,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             _ = shutdown.wait_for(|s| *s) => return,
         };
         if leadership_changed {
-            let regions = led_region_stats(&shared.ctx);
-            if let Err(e) = pd.call(PdRequest::RegionHeartbeat { node_id, regions }).await {
-                tracing::debug!(node_id = node_id.0, error = %e, "leadership report failed");
-            }
+            report_regions(&shared, &pd, &mut load).await;
             continue;
         }
         if !registered {
@@ -408,13 +552,18 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         }
         let hb = PdRequest::NodeHeartbeat { node_id, stats: node_stats(&shared.ctx), hosted: shared.ctx.regions.ids() };
         match pd.call(hb).await {
-            Ok(PdResponse::NodeHeartbeat { create, nodes }) => {
+            Ok(PdResponse::NodeHeartbeat { create, nodes, destroy }) => {
                 for n in nodes {
                     shared.ctx.book.set(n.id, n.addr);
                 }
                 for desc in create {
                     if let Err(e) = create_region(&shared, desc).await {
                         tracing::error!(node_id = node_id.0, error = %e, "creating region failed");
+                    }
+                }
+                for desc in destroy {
+                    if let Err(e) = destroy_region(&shared, desc).await {
+                        tracing::error!(node_id = node_id.0, error = %e, "destroying region failed");
                     }
                 }
             }
@@ -429,12 +578,27 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
                 continue;
             }
         }
-        let regions = led_region_stats(&shared.ctx);
-        if !regions.is_empty() {
-            if let Err(e) = pd.call(PdRequest::RegionHeartbeat { node_id, regions }).await {
-                tracing::debug!(node_id = node_id.0, error = %e, "region heartbeat failed");
+        report_regions(&shared, &pd, &mut load).await;
+    }
+}
+
+/// Sends the region heartbeats of the regions this node leads and starts the steps PD
+/// answers with.
+async fn report_regions(shared: &Arc<Shared>, pd: &PdClient, load: &mut LoadMeter) {
+    let node_id = shared.cfg.node_id;
+    let regions = led_region_stats(&shared.ctx, load);
+    if regions.is_empty() {
+        return;
+    }
+    match pd.call(PdRequest::RegionHeartbeat { node_id, regions }).await {
+        Ok(PdResponse::RegionCommands(commands)) => {
+            for command in commands {
+                let shared = shared.clone();
+                tokio::spawn(async move { crate::admin::execute(&shared.ctx, command).await });
             }
         }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(node_id = node_id.0, error = %e, "region heartbeat failed"),
     }
 }
 

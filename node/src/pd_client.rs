@@ -64,20 +64,63 @@ pub(crate) fn node_stats(ctx: &crate::region::NodeContext) -> NodeStats {
     }
 }
 
-/// Region heartbeats for the regions this node leads.
-pub(crate) fn led_region_stats(ctx: &crate::region::NodeContext) -> Vec<RegionStats> {
-    ctx.regions
-        .all()
+/// Turns the regions' cumulative read and write counters into rates between two reports.
+#[derive(Debug, Default)]
+pub(crate) struct LoadMeter {
+    /// Per region: (writes, reads) at the last report, and when.
+    last: std::collections::HashMap<tessera_wire::RegionId, (u64, u64, std::time::Instant)>,
+}
+
+impl LoadMeter {
+    /// Writes and reads per second of `region` since the previous call for it (0 on the
+    /// first call).
+    fn rates(&mut self, region: &crate::region::Region, now: std::time::Instant) -> (u64, u64) {
+        let writes = region.shared.writes.load(Ordering::Relaxed);
+        let reads = region.shared.reads.load(Ordering::Relaxed);
+        let rates = match self.last.get(&region.id) {
+            Some(&(w, r, at)) if now > at => {
+                let secs = now.duration_since(at).as_secs_f64().max(0.001);
+                ((writes.saturating_sub(w) as f64 / secs) as u64, (reads.saturating_sub(r) as f64 / secs) as u64)
+            }
+            _ => (0, 0),
+        };
+        self.last.insert(region.id, (writes, reads, now));
+        rates
+    }
+}
+
+/// Region heartbeats for the regions this node leads: descriptor, learners, size and load.
+pub(crate) fn led_region_stats(ctx: &crate::region::NodeContext, load: &mut LoadMeter) -> Vec<RegionStats> {
+    let now = std::time::Instant::now();
+    let regions = ctx.regions.all();
+    load.last.retain(|id, _| regions.iter().any(|r| r.id == *id));
+    regions
         .into_iter()
         .filter(|r| r.is_leader())
         .map(|r| {
-            let term = r.raft.metrics().borrow_watched().current_term;
+            let (term, learners) = {
+                let m = r.raft.metrics();
+                let m = m.borrow_watched();
+                let membership = m.membership_config.membership();
+                let learners: Vec<tessera_wire::Peer> = membership
+                    .learner_ids()
+                    .map(|id| tessera_wire::Peer {
+                        id: tessera_wire::PeerId(id),
+                        node_id: tessera_wire::NodeId(membership.get_node(&id).map_or(0, |n| n.node_id)),
+                    })
+                    .collect();
+                (m.current_term, learners)
+            };
+            let (write_qps, read_qps) = load.rates(&r, now);
             RegionStats {
                 region: r.shared.descriptor(),
                 leader: r.peer,
                 term,
                 approximate_size: r.shared.approx_bytes.load(Ordering::Relaxed).max(0) as u64,
                 approximate_keys: r.shared.approx_keys.load(Ordering::Relaxed).max(0) as u64,
+                learners,
+                write_qps,
+                read_qps,
             }
         })
         .collect()

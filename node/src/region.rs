@@ -36,6 +36,8 @@ pub struct Region {
     pub incoming: tokio::sync::Mutex<IncomingSnapshot>,
     /// Pipelined replication streams from the region's leader (when a follower).
     pub append_streams: Arc<crate::raft::append_stream::AppendStreams>,
+    /// A step PD asked for (membership change, split, ...) is being proposed.
+    pub admin_busy: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Region {
@@ -79,6 +81,11 @@ impl RegionMap {
     /// Adds a region.
     pub fn insert(&self, region: Arc<Region>) {
         self.regions.write().unwrap_or_else(|p| p.into_inner()).insert(region.id, region);
+    }
+
+    /// Removes a region.
+    pub fn remove(&self, id: RegionId) -> Option<Arc<Region>> {
+        self.regions.write().unwrap_or_else(|p| p.into_inner()).remove(&id)
     }
 
     /// All regions.

@@ -28,6 +28,9 @@ pub struct PdConfig {
     pub replicas: usize,
     /// A node silent for longer than this is reported down (default 30 s).
     pub node_down_after: Duration,
+    /// Placement policy: split and merge thresholds, balance tolerances, how long a down
+    /// node's replicas wait before they are re-created elsewhere.
+    pub scheduler: crate::scheduler::SchedulerConfig,
 }
 
 impl PdConfig {
@@ -41,6 +44,7 @@ impl PdConfig {
             initial_regions: defaults.initial_regions,
             replicas: defaults.replicas,
             node_down_after: defaults.node_down_after,
+            scheduler: crate::scheduler::SchedulerConfig::default(),
         }
     }
 
@@ -58,6 +62,12 @@ impl PdConfig {
         }
         if self.node_down_after.is_zero() {
             return fail("node_down_after must be positive");
+        }
+        if let Err(e) = self.scheduler.validate() {
+            return fail(&format!("scheduler: {e}"));
+        }
+        if self.scheduler.replicas != self.replicas {
+            return fail("scheduler.replicas must equal replicas");
         }
         Ok(())
     }

@@ -73,6 +73,7 @@
 
 mod config;
 mod meta;
+pub mod operators;
 pub mod scheduler;
 mod server;
 mod service;
@@ -80,8 +81,8 @@ mod store;
 
 pub use config::{PdConfig, PdError, MAX_INITIAL_REGIONS};
 pub use meta::{
-    split_keys, ClusterMeta, IdAllocatorState, MetaChanges, MetaConfig, MetaError, NodeRegistration, PersistedMeta,
-    RegionPlacement, RegionReport,
+    split_keys, ClusterMeta, IdAllocatorState, MetaChanges, MetaConfig, MetaError, NodeAssignments, NodeRegistration,
+    PersistedMeta, RegionPlacement, RegionReport,
 };
 pub use server::{PdServer, DB_FILE};
 pub use store::StoreError;

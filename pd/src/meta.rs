@@ -30,6 +30,10 @@ use tessera_wire::{
     RegionStats, SessionId,
 };
 
+/// A node silent for longer than this gets no new replicas or leaders from the scheduler
+/// (whatever `node_down_after` says for reporting it down).
+pub const SCHEDULABLE_SILENCE: Duration = Duration::from_secs(5);
+
 /// Policy knobs of the metadata state machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetaConfig {
@@ -73,6 +77,14 @@ pub enum MetaError {
     /// A scan range with `start > end`.
     #[error("invalid key range: start is after end")]
     InvalidRange,
+    /// The node still hosts replicas.
+    #[error("node {node_id} still hosts {regions} replicas: drain it first (`tessera admin drain {node_id}`)")]
+    NodeNotEmpty {
+        /// The node.
+        node_id: NodeId,
+        /// Replicas it hosts.
+        regions: u64,
+    },
 }
 
 /// A node's durable registration.
@@ -84,6 +96,8 @@ pub struct NodeRegistration {
     pub addr: String,
     /// Capacity in bytes, as reported.
     pub capacity_bytes: u64,
+    /// Being drained: its replicas move away and it receives none.
+    pub draining: bool,
 }
 
 /// A region's durable placement: its descriptor and last accepted leader.
@@ -155,7 +169,7 @@ impl MetaChanges {
             && !self.cluster
     }
 
-    fn merge(&mut self, other: MetaChanges) {
+    pub(crate) fn merge(&mut self, other: MetaChanges) {
         self.nodes.extend(other.nodes);
         self.regions.extend(other.regions);
         for id in other.removed_regions {
@@ -165,6 +179,15 @@ impl MetaChanges {
         self.allocator |= other.allocator;
         self.cluster |= other.cluster;
     }
+}
+
+/// What a node must create and destroy, from [`ClusterMeta::node_heartbeat`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeAssignments {
+    /// Regions to create a replica of.
+    pub create: Vec<RegionDescriptor>,
+    /// Regions whose replica the node should destroy (PD's newest descriptor).
+    pub destroy: Vec<RegionDescriptor>,
 }
 
 /// What [`ClusterMeta::region_heartbeat`] did with each report.
@@ -183,6 +206,7 @@ pub enum RegionReport {
 struct NodeEntry {
     addr: String,
     capacity_bytes: u64,
+    draining: bool,
     last_heartbeat: Duration,
     stats: NodeStats,
 }
@@ -194,6 +218,36 @@ struct RegionEntry {
     term: u64,
     approximate_size: u64,
     approximate_keys: u64,
+    /// Soft: learners, as the leader last reported.
+    learners: Vec<Peer>,
+    write_qps: u64,
+    read_qps: u64,
+    /// Soft: when PD first saw this range (bootstrap, a split, a restore).
+    born: Duration,
+    /// Soft: a leader reported the region since PD started, so `learners` is known.
+    reported: bool,
+}
+
+impl RegionEntry {
+    fn new(region: RegionDescriptor, leader: Option<Peer>, term: u64, born: Duration) -> RegionEntry {
+        RegionEntry {
+            region,
+            leader,
+            term,
+            approximate_size: 0,
+            approximate_keys: 0,
+            learners: Vec::new(),
+            write_qps: 0,
+            read_qps: 0,
+            born,
+            reported: false,
+        }
+    }
+
+    /// Voters and learners.
+    fn hosts(&self, node: NodeId) -> Option<Peer> {
+        self.region.peer_on(node).or_else(|| self.learners.iter().copied().find(|p| p.node_id == node))
+    }
 }
 
 /// The placement driver's cluster metadata: nodes, regions, id allocator and bootstrap
@@ -234,6 +288,7 @@ impl ClusterMeta {
                 NodeEntry {
                     addr: n.addr,
                     capacity_bytes: n.capacity_bytes,
+                    draining: n.draining,
                     last_heartbeat: now,
                     stats: NodeStats::default(),
                 },
@@ -245,13 +300,7 @@ impl ClusterMeta {
             for peer in &p.region.peers {
                 alloc.next_peer = alloc.next_peer.max(peer.id.0 + 1);
             }
-            meta.insert_region(RegionEntry {
-                region: p.region,
-                leader: p.leader,
-                term: p.term,
-                approximate_size: 0,
-                approximate_keys: 0,
-            });
+            meta.insert_region(RegionEntry::new(p.region, p.leader, p.term, now));
         }
         meta.alloc = alloc;
         meta.bootstrapped = state.bootstrapped;
@@ -285,7 +334,12 @@ impl ClusterMeta {
 
     /// A node's durable registration.
     pub fn node_registration(&self, id: NodeId) -> Option<NodeRegistration> {
-        self.nodes.get(&id).map(|n| NodeRegistration { id, addr: n.addr.clone(), capacity_bytes: n.capacity_bytes })
+        self.nodes.get(&id).map(|n| NodeRegistration {
+            id,
+            addr: n.addr.clone(),
+            capacity_bytes: n.capacity_bytes,
+            draining: n.draining,
+        })
     }
 
     /// A region's durable placement.
@@ -309,7 +363,13 @@ impl ClusterMeta {
             None => {
                 self.nodes.insert(
                     node_id,
-                    NodeEntry { addr, capacity_bytes, last_heartbeat: now, stats: NodeStats::default() },
+                    NodeEntry {
+                        addr,
+                        capacity_bytes,
+                        draining: false,
+                        last_heartbeat: now,
+                        stats: NodeStats::default(),
+                    },
                 );
                 changes.nodes.insert(node_id);
             }
@@ -358,7 +418,7 @@ impl ClusterMeta {
                 epoch: RegionEpoch { conf_ver: 1, version: 1 },
                 peers,
             };
-            self.insert_region(RegionEntry { region, leader: None, term: 0, approximate_size: 0, approximate_keys: 0 });
+            self.insert_region(RegionEntry::new(region, None, 0, now));
             changes.regions.insert(id);
         }
         self.bootstrapped = true;
@@ -368,28 +428,47 @@ impl ClusterMeta {
         changes
     }
 
-    /// Records a node heartbeat. Returns the regions the node must host (it has a peer in
-    /// their descriptor) but did not list in `hosted`. Changes nothing durable.
+    /// Records a node heartbeat. Returns the regions the node must host (it has a voter or
+    /// a learner in them) but did not list in `hosted`, and the regions it listed that no
+    /// longer have a replica on it. A learner's region is sent with the learner among its
+    /// `peers` (the node needs its own peer id; the replica adopts the real descriptor from
+    /// the leader's snapshot). Regions whose learners PD does not know yet (no leader report
+    /// since PD started) are never sent to be destroyed. Changes nothing durable.
     pub fn node_heartbeat(
         &mut self,
         node_id: NodeId,
         stats: NodeStats,
         hosted: &[RegionId],
         now: Duration,
-    ) -> Result<Vec<RegionDescriptor>, MetaError> {
+    ) -> Result<NodeAssignments, MetaError> {
         let node = self.nodes.get_mut(&node_id).ok_or(MetaError::NodeNotRegistered { node_id })?;
         node.last_heartbeat = now;
         node.stats = stats;
-        let hosted: HashSet<RegionId> = hosted.iter().copied().collect();
-        Ok(self
-            .regions
-            .values()
-            .filter(|r| !hosted.contains(&r.region.id) && r.region.peer_on(node_id).is_some())
+        let hosted_set: HashSet<RegionId> = hosted.iter().copied().collect();
+        let mut create = Vec::new();
+        for r in self.regions.values() {
+            if hosted_set.contains(&r.region.id) {
+                continue;
+            }
+            if r.region.peer_on(node_id).is_some() {
+                create.push(r.region.clone());
+            } else if let Some(learner) = r.learners.iter().find(|p| p.node_id == node_id) {
+                let mut desc = r.region.clone();
+                desc.peers.push(*learner);
+                create.push(desc);
+            }
+        }
+        let destroy = hosted
+            .iter()
+            .filter_map(|id| self.regions.get(id))
+            .filter(|r| r.reported && r.hosts(node_id).is_none())
             .map(|r| r.region.clone())
-            .collect())
+            .collect();
+        Ok(NodeAssignments { create, destroy })
     }
 
-    /// Applies region heartbeats sent by `node_id` for the regions it leads.
+    /// Applies region heartbeats sent by `node_id` for the regions it leads (see
+    /// [`ClusterMeta::region_heartbeat`]); `now` dates regions first seen here.
     ///
     /// A report is ignored when its epoch is older than (or incomparable to) the stored one,
     /// or when an overlapping region with a different id has a range version at least as
@@ -406,7 +485,7 @@ impl ClusterMeta {
         let node = self.nodes.get_mut(&node_id).ok_or(MetaError::NodeNotRegistered { node_id })?;
         node.last_heartbeat = now;
         let mut changes = MetaChanges::default();
-        let outcomes = reports.iter().map(|r| self.apply_region_report(node_id, r, &mut changes)).collect();
+        let outcomes = reports.iter().map(|r| self.apply_region_report(node_id, r, now, &mut changes)).collect();
         Ok((outcomes, changes))
     }
 
@@ -414,6 +493,7 @@ impl ClusterMeta {
         &mut self,
         node_id: NodeId,
         report: &RegionStats,
+        now: Duration,
         changes: &mut MetaChanges,
     ) -> RegionReport {
         let region_id = report.region.id;
@@ -446,13 +526,12 @@ impl ClusterMeta {
             let (leader, term) = old.as_ref().map_or((None, 0), |e| (e.leader, e.term));
             // A newer epoch may drop the old leader from the peers.
             let leader = leader.filter(|l| report.region.peer(l.id) == Some(*l));
-            self.insert_region(RegionEntry {
-                region: report.region.clone(),
-                leader,
-                term,
-                approximate_size: 0,
-                approximate_keys: 0,
-            });
+            // A new range (a split's halves) is born now; a membership change keeps the age.
+            let born = match &old {
+                Some(e) if e.region.epoch.version == report.region.epoch.version => e.born,
+                _ => now,
+            };
+            self.insert_region(RegionEntry::new(report.region.clone(), leader, term, born));
             changes.regions.insert(region_id);
             tracing::info!(region_id = region_id.0, "region descriptor updated");
         }
@@ -470,6 +549,10 @@ impl ClusterMeta {
         }
         entry.approximate_size = report.approximate_size;
         entry.approximate_keys = report.approximate_keys;
+        entry.learners = report.learners.clone();
+        entry.write_qps = report.write_qps;
+        entry.read_qps = report.read_qps;
+        entry.reported = true;
         RegionReport::Accepted
     }
 
@@ -517,8 +600,126 @@ impl ClusterMeta {
                 leader_count: n.stats.leader_count,
                 used_bytes: n.stats.used_bytes,
                 write_path: n.stats.write_path,
+                draining: n.draining,
             })
             .collect()
+    }
+
+    /// Every region in key order with its roles and statistics.
+    pub fn region_infos(&self) -> Vec<tessera_wire::RegionInfo> {
+        self.by_start
+            .values()
+            .map(|id| {
+                let e = &self.regions[id];
+                tessera_wire::RegionInfo {
+                    region: e.region.clone(),
+                    learners: e.learners.clone(),
+                    leader: e.leader,
+                    approximate_size: e.approximate_size,
+                    approximate_keys: e.approximate_keys,
+                }
+            })
+            .collect()
+    }
+
+    /// The cluster as the scheduler sees it at `now` (without operators in flight).
+    ///
+    /// Replica and leader counts per node come from the routing table, which every leader
+    /// report updates at once, rather than from the nodes' own heartbeats, which lag a
+    /// membership change by up to a heartbeat: a balancer counting from those would move
+    /// replicas it already moved.
+    pub fn scheduler_snapshot(&self, now: Duration) -> crate::scheduler::ClusterSnapshot {
+        use crate::scheduler::{ClusterSnapshot, NodeView, RegionView};
+        let mut replicas: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut leaders: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for e in self.regions.values() {
+            for p in e.region.peers.iter().chain(&e.learners) {
+                *replicas.entry(p.node_id).or_default() += 1;
+            }
+            if let Some(l) = e.leader {
+                *leaders.entry(l.node_id).or_default() += 1;
+            }
+        }
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|(id, n)| {
+                // The scheduler counts a node as up only while it heartbeats: a node silent
+                // for a few heartbeats gets no new replica or leader, long before it is
+                // reported down.
+                let silence = now.saturating_sub(n.last_heartbeat);
+                let up = self.state_of(n, now) == NodeState::Up && silence <= SCHEDULABLE_SILENCE;
+                NodeView {
+                    id: *id,
+                    up,
+                    down_for_ms: if up { 0 } else { millis(silence) },
+                    draining: n.draining,
+                    region_count: replicas.get(id).copied().unwrap_or(0),
+                    leader_count: leaders.get(id).copied().unwrap_or(0),
+                    used_bytes: n.stats.used_bytes,
+                    capacity_bytes: n.capacity_bytes,
+                }
+            })
+            .collect();
+        let regions = self
+            .regions
+            .values()
+            .map(|e| RegionView {
+                descriptor: e.region.clone(),
+                learners: e.learners.clone(),
+                leader: e.leader,
+                approximate_size: e.approximate_size,
+                approximate_keys: e.approximate_keys,
+                write_qps: e.write_qps,
+                read_qps: e.read_qps,
+                since_split_ms: millis(now.saturating_sub(e.born)),
+            })
+            .collect();
+        ClusterSnapshot { nodes, regions, in_flight: Vec::new() }
+    }
+
+    /// The region's learners and leader, as last reported.
+    pub fn region_roles(&self, id: RegionId) -> Option<(&RegionDescriptor, &[Peer], Option<Peer>)> {
+        self.regions.get(&id).map(|e| (&e.region, e.learners.as_slice(), e.leader))
+    }
+
+    /// A fresh peer id.
+    pub fn alloc_peer(&mut self) -> (PeerId, MetaChanges) {
+        let id = PeerId(self.alloc.next_peer);
+        self.alloc.next_peer += 1;
+        (id, MetaChanges { allocator: true, ..MetaChanges::default() })
+    }
+
+    /// A fresh region id.
+    pub fn alloc_region(&mut self) -> (RegionId, MetaChanges) {
+        let id = RegionId(self.alloc.next_region);
+        self.alloc.next_region += 1;
+        (id, MetaChanges { allocator: true, ..MetaChanges::default() })
+    }
+
+    /// Marks `node_id` as draining (or not).
+    pub fn set_draining(&mut self, node_id: NodeId, draining: bool) -> Result<MetaChanges, MetaError> {
+        let node = self.nodes.get_mut(&node_id).ok_or(MetaError::NodeNotRegistered { node_id })?;
+        let mut changes = MetaChanges::default();
+        if node.draining != draining {
+            node.draining = draining;
+            changes.nodes.insert(node_id);
+        }
+        Ok(changes)
+    }
+
+    /// Forgets `node_id`. Refused while a region has a replica on it or the node last
+    /// reported hosting any.
+    pub fn remove_node(&mut self, node_id: NodeId) -> Result<MetaChanges, MetaError> {
+        let node = self.nodes.get(&node_id).ok_or(MetaError::NodeNotRegistered { node_id })?;
+        let hosting = self.regions.values().filter(|r| r.hosts(node_id).is_some()).count() as u64;
+        if hosting > 0 || node.stats.region_count > 0 {
+            return Err(MetaError::NodeNotEmpty { node_id, regions: hosting.max(node.stats.region_count) });
+        }
+        self.nodes.remove(&node_id);
+        let mut changes = MetaChanges::default();
+        changes.nodes.insert(node_id);
+        Ok(changes)
     }
 
     /// A fresh session id, never handed out before.
@@ -630,7 +831,16 @@ mod tests {
 
     fn stats(region: &RegionDescriptor, leader_node: u64, term: u64) -> RegionStats {
         let leader = region.peer_on(NodeId(leader_node)).unwrap();
-        RegionStats { region: region.clone(), leader, term, approximate_size: 10, approximate_keys: 1 }
+        RegionStats {
+            region: region.clone(),
+            leader,
+            term,
+            approximate_size: 10,
+            approximate_keys: 1,
+            learners: vec![],
+            write_qps: 0,
+            read_qps: 0,
+        }
     }
 
     #[test]
@@ -716,8 +926,9 @@ mod tests {
     #[test]
     fn peers_distinct_with_more_nodes_than_replicas() {
         // Four registered nodes, not yet bootstrapped (as after a restart), replicas = 3.
-        let nodes =
-            (1..=4).map(|i| NodeRegistration { id: NodeId(i), addr: format!("h{i}:1"), capacity_bytes: 1 }).collect();
+        let nodes = (1..=4)
+            .map(|i| NodeRegistration { id: NodeId(i), addr: format!("h{i}:1"), capacity_bytes: 1, draining: false })
+            .collect();
         let state = PersistedMeta { nodes, ..PersistedMeta::default() };
         let mut meta = ClusterMeta::restore(config(5), state, S);
         assert!(!meta.is_bootstrapped());
@@ -739,10 +950,14 @@ mod tests {
     fn node_heartbeat_returns_unhosted_regions() {
         let mut meta = bootstrapped(3);
         let all: Vec<RegionId> = meta.scan_regions(b"", b"", 0).unwrap().iter().map(|r| r.region.id).collect();
-        let create = meta.node_heartbeat(NodeId(2), NodeStats::default(), &all[..1], 2 * S).unwrap();
-        let ids: Vec<RegionId> = create.iter().map(|r| r.id).collect();
+        let assigned = meta.node_heartbeat(NodeId(2), NodeStats::default(), &all[..1], 2 * S).unwrap();
+        let ids: Vec<RegionId> = assigned.create.iter().map(|r| r.id).collect();
         assert_eq!(ids, all[1..].to_vec());
-        assert!(meta.node_heartbeat(NodeId(2), NodeStats::default(), &all, 2 * S).unwrap().is_empty());
+        assert!(assigned.destroy.is_empty());
+        assert_eq!(
+            meta.node_heartbeat(NodeId(2), NodeStats::default(), &all, 2 * S).unwrap(),
+            NodeAssignments::default()
+        );
         assert_eq!(
             meta.node_heartbeat(NodeId(9), NodeStats::default(), &[], 2 * S),
             Err(MetaError::NodeNotRegistered { node_id: NodeId(9) })

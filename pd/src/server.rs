@@ -64,7 +64,7 @@ impl PdServer {
         let local_addr = server.local_addr();
         let released = server.released();
 
-        let service = Arc::new(PdService::new(meta, store, epoch));
+        let service = Arc::new(PdService::new(meta, store, epoch, cfg.scheduler.clone()));
         let auth = Arc::new(ClusterAuthenticator::new());
         let (shutdown, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -17,6 +17,8 @@ use tessera_wire::{Error, NodeId, PdRequest, PdResponse, Request, Response, Resp
 use tokio::sync::Mutex;
 
 use crate::meta::{ClusterMeta, MetaError, RegionReport};
+use crate::operators::{ManualError, OperatorController};
+use crate::scheduler::SchedulerConfig;
 use crate::store::{Store, StoreError};
 
 /// Longest node address accepted in `RegisterNode`.
@@ -28,6 +30,8 @@ const GAP_RETRY_MS: u32 = 100;
 struct State {
     meta: ClusterMeta,
     store: Store,
+    /// Operators in flight and recently finished (soft state).
+    ops: OperatorController,
     /// A handler panicked while holding the state.
     poisoned: bool,
 }
@@ -59,8 +63,9 @@ impl std::fmt::Debug for PdService {
 impl PdService {
     /// A service over restored metadata; `epoch` is the instant `meta` was restored at (its
     /// `now` of zero).
-    pub(crate) fn new(meta: ClusterMeta, store: Store, epoch: Instant) -> PdService {
-        PdService { state: Mutex::new(State { meta, store, poisoned: false }), epoch }
+    pub(crate) fn new(meta: ClusterMeta, store: Store, epoch: Instant, scheduler: SchedulerConfig) -> PdService {
+        let ops = OperatorController::new(scheduler);
+        PdService { state: Mutex::new(State { meta, store, ops, poisoned: false }), epoch }
     }
 
     /// Answers one PD request from a peer authenticated as `role`, blocking the thread on
@@ -91,7 +96,7 @@ fn apply(state: &mut State, now: Duration, request: PdRequest) -> Result<PdRespo
     if let Some(reason) = state.store.failure() {
         return Err(Error::StorageUnavailable { reason: reason.to_owned() });
     }
-    let State { meta, store, .. } = state;
+    let State { meta, store, ops, .. } = state;
     match request {
         PdRequest::RegisterNode { node_id, addr, capacity_bytes } => {
             validate_addr(&addr)?;
@@ -101,21 +106,56 @@ fn apply(state: &mut State, now: Duration, request: PdRequest) -> Result<PdRespo
             Ok(PdResponse::Ok)
         }
         PdRequest::NodeHeartbeat { node_id, stats, hosted } => {
-            let create = meta.node_heartbeat(node_id, stats, &hosted, now).map_err(meta_error)?;
-            if !create.is_empty() {
-                tracing::debug!(node_id = node_id.0, regions = create.len(), "node must create regions");
+            let assigned = meta.node_heartbeat(node_id, stats, &hosted, now).map_err(meta_error)?;
+            if !assigned.create.is_empty() || !assigned.destroy.is_empty() {
+                tracing::debug!(
+                    node_id = node_id.0,
+                    create = assigned.create.len(),
+                    destroy = assigned.destroy.len(),
+                    "node must create or destroy replicas"
+                );
             }
-            Ok(PdResponse::NodeHeartbeat { create, nodes: meta.nodes(now) })
+            Ok(PdResponse::NodeHeartbeat { create: assigned.create, nodes: meta.nodes(now), destroy: assigned.destroy })
         }
         PdRequest::RegionHeartbeat { node_id, regions } => {
-            let (outcomes, changes) = meta.region_heartbeat(node_id, &regions, now).map_err(meta_error)?;
+            let (outcomes, mut changes) = meta.region_heartbeat(node_id, &regions, now).map_err(meta_error)?;
+            let reported: Vec<_> = regions
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, o)| **o == RegionReport::Accepted)
+                .map(|(r, _)| r.region.id)
+                .collect();
+            let (commands, allocated) = ops.on_region_heartbeat(meta, &reported, now);
+            changes.merge(allocated);
             store.persist(meta, &changes).map_err(storage_error)?;
             let ignored = outcomes.iter().filter(|o| **o != RegionReport::Accepted).count();
             if ignored > 0 {
                 tracing::debug!(node_id = node_id.0, ignored, "region heartbeats ignored");
             }
+            Ok(PdResponse::RegionCommands(commands))
+        }
+        PdRequest::GetClusterStatus => {
+            meta.scan_regions(b"", b"", 1).map_err(meta_error)?;
+            Ok(PdResponse::ClusterStatus { nodes: meta.nodes(now), regions: meta.region_infos() })
+        }
+        PdRequest::SplitRegion { key } => {
+            let (op_id, changes) = ops.split_at(meta, key, now).map_err(manual_error)?;
+            store.persist(meta, &changes).map_err(storage_error)?;
+            Ok(PdResponse::OperatorStarted { op_id })
+        }
+        PdRequest::DrainNode { node_id } => {
+            let changes = meta.set_draining(node_id, true).map_err(meta_error)?;
+            store.persist(meta, &changes).map_err(storage_error)?;
+            tracing::info!(node_id = node_id.0, "node draining");
             Ok(PdResponse::Ok)
         }
+        PdRequest::RemoveNode { node_id } => {
+            let changes = meta.remove_node(node_id).map_err(meta_error)?;
+            store.persist(meta, &changes).map_err(storage_error)?;
+            tracing::info!(node_id = node_id.0, "node removed");
+            Ok(PdResponse::Ok)
+        }
+        PdRequest::GetOperators => Ok(PdResponse::Operators(ops.infos(now))),
         PdRequest::GetRegion { key } => meta.get_region(&key).map(PdResponse::Region).map_err(meta_error),
         PdRequest::GetRegionById { region_id } => {
             meta.get_region_by_id(region_id).map(PdResponse::Region).map_err(meta_error)
@@ -151,7 +191,15 @@ impl Service for PdService {
 }
 
 fn mutates(request: &PdRequest) -> bool {
-    matches!(request, PdRequest::RegisterNode { .. } | PdRequest::RegionHeartbeat { .. } | PdRequest::AllocSession)
+    matches!(
+        request,
+        PdRequest::RegisterNode { .. }
+            | PdRequest::RegionHeartbeat { .. }
+            | PdRequest::AllocSession
+            | PdRequest::SplitRegion { .. }
+            | PdRequest::DrainNode { .. }
+            | PdRequest::RemoveNode { .. }
+    )
 }
 
 /// Node-scoped requests only from the node itself; everything else from any authenticated
@@ -161,6 +209,13 @@ fn authorize(role: Role, request: &PdRequest) -> Result<(), Error> {
         PdRequest::RegisterNode { node_id, .. }
         | PdRequest::NodeHeartbeat { node_id, .. }
         | PdRequest::RegionHeartbeat { node_id, .. } => *node_id,
+        // Cluster administration: operators' client certificates (and PD), never nodes.
+        PdRequest::SplitRegion { .. } | PdRequest::DrainNode { .. } | PdRequest::RemoveNode { .. } => {
+            return match role {
+                Role::Client | Role::Pd => Ok(()),
+                other => Err(Error::PermissionDenied { reason: format!("{other:?} may not administer the cluster") }),
+            }
+        }
         _ => return Ok(()),
     };
     match role {
@@ -190,7 +245,20 @@ fn meta_error(e: MetaError) -> Error {
         MetaError::NotBootstrapped => Error::NotBootstrapped,
         MetaError::RegionNotFound { region_id } => Error::RegionNotFound { region_id },
         MetaError::NoRegionForKey => Error::ServerBusy { retry_after_ms: GAP_RETRY_MS },
+        MetaError::NodeNotRegistered { node_id } => {
+            Error::InvalidRequest { reason: format!("node {node_id} is not registered") }
+        }
         other => Error::InvalidRequest { reason: other.to_string() },
+    }
+}
+
+fn manual_error(e: ManualError) -> Error {
+    match e {
+        ManualError::NotBootstrapped => Error::NotBootstrapped,
+        ManualError::Busy(..) | ManualError::NoLeader(..) | ManualError::NoRegion => {
+            Error::ServerBusy { retry_after_ms: GAP_RETRY_MS }
+        }
+        ManualError::AlreadyBoundary(_) => Error::InvalidRequest { reason: e.to_string() },
     }
 }
 
@@ -207,7 +275,7 @@ mod tests {
     fn service(dir: &std::path::Path) -> PdService {
         let store = Store::open(&dir.join("pd.redb")).unwrap();
         let meta = ClusterMeta::restore(MetaConfig::default(), store.load().unwrap(), Duration::ZERO);
-        PdService::new(meta, store, Instant::now())
+        PdService::new(meta, store, Instant::now(), SchedulerConfig::default())
     }
 
     fn register(svc: &PdService, id: u64) -> Result<PdResponse, Error> {
@@ -275,7 +343,7 @@ mod tests {
         );
         let stats = NodeStats { region_count: 0, leader_count: 0, used_bytes: 4096, ..NodeStats::default() };
         let hb = PdRequest::NodeHeartbeat { node_id: NodeId(2), stats, hosted: vec![] };
-        let Ok(PdResponse::NodeHeartbeat { create, nodes }) = svc.handle_blocking(Role::Node(NodeId(2)), hb) else {
+        let Ok(PdResponse::NodeHeartbeat { create, nodes, .. }) = svc.handle_blocking(Role::Node(NodeId(2)), hb) else {
             panic!("heartbeat failed");
         };
         assert_eq!(create, vec![route.region]);
@@ -324,7 +392,8 @@ mod tests {
     #[test]
     fn storage_failure_fail_stops_every_request() {
         let (store, fail) = crate::store::testing::failing_store();
-        let svc = PdService::new(ClusterMeta::new(MetaConfig::default()), store, Instant::now());
+        let svc =
+            PdService::new(ClusterMeta::new(MetaConfig::default()), store, Instant::now(), SchedulerConfig::default());
         register(&svc, 1).unwrap();
         fail.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(matches!(register(&svc, 2), Err(Error::StorageUnavailable { .. })));
@@ -338,7 +407,8 @@ mod tests {
     #[test]
     fn panic_while_holding_state_fail_stops() {
         let (store, _) = crate::store::testing::failing_store();
-        let svc = PdService::new(ClusterMeta::new(MetaConfig::default()), store, Instant::now());
+        let svc =
+            PdService::new(ClusterMeta::new(MetaConfig::default()), store, Instant::now(), SchedulerConfig::default());
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut state = svc.state.blocking_lock();
             let _guard = PoisonOnPanic(&mut state);

@@ -86,7 +86,16 @@ pub enum StoreError {
 /// On-disk node registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum NodeRecord {
-    V1 { addr: String, capacity_bytes: u64 },
+    V1 {
+        addr: String,
+        capacity_bytes: u64,
+    },
+    /// With the draining flag (`tessera admin drain`).
+    V2 {
+        addr: String,
+        capacity_bytes: u64,
+        draining: bool,
+    },
 }
 
 /// On-disk peer (part of [`RegionRecord::V1`]'s layout).
@@ -136,14 +145,17 @@ impl From<PeerRecordV1> for Peer {
 
 impl From<&NodeRegistration> for NodeRecord {
     fn from(n: &NodeRegistration) -> Self {
-        NodeRecord::V1 { addr: n.addr.clone(), capacity_bytes: n.capacity_bytes }
+        NodeRecord::V2 { addr: n.addr.clone(), capacity_bytes: n.capacity_bytes, draining: n.draining }
     }
 }
 
 impl NodeRecord {
     fn into_registration(self, id: NodeId) -> NodeRegistration {
         match self {
-            NodeRecord::V1 { addr, capacity_bytes } => NodeRegistration { id, addr, capacity_bytes },
+            NodeRecord::V1 { addr, capacity_bytes } => NodeRegistration { id, addr, capacity_bytes, draining: false },
+            NodeRecord::V2 { addr, capacity_bytes, draining } => {
+                NodeRegistration { id, addr, capacity_bytes, draining }
+            }
         }
     }
 }
@@ -397,7 +409,16 @@ mod tests {
             // A leader report and a session allocation are persisted too.
             let region = meta.get_region(b"a").unwrap().region;
             let leader = region.peer_on(NodeId(2)).unwrap();
-            let report = RegionStats { region, leader, term: 7, approximate_size: 1, approximate_keys: 1 };
+            let report = RegionStats {
+                region,
+                leader,
+                term: 7,
+                approximate_size: 1,
+                approximate_keys: 1,
+                learners: vec![],
+                write_qps: 0,
+                read_qps: 0,
+            };
             let (_, c) = meta.region_heartbeat(NodeId(2), &[report], Duration::ZERO).unwrap();
             store.persist(&meta, &c).unwrap();
             let (session, c) = meta.alloc_session();
@@ -430,7 +451,16 @@ mod tests {
         right.start_key = b"m".to_vec();
         right.epoch.version = 2;
         let leader = right.peer_on(NodeId(1)).unwrap();
-        let report = RegionStats { region: right, leader, term: 1, approximate_size: 0, approximate_keys: 0 };
+        let report = RegionStats {
+            region: right,
+            leader,
+            term: 1,
+            approximate_size: 0,
+            approximate_keys: 0,
+            learners: vec![],
+            write_qps: 0,
+            read_qps: 0,
+        };
         let (_, c) = meta.region_heartbeat(NodeId(1), &[report], Duration::ZERO).unwrap();
         store.persist(&meta, &c).unwrap();
         drop(store);

@@ -229,7 +229,16 @@ mod tests {
             (any::<u64>(), region(), peer(), any::<u64>()).prop_map(|(n, region, leader, term)| {
                 PdRequest::RegionHeartbeat {
                     node_id: NodeId(n),
-                    regions: vec![RegionStats { region, leader, term, approximate_size: 1, approximate_keys: 2 }],
+                    regions: vec![RegionStats {
+                        region,
+                        leader,
+                        term,
+                        approximate_size: 1,
+                        approximate_keys: 2,
+                        learners: vec![leader],
+                        write_qps: 3,
+                        read_qps: 4,
+                    }],
                 }
             }),
             bytes().prop_map(|key| PdRequest::GetRegion { key }),
@@ -241,6 +250,11 @@ mod tests {
             }),
             Just(PdRequest::GetNodes),
             Just(PdRequest::AllocSession),
+            Just(PdRequest::GetClusterStatus),
+            bytes().prop_map(|key| PdRequest::SplitRegion { key }),
+            any::<u64>().prop_map(|n| PdRequest::DrainNode { node_id: NodeId(n) }),
+            any::<u64>().prop_map(|n| PdRequest::RemoveNode { node_id: NodeId(n) }),
+            Just(PdRequest::GetOperators),
         ]
     }
 
@@ -267,7 +281,12 @@ mod tests {
                         region_count,
                         leader_count,
                         used_bytes,
-                        write_path: crate::pd::WritePathStats { log_syncs: id ^ 7, log_entries: used_bytes, log_bytes: 3 },
+                        write_path: crate::pd::WritePathStats {
+                            log_syncs: id ^ 7,
+                            log_entries: used_bytes,
+                            log_bytes: 3,
+                        },
+                        draining: up && id % 2 == 0,
                     }
                 },
             )
@@ -282,11 +301,60 @@ mod tests {
         prop_oneof![
             Just(PdResponse::Ok),
             (proptest::collection::vec(region(), 0..3), proptest::collection::vec(node_info(), 0..3))
-                .prop_map(|(create, nodes)| PdResponse::NodeHeartbeat { create, nodes }),
+                .prop_map(|(create, nodes)| PdResponse::NodeHeartbeat { destroy: create.clone(), create, nodes }),
             route().prop_map(PdResponse::Region),
             proptest::collection::vec(route(), 0..3).prop_map(PdResponse::Regions),
             proptest::collection::vec(node_info(), 0..3).prop_map(PdResponse::Nodes),
             any::<u64>().prop_map(|s| PdResponse::Session(SessionId(s))),
+            (any::<u64>(), region(), peer(), proptest::option::of(bytes())).prop_map(|(op_id, region, peer, key)| {
+                use crate::pd::RegionCommandKind as K;
+                let kinds = vec![
+                    K::AddLearner { peer },
+                    K::PromoteLearner { peer },
+                    K::RemovePeer { peer },
+                    K::TransferLeader { to: peer },
+                    K::Split { key, new_region_id: RegionId(op_id ^ 1), new_peers: region.peers.clone() },
+                ];
+                PdResponse::RegionCommands(
+                    kinds
+                        .into_iter()
+                        .map(|kind| crate::pd::RegionCommand { op_id, region_id: region.id, epoch: region.epoch, kind })
+                        .collect(),
+                )
+            }),
+            (proptest::collection::vec(node_info(), 0..3), region(), proptest::option::of(peer())).prop_map(
+                |(nodes, region, leader)| PdResponse::ClusterStatus {
+                    nodes,
+                    regions: vec![crate::pd::RegionInfo {
+                        learners: leader.into_iter().collect(),
+                        region,
+                        leader,
+                        approximate_size: 5,
+                        approximate_keys: 6,
+                    }],
+                }
+            ),
+            any::<u64>().prop_map(|op_id| PdResponse::OperatorStarted { op_id }),
+            (any::<u64>(), ".{0,8}").prop_map(|(id, reason)| PdResponse::Operators(vec![
+                crate::pd::OperatorInfo {
+                    id,
+                    region_id: RegionId(id),
+                    kind: "split".into(),
+                    reason: reason.clone(),
+                    state: crate::pd::OperatorState::Cancelled { reason },
+                    started_ms_ago: 1,
+                    took_ms: Some(2),
+                },
+                crate::pd::OperatorInfo {
+                    id,
+                    region_id: RegionId(1),
+                    kind: "split".into(),
+                    reason: String::new(),
+                    state: crate::pd::OperatorState::Running,
+                    started_ms_ago: 1,
+                    took_ms: None,
+                }
+            ])),
         ]
     }
 

@@ -23,13 +23,13 @@
 //! assert_eq!(decoded, hello);
 //! ```
 
+pub mod byte_pairs;
 mod error;
 pub mod frame;
 mod ids;
 mod kv;
 mod limits;
 mod pd;
-pub mod byte_pairs;
 #[cfg(feature = "quic")]
 pub mod quic;
 mod region;
@@ -39,7 +39,10 @@ pub use frame::{Frame, FrameBody, FrameError, Hello, HelloAck, Role};
 pub use ids::{NodeId, PeerId, RegionId, SessionId};
 pub use kv::{KvOp, KvRequest, KvResponse, ReadConsistency, RequestHeader, SessionSeq, WriteCommand, WriteResult};
 pub use limits::{validate_batch, validate_key, validate_value, Limits, MESSAGE_OVERHEAD, PAIR_OVERHEAD};
-pub use pd::{NodeInfo, NodeState, NodeStats, PdRequest, PdResponse, RegionRoute, RegionStats, WritePathStats};
+pub use pd::{
+    NodeInfo, NodeState, NodeStats, OperatorInfo, OperatorState, PdRequest, PdResponse, RegionCommand,
+    RegionCommandKind, RegionInfo, RegionRoute, RegionStats, WritePathStats,
+};
 pub use region::{key_in_range, LeaderHint, Peer, RegionDescriptor, RegionEpoch};
 
 /// Version of the protocol spoken by this build. Sent in every [`Hello`]; peers with a

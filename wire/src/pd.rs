@@ -1,6 +1,6 @@
 //! Placement-driver requests and responses.
 
-use crate::{NodeId, Peer, RegionDescriptor, RegionId};
+use crate::{NodeId, Peer, RegionDescriptor, RegionEpoch, RegionId};
 
 /// Liveness of a node as PD sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -34,6 +34,9 @@ pub struct NodeInfo {
     pub used_bytes: u64,
     /// Write-path counters of its last heartbeat ([`NodeStats::write_path`]).
     pub write_path: WritePathStats,
+    /// An operator asked for the node to be emptied (`tessera admin drain`): its replicas
+    /// are moved away and it receives none.
+    pub draining: bool,
 }
 
 /// Cumulative counters of a node's write path since it started, for benchmarks and
@@ -76,6 +79,113 @@ pub struct RegionStats {
     pub approximate_size: u64,
     /// Approximate number of keys.
     pub approximate_keys: u64,
+    /// Non-voting replicas (learners catching up), not in `region.peers`.
+    pub learners: Vec<Peer>,
+    /// Writes per second the leader served since its previous report.
+    pub write_qps: u64,
+    /// Reads per second the leader served since its previous report.
+    pub read_qps: u64,
+}
+
+/// One step of a region's reconfiguration, sent by PD to the region's leader in the answer
+/// to its region heartbeat. The leader refuses it if the region's epoch is no longer
+/// `epoch` (the step was planned against a state that no longer holds).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RegionCommand {
+    /// PD's operator id, for logs.
+    pub op_id: u64,
+    /// The region.
+    pub region_id: RegionId,
+    /// The epoch the step was planned against.
+    pub epoch: RegionEpoch,
+    /// What to do.
+    pub kind: RegionCommandKind,
+}
+
+/// What a [`RegionCommand`] does.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RegionCommandKind {
+    /// Add `peer` as a learner; its node creates the replica empty and receives a snapshot.
+    AddLearner {
+        /// The new replica (id allocated by PD).
+        peer: Peer,
+    },
+    /// Make the learner `peer` a voter.
+    PromoteLearner {
+        /// The learner.
+        peer: Peer,
+    },
+    /// Remove the voter or learner `peer`.
+    RemovePeer {
+        /// The replica removed.
+        peer: Peer,
+    },
+    /// Hand leadership to the voter `to`.
+    TransferLeader {
+        /// The new leader.
+        to: Peer,
+    },
+    /// Split the region at `key` (`None`: the leader picks the key that halves its size).
+    /// The right half becomes region `new_region_id` with `new_peers`, one per voter of the
+    /// region, on the same nodes.
+    Split {
+        /// First key of the right half.
+        key: Option<Vec<u8>>,
+        /// Id of the new (right) region.
+        new_region_id: RegionId,
+        /// Its replicas, one on each node hosting a voter of the region.
+        new_peers: Vec<Peer>,
+    },
+}
+
+/// A region with its roles and statistics, for `tessera status --regions`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RegionInfo {
+    /// The region (its `peers` are the voters).
+    pub region: RegionDescriptor,
+    /// Learners.
+    pub learners: Vec<Peer>,
+    /// The leader as last reported.
+    pub leader: Option<Peer>,
+    /// Approximate bytes of keys and values (0 until the leader reports).
+    pub approximate_size: u64,
+    /// Approximate number of keys.
+    pub approximate_keys: u64,
+}
+
+/// Where an operator is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum OperatorState {
+    /// Sent to (or waiting for) the region's leader.
+    Running,
+    /// The region reached the operator's goal.
+    Succeeded,
+    /// The goal was not reached in time; PD gave up (the scheduler may plan it again).
+    TimedOut,
+    /// Given up: the region changed under it, or an operator asked.
+    Cancelled {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// An operator PD runs or ran, for `tessera admin operators`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OperatorInfo {
+    /// Operator id.
+    pub id: u64,
+    /// The region changed.
+    pub region_id: RegionId,
+    /// What it does, e.g. `add-learner peer 12 on node 4`.
+    pub kind: String,
+    /// Why it was planned, e.g. `balance regions: node 1 -> node 4`.
+    pub reason: String,
+    /// Where it is.
+    pub state: OperatorState,
+    /// Milliseconds since it started.
+    pub started_ms_ago: u64,
+    /// How long it ran, once finished.
+    pub took_ms: Option<u64>,
 }
 
 /// A region with its leader and the leader's address, for routing.
@@ -140,6 +250,26 @@ pub enum PdRequest {
     GetNodes,
     /// A fresh, never-reused client session id.
     AllocSession,
+    /// Every node and every region with roles and statistics.
+    GetClusterStatus,
+    /// Split the region containing `key` at `key` (admin). Answered once the split is
+    /// planned, with the operator id; `GetOperators` tells when it finished.
+    SplitRegion {
+        /// First key of the right half.
+        key: Vec<u8>,
+    },
+    /// Move every replica off `node_id` (admin); it then receives none.
+    DrainNode {
+        /// The node emptied.
+        node_id: NodeId,
+    },
+    /// Forget `node_id` (admin). Refused while it still hosts replicas: drain it first.
+    RemoveNode {
+        /// The node forgotten.
+        node_id: NodeId,
+    },
+    /// Running and recently finished operators.
+    GetOperators,
 }
 
 /// A PD response.
@@ -147,12 +277,15 @@ pub enum PdRequest {
 pub enum PdResponse {
     /// Acknowledgement with no data.
     Ok,
-    /// Answer to `NodeHeartbeat`: regions to create locally.
+    /// Answer to `NodeHeartbeat`: regions to create and to destroy locally.
     NodeHeartbeat {
         /// Regions assigned to the node that it did not report hosting.
         create: Vec<RegionDescriptor>,
         /// Addresses of all nodes, so peers can be dialled.
         nodes: Vec<NodeInfo>,
+        /// Regions the node reported hosting whose newest descriptor no longer has a
+        /// replica on it: the node destroys its replica if its own descriptor is older.
+        destroy: Vec<RegionDescriptor>,
     },
     /// One region.
     Region(RegionRoute),
@@ -162,4 +295,20 @@ pub enum PdResponse {
     Nodes(Vec<NodeInfo>),
     /// A session id.
     Session(crate::SessionId),
+    /// Answer to `RegionHeartbeat`: steps for the leader to take.
+    RegionCommands(Vec<RegionCommand>),
+    /// Answer to `GetClusterStatus`.
+    ClusterStatus {
+        /// Nodes.
+        nodes: Vec<NodeInfo>,
+        /// Regions in key order.
+        regions: Vec<RegionInfo>,
+    },
+    /// An operator was planned.
+    OperatorStarted {
+        /// Its id.
+        op_id: u64,
+    },
+    /// Answer to `GetOperators`: running ones first, then finished ones, newest first.
+    Operators(Vec<OperatorInfo>),
 }

@@ -40,7 +40,7 @@ pub const REPLICATION_BYTES: usize =
 pub fn entry_len_bound(entry: &Entry) -> usize {
     64 + match &entry.payload {
         EntryPayload::Blank => 0,
-        EntryPayload::Normal(cmd) => cmd.op().encoded_len_bound() + 32,
+        EntryPayload::Normal(cmd) => cmd.encoded_len_bound() + 32,
         // A membership lists a few peers: ids and small node records.
         EntryPayload::Membership(m) => 64 * (m.nodes().count() + 1) * (m.get_joint_config().len() + 1),
     }
@@ -468,6 +468,16 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.rpc(RaftRpcKind::PreVote, &rpc, option.soft_ttl()).await
+    }
+
+    /// Tells the chosen voter to campaign at once (a leader transfer), instead of waiting
+    /// for the old leader's lease to run out.
+    async fn transfer_leader(
+        &mut self,
+        req: openraft::raft::TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<openraft::raft::TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(RaftRpcKind::TransferLeader, &req, option.soft_ttl()).await
     }
 
     async fn full_snapshot(

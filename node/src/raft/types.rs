@@ -46,6 +46,21 @@ pub enum LogCommand {
         /// Sessions idle longer than this (ms) expire; from the proposing leader's config.
         session_ttl_ms: u64,
     },
+    /// Split the region at `key`: the region keeps `[start, key)`, and `[key, end)` becomes
+    /// region `new_region_id` with the replicas `new_peers` (peer id, node id), one on each
+    /// node hosting a voter. Applied only if the region's range version is still
+    /// `version`; every replica applies it at the same index and seeds the new region's
+    /// group from its own state.
+    SplitV1 {
+        /// First key of the new region.
+        key: Vec<u8>,
+        /// The range version the split was proposed against.
+        version: u64,
+        /// Id of the new region.
+        new_region_id: u64,
+        /// Its replicas: (peer id, node id).
+        new_peers: Vec<(u64, u64)>,
+    },
 }
 
 /// A write's place in its client session (the log's copy of [`SessionSeq`]).
@@ -61,10 +76,20 @@ pub struct SessionRef {
 }
 
 impl LogCommand {
-    /// The mutation, whatever the format version.
-    pub fn op(&self) -> &LogOp {
+    /// The mutation of a client write, whatever the format version; `None` for an admin
+    /// command.
+    pub fn op(&self) -> Option<&LogOp> {
         match self {
-            LogCommand::WriteV1 { op, .. } | LogCommand::WriteV2 { op, .. } => op,
+            LogCommand::WriteV1 { op, .. } | LogCommand::WriteV2 { op, .. } => Some(op),
+            LogCommand::SplitV1 { .. } => None,
+        }
+    }
+
+    /// An upper bound on the command's postcard encoding.
+    pub fn encoded_len_bound(&self) -> usize {
+        match self {
+            LogCommand::WriteV1 { op, .. } | LogCommand::WriteV2 { op, .. } => op.encoded_len_bound() + 48,
+            LogCommand::SplitV1 { key, new_peers, .. } => key.len() + 32 + new_peers.len() * 20,
         }
     }
 }
@@ -109,8 +134,12 @@ impl fmt::Display for LogCommand {
         let session = match self {
             LogCommand::WriteV1 { session, .. } => *session,
             LogCommand::WriteV2 { session, .. } => session.map(|s| (s.id, s.seq)),
+            LogCommand::SplitV1 { version, new_region_id, .. } => {
+                return write!(f, "split(version={version}, new_region={new_region_id})")
+            }
         };
-        let kind = match self.op() {
+        let Some(op) = self.op() else { return write!(f, "admin") };
+        let kind = match op {
             LogOp::Put(..) => "put",
             LogOp::Delete(..) => "delete",
             LogOp::Append(..) | LogOp::AppendCapped { .. } => "append",
@@ -122,6 +151,15 @@ impl fmt::Display for LogCommand {
 }
 
 impl LogOp {
+    /// The keys the mutation touches.
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            LogOp::Put(k, _) | LogOp::Delete(k) | LogOp::Append(k, _) => vec![k],
+            LogOp::AppendCapped { key, .. } | LogOp::Cas { key, .. } => vec![key],
+            LogOp::BatchPut(pairs) => pairs.iter().map(|(k, _)| k.as_slice()).collect(),
+        }
+    }
+
     /// An upper bound on the op's postcard encoding, from its key and value lengths.
     pub fn encoded_len_bound(&self) -> usize {
         const P: usize = tessera_wire::PAIR_OVERHEAD;
@@ -187,6 +225,15 @@ pub enum ApplyResult {
     /// Refused, nothing changed: the client had already acknowledged this sequence number
     /// (a stale duplicate delivered late; the client no longer waits for it).
     Acknowledged,
+    /// Refused, nothing changed: a key of the write left the region's range (a split
+    /// applied between the proposal and its entry). The client retries on the region that
+    /// now holds the key.
+    KeyNotInRange,
+    /// A split applied: the region now ends at the split key.
+    Split,
+    /// A split refused: the region's range changed since it was proposed, or the key is
+    /// not strictly inside the range.
+    SplitRefused,
 }
 
 impl ApplyResult {
@@ -210,6 +257,11 @@ impl ApplyResult {
                     reason: "the session had already acknowledged this sequence number".into(),
                 })
             }
+            // The service replaces the empty list with the descriptors it holds.
+            ApplyResult::KeyNotInRange | ApplyResult::SplitRefused => {
+                return Err(tessera_wire::Error::EpochNotMatch { current: vec![] })
+            }
+            ApplyResult::Split => WriteResult::Done,
         })
     }
 }
@@ -237,3 +289,4 @@ pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+pub type Membership = openraft::Membership<u64, PeerNode>;

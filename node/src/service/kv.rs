@@ -28,7 +28,7 @@ impl NodeService {
             self.ctx.regions.get(header.region_id).ok_or(Error::RegionNotFound { region_id: header.region_id })?;
         let desc = region.shared.descriptor();
         if header.epoch != desc.epoch {
-            return Err(Error::EpochNotMatch { current: vec![desc] });
+            return Err(Error::EpochNotMatch { current: self.current_regions(&region, &req.op) });
         }
         self.validate(&req.op, &desc)?;
         let timeout = if header.timeout_ms == 0 {
@@ -42,7 +42,45 @@ impl NodeService {
             KvOp::Write { .. } => Error::WriteUndetermined { region_id: header.region_id },
             _ => Error::DeadlineExceeded,
         };
-        tokio::time::timeout(timeout, self.execute(region, desc, req)).await.unwrap_or(Err(timed_out))
+        let op = req.op.clone();
+        let result =
+            tokio::time::timeout(timeout, self.execute(region.clone(), desc, req)).await.unwrap_or(Err(timed_out));
+        match result {
+            // The range changed under the request (a split applied after it was checked):
+            // answer with the regions that now hold its keys, so the client retries there
+            // without asking PD.
+            Err(Error::EpochNotMatch { current }) if current.is_empty() => {
+                Err(Error::EpochNotMatch { current: self.current_regions(&region, &op) })
+            }
+            other => other,
+        }
+    }
+
+    /// The descriptors a client with a stale view of `region` needs: the region's own, then
+    /// those of the regions hosted here that hold the keys of `op` (the halves of a split).
+    fn current_regions(&self, region: &Region, op: &KvOp) -> Vec<RegionDescriptor> {
+        let own = region.shared.descriptor();
+        let keys: Vec<&[u8]> = match op {
+            KvOp::Get { key } => vec![key],
+            KvOp::BatchGet { keys } => keys.iter().map(Vec::as_slice).collect(),
+            KvOp::Scan { start, .. } => vec![start],
+            KvOp::Write { command, .. } => command.keys(),
+        };
+        let mut out = vec![own];
+        for other in self.ctx.regions.all() {
+            let d = other.shared.descriptor();
+            if d.id != region.id && keys.iter().any(|k| d.contains(k)) {
+                out.push(d);
+            }
+        }
+        // Halves split off here whose group has not started on this node yet.
+        let split_off = region.shared.split_off.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for d in split_off {
+            if !out.iter().any(|o| o.id == d.id) && keys.iter().any(|k| d.contains(k)) {
+                out.push(d);
+            }
+        }
+        out
     }
 
     fn validate(&self, op: &KvOp, desc: &RegionDescriptor) -> Result<(), Error> {
@@ -128,7 +166,7 @@ impl NodeService {
                 // without proposing it. The state machine checks again at apply, where
                 // concurrent appends are ordered; this read only saves a log entry.
                 let key = key.clone();
-                let current = self.read(move |engine| read_get(engine, r, &key)).await?;
+                let current = self.read(move |engine| read_get(engine, r, None, &key)).await?;
                 let len = (current.map_or(0, |v| v.len()) + value.len()) as u64;
                 if len > self.limits.max_value_len as u64 {
                     return Err(Error::ValueTooLarge { len, max: self.limits.max_value_len as u64 });
@@ -144,6 +182,7 @@ impl NodeService {
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
             let cmd = LogCommand::from_wire(session, command, self.limits.max_value_len, now_ms, self.session_ttl_ms);
             let started = std::time::Instant::now();
+            region.shared.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let result = region.raft.client_write(cmd).await;
             crate::metrics::STAGES.kv_write.record(started.elapsed());
             return match result {
@@ -164,12 +203,14 @@ impl NodeService {
             }
         }
         let max_bytes = self.limits.max_response_bytes;
+        let version = Some(desc.epoch.version);
+        region.shared.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match req.op {
-            KvOp::Get { key } => {
-                Ok(ResponseBody::Kv(KvResponse::Value(self.read(move |engine| read_get(engine, r, &key)).await?)))
-            }
+            KvOp::Get { key } => Ok(ResponseBody::Kv(KvResponse::Value(
+                self.read(move |engine| read_get(engine, r, version, &key)).await?,
+            ))),
             KvOp::BatchGet { keys } => {
-                let values = self.read(move |engine| read_batch(engine, r, &keys, max_bytes)).await?;
+                let values = self.read(move |engine| read_batch(engine, r, version, &keys, max_bytes)).await?;
                 Ok(ResponseBody::Kv(KvResponse::Values(values)))
             }
             KvOp::Scan { start, end, limit, reverse } => {
@@ -182,7 +223,7 @@ impl NodeService {
                 };
                 let limit = limit.min(self.limits.max_scan_limit) as usize;
                 let (pairs, resume_key) =
-                    self.read(move |engine| read_scan(engine, r, &lo, &hi, limit, max_bytes, reverse)).await?;
+                    self.read(move |engine| read_scan(engine, r, version, &lo, &hi, limit, max_bytes, reverse)).await?;
                 debug_assert!(pairs.iter().all(|(k, _)| key_in_range(k, &desc.start_key, &desc.end_key)));
                 Ok(ResponseBody::Kv(KvResponse::Scan { pairs, resume_key }))
             }
@@ -217,7 +258,14 @@ impl NodeService {
         read: impl FnOnce(&crate::storage::Engine) -> std::io::Result<T> + Send + 'static,
     ) -> Result<T, Error> {
         let engine = self.ctx.engine.clone();
-        self.reads.run(move || read(&engine)).await.map_err(|e| Error::StorageUnavailable { reason: e.to_string() })
+        self.reads.run(move || read(&engine)).await.map_err(|e| {
+            if e.get_ref().is_some_and(|inner| inner.is::<crate::storage::state_machine::RangeChanged>()) {
+                // Filled with the current descriptors by `kv`.
+                Error::EpochNotMatch { current: vec![] }
+            } else {
+                Error::StorageUnavailable { reason: e.to_string() }
+            }
+        })
     }
 }
 

@@ -76,7 +76,9 @@ impl NodeService {
                 encode(&Some(resp))
             }
             RaftRpcKind::TransferLeader => {
-                Err(Error::InvalidRequest { reason: "transfer leader is not supported yet".into() })
+                let rpc: openraft::raft::TransferLeaderRequest<TypeConfig> = decode(&req.payload)?;
+                let resp = region.raft.handle_transfer_leader(rpc).await.map_err(|e| unavailable(&e))?;
+                encode(&resp)
             }
         }
     }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::engine::{io_err, Engine};
 use super::records::decode;
@@ -25,17 +25,57 @@ pub fn votes(wal: &LogEngine) -> io::Result<BTreeMap<u64, Vote>> {
 
 /// Every pair of `region`'s applied state, in key order.
 pub fn region_pairs(engine: &Engine, region: u64) -> io::Result<Pairs> {
-    let (pairs, _) = read_scan(engine, region, b"", b"", usize::MAX, usize::MAX, false)?;
+    let (pairs, _) = read_scan(engine, region, None, b"", b"", usize::MAX, usize::MAX, false)?;
     Ok(pairs)
 }
 
-/// Ids of the regions the node hosts.
+/// Ids of the regions the node hosts (not those whose replica it destroyed).
 pub fn region_ids(engine: &Engine) -> io::Result<Vec<u64>> {
     let txn = engine.read()?;
     let t = txn.open_table(tables::REGIONS).map_err(io_err)?;
     let mut out = Vec::new();
     for row in t.iter().map_err(io_err)? {
-        out.push(row.map_err(io_err)?.0.value());
+        let (k, v) = row.map_err(io_err)?;
+        if decode::<super::records::RegionRecord>(v.value())?.to_descriptor().is_some() {
+            out.push(k.value());
+        }
     }
     Ok(out)
+}
+
+/// Rows of each table of the state machines' database, for tests of replica destruction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowCounts {
+    /// Key-value rows, all regions.
+    pub data: u64,
+    /// Exactly-once rows.
+    pub dedup: u64,
+    /// Session rows.
+    pub sessions: u64,
+    /// State-machine meta rows (one per hosted region).
+    pub sm_meta: u64,
+    /// Live region records.
+    pub regions: u64,
+    /// Tombstones of destroyed replicas.
+    pub tombstones: u64,
+}
+
+/// Counts the rows of every table.
+pub fn row_counts(engine: &Engine) -> io::Result<RowCounts> {
+    let txn = engine.read()?;
+    let mut c = RowCounts {
+        data: txn.open_table(tables::DATA).map_err(io_err)?.len().map_err(io_err)?,
+        dedup: txn.open_table(tables::DEDUP).map_err(io_err)?.len().map_err(io_err)?,
+        sessions: txn.open_table(tables::SESSIONS).map_err(io_err)?.len().map_err(io_err)?,
+        sm_meta: txn.open_table(tables::SM_META).map_err(io_err)?.len().map_err(io_err)?,
+        ..RowCounts::default()
+    };
+    for row in txn.open_table(tables::REGIONS).map_err(io_err)?.iter().map_err(io_err)? {
+        let (_, v) = row.map_err(io_err)?;
+        match decode::<super::records::RegionRecord>(v.value())?.to_descriptor() {
+            Some(_) => c.regions += 1,
+            None => c.tombstones += 1,
+        }
+    }
+    Ok(c)
 }

@@ -92,7 +92,7 @@ mod conformance {
                 peers: vec![Peer { id: PeerId(1), node_id: NodeId(1) }],
             };
             let log = RegionLogStore::open_with_budget(&engine, &wal, 7, self.budget).expect("open log");
-            let sm = RegionStateMachine::open(&engine, RegionShared::new(desc)).expect("open sm");
+            let sm = RegionStateMachine::open(&engine, RegionShared::new(desc, 0)).expect("open sm");
             Ok((dir, log, sm))
         }
     }

@@ -25,6 +25,16 @@ pub enum RegionRecord {
         /// (peer id, node id) pairs.
         peers: Vec<(u64, u64)>,
     },
+    /// The region's replica on this node was destroyed (moved away or removed) when the
+    /// region had this epoch. Keeps a stale copy of the region (a late PD answer, a peer
+    /// back from a partition) from bringing the replica back; a newer epoch that includes
+    /// this node again may.
+    TombstoneV1 {
+        /// Region id.
+        id: u64,
+        /// Epoch (conf_ver, version) of the region when its replica here was destroyed.
+        epoch: (u64, u64),
+    },
 }
 
 impl RegionRecord {
@@ -39,16 +49,30 @@ impl RegionRecord {
         }
     }
 
-    /// To a descriptor.
-    pub fn to_descriptor(&self) -> RegionDescriptor {
+    /// To a descriptor; `None` for a tombstone.
+    pub fn to_descriptor(&self) -> Option<RegionDescriptor> {
         match self {
-            RegionRecord::V1 { id, start_key, end_key, epoch, peers } => RegionDescriptor {
+            RegionRecord::V1 { id, start_key, end_key, epoch, peers } => Some(RegionDescriptor {
                 id: RegionId(*id),
                 start_key: start_key.clone(),
                 end_key: end_key.clone(),
                 epoch: RegionEpoch { conf_ver: epoch.0, version: epoch.1 },
                 peers: peers.iter().map(|(p, n)| Peer { id: PeerId(*p), node_id: NodeId(*n) }).collect(),
-            },
+            }),
+            RegionRecord::TombstoneV1 { .. } => None,
+        }
+    }
+
+    /// The tombstone of `desc`'s replica.
+    pub fn tombstone(desc: &RegionDescriptor) -> Self {
+        RegionRecord::TombstoneV1 { id: desc.id.0, epoch: (desc.epoch.conf_ver, desc.epoch.version) }
+    }
+
+    /// The epoch of a tombstone.
+    pub fn tombstone_epoch(&self) -> Option<RegionEpoch> {
+        match self {
+            RegionRecord::TombstoneV1 { epoch, .. } => Some(RegionEpoch { conf_ver: epoch.0, version: epoch.1 }),
+            RegionRecord::V1 { .. } => None,
         }
     }
 }
@@ -175,6 +199,9 @@ pub enum SnapshotItem {
         /// `Session` records.
         sessions: u64,
     },
+    /// Second record (snapshots of format 2): the region's postcard `RegionRecord` (its
+    /// range, epoch and voters) as of the snapshot, which the installing replica adopts.
+    Region(Vec<u8>),
 }
 
 /// Encodes a record.

@@ -65,6 +65,41 @@ impl<'t> Sessions<'t> {
         })
     }
 
+    /// Copies every session and dedup row of this region to the data id `to` (a split: the
+    /// new region answers retries of writes applied before it, whichever half their key
+    /// went to). Returns the rows copied.
+    pub fn copy_to(&mut self, to: u64) -> io::Result<u64> {
+        use redb::ReadableTable;
+        let from = self.region;
+        let sessions: Vec<(u64, Vec<u8>)> = self
+            .sessions
+            .range((from, 0u64)..=(from, u64::MAX))
+            .map_err(io_err)?
+            .map(|r| r.map(|(k, v)| (k.value().1, v.value().to_vec())))
+            .collect::<Result<_, _>>()
+            .map_err(io_err)?;
+        let dedup: Vec<(u64, u64, Vec<u8>)> = self
+            .dedup
+            .range((from, 0u64, 0u64)..=(from, u64::MAX, u64::MAX))
+            .map_err(io_err)?
+            .map(|r| {
+                r.map(|(k, v)| {
+                    let (_, s, seq) = k.value();
+                    (s, seq, v.value().to_vec())
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(io_err)?;
+        let n = (sessions.len() + dedup.len()) as u64;
+        for (s, v) in sessions {
+            self.sessions.insert((to, s), v.as_slice()).map_err(io_err)?;
+        }
+        for (s, seq, v) in dedup {
+            self.dedup.insert((to, s, seq), v.as_slice()).map_err(io_err)?;
+        }
+        Ok(n)
+    }
+
     fn session(&self, id: u64) -> io::Result<Option<SessionRecord>> {
         self.sessions.get((self.region, id)).map_err(io_err)?.map(|v| decode(v.value())).transpose()
     }

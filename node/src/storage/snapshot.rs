@@ -16,8 +16,9 @@
 //!   collects.
 //!
 //! File format: the magic [`MAGIC`], then records, each a little-endian `u32` length and a
-//! postcard [`SnapshotItem`]: a `Clock` first, then pairs in key order, dedup rows, session
-//! rows, and an `End` with the counts.
+//! postcard [`SnapshotItem`]: a `Clock` first, then the region's record (range, epoch,
+//! voters; absent in snapshots built before splits existed), then pairs in key order, dedup
+//! rows, session rows, and an `End` with the counts.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use redb::{ReadableTable, WriteTransaction};
 
 use super::engine::{io_err, Engine};
-use super::records::{decode, encode, SmMetaRecord, SmState, SnapshotItem};
+use super::records::{decode, encode, RegionRecord, SmMetaRecord, SmState, SnapshotItem};
 use super::tables::{self, data_key, data_range};
 
 /// First bytes of every snapshot file: the format and its version.
@@ -123,6 +124,10 @@ pub fn build(engine: &Engine, region: u64) -> io::Result<(SmState, SnapshotFile)
     let mut w = BufWriter::with_capacity(1 << 20, File::create(file.path())?);
     w.write_all(MAGIC)?;
     write_item(&mut w, &SnapshotItem::Clock(state.clock))?;
+    let regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
+    if let Some(record) = regions.get(region).map_err(io_err)? {
+        write_item(&mut w, &SnapshotItem::Region(record.value().to_vec()))?;
+    }
     let (mut pairs, mut dedup, mut sessions) = (0u64, 0u64, 0u64);
     let data = txn.open_table(tables::DATA).map_err(io_err)?;
     let (lo, hi) = data_range(id, b"", b"");
@@ -202,7 +207,7 @@ impl SnapshotReader {
                     return Err(io::Error::new(io::ErrorKind::InvalidData, "bytes after the end of the snapshot"));
                 }
             }
-            SnapshotItem::Clock(_) => {}
+            SnapshotItem::Clock(_) | SnapshotItem::Region(_) => {}
         }
         Ok(Some(item))
     }
@@ -226,7 +231,7 @@ fn read_step(mut reader: SnapshotReader, max_bytes: usize) -> io::Result<(Snapsh
         let Some(item) = reader.next_item()? else { break };
         bytes += match &item {
             SnapshotItem::Pair(k, v) => k.len() + v.len(),
-            SnapshotItem::Dedup(_, _, r) | SnapshotItem::Session(_, r) => r.len() + 16,
+            SnapshotItem::Dedup(_, _, r) | SnapshotItem::Session(_, r) | SnapshotItem::Region(r) => r.len() + 16,
             _ => 16,
         };
         items.push(item);
@@ -243,6 +248,9 @@ pub struct Installed {
     pub keys: i64,
     /// Bytes of keys and values in the region.
     pub bytes: i64,
+    /// The region's descriptor as of the snapshot (now also this replica's), if the
+    /// snapshot carried one.
+    pub descriptor: Option<tessera_wire::RegionDescriptor>,
 }
 
 fn node_meta_u64(txn: &WriteTransaction, name: &str) -> io::Result<Option<u64>> {
@@ -309,6 +317,7 @@ pub async fn install(
         Some(tokio::task::spawn_blocking(move || SnapshotReader::open(&path)).await.map_err(io::Error::other)??);
     let (mut keys, mut bytes) = (0i64, 0i64);
     let mut clock = None;
+    let mut region_record: Option<Vec<u8>> = None;
     loop {
         let r = reader.take().expect("reader is put back after each step");
         let (r, items) =
@@ -324,6 +333,7 @@ pub async fn install(
                     bytes += (k.len() + v.len()) as i64;
                 }
                 SnapshotItem::Clock(c) => clock = Some(*c),
+                SnapshotItem::Region(r) => region_record = Some(r.clone()),
                 _ => {}
             }
         }
@@ -342,7 +352,7 @@ pub async fn install(
                     SnapshotItem::Session(s, rec) => {
                         sessions.insert((staging, s), rec.as_slice()).map_err(io_err)?;
                     }
-                    SnapshotItem::Clock(_) | SnapshotItem::End { .. } => {}
+                    SnapshotItem::Clock(_) | SnapshotItem::End { .. } | SnapshotItem::Region(_) => {}
                 }
             }
             Ok(())
@@ -353,7 +363,15 @@ pub async fn install(
     // One small durable commit makes the new state live and the old one garbage.
     let state = SmState { applied, membership, clock, data_id: staging };
     let live = state.clone();
+    let descriptor = match &region_record {
+        Some(r) => decode::<RegionRecord>(r)?.to_descriptor(),
+        None => None,
+    };
     job(engine, true, move |txn| {
+        if let Some(record) = region_record {
+            let mut regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
+            regions.insert(region, record.as_slice()).map_err(io_err)?;
+        }
         let old = read_state_mut(txn, region)?;
         let mut meta = txn.open_table(tables::SM_META).map_err(io_err)?;
         meta.insert(region, encode(&SmMetaRecord::from_state(&live))?.as_slice()).map_err(io_err)?;
@@ -370,7 +388,22 @@ pub async fn install(
     })
     .await?;
     spawn_garbage_collection(engine.clone());
-    Ok(Installed { state, keys, bytes })
+    Ok(Installed { state, keys, bytes, descriptor })
+}
+
+/// Retires `region`'s replica inside `txn`: its state-machine meta and data-id entry go,
+/// its record becomes `tombstone`, and its rows (data, dedup, sessions) are listed as
+/// garbage for [`collect_garbage`], which deletes them in bounded steps.
+pub fn retire_region(txn: &WriteTransaction, region: u64, tombstone: &[u8]) -> io::Result<()> {
+    let data_id = read_state_mut(txn, region)?.data_id;
+    txn.open_table(tables::SM_META).map_err(io_err)?.remove(region).map_err(io_err)?;
+    txn.open_table(tables::DATA_IDS).map_err(io_err)?.remove(region).map_err(io_err)?;
+    txn.open_table(tables::REGIONS).map_err(io_err)?.insert(region, tombstone).map_err(io_err)?;
+    let mut gc = gc_list(txn)?;
+    if !gc.contains(&data_id) {
+        gc.push(data_id);
+    }
+    set_node_meta(txn, "gc_data_ids", &gc)
 }
 
 /// Starts [`collect_garbage`] in the background (logging a failure).

@@ -21,7 +21,7 @@ use redb::ReadableTable;
 use tessera_wire::{RegionDescriptor, RegionId};
 
 use super::engine::{io_err, Engine};
-use super::records::{encode, SmMetaRecord, SmState};
+use super::records::{encode, RegionRecord, SmMetaRecord, SmState};
 use super::sessions::{Admit, Sessions};
 use super::snapshot::{self, SnapshotFile};
 use super::tables::{self, data_key, data_range};
@@ -35,29 +35,216 @@ pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, SnapshotFile)>>>;
 /// What one apply batch produced: results in entry order, the change in (keys, bytes), and
 /// the state after it.
-type ApplyOutput = Arc<Mutex<Option<(Vec<ApplyResult>, i64, i64, SmState)>>>;
+type ApplyOutput = Arc<Mutex<Option<Applied>>>;
+
+/// What one apply batch produced.
+struct Applied {
+    /// Results in entry order.
+    res: Vec<ApplyResult>,
+    /// Change in keys.
+    dk: i64,
+    /// Change in bytes.
+    db: i64,
+    /// The state after the batch.
+    state: SmState,
+    /// The region's new descriptor, if the batch changed it.
+    new_desc: Option<RegionDescriptor>,
+    /// Regions split off: their descriptor, and whether this replica seeded its state.
+    splits: Vec<(RegionDescriptor, bool)>,
+}
+
+/// One entry to apply.
+enum Work {
+    Blank(crate::raft::types::LogId),
+    Membership(crate::raft::types::LogId, crate::raft::types::Membership),
+    Command(crate::raft::types::LogId, LogCommand),
+}
+
+/// A split command's fields.
+struct SplitCmd {
+    key: Vec<u8>,
+    version: u64,
+    new_region_id: u64,
+    new_peers: Vec<(u64, u64)>,
+}
+
+/// Something that happened to a region that the node acts on.
+#[derive(Debug, Clone)]
+pub enum RegionEvent {
+    /// `parent` split off `child`. If `seeded`, this replica wrote the child's state (rows,
+    /// sessions, state-machine meta and region record) in the split's transaction and the
+    /// node starts its group; otherwise the child already existed here.
+    Split {
+        /// The region that split.
+        parent: RegionId,
+        /// The new region.
+        child: RegionDescriptor,
+        /// The child's state was written by this split.
+        seeded: bool,
+    },
+}
+
+/// The log id a region created by a split starts at, the same on every replica: its state
+/// machine has "applied" it and its log is purged up to it, so a replica without that
+/// state (created empty) must receive a snapshot rather than replay a log that never
+/// contained the seeded rows.
+pub fn split_seed_log_id() -> crate::raft::types::LogId {
+    use openraft::vote::RaftLeaderIdExt;
+    let leader = <openraft::alias::LeaderIdOf<TypeConfig> as RaftLeaderIdExt>::new_committed(0, 0);
+    crate::raft::types::LogId::new(leader, SPLIT_SEED_INDEX)
+}
+
+/// Index of [`split_seed_log_id`].
+pub const SPLIT_SEED_INDEX: u64 = 5;
+
+/// The `conf_ver` of a region whose last membership entry has log index `index`.
+///
+/// Derived from the log rather than counted, so it is the same on every replica whatever
+/// state the replica started from: one created empty and replaying the log from its start
+/// (from a descriptor PD gave it) ends with the leader's `conf_ver`. A bootstrapped region's
+/// first membership is entry 0, so it keeps the `conf_ver` 1 PD gave it; every later change
+/// (each membership entry, both halves of a joint change) raises it.
+pub fn conf_ver_at(index: u64) -> u64 {
+    index + 1
+}
+
+/// Updates `desc` for the membership entry `m` at log index `index`: its voters become the
+/// descriptor's peers and `conf_ver` follows [`conf_ver_at`]. Returns whether `desc`
+/// changed.
+fn apply_membership(desc: &mut RegionDescriptor, index: u64, m: &crate::raft::types::Membership) -> bool {
+    use std::collections::BTreeSet;
+    let voters: BTreeSet<u64> = m.voter_ids().collect();
+    let mut changed = false;
+    if desc.epoch.conf_ver != conf_ver_at(index) {
+        desc.epoch.conf_ver = conf_ver_at(index);
+        changed = true;
+    }
+    let current: BTreeSet<u64> = desc.peers.iter().map(|p| p.id.0).collect();
+    if current != voters {
+        desc.peers = voters
+            .iter()
+            .map(|id| tessera_wire::Peer {
+                id: tessera_wire::PeerId(*id),
+                node_id: tessera_wire::NodeId(m.get_node(id).map_or(0, |n| n.node_id)),
+            })
+            .collect();
+        changed = true;
+    }
+    changed
+}
+
+/// Applies a split to `desc` and the tables, or refuses it (`None`): the range version
+/// moved on, or the key is not strictly inside the range. Moves the rows of the right half
+/// to the new region's data id (its region id), copies the session rows, and writes the new
+/// region's state-machine meta and record, unless the new region already exists on this
+/// node (created from PD and filled by its own leader): then its rows are only deleted
+/// here. Returns the new region, whether it was seeded, and the keys and bytes moved.
+#[allow(clippy::too_many_arguments)]
+fn apply_split(
+    desc: &mut RegionDescriptor,
+    split: &SplitCmd,
+    state: &SmState,
+    data: &mut DataTable<'_>,
+    sessions: &mut Sessions<'_>,
+    regions: &mut redb::Table<'_, u64, &'static [u8]>,
+    meta: &mut redb::Table<'_, u64, &'static [u8]>,
+    local_node: u64,
+) -> io::Result<Option<(RegionDescriptor, bool, i64, i64)>> {
+    let key = &split.key;
+    let inside = key.as_slice() > desc.start_key.as_slice() && (desc.end_key.is_empty() || *key < desc.end_key);
+    if split.version != desc.epoch.version || !inside || split.new_peers.is_empty() {
+        return Ok(None);
+    }
+    let old_end = std::mem::replace(&mut desc.end_key, key.clone());
+    desc.epoch.version += 1;
+    let child = RegionDescriptor {
+        id: RegionId(split.new_region_id),
+        start_key: key.clone(),
+        end_key: old_end,
+        // The child's membership is its seeded entry.
+        epoch: tessera_wire::RegionEpoch { conf_ver: conf_ver_at(SPLIT_SEED_INDEX), version: desc.epoch.version },
+        peers: split
+            .new_peers
+            .iter()
+            .map(|(p, n)| tessera_wire::Peer { id: tessera_wire::PeerId(*p), node_id: tessera_wire::NodeId(*n) })
+            .collect(),
+    };
+    // A replica whose node is not among the new region's (it is being removed from the
+    // region and lags) only drops the rows; so does one where the new region already exists
+    // (created empty from PD and filled by its own leader).
+    let exists = regions.get(split.new_region_id).map_err(io_err)?.is_some()
+        || (local_node != 0 && !split.new_peers.iter().any(|(_, n)| *n == local_node));
+    let (lo, hi) = data_range(state.data_id, &child.start_key, &child.end_key);
+    let moved: Vec<(Vec<u8>, Vec<u8>)> = data
+        .extract_from_if(lo.as_slice()..hi.as_slice(), |_, _| true)
+        .map_err(io_err)?
+        .map(|r| r.map(|(k, v)| (k.value()[8..].to_vec(), v.value().to_vec())))
+        .collect::<Result<_, _>>()
+        .map_err(io_err)?;
+    let keys = moved.len() as i64;
+    let bytes = moved.iter().map(|(k, v)| (k.len() + v.len()) as i64).sum();
+    if !exists {
+        let to = split.new_region_id;
+        for (k, v) in &moved {
+            data.insert(data_key(to, k).as_slice(), v.as_slice()).map_err(io_err)?;
+        }
+        sessions.copy_to(to)?;
+        let seed = split_seed_log_id();
+        let voters: std::collections::BTreeSet<u64> = child.peers.iter().map(|p| p.id.0).collect();
+        let nodes: std::collections::BTreeMap<u64, crate::raft::types::PeerNode> =
+            child.peers.iter().map(|p| (p.id.0, crate::raft::types::PeerNode { node_id: p.node_id.0 })).collect();
+        let membership = crate::raft::types::Membership::new(vec![voters], nodes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("split membership: {e}")))?;
+        let child_state = SmState {
+            applied: Some(seed),
+            membership: crate::raft::types::StoredMembership::new(Some(seed), membership),
+            clock: state.clock,
+            data_id: to,
+        };
+        meta.insert(to, encode(&SmMetaRecord::from_state(&child_state))?.as_slice()).map_err(io_err)?;
+        regions.insert(to, encode(&RegionRecord::from_descriptor(&child))?.as_slice()).map_err(io_err)?;
+    }
+    Ok(Some((child, !exists, keys, bytes)))
+}
 
 /// Region state shared between the state machine, the request path and heartbeats.
 #[derive(Debug)]
 pub struct RegionShared {
     /// Region id.
     pub region_id: RegionId,
+    /// The node hosting this replica (0 in storage tests).
+    pub local_node: u64,
     /// The region's current shape.
     pub descriptor: RwLock<RegionDescriptor>,
     /// Approximate number of keys.
     pub approx_keys: AtomicI64,
     /// Approximate bytes of keys and values.
     pub approx_bytes: AtomicI64,
+    /// Where the state machine reports splits (set by the node once the region runs).
+    pub events: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RegionEvent>>,
+    /// Writes this replica proposed as leader, and reads it served, since it started (for
+    /// the load PD sees in region heartbeats).
+    pub writes: std::sync::atomic::AtomicU64,
+    /// See [`RegionShared::writes`].
+    pub reads: std::sync::atomic::AtomicU64,
+    /// Regions split off this one since this replica started, as of their split, so a
+    /// client with a stale view is pointed at them even before their group runs here.
+    pub split_off: Mutex<Vec<RegionDescriptor>>,
 }
 
 impl RegionShared {
-    /// New shared state for `descriptor`.
-    pub fn new(descriptor: RegionDescriptor) -> Arc<Self> {
+    /// New shared state for `descriptor`, hosted on `local_node`.
+    pub fn new(descriptor: RegionDescriptor, local_node: u64) -> Arc<Self> {
         Arc::new(RegionShared {
             region_id: descriptor.id,
+            local_node,
             descriptor: RwLock::new(descriptor),
             approx_keys: AtomicI64::new(0),
             approx_bytes: AtomicI64::new(0),
+            events: Default::default(),
+            writes: Default::default(),
+            reads: Default::default(),
+            split_off: Default::default(),
         })
     }
 
@@ -98,15 +285,69 @@ impl RegionStateMachine {
     }
 }
 
+impl RegionStateMachine {
+    /// This node's replica in the region's applied membership (voter or learner), if any.
+    pub fn member_on(&self, node: tessera_wire::NodeId) -> Option<tessera_wire::Peer> {
+        self.state
+            .membership
+            .membership()
+            .nodes()
+            .find(|(_, n)| n.node_id == node.0)
+            .map(|(id, _)| tessera_wire::Peer { id: tessera_wire::PeerId(*id), node_id: node })
+    }
+}
+
 /// The data id `region`'s rows are stored under, as of `txn`.
 fn data_id(txn: &redb::ReadTransaction, region: u64) -> io::Result<u64> {
     snapshot::read_data_id(txn, region)
 }
 
-/// Reads one key of `region` from the applied state.
-pub fn read_get(engine: &Engine, region: u64, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+/// A read found that the region's range changed (a split or a snapshot applied) after the
+/// request was checked against it: the rows it would read may have moved to another region.
+#[derive(Debug, thiserror::Error)]
+#[error("the region's range changed under the read")]
+pub struct RangeChanged;
+
+/// The data id of `region` as of `txn`, after checking that its range version is still
+/// `version` (the one the request was checked against; `None`: no check): reads see the
+/// rows of exactly the range they were admitted for.
+fn data_id_at(txn: &redb::ReadTransaction, region: u64, version: Option<u64>) -> io::Result<u64> {
+    let Some(version) = version else { return data_id(txn, region) };
+    let regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
+    let current = match regions.get(region).map_err(io_err)? {
+        Some(v) => super::records::decode::<RegionRecord>(v.value())?.to_descriptor().map(|d| d.epoch.version),
+        None => None,
+    };
+    if current != Some(version) {
+        return Err(io::Error::other(RangeChanged));
+    }
+    data_id(txn, region)
+}
+
+/// The key at which `region`'s rows in `[start, end)` reach half of `total` bytes: where a
+/// split leaves two halves of about equal size. `None` if that key is the range's first
+/// (a single huge key, or an empty region).
+pub fn middle_key(engine: &Engine, region: u64, start: &[u8], end: &[u8], total: u64) -> io::Result<Option<Vec<u8>>> {
     let txn = engine.read()?;
     let id = data_id(&txn, region)?;
+    let t = txn.open_table(tables::DATA).map_err(io_err)?;
+    let (lo, hi) = data_range(id, start, end);
+    let mut seen = 0u64;
+    for row in t.range(lo.as_slice()..hi.as_slice()).map_err(io_err)? {
+        let (k, v) = row.map_err(io_err)?;
+        let key = &k.value()[8..];
+        if seen >= total / 2 && key > start {
+            return Ok(Some(key.to_vec()));
+        }
+        seen += (key.len() + v.value().len()) as u64;
+    }
+    Ok(None)
+}
+
+/// Reads one key of `region` from the applied state.
+pub fn read_get(engine: &Engine, region: u64, version: Option<u64>, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    let txn = engine.read()?;
+    let id = data_id_at(&txn, region, version)?;
     let t = txn.open_table(tables::DATA).map_err(io_err)?;
     Ok(t.get(data_key(id, key).as_slice()).map_err(io_err)?.map(|v| v.value().to_vec()))
 }
@@ -116,11 +357,12 @@ pub fn read_get(engine: &Engine, region: u64, key: &[u8]) -> io::Result<Option<V
 pub fn read_batch(
     engine: &Engine,
     region: u64,
+    version: Option<u64>,
     keys: &[Vec<u8>],
     max_bytes: usize,
 ) -> io::Result<Vec<Option<Vec<u8>>>> {
     let txn = engine.read()?;
-    let id = data_id(&txn, region)?;
+    let id = data_id_at(&txn, region, version)?;
     let t = txn.open_table(tables::DATA).map_err(io_err)?;
     let mut out = Vec::with_capacity(keys.len());
     let mut bytes = 0;
@@ -139,9 +381,11 @@ pub fn read_batch(
 /// was cut by `limit` pairs or by `max_bytes` of keys and values (a page always holds at
 /// least one pair), where to resume (the next key for forward scans; the exclusive end for
 /// reverse scans).
+#[allow(clippy::too_many_arguments)]
 pub fn read_scan(
     engine: &Engine,
     region: u64,
+    version: Option<u64>,
     start: &[u8],
     end: &[u8],
     limit: usize,
@@ -149,7 +393,7 @@ pub fn read_scan(
     reverse: bool,
 ) -> io::Result<(Pairs, Option<Vec<u8>>)> {
     let txn = engine.read()?;
-    let id = data_id(&txn, region)?;
+    let id = data_id_at(&txn, region, version)?;
     let t = txn.open_table(tables::DATA).map_err(io_err)?;
     let (lo, hi) = data_range(id, start, end);
     let range = t.range(lo.as_slice()..hi.as_slice()).map_err(io_err)?;
@@ -264,37 +508,51 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
         }
         let started = std::time::Instant::now();
         let region = self.region;
-        let mut next = self.state.clone();
         let mut work_items = Vec::with_capacity(batch.len());
         let mut responders = Vec::with_capacity(batch.len());
         for (entry, responder) in batch {
             let log_id = entry.log_id();
-            next.applied = Some(log_id);
-            match entry.payload {
-                EntryPayload::Blank => work_items.push((log_id.index(), None)),
-                EntryPayload::Normal(cmd) => work_items.push((log_id.index(), Some(cmd))),
-                EntryPayload::Membership(m) => {
-                    next.membership = crate::raft::types::StoredMembership::new(Some(log_id), m);
-                    work_items.push((log_id.index(), None));
-                }
-            }
+            work_items.push(match entry.payload {
+                EntryPayload::Blank => Work::Blank(log_id),
+                EntryPayload::Normal(cmd) => Work::Command(log_id, cmd),
+                EntryPayload::Membership(m) => Work::Membership(log_id, m),
+            });
             responders.push(responder);
         }
         let results: ApplyOutput = Default::default();
         let out = results.clone();
-        let mut state = next;
+        let mut state = self.state.clone();
+        let mut desc = self.shared.descriptor();
+        let local_node = self.shared.local_node;
         self.engine
             .write_lazy(Box::new(move |txn| {
                 let id = state.data_id;
                 let mut data = txn.open_table(tables::DATA).map_err(io_err)?;
                 let mut sessions = Sessions::open(txn, id)?;
+                let mut regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
+                let mut meta = txn.open_table(tables::SM_META).map_err(io_err)?;
                 let mut res = Vec::with_capacity(work_items.len());
+                let mut splits = Vec::new();
                 let (mut dk, mut db) = (0, 0);
-                for (index, cmd) in work_items {
-                    let Some(cmd) = cmd else {
-                        res.push(ApplyResult::None);
-                        continue;
+                let mut desc_changed = false;
+                for item in work_items {
+                    let (log_id, cmd) = match item {
+                        Work::Blank(log_id) => {
+                            state.applied = Some(log_id);
+                            res.push(ApplyResult::None);
+                            continue;
+                        }
+                        Work::Membership(log_id, m) => {
+                            state.applied = Some(log_id);
+                            desc_changed |= apply_membership(&mut desc, log_id.index(), &m);
+                            state.membership = crate::raft::types::StoredMembership::new(Some(log_id), m);
+                            res.push(ApplyResult::None);
+                            continue;
+                        }
+                        Work::Command(log_id, cmd) => (log_id, cmd),
                     };
+                    state.applied = Some(log_id);
+                    let index = log_id.index();
                     let (session, op) = match cmd {
                         LogCommand::WriteV1 { session, op } => {
                             // Version 1 carried no acknowledgement and no clock.
@@ -305,7 +563,36 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
                             sessions.sweep(&mut state.clock, session_ttl_ms)?;
                             (session, op)
                         }
+                        LogCommand::SplitV1 { key, version, new_region_id, new_peers } => {
+                            let split = SplitCmd { key, version, new_region_id, new_peers };
+                            match apply_split(
+                                &mut desc,
+                                &split,
+                                &state,
+                                &mut data,
+                                &mut sessions,
+                                &mut regions,
+                                &mut meta,
+                                local_node,
+                            )? {
+                                Some((child, seeded, keys, bytes)) => {
+                                    dk -= keys;
+                                    db -= bytes;
+                                    desc_changed = true;
+                                    splits.push((child, seeded));
+                                    res.push(ApplyResult::Split);
+                                }
+                                None => res.push(ApplyResult::SplitRefused),
+                            }
+                            continue;
+                        }
                     };
+                    // A split between the proposal and this entry moved a key away: refuse
+                    // (the client retries on the region now holding it).
+                    if !op.keys().iter().all(|k| desc.contains(k)) {
+                        res.push(ApplyResult::KeyNotInRange);
+                        continue;
+                    }
                     if let Some(s) = session {
                         match sessions.admit(s, &op)? {
                             Admit::Apply => {}
@@ -323,21 +610,44 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
                     }
                     res.push(r);
                 }
-                let mut meta = txn.open_table(tables::SM_META).map_err(io_err)?;
+                if desc_changed {
+                    regions
+                        .insert(region, encode(&RegionRecord::from_descriptor(&desc))?.as_slice())
+                        .map_err(io_err)?;
+                }
                 meta.insert(region, encode(&SmMetaRecord::from_state(&state))?.as_slice()).map_err(io_err)?;
-                *out.lock().unwrap_or_else(|p| p.into_inner()) = Some((res, dk, db, state));
+                let new_desc = desc_changed.then_some(desc);
+                *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(Applied { res, dk, db, state, new_desc, splits });
                 Ok(())
             }))
             .await?;
         crate::metrics::STAGES.apply.record(started.elapsed());
-        let (res, dk, db, state) = results
+        let Applied { res, dk, db, state, new_desc, splits } = results
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .ok_or_else(|| io::Error::other("apply produced no output"))?;
         self.state = state;
+        if let Some(desc) = new_desc {
+            tracing::info!(region_id = region, epoch = ?desc.epoch, end_key_len = desc.end_key.len(), "region descriptor changed");
+            *self.shared.descriptor.write().unwrap_or_else(|p| p.into_inner()) = desc;
+        }
         self.shared.approx_keys.fetch_add(dk, Ordering::Relaxed);
         self.shared.approx_bytes.fetch_add(db, Ordering::Relaxed);
+        for (child, seeded) in splits {
+            tracing::info!(region_id = region, new_region_id = child.id.0, seeded, "region split");
+            {
+                let mut off = self.shared.split_off.lock().unwrap_or_else(|p| p.into_inner());
+                off.push(child.clone());
+                // Only the recent ones matter; keep the list short.
+                if off.len() > 16 {
+                    off.remove(0);
+                }
+            }
+            if let Some(tx) = self.shared.events.get() {
+                let _ = tx.send(RegionEvent::Split { parent: self.shared.region_id, child, seeded });
+            }
+        }
         for (responder, r) in responders.into_iter().zip(res) {
             if let Some(responder) = responder {
                 responder.send(r);
@@ -355,6 +665,10 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
             snapshot::install(&self.engine, self.region, &snapshot, meta.last_log_id, meta.last_membership.clone())
                 .await?;
         self.state = installed.state;
+        if let Some(desc) = installed.descriptor {
+            tracing::info!(region_id = self.region, epoch = ?desc.epoch, "region descriptor from a snapshot");
+            *self.shared.descriptor.write().unwrap_or_else(|p| p.into_inner()) = desc;
+        }
         self.shared.approx_keys.store(installed.keys, Ordering::Relaxed);
         self.shared.approx_bytes.store(installed.bytes, Ordering::Relaxed);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), snapshot));

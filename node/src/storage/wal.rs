@@ -54,6 +54,7 @@ const KIND_TRUNCATE: u8 = 4;
 const KIND_PURGE: u8 = 5;
 const KIND_CHECKPOINT: u8 = 6;
 const KIND_RELOCATE: u8 = 7;
+const KIND_FORGET: u8 = 8;
 
 /// Segments kept before compaction copies the live entries of the oldest one forward, so
 /// that a region whose log is not purged (an idle region) cannot pin every later segment.
@@ -113,6 +114,12 @@ pub enum Op {
         /// Encoded log id of entry `upto`.
         log_id: Vec<u8>,
     },
+    /// Forgets the region: its entries, vote, commit and purge point (its replica was
+    /// destroyed on this node).
+    Forget {
+        /// Region.
+        region: u64,
+    },
 }
 
 impl Op {
@@ -123,7 +130,8 @@ impl Op {
             | Op::Vote { region, .. }
             | Op::Committed { region, .. }
             | Op::Truncate { region, .. }
-            | Op::Purge { region, .. } => *region,
+            | Op::Purge { region, .. }
+            | Op::Forget { region } => *region,
         }
     }
 
@@ -145,6 +153,7 @@ impl Op {
                 Op::Vote { vote: b, .. } | Op::Committed { committed: b, .. } => b.len(),
                 Op::Truncate { .. } => 8,
                 Op::Purge { log_id, .. } => 8 + log_id.len(),
+                Op::Forget { .. } => 0,
             }
     }
 
@@ -165,6 +174,7 @@ impl Op {
                 out.extend_from_slice(&upto.to_le_bytes());
                 out.extend_from_slice(log_id);
             }
+            Op::Forget { .. } => {}
         }
         finish_record(out, start);
     }
@@ -177,6 +187,7 @@ impl Op {
             Op::Committed { .. } => KIND_COMMITTED,
             Op::Truncate { .. } => KIND_TRUNCATE,
             Op::Purge { .. } => KIND_PURGE,
+            Op::Forget { .. } => KIND_FORGET,
         }
     }
 }
@@ -269,12 +280,22 @@ impl RegionIndex {
                 self.drop_upto(*upto);
                 self.purged = Some((*upto, log_id.clone()));
             }
+            Op::Forget { .. } => *self = RegionIndex::default(),
         }
     }
 
     fn is_empty(&self) -> bool {
         self.spans.is_empty() && self.vote.is_none() && self.committed.is_none() && self.purged.is_none()
     }
+}
+
+/// Applies one op to the index; a forgotten region leaves it.
+fn apply_op(index: &mut HashMap<u64, RegionIndex>, op: &Op, segment: u64, offset: u64, len: u32) {
+    if let Op::Forget { region } = op {
+        index.remove(region);
+        return;
+    }
+    index.entry(op.region()).or_default().apply(op, segment, offset, len);
 }
 
 /// What the log holds for a region, as recovered or last written.
@@ -727,6 +748,7 @@ fn decode_op(kind: u8, region: u64, payload: &[u8]) -> io::Result<Option<Op>> {
         KIND_COMMITTED => Op::Committed { region, committed: payload.to_vec() },
         KIND_TRUNCATE => Op::Truncate { region, from: r.u64()? },
         KIND_PURGE => Op::Purge { region, upto: r.u64()?, log_id: r.buf.to_vec() },
+        KIND_FORGET => Op::Forget { region },
         KIND_CHECKPOINT => return Ok(None),
         other => return Err(corrupt(format!("unknown raft log record kind {other}"))),
     }))
@@ -866,7 +888,7 @@ fn recover(dir: &Path, segment_bytes: u64) -> io::Result<Recovered> {
             if kind == KIND_CHECKPOINT {
                 apply_checkpoint(&mut index, payload)?;
             } else if let Some(op) = decode_op(kind, region, payload)? {
-                index.entry(region).or_default().apply(&op, seq, offset as u64, len as u32);
+                apply_op(&mut index, &op, seq, offset as u64, len as u32);
             }
             offset += len;
         }
@@ -1075,7 +1097,7 @@ fn write_batch(
     {
         let mut index = lock(&shared.index);
         for (op, &(offset, len)) in batch.iter().flat_map(|j| &j.ops).zip(positions.iter()) {
-            index.entry(op.region()).or_default().apply(op, tail.segment, offset, len);
+            apply_op(&mut index, op, tail.segment, offset, len);
         }
     }
     let stats = &shared.stats;
@@ -1099,6 +1121,30 @@ mod tests {
 
     fn indexes(got: &[(u64, Vec<u8>)]) -> Vec<u64> {
         got.iter().map(|(i, _)| *i).collect()
+    }
+
+    #[test]
+    fn a_forgotten_region_stays_forgotten_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogEngine::open(dir.path()).unwrap();
+        log.write_blocking(vec![entries(1, 1, 10), entries(2, 1, 5), Op::Vote { region: 1, vote: b"v1".to_vec() }])
+            .unwrap();
+        log.write_blocking(vec![Op::Purge { region: 1, upto: 3, log_id: b"p3".to_vec() }]).unwrap();
+        log.write_blocking(vec![Op::Forget { region: 1 }]).unwrap();
+        let check = |log: &LogEngine| {
+            assert_eq!(log.region_state(1), RegionLogState::default());
+            assert_eq!(log.regions(), vec![2]);
+            assert_eq!(log.region_state(2).entries, Some((1, 5)), "other regions are untouched");
+        };
+        check(&log);
+        log.close();
+        drop(log);
+        let log = LogEngine::open(dir.path()).unwrap();
+        check(&log);
+        // The region id may be written again (a fresh start), independent of what was forgotten.
+        log.write_blocking(vec![entries(1, 20, 1)]).unwrap();
+        assert_eq!(log.region_state(1).entries, Some((20, 20)));
+        assert_eq!(log.region_state(1).vote, None);
     }
 
     #[test]

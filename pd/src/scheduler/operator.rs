@@ -111,6 +111,8 @@ pub enum Reason {
         /// The node with the fewest.
         to: NodeId,
     },
+    /// An operator asked for it (`tessera admin split`).
+    Manual,
 }
 
 impl Reason {
@@ -127,7 +129,8 @@ impl Reason {
             | Reason::SplitSize
             | Reason::SplitKeys
             | Reason::SplitHot
-            | Reason::MergeSmall => None,
+            | Reason::MergeSmall
+            | Reason::Manual => None,
         }
     }
 }
@@ -195,6 +198,7 @@ impl fmt::Display for Operator {
             Reason::MergeSmall => f.write_str("merge-small"),
             Reason::BalanceRegion { from, to } => write!(f, "balance-region {from} {to}"),
             Reason::BalanceLeader { from, to } => write!(f, "balance-leader {from} {to}"),
+            Reason::Manual => f.write_str("manual"),
         }
     }
 }

@@ -310,7 +310,14 @@ impl RetryState {
             }
             (RetryAction::ReplaceRegions, W::EpochNotMatch { current }) => {
                 updates.push(CacheUpdate::Replace(current.clone()));
-                Next::Now
+                // The first redirect carries what the client needs; repeated ones mean the
+                // shape is still settling (a split half not yet reported to PD), so pace
+                // them instead of burning the attempt budget in a tight loop.
+                if self.failures <= 1 {
+                    Next::Now
+                } else {
+                    Next::Wait(None)
+                }
             }
             (RetryAction::InvalidateRegion, _) => {
                 let region = match e {
@@ -429,8 +436,14 @@ mod tests {
             epoch: RegionEpoch { conf_ver: 1, version: 2 },
             peers: vec![peer(1)],
         }];
-        let v = Run::new(WRITE).decide(server(W::EpochNotMatch { current: current.clone() }), 0, 1000);
+        let mut run = Run::new(WRITE);
+        let v = run.decide(server(W::EpochNotMatch { current: current.clone() }), 0, 1000);
         assert_eq!(v.decision, Decision::RetryNow);
+        assert_eq!(v.updates, vec![CacheUpdate::Replace(current.clone())]);
+        // A second redirect in a row (PD still serves the old shape) waits before retrying,
+        // so a settling split cannot use up the attempt budget in a tight loop.
+        let v = run.decide(server(W::EpochNotMatch { current: current.clone() }), 1, 1000);
+        assert!(matches!(v.decision, Decision::RetryAfter(_)), "{:?}", v.decision);
         assert_eq!(v.updates, vec![CacheUpdate::Replace(current)]);
     }
 

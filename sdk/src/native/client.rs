@@ -582,6 +582,48 @@ impl Client {
         }
     }
 
+    /// Every node and every region with roles (voters, learners, leader) and approximate
+    /// sizes, as PD sees them.
+    pub async fn cluster_status(&self) -> Result<(Vec<NodeInfo>, Vec<tessera_wire::RegionInfo>), Error> {
+        match self.pd(PdRequest::GetClusterStatus).await? {
+            PdResponse::ClusterStatus { nodes, regions } => Ok((nodes, regions)),
+            _ => Err(protocol("GetClusterStatus")),
+        }
+    }
+
+    /// Running and recently finished placement operators (admin).
+    pub async fn operators(&self) -> Result<Vec<tessera_wire::OperatorInfo>, Error> {
+        match self.pd(PdRequest::GetOperators).await? {
+            PdResponse::Operators(ops) => Ok(ops),
+            _ => Err(protocol("GetOperators")),
+        }
+    }
+
+    /// Asks PD to split the region containing `key` at `key` (admin). Returns the
+    /// operator's id once it is planned; [`Client::operators`] tells when it finished.
+    pub async fn split_region(&self, key: &[u8]) -> Result<u64, Error> {
+        match self.pd(PdRequest::SplitRegion { key: key.to_vec() }).await? {
+            PdResponse::OperatorStarted { op_id } => Ok(op_id),
+            _ => Err(protocol("SplitRegion")),
+        }
+    }
+
+    /// Asks PD to move every replica off `node` (admin).
+    pub async fn drain_node(&self, node: tessera_wire::NodeId) -> Result<(), Error> {
+        match self.pd(PdRequest::DrainNode { node_id: node }).await? {
+            PdResponse::Ok => Ok(()),
+            _ => Err(protocol("DrainNode")),
+        }
+    }
+
+    /// Asks PD to forget `node`, which must host no replica (admin).
+    pub async fn remove_node(&self, node: tessera_wire::NodeId) -> Result<(), Error> {
+        match self.pd(PdRequest::RemoveNode { node_id: node }).await? {
+            PdResponse::Ok => Ok(()),
+            _ => Err(protocol("RemoveNode")),
+        }
+    }
+
     /// Test hook: puts `region` in the routing cache regardless of epochs, evicting what it
     /// overlaps (to exercise stale-route handling).
     #[doc(hidden)]

@@ -85,7 +85,9 @@ pub(crate) fn encode(frame: &Frame, max_frame_len: u32) -> Result<Bytes, FrameEr
         let body = buf.len() - LEN_PREFIX;
         let refuse = match encoded {
             Err(e) => Some(FrameError::Malformed(e.to_string())),
-            Ok(()) if body > max_frame_len as usize => Some(FrameError::TooLarge { len: body as u64, max: max_frame_len }),
+            Ok(()) if body > max_frame_len as usize => {
+                Some(FrameError::TooLarge { len: body as u64, max: max_frame_len })
+            }
             Ok(()) => None,
         };
         if let Some(e) = refuse {

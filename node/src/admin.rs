@@ -1,0 +1,194 @@
+//! Steps PD asks a region's leader to take (answers to region heartbeats): add a learner,
+//! promote it, remove a replica, hand leadership over, split.
+//!
+//! Each step is checked against the region's current epoch first: PD planned it against
+//! `command.epoch`, and a region that changed since is left alone (PD plans again from
+//! what the next heartbeat reports). A region runs one step at a time; a step PD resends
+//! while the previous is still being proposed is dropped.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+
+use openraft::ChangeMembers;
+use tessera_wire::{RegionCommand, RegionCommandKind};
+
+use crate::raft::types::{LogCommand, PeerNode};
+use crate::region::{NodeContext, Region};
+
+/// Why a step was not taken.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StepError {
+    /// This replica no longer leads the region, or the region is gone.
+    #[error("not the leader")]
+    NotLeader,
+    /// The region's epoch moved on since PD planned the step.
+    #[error("stale epoch")]
+    StaleEpoch,
+    /// Another step of the region is still being proposed.
+    #[error("another step is in progress")]
+    Busy,
+    /// The step does not fit the region (a split key outside its range, peers on other
+    /// nodes than its voters, a learner present).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// openraft refused or failed the change.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Takes one step PD asked for, logging the outcome.
+pub(crate) async fn execute(ctx: &NodeContext, command: RegionCommand) {
+    let (region_id, op_id) = (command.region_id.0, command.op_id);
+    match step(ctx, command).await {
+        Ok(what) => tracing::info!(region_id, op_id, what, "region step done"),
+        Err(StepError::Busy) => tracing::debug!(region_id, op_id, "region step already in progress"),
+        Err(e) => tracing::info!(region_id, op_id, error = %e, "region step not taken"),
+    }
+}
+
+/// Clears the region's busy flag when the step ends.
+struct BusyGuard<'a>(&'a Region);
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.admin_busy.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Entries a leader-transfer target may lag behind.
+const TRANSFER_MAX_LAG: u64 = 64;
+/// How recently a leader-transfer target must have answered a heartbeat.
+const TRANSFER_MAX_SILENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Why `to` should not take over the leadership now, if it should not.
+fn unfit_successor(region: &Region, to: u64) -> Option<String> {
+    use openraft::async_runtime::watch::WatchReceiver;
+    use openraft::Instant as _;
+    let metrics = region.raft.metrics();
+    let m = metrics.borrow_watched();
+    let last = m.last_log_index.unwrap_or(0);
+    let matched = m.replication.as_ref().and_then(|r| r.get(&to).cloned().flatten()).map(|l| l.index);
+    let acked = m.heartbeat.as_ref().and_then(|h| h.get(&to).cloned().flatten());
+    match (matched, acked) {
+        (None, _) => Some(format!("peer {to} has not replicated anything yet")),
+        (Some(i), _) if last.saturating_sub(i) > TRANSFER_MAX_LAG => {
+            Some(format!("peer {to} lags {} entries", last - i))
+        }
+        (_, None) => Some(format!("peer {to} has not answered a heartbeat")),
+        (_, Some(at)) if at.into_inner().elapsed() > TRANSFER_MAX_SILENCE => {
+            Some(format!("peer {to} has not answered for {:?}", at.into_inner().elapsed()))
+        }
+        _ => None,
+    }
+}
+
+async fn step(ctx: &NodeContext, command: RegionCommand) -> Result<&'static str, StepError> {
+    let region = ctx.regions.get(command.region_id).ok_or(StepError::NotLeader)?;
+    if !region.is_leader() {
+        return Err(StepError::NotLeader);
+    }
+    let desc = region.shared.descriptor();
+    if desc.epoch != command.epoch {
+        return Err(StepError::StaleEpoch);
+    }
+    if region.admin_busy.swap(true, Ordering::SeqCst) {
+        return Err(StepError::Busy);
+    }
+    let _busy = BusyGuard(&region);
+    let raft_err = |e: &dyn std::fmt::Display| StepError::Raft(e.to_string());
+    let ids = |p: tessera_wire::Peer| BTreeSet::from([p.id.0]);
+    match command.kind {
+        RegionCommandKind::AddLearner { peer } => {
+            if desc.peer_on(peer.node_id).is_some() {
+                return Err(StepError::Refused(format!("node {} already hosts a voter", peer.node_id)));
+            }
+            region
+                .raft
+                .add_learner(peer.id.0, PeerNode { node_id: peer.node_id.0 }, false)
+                .await
+                .map_err(|e| raft_err(&e))?;
+            Ok("add learner")
+        }
+        RegionCommandKind::PromoteLearner { peer } => {
+            region
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(ids(peer)), false)
+                .await
+                .map_err(|e| raft_err(&e))?;
+            Ok("promote learner")
+        }
+        RegionCommandKind::RemovePeer { peer } => {
+            if peer.id == region.peer.id {
+                // A leader does not remove itself: it hands leadership to another voter,
+                // and PD asks the new leader to remove this replica.
+                let to =
+                    desc.peers.iter().find(|p| p.id != peer.id).ok_or(StepError::Refused("no other voter".into()))?;
+                region.raft.trigger().transfer_leader(to.id.0).await.map_err(|e| raft_err(&e))?;
+                return Ok("transfer leader before removing self");
+            }
+            let change = if desc.peer(peer.id).is_some() {
+                ChangeMembers::RemoveVoters(ids(peer))
+            } else {
+                ChangeMembers::RemoveNodes(ids(peer))
+            };
+            region.raft.change_membership(change, false).await.map_err(|e| raft_err(&e))?;
+            Ok("remove peer")
+        }
+        RegionCommandKind::TransferLeader { to } => {
+            if desc.peer(to.id).is_none() {
+                return Err(StepError::Refused(format!("peer {} is not a voter", to.id)));
+            }
+            // Hand over only to a voter that answers and is caught up: a leader that steps
+            // down towards a dead or lagging peer leaves the region leaderless until an
+            // election timeout.
+            if let Some(why) = unfit_successor(&region, to.id.0) {
+                return Err(StepError::Refused(why));
+            }
+            region.raft.trigger().transfer_leader(to.id.0).await.map_err(|e| raft_err(&e))?;
+            Ok("transfer leader")
+        }
+        RegionCommandKind::Split { key, new_region_id, new_peers } => {
+            let voters: BTreeSet<_> = desc.peers.iter().map(|p| p.node_id).collect();
+            let nodes: BTreeSet<_> = new_peers.iter().map(|p| p.node_id).collect();
+            if voters != nodes || new_peers.len() != desc.peers.len() {
+                return Err(StepError::Refused("the new region's replicas are not on the region's voters".into()));
+            }
+            let has_learners = {
+                use openraft::async_runtime::watch::WatchReceiver;
+                let metrics = region.raft.metrics();
+                let m = metrics.borrow_watched();
+                let any = m.membership_config.membership().learner_ids().next().is_some();
+                any
+            };
+            if has_learners {
+                return Err(StepError::Refused("the region has a learner".into()));
+            }
+            let key = match key {
+                Some(k) => k,
+                None => {
+                    let engine = ctx.engine.clone();
+                    let (r, total) = (region.id.0, region.shared.approx_bytes.load(Ordering::Relaxed).max(0) as u64);
+                    let (start, end) = (desc.start_key.clone(), desc.end_key.clone());
+                    tokio::task::spawn_blocking(move || {
+                        crate::storage::state_machine::middle_key(&engine, r, &start, &end, total)
+                    })
+                    .await
+                    .map_err(|e| StepError::Raft(e.to_string()))?
+                    .map_err(|e| StepError::Raft(e.to_string()))?
+                    .ok_or(StepError::Refused("no key splits the region".into()))?
+                }
+            };
+            let cmd = LogCommand::SplitV1 {
+                key,
+                version: desc.epoch.version,
+                new_region_id: new_region_id.0,
+                new_peers: new_peers.iter().map(|p| (p.id.0, p.node_id.0)).collect(),
+            };
+            let resp = region.raft.client_write(cmd).await.map_err(|e| raft_err(&e))?;
+            match resp.data {
+                crate::raft::types::ApplyResult::Split => Ok("split"),
+                other => Err(StepError::Refused(format!("split not applied: {other:?}"))),
+            }
+        }
+    }
+}

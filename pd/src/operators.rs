@@ -1,0 +1,422 @@
+//! The operator controller: runs the scheduler's operators through region heartbeats.
+//!
+//! Every region heartbeat first checks the operators in flight against what the leaders
+//! now report: an operator whose goal shows (the learner is there, the peer is gone, the
+//! leader moved, the range version rose) succeeded; one whose region split or disappeared
+//! under it is cancelled; one past its deadline timed out. Then, at most every
+//! [`SCHEDULE_EVERY`], the scheduler plans new operators from the cluster snapshot with the
+//! ones in flight. Finally the answer to the heartbeat carries the step of every reported
+//! region with an operator in flight; it is resent with each heartbeat until the goal shows
+//! (the leader ignores a step planned against an epoch that moved on, and one already being
+//! proposed).
+//!
+//! Operators are soft state: a restarted PD forgets them, and the scheduler plans again
+//! from what the leaders report. Ids a step needs (a learner's peer id, a split's region
+//! and peer ids) are allocated, durably, when the operator starts.
+//!
+//! Merges are planned by the scheduler but not executed yet: they are dropped here.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use tessera_wire::{OperatorInfo, OperatorState, Peer, RegionCommand, RegionCommandKind, RegionDescriptor, RegionId};
+
+use crate::meta::{ClusterMeta, MetaChanges};
+use crate::scheduler::{schedule, Operator, OperatorKind, Reason, SchedulerConfig};
+
+/// Least time between two scheduler passes.
+pub const SCHEDULE_EVERY: Duration = Duration::from_millis(200);
+/// Finished operators kept for `tessera admin operators`.
+const KEEP_FINISHED: usize = 256;
+/// How long an operator may take: adding a learner includes sending it a snapshot.
+const ADD_LEARNER_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long any other operator may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+struct Running {
+    id: u64,
+    op: Operator,
+    command: RegionCommand,
+    started: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct Finished {
+    id: u64,
+    region_id: RegionId,
+    text: String,
+    state: OperatorState,
+    started: Duration,
+    ended: Duration,
+}
+
+/// Why a manual operator could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManualError {
+    /// The cluster has no regions yet.
+    #[error("cluster not bootstrapped")]
+    NotBootstrapped,
+    /// The key already starts a region.
+    #[error("the key already starts region {0}")]
+    AlreadyBoundary(RegionId),
+    /// No region covers the key right now (a split is being reported).
+    #[error("no region covers the key yet; retry")]
+    NoRegion,
+    /// The region has an operator in flight.
+    #[error("region {0} is being changed by operator {1}; retry when it finishes")]
+    Busy(RegionId, u64),
+    /// The region has no known leader.
+    #[error("region {0} has no leader yet; retry")]
+    NoLeader(RegionId),
+}
+
+/// Runs operators; see the module docs.
+#[derive(Debug)]
+pub struct OperatorController {
+    config: SchedulerConfig,
+    next_id: u64,
+    running: BTreeMap<RegionId, Running>,
+    finished: VecDeque<Finished>,
+    last_pass: Option<Duration>,
+}
+
+impl OperatorController {
+    /// A controller planning with `config`.
+    pub fn new(config: SchedulerConfig) -> OperatorController {
+        OperatorController { config, next_id: 1, running: BTreeMap::new(), finished: VecDeque::new(), last_pass: None }
+    }
+
+    /// After region heartbeats for `reported` were applied to `meta` at `now`: settles
+    /// finished operators, plans new ones if a pass is due, and returns the steps for the
+    /// reported regions with the durable changes (id allocations) to persist.
+    pub fn on_region_heartbeat(
+        &mut self,
+        meta: &mut ClusterMeta,
+        reported: &[RegionId],
+        now: Duration,
+    ) -> (Vec<RegionCommand>, MetaChanges) {
+        self.settle(meta, now);
+        let mut changes = MetaChanges::default();
+        if self.last_pass.is_none_or(|t| now.saturating_sub(t) >= SCHEDULE_EVERY) && meta.is_bootstrapped() {
+            self.last_pass = Some(now);
+            self.plan(meta, now, &mut changes);
+        }
+        let commands = reported.iter().filter_map(|id| self.running.get(id)).map(|r| r.command.clone()).collect();
+        (commands, changes)
+    }
+
+    /// Starts a split of the region holding `key` at `key` (`tessera admin split`).
+    pub fn split_at(
+        &mut self,
+        meta: &mut ClusterMeta,
+        key: Vec<u8>,
+        now: Duration,
+    ) -> Result<(u64, MetaChanges), ManualError> {
+        if !meta.is_bootstrapped() {
+            return Err(ManualError::NotBootstrapped);
+        }
+        let route = meta.get_region(&key).map_err(|_| ManualError::NoRegion)?;
+        let region = route.region;
+        if region.start_key == key {
+            return Err(ManualError::AlreadyBoundary(region.id));
+        }
+        if let Some(r) = self.running.get(&region.id) {
+            return Err(ManualError::Busy(region.id, r.id));
+        }
+        if route.leader.is_none() {
+            return Err(ManualError::NoLeader(region.id));
+        }
+        let op = Operator {
+            region_id: region.id,
+            epoch: region.epoch,
+            kind: OperatorKind::Split { key: Some(key) },
+            reason: Reason::Manual,
+        };
+        let mut changes = MetaChanges::default();
+        let id = self.start(meta, op, now, &mut changes).ok_or(ManualError::NoRegion)?;
+        Ok((id, changes))
+    }
+
+    /// Running operators, then finished ones, newest first.
+    pub fn infos(&self, now: Duration) -> Vec<OperatorInfo> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let split = |text: &str| match text.split_once(" because ") {
+            Some((kind, reason)) => (kind.to_owned(), reason.to_owned()),
+            None => (text.to_owned(), String::new()),
+        };
+        let mut out: Vec<OperatorInfo> = self
+            .running
+            .values()
+            .map(|r| {
+                let (kind, reason) = split(&r.op.to_string());
+                OperatorInfo {
+                    id: r.id,
+                    region_id: r.op.region_id,
+                    kind,
+                    reason,
+                    state: OperatorState::Running,
+                    started_ms_ago: ms(now.saturating_sub(r.started)),
+                    took_ms: None,
+                }
+            })
+            .collect();
+        out.sort_by_key(|i| std::cmp::Reverse(i.id));
+        out.extend(self.finished.iter().rev().map(|f| {
+            let (kind, reason) = split(&f.text);
+            OperatorInfo {
+                id: f.id,
+                region_id: f.region_id,
+                kind,
+                reason,
+                state: f.state.clone(),
+                started_ms_ago: ms(now.saturating_sub(f.started)),
+                took_ms: Some(ms(f.ended.saturating_sub(f.started))),
+            }
+        }));
+        out
+    }
+
+    /// Operators in flight.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    fn plan(&mut self, meta: &mut ClusterMeta, now: Duration, changes: &mut MetaChanges) {
+        let mut snapshot = meta.scheduler_snapshot(now);
+        snapshot.in_flight = self.running.values().map(|r| r.op.clone()).collect();
+        for op in schedule(&snapshot, &self.config) {
+            if matches!(op.kind, OperatorKind::Merge { .. }) {
+                continue;
+            }
+            self.start(meta, op, now, changes);
+        }
+    }
+
+    /// Allocates what `op` needs, builds its step and records it as running.
+    fn start(&mut self, meta: &mut ClusterMeta, op: Operator, now: Duration, changes: &mut MetaChanges) -> Option<u64> {
+        if self.running.contains_key(&op.region_id) {
+            return None;
+        }
+        let (region, _, _) = meta.region_roles(op.region_id)?;
+        let voters = region.peers.clone();
+        let kind = match &op.kind {
+            OperatorKind::AddLearner { node } => {
+                let (id, c) = meta.alloc_peer();
+                changes.merge(c);
+                RegionCommandKind::AddLearner { peer: Peer { id, node_id: *node } }
+            }
+            OperatorKind::PromoteLearner { peer } => RegionCommandKind::PromoteLearner { peer: *peer },
+            OperatorKind::RemovePeer { peer } => RegionCommandKind::RemovePeer { peer: *peer },
+            OperatorKind::TransferLeader { to } => RegionCommandKind::TransferLeader { to: *to },
+            OperatorKind::Split { key } => {
+                let (new_region_id, c) = meta.alloc_region();
+                changes.merge(c);
+                let mut new_peers = Vec::with_capacity(voters.len());
+                for v in &voters {
+                    let (id, c) = meta.alloc_peer();
+                    changes.merge(c);
+                    new_peers.push(Peer { id, node_id: v.node_id });
+                }
+                RegionCommandKind::Split { key: key.clone(), new_region_id, new_peers }
+            }
+            OperatorKind::Merge { .. } => return None,
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let command = RegionCommand { op_id: id, region_id: op.region_id, epoch: op.epoch, kind };
+        tracing::info!(op_id = id, region_id = op.region_id.0, operator = %op, "operator started");
+        self.running.insert(op.region_id, Running { id, op, command, started: now });
+        Some(id)
+    }
+
+    /// Moves operators whose goal shows, whose region changed under them, or whose time ran
+    /// out, to the finished list.
+    fn settle(&mut self, meta: &ClusterMeta, now: Duration) {
+        let mut done = Vec::new();
+        for (region_id, r) in &self.running {
+            let state = match meta.region_roles(*region_id) {
+                None => Some(OperatorState::Cancelled { reason: "the region is gone".into() }),
+                Some((desc, learners, leader)) => {
+                    if reached(&r.command.kind, &r.op, desc, learners, leader) {
+                        Some(OperatorState::Succeeded)
+                    } else if desc.epoch.version != r.op.epoch.version {
+                        Some(OperatorState::Cancelled { reason: "the region's range changed".into() })
+                    } else if now.saturating_sub(r.started) > timeout(&r.command.kind) {
+                        Some(OperatorState::TimedOut)
+                    } else {
+                        None
+                    }
+                }
+            };
+            if let Some(state) = state {
+                done.push((*region_id, state));
+            }
+        }
+        for (region_id, state) in done {
+            let r = self.running.remove(&region_id).expect("listed above");
+            tracing::info!(op_id = r.id, region_id = region_id.0, state = ?state, "operator finished");
+            self.finished.push_back(Finished {
+                id: r.id,
+                region_id,
+                text: r.op.to_string(),
+                state,
+                started: r.started,
+                ended: now,
+            });
+            while self.finished.len() > KEEP_FINISHED {
+                self.finished.pop_front();
+            }
+        }
+    }
+}
+
+fn timeout(kind: &RegionCommandKind) -> Duration {
+    match kind {
+        RegionCommandKind::AddLearner { .. } => ADD_LEARNER_TIMEOUT,
+        _ => STEP_TIMEOUT,
+    }
+}
+
+/// Whether the region as reported shows the step's goal.
+fn reached(
+    kind: &RegionCommandKind,
+    op: &Operator,
+    desc: &RegionDescriptor,
+    learners: &[Peer],
+    leader: Option<Peer>,
+) -> bool {
+    let hosts = |p: &Peer| desc.peer(p.id).is_some() || learners.iter().any(|l| l.id == p.id);
+    match kind {
+        RegionCommandKind::AddLearner { peer } => hosts(peer),
+        RegionCommandKind::PromoteLearner { peer } => desc.peer(peer.id).is_some(),
+        RegionCommandKind::RemovePeer { peer } => !hosts(peer),
+        RegionCommandKind::TransferLeader { to } => leader == Some(*to),
+        RegionCommandKind::Split { .. } => desc.epoch.version > op.epoch.version,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_wire::{NodeId, NodeStats, PeerId, RegionStats};
+
+    use super::*;
+    use crate::meta::MetaConfig;
+
+    fn cluster(nodes: u64) -> ClusterMeta {
+        let mut meta = ClusterMeta::new(MetaConfig::default());
+        for i in 1..=nodes {
+            let _ = meta.register_node(NodeId(i), format!("127.0.0.1:{}", 7000 + i), 0, Duration::ZERO);
+        }
+        meta
+    }
+
+    fn report(
+        meta: &mut ClusterMeta,
+        desc: &RegionDescriptor,
+        leader: Peer,
+        learners: Vec<Peer>,
+        size: u64,
+        at: Duration,
+    ) {
+        let stats = RegionStats {
+            region: desc.clone(),
+            leader,
+            term: 1,
+            approximate_size: size,
+            approximate_keys: 100,
+            learners,
+            write_qps: 0,
+            read_qps: 0,
+        };
+        let _ = meta.region_heartbeat(leader.node_id, &[stats], at).unwrap();
+    }
+
+    fn only_region(meta: &ClusterMeta) -> RegionDescriptor {
+        meta.scan_regions(b"", b"", 0).unwrap().remove(0).region
+    }
+
+    #[test]
+    fn a_large_region_gets_a_split_step_with_fresh_ids_until_its_version_rises() {
+        let mut meta = cluster(3);
+        let config = SchedulerConfig { split_bytes: 1000, merge_bytes: 100, ..SchedulerConfig::default() };
+        let mut ctl = OperatorController::new(config);
+        let desc = only_region(&meta);
+        let leader = desc.peers[0];
+        report(&mut meta, &desc, leader, vec![], 5000, Duration::ZERO);
+        let (cmds, changes) = ctl.on_region_heartbeat(&mut meta, &[desc.id], Duration::from_secs(1));
+        assert!(changes.allocator, "the split's ids are allocated durably");
+        assert_eq!(cmds.len(), 1);
+        let RegionCommandKind::Split { key: None, new_region_id, new_peers } = &cmds[0].kind else {
+            panic!("expected a split, got {:?}", cmds[0].kind);
+        };
+        assert_ne!(*new_region_id, desc.id);
+        let nodes: Vec<NodeId> = new_peers.iter().map(|p| p.node_id).collect();
+        let voters: Vec<NodeId> = desc.peers.iter().map(|p| p.node_id).collect();
+        assert_eq!(nodes, voters, "one new peer on each voter's node");
+        assert!(new_peers.iter().all(|p| desc.peer(p.id).is_none()), "new peer ids");
+        // Resent until the leader reports the split.
+        let (again, _) = ctl.on_region_heartbeat(&mut meta, &[desc.id], Duration::from_secs(2));
+        assert_eq!(again, cmds);
+        let mut left = desc.clone();
+        left.end_key = b"m".to_vec();
+        left.epoch.version += 1;
+        report(&mut meta, &left, leader, vec![], 2500, Duration::ZERO);
+        let (_, _) = ctl.on_region_heartbeat(&mut meta, &[], Duration::from_secs(3));
+        let infos = ctl.infos(Duration::from_secs(3));
+        assert_eq!(
+            infos.iter().find(|i| i.id == cmds[0].op_id).map(|i| i.state.clone()),
+            Some(OperatorState::Succeeded)
+        );
+    }
+
+    #[test]
+    fn a_step_that_never_shows_times_out_and_is_planned_again() {
+        let mut meta = cluster(3);
+        let config = SchedulerConfig { max_down_time_ms: 1000, ..SchedulerConfig::default() };
+        let mut ctl = OperatorController::new(config);
+        let desc = only_region(&meta);
+        let _ = meta.register_node(NodeId(4), "127.0.0.1:7004".into(), 0, Duration::ZERO);
+        // Node 3 falls silent; the others keep heartbeating.
+        let alive = |meta: &mut ClusterMeta, at: Duration| {
+            for i in [1, 2, 4] {
+                meta.node_heartbeat(NodeId(i), NodeStats::default(), &[], at).unwrap();
+            }
+        };
+        let t = Duration::from_secs(100);
+        alive(&mut meta, t);
+        let leader = *desc.peers.iter().find(|p| p.node_id != NodeId(3)).unwrap();
+        report(&mut meta, &desc, leader, vec![], 10, t);
+        // Node 3's voter is replaced, starting with a learner on node 4.
+        let (cmds, _) = ctl.on_region_heartbeat(&mut meta, &[desc.id], t);
+        let Some(RegionCommandKind::AddLearner { peer }) = cmds.first().map(|c| c.kind.clone()) else {
+            panic!("expected a learner on node 4, got {cmds:?}");
+        };
+        assert_eq!(peer.node_id, NodeId(4));
+        let later = t + ADD_LEARNER_TIMEOUT + Duration::from_secs(1);
+        alive(&mut meta, later);
+        let (cmds2, _) = ctl.on_region_heartbeat(&mut meta, &[desc.id], later);
+        let infos = ctl.infos(later);
+        assert!(infos.iter().any(|i| i.state == OperatorState::TimedOut), "{infos:?}");
+        let Some(RegionCommandKind::AddLearner { peer: again }) = cmds2.first().map(|c| c.kind.clone()) else {
+            panic!("expected the move to be planned again, got {cmds2:?}");
+        };
+        assert_ne!(again.id, peer.id, "a new attempt gets a new peer id");
+    }
+
+    #[test]
+    fn manual_split_refuses_a_boundary_and_a_busy_region() {
+        let mut meta = cluster(3);
+        let mut ctl = OperatorController::new(SchedulerConfig::default());
+        let desc = only_region(&meta);
+        assert_eq!(ctl.split_at(&mut meta, b"k".to_vec(), Duration::ZERO), Err(ManualError::NoLeader(desc.id)));
+        report(&mut meta, &desc, desc.peers[1], vec![], 10, Duration::ZERO);
+        assert_eq!(ctl.split_at(&mut meta, vec![], Duration::ZERO), Err(ManualError::AlreadyBoundary(desc.id)));
+        let (id, _) = ctl.split_at(&mut meta, b"k".to_vec(), Duration::ZERO).unwrap();
+        assert_eq!(ctl.split_at(&mut meta, b"q".to_vec(), Duration::ZERO), Err(ManualError::Busy(desc.id, id)));
+        let (cmds, _) = ctl.on_region_heartbeat(&mut meta, &[desc.id], Duration::from_millis(1));
+        assert!(matches!(&cmds[0].kind, RegionCommandKind::Split { key: Some(k), .. } if k == b"k"));
+        assert_eq!(cmds[0].epoch, desc.epoch);
+        let _ = PeerId(0);
+    }
+}
