@@ -42,7 +42,11 @@ pub(crate) async fn execute(ctx: &NodeContext, command: RegionCommand) {
     match step(ctx, command).await {
         Ok(what) => tracing::info!(region_id, op_id, what, "region step done"),
         Err(StepError::Busy) => tracing::debug!(region_id, op_id, "region step already in progress"),
-        Err(e) => tracing::info!(region_id, op_id, error = %e, "region step not taken"),
+        // PD resends a step with every heartbeat until its goal shows: a refusal repeats.
+        Err(e @ (StepError::Refused(_) | StepError::StaleEpoch | StepError::NotLeader)) => {
+            tracing::debug!(region_id, op_id, error = %e, "region step not taken")
+        }
+        Err(e) => tracing::info!(region_id, op_id, error = %e, "region step failed"),
     }
 }
 

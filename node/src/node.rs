@@ -186,6 +186,12 @@ impl Node {
         self.ctx.changes.subscribe()
     }
 
+    /// Rows of each table of the node's database (data, sessions, region records, ...),
+    /// for tests of replica destruction.
+    pub fn row_counts(&self) -> std::io::Result<crate::storage::inspect::RowCounts> {
+        crate::storage::inspect::row_counts(&self.ctx.engine)
+    }
+
     /// Group-commit counters of the Raft log: (syncs, writes, raft log entries).
     pub fn commit_stats(&self) -> (u64, u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;

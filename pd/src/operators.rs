@@ -19,7 +19,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use tessera_wire::{OperatorInfo, OperatorState, Peer, RegionCommand, RegionCommandKind, RegionDescriptor, RegionId};
+use tessera_wire::{
+    NodeId, OperatorInfo, OperatorState, Peer, RegionCommand, RegionCommandKind, RegionDescriptor, RegionId,
+};
 
 use crate::meta::{ClusterMeta, MetaChanges};
 use crate::scheduler::{schedule, Operator, OperatorKind, Reason, SchedulerConfig};
@@ -233,8 +235,19 @@ impl OperatorController {
     /// Moves operators whose goal shows, whose region changed under them, or whose time ran
     /// out, to the finished list.
     fn settle(&mut self, meta: &ClusterMeta, now: Duration) {
+        let snapshot = meta.scheduler_snapshot(now);
+        let up = |node: NodeId| snapshot.nodes.iter().any(|n| n.id == node && n.up);
         let mut done = Vec::new();
-        for (region_id, r) in &self.running {
+        for (region_id, r) in self.running.iter_mut() {
+            // A membership change moved the region's conf_ver since the step was sent (the
+            // second half of a joint change, or the step itself under way): the step still
+            // applies, so it is resent against the current epoch instead of being refused
+            // as stale until it times out.
+            if let Some((desc, _, _)) = meta.region_roles(*region_id) {
+                if desc.epoch.version == r.op.epoch.version && desc.epoch.conf_ver > r.command.epoch.conf_ver {
+                    r.command.epoch = desc.epoch;
+                }
+            }
             let state = match meta.region_roles(*region_id) {
                 None => Some(OperatorState::Cancelled { reason: "the region is gone".into() }),
                 Some((desc, learners, leader)) => {
@@ -242,6 +255,10 @@ impl OperatorController {
                         Some(OperatorState::Succeeded)
                     } else if desc.epoch.version != r.op.epoch.version {
                         Some(OperatorState::Cancelled { reason: "the region's range changed".into() })
+                    } else if let Some(node) = target_node(&r.command.kind).filter(|n| !up(*n)) {
+                        Some(OperatorState::Cancelled {
+                            reason: format!("its target node {node} stopped heartbeating"),
+                        })
                     } else if now.saturating_sub(r.started) > timeout(&r.command.kind) {
                         Some(OperatorState::TimedOut)
                     } else {
@@ -268,6 +285,15 @@ impl OperatorController {
                 self.finished.pop_front();
             }
         }
+    }
+}
+
+/// The node a step hands something to (a replica, a vote, the leadership), if any.
+fn target_node(kind: &RegionCommandKind) -> Option<NodeId> {
+    match kind {
+        RegionCommandKind::AddLearner { peer } | RegionCommandKind::PromoteLearner { peer } => Some(peer.node_id),
+        RegionCommandKind::TransferLeader { to } => Some(to.node_id),
+        RegionCommandKind::RemovePeer { .. } | RegionCommandKind::Split { .. } => None,
     }
 }
 
@@ -298,7 +324,7 @@ fn reached(
 
 #[cfg(test)]
 mod tests {
-    use tessera_wire::{NodeId, NodeStats, PeerId, RegionStats};
+    use tessera_wire::{NodeStats, PeerId, RegionStats};
 
     use super::*;
     use crate::meta::MetaConfig;
@@ -418,5 +444,37 @@ mod tests {
         assert!(matches!(&cmds[0].kind, RegionCommandKind::Split { key: Some(k), .. } if k == b"k"));
         assert_eq!(cmds[0].epoch, desc.epoch);
         let _ = PeerId(0);
+    }
+
+    #[test]
+    fn a_step_follows_membership_changes_and_is_cancelled_when_its_target_falls_silent() {
+        let mut meta = cluster(3);
+        let mut ctl = OperatorController::new(SchedulerConfig { max_down_time_ms: 1000, ..SchedulerConfig::default() });
+        let desc = only_region(&meta);
+        let _ = meta.register_node(NodeId(4), "127.0.0.1:7004".into(), 0, Duration::ZERO);
+        let t = Duration::from_secs(100);
+        for i in [1, 2, 4] {
+            meta.node_heartbeat(NodeId(i), NodeStats::default(), &[], t).unwrap();
+        }
+        let leader = *desc.peers.iter().find(|p| p.node_id != NodeId(3)).unwrap();
+        report(&mut meta, &desc, leader, vec![], 10, t);
+        let (cmds, _) = ctl.on_region_heartbeat(&mut meta, &[desc.id], t);
+        assert!(matches!(cmds[0].kind, RegionCommandKind::AddLearner { .. }));
+        // The region's conf_ver moves (another membership entry) without the goal showing:
+        // the step is resent against the new epoch.
+        let mut moved = desc.clone();
+        moved.epoch.conf_ver += 1;
+        report(&mut meta, &moved, leader, vec![], 10, t);
+        let (again, _) = ctl.on_region_heartbeat(&mut meta, &[desc.id], t);
+        assert_eq!(again[0].op_id, cmds[0].op_id, "the same operator");
+        assert_eq!(again[0].epoch, moved.epoch, "resent against the current epoch");
+        // Node 4, the learner's node, falls silent: the step is cancelled.
+        let later = t + Duration::from_secs(10);
+        for i in [1, 2] {
+            meta.node_heartbeat(NodeId(i), NodeStats::default(), &[], later).unwrap();
+        }
+        let (_, _) = ctl.on_region_heartbeat(&mut meta, &[], later);
+        let info = ctl.infos(later).into_iter().find(|i| i.id == cmds[0].op_id).unwrap();
+        assert!(matches!(info.state, OperatorState::Cancelled { .. }), "{info:?}");
     }
 }

@@ -20,6 +20,8 @@ pub struct TestCluster {
     pub initial_regions: u32,
     /// Adjusts every node's configuration (e.g. snapshot thresholds).
     pub tweak: fn(&mut NodeConfig),
+    /// Adjusts PD's configuration (e.g. split thresholds).
+    pub pd_tweak: fn(&mut PdConfig),
 }
 
 impl TestCluster {
@@ -58,8 +60,25 @@ impl TestCluster {
         c
     }
 
+    /// Starts PD (adjusted by `pd_tweak`) and `nodes` nodes, and waits until every region
+    /// has a leader.
+    pub async fn start_placed(nodes: u64, initial_regions: u32, pd_tweak: fn(&mut PdConfig)) -> TestCluster {
+        let c = Self::start_full(nodes, initial_regions, |_| {}, pd_tweak).await;
+        c.wait_all_leaders(Duration::from_secs(30)).await;
+        c
+    }
+
     /// Starts PD and the nodes without waiting for the regions to get leaders.
     pub async fn start_unready(nodes: u64, initial_regions: u32, tweak: fn(&mut NodeConfig)) -> TestCluster {
+        Self::start_full(nodes, initial_regions, tweak, |_| {}).await
+    }
+
+    async fn start_full(
+        nodes: u64,
+        initial_regions: u32,
+        tweak: fn(&mut NodeConfig),
+        pd_tweak: fn(&mut PdConfig),
+    ) -> TestCluster {
         // Logs when asked for with RUST_LOG (e.g. RUST_LOG=tessera=debug).
         if std::env::var_os("RUST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
@@ -73,6 +92,7 @@ impl TestCluster {
         tessera_certs::ensure_dev_certs(&certs, &ids).expect("certs");
         let mut pd_cfg = PdConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("pd"), TlsFiles::pd(&certs));
         pd_cfg.initial_regions = initial_regions;
+        pd_tweak(&mut pd_cfg);
         let pd = PdServer::start(pd_cfg).await.expect("start PD");
         let pd_addr = pd.local_addr();
         let mut c = TestCluster {
@@ -83,6 +103,7 @@ impl TestCluster {
             node_addrs: BTreeMap::new(),
             initial_regions,
             tweak,
+            pd_tweak,
         };
         for id in 1..=nodes {
             let node = Node::start(c.node_config(id, "127.0.0.1:0".parse().unwrap())).await.expect("start node");
@@ -144,6 +165,52 @@ impl TestCluster {
         self.nodes.insert(id, Some(node));
     }
 
+    /// Starts a new node `id` (with a fresh certificate) that joins the running cluster.
+    pub async fn add_node(&mut self, id: u64) {
+        tessera_certs::ensure_dev_certs(&self.certs(), &[NodeId(id)]).expect("certs for the new node");
+        let node = Node::start(self.node_config(id, "127.0.0.1:0".parse().unwrap())).await.expect("start node");
+        self.node_addrs.insert(id, node.local_addr());
+        self.nodes.insert(id, Some(node));
+    }
+
+    /// Polls PD's view of the cluster until `done` holds for it (PD offers no change
+    /// notifications), panicking with the last view after `timeout`.
+    pub async fn wait_for_pd(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[tessera_wire::NodeInfo], &[tessera_wire::RegionInfo]) -> bool,
+    ) -> (Vec<tessera_wire::NodeInfo>, Vec<tessera_wire::RegionInfo>) {
+        let client = self.client().await;
+        let start = Instant::now();
+        loop {
+            let view = client.cluster_status().await.expect("cluster status");
+            if done(&view.0, &view.1) {
+                return view;
+            }
+            if start.elapsed() > timeout {
+                let regions: Vec<String> = view
+                    .1
+                    .iter()
+                    .map(|r| {
+                        let peers: Vec<String> =
+                            r.region.peers.iter().map(|p| format!("{}@{}", p.id.0, p.node_id.0)).collect();
+                        format!(
+                            "{} {:?} peers {:?} learners {} leader {:?}",
+                            r.region.id,
+                            r.region.epoch,
+                            peers,
+                            r.learners.len(),
+                            r.leader.map(|l| l.node_id.0)
+                        )
+                    })
+                    .collect();
+                panic!("timed out after {timeout:?} waiting for {what}; regions:\n{}", regions.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stops every node and PD, then starts them all again from their directories.
     pub async fn restart_all(&mut self) {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
@@ -153,6 +220,7 @@ impl TestCluster {
         }
         let mut pd_cfg = PdConfig::new(self.pd_addr, self.dir.path().join("pd"), TlsFiles::pd(&self.certs()));
         pd_cfg.initial_regions = self.initial_regions;
+        (self.pd_tweak)(&mut pd_cfg);
         self.pd = Some(start_on_same_port("PD", || PdServer::start(pd_cfg.clone())).await);
         for id in ids {
             self.restart_node(id).await;

@@ -4,13 +4,14 @@
 //! temporary directory with OS-assigned ports.
 
 mod bad_input;
+mod elastic;
 mod exactly_once;
 mod failover;
 mod harness;
 mod init;
 mod kv_ops;
 mod limits;
-mod linearizable;
+pub(crate) mod linearizable;
 mod replication;
 mod restart;
 mod routing;

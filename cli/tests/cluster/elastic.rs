@@ -1,0 +1,324 @@
+//! Elastic regions: splits under load, rebalancing onto new nodes, repair after a node is
+//! down too long, and draining a node down to zero rows.
+//!
+//! PD's view is polled (it offers no change notifications); every wait is bounded and
+//! panics with the cluster's shape when it runs out.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use tessera::ScanOptions;
+use tessera_pd::PdConfig;
+use tessera_wire::{NodeId, NodeInfo, RegionInfo};
+
+use crate::harness::TestCluster;
+
+/// Replicas (voters and learners) and leaders per node, in PD's view.
+fn counts(regions: &[RegionInfo]) -> (BTreeMap<NodeId, u64>, BTreeMap<NodeId, u64>) {
+    let (mut replicas, mut leaders) = (BTreeMap::new(), BTreeMap::new());
+    for r in regions {
+        for p in r.region.peers.iter().chain(&r.learners) {
+            *replicas.entry(p.node_id).or_insert(0) += 1;
+        }
+        if let Some(l) = r.leader {
+            *leaders.entry(l.node_id).or_insert(0) += 1;
+        }
+    }
+    (replicas, leaders)
+}
+
+/// Every region has exactly 3 voters on distinct nodes among `live`, no learner, and a
+/// leader.
+fn settled_on(regions: &[RegionInfo], live: &[u64]) -> bool {
+    !regions.is_empty()
+        && regions.iter().all(|r| {
+            let mut nodes: Vec<u64> = r.region.peers.iter().map(|p| p.node_id.0).collect();
+            nodes.sort();
+            nodes.dedup();
+            r.region.peers.len() == 3
+                && nodes.len() == 3
+                && nodes.iter().all(|n| live.contains(n))
+                && r.learners.is_empty()
+                && r.leader.is_some_and(|l| live.contains(&l.node_id.0))
+        })
+}
+
+fn spread(counts: &BTreeMap<NodeId, u64>, nodes: &[u64]) -> u64 {
+    let per: Vec<u64> = nodes.iter().map(|n| counts.get(&NodeId(*n)).copied().unwrap_or(0)).collect();
+    per.iter().max().unwrap() - per.iter().min().unwrap()
+}
+
+fn small_regions(pd: &mut PdConfig) {
+    pd.scheduler.split_bytes = 96 * 1024;
+    pd.scheduler.split_keys = 1_000_000;
+    // Merges are not executed yet; keep them out of the plan.
+    pd.scheduler.merge_bytes = 0;
+    pd.scheduler.merge_keys = 0;
+}
+
+fn load_key(i: usize) -> Vec<u8> {
+    format!("load-{i:05}").into_bytes()
+}
+
+fn load_value(i: usize) -> Vec<u8> {
+    let mut v = format!("value-{i:05}-").into_bytes();
+    v.resize(100, b'.');
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loading_20000_keys_into_one_region_splits_it_and_every_key_stays_readable() {
+    const KEYS: usize = 20_000;
+    let cluster = TestCluster::start_placed(3, 1, small_regions).await;
+    let client = cluster.client().await;
+    // Keys in a shuffled order, so that every part of the key space grows and splits.
+    let mut order: Vec<usize> = (0..KEYS).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(7));
+    let order = Arc::new(order);
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // A reader checks acknowledged keys throughout, through every split.
+    let reader = {
+        let (client, order, acknowledged, stop) =
+            (cluster.client().await, order.clone(), acknowledged.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+            let mut reads = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let n = acknowledged.load(Ordering::SeqCst);
+                if n == 0 {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                let i = order[rng.random_range(0..n)];
+                let got = client.get(&load_key(i)).await.unwrap_or_else(|e| panic!("reading key {i}: {e}"));
+                assert_eq!(got, Some(load_value(i)), "key {i} was acknowledged");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for chunk in order.chunks(100) {
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = chunk.iter().map(|&i| (load_key(i), load_value(i))).collect();
+        client.batch_put(&pairs).await.expect("batch put");
+        acknowledged.fetch_add(chunk.len(), Ordering::SeqCst);
+    }
+    let (_, regions) = cluster
+        .wait_for_pd(Duration::from_secs(60), "at least 16 regions, each with a leader", |_, regions| {
+            regions.len() >= 16 && regions.iter().all(|r| r.leader.is_some())
+        })
+        .await;
+    stop.store(true, Ordering::SeqCst);
+    let reads = reader.await.unwrap();
+    assert!(reads > 0, "the reader read while the regions split");
+    // The regions tile the key space.
+    assert!(regions[0].region.start_key.is_empty() && regions.last().unwrap().region.end_key.is_empty());
+    for w in regions.windows(2) {
+        assert_eq!(w[0].region.end_key, w[1].region.start_key, "regions are contiguous");
+    }
+    // Every key once, in order.
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> =
+        client.scan(b"", b"", ScanOptions::default()).map(|p| p.expect("scan")).collect().await;
+    assert_eq!(pairs.len(), KEYS, "every key once");
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        assert_eq!((k, v), (&load_key(i), &load_value(i)), "pair {i} in key order");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_nodes_receive_replicas_and_leaders_until_balanced() {
+    let mut cluster = TestCluster::start_placed(3, 8, |pd| {
+        pd.scheduler.region_tolerance = 2;
+        pd.scheduler.leader_tolerance = 1;
+    })
+    .await;
+    let client = cluster.client().await;
+    for i in 0..64 {
+        client.put(&crate::harness::spread_key(i, 64), b"v").await.unwrap();
+    }
+    for (id, nodes) in [(4, vec![1, 2, 3, 4]), (5, vec![1, 2, 3, 4, 5])] {
+        cluster.add_node(id).await;
+        let live = nodes.clone();
+        cluster
+            .wait_for_pd(Duration::from_secs(90), &format!("balance over {} nodes", nodes.len()), move |_, regions| {
+                let (replicas, leaders) = counts(regions);
+                settled_on(regions, &live) && spread(&replicas, &live) <= 2 && spread(&leaders, &live) <= 1
+            })
+            .await;
+    }
+    for i in 0..64 {
+        assert_eq!(client.get(&crate::harness::spread_key(i, 64)).await.unwrap(), Some(b"v".to_vec()));
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_longer_than_max_down_time_has_its_replicas_recreated_elsewhere() {
+    let mut cluster = TestCluster::start_placed(4, 4, |pd| pd.scheduler.max_down_time_ms = 1_000).await;
+    let client = cluster.client().await;
+    for i in 0..40 {
+        client.put(&crate::harness::spread_key(i, 40), format!("v{i}").as_bytes()).await.unwrap();
+    }
+    // Node 1 hosts a replica of every bootstrap region.
+    cluster.stop_node(1).await;
+    cluster
+        .wait_for_pd(Duration::from_secs(90), "3 voters on live nodes for every region", |_, regions| {
+            settled_on(regions, &[2, 3, 4])
+        })
+        .await;
+    for i in 0..40 {
+        assert_eq!(client.get(&crate::harness::spread_key(i, 40)).await.unwrap(), Some(format!("v{i}").into_bytes()));
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_ends_with_no_replica_and_no_rows_and_no_write_is_lost() {
+    let cluster = TestCluster::start_placed(4, 4, |_| {}).await;
+    let client = cluster.client().await;
+    let drained = 1u64;
+    // Removing a node that still hosts replicas is refused.
+    let refused = client.remove_node(NodeId(drained)).await;
+    assert!(refused.is_err(), "a node with replicas cannot be removed: {refused:?}");
+    // Writes go on while the node is drained.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (client, stop) = (cluster.client().await, stop.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0usize;
+            while !stop.load(Ordering::SeqCst) || i < 200 {
+                let key = crate::harness::spread_key(i % 400, 400);
+                let value = format!("w{i}").into_bytes();
+                client.put(&key, &value).await.unwrap_or_else(|e| panic!("write {i}: {e}"));
+                acked.push((key, value));
+                i += 1;
+            }
+            acked
+        })
+    };
+    client.drain_node(NodeId(drained)).await.unwrap();
+    cluster
+        .wait_for_pd(Duration::from_secs(90), "no replica on the drained node", |nodes: &[NodeInfo], regions| {
+            nodes.iter().any(|n| n.id.0 == drained && n.draining) && settled_on(regions, &[2, 3, 4])
+        })
+        .await;
+    stop.store(true, Ordering::SeqCst);
+    let acked = writer.await.unwrap();
+    // The node destroys its replicas once PD says so, and collects their rows.
+    let node = cluster.nodes[&drained].as_ref().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        let rows = node.row_counts().unwrap();
+        if node.region_count() == 0 && rows.data == 0 && rows.dedup == 0 && rows.sessions == 0 {
+            break rows;
+        }
+        assert!(std::time::Instant::now() < deadline, "the drained node still holds {rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((rows.sm_meta, rows.regions), (0, 0), "{rows:?}");
+    assert!(rows.tombstones >= 1, "destroyed replicas leave tombstones: {rows:?}");
+    // The last acknowledged value of every key is there.
+    let mut last: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for (k, v) in acked {
+        last.insert(k, v);
+    }
+    for (k, v) in &last {
+        assert_eq!(client.get(k).await.unwrap().as_ref(), Some(v), "no acknowledged write is lost");
+    }
+    client.remove_node(NodeId(drained)).await.expect("an empty node can be removed");
+    let (nodes, _) = client.cluster_status().await.unwrap();
+    assert!(nodes.iter().all(|n| n.id.0 != drained), "the removed node is forgotten");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_through_splits_a_move_and_leader_transfers_is_linearizable_per_key() {
+    let cluster = TestCluster::start_placed(4, 1, small_regions).await;
+    let client = cluster.client().await;
+    // Five keys spread over the range the loader fills, so that they end up in different
+    // regions as it splits.
+    let keys: Vec<Vec<u8>> = (0..5).map(|i| [load_key(i * 1_600 + 17), b"/lin".to_vec()].concat()).collect();
+    let workload = crate::linearizable::Workload::start(&cluster, keys.clone(), 4, 300).await;
+    // Meanwhile: a bulk load splits the region over and over...
+    let loader = {
+        let client = cluster.client().await;
+        tokio::spawn(async move {
+            for chunk in (0..8_000).collect::<Vec<usize>>().chunks(100) {
+                let pairs: Vec<(Vec<u8>, Vec<u8>)> = chunk.iter().map(|&i| (load_key(i), load_value(i))).collect();
+                client.batch_put(&pairs).await.expect("bulk load");
+            }
+        })
+    };
+    // ...an operator splits between two of the keys...
+    let split = client.split_region(&keys[2]).await.expect("manual split");
+    // ...and at halfway, draining node 1 moves every replica off it, handing its leaders
+    // over first.
+    workload.halfway.notified().await;
+    client.drain_node(NodeId(1)).await.unwrap();
+    loader.await.unwrap();
+    workload.check(1_000).await;
+    cluster
+        .wait_for_pd(Duration::from_secs(90), "the drain to finish", |_, regions| settled_on(regions, &[2, 3, 4]))
+        .await;
+    let ops = client.operators().await.unwrap();
+    let succeeded = |kind: &str| {
+        ops.iter().filter(|o| o.kind.contains(kind) && o.state == tessera_wire::OperatorState::Succeeded).count()
+    };
+    assert!(ops.iter().any(|o| o.id == split && o.state == tessera_wire::OperatorState::Succeeded), "{ops:?}");
+    assert!(succeeded(" split") >= 2, "the load split regions: {ops:?}");
+    assert!(succeeded("add-learner") >= 1 && succeeded("remove-peer") >= 1, "replicas moved: {ops:?}");
+    assert!(succeeded("transfer-leader") >= 1, "leaders moved: {ops:?}");
+    for i in (0..8_000).step_by(97) {
+        assert_eq!(client.get(&load_key(i)).await.unwrap(), Some(load_value(i)), "loaded key {i}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_regions_serve_while_a_region_moves_and_its_source_node_stops() {
+    let mut cluster = TestCluster::start_placed(4, 4, |pd| pd.scheduler.max_down_time_ms = 1_000).await;
+    let client = cluster.client().await;
+    let n = 40;
+    for i in 0..n {
+        client.put(&crate::harness::spread_key(i, n), format!("v{i}").as_bytes()).await.unwrap();
+    }
+    // Draining node 1 moves the regions it hosts; as soon as one move is under way (a
+    // learner exists), node 1 stops.
+    client.drain_node(NodeId(1)).await.unwrap();
+    cluster
+        .wait_for_pd(Duration::from_secs(30), "a move under way", |_, regions| {
+            regions.iter().any(|r| !r.learners.is_empty())
+        })
+        .await;
+    cluster.stop_node(1).await;
+    // Every region keeps serving reads and writes: each still has a majority of voters.
+    let mut slowest = Duration::ZERO;
+    for round in 0..3 {
+        for i in 0..n {
+            let key = crate::harness::spread_key(i, n);
+            let value = format!("v{i}-{round}");
+            let started = std::time::Instant::now();
+            client.put(&key, value.as_bytes()).await.unwrap_or_else(|e| panic!("write {i}: {e}"));
+            assert_eq!(client.get(&key).await.unwrap(), Some(value.into_bytes()));
+            slowest = slowest.max(started.elapsed());
+        }
+    }
+    // A regression bound (an election after the leader on node 1 stopped), not a goal.
+    assert!(slowest < Duration::from_secs(5), "a write and read took {slowest:?}");
+    // The moves finish on the other nodes, and the moved regions serve there.
+    cluster
+        .wait_for_pd(Duration::from_secs(90), "every region on nodes 2-4", |_, regions| settled_on(regions, &[2, 3, 4]))
+        .await;
+    for i in 0..n {
+        let key = crate::harness::spread_key(i, n);
+        assert_eq!(client.get(&key).await.unwrap(), Some(format!("v{i}-2").into_bytes()));
+    }
+    cluster.shutdown().await;
+}
