@@ -481,6 +481,41 @@ async fn destroy_region(shared: &Shared, newer: RegionDescriptor) -> Result<(), 
     Ok(())
 }
 
+/// Campaigns for a region just split off here until it has a leader, for at most a second:
+/// the other replicas start the region's group only when they apply the split, a moment
+/// after this node, and a vote request reaching a node before that fails. Retrying every
+/// 50 ms gets the region a leader within a few round trips, where waiting for an election
+/// timeout would leave its keys without a leader for most of a second.
+async fn campaign(region: Arc<Region>) {
+    const TRIES: u32 = 20;
+    const EVERY: Duration = Duration::from_millis(50);
+    let mut metrics = region.raft.metrics();
+    for _ in 0..TRIES {
+        if metrics.borrow_watched().current_leader.is_some() {
+            return;
+        }
+        if let Err(e) = region.raft.trigger().elect(false).await {
+            tracing::debug!(region_id = region.id.0, error = %e, "campaign for a split-off region failed");
+            return;
+        }
+        let deadline = tokio::time::sleep(EVERY);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if metrics.borrow_watched().current_leader.is_some() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Acts on region events: starts the group of a region a split seeded here.
 async fn region_events(
     shared: Arc<Shared>,
@@ -509,9 +544,7 @@ async fn region_events(
                         // serves within a round trip instead of an election timeout.
                         let parent_leader = shared.ctx.regions.get(parent).is_some_and(|p| p.is_leader());
                         if parent_leader {
-                            if let Err(e) = region.raft.trigger().elect(false).await {
-                                tracing::debug!(region_id = child_id.0, error = %e, "campaign for a split-off region failed");
-                            }
+                            tokio::spawn(campaign(region.clone()));
                         }
                         tracing::info!(region_id = child_id.0, parent = parent.0, "split-off region started");
                     }

@@ -121,6 +121,7 @@ pub(crate) fn led_region_stats(ctx: &crate::region::NodeContext, load: &mut Load
                 learners,
                 write_qps,
                 read_qps,
+                split_off: r.shared.split_off.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             }
         })
         .collect()

@@ -553,6 +553,16 @@ impl ClusterMeta {
         entry.write_qps = report.write_qps;
         entry.read_qps = report.read_qps;
         entry.reported = true;
+        // Halves split off this region, before their own leaders report: fill the gap
+        // they leave in the routing table (without a leader yet).
+        for child in &report.split_off {
+            if self.regions.contains_key(&child.id) || !self.overlapping(&child.start_key, &child.end_key).is_empty() {
+                continue;
+            }
+            self.insert_region(RegionEntry::new(child.clone(), None, 0, now));
+            changes.regions.insert(child.id);
+            tracing::info!(region_id = child.id.0, parent = region_id.0, "split-off region learned from its parent");
+        }
         RegionReport::Accepted
     }
 
@@ -840,6 +850,7 @@ mod tests {
             learners: vec![],
             write_qps: 0,
             read_qps: 0,
+            split_off: vec![],
         }
     }
 
@@ -1050,6 +1061,33 @@ mod tests {
         // The parent's old descriptor can no longer come back.
         let (out, _) = meta.region_heartbeat(NodeId(1), &[stats(&parent, 1, 9)], 2 * S).unwrap();
         assert_eq!(out, vec![RegionReport::StaleEpoch]);
+    }
+
+    #[test]
+    fn a_parent_report_fills_the_gap_of_its_split_off_half_until_that_half_reports() {
+        let mut meta = bootstrapped(1);
+        let parent = meta.get_region(b"k").unwrap().region;
+        let mut left = parent.clone();
+        left.end_key = b"m".to_vec();
+        left.epoch.version = 2;
+        let mut right = parent.clone();
+        right.id = RegionId(100);
+        right.start_key = b"m".to_vec();
+        right.epoch.version = 2;
+        let mut report = stats(&left, 1, 1);
+        report.split_off = vec![right.clone()];
+        let (out, changes) = meta.region_heartbeat(NodeId(1), &[report.clone()], 2 * S).unwrap();
+        assert_eq!(out, vec![RegionReport::Accepted]);
+        assert!(changes.regions.contains(&RegionId(100)), "the half is persisted");
+        let route = meta.get_region(b"z").unwrap();
+        assert_eq!((route.region.id, route.leader), (RegionId(100), None), "routed, leader unknown");
+        // The half's own report (a later membership change) wins; the parent's stale copy
+        // of it changes nothing.
+        let mut moved = right.clone();
+        moved.epoch.conf_ver += 1;
+        let _ = meta.region_heartbeat(NodeId(1), &[stats(&moved, 1, 1)], 2 * S).unwrap();
+        let _ = meta.region_heartbeat(NodeId(1), &[report], 2 * S).unwrap();
+        assert_eq!(meta.get_region(b"z").unwrap().region.epoch, moved.epoch);
     }
 
     #[test]

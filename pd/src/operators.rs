@@ -354,6 +354,7 @@ mod tests {
             learners,
             write_qps: 0,
             read_qps: 0,
+            split_off: vec![],
         };
         let _ = meta.region_heartbeat(leader.node_id, &[stats], at).unwrap();
     }

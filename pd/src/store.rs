@@ -418,6 +418,7 @@ mod tests {
                 learners: vec![],
                 write_qps: 0,
                 read_qps: 0,
+                split_off: vec![],
             };
             let (_, c) = meta.region_heartbeat(NodeId(2), &[report], Duration::ZERO).unwrap();
             store.persist(&meta, &c).unwrap();
@@ -460,6 +461,7 @@ mod tests {
             learners: vec![],
             write_qps: 0,
             read_qps: 0,
+            split_off: vec![],
         };
         let (_, c) = meta.region_heartbeat(NodeId(1), &[report], Duration::ZERO).unwrap();
         store.persist(&meta, &c).unwrap();

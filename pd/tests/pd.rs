@@ -132,6 +132,7 @@ async fn three_nodes_bootstrap_and_regions_are_routable() {
         learners: vec![],
         write_qps: 0,
         read_qps: 0,
+        split_off: vec![],
     };
     let rhb = PdRequest::RegionHeartbeat { node_id: NodeId(2), regions: vec![stats] };
     assert!(matches!(pd(&nodes[1].1, rhb).await, Ok(PdResponse::RegionCommands(_))));

@@ -238,6 +238,7 @@ mod tests {
                         learners: vec![leader],
                         write_qps: 3,
                         read_qps: 4,
+                        split_off: vec![],
                     }],
                 }
             }),

@@ -85,6 +85,9 @@ pub struct RegionStats {
     pub write_qps: u64,
     /// Reads per second the leader served since its previous report.
     pub read_qps: u64,
+    /// Regions recently split off this one, as of their split: PD learns them at once,
+    /// before their own leaders report, so no key goes without a route meanwhile.
+    pub split_off: Vec<RegionDescriptor>,
 }
 
 /// One step of a region's reconfiguration, sent by PD to the region's leader in the answer
