@@ -462,6 +462,8 @@ async fn destroy_region(shared: &Shared, newer: RegionDescriptor) -> Result<(), 
         tracing::warn!(region_id = newer.id.0, error = %e, "stopping the region's group failed");
     }
     shared.ctx.regions.remove(newer.id);
+    // Reads still in flight on the replica must not read what the retirement removes.
+    region.shared.range_version.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
     let id = newer.id.0;
     let tombstone = encode(&RegionRecord::tombstone(&local)).map_err(|e| NodeError::Storage(e.into()))?;
     shared

@@ -203,14 +203,16 @@ impl NodeService {
             }
         }
         let max_bytes = self.limits.max_response_bytes;
-        let version = Some(desc.epoch.version);
+        let (shared, version) = (region.shared.clone(), desc.epoch.version);
         region.shared.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match req.op {
             KvOp::Get { key } => Ok(ResponseBody::Kv(KvResponse::Value(
-                self.read(move |engine| read_get(engine, r, version, &key)).await?,
+                self.read(move |engine| read_get(engine, r, Some((&shared.range_version, version)), &key)).await?,
             ))),
             KvOp::BatchGet { keys } => {
-                let values = self.read(move |engine| read_batch(engine, r, version, &keys, max_bytes)).await?;
+                let values = self
+                    .read(move |engine| read_batch(engine, r, Some((&shared.range_version, version)), &keys, max_bytes))
+                    .await?;
                 Ok(ResponseBody::Kv(KvResponse::Values(values)))
             }
             KvOp::Scan { start, end, limit, reverse } => {
@@ -222,8 +224,20 @@ impl NodeService {
                     end
                 };
                 let limit = limit.min(self.limits.max_scan_limit) as usize;
-                let (pairs, resume_key) =
-                    self.read(move |engine| read_scan(engine, r, version, &lo, &hi, limit, max_bytes, reverse)).await?;
+                let (pairs, resume_key) = self
+                    .read(move |engine| {
+                        read_scan(
+                            engine,
+                            r,
+                            Some((&shared.range_version, version)),
+                            &lo,
+                            &hi,
+                            limit,
+                            max_bytes,
+                            reverse,
+                        )
+                    })
+                    .await?;
                 debug_assert!(pairs.iter().all(|(k, _)| key_in_range(k, &desc.start_key, &desc.end_key)));
                 Ok(ResponseBody::Kv(KvResponse::Scan { pairs, resume_key }))
             }

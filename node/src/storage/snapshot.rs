@@ -301,6 +301,7 @@ pub async fn install(
     file: &SnapshotFile,
     applied: Option<crate::raft::types::LogId>,
     membership: crate::raft::types::StoredMembership,
+    range_version: Option<Arc<AtomicU64>>,
 ) -> io::Result<Installed> {
     // A fresh data id, recorded as garbage until it goes live.
     let staging = job(engine, false, |txn| {
@@ -367,7 +368,14 @@ pub async fn install(
         Some(r) => decode::<RegionRecord>(r)?.to_descriptor(),
         None => None,
     };
+    let new_version = descriptor.as_ref().map(|d| d.epoch.version);
     job(engine, true, move |txn| {
+        // Before the commit that switches the rows (see `RegionShared::range_version`): a
+        // read admitted for the old range must not read the new rows. (The switch itself is
+        // atomic: a read sees the old rows or the new ones.)
+        if let (Some(v), Some(new)) = (&range_version, new_version) {
+            v.store(new, Ordering::SeqCst);
+        }
         if let Some(record) = region_record {
             let mut regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
             regions.insert(region, record.as_slice()).map_err(io_err)?;
@@ -508,7 +516,7 @@ mod tests {
         let l = leader.clone();
         let (_, file) = tokio::task::spawn_blocking(move || build(&l, 5)).await.unwrap().unwrap();
         let commits_before = follower.stats().jobs.load(Ordering::Relaxed);
-        let installed = install(&follower, 5, &file, None, StoredMembership::default()).await.unwrap();
+        let installed = install(&follower, 5, &file, None, StoredMembership::default(), None).await.unwrap();
         assert!(follower.stats().jobs.load(Ordering::Relaxed) - commits_before >= 3, "installed in several jobs");
         assert_eq!(installed.keys, 60_000);
         assert!(installed.state.data_id >= FIRST_INSTALLED_DATA_ID);
@@ -534,7 +542,7 @@ mod tests {
         let len = std::fs::metadata(file.path()).unwrap().len();
         let f = std::fs::OpenOptions::new().write(true).open(file.path()).unwrap();
         f.set_len(len - 10).unwrap();
-        let r = install(&engine, 5, &file, None, StoredMembership::default()).await;
+        let r = install(&engine, 5, &file, None, StoredMembership::default(), None).await;
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData);
         let txn = engine.read().unwrap();
         assert_eq!(read_state(&txn, 5).unwrap().data_id, 5, "still on the old rows");

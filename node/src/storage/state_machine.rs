@@ -216,6 +216,11 @@ pub struct RegionShared {
     pub local_node: u64,
     /// The region's current shape.
     pub descriptor: RwLock<RegionDescriptor>,
+    /// The range version of the rows in the database, set *before* the commit that changes
+    /// the range (a split, a snapshot install, the replica's destruction): a read that
+    /// finds it unchanged after reading its rows read rows of the range it was admitted
+    /// for (see [`read_get`]).
+    pub range_version: Arc<std::sync::atomic::AtomicU64>,
     /// Approximate number of keys.
     pub approx_keys: AtomicI64,
     /// Approximate bytes of keys and values.
@@ -238,6 +243,7 @@ impl RegionShared {
         Arc::new(RegionShared {
             region_id: descriptor.id,
             local_node,
+            range_version: Arc::new(std::sync::atomic::AtomicU64::new(descriptor.epoch.version)),
             descriptor: RwLock::new(descriptor),
             approx_keys: AtomicI64::new(0),
             approx_bytes: AtomicI64::new(0),
@@ -308,20 +314,20 @@ fn data_id(txn: &redb::ReadTransaction, region: u64) -> io::Result<u64> {
 #[error("the region's range changed under the read")]
 pub struct RangeChanged;
 
-/// The data id of `region` as of `txn`, after checking that its range version is still
-/// `version` (the one the request was checked against; `None`: no check): reads see the
-/// rows of exactly the range they were admitted for.
-fn data_id_at(txn: &redb::ReadTransaction, region: u64, version: Option<u64>) -> io::Result<u64> {
-    let Some(version) = version else { return data_id(txn, region) };
-    let regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
-    let current = match regions.get(region).map_err(io_err)? {
-        Some(v) => super::records::decode::<RegionRecord>(v.value())?.to_descriptor().map(|d| d.epoch.version),
-        None => None,
-    };
-    if current != Some(version) {
-        return Err(io::Error::other(RangeChanged));
+/// What a read checks after reading its rows: the region's range version, as it was when
+/// the request was admitted.
+pub type RangeCheck<'a> = Option<(&'a std::sync::atomic::AtomicU64, u64)>;
+
+/// Fails with [`RangeChanged`] if the range version moved since the request was admitted.
+///
+/// Called after the rows were read: a split (or install) sets the version before its
+/// commit, so a read transaction that saw the commit also sees the new version here. A
+/// read from just before the commit may be refused too; the client just retries.
+fn check_range(check: RangeCheck<'_>) -> io::Result<()> {
+    match check {
+        Some((current, expected)) if current.load(Ordering::SeqCst) != expected => Err(io::Error::other(RangeChanged)),
+        _ => Ok(()),
     }
-    data_id(txn, region)
 }
 
 /// The key at which `region`'s rows in `[start, end)` reach half of `total` bytes: where a
@@ -345,11 +351,13 @@ pub fn middle_key(engine: &Engine, region: u64, start: &[u8], end: &[u8], total:
 }
 
 /// Reads one key of `region` from the applied state.
-pub fn read_get(engine: &Engine, region: u64, version: Option<u64>, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+pub fn read_get(engine: &Engine, region: u64, check: RangeCheck<'_>, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
     let txn = engine.read()?;
-    let id = data_id_at(&txn, region, version)?;
+    let id = data_id(&txn, region)?;
     let t = txn.open_table(tables::DATA).map_err(io_err)?;
-    Ok(t.get(data_key(id, key).as_slice()).map_err(io_err)?.map(|v| v.value().to_vec()))
+    let value = t.get(data_key(id, key).as_slice()).map_err(io_err)?.map(|v| v.value().to_vec());
+    check_range(check)?;
+    Ok(value)
 }
 
 /// Reads keys of `region` from one consistent snapshot, in order, for a prefix of `keys`:
@@ -357,12 +365,12 @@ pub fn read_get(engine: &Engine, region: u64, version: Option<u64>, key: &[u8]) 
 pub fn read_batch(
     engine: &Engine,
     region: u64,
-    version: Option<u64>,
+    check: RangeCheck<'_>,
     keys: &[Vec<u8>],
     max_bytes: usize,
 ) -> io::Result<Vec<Option<Vec<u8>>>> {
     let txn = engine.read()?;
-    let id = data_id_at(&txn, region, version)?;
+    let id = data_id(&txn, region)?;
     let t = txn.open_table(tables::DATA).map_err(io_err)?;
     let mut out = Vec::with_capacity(keys.len());
     let mut bytes = 0;
@@ -374,6 +382,7 @@ pub fn read_batch(
         bytes += k.len() + v.as_ref().map_or(0, Vec::len);
         out.push(v);
     }
+    check_range(check)?;
     Ok(out)
 }
 
@@ -385,7 +394,7 @@ pub fn read_batch(
 pub fn read_scan(
     engine: &Engine,
     region: u64,
-    version: Option<u64>,
+    check: RangeCheck<'_>,
     start: &[u8],
     end: &[u8],
     limit: usize,
@@ -393,7 +402,7 @@ pub fn read_scan(
     reverse: bool,
 ) -> io::Result<(Pairs, Option<Vec<u8>>)> {
     let txn = engine.read()?;
-    let id = data_id_at(&txn, region, version)?;
+    let id = data_id(&txn, region)?;
     let t = txn.open_table(tables::DATA).map_err(io_err)?;
     let (lo, hi) = data_range(id, start, end);
     let range = t.range(lo.as_slice()..hi.as_slice()).map_err(io_err)?;
@@ -407,11 +416,13 @@ pub fn read_scan(
             // Where the next page starts: this key for a forward scan; for a reverse scan
             // the exclusive end just past it.
             let resume = if reverse { [key.as_slice(), &[0]].concat() } else { key };
+            check_range(check)?;
             return Ok((out, Some(resume)));
         }
         bytes += key.len() + v.value().len();
         out.push((key, v.value().to_vec()));
     }
+    check_range(check)?;
     Ok((out, None))
 }
 
@@ -524,6 +535,7 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
         let mut state = self.state.clone();
         let mut desc = self.shared.descriptor();
         let local_node = self.shared.local_node;
+        let range_version = self.shared.range_version.clone();
         self.engine
             .write_lazy(Box::new(move |txn| {
                 let id = state.data_id;
@@ -576,6 +588,8 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
                                 local_node,
                             )? {
                                 Some((child, seeded, keys, bytes)) => {
+                                    // Before the commit: see `RegionShared::range_version`.
+                                    range_version.store(desc.epoch.version, Ordering::SeqCst);
                                     dk -= keys;
                                     db -= bytes;
                                     desc_changed = true;
@@ -661,9 +675,15 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
-        let installed =
-            snapshot::install(&self.engine, self.region, &snapshot, meta.last_log_id, meta.last_membership.clone())
-                .await?;
+        let installed = snapshot::install(
+            &self.engine,
+            self.region,
+            &snapshot,
+            meta.last_log_id,
+            meta.last_membership.clone(),
+            Some(self.shared.range_version.clone()),
+        )
+        .await?;
         self.state = installed.state;
         if let Some(desc) = installed.descriptor {
             tracing::info!(region_id = self.region, epoch = ?desc.epoch, "region descriptor from a snapshot");
@@ -703,5 +723,39 @@ impl RaftSnapshotBuilder<TypeConfig> for RegionSnapshotBuilder {
         let meta = SnapshotMeta { last_log_id: state.applied, last_membership: state.membership };
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), file.clone()));
         Ok(Snapshot { meta, snapshot: file })
+    }
+}
+
+#[cfg(test)]
+mod range_check_tests {
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_whose_range_version_moved_is_refused_and_never_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        engine
+            .write(Box::new(|txn| {
+                let mut data = txn.open_table(tables::DATA).map_err(io_err)?;
+                data.insert(data_key(3, b"k").as_slice(), b"v".as_slice()).map_err(io_err)?;
+                Ok(())
+            }))
+            .await
+            .unwrap();
+        let version = AtomicU64::new(2);
+        assert_eq!(read_get(&engine, 3, Some((&version, 2)), b"k").unwrap(), Some(b"v".to_vec()));
+        // A split set the version before its commit: a read admitted at version 2 is refused
+        // whatever it read.
+        version.store(3, Ordering::SeqCst);
+        for e in [
+            read_get(&engine, 3, Some((&version, 2)), b"k").map(|_| ()).unwrap_err(),
+            read_batch(&engine, 3, Some((&version, 2)), &[b"k".to_vec()], 1 << 20).map(|_| ()).unwrap_err(),
+            read_scan(&engine, 3, Some((&version, 2)), b"", b"", 10, 1 << 20, false).map(|_| ()).unwrap_err(),
+        ] {
+            assert!(e.get_ref().is_some_and(|i| i.is::<RangeChanged>()), "{e}");
+        }
+        assert!(read_get(&engine, 3, None, b"k").is_ok(), "unchecked reads (inspection) still work");
     }
 }
