@@ -841,17 +841,7 @@ mod tests {
 
     fn stats(region: &RegionDescriptor, leader_node: u64, term: u64) -> RegionStats {
         let leader = region.peer_on(NodeId(leader_node)).unwrap();
-        RegionStats {
-            region: region.clone(),
-            leader,
-            term,
-            approximate_size: 10,
-            approximate_keys: 1,
-            learners: vec![],
-            write_qps: 0,
-            read_qps: 0,
-            split_off: vec![],
-        }
+        RegionStats { approximate_size: 10, approximate_keys: 1, ..RegionStats::new(region.clone(), leader, term) }
     }
 
     #[test]

@@ -346,15 +346,10 @@ mod tests {
         at: Duration,
     ) {
         let stats = RegionStats {
-            region: desc.clone(),
-            leader,
-            term: 1,
             approximate_size: size,
             approximate_keys: 100,
             learners,
-            write_qps: 0,
-            read_qps: 0,
-            split_off: vec![],
+            ..RegionStats::new(desc.clone(), leader, 1)
         };
         let _ = meta.region_heartbeat(leader.node_id, &[stats], at).unwrap();
     }

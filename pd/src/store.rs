@@ -409,17 +409,8 @@ mod tests {
             // A leader report and a session allocation are persisted too.
             let region = meta.get_region(b"a").unwrap().region;
             let leader = region.peer_on(NodeId(2)).unwrap();
-            let report = RegionStats {
-                region,
-                leader,
-                term: 7,
-                approximate_size: 1,
-                approximate_keys: 1,
-                learners: vec![],
-                write_qps: 0,
-                read_qps: 0,
-                split_off: vec![],
-            };
+            let report =
+                RegionStats { approximate_size: 1, approximate_keys: 1, ..RegionStats::new(region, leader, 7) };
             let (_, c) = meta.region_heartbeat(NodeId(2), &[report], Duration::ZERO).unwrap();
             store.persist(&meta, &c).unwrap();
             let (session, c) = meta.alloc_session();
@@ -452,17 +443,7 @@ mod tests {
         right.start_key = b"m".to_vec();
         right.epoch.version = 2;
         let leader = right.peer_on(NodeId(1)).unwrap();
-        let report = RegionStats {
-            region: right,
-            leader,
-            term: 1,
-            approximate_size: 0,
-            approximate_keys: 0,
-            learners: vec![],
-            write_qps: 0,
-            read_qps: 0,
-            split_off: vec![],
-        };
+        let report = RegionStats::new(right, leader, 1);
         let (_, c) = meta.region_heartbeat(NodeId(1), &[report], Duration::ZERO).unwrap();
         store.persist(&meta, &c).unwrap();
         drop(store);

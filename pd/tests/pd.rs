@@ -123,17 +123,7 @@ async fn three_nodes_bootstrap_and_regions_are_routable() {
 
     // The leader reports; the route then names it.
     let leader = route.region.peer_on(NodeId(2)).unwrap();
-    let stats = tessera_wire::RegionStats {
-        region: route.region.clone(),
-        leader,
-        term: 3,
-        approximate_size: 0,
-        approximate_keys: 0,
-        learners: vec![],
-        write_qps: 0,
-        read_qps: 0,
-        split_off: vec![],
-    };
+    let stats = tessera_wire::RegionStats::new(route.region.clone(), leader, 3);
     let rhb = PdRequest::RegionHeartbeat { node_id: NodeId(2), regions: vec![stats] };
     assert!(matches!(pd(&nodes[1].1, rhb).await, Ok(PdResponse::RegionCommands(_))));
     let Ok(PdResponse::Region(by_id)) = pd(&client, PdRequest::GetRegionById { region_id: route.region.id }).await

@@ -90,6 +90,24 @@ pub struct RegionStats {
     pub split_off: Vec<RegionDescriptor>,
 }
 
+impl RegionStats {
+    /// A report by `leader` at `term` of `region`, with no size, load, learners or
+    /// split-off regions (set the fields that apply).
+    pub fn new(region: RegionDescriptor, leader: Peer, term: u64) -> RegionStats {
+        RegionStats {
+            region,
+            leader,
+            term,
+            approximate_size: 0,
+            approximate_keys: 0,
+            learners: Vec::new(),
+            write_qps: 0,
+            read_qps: 0,
+            split_off: Vec::new(),
+        }
+    }
+}
+
 /// One step of a region's reconfiguration, sent by PD to the region's leader in the answer
 /// to its region heartbeat. The leader refuses it if the region's epoch is no longer
 /// `epoch` (the step was planned against a state that no longer holds).
