@@ -113,6 +113,9 @@ impl Node {
 
         // Rows of snapshot installs that a crash interrupted, or that were replaced, are
         // deleted in the background.
+        crate::storage::snapshot::reclaim_abandoned_installs(&engine)
+            .await
+            .map_err(|e| NodeError::Storage(e.into()))?;
         crate::storage::snapshot::spawn_garbage_collection(engine.clone());
 
         // Recover every region this node hosts.
@@ -414,22 +417,33 @@ async fn create_region(shared: &Shared, desc: RegionDescriptor) -> Result<(), No
     let created = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let done = created.clone();
     let epoch = desc.epoch;
+    let peer = desc.peer_on(shared.cfg.node_id).map(|p| p.id);
     shared
         .ctx
         .engine
         .write(Box::new(move |txn| {
             use redb::ReadableTable;
             let mut t = txn.open_table(crate::storage::tables::REGIONS).map_err(io_err)?;
+            let mut recreated = false;
             if let Some(old) = t.get(id).map_err(io_err)? {
                 let old: RegionRecord = decode(old.value())?;
-                match old.tombstone_epoch() {
-                    Some(dead) if epoch.conf_ver <= dead.conf_ver => return Ok(()),
-                    Some(_) => {}
+                match old.tombstone_of() {
+                    Some((dead, _)) if epoch.conf_ver <= dead.conf_ver => return Ok(()),
+                    // The same replica cannot come back: its leader would find its log gone.
+                    Some((_, dead_peer)) if Some(dead_peer) == peer => return Ok(()),
+                    Some(_) => recreated = true,
                     // A live record: a split seeded it after PD answered; it opens from there.
                     None => return Ok(()),
                 }
             }
             t.insert(id, record.as_slice()).map_err(io_err)?;
+            drop(t);
+            if recreated {
+                // The destroyed replica's rows, under the region's old data id, may still be
+                // being collected: the new replica's rows go under a fresh one.
+                let fresh = crate::storage::snapshot::alloc_data_id(txn)?;
+                txn.open_table(crate::storage::tables::DATA_IDS).map_err(io_err)?.insert(id, fresh).map_err(io_err)?;
+            }
             done.store(true, std::sync::atomic::Ordering::SeqCst);
             Ok(())
         }))
@@ -465,7 +479,8 @@ async fn destroy_region(shared: &Shared, newer: RegionDescriptor) -> Result<(), 
     // Reads still in flight on the replica must not read what the retirement removes.
     region.shared.range_version.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
     let id = newer.id.0;
-    let tombstone = encode(&RegionRecord::tombstone(&local)).map_err(|e| NodeError::Storage(e.into()))?;
+    let tombstone =
+        encode(&RegionRecord::tombstone(&local, region.peer.id)).map_err(|e| NodeError::Storage(e.into()))?;
     shared
         .ctx
         .engine

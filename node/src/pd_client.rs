@@ -98,22 +98,28 @@ pub(crate) fn led_region_stats(ctx: &crate::region::NodeContext, load: &mut Load
         .into_iter()
         .filter(|r| r.is_leader())
         .map(|r| {
+            let desc = r.shared.descriptor();
             let (term, learners) = {
                 let m = r.raft.metrics();
                 let m = m.borrow_watched();
+                // Every member of the newest (possibly not yet applied) membership that is
+                // not a voter of the applied descriptor: learners, and a learner being
+                // promoted. PD treats these as hosted, so a replica mid-change is never
+                // listed for destruction.
                 let membership = m.membership_config.membership();
                 let learners: Vec<tessera_wire::Peer> = membership
-                    .learner_ids()
-                    .map(|id| tessera_wire::Peer {
-                        id: tessera_wire::PeerId(id),
-                        node_id: tessera_wire::NodeId(membership.get_node(&id).map_or(0, |n| n.node_id)),
+                    .nodes()
+                    .filter(|(id, _)| desc.peer(tessera_wire::PeerId(**id)).is_none())
+                    .map(|(id, n)| tessera_wire::Peer {
+                        id: tessera_wire::PeerId(*id),
+                        node_id: tessera_wire::NodeId(n.node_id),
                     })
                     .collect();
                 (m.current_term, learners)
             };
             let (write_qps, read_qps) = load.rates(&r, now);
             RegionStats {
-                region: r.shared.descriptor(),
+                region: desc,
                 leader: r.peer,
                 term,
                 approximate_size: r.shared.approx_bytes.load(Ordering::Relaxed).max(0) as u64,

@@ -73,8 +73,20 @@ fn load_value(i: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loading_20000_keys_into_one_region_splits_it_and_every_key_stays_readable() {
+    load_split_and_check(3).await;
+}
+
+/// The same load on four nodes: the balancer moves regions onto the fourth while they
+/// split, so replicas created empty receive snapshots of split-off regions during the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug, see issue 7's note: an acknowledged key can read as absent when split-off regions move during the load"]
+async fn loading_20000_keys_while_split_regions_move_to_a_fourth_node_keeps_every_key_readable() {
+    load_split_and_check(4).await;
+}
+
+async fn load_split_and_check(nodes: u64) {
     const KEYS: usize = 20_000;
-    let cluster = TestCluster::start_placed(3, 1, small_regions).await;
+    let cluster = TestCluster::start_placed(nodes, 1, small_regions).await;
     let client = cluster.client().await;
     // Keys in a shuffled order, so that every part of the key space grows and splits.
     let mut order: Vec<usize> = (0..KEYS).collect();

@@ -34,6 +34,9 @@ pub enum RegionRecord {
         id: u64,
         /// Epoch (conf_ver, version) of the region when its replica here was destroyed.
         epoch: (u64, u64),
+        /// The destroyed replica's peer id: a replica with that id is never created again
+        /// (it would come back with an empty log its leader believes it has).
+        peer: u64,
     },
 }
 
@@ -63,15 +66,17 @@ impl RegionRecord {
         }
     }
 
-    /// The tombstone of `desc`'s replica.
-    pub fn tombstone(desc: &RegionDescriptor) -> Self {
-        RegionRecord::TombstoneV1 { id: desc.id.0, epoch: (desc.epoch.conf_ver, desc.epoch.version) }
+    /// The tombstone of the replica `peer` of `desc`.
+    pub fn tombstone(desc: &RegionDescriptor, peer: PeerId) -> Self {
+        RegionRecord::TombstoneV1 { id: desc.id.0, epoch: (desc.epoch.conf_ver, desc.epoch.version), peer: peer.0 }
     }
 
-    /// The epoch of a tombstone.
-    pub fn tombstone_epoch(&self) -> Option<RegionEpoch> {
+    /// The epoch and peer id of a tombstone.
+    pub fn tombstone_of(&self) -> Option<(RegionEpoch, PeerId)> {
         match self {
-            RegionRecord::TombstoneV1 { epoch, .. } => Some(RegionEpoch { conf_ver: epoch.0, version: epoch.1 }),
+            RegionRecord::TombstoneV1 { epoch, peer, .. } => {
+                Some((RegionEpoch { conf_ver: epoch.0, version: epoch.1 }, PeerId(*peer)))
+            }
             RegionRecord::V1 { .. } => None,
         }
     }

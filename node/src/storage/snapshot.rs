@@ -10,10 +10,10 @@
 //!   region-sized transaction. Readers keep using the old data id until one small durable
 //!   commit switches the region to the new one; the old rows are then deleted in steps of
 //!   at most [`GC_STEP_ROWS`] rows ([`collect_garbage`]).
-//! * **Crash safety**: a staging id is recorded as garbage (`gc_data_ids`) before its
-//!   first row is written and leaves that list in the commit that makes it live, so a crash
-//!   mid-install leaves the region on its old state plus garbage that the next start
-//!   collects.
+//! * **Crash safety**: a staging id is listed as an install in progress
+//!   (`staging_data_ids`) before its first row is written and leaves that list in the
+//!   commit that makes it live. The collector never touches it meanwhile; a failed install
+//!   hands it to the collector, and so does the next start after a crash mid-install.
 //!
 //! File format: the magic [`MAGIC`], then records, each a little-endian `u32` length and a
 //! postcard [`SnapshotItem`]: a `Clock` first, then the region's record (range, epoch,
@@ -259,10 +259,40 @@ fn node_meta_u64(txn: &WriteTransaction, name: &str) -> io::Result<Option<u64>> 
     Ok(v)
 }
 
-fn gc_list(txn: &WriteTransaction) -> io::Result<Vec<u64>> {
+/// `node_meta` name of the data ids of installs in progress.
+const STAGING: &str = "staging_data_ids";
+
+fn id_list(txn: &WriteTransaction, name: &str) -> io::Result<Vec<u64>> {
     let t = txn.open_table(tables::NODE_META).map_err(io_err)?;
-    let v = t.get("gc_data_ids").map_err(io_err)?.map(|v| decode::<Vec<u64>>(v.value())).transpose()?;
+    let v = t.get(name).map_err(io_err)?.map(|v| decode::<Vec<u64>>(v.value())).transpose()?;
     Ok(v.unwrap_or_default())
+}
+
+fn gc_list(txn: &WriteTransaction) -> io::Result<Vec<u64>> {
+    id_list(txn, "gc_data_ids")
+}
+
+/// A data id never used on this node (above every region id).
+pub fn alloc_data_id(txn: &WriteTransaction) -> io::Result<u64> {
+    let id = node_meta_u64(txn, "next_data_id")?.unwrap_or(FIRST_INSTALLED_DATA_ID);
+    set_node_meta(txn, "next_data_id", &(id + 1))?;
+    Ok(id)
+}
+
+/// At start-up: the installs a crash interrupted will never finish, so their data ids
+/// become garbage. Run before [`spawn_garbage_collection`] and before any install starts.
+pub async fn reclaim_abandoned_installs(engine: &Engine) -> io::Result<()> {
+    job(engine, true, |txn| {
+        let staging = id_list(txn, STAGING)?;
+        if staging.is_empty() {
+            return Ok(());
+        }
+        let mut gc = gc_list(txn)?;
+        gc.extend(staging);
+        set_node_meta(txn, "gc_data_ids", &gc)?;
+        set_node_meta(txn, STAGING, &Vec::<u64>::new())
+    })
+    .await
 }
 
 fn set_node_meta<T: serde::Serialize>(txn: &WriteTransaction, name: &str, value: &T) -> io::Result<()> {
@@ -303,16 +333,43 @@ pub async fn install(
     membership: crate::raft::types::StoredMembership,
     range_version: Option<Arc<AtomicU64>>,
 ) -> io::Result<Installed> {
-    // A fresh data id, recorded as garbage until it goes live.
+    // A fresh data id, listed as an install in progress until it goes live: the collector
+    // must not touch it meanwhile, and after a crash (or a failed install) it is garbage.
     let staging = job(engine, false, |txn| {
-        let id = node_meta_u64(txn, "next_data_id")?.unwrap_or(FIRST_INSTALLED_DATA_ID);
-        set_node_meta(txn, "next_data_id", &(id + 1))?;
-        let mut gc = gc_list(txn)?;
-        gc.push(id);
-        set_node_meta(txn, "gc_data_ids", &gc)?;
+        let id = alloc_data_id(txn)?;
+        let mut staging = id_list(txn, STAGING)?;
+        staging.push(id);
+        set_node_meta(txn, STAGING, &staging)?;
         Ok(id)
     })
     .await?;
+    let result = install_into(engine, region, file, staging, applied, membership, range_version).await;
+    if result.is_err() {
+        // Abandoned: its rows are garbage now.
+        let _ = job(engine, false, move |txn| {
+            let mut staging_ids = id_list(txn, STAGING)?;
+            staging_ids.retain(|id| *id != staging);
+            set_node_meta(txn, STAGING, &staging_ids)?;
+            let mut gc = gc_list(txn)?;
+            gc.push(staging);
+            set_node_meta(txn, "gc_data_ids", &gc)
+        })
+        .await;
+        spawn_garbage_collection(engine.clone());
+    }
+    result
+}
+
+/// The body of [`install`], into the data id `staging`.
+async fn install_into(
+    engine: &Engine,
+    region: u64,
+    file: &SnapshotFile,
+    staging: u64,
+    applied: Option<crate::raft::types::LogId>,
+    membership: crate::raft::types::StoredMembership,
+    range_version: Option<Arc<AtomicU64>>,
+) -> io::Result<Installed> {
     let path = file.path().to_path_buf();
     let mut reader =
         Some(tokio::task::spawn_blocking(move || SnapshotReader::open(&path)).await.map_err(io::Error::other)??);
@@ -387,9 +444,11 @@ pub async fn install(
         let mut ids = txn.open_table(tables::DATA_IDS).map_err(io_err)?;
         ids.insert(region, staging).map_err(io_err)?;
         drop(ids);
+        let mut staging_ids = id_list(txn, STAGING)?;
+        staging_ids.retain(|id| *id != staging);
+        set_node_meta(txn, STAGING, &staging_ids)?;
         let mut gc = gc_list(txn)?;
-        gc.retain(|id| *id != staging);
-        if old.data_id != staging {
+        if old.data_id != staging && !gc.contains(&old.data_id) {
             gc.push(old.data_id);
         }
         set_node_meta(txn, "gc_data_ids", &gc)
@@ -552,6 +611,31 @@ mod tests {
         collect_garbage(&engine).await.unwrap();
         assert_eq!(rows(&engine, FIRST_INSTALLED_DATA_ID), (0, 0));
         assert_eq!(rows(&engine, 5).0, 1000);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_collector_never_touches_an_install_in_progress_and_reclaims_it_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        // An install in progress has written rows under its staging id; a replaced region's
+        // rows are garbage.
+        let staging = job(&engine, false, |txn| {
+            let id = alloc_data_id(txn)?;
+            set_node_meta(txn, STAGING, &vec![id])?;
+            set_node_meta(txn, "gc_data_ids", &vec![9u64])?;
+            Ok(id)
+        })
+        .await
+        .unwrap();
+        fill(&engine, staging, 100).await;
+        fill(&engine, 9, 100).await;
+        collect_garbage(&engine).await.unwrap();
+        assert_eq!(rows(&engine, 9), (0, 0), "garbage is collected");
+        assert_eq!(rows(&engine, staging).0, 100, "the install in progress is left alone");
+        // After a restart, the interrupted install's rows are garbage.
+        reclaim_abandoned_installs(&engine).await.unwrap();
+        collect_garbage(&engine).await.unwrap();
+        assert_eq!(rows(&engine, staging), (0, 0));
     }
 
     #[test]
