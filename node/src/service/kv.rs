@@ -28,7 +28,7 @@ impl NodeService {
             self.ctx.regions.get(header.region_id).ok_or(Error::RegionNotFound { region_id: header.region_id })?;
         let desc = region.shared.descriptor();
         if header.epoch != desc.epoch {
-            return Err(Error::EpochNotMatch { current: self.current_regions(&region, &req.op) });
+            return Err(Error::EpochNotMatch { current: self.current_regions(&region, &op_keys(&req.op)) });
         }
         self.validate(&req.op, &desc)?;
         let timeout = if header.timeout_ms == 0 {
@@ -42,7 +42,8 @@ impl NodeService {
             KvOp::Write { .. } => Error::WriteUndetermined { region_id: header.region_id },
             _ => Error::DeadlineExceeded,
         };
-        let op = req.op.clone();
+        // Only the keys are kept for a redirect after the fact, not the values.
+        let keys: Vec<Vec<u8>> = op_keys(&req.op).into_iter().map(<[u8]>::to_vec).collect();
         let result =
             tokio::time::timeout(timeout, self.execute(region.clone(), desc, req)).await.unwrap_or(Err(timed_out));
         match result {
@@ -50,22 +51,17 @@ impl NodeService {
             // answer with the regions that now hold its keys, so the client retries there
             // without asking PD.
             Err(Error::EpochNotMatch { current }) if current.is_empty() => {
-                Err(Error::EpochNotMatch { current: self.current_regions(&region, &op) })
+                let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                Err(Error::EpochNotMatch { current: self.current_regions(&region, &keys) })
             }
             other => other,
         }
     }
 
     /// The descriptors a client with a stale view of `region` needs: the region's own, then
-    /// those of the regions hosted here that hold the keys of `op` (the halves of a split).
-    fn current_regions(&self, region: &Region, op: &KvOp) -> Vec<RegionDescriptor> {
+    /// those of the regions hosted here that hold `keys` (the halves of a split).
+    fn current_regions(&self, region: &Region, keys: &[&[u8]]) -> Vec<RegionDescriptor> {
         let own = region.shared.descriptor();
-        let keys: Vec<&[u8]> = match op {
-            KvOp::Get { key } => vec![key],
-            KvOp::BatchGet { keys } => keys.iter().map(Vec::as_slice).collect(),
-            KvOp::Scan { start, .. } => vec![start],
-            KvOp::Write { command, .. } => command.keys(),
-        };
         let mut out = vec![own];
         for other in self.ctx.regions.all() {
             let d = other.shared.descriptor();
@@ -280,6 +276,16 @@ impl NodeService {
                 Error::StorageUnavailable { reason: e.to_string() }
             }
         })
+    }
+}
+
+/// The keys a request names (a scan: its start).
+fn op_keys(op: &KvOp) -> Vec<&[u8]> {
+    match op {
+        KvOp::Get { key } => vec![key],
+        KvOp::BatchGet { keys } => keys.iter().map(Vec::as_slice).collect(),
+        KvOp::Scan { start, .. } => vec![start],
+        KvOp::Write { command, .. } => command.keys(),
     }
 }
 
