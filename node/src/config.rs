@@ -49,9 +49,10 @@ pub struct NodeConfig {
 #[doc(hidden)]
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
-    /// Never initialise a new region's Raft group (as if the node crashed right after
-    /// recording the region, every time).
-    pub skip_region_initialization: bool,
+    /// Never campaign at once for a bootstrapped region this node is the first choice
+    /// for (as if it crashed right after recording the region, every time): the region
+    /// gets its leader from an election timeout instead.
+    pub skip_region_campaign: bool,
 }
 
 /// When the node refuses work rather than queue it.

@@ -19,7 +19,7 @@ use crate::region::{NodeContext, Region, RegionMap};
 use crate::service::NodeService;
 use crate::storage::engine::io_err;
 use crate::storage::records::{decode, encode, RegionRecord};
-use crate::storage::state_machine::{split_seed_log_id, RegionEvent};
+use crate::storage::state_machine::{seeded_state, split_seed_log_id, RegionEvent};
 use crate::storage::wal::LogEngine;
 use crate::storage::{Engine, RegionLogStore, RegionShared, RegionStateMachine};
 
@@ -253,6 +253,9 @@ async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Regi
     let region_err = |source: Box<dyn std::error::Error + Send + Sync>| NodeError::Region { region_id, source };
     let engine = &shared.ctx.engine;
     let mut log = RegionLogStore::open(engine, &shared.ctx.wal, region_id).map_err(|e| region_err(e.into()))?;
+    if desc.epoch == BOOTSTRAP_EPOCH {
+        seed_bootstrap_region(engine, &mut log, &desc).await.map_err(|e| region_err(e.into()))?;
+    }
     let region_shared = RegionShared::new(desc.clone(), shared.cfg.node_id.0);
     let _ = region_shared.events.set(shared.events.clone());
     let mut sm = RegionStateMachine::open(engine, region_shared.clone()).map_err(|e| region_err(e.into()))?;
@@ -276,7 +279,12 @@ async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Regi
     });
     shared.ctx.regions.insert(region.clone());
     shared.ctx.changed();
-    tokio::spawn(drive_initialization(region.clone(), desc.clone(), initialization_delay(shared, &desc, peer.id)));
+    if desc.epoch == BOOTSTRAP_EPOCH && initializer(&desc) == Some(peer.id) && !shared.cfg.faults.skip_region_campaign {
+        // The rotating initializer asks for the first leadership at once, so first leaders
+        // spread over the nodes and serve within round trips; if it fails (or crashed),
+        // the others elect one after an election timeout.
+        tokio::spawn(campaign(region.clone()));
+    }
     // openraft's metrics are the event source for leadership and apply progress. The task
     // ends when the Raft group shuts down (its metrics channel closes).
     let mut metrics = region.raft.metrics();
@@ -304,10 +312,11 @@ async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Regi
     Ok(region)
 }
 
-/// A region created by a split starts with its state machine at the seed log id
-/// ([`split_seed_log_id`]) and no log: purge the log up to the seed, so openraft sees the
-/// seeded membership as committed state and sends a snapshot to any replica without it.
-/// Idempotent: does nothing once the log has the purge point (or any entries).
+/// A seeded region (split off, or bootstrapped: see [`seeded_state`]) starts with its
+/// state machine at the seed log id ([`split_seed_log_id`]) and no log: purge the log up
+/// to the seed, so openraft sees the seeded membership as committed state and sends a
+/// snapshot to any replica without it. Idempotent: does nothing once the log has the purge
+/// point (or any entries).
 async fn seed_split_log(log: &mut RegionLogStore, sm: &mut RegionStateMachine) -> std::io::Result<()> {
     use openraft::storage::{RaftLogStorage, RaftStateMachine};
     let state = log.get_log_state().await?;
@@ -319,7 +328,42 @@ async fn seed_split_log(log: &mut RegionLogStore, sm: &mut RegionStateMachine) -
     Ok(())
 }
 
-/// The peer that initialises a new region's membership (and so usually becomes its first
+/// Seeds a replica of a region as PD bootstrapped it ([`seeded_state`] with PD's peers
+/// and an empty range), unless it has state already: an applied state machine or a log
+/// (a region a previous version initialised through openraft, whose log starts at 0).
+///
+/// Every replica seeds the same state, so no replica ever replays a log from its start:
+/// a replica added later either seeds this same state (while the region is unchanged, so
+/// its epoch is still the bootstrap one) or receives a snapshot.
+async fn seed_bootstrap_region(
+    engine: &Engine,
+    log: &mut RegionLogStore,
+    desc: &RegionDescriptor,
+) -> std::io::Result<()> {
+    use openraft::storage::RaftLogStorage;
+    let state = log.get_log_state().await?;
+    if state.last_log_id.is_some() || state.last_purged_log_id.is_some() {
+        return Ok(());
+    }
+    let region = desc.id.0;
+    let desc = desc.clone();
+    engine
+        .write(Box::new(move |txn| {
+            use redb::ReadableTable;
+            let mut meta = txn.open_table(crate::storage::tables::SM_META).map_err(io_err)?;
+            if meta.get(region).map_err(io_err)?.is_some() {
+                return Ok(());
+            }
+            let data_id = crate::storage::snapshot::read_data_id_mut(txn, region)?;
+            let state = seeded_state(&desc, Default::default(), data_id)?;
+            meta.insert(region, encode(&crate::storage::records::SmMetaRecord::from_state(&state))?.as_slice())
+                .map_err(io_err)?;
+            Ok(())
+        }))
+        .await
+}
+
+/// The peer that campaigns first for a bootstrapped region (and so usually becomes its first
 /// leader): rotated by region id over the peers in id order, so that the first leaders of
 /// a cluster's initial regions are spread over the nodes rather than all on one.
 fn initializer(desc: &RegionDescriptor) -> Option<tessera_wire::PeerId> {
@@ -329,81 +373,13 @@ fn initializer(desc: &RegionDescriptor) -> Option<tessera_wire::PeerId> {
     (n > 0).then(|| ids[(desc.id.0 % n) as usize])
 }
 
-/// How long this peer waits before initialising a new region's group itself: the region's
-/// [`initializer`] at once; the others only if no leader has appeared after a few election
-/// timeouts (the initializer crashed, or failed).
-fn initialization_delay(shared: &Shared, desc: &RegionDescriptor, me: tessera_wire::PeerId) -> Duration {
-    // Only a region as PD bootstrapped it, never changed, is initialised by its replicas: a
-    // region created by a split starts from its seeded state, and a replica added by a
-    // membership change receives its state from the region's leader. Initialising those
-    // would start a second, empty group.
-    if shared.cfg.faults.skip_region_initialization || desc.epoch != BOOTSTRAP_EPOCH {
-        return Duration::MAX;
-    }
-    if initializer(desc) == Some(me) {
-        Duration::ZERO
-    } else {
-        Duration::from_millis(shared.cfg.raft.election_max_ms * 3)
-    }
-}
-
-/// Makes sure a region's Raft group gets initialised, whatever crashed in between: the
-/// region record is durable before the group starts, so a restarted node runs this again
-/// for every region it recovers. It returns once the group is initialised (here or by a
-/// peer's replication) or stopped.
-///
-/// Every peer initialises with the same membership (the peers PD assigned), which openraft
-/// allows: the vote decides one leader. Only the timing differs, so that normally the
-/// rotating [`initializer`] goes first and first leaders spread over the nodes.
-async fn drive_initialization(region: Arc<Region>, desc: RegionDescriptor, delay: Duration) {
-    const RETRY: Duration = Duration::from_millis(500);
-    if delay == Duration::MAX {
-        return;
-    }
-    let mut metrics = region.raft.metrics();
-    let waited = tokio::time::sleep(delay);
-    tokio::pin!(waited);
-    // Wait out the delay, unless the group gets a leader (or stops) first.
-    loop {
-        if metrics.borrow_watched().current_leader.is_some() {
-            return;
-        }
-        tokio::select! {
-            _ = &mut waited => break,
-            changed = metrics.changed() => if changed.is_err() { return },
-        }
-    }
-    loop {
-        match region.raft.is_initialized().await {
-            Ok(true) => return,
-            Ok(false) => match region.raft.initialize(Region::initial_members(&desc)).await {
-                Ok(()) => {
-                    tracing::info!(region_id = desc.id.0, peer = region.peer.id.0, "region group initialised");
-                    return;
-                }
-                // A peer's log reached us first: initialised by replication.
-                Err(openraft::errors::RaftError::APIError(openraft::errors::InitializeError::NotAllowed(_))) => return,
-                Err(openraft::errors::RaftError::Fatal(e)) => {
-                    tracing::debug!(region_id = desc.id.0, error = %e, "region stopped before it was initialised");
-                    return;
-                }
-                Err(e) => tracing::warn!(region_id = desc.id.0, error = %e, "initialising the region failed; retrying"),
-            },
-            Err(e) => {
-                tracing::debug!(region_id = desc.id.0, error = %e, "region stopped before it was initialised");
-                return;
-            }
-        }
-        tokio::time::sleep(RETRY).await;
-    }
-}
-
 /// The epoch PD gives the regions it bootstraps.
 const BOOTSTRAP_EPOCH: tessera_wire::RegionEpoch = tessera_wire::RegionEpoch { conf_ver: 1, version: 1 };
 
 /// Creates a replica PD assigned to this node: persists its record, then starts its Raft
-/// group. A bootstrap region's group is initialised by its replicas ([`open_region`]);
-/// any other starts empty and receives its state from the region's leader.
+/// group. A region as PD bootstrapped it (epoch 1/1) is seeded by each of its replicas
+/// ([`seed_bootstrap_region`]); any other starts empty and receives a snapshot from the
+/// region's leader.
 ///
 /// Refused (silently) if the replica exists, or was destroyed here at an epoch at least as
 /// new (a stale descriptor must not bring a removed replica back).
@@ -498,9 +474,10 @@ async fn destroy_region(shared: &Shared, newer: RegionDescriptor) -> Result<(), 
     Ok(())
 }
 
-/// Campaigns for a region just split off here until it has a leader, for at most a second:
-/// the other replicas start the region's group only when they apply the split, a moment
-/// after this node, and a vote request reaching a node before that fails. Retrying every
+/// Campaigns for a region just seeded here (split off, or bootstrapped) until it has a
+/// leader, for at most a second: the other replicas start the region's group only when
+/// they apply the split (or create the region), a moment after this node, and a vote
+/// request reaching a node before that fails. Retrying every
 /// 50 ms gets the region a leader within a few round trips, where waiting for an election
 /// timeout would leave its keys without a leader for most of a second.
 async fn campaign(region: Arc<Region>) {
@@ -512,7 +489,7 @@ async fn campaign(region: Arc<Region>) {
             return;
         }
         if let Err(e) = region.raft.trigger().elect(false).await {
-            tracing::debug!(region_id = region.id.0, error = %e, "campaign for a split-off region failed");
+            tracing::debug!(region_id = region.id.0, error = %e, "campaign for a new region failed");
             return;
         }
         let deadline = tokio::time::sleep(EVERY);

@@ -1,14 +1,14 @@
 //! A region replica hosted by this node: its Raft handle and shared state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use openraft::async_runtime::watch::WatchReceiver;
 
-use tessera_wire::{LeaderHint, Peer, RegionDescriptor, RegionId};
+use tessera_wire::{LeaderHint, Peer, RegionId};
 
 use crate::raft::network::AddressBook;
-use crate::raft::types::{PeerNode, Raft};
+use crate::raft::types::Raft;
 use crate::storage::{Engine, RegionShared};
 
 /// A snapshot being received in chunks, written to a file as they arrive.
@@ -58,11 +58,6 @@ impl Region {
     /// True when this replica currently believes it leads the region.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow_watched().current_leader == Some(self.peer.id.0)
-    }
-
-    /// The Raft membership for a region's initial configuration.
-    pub fn initial_members(desc: &RegionDescriptor) -> BTreeMap<u64, PeerNode> {
-        desc.peers.iter().map(|p| (p.id.0, PeerNode { node_id: p.node_id.0 })).collect()
     }
 }
 

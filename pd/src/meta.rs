@@ -30,6 +30,10 @@ use tessera_wire::{
     RegionStats, SessionId,
 };
 
+/// The epoch of a region as PD bootstrapped it. Its replicas seed their state from it;
+/// every membership change (adding a learner included) and every split leaves it.
+pub const BOOTSTRAP_EPOCH: RegionEpoch = RegionEpoch { conf_ver: 1, version: 1 };
+
 /// A node silent for longer than this gets no new replicas or leaders from the scheduler
 /// (whatever `node_down_after` says for reporting it down).
 pub const SCHEDULABLE_SILENCE: Duration = Duration::from_secs(5);
@@ -411,13 +415,8 @@ impl ClusterMeta {
                 peers.push(Peer { id: PeerId(self.alloc.next_peer), node_id });
                 self.alloc.next_peer += 1;
             }
-            let region = RegionDescriptor {
-                id,
-                start_key: w[0].clone(),
-                end_key: w[1].clone(),
-                epoch: RegionEpoch { conf_ver: 1, version: 1 },
-                peers,
-            };
+            let region =
+                RegionDescriptor { id, start_key: w[0].clone(), end_key: w[1].clone(), epoch: BOOTSTRAP_EPOCH, peers };
             self.insert_region(RegionEntry::new(region, None, 0, now));
             changes.regions.insert(id);
         }
@@ -453,6 +452,13 @@ impl ClusterMeta {
             if r.region.peer_on(node_id).is_some() {
                 create.push(r.region.clone());
             } else if let Some(learner) = r.learners.iter().find(|p| p.node_id == node_id) {
+                // A replica of a region at the bootstrap epoch seeds the region's initial
+                // state itself, as one of its voters: a learner waits until the leader's
+                // report of the membership change that added it (which raises `conf_ver`),
+                // and then starts empty and receives a snapshot.
+                if r.region.epoch == BOOTSTRAP_EPOCH {
+                    continue;
+                }
                 let mut desc = r.region.clone();
                 desc.peers.push(*learner);
                 create.push(desc);
@@ -963,6 +969,29 @@ mod tests {
             meta.node_heartbeat(NodeId(9), NodeStats::default(), &[], 2 * S),
             Err(MetaError::NodeNotRegistered { node_id: NodeId(9) })
         );
+    }
+
+    #[test]
+    fn a_learner_is_sent_its_region_only_once_the_region_left_the_bootstrap_epoch() {
+        // Replicas of a region at the bootstrap epoch seed its initial state as voters: a
+        // learner that did so would seed a membership it is not a voter of, and replay.
+        let mut meta = bootstrapped(1);
+        let _ = meta.register_node(NodeId(4), "h4:1".into(), 1, S);
+        let region = meta.get_region(b"k").unwrap().region;
+        assert_eq!(region.epoch, BOOTSTRAP_EPOCH);
+        let learner = Peer { id: PeerId(100), node_id: NodeId(4) };
+        let report = |desc: &RegionDescriptor| RegionStats { learners: vec![learner], ..stats(desc, 1, 2) };
+        let _ = meta.region_heartbeat(NodeId(1), &[report(&region)], 2 * S).unwrap();
+        let assigned = meta.node_heartbeat(NodeId(4), NodeStats::default(), &[], 2 * S).unwrap();
+        assert!(assigned.create.is_empty(), "not while the epoch is the bootstrap one: {assigned:?}");
+        // The leader applied the membership entry that added the learner.
+        let mut changed = region.clone();
+        changed.epoch.conf_ver = 8;
+        let _ = meta.region_heartbeat(NodeId(1), &[report(&changed)], 3 * S).unwrap();
+        let assigned = meta.node_heartbeat(NodeId(4), NodeStats::default(), &[], 3 * S).unwrap();
+        assert_eq!(assigned.create.len(), 1);
+        assert_eq!(assigned.create[0].epoch, changed.epoch);
+        assert!(assigned.create[0].peers.contains(&learner), "the learner finds its peer id");
     }
 
     #[test]

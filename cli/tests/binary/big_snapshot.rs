@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::crash::{runtime, ProcCluster};
+use crate::strip_ansi;
 
 /// Peak and current resident memory of a process, in bytes (`VmHWM`, `VmRSS`).
 fn memory(pid: u32) -> (u64, u64) {
@@ -14,24 +15,6 @@ fn memory(pid: u32) -> (u64, u64) {
         line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
     };
     (field("VmHWM:"), field("VmRSS:"))
-}
-
-/// `line` without terminal colour codes.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -94,7 +77,7 @@ fn a_200_mb_region_is_sent_as_a_snapshot_in_bounded_memory_while_other_regions_a
         // log, and openraft postpones the purge while that replication is in flight.
         let wanted = format!("region_id={}", big.region.id.0);
         let sender_proc = cluster.nodes[&sender].as_ref().unwrap();
-        while !strip_ansi(&sender_proc.wait_for("raft log purged", Duration::from_secs(120))).contains(&wanted) {}
+        sender_proc.wait_for_purge(Some(big.region.id.0), Duration::from_secs(120));
         cluster.spawn_node(lagging);
         let receiver_pid = cluster.nodes[&lagging].as_ref().unwrap().child.id();
         let (_, receiver_start) = memory(receiver_pid);

@@ -447,7 +447,7 @@ fn a_node_killed_during_a_snapshot_install_recovers() {
         // Only once the live replicas have purged their logs (a snapshot was taken, and the
         // load keeps writing until one is) does the lagging node need a snapshot.
         for live in [1, 2] {
-            cluster.nodes[&live].as_ref().unwrap().wait_for("raft log purged", Duration::from_secs(60));
+            cluster.nodes[&live].as_ref().unwrap().wait_for_purge(None, Duration::from_secs(60));
         }
         // Restart the node and kill it as soon as it starts installing a snapshot.
         cluster.spawn_node(lagging);

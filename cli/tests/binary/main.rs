@@ -12,6 +12,24 @@ mod crash;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
+/// `line` without terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A child process killed (SIGTERM, then SIGKILL) when dropped.
 struct Proc {
     child: Child,
@@ -62,6 +80,22 @@ impl Proc {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
                 Err(e) => panic!("no line containing {needle:?}: {e}"),
+            }
+        }
+    }
+
+    /// Waits for the log line of a Raft log purge past the seed (every region's log starts
+    /// purged up to index 5, logged at start-up): of `region` if given. Returns the line.
+    fn wait_for_purge(&self, region: Option<u64>, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let line = strip_ansi(&self.wait_for("raft log purged", deadline - std::time::Instant::now()));
+            let field = |name: &str| -> Option<u64> {
+                line.split_whitespace().find_map(|w| w.strip_prefix(name)).and_then(|n| n.parse().ok())
+            };
+            let index = field("index=").expect("the purge line gives the index");
+            if index > 5 && region.is_none_or(|r| field("region_id=") == Some(r)) {
+                return line;
             }
         }
     }

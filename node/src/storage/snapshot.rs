@@ -95,6 +95,13 @@ pub fn read_data_id(txn: &redb::ReadTransaction, region: u64) -> io::Result<u64>
     Ok(ids.get(region).map_err(io_err)?.map_or(region, |v| v.value()))
 }
 
+/// The data id `region`'s rows are stored under, as of `txn` (a write transaction).
+pub fn read_data_id_mut(txn: &WriteTransaction, region: u64) -> io::Result<u64> {
+    let ids = txn.open_table(tables::DATA_IDS).map_err(io_err)?;
+    let id = ids.get(region).map_err(io_err)?.map_or(region, |v| v.value());
+    Ok(id)
+}
+
 /// The state of `region` as of `txn` (a write transaction).
 fn read_state_mut(txn: &WriteTransaction, region: u64) -> io::Result<SmState> {
     let meta = txn.open_table(tables::SM_META).map_err(io_err)?;
@@ -102,8 +109,7 @@ fn read_state_mut(txn: &WriteTransaction, region: u64) -> io::Result<SmState> {
         Some(v) => decode::<SmMetaRecord>(v.value())?.state(region),
         None => SmState::default(),
     };
-    let ids = txn.open_table(tables::DATA_IDS).map_err(io_err)?;
-    state.data_id = ids.get(region).map_err(io_err)?.map_or(region, |v| v.value());
+    state.data_id = read_data_id_mut(txn, region)?;
     Ok(state)
 }
 

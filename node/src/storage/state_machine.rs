@@ -94,6 +94,27 @@ pub fn split_seed_log_id() -> crate::raft::types::LogId {
     crate::raft::types::LogId::new(leader, SPLIT_SEED_INDEX)
 }
 
+/// The state a region starts from on each replica that seeds it rather than receiving it
+/// from the region's leader: applied up to [`split_seed_log_id`], with `desc`'s peers as
+/// its (committed) voters. Regions split off and regions PD bootstraps both start so: the
+/// same on every replica, and with a log that starts after the seed, so that a replica
+/// created empty later always receives a snapshot (which carries the region's range as
+/// of its log position) and never replays a log against a descriptor from elsewhere.
+pub fn seeded_state(desc: &RegionDescriptor, clock: super::records::SessionClock, data_id: u64) -> io::Result<SmState> {
+    let seed = split_seed_log_id();
+    let voters: std::collections::BTreeSet<u64> = desc.peers.iter().map(|p| p.id.0).collect();
+    let nodes: std::collections::BTreeMap<u64, crate::raft::types::PeerNode> =
+        desc.peers.iter().map(|p| (p.id.0, crate::raft::types::PeerNode { node_id: p.node_id.0 })).collect();
+    let membership = crate::raft::types::Membership::new(vec![voters], nodes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("seeded membership: {e}")))?;
+    Ok(SmState {
+        applied: Some(seed),
+        membership: crate::raft::types::StoredMembership::new(Some(seed), membership),
+        clock,
+        data_id,
+    })
+}
+
 /// Index of [`split_seed_log_id`].
 pub const SPLIT_SEED_INDEX: u64 = 5;
 
@@ -189,18 +210,7 @@ fn apply_split(
             data.insert(data_key(to, k).as_slice(), v.as_slice()).map_err(io_err)?;
         }
         sessions.copy_to(to)?;
-        let seed = split_seed_log_id();
-        let voters: std::collections::BTreeSet<u64> = child.peers.iter().map(|p| p.id.0).collect();
-        let nodes: std::collections::BTreeMap<u64, crate::raft::types::PeerNode> =
-            child.peers.iter().map(|p| (p.id.0, crate::raft::types::PeerNode { node_id: p.node_id.0 })).collect();
-        let membership = crate::raft::types::Membership::new(vec![voters], nodes)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("split membership: {e}")))?;
-        let child_state = SmState {
-            applied: Some(seed),
-            membership: crate::raft::types::StoredMembership::new(Some(seed), membership),
-            clock: state.clock,
-            data_id: to,
-        };
+        let child_state = seeded_state(&child, state.clock, to)?;
         meta.insert(to, encode(&SmMetaRecord::from_state(&child_state))?.as_slice()).map_err(io_err)?;
         regions.insert(to, encode(&RegionRecord::from_descriptor(&child))?.as_slice()).map_err(io_err)?;
     }
