@@ -187,7 +187,12 @@ fn dev_cluster_serves_client_commands_and_keeps_data_across_restarts() {
 }
 
 /// Starts `tessera pd` on `addr` with the certificates in `certs`, and waits until it listens.
-fn spawn_pd(certs: &Path, addr: &str, dir: &Path, initial_regions: u32) -> Proc {
+/// A split threshold no test region reaches: most tests keep their regions as bootstrapped
+/// (the 200 MB region of the snapshot test must not split).
+const NO_SPLITS: &str = "4GiB";
+
+/// PD with `initial_regions`, splitting regions past `split_bytes`.
+fn spawn_pd(certs: &Path, addr: &str, dir: &Path, initial_regions: u32, split_bytes: &str) -> Proc {
     let cert = |name: &str| certs.join(name).to_str().unwrap().to_string();
     let pd = Proc::spawn(&[
         "pd",
@@ -197,10 +202,8 @@ fn spawn_pd(certs: &Path, addr: &str, dir: &Path, initial_regions: u32) -> Proc 
         dir.to_str().unwrap(),
         "--initial-regions",
         &initial_regions.to_string(),
-        // These tests keep their regions as bootstrapped (the 200 MB region of the snapshot
-        // test must not split); resharding is tested in the cluster suite.
         "--region-split-bytes",
-        "4GiB",
+        split_bytes,
         "--region-split-keys",
         "100000000",
         "--tls-ca",
@@ -233,7 +236,7 @@ fn four_processes_form_a_cluster_with_issued_certificates() {
 
     let pd_addr = format!("127.0.0.1:{}", free_udp_port());
     let cert = |name: &str| Path::new(&certs).join(name).to_str().unwrap().to_string();
-    let pd = spawn_pd(Path::new(&certs), &pd_addr, Path::new(&p("pd")), 2);
+    let pd = spawn_pd(Path::new(&certs), &pd_addr, Path::new(&p("pd")), 2, NO_SPLITS);
     let mut nodes = Vec::new();
     for i in ["1", "2", "3"] {
         let listen = format!("127.0.0.1:{}", free_udp_port());
