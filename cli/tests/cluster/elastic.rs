@@ -145,6 +145,54 @@ async fn load_split_and_check(nodes: u64) {
     cluster.shutdown().await;
 }
 
+/// Splits at the limits: a region of pairs with keys and values of the maximum size
+/// (8 KiB, 1 MiB) splits between them until each pair is alone in a region larger than the
+/// threshold, which has no key to split at and stays whole and serving. Every pair reads
+/// back intact, and a scan (one pair per page at this size) sees each once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regions_of_maximum_size_keys_and_values_split_down_to_one_pair_each() {
+    use tessera_wire::Limits;
+    const PAIRS: u8 = 6;
+    let cluster = TestCluster::start_placed(3, 1, |pd| {
+        small_regions(pd);
+        pd.scheduler.split_bytes = 512 * 1024;
+    })
+    .await;
+    let client = cluster.client().await;
+    let key = |i: u8| {
+        let mut k = vec![b'm', i];
+        k.resize(Limits::DEFAULT.max_key_len, i);
+        k
+    };
+    let value = |i: u8| vec![i; Limits::DEFAULT.max_value_len];
+    for i in 0..PAIRS {
+        client.put(&key(i), &value(i)).await.unwrap();
+    }
+    let (_, regions) = cluster
+        .wait_for_pd(Duration::from_secs(90), "one region per pair, each with a leader", |_, regions| {
+            regions.len() == PAIRS as usize && regions.iter().all(|r| r.leader.is_some())
+        })
+        .await;
+    // Each pair is alone in its region: the first region starts at the empty key and
+    // holds pair 0; every other starts exactly at its pair's key.
+    for (i, r) in regions.iter().enumerate().skip(1) {
+        assert_eq!(r.region.start_key, key(i as u8), "region {i} starts at its pair's key");
+    }
+    for i in 0..PAIRS {
+        assert!(client.get(&key(i)).await.unwrap() == Some(value(i)), "pair {i} intact");
+    }
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> =
+        client.scan(b"", b"", ScanOptions::default()).map(|p| p.expect("scan")).collect().await;
+    assert_eq!(pairs.len(), PAIRS as usize, "every pair once");
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        assert!(*k == key(i as u8) && *v == value(i as u8), "pair {i} in key order");
+    }
+    // A region that cannot split still takes writes (PD keeps asking; the leader refuses).
+    client.put(&key(3), b"small now").await.unwrap();
+    assert_eq!(client.get(&key(3)).await.unwrap(), Some(b"small now".to_vec()));
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn added_nodes_receive_replicas_and_leaders_until_balanced() {
     let mut cluster = TestCluster::start_placed(3, 8, |pd| {
