@@ -151,7 +151,12 @@ async fn step(ctx: &NodeContext, command: RegionCommand) -> Result<&'static str,
             region.raft.trigger().transfer_leader(to.id.0).await.map_err(|e| raft_err(&e))?;
             Ok("transfer leader")
         }
-        RegionCommandKind::Split { key, new_region_id, new_peers } => {
+        kind @ (RegionCommandKind::Split { .. } | RegionCommandKind::SplitByLoad { .. }) => {
+            let (key, by_load, new_region_id, new_peers) = match kind {
+                RegionCommandKind::Split { key, new_region_id, new_peers } => (key, false, new_region_id, new_peers),
+                RegionCommandKind::SplitByLoad { new_region_id, new_peers } => (None, true, new_region_id, new_peers),
+                _ => unreachable!("matched above"),
+            };
             let voters: BTreeSet<_> = desc.peers.iter().map(|p| p.node_id).collect();
             let nodes: BTreeSet<_> = new_peers.iter().map(|p| p.node_id).collect();
             if voters != nodes || new_peers.len() != desc.peers.len() {
@@ -167,6 +172,10 @@ async fn step(ctx: &NodeContext, command: RegionCommand) -> Result<&'static str,
             if has_learners {
                 return Err(StepError::Refused("the region has a learner".into()));
             }
+            // A hot region splits where its recent requests halve, if its sample says.
+            let key = key.or_else(|| {
+                by_load.then(|| region.shared.load.balancing_key(&desc.start_key, &desc.end_key)).flatten()
+            });
             let key = match key {
                 Some(k) => k,
                 None => {

@@ -25,6 +25,7 @@
 mod admin;
 mod config;
 mod error;
+mod load_sample;
 pub mod metrics;
 mod node;
 mod pd_client;

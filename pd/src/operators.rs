@@ -220,7 +220,11 @@ impl OperatorController {
                     changes.merge(c);
                     new_peers.push(Peer { id, node_id: v.node_id });
                 }
-                RegionCommandKind::Split { key: key.clone(), new_region_id, new_peers }
+                match (key, op.reason) {
+                    // A hot region splits where its load halves, unless a key was given.
+                    (None, Reason::SplitHot) => RegionCommandKind::SplitByLoad { new_region_id, new_peers },
+                    _ => RegionCommandKind::Split { key: key.clone(), new_region_id, new_peers },
+                }
             }
             OperatorKind::Merge { .. } => return None,
         };
@@ -293,7 +297,9 @@ fn target_node(kind: &RegionCommandKind) -> Option<NodeId> {
     match kind {
         RegionCommandKind::AddLearner { peer } | RegionCommandKind::PromoteLearner { peer } => Some(peer.node_id),
         RegionCommandKind::TransferLeader { to } => Some(to.node_id),
-        RegionCommandKind::RemovePeer { .. } | RegionCommandKind::Split { .. } => None,
+        RegionCommandKind::RemovePeer { .. }
+        | RegionCommandKind::Split { .. }
+        | RegionCommandKind::SplitByLoad { .. } => None,
     }
 }
 
@@ -318,7 +324,9 @@ fn reached(
         RegionCommandKind::PromoteLearner { peer } => desc.peer(peer.id).is_some(),
         RegionCommandKind::RemovePeer { peer } => !hosts(peer),
         RegionCommandKind::TransferLeader { to } => leader == Some(*to),
-        RegionCommandKind::Split { .. } => desc.epoch.version > op.epoch.version,
+        RegionCommandKind::Split { .. } | RegionCommandKind::SplitByLoad { .. } => {
+            desc.epoch.version > op.epoch.version
+        }
     }
 }
 
@@ -356,6 +364,37 @@ mod tests {
 
     fn only_region(meta: &ClusterMeta) -> RegionDescriptor {
         meta.scan_regions(b"", b"", 0).unwrap().remove(0).region
+    }
+
+    #[test]
+    fn a_hot_region_is_split_where_its_load_halves_and_a_large_one_by_size() {
+        let mut meta = cluster(3);
+        let config = SchedulerConfig { split_bytes: 1000, hot_qps: 100, ..SchedulerConfig::default() };
+        let mut ctl = OperatorController::new(config.clone());
+        let desc = only_region(&meta);
+        let leader = desc.peers[0];
+        let stats = RegionStats {
+            approximate_size: 10,
+            approximate_keys: 100,
+            write_qps: 500,
+            ..RegionStats::new(desc.clone(), leader, 1)
+        };
+        let _ = meta.region_heartbeat(leader.node_id, &[stats], Duration::ZERO).unwrap();
+        let (cmds, _) = ctl.on_region_heartbeat(&mut meta, &[desc.id], Duration::from_secs(1));
+        assert!(matches!(cmds[0].kind, RegionCommandKind::SplitByLoad { .. }), "{:?}", cmds[0].kind);
+        // Large and hot: the size decides.
+        let mut meta = cluster(3);
+        let mut ctl = OperatorController::new(config);
+        let desc = only_region(&meta);
+        let stats = RegionStats {
+            approximate_size: 5000,
+            approximate_keys: 100,
+            write_qps: 500,
+            ..RegionStats::new(desc.clone(), leader, 1)
+        };
+        let _ = meta.region_heartbeat(leader.node_id, &[stats], Duration::ZERO).unwrap();
+        let (cmds, _) = ctl.on_region_heartbeat(&mut meta, &[desc.id], Duration::from_secs(1));
+        assert!(matches!(cmds[0].kind, RegionCommandKind::Split { key: None, .. }), "{:?}", cmds[0].kind);
     }
 
     #[test]

@@ -315,6 +315,7 @@ mod tests {
                     K::RemovePeer { peer },
                     K::TransferLeader { to: peer },
                     K::Split { key, new_region_id: RegionId(op_id ^ 1), new_peers: region.peers.clone() },
+                    K::SplitByLoad { new_region_id: RegionId(op_id ^ 2), new_peers: region.peers.clone() },
                 ];
                 PdResponse::RegionCommands(
                     kinds

@@ -157,6 +157,16 @@ pub enum RegionCommandKind {
         /// Its replicas, one on each node hosting a voter of the region.
         new_peers: Vec<Peer>,
     },
+    /// Split a hot region where its recent load halves: the leader picks the key from a
+    /// sample of the keys its requests touched (the size midpoint if it has too few
+    /// samples). Otherwise as [`RegionCommandKind::Split`]. (A variant of its own, appended,
+    /// so that older nodes fail to decode only this step.)
+    SplitByLoad {
+        /// Id of the new (right) region.
+        new_region_id: RegionId,
+        /// Its replicas, one on each node hosting a voter of the region.
+        new_peers: Vec<Peer>,
+    },
 }
 
 /// A region with its roles and statistics, for `tessera status --regions`.

@@ -193,6 +193,52 @@ async fn regions_of_maximum_size_keys_and_values_split_down_to_one_pair_each() {
     cluster.shutdown().await;
 }
 
+/// A region that is small but hot splits where its load halves, not where its size does:
+/// reads hammer the first 50 of 1,000 keys, so the first split falls among those 50 (the
+/// size midpoint would be near key 500).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_region_splits_where_its_load_halves() {
+    let cluster = TestCluster::start_placed(3, 1, |pd| {
+        small_regions(pd);
+        pd.scheduler.split_bytes = 1 << 30;
+        pd.scheduler.hot_qps = 30;
+    })
+    .await;
+    let client = cluster.client().await;
+    let key = |i: usize| format!("key-{i:04}").into_bytes();
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..1000).map(|i| (key(i), vec![b'v'; 100])).collect();
+    for chunk in pairs.chunks(250) {
+        client.batch_put(chunk).await.unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|r| {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = r;
+                while !stop.load(Ordering::SeqCst) {
+                    client.get(&key(i % 50)).await.unwrap();
+                    i += 7;
+                }
+            })
+        })
+        .collect();
+    let (_, regions) = cluster
+        .wait_for_pd(Duration::from_secs(60), "a split of the hot region", |_, regions| regions.len() >= 2)
+        .await;
+    stop.store(true, Ordering::SeqCst);
+    for r in readers {
+        r.await.unwrap();
+    }
+    let first_split = &regions[0].region.end_key;
+    assert!(
+        first_split.as_slice() > key(0).as_slice() && first_split.as_slice() <= key(50).as_slice(),
+        "the split key {} is among the hot keys",
+        String::from_utf8_lossy(first_split)
+    );
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn added_nodes_receive_replicas_and_leaders_until_balanced() {
     let mut cluster = TestCluster::start_placed(3, 8, |pd| {

@@ -44,6 +44,10 @@ impl NodeService {
         };
         // Only the keys are kept for a redirect after the fact, not the values.
         let keys: Vec<Vec<u8>> = op_keys(&req.op).into_iter().map(<[u8]>::to_vec).collect();
+        // Where the load falls, for a split by load (a batch counts by its first key).
+        if let Some(k) = keys.first() {
+            region.shared.load.record(k);
+        }
         let result =
             tokio::time::timeout(timeout, self.execute(region.clone(), desc, req)).await.unwrap_or(Err(timed_out));
         match result {

@@ -245,6 +245,8 @@ pub struct RegionShared {
     /// Regions split off this one since this replica started, as of their split, so a
     /// client with a stale view is pointed at them even before their group runs here.
     pub split_off: Mutex<Vec<RegionDescriptor>>,
+    /// A sample of the keys requests touched, for a split where the load halves.
+    pub load: crate::load_sample::KeySampler,
 }
 
 impl RegionShared {
@@ -261,6 +263,7 @@ impl RegionShared {
             writes: Default::default(),
             reads: Default::default(),
             split_off: Default::default(),
+            load: Default::default(),
         })
     }
 

@@ -1,7 +1,9 @@
 //! Policy 2, split: a region too large, with too many keys, or too busy is split in two.
 //!
-//! The split key is left to the leader (`Split { key: None }`: the midpoint by size), which
-//! knows the data; PD only knows totals. A region with fewer than two keys cannot be split
+//! The split key is left to the leader, which knows the data; PD only knows totals. A
+//! region too large or with too many keys is split at its midpoint by size (`Split { key:
+//! None }`); a hot one where its recent requests halve (`SplitByLoad`: the leader samples
+//! the keys its requests touch). A region with fewer than two keys cannot be split
 //! and is left alone however large or busy it is.
 
 use super::plan::{operator, Plan};
