@@ -45,7 +45,7 @@ impl Default for KeySampler {
 impl KeySampler {
     /// Offers the key of one request.
     pub fn record(&self, key: &[u8]) {
-        if self.requests.fetch_add(1, Ordering::Relaxed) % EVERY != 0 {
+        if !self.requests.fetch_add(1, Ordering::Relaxed).is_multiple_of(EVERY) {
             return;
         }
         let mut r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
