@@ -14,8 +14,8 @@ pub struct PlacementArgs {
     /// Split a region with more keys than this.
     #[arg(long, default_value_t = 960_000)]
     pub region_split_keys: u64,
-    /// Split a region serving more reads plus writes per second than this, where its load
-    /// halves.
+    /// Split a region serving more reads plus writes per second than this for 10 s, where
+    /// its load halves.
     #[arg(long, default_value_t = 3_000)]
     pub region_split_qps: u64,
     /// Merge two adjacent regions both smaller than this (default: split bytes / 5).

@@ -30,6 +30,10 @@ use tessera_wire::{
     RegionStats, SessionId,
 };
 
+/// How long a region's load must last before the scheduler acts on it (splits a hot
+/// region, spreads hot regions): the minimum rate its leader reported over this window.
+pub const HOT_WINDOW: Duration = Duration::from_secs(10);
+
 /// The epoch of a region as PD bootstrapped it. Its replicas seed their state from it;
 /// every membership change (adding a learner included) and every split leaves it.
 pub const BOOTSTRAP_EPOCH: RegionEpoch = RegionEpoch { conf_ver: 1, version: 1 };
@@ -226,6 +230,9 @@ struct RegionEntry {
     learners: Vec<Peer>,
     write_qps: u64,
     read_qps: u64,
+    /// Soft: (when, writes/s, reads/s) of the leader reports of the last [`HOT_WINDOW`]
+    /// (and the one just before it), for the load the region *sustained* over it.
+    load_history: std::collections::VecDeque<(Duration, u64, u64)>,
     /// Soft: when PD first saw this range (bootstrap, a split, a restore).
     born: Duration,
     /// Soft: a leader reported the region since PD started, so `learners` is known.
@@ -233,6 +240,23 @@ struct RegionEntry {
 }
 
 impl RegionEntry {
+    /// The (writes/s, reads/s) the region sustained over the last [`HOT_WINDOW`]: the
+    /// smallest rates its leader reported in it, or zero if its reports do not cover the
+    /// whole window yet. A burst shorter than the window is not load to split or spread.
+    fn sustained_load(&self, now: Duration) -> (u64, u64) {
+        match self.load_history.front() {
+            Some((first, ..)) if *first + HOT_WINDOW <= now => {
+                let mut w = self.load_history.iter().filter(|(t, ..)| *t + HOT_WINDOW > now).peekable();
+                if w.peek().is_none() {
+                    // The last report is older than the window: its rates are all we know.
+                    return self.load_history.back().map_or((0, 0), |(_, w, r)| (*w, *r));
+                }
+                w.fold((u64::MAX, u64::MAX), |(mw, mr), (_, w, r)| (mw.min(*w), mr.min(*r)))
+            }
+            _ => (0, 0),
+        }
+    }
+
     fn new(region: RegionDescriptor, leader: Option<Peer>, term: u64, born: Duration) -> RegionEntry {
         RegionEntry {
             region,
@@ -243,6 +267,7 @@ impl RegionEntry {
             learners: Vec::new(),
             write_qps: 0,
             read_qps: 0,
+            load_history: Default::default(),
             born,
             reported: false,
         }
@@ -558,6 +583,12 @@ impl ClusterMeta {
         entry.learners = report.learners.clone();
         entry.write_qps = report.write_qps;
         entry.read_qps = report.read_qps;
+        entry.load_history.push_back((now, report.write_qps, report.read_qps));
+        // Keep the window, plus the newest report older than it (it shows the window is
+        // covered).
+        while entry.load_history.len() > 1 && entry.load_history[1].0 + HOT_WINDOW <= now {
+            entry.load_history.pop_front();
+        }
         entry.reported = true;
         // Halves split off this region, before their own leaders report: fill the gap
         // they leave in the routing table (without a leader yet).
@@ -686,8 +717,8 @@ impl ClusterMeta {
                 leader: e.leader,
                 approximate_size: e.approximate_size,
                 approximate_keys: e.approximate_keys,
-                write_qps: e.write_qps,
-                read_qps: e.read_qps,
+                write_qps: e.sustained_load(now).0,
+                read_qps: e.sustained_load(now).1,
                 since_split_ms: millis(now.saturating_sub(e.born)),
             })
             .collect();

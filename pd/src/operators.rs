@@ -368,33 +368,36 @@ mod tests {
 
     #[test]
     fn a_hot_region_is_split_where_its_load_halves_and_a_large_one_by_size() {
-        let mut meta = cluster(3);
         let config = SchedulerConfig { split_bytes: 1000, hot_qps: 100, ..SchedulerConfig::default() };
-        let mut ctl = OperatorController::new(config.clone());
-        let desc = only_region(&meta);
-        let leader = desc.peers[0];
-        let stats = RegionStats {
-            approximate_size: 10,
-            approximate_keys: 100,
-            write_qps: 500,
-            ..RegionStats::new(desc.clone(), leader, 1)
+        let hot = |size: u64, qps_at: &[(u64, u64)]| {
+            let mut meta = cluster(3);
+            let mut ctl = OperatorController::new(config.clone());
+            let desc = only_region(&meta);
+            let leader = desc.peers[0];
+            let mut cmds = Vec::new();
+            for &(at, qps) in qps_at {
+                let stats = RegionStats {
+                    approximate_size: size,
+                    approximate_keys: 100,
+                    write_qps: qps,
+                    ..RegionStats::new(desc.clone(), leader, 1)
+                };
+                let at = Duration::from_secs(at);
+                let _ = meta.region_heartbeat(leader.node_id, &[stats], at).unwrap();
+                cmds = ctl.on_region_heartbeat(&mut meta, &[desc.id], at).0;
+            }
+            cmds
         };
-        let _ = meta.region_heartbeat(leader.node_id, &[stats], Duration::ZERO).unwrap();
-        let (cmds, _) = ctl.on_region_heartbeat(&mut meta, &[desc.id], Duration::from_secs(1));
-        assert!(matches!(cmds[0].kind, RegionCommandKind::SplitByLoad { .. }), "{:?}", cmds[0].kind);
-        // Large and hot: the size decides.
-        let mut meta = cluster(3);
-        let mut ctl = OperatorController::new(config);
-        let desc = only_region(&meta);
-        let stats = RegionStats {
-            approximate_size: 5000,
-            approximate_keys: 100,
-            write_qps: 500,
-            ..RegionStats::new(desc.clone(), leader, 1)
-        };
-        let _ = meta.region_heartbeat(leader.node_id, &[stats], Duration::ZERO).unwrap();
-        let (cmds, _) = ctl.on_region_heartbeat(&mut meta, &[desc.id], Duration::from_secs(1));
-        assert!(matches!(cmds[0].kind, RegionCommandKind::Split { key: None, .. }), "{:?}", cmds[0].kind);
+        // Hot for a moment only: not split.
+        assert!(hot(10, &[(0, 500)]).is_empty());
+        // Hot, then cooled within the window: not split.
+        assert!(hot(10, &[(0, 500), (5, 20), (10, 500)]).is_empty());
+        // Hot over the whole window: split where the load halves.
+        let cmds = hot(10, &[(0, 500), (5, 400), (10, 500)]);
+        assert!(matches!(cmds[0].kind, RegionCommandKind::SplitByLoad { .. }), "{cmds:?}");
+        // Large and hot: the size decides, at once.
+        let cmds = hot(5000, &[(0, 500)]);
+        assert!(matches!(cmds[0].kind, RegionCommandKind::Split { key: None, .. }), "{cmds:?}");
     }
 
     #[test]

@@ -195,7 +195,8 @@ async fn regions_of_maximum_size_keys_and_values_split_down_to_one_pair_each() {
 
 /// A region that is small but hot splits where its load halves, not where its size does:
 /// reads hammer the first 50 of 1,000 keys, so the first split falls among those 50 (the
-/// size midpoint would be near key 500).
+/// size midpoint would be near key 500). The reads last the hot window (10 s) first: a
+/// shorter burst is not load to split for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_region_splits_where_its_load_halves() {
     let cluster = TestCluster::start_placed(3, 1, |pd| {
