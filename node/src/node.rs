@@ -355,7 +355,7 @@ async fn seed_bootstrap_region(
                 return Ok(());
             }
             let data_id = crate::storage::snapshot::read_data_id_mut(txn, region)?;
-            let state = seeded_state(&desc, Default::default(), data_id)?;
+            let state = seeded_state(&desc, Default::default(), data_id, data_id)?;
             meta.insert(region, encode(&crate::storage::records::SmMetaRecord::from_state(&state))?.as_slice())
                 .map_err(io_err)?;
             Ok(())

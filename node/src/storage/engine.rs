@@ -165,6 +165,7 @@ impl Engine {
             txn.open_table(tables::REGIONS).map_err(io_err)?;
             txn.open_table(tables::NODE_META).map_err(io_err)?;
             txn.open_table(tables::DATA_IDS).map_err(io_err)?;
+            txn.open_table(tables::SESSION_IDS).map_err(io_err)?;
         }
         txn.commit().map_err(io_err)?;
         let db = Arc::new(db);

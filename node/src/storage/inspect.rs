@@ -23,9 +23,20 @@ pub fn votes(wal: &LogEngine) -> io::Result<BTreeMap<u64, Vote>> {
     Ok(out)
 }
 
-/// Every pair of `region`'s applied state, in key order.
+/// Every pair of `region`'s applied state, in key order (within its range: regions split
+/// off share their parent's data id).
 pub fn region_pairs(engine: &Engine, region: u64) -> io::Result<Pairs> {
-    let (pairs, _) = read_scan(engine, region, None, b"", b"", usize::MAX, usize::MAX, false)?;
+    let (start, end) = {
+        let txn = engine.read()?;
+        let t = txn.open_table(tables::REGIONS).map_err(io_err)?;
+        let record =
+            t.get(region).map_err(io_err)?.map(|v| decode::<super::records::RegionRecord>(v.value())).transpose()?;
+        match record.and_then(|r| r.to_descriptor()) {
+            Some(d) => (d.start_key, d.end_key),
+            None => (Vec::new(), Vec::new()),
+        }
+    };
+    let (pairs, _) = read_scan(engine, region, None, &start, &end, usize::MAX, usize::MAX, false)?;
     Ok(pairs)
 }
 

@@ -115,11 +115,17 @@ pub struct SmState {
     pub membership: StoredMembership,
     /// The session clock.
     pub clock: SessionClock,
-    /// The key prefix of the region's rows in the `data`, `dedup` and `sessions` tables.
-    /// It starts as the region id and changes when a snapshot is installed: the snapshot
-    /// is written under a fresh id, then one small commit switches to it, so a region's
-    /// state is never half replaced.
+    /// The key prefix of the region's rows in the `data` table. It starts as the region id
+    /// and changes when a snapshot is installed: the snapshot is written under a fresh id,
+    /// then one small commit switches to it, so a region's state is never half replaced.
+    /// A region split off keeps its parent's data id, so a split moves no rows: regions
+    /// sharing a data id have disjoint ranges, and every reader and collector of a region's
+    /// rows bounds itself by the region's range.
     pub data_id: u64,
+    /// The key prefix of the region's rows in the `dedup` and `sessions` tables: the data
+    /// id, except for a region split off (its own region id, where the split copied its
+    /// parent's session rows), since session rows are not split by key.
+    pub session_id: u64,
 }
 
 impl SmMetaRecord {
@@ -128,9 +134,11 @@ impl SmMetaRecord {
     pub fn state(self, region: u64) -> SmState {
         match self {
             SmMetaRecord::V1 { applied, membership } => {
-                SmState { applied, membership, clock: SessionClock::default(), data_id: region }
+                SmState { applied, membership, clock: SessionClock::default(), data_id: region, session_id: region }
             }
-            SmMetaRecord::V2 { applied, membership, clock, data_id } => SmState { applied, membership, clock, data_id },
+            SmMetaRecord::V2 { applied, membership, clock, data_id } => {
+                SmState { applied, membership, clock, data_id, session_id: data_id }
+            }
         }
     }
 

@@ -86,7 +86,18 @@ pub fn read_state(txn: &redb::ReadTransaction, region: u64) -> io::Result<SmStat
         None => SmState::default(),
     };
     state.data_id = read_data_id(txn, region)?;
+    let sessions = txn.open_table(tables::SESSION_IDS).map_err(io_err)?;
+    state.session_id = sessions.get(region).map_err(io_err)?.map_or(state.data_id, |v| v.value());
     Ok(state)
+}
+
+/// The range of `region`'s live record as of `txn`, or the whole key space if it has none
+/// (a tombstone, or no record): what bounds its rows under a data id shared with others.
+fn record_range(record: Option<&[u8]>) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    Ok(match record.map(decode::<RegionRecord>).transpose()?.and_then(|r| r.to_descriptor()) {
+        Some(d) => (d.start_key, d.end_key),
+        None => (Vec::new(), Vec::new()),
+    })
 }
 
 /// The data id `region`'s rows are stored under, as of `txn`: one integer lookup.
@@ -110,7 +121,58 @@ fn read_state_mut(txn: &WriteTransaction, region: u64) -> io::Result<SmState> {
         None => SmState::default(),
     };
     state.data_id = read_data_id_mut(txn, region)?;
+    let sessions = txn.open_table(tables::SESSION_IDS).map_err(io_err)?;
+    state.session_id = sessions.get(region).map_err(io_err)?.map_or(state.data_id, |v| v.value());
     Ok(state)
+}
+
+/// Rows that are garbage, deleted in bounded steps by [`collect_garbage`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum GcItem {
+    /// The data rows of `[start, end)` under `data_id` (empty `end`: to the end). Only a
+    /// range: other regions may keep rows of other ranges under the same data id.
+    Rows {
+        /// Data id.
+        data_id: u64,
+        /// First key.
+        start: Vec<u8>,
+        /// End (exclusive; empty: unbounded).
+        end: Vec<u8>,
+    },
+    /// Every dedup and session row under `session_id`.
+    Sessions {
+        /// Session id.
+        session_id: u64,
+    },
+}
+
+/// `node_meta` name of the [`GcItem`] list.
+const GC_ITEMS: &str = "gc_items";
+
+/// Lists `items` as garbage inside `txn` (the caller starts [`spawn_garbage_collection`]
+/// after the commit).
+pub fn queue_garbage(txn: &WriteTransaction, items: impl IntoIterator<Item = GcItem>) -> io::Result<()> {
+    let t = txn.open_table(tables::NODE_META).map_err(io_err)?;
+    let mut list: Vec<GcItem> =
+        t.get(GC_ITEMS).map_err(io_err)?.map(|v| decode(v.value())).transpose()?.unwrap_or_default();
+    drop(t);
+    let before = list.len();
+    for item in items {
+        if !list.contains(&item) {
+            list.push(item);
+        }
+    }
+    if list.len() != before {
+        set_node_meta(txn, GC_ITEMS, &list)?;
+    }
+    Ok(())
+}
+
+/// The garbage that the rows and sessions of `state` become, for a region whose record
+/// (as of the same transaction) is `record`.
+fn garbage_of(state: &SmState, record: Option<&[u8]>) -> io::Result<[GcItem; 2]> {
+    let (start, end) = record_range(record)?;
+    Ok([GcItem::Rows { data_id: state.data_id, start, end }, GcItem::Sessions { session_id: state.session_id }])
 }
 
 fn write_item(w: &mut impl Write, item: &SnapshotItem) -> io::Result<()> {
@@ -131,26 +193,30 @@ pub fn build(engine: &Engine, region: u64) -> io::Result<(SmState, SnapshotFile)
     w.write_all(MAGIC)?;
     write_item(&mut w, &SnapshotItem::Clock(state.clock))?;
     let regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
-    if let Some(record) = regions.get(region).map_err(io_err)? {
-        write_item(&mut w, &SnapshotItem::Region(record.value().to_vec()))?;
+    let record = regions.get(region).map_err(io_err)?.map(|r| r.value().to_vec());
+    if let Some(record) = &record {
+        write_item(&mut w, &SnapshotItem::Region(record.clone()))?;
     }
     let (mut pairs, mut dedup, mut sessions) = (0u64, 0u64, 0u64);
     let data = txn.open_table(tables::DATA).map_err(io_err)?;
-    let (lo, hi) = data_range(id, b"", b"");
+    // Only the region's range: a region split off shares its parent's data id.
+    let (start, end) = record_range(record.as_deref())?;
+    let (lo, hi) = data_range(id, &start, &end);
     for row in data.range(lo.as_slice()..hi.as_slice()).map_err(io_err)? {
         let (k, v) = row.map_err(io_err)?;
         write_item(&mut w, &SnapshotItem::Pair(k.value()[8..].to_vec(), v.value().to_vec()))?;
         pairs += 1;
     }
+    let sid = state.session_id;
     let dd = txn.open_table(tables::DEDUP).map_err(io_err)?;
-    for row in dd.range((id, 0u64, 0u64)..=(id, u64::MAX, u64::MAX)).map_err(io_err)? {
+    for row in dd.range((sid, 0u64, 0u64)..=(sid, u64::MAX, u64::MAX)).map_err(io_err)? {
         let (k, v) = row.map_err(io_err)?;
         let (_, s, seq) = k.value();
         write_item(&mut w, &SnapshotItem::Dedup(s, seq, v.value().to_vec()))?;
         dedup += 1;
     }
     let ss = txn.open_table(tables::SESSIONS).map_err(io_err)?;
-    for row in ss.range((id, 0u64)..=(id, u64::MAX)).map_err(io_err)? {
+    for row in ss.range((sid, 0u64)..=(sid, u64::MAX)).map_err(io_err)? {
         let (k, v) = row.map_err(io_err)?;
         write_item(&mut w, &SnapshotItem::Session(k.value().1, v.value().to_vec()))?;
         sessions += 1;
@@ -425,7 +491,7 @@ async fn install_into(
     }
     let clock = clock.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "snapshot without a clock"))?;
     // One small durable commit makes the new state live and the old one garbage.
-    let state = SmState { applied, membership, clock, data_id: staging };
+    let state = SmState { applied, membership, clock, data_id: staging, session_id: staging };
     let live = state.clone();
     let descriptor = match &region_record {
         Some(r) => decode::<RegionRecord>(r)?.to_descriptor(),
@@ -439,25 +505,26 @@ async fn install_into(
         if let (Some(v), Some(new)) = (&range_version, new_version) {
             v.store(new, Ordering::SeqCst);
         }
+        let old = read_state_mut(txn, region)?;
+        let mut regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
+        let old_record = regions.get(region).map_err(io_err)?.map(|r| r.value().to_vec());
         if let Some(record) = region_record {
-            let mut regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
             regions.insert(region, record.as_slice()).map_err(io_err)?;
         }
-        let old = read_state_mut(txn, region)?;
+        drop(regions);
         let mut meta = txn.open_table(tables::SM_META).map_err(io_err)?;
         meta.insert(region, encode(&SmMetaRecord::from_state(&live))?.as_slice()).map_err(io_err)?;
         drop(meta);
         let mut ids = txn.open_table(tables::DATA_IDS).map_err(io_err)?;
         ids.insert(region, staging).map_err(io_err)?;
         drop(ids);
+        txn.open_table(tables::SESSION_IDS).map_err(io_err)?.remove(region).map_err(io_err)?;
         let mut staging_ids = id_list(txn, STAGING)?;
         staging_ids.retain(|id| *id != staging);
         set_node_meta(txn, STAGING, &staging_ids)?;
-        let mut gc = gc_list(txn)?;
-        if old.data_id != staging && !gc.contains(&old.data_id) {
-            gc.push(old.data_id);
-        }
-        set_node_meta(txn, "gc_data_ids", &gc)
+        // The replaced rows: the old range under the old data id (other regions may share
+        // it), and the old session rows.
+        queue_garbage(txn, garbage_of(&old, old_record.as_deref())?)
     })
     .await?;
     spawn_garbage_collection(engine.clone());
@@ -468,15 +535,15 @@ async fn install_into(
 /// its record becomes `tombstone`, and its rows (data, dedup, sessions) are listed as
 /// garbage for [`collect_garbage`], which deletes them in bounded steps.
 pub fn retire_region(txn: &WriteTransaction, region: u64, tombstone: &[u8]) -> io::Result<()> {
-    let data_id = read_state_mut(txn, region)?.data_id;
+    let state = read_state_mut(txn, region)?;
     txn.open_table(tables::SM_META).map_err(io_err)?.remove(region).map_err(io_err)?;
     txn.open_table(tables::DATA_IDS).map_err(io_err)?.remove(region).map_err(io_err)?;
-    txn.open_table(tables::REGIONS).map_err(io_err)?.insert(region, tombstone).map_err(io_err)?;
-    let mut gc = gc_list(txn)?;
-    if !gc.contains(&data_id) {
-        gc.push(data_id);
-    }
-    set_node_meta(txn, "gc_data_ids", &gc)
+    txn.open_table(tables::SESSION_IDS).map_err(io_err)?.remove(region).map_err(io_err)?;
+    let mut regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
+    let record = regions.get(region).map_err(io_err)?.map(|r| r.value().to_vec());
+    regions.insert(region, tombstone).map_err(io_err)?;
+    drop(regions);
+    queue_garbage(txn, garbage_of(&state, record.as_deref())?)
 }
 
 /// Starts [`collect_garbage`] in the background (logging a failure).
@@ -495,7 +562,7 @@ pub async fn collect_garbage(engine: &Engine) -> io::Result<()> {
     loop {
         let more = job(engine, false, |txn| {
             let mut gc = gc_list(txn)?;
-            let Some(&id) = gc.first() else { return Ok(false) };
+            let Some(&id) = gc.first() else { return collect_item_step(txn) };
             let mut left = GC_STEP_ROWS;
             {
                 let mut data = txn.open_table(tables::DATA).map_err(io_err)?;
@@ -534,6 +601,50 @@ pub async fn collect_garbage(engine: &Engine) -> io::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// One bounded step of collecting the first [`GcItem`]; false if there is none.
+fn collect_item_step(txn: &WriteTransaction) -> io::Result<bool> {
+    let t = txn.open_table(tables::NODE_META).map_err(io_err)?;
+    let mut items: Vec<GcItem> =
+        t.get(GC_ITEMS).map_err(io_err)?.map(|v| decode(v.value())).transpose()?.unwrap_or_default();
+    drop(t);
+    let Some(item) = items.first().cloned() else { return Ok(false) };
+    let mut left = GC_STEP_ROWS;
+    match &item {
+        GcItem::Rows { data_id, start, end } => {
+            let mut data = txn.open_table(tables::DATA).map_err(io_err)?;
+            let (lo, hi) = data_range(*data_id, start, end);
+            for row in data.extract_from_if(lo.as_slice()..hi.as_slice(), |_, _| true).map_err(io_err)?.take(left) {
+                row.map_err(io_err)?;
+                left -= 1;
+            }
+        }
+        GcItem::Sessions { session_id: id } => {
+            let id = *id;
+            let mut dedup = txn.open_table(tables::DEDUP).map_err(io_err)?;
+            for row in dedup
+                .extract_from_if((id, 0u64, 0u64)..=(id, u64::MAX, u64::MAX), |_, _| true)
+                .map_err(io_err)?
+                .take(left)
+            {
+                row.map_err(io_err)?;
+                left -= 1;
+            }
+            drop(dedup);
+            let mut sessions = txn.open_table(tables::SESSIONS).map_err(io_err)?;
+            for row in sessions.extract_from_if((id, 0u64)..=(id, u64::MAX), |_, _| true).map_err(io_err)?.take(left) {
+                row.map_err(io_err)?;
+                left -= 1;
+            }
+        }
+    }
+    if left > 0 {
+        // Fewer rows than a step: this item is done.
+        items.retain(|i| *i != item);
+        set_node_meta(txn, GC_ITEMS, &items)?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -595,6 +706,66 @@ mod tests {
         let path = file.path().to_path_buf();
         drop(file);
         assert!(!path.exists());
+    }
+
+    /// Regions 5 `[-inf, k000500)` and 6 `[k000500, +inf)` share data id 5, as after a
+    /// split (6 keeps its sessions under its own id). Snapshots, installs and destruction of
+    /// one never touch the other's rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn regions_sharing_a_data_id_keep_each_others_rows_through_installs_and_destruction() {
+        use tessera_wire::{RegionDescriptor, RegionEpoch, RegionId};
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        fill(&engine, 5, 1000).await;
+        let desc = |id: u64, start: &[u8], end: &[u8]| RegionDescriptor {
+            id: RegionId(id),
+            start_key: start.to_vec(),
+            end_key: end.to_vec(),
+            epoch: RegionEpoch { conf_ver: 6, version: 2 },
+            peers: vec![],
+        };
+        let (left, right) = (desc(5, b"", b"k000500"), desc(6, b"k000500", b""));
+        job(&engine, true, move |txn| {
+            let mut regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
+            for d in [&left, &right] {
+                regions.insert(d.id.0, encode(&RegionRecord::from_descriptor(d))?.as_slice()).map_err(io_err)?;
+            }
+            txn.open_table(tables::DATA_IDS).map_err(io_err)?.insert(6, 5).map_err(io_err)?;
+            txn.open_table(tables::SESSION_IDS).map_err(io_err)?.insert(6, 6).map_err(io_err)?;
+            txn.open_table(tables::DEDUP).map_err(io_err)?.insert((6, 9, 2), [3u8].as_slice()).map_err(io_err)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        // A snapshot of region 6 holds its half and its own session rows only.
+        let e = engine.clone();
+        let (state, file) = tokio::task::spawn_blocking(move || build(&e, 6)).await.unwrap().unwrap();
+        assert_eq!((state.data_id, state.session_id), (5, 6));
+        let mut reader = SnapshotReader::open(file.path()).unwrap();
+        let (mut pairs, mut dedup) = (0, 0);
+        while let Some(item) = reader.next_item().unwrap() {
+            match item {
+                SnapshotItem::Pair(k, _) => {
+                    assert!(k.as_slice() >= b"k000500".as_slice());
+                    pairs += 1;
+                }
+                SnapshotItem::Dedup(..) => dedup += 1,
+                _ => {}
+            }
+        }
+        assert_eq!((pairs, dedup), (500, 1));
+        // Region 6 installs it (as a lagging replica would): its old half under id 5 and its
+        // old session rows become garbage; region 5's rows and sessions stay.
+        let installed = install(&engine, 6, &file, None, StoredMembership::default(), None).await.unwrap();
+        collect_garbage(&engine).await.unwrap();
+        assert_eq!(rows(&engine, 5), (500, 1), "region 5 keeps its half and its session rows");
+        assert_eq!(rows(&engine, installed.state.data_id), (500, 1));
+        assert_eq!(rows(&engine, 6), (0, 0), "region 6's old session rows are collected");
+        // Region 5 is destroyed: only its own rows go.
+        job(&engine, true, |txn| retire_region(txn, 5, b"tombstone")).await.unwrap();
+        collect_garbage(&engine).await.unwrap();
+        assert_eq!(rows(&engine, 5), (0, 0));
+        assert_eq!(rows(&engine, installed.state.data_id), (500, 1), "region 6 keeps every row");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

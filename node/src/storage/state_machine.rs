@@ -23,7 +23,7 @@ use tessera_wire::{RegionDescriptor, RegionId};
 use super::engine::{io_err, Engine};
 use super::records::{encode, RegionRecord, SmMetaRecord, SmState};
 use super::sessions::{Admit, Sessions};
-use super::snapshot::{self, SnapshotFile};
+use super::snapshot::{self, GcItem, SnapshotFile};
 use super::tables::{self, data_key, data_range};
 use crate::raft::types::{
     ApplyResult, LogCommand, LogOp, SessionRef, Snapshot, SnapshotData, SnapshotMeta, TypeConfig,
@@ -51,6 +51,8 @@ struct Applied {
     new_desc: Option<RegionDescriptor>,
     /// Regions split off: their descriptor, and whether this replica seeded its state.
     splits: Vec<(RegionDescriptor, bool)>,
+    /// Rows became garbage (a half split off that this node does not host).
+    collect: bool,
 }
 
 /// One entry to apply.
@@ -100,7 +102,12 @@ pub fn split_seed_log_id() -> crate::raft::types::LogId {
 /// same on every replica, and with a log that starts after the seed, so that a replica
 /// created empty later always receives a snapshot (which carries the region's range as
 /// of its log position) and never replays a log against a descriptor from elsewhere.
-pub fn seeded_state(desc: &RegionDescriptor, clock: super::records::SessionClock, data_id: u64) -> io::Result<SmState> {
+pub fn seeded_state(
+    desc: &RegionDescriptor,
+    clock: super::records::SessionClock,
+    data_id: u64,
+    session_id: u64,
+) -> io::Result<SmState> {
     let seed = split_seed_log_id();
     let voters: std::collections::BTreeSet<u64> = desc.peers.iter().map(|p| p.id.0).collect();
     let nodes: std::collections::BTreeMap<u64, crate::raft::types::PeerNode> =
@@ -112,6 +119,7 @@ pub fn seeded_state(desc: &RegionDescriptor, clock: super::records::SessionClock
         membership: crate::raft::types::StoredMembership::new(Some(seed), membership),
         clock,
         data_id,
+        session_id,
     })
 }
 
@@ -154,23 +162,27 @@ fn apply_membership(desc: &mut RegionDescriptor, index: u64, m: &crate::raft::ty
     changed
 }
 
+/// What an applied split produced: the new region, whether this replica seeded it, and the
+/// rows that became garbage here.
+type SplitOutcome = (RegionDescriptor, bool, Vec<GcItem>);
+
 /// Applies a split to `desc` and the tables, or refuses it (`None`): the range version
-/// moved on, or the key is not strictly inside the range. Moves the rows of the right half
-/// to the new region's data id (its region id), copies the session rows, and writes the new
-/// region's state-machine meta and record, unless the new region already exists on this
-/// node (created from PD and filled by its own leader): then its rows are only deleted
-/// here. Returns the new region, whether it was seeded, and the keys and bytes moved.
+/// moved on, or the key is not strictly inside the range. The new region keeps the right
+/// half's rows under the parent's data id, gets a copy of the session rows under its own
+/// id, and its state-machine meta and record are written, unless the new region already
+/// exists on this node (created from PD and filled by its own leader) or will not be
+/// hosted here: then the half's rows are listed as garbage.
 #[allow(clippy::too_many_arguments)]
 fn apply_split(
     desc: &mut RegionDescriptor,
     split: &SplitCmd,
     state: &SmState,
-    data: &mut DataTable<'_>,
+    txn: &redb::WriteTransaction,
     sessions: &mut Sessions<'_>,
     regions: &mut redb::Table<'_, u64, &'static [u8]>,
     meta: &mut redb::Table<'_, u64, &'static [u8]>,
     local_node: u64,
-) -> io::Result<Option<(RegionDescriptor, bool, i64, i64)>> {
+) -> io::Result<Option<SplitOutcome>> {
     let key = &split.key;
     let inside = key.as_slice() > desc.start_key.as_slice() && (desc.end_key.is_empty() || *key < desc.end_key);
     if split.version != desc.epoch.version || !inside || split.new_peers.is_empty() {
@@ -195,26 +207,29 @@ fn apply_split(
     // (created empty from PD and filled by its own leader).
     let exists = regions.get(split.new_region_id).map_err(io_err)?.is_some()
         || (local_node != 0 && !split.new_peers.iter().any(|(_, n)| *n == local_node));
-    let (lo, hi) = data_range(state.data_id, &child.start_key, &child.end_key);
-    let moved: Vec<(Vec<u8>, Vec<u8>)> = data
-        .extract_from_if(lo.as_slice()..hi.as_slice(), |_, _| true)
-        .map_err(io_err)?
-        .map(|r| r.map(|(k, v)| (k.value()[8..].to_vec(), v.value().to_vec())))
-        .collect::<Result<_, _>>()
-        .map_err(io_err)?;
-    let keys = moved.len() as i64;
-    let bytes = moved.iter().map(|(k, v)| (k.len() + v.len()) as i64).sum();
-    if !exists {
+    // The rows stay where they are: a region split off keeps its parent's data id (their
+    // ranges are disjoint from now on), so a split writes a few rows whatever its size.
+    // (Both halves recount their approximate sizes afterwards, off the commit path.)
+    let mut garbage = Vec::new();
+    if exists {
+        // Not seeded here: the half's rows under the parent's data id are garbage, deleted
+        // in the background in bounded steps.
+        garbage.push(GcItem::Rows {
+            data_id: state.data_id,
+            start: child.start_key.clone(),
+            end: child.end_key.clone(),
+        });
+    } else {
         let to = split.new_region_id;
-        for (k, v) in &moved {
-            data.insert(data_key(to, k).as_slice(), v.as_slice()).map_err(io_err)?;
-        }
+        txn.open_table(tables::DATA_IDS).map_err(io_err)?.insert(to, state.data_id).map_err(io_err)?;
+        // Session rows are not split by key: the new region gets a copy under its own id.
+        txn.open_table(tables::SESSION_IDS).map_err(io_err)?.insert(to, to).map_err(io_err)?;
         sessions.copy_to(to)?;
-        let child_state = seeded_state(&child, state.clock, to)?;
+        let child_state = seeded_state(&child, state.clock, state.data_id, to)?;
         meta.insert(to, encode(&SmMetaRecord::from_state(&child_state))?.as_slice()).map_err(io_err)?;
         regions.insert(to, encode(&RegionRecord::from_descriptor(&child))?.as_slice()).map_err(io_err)?;
     }
-    Ok(Some((child, !exists, keys, bytes)))
+    Ok(Some((child, !exists, garbage)))
 }
 
 /// Region state shared between the state machine, the request path and heartbeats.
@@ -271,6 +286,41 @@ impl RegionShared {
     pub fn descriptor(&self) -> RegionDescriptor {
         self.descriptor.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// Counts the keys and bytes of the region's range in `engine` and stores them as its
+    /// approximate size: on the blocking pool when called on a runtime (it reads the whole
+    /// range), at once otherwise. Applies that land during the count may be missed by it;
+    /// the figures are approximate.
+    pub fn recount(self: &Arc<Self>, engine: &Engine) {
+        let (shared, engine) = (self.clone(), engine.clone());
+        let count = move || {
+            if let Err(e) = shared.count_now(&engine) {
+                tracing::warn!(region_id = shared.region_id.0, error = %e, "counting the region's rows failed");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => drop(handle.spawn_blocking(count)),
+            Err(_) => count(),
+        }
+    }
+
+    fn count_now(&self, engine: &Engine) -> io::Result<()> {
+        let txn = engine.read()?;
+        let id = data_id(&txn, self.region_id.0)?;
+        let data = txn.open_table(tables::DATA).map_err(io_err)?;
+        // Only the region's range: regions split off share their parent's data id.
+        let desc = self.descriptor();
+        let (lo, hi) = data_range(id, &desc.start_key, &desc.end_key);
+        let (mut keys, mut bytes) = (0i64, 0i64);
+        for row in data.range(lo.as_slice()..hi.as_slice()).map_err(io_err)? {
+            let (k, v) = row.map_err(io_err)?;
+            keys += 1;
+            bytes += (k.value().len() - 8 + v.value().len()) as i64;
+        }
+        self.approx_keys.store(keys, Ordering::Relaxed);
+        self.approx_bytes.store(bytes, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// The state machine of one region.
@@ -290,16 +340,8 @@ impl RegionStateMachine {
         let region = shared.region_id.0;
         let txn = engine.read()?;
         let state = snapshot::read_state(&txn, region)?;
-        let data = txn.open_table(tables::DATA).map_err(io_err)?;
-        let (lo, hi) = data_range(state.data_id, b"", b"");
-        let (mut keys, mut bytes) = (0i64, 0i64);
-        for row in data.range(lo.as_slice()..hi.as_slice()).map_err(io_err)? {
-            let (k, v) = row.map_err(io_err)?;
-            keys += 1;
-            bytes += (k.value().len() - 8 + v.value().len()) as i64;
-        }
-        shared.approx_keys.store(keys, Ordering::Relaxed);
-        shared.approx_bytes.store(bytes, Ordering::Relaxed);
+        // Counting a large region reads all of it: in the background.
+        shared.recount(engine);
         Ok(RegionStateMachine { region, engine: engine.clone(), state, current: Default::default(), shared })
     }
 }
@@ -553,7 +595,8 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
             .write_lazy(Box::new(move |txn| {
                 let id = state.data_id;
                 let mut data = txn.open_table(tables::DATA).map_err(io_err)?;
-                let mut sessions = Sessions::open(txn, id)?;
+                let mut sessions = Sessions::open(txn, state.session_id)?;
+                let mut garbage = Vec::new();
                 let mut regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
                 let mut meta = txn.open_table(tables::SM_META).map_err(io_err)?;
                 let mut res = Vec::with_capacity(work_items.len());
@@ -594,17 +637,16 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
                                 &mut desc,
                                 &split,
                                 &state,
-                                &mut data,
+                                txn,
                                 &mut sessions,
                                 &mut regions,
                                 &mut meta,
                                 local_node,
                             )? {
-                                Some((child, seeded, keys, bytes)) => {
+                                Some((child, seeded, g)) => {
+                                    garbage.extend(g);
                                     // Before the commit: see `RegionShared::range_version`.
                                     range_version.store(desc.epoch.version, Ordering::SeqCst);
-                                    dk -= keys;
-                                    db -= bytes;
                                     desc_changed = true;
                                     splits.push((child, seeded));
                                     res.push(ApplyResult::Split);
@@ -643,24 +685,37 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
                         .map_err(io_err)?;
                 }
                 meta.insert(region, encode(&SmMetaRecord::from_state(&state))?.as_slice()).map_err(io_err)?;
+                let collect = !garbage.is_empty();
+                if collect {
+                    drop((data, sessions, regions, meta));
+                    snapshot::queue_garbage(txn, garbage)?;
+                }
                 let new_desc = desc_changed.then_some(desc);
-                *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(Applied { res, dk, db, state, new_desc, splits });
+                *out.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Applied { res, dk, db, state, new_desc, splits, collect });
                 Ok(())
             }))
             .await?;
         crate::metrics::STAGES.apply.record(started.elapsed());
-        let Applied { res, dk, db, state, new_desc, splits } = results
+        let Applied { res, dk, db, state, new_desc, splits, collect } = results
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .ok_or_else(|| io::Error::other("apply produced no output"))?;
         self.state = state;
+        if collect {
+            snapshot::spawn_garbage_collection(self.engine.clone());
+        }
         if let Some(desc) = new_desc {
             tracing::info!(region_id = region, epoch = ?desc.epoch, end_key_len = desc.end_key.len(), "region descriptor changed");
             *self.shared.descriptor.write().unwrap_or_else(|p| p.into_inner()) = desc;
         }
         self.shared.approx_keys.fetch_add(dk, Ordering::Relaxed);
         self.shared.approx_bytes.fetch_add(db, Ordering::Relaxed);
+        if !splits.is_empty() {
+            // The half that left is still counted here: count the range again.
+            self.shared.recount(&self.engine);
+        }
         for (child, seeded) in splits {
             tracing::info!(region_id = region, new_region_id = child.id.0, seeded, "region split");
             {

@@ -19,8 +19,14 @@ pub const SESSIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("s
 /// install): region id -> data id. Readers look it up with the rows, in one read
 /// transaction; it is a separate table so that a read costs one integer lookup.
 pub const DATA_IDS: TableDefinition<u64, u64> = TableDefinition::new("data_ids");
+/// The session id (key prefix in `dedup` and `sessions`) of each region whose session
+/// rows are not under its data id (a region split off): region id -> session id.
+pub const SESSION_IDS: TableDefinition<u64, u64> = TableDefinition::new("session_ids");
 /// Node-level metadata: name -> postcard value. Names: `next_data_id` (u64), `gc_data_ids`
-/// (ids whose rows are garbage: replaced or abandoned snapshot installs).
+/// (ids all of whose rows are garbage: abandoned snapshot installs), `gc_items` (rows of a
+/// key range under a data id, or the session rows of a session id, that are garbage:
+/// replaced and destroyed replicas, halves split off to another node),
+/// `staging_data_ids` (installs in progress).
 pub const NODE_META: TableDefinition<&str, &[u8]> = TableDefinition::new("node_meta");
 /// Regions hosted by this node: region id -> postcard `RegionRecord`.
 pub const REGIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("regions");
