@@ -80,14 +80,28 @@ pub fn new_path(engine: &Engine, what: &str, region: u64) -> PathBuf {
 
 /// The state-machine state of `region` as of `txn`.
 pub fn read_state(txn: &redb::ReadTransaction, region: u64) -> io::Result<SmState> {
-    let meta = txn.open_table(tables::SM_META).map_err(io_err)?;
+    state_from(
+        &txn.open_table(tables::SM_META).map_err(io_err)?,
+        &txn.open_table(tables::DATA_IDS).map_err(io_err)?,
+        &txn.open_table(tables::SESSION_IDS).map_err(io_err)?,
+        region,
+    )
+}
+
+/// `region`'s state from its `sm_meta` record and its `data_ids` and `session_ids`
+/// entries, read or write transaction alike.
+fn state_from(
+    meta: &impl ReadableTable<u64, &'static [u8]>,
+    data_ids: &impl ReadableTable<u64, u64>,
+    session_ids: &impl ReadableTable<u64, u64>,
+    region: u64,
+) -> io::Result<SmState> {
     let mut state = match meta.get(region).map_err(io_err)? {
         Some(v) => decode::<SmMetaRecord>(v.value())?.state(region),
         None => SmState::default(),
     };
-    state.data_id = read_data_id(txn, region)?;
-    let sessions = txn.open_table(tables::SESSION_IDS).map_err(io_err)?;
-    state.session_id = sessions.get(region).map_err(io_err)?.map_or(state.data_id, |v| v.value());
+    state.data_id = data_ids.get(region).map_err(io_err)?.map_or(region, |v| v.value());
+    state.session_id = session_ids.get(region).map_err(io_err)?.map_or(state.data_id, |v| v.value());
     Ok(state)
 }
 
@@ -115,15 +129,12 @@ pub fn read_data_id_mut(txn: &WriteTransaction, region: u64) -> io::Result<u64> 
 
 /// The state of `region` as of `txn` (a write transaction).
 fn read_state_mut(txn: &WriteTransaction, region: u64) -> io::Result<SmState> {
-    let meta = txn.open_table(tables::SM_META).map_err(io_err)?;
-    let mut state = match meta.get(region).map_err(io_err)? {
-        Some(v) => decode::<SmMetaRecord>(v.value())?.state(region),
-        None => SmState::default(),
-    };
-    state.data_id = read_data_id_mut(txn, region)?;
-    let sessions = txn.open_table(tables::SESSION_IDS).map_err(io_err)?;
-    state.session_id = sessions.get(region).map_err(io_err)?.map_or(state.data_id, |v| v.value());
-    Ok(state)
+    state_from(
+        &txn.open_table(tables::SM_META).map_err(io_err)?,
+        &txn.open_table(tables::DATA_IDS).map_err(io_err)?,
+        &txn.open_table(tables::SESSION_IDS).map_err(io_err)?,
+        region,
+    )
 }
 
 /// Rows that are garbage, deleted in bounded steps by [`collect_garbage`].
