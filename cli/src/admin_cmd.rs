@@ -1,4 +1,4 @@
-//! Cluster commands: `status` (nodes, and with `--regions` every region), `admin` (split,
+//! Cluster commands: `status` (nodes, and with `--regions` every region), `admin` (split, merge,
 //! drain, remove-node, operators) and `load` (bulk writes with progress).
 
 use std::collections::BTreeMap;
@@ -20,6 +20,13 @@ pub enum AdminCommand {
     /// Split the region containing KEY at KEY, and wait for the split to finish.
     Split {
         /// First key of the new right-hand region.
+        #[arg(id = "KEY", value_name = "KEY")]
+        key: String,
+    },
+    /// Merge the region containing KEY into its left neighbour, and wait for the merge to
+    /// finish. Both regions must have their voters on the same nodes.
+    Merge {
+        /// A key of the region merged away.
         #[arg(id = "KEY", value_name = "KEY")]
         key: String,
     },
@@ -285,6 +292,11 @@ pub async fn admin(t: &Target, cmd: AdminCommand) -> anyhow::Result<ExitCode> {
             // the SDK retries that within its deadline.
             let id = c.split_region(key.as_bytes()).await.context("asking PD to split")?;
             writeln!(out(), "split planned as operator {id}")?;
+            wait_operator(&c, id, Duration::from_secs(60)).await
+        }
+        AdminCommand::Merge { key } => {
+            let id = c.merge_region(key.as_bytes()).await.context("asking PD to merge")?;
+            writeln!(out(), "merge planned as operator {id}")?;
             wait_operator(&c, id, Duration::from_secs(60)).await
         }
         AdminCommand::Drain { node, no_wait } => {

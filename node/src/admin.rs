@@ -1,5 +1,6 @@
 //! Steps PD asks a region's leader to take (answers to region heartbeats): add a learner,
-//! promote it, remove a replica, hand leadership over, split.
+//! promote it, remove a replica, hand leadership over, split, and the three steps of a
+//! merge (prepare on the source, commit on the target, or roll the prepare back).
 //!
 //! Each step is checked against the region's current epoch first: PD planned it against
 //! `command.epoch`, and a region that changed since is left alone (PD plans again from
@@ -12,7 +13,7 @@ use std::sync::atomic::Ordering;
 use openraft::ChangeMembers;
 use tessera_wire::{RegionCommand, RegionCommandKind};
 
-use crate::raft::types::{LogCommand, PeerNode};
+use crate::raft::types::{ApplyResult, LogCommand, PeerNode};
 use crate::region::{NodeContext, Region};
 
 /// Why a step was not taken.
@@ -99,12 +100,27 @@ async fn step(ctx: &NodeContext, command: RegionCommand) -> Result<&'static str,
         return Err(StepError::Busy);
     }
     let _busy = BusyGuard(&region);
+    // A region prepared to merge changes no further, except to be rolled back.
+    if region.shared.merging().is_some() && !matches!(command.kind, RegionCommandKind::RollbackMerge { .. }) {
+        return Err(StepError::Refused("the region is prepared to merge".into()));
+    }
     let raft_err = |e: &dyn std::fmt::Display| StepError::Raft(e.to_string());
     let ids = |p: tessera_wire::Peer| BTreeSet::from([p.id.0]);
     match command.kind {
         RegionCommandKind::AddLearner { peer } => {
             if desc.peer_on(peer.node_id).is_some() {
                 return Err(StepError::Refused(format!("node {} already hosts a voter", peer.node_id)));
+            }
+            // A new replica must start from a snapshot that includes the region's last
+            // merge: it has no replica of the merged-away region to apply the merge from.
+            let merge = region.shared.last_merge_index.load(Ordering::SeqCst);
+            let snapshot = {
+                use openraft::async_runtime::watch::WatchReceiver;
+                region.raft.metrics().borrow_watched().snapshot.map_or(0, |l| l.index)
+            };
+            if merge > snapshot {
+                region.raft.trigger().snapshot().await.map_err(|e| raft_err(&e))?;
+                return Err(StepError::Refused("building a snapshot that includes the last merge".into()));
             }
             region
                 .raft
@@ -162,14 +178,7 @@ async fn step(ctx: &NodeContext, command: RegionCommand) -> Result<&'static str,
             if voters != nodes || new_peers.len() != desc.peers.len() {
                 return Err(StepError::Refused("the new region's replicas are not on the region's voters".into()));
             }
-            let has_learners = {
-                use openraft::async_runtime::watch::WatchReceiver;
-                let metrics = region.raft.metrics();
-                let m = metrics.borrow_watched();
-                let any = m.membership_config.membership().learner_ids().next().is_some();
-                any
-            };
-            if has_learners {
+            if has_learners(&region) {
                 return Err(StepError::Refused("the region has a learner".into()));
             }
             // A hot region splits where its recent requests halve, if its sample says.
@@ -203,5 +212,85 @@ async fn step(ctx: &NodeContext, command: RegionCommand) -> Result<&'static str,
                 other => Err(StepError::Refused(format!("split not applied: {other:?}"))),
             }
         }
+        RegionCommandKind::PrepareMerge { target, target_epoch } => {
+            if has_learners(&region) {
+                return Err(StepError::Refused("the region has a learner".into()));
+            }
+            let cmd = LogCommand::PrepareMergeV1 {
+                conf_ver: desc.epoch.conf_ver,
+                version: desc.epoch.version,
+                target: target.0,
+                target_epoch: (target_epoch.conf_ver, target_epoch.version),
+            };
+            expect(region.raft.client_write(cmd).await.map_err(|e| raft_err(&e))?.data, ApplyResult::MergePrepared)
+                .map(|_| "prepare merge")
+        }
+        RegionCommandKind::CommitMerge { source, prepare_index } => {
+            if desc.end_key != source.start_key || source.start_key.is_empty() {
+                return Err(StepError::Refused(format!("region {} is not the right neighbour", source.id)));
+            }
+            if has_learners(&region) {
+                return Err(StepError::Refused("the region has a learner".into()));
+            }
+            // Every replica waits for its own source replica before applying the commit;
+            // the leader's has it already, so the commit does not stall the region here.
+            let local = ctx
+                .regions
+                .get(source.id)
+                .ok_or(StepError::Refused(format!("region {} has no replica on this node", source.id)))?;
+            let applied = {
+                use openraft::async_runtime::watch::WatchReceiver;
+                local.raft.metrics().borrow_watched().last_applied.map_or(0, |l| l.index)
+            };
+            if applied < prepare_index || local.shared.merging().is_none() {
+                return Err(StepError::Refused(format!("region {} has not applied its prepare here yet", source.id)));
+            }
+            let cmd = LogCommand::CommitMergeV1 {
+                target_epoch: (desc.epoch.conf_ver, desc.epoch.version),
+                source: source.id.0,
+                source_start: source.start_key.clone(),
+                source_end: source.end_key.clone(),
+                source_epoch: (source.epoch.conf_ver, source.epoch.version),
+                source_peers: source.peers.iter().map(|p| (p.id.0, p.node_id.0)).collect(),
+                prepare_index,
+            };
+            expect(region.raft.client_write(cmd).await.map_err(|e| raft_err(&e))?.data, ApplyResult::Merged)
+                .map(|_| "commit merge")
+        }
+        RegionCommandKind::RollbackMerge { prepare_index } => {
+            // PD rolls a merge back only once the target moved past the prepared epoch
+            // without absorbing the source. This node hosts a replica of the target too:
+            // if that one absorbed the source, the merge committed, whatever PD believes.
+            if let Some(m) = region.shared.merging() {
+                let absorbed = ctx.regions.get(tessera_wire::RegionId(m.target)).is_some_and(|t| {
+                    let t = t.shared.descriptor();
+                    t.contains(&desc.start_key) && t.epoch.version > m.target_epoch.1
+                });
+                if absorbed {
+                    return Err(StepError::Refused("the target absorbed this region already".into()));
+                }
+            }
+            let cmd = LogCommand::RollbackMergeV1 { prepare_index };
+            expect(region.raft.client_write(cmd).await.map_err(|e| raft_err(&e))?.data, ApplyResult::MergeRolledBack)
+                .map(|_| "roll back merge")
+        }
+    }
+}
+
+/// Whether the region's newest membership has a learner.
+fn has_learners(region: &Region) -> bool {
+    use openraft::async_runtime::watch::WatchReceiver;
+    let metrics = region.raft.metrics();
+    let m = metrics.borrow_watched();
+    let any = m.membership_config.membership().learner_ids().next().is_some();
+    any
+}
+
+/// `Ok` if the command applied as `wanted`, else why not.
+fn expect(got: ApplyResult, wanted: ApplyResult) -> Result<(), StepError> {
+    if got == wanted {
+        Ok(())
+    } else {
+        Err(StepError::Refused(format!("not applied: {got:?}")))
     }
 }

@@ -131,6 +131,9 @@ impl Node {
                 Err(e) => return Err(e),
             }
         }
+        // A merge whose commit was applied (and made durable) here before a crash, but
+        // whose source replica was not destroyed yet: destroy it now.
+        reap_merged_regions(&shared);
         tracing::info!(node_id = cfg.node_id.0, addr = %local_addr, regions = ctx.regions.ids().len(), "node started");
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -258,6 +261,7 @@ async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Regi
     }
     let region_shared = RegionShared::new(desc.clone(), shared.cfg.node_id.0);
     let _ = region_shared.events.set(shared.events.clone());
+    let _ = region_shared.node_changes.set(shared.ctx.changes.subscribe());
     let mut sm = RegionStateMachine::open(engine, region_shared.clone()).map_err(|e| region_err(e.into()))?;
     // A voter is in the descriptor; a learner only in the applied membership (or, before
     // its first snapshot, in the descriptor PD created it from).
@@ -545,8 +549,89 @@ async fn region_events(
                     Err(e) => tracing::error!(region_id = child_id.0, error = %e, "starting a split-off region failed"),
                 }
             }
+            RegionEvent::Merged { target, .. } => {
+                // The target's leader reports its wider range to PD at once, so PD drops
+                // the source and routes its keys to the target.
+                if shared.ctx.regions.get(target).is_some_and(|t| t.is_leader()) {
+                    shared.leadership.notify_one();
+                }
+                reap_merged_regions(&shared);
+            }
+            RegionEvent::Installed { .. } => reap_merged_regions(&shared),
         }
     }
+}
+
+/// Destroys, after [`MERGED_SOURCE_GRACE`], every local region prepared to merge whose
+/// local target has absorbed it (its range covers the region's start at a newer version
+/// than the prepare names): the commit applied here, or arrived in a snapshot, or applied
+/// before a crash that left the source's replica.
+fn reap_merged_regions(shared: &Arc<Shared>) {
+    for region in shared.ctx.regions.all() {
+        let Some(m) = region.shared.merging() else { continue };
+        let desc = region.shared.descriptor();
+        let absorbed = shared.ctx.regions.get(tessera_wire::RegionId(m.target)).is_some_and(|t| {
+            let t = t.shared.descriptor();
+            t.contains(&desc.start_key) && t.epoch.version > m.target_epoch.1
+        });
+        if !absorbed || region.shared.reaping.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            continue;
+        }
+        let (shared, source) = (shared.clone(), desc.id);
+        tokio::spawn(async move {
+            // The source's group runs a little longer, so that a replica of it that has the
+            // prepare in its log but not yet the news that it committed (it learns that
+            // from the source's leader) applies it: its node's target waits for that
+            // before applying the commit.
+            tokio::time::sleep(MERGED_SOURCE_GRACE).await;
+            if let Err(e) = destroy_merged_region(&shared, source).await {
+                tracing::error!(region_id = source.0, error = %e, "destroying a merged region failed");
+            }
+        });
+    }
+}
+
+/// How long the source of a merge keeps running on a node after the node applied the
+/// merge's commit; see [`RegionEvent::Merged`].
+const MERGED_SOURCE_GRACE: Duration = Duration::from_secs(2);
+
+/// Destroys this node's replica of `source`, a region merged into its left neighbour
+/// here: stops its group, replaces its record with a tombstone and forgets its log and
+/// session rows. Its data rows now belong to the target (the merge's commit copied them
+/// or they were shared) and are not touched.
+async fn destroy_merged_region(shared: &Shared, source: tessera_wire::RegionId) -> Result<(), NodeError> {
+    let _guard = shared.lifecycle.lock().await;
+    let Some(region) = shared.ctx.regions.get(source) else { return Ok(()) };
+    if region.shared.merging().is_none() {
+        return Ok(());
+    }
+    tracing::info!(region_id = source.0, peer = region.peer.id.0, "destroying a region merged into its neighbour");
+    if let Err(e) = region.raft.shutdown().await {
+        tracing::warn!(region_id = source.0, error = %e, "stopping the region's group failed");
+    }
+    shared.ctx.regions.remove(source);
+    region.shared.range_version.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    let id = source.0;
+    let local = region.shared.descriptor();
+    let tombstone =
+        encode(&RegionRecord::tombstone(&local, region.peer.id)).map_err(|e| NodeError::Storage(e.into()))?;
+    // Durable, and after the merge's commit: the log is forgotten only once the commit
+    // that took the source's rows over can no longer be lost.
+    shared
+        .ctx
+        .engine
+        .write(Box::new(move |txn| crate::storage::snapshot::retire_merged_region(txn, id, &tombstone)))
+        .await
+        .map_err(|e| NodeError::Storage(e.into()))?;
+    shared
+        .ctx
+        .wal
+        .write(vec![crate::storage::wal::Op::Forget { region: id }])
+        .await
+        .map_err(|e| NodeError::Storage(e.into()))?;
+    crate::storage::snapshot::spawn_garbage_collection(shared.ctx.engine.clone());
+    shared.ctx.changed();
+    Ok(())
 }
 
 async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {

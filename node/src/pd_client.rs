@@ -99,7 +99,7 @@ pub(crate) fn led_region_stats(ctx: &crate::region::NodeContext, load: &mut Load
         .filter(|r| r.is_leader())
         .map(|r| {
             let desc = r.shared.descriptor();
-            let (term, learners) = {
+            let (term, learners, merging) = {
                 let m = r.raft.metrics();
                 let m = m.borrow_watched();
                 // Every member of the newest (possibly not yet applied) membership that is
@@ -115,7 +115,27 @@ pub(crate) fn led_region_stats(ctx: &crate::region::NodeContext, load: &mut Load
                         node_id: tessera_wire::NodeId(n.node_id),
                     })
                     .collect();
-                (m.current_term, learners)
+                let merging = r.shared.merging().map(|ms| {
+                    // Every voter's log holds the prepare: each can apply it without this
+                    // leader, so the target can count on its local source replica.
+                    let matched = |id: &u64| {
+                        *id == r.peer.id.0
+                            || m.replication
+                                .as_ref()
+                                .and_then(|rep| rep.get(id).cloned().flatten())
+                                .is_some_and(|l| l.index >= ms.prepare_index)
+                    };
+                    tessera_wire::MergeReport {
+                        target: tessera_wire::RegionId(ms.target),
+                        target_epoch: tessera_wire::RegionEpoch {
+                            conf_ver: ms.target_epoch.0,
+                            version: ms.target_epoch.1,
+                        },
+                        prepare_index: ms.prepare_index,
+                        caught_up: membership.voter_ids().all(|id| matched(&id)),
+                    }
+                });
+                (m.current_term, learners, merging)
             };
             let (write_qps, read_qps) = load.rates(&r, now);
             RegionStats {
@@ -128,6 +148,7 @@ pub(crate) fn led_region_stats(ctx: &crate::region::NodeContext, load: &mut Load
                 write_qps,
                 read_qps,
                 split_off: r.shared.split_off.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                merging,
             }
         })
         .collect()

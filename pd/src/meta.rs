@@ -237,6 +237,8 @@ struct RegionEntry {
     born: Duration,
     /// Soft: a leader reported the region since PD started, so `learners` is known.
     reported: bool,
+    /// Soft: the region is prepared to merge, as its leader last reported.
+    merging: Option<tessera_wire::MergeReport>,
 }
 
 impl RegionEntry {
@@ -270,6 +272,7 @@ impl RegionEntry {
             load_history: Default::default(),
             born,
             reported: false,
+            merging: None,
         }
     }
 
@@ -291,6 +294,11 @@ pub struct ClusterMeta {
     by_start: BTreeMap<Vec<u8>, RegionId>,
     alloc: IdAllocatorState,
     bootstrapped: bool,
+    /// Soft: regions whose whole range a newer region covers (merged away) since PD
+    /// started. A late report of one, or of one as split off another, is ignored: it
+    /// must not come back into the routing table (and be taken for a region whose merge
+    /// never committed).
+    replaced: std::collections::HashSet<RegionId>,
 }
 
 impl ClusterMeta {
@@ -303,6 +311,7 @@ impl ClusterMeta {
             by_start: BTreeMap::new(),
             alloc: IdAllocatorState::default(),
             bootstrapped: false,
+            replaced: Default::default(),
         }
     }
 
@@ -532,6 +541,10 @@ impl ClusterMeta {
             tracing::warn!(node_id = node_id.0, region_id = region_id.0, "region heartbeat names a foreign leader");
             return RegionReport::BadLeader;
         }
+        if self.replaced.contains(&region_id) {
+            tracing::debug!(node_id = node_id.0, region_id = region_id.0, "report of a replaced region ignored");
+            return RegionReport::StaleEpoch;
+        }
         let stored_epoch = self.regions.get(&region_id).map(|e| e.region.epoch);
         if let Some(epoch) = stored_epoch {
             if report.region.epoch.is_stale_against(&epoch) {
@@ -548,6 +561,15 @@ impl ClusterMeta {
                 return RegionReport::StaleEpoch;
             }
             for id in others {
+                // Covered whole (not just overlapped, as a split's parent is by the half that
+                // reports first): merged away, for good.
+                let other = &self.regions[&id].region;
+                let covers = report.region.start_key <= other.start_key
+                    && (report.region.end_key.is_empty()
+                        || (!other.end_key.is_empty() && other.end_key <= report.region.end_key));
+                if covers {
+                    self.replaced.insert(id);
+                }
                 self.remove_region(id);
                 changes.regions.remove(&id);
                 changes.removed_regions.insert(id);
@@ -590,10 +612,14 @@ impl ClusterMeta {
             entry.load_history.pop_front();
         }
         entry.reported = true;
+        entry.merging = report.merging.clone();
         // Halves split off this region, before their own leaders report: fill the gap
         // they leave in the routing table (without a leader yet).
         for child in &report.split_off {
-            if self.regions.contains_key(&child.id) || !self.overlapping(&child.start_key, &child.end_key).is_empty() {
+            if self.regions.contains_key(&child.id)
+                || self.replaced.contains(&child.id)
+                || !self.overlapping(&child.start_key, &child.end_key).is_empty()
+            {
                 continue;
             }
             self.insert_region(RegionEntry::new(child.clone(), None, 0, now));
@@ -601,6 +627,25 @@ impl ClusterMeta {
             tracing::info!(region_id = child.id.0, parent = region_id.0, "split-off region learned from its parent");
         }
         RegionReport::Accepted
+    }
+
+    /// The merge state of `id` as its leader last reported it: `Some` while prepared.
+    pub fn merging(&self, id: RegionId) -> Option<&tessera_wire::MergeReport> {
+        self.regions.get(&id)?.merging.as_ref()
+    }
+
+    /// Regions prepared to merge, with their merge state.
+    pub fn prepared_merges(&self) -> Vec<(RegionDescriptor, tessera_wire::MergeReport)> {
+        self.regions.values().filter_map(|e| Some((e.region.clone(), e.merging.clone()?))).collect()
+    }
+
+    /// The region whose range ends where `region`'s starts (its left neighbour), if known.
+    pub fn left_neighbour(&self, region: &RegionDescriptor) -> Option<RegionId> {
+        if region.start_key.is_empty() {
+            return None;
+        }
+        let (_, id) = self.by_start.range::<[u8], _>((Unbounded, Excluded(region.start_key.as_slice()))).next_back()?;
+        (self.regions[id].region.end_key == region.start_key).then_some(*id)
     }
 
     /// The region containing `key`.

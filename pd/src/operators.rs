@@ -14,7 +14,17 @@
 //! from what the leaders report. Ids a step needs (a learner's peer id, a split's region
 //! and peer ids) are allocated, durably, when the operator starts.
 //!
-//! Merges are planned by the scheduler but not executed yet: they are dropped here.
+//! A merge runs in two steps, each a command in one region's log: `PrepareMerge` to the
+//! source's leader (the source freezes), then, once the source's leader reports it
+//! prepared with every voter's log holding the prepare, `CommitMerge` to the target's
+//! leader (the target absorbs the source). Both later steps are driven from what the
+//! leaders report, not from the operator, so they survive a PD restart: a prepared source
+//! whose target still has the epoch the prepare names gets the commit sent to the target;
+//! one whose target moved past that epoch gets `RollbackMerge`. That rollback is safe:
+//! while PD still routes the source, the target has not reported absorbing it, and a target
+//! at a newer epoch than the prepare names refuses the commit forever (a target changes
+//! its epoch only through steps PD plans against the epoch it last saw, and the report
+//! of an absorbing target replaces the source in the routing table).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -71,6 +81,12 @@ pub enum ManualError {
     /// The region has no known leader.
     #[error("region {0} has no leader yet; retry")]
     NoLeader(RegionId),
+    /// The region is the first one: nothing on its left to merge into.
+    #[error("region {0} starts the key space: it has no left neighbour to merge into")]
+    NoLeftNeighbour(RegionId),
+    /// The two regions cannot merge as they are.
+    #[error("region {0} cannot merge into region {1} now: {2}")]
+    NotMergeable(RegionId, RegionId, String),
 }
 
 /// Runs operators; see the module docs.
@@ -104,8 +120,107 @@ impl OperatorController {
             self.last_pass = Some(now);
             self.plan(meta, now, &mut changes);
         }
-        let commands = reported.iter().filter_map(|id| self.running.get(id)).map(|r| r.command.clone()).collect();
+        let mut commands: Vec<RegionCommand> = reported
+            .iter()
+            .filter_map(|id| self.running.get(id))
+            // A prepare is sent until the source reports it prepared; the rest of a merge
+            // follows from the reports (`merge_steps`).
+            .filter(|r| {
+                !matches!(r.command.kind, RegionCommandKind::PrepareMerge { .. })
+                    || meta.merging(r.op.region_id).is_none()
+            })
+            .map(|r| r.command.clone())
+            .collect();
+        commands.extend(self.merge_steps(meta, reported));
         (commands, changes)
+    }
+
+    /// The commit (to the target) or rollback (to the source) of every prepared merge whose
+    /// region was just reported; see the module docs.
+    fn merge_steps(&self, meta: &ClusterMeta, reported: &[RegionId]) -> Vec<RegionCommand> {
+        let mut out = Vec::new();
+        for (source, m) in meta.prepared_merges() {
+            let op_id = self.running.get(&source.id).map_or(0, |r| r.id);
+            match meta.region_roles(m.target) {
+                Some((target, learners, leader))
+                    if target.epoch == m.target_epoch
+                        && m.caught_up
+                        && learners.is_empty()
+                        && leader.is_some()
+                        && reported.contains(&target.id) =>
+                {
+                    out.push(RegionCommand {
+                        op_id,
+                        region_id: target.id,
+                        epoch: target.epoch,
+                        kind: RegionCommandKind::CommitMerge { source, prepare_index: m.prepare_index },
+                    });
+                }
+                // The target is at the prepared epoch but not ready (or not reported now),
+                // or PD knows it at an older epoch (its newer report has not come yet).
+                Some((target, _, _)) if !m.target_epoch.is_stale_against(&target.epoch) => {}
+                // The target absorbed the source (a report of its own has not replaced the
+                // source yet): never roll back.
+                Some((target, _, _)) if target.contains(&source.start_key) => {}
+                // The target moved on (or was replaced) without absorbing the source.
+                _ if reported.contains(&source.id) => {
+                    tracing::info!(
+                        region_id = source.id.0,
+                        target = m.target.0,
+                        "rolling back a merge whose target moved on"
+                    );
+                    out.push(RegionCommand {
+                        op_id,
+                        region_id: source.id,
+                        epoch: source.epoch,
+                        kind: RegionCommandKind::RollbackMerge { prepare_index: m.prepare_index },
+                    });
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The operator in flight on `region` (as its region, or as a merge's target).
+    fn busy(&self, region: RegionId) -> Option<u64> {
+        self.running.values().find(|r| r.op.regions().contains(&region)).map(|r| r.id)
+    }
+
+    /// Starts a merge of the region holding `key` into its left neighbour (`tessera admin
+    /// merge`).
+    pub fn merge_at(
+        &mut self,
+        meta: &mut ClusterMeta,
+        key: Vec<u8>,
+        now: Duration,
+    ) -> Result<(u64, MetaChanges), ManualError> {
+        if !meta.is_bootstrapped() {
+            return Err(ManualError::NotBootstrapped);
+        }
+        let route = meta.get_region(&key).map_err(|_| ManualError::NoRegion)?;
+        let source = route.region;
+        let target = meta.left_neighbour(&source).ok_or(ManualError::NoLeftNeighbour(source.id))?;
+        for id in [source.id, target] {
+            if let Some(op) = self.busy(id) {
+                return Err(ManualError::Busy(id, op));
+            }
+            if meta.region_roles(id).is_none_or(|(_, _, leader)| leader.is_none()) {
+                return Err(ManualError::NoLeader(id));
+            }
+        }
+        if let Some(why) = merge_blocker(meta, source.id, target) {
+            return Err(ManualError::NotMergeable(source.id, target, why));
+        }
+        let op = Operator {
+            region_id: source.id,
+            epoch: source.epoch,
+            kind: OperatorKind::Merge { source: source.id, target },
+            reason: Reason::Manual,
+        };
+        let mut changes = MetaChanges::default();
+        let id = self.start(meta, op, now, &mut changes).ok_or(ManualError::NoRegion)?;
+        Ok((id, changes))
     }
 
     /// Starts a split of the region holding `key` at `key` (`tessera admin split`).
@@ -123,8 +238,11 @@ impl OperatorController {
         if region.start_key == key {
             return Err(ManualError::AlreadyBoundary(region.id));
         }
-        if let Some(r) = self.running.get(&region.id) {
-            return Err(ManualError::Busy(region.id, r.id));
+        if let Some(op) = self.busy(region.id) {
+            return Err(ManualError::Busy(region.id, op));
+        }
+        if meta.merging(region.id).is_some() {
+            return Err(ManualError::NotMergeable(region.id, region.id, "it is prepared to merge".into()));
         }
         if route.leader.is_none() {
             return Err(ManualError::NoLeader(region.id));
@@ -187,8 +305,12 @@ impl OperatorController {
     fn plan(&mut self, meta: &mut ClusterMeta, now: Duration, changes: &mut MetaChanges) {
         let mut snapshot = meta.scheduler_snapshot(now);
         snapshot.in_flight = self.running.values().map(|r| r.op.clone()).collect();
+        // A prepared merge pins both its regions until it commits or rolls back, also when
+        // its operator is gone (timed out, or forgotten by a restart).
+        let pinned: std::collections::HashSet<RegionId> =
+            meta.prepared_merges().into_iter().flat_map(|(s, m)| [s.id, m.target]).collect();
         for op in schedule(&snapshot, &self.config) {
-            if matches!(op.kind, OperatorKind::Merge { .. }) {
+            if op.regions().iter().any(|id| pinned.contains(id)) {
                 continue;
             }
             self.start(meta, op, now, changes);
@@ -197,7 +319,7 @@ impl OperatorController {
 
     /// Allocates what `op` needs, builds its step and records it as running.
     fn start(&mut self, meta: &mut ClusterMeta, op: Operator, now: Duration, changes: &mut MetaChanges) -> Option<u64> {
-        if self.running.contains_key(&op.region_id) {
+        if op.regions().iter().any(|id| self.busy(*id).is_some()) {
             return None;
         }
         let (region, _, _) = meta.region_roles(op.region_id)?;
@@ -226,7 +348,13 @@ impl OperatorController {
                     _ => RegionCommandKind::Split { key: key.clone(), new_region_id, new_peers },
                 }
             }
-            OperatorKind::Merge { .. } => return None,
+            OperatorKind::Merge { source, target } => {
+                if *source != op.region_id || merge_blocker(meta, *source, *target).is_some() {
+                    return None;
+                }
+                let (t, _, _) = meta.region_roles(*target)?;
+                RegionCommandKind::PrepareMerge { target: *target, target_epoch: t.epoch }
+            }
         };
         let id = self.next_id;
         self.next_id += 1;
@@ -251,6 +379,15 @@ impl OperatorController {
                 if desc.epoch.version == r.op.epoch.version && desc.epoch.conf_ver > r.command.epoch.conf_ver {
                     r.command.epoch = desc.epoch;
                 }
+            }
+            if let OperatorKind::Merge { .. } = r.op.kind {
+                let state = merge_outcome(meta, &r.op, &r.command.kind);
+                let state =
+                    state.or_else(|| (now.saturating_sub(r.started) > STEP_TIMEOUT).then_some(OperatorState::TimedOut));
+                if let Some(state) = state {
+                    done.push((*region_id, state));
+                }
+                continue;
             }
             let state = match meta.region_roles(*region_id) {
                 None => Some(OperatorState::Cancelled { reason: "the region is gone".into() }),
@@ -292,6 +429,47 @@ impl OperatorController {
     }
 }
 
+/// Why `source` cannot merge into `target` now, if it cannot: they must be adjacent
+/// (`target` on the left), have their voters on the same nodes, no learners, leaders,
+/// and neither may be prepared to merge already.
+fn merge_blocker(meta: &ClusterMeta, source: RegionId, target: RegionId) -> Option<String> {
+    let Some((s, s_learners, s_leader)) = meta.region_roles(source) else { return Some("the source is gone".into()) };
+    let Some((t, t_learners, t_leader)) = meta.region_roles(target) else { return Some("the target is gone".into()) };
+    let nodes = |d: &RegionDescriptor| d.peers.iter().map(|p| p.node_id).collect::<std::collections::BTreeSet<_>>();
+    if t.end_key != s.start_key || s.start_key.is_empty() {
+        Some("they are not adjacent".into())
+    } else if nodes(s) != nodes(t) || s.peers.len() != t.peers.len() {
+        Some("their voters are not on the same nodes".into())
+    } else if !s_learners.is_empty() || !t_learners.is_empty() {
+        Some("a replica is being added".into())
+    } else if s_leader.is_none() || t_leader.is_none() {
+        Some("a region has no leader".into())
+    } else if meta.merging(source).is_some() || meta.merging(target).is_some() {
+        Some("a region is prepared to merge already".into())
+    } else {
+        None
+    }
+}
+
+/// Where the merge `op` (whose prepare is `kind`) stands, if it ended.
+fn merge_outcome(meta: &ClusterMeta, op: &Operator, kind: &RegionCommandKind) -> Option<OperatorState> {
+    let OperatorKind::Merge { source, target } = op.kind else { return None };
+    let RegionCommandKind::PrepareMerge { target_epoch, .. } = kind else { return None };
+    match (meta.region_roles(source), meta.region_roles(target)) {
+        // The target's report of its wider range replaced the source.
+        (None, Some((t, _, _))) if t.epoch.version > target_epoch.version => Some(OperatorState::Succeeded),
+        (None, _) => Some(OperatorState::Cancelled { reason: "the region is gone".into() }),
+        // The prepare raised the source's version once, a rollback once more.
+        (Some((s, _, _)), _) if meta.merging(source).is_none() && s.epoch.version >= op.epoch.version + 2 => {
+            Some(OperatorState::Cancelled { reason: "the merge was rolled back".into() })
+        }
+        (Some((s, _, _)), _) if meta.merging(source).is_none() && s.epoch.version > op.epoch.version => {
+            Some(OperatorState::Cancelled { reason: "the region changed".into() })
+        }
+        _ => None,
+    }
+}
+
 /// The node a step hands something to (a replica, a vote, the leadership), if any.
 fn target_node(kind: &RegionCommandKind) -> Option<NodeId> {
     match kind {
@@ -299,7 +477,10 @@ fn target_node(kind: &RegionCommandKind) -> Option<NodeId> {
         RegionCommandKind::TransferLeader { to } => Some(to.node_id),
         RegionCommandKind::RemovePeer { .. }
         | RegionCommandKind::Split { .. }
-        | RegionCommandKind::SplitByLoad { .. } => None,
+        | RegionCommandKind::SplitByLoad { .. }
+        | RegionCommandKind::PrepareMerge { .. }
+        | RegionCommandKind::CommitMerge { .. }
+        | RegionCommandKind::RollbackMerge { .. } => None,
     }
 }
 
@@ -327,6 +508,10 @@ fn reached(
         RegionCommandKind::Split { .. } | RegionCommandKind::SplitByLoad { .. } => {
             desc.epoch.version > op.epoch.version
         }
+        // Settled by `merge_outcome`.
+        RegionCommandKind::PrepareMerge { .. }
+        | RegionCommandKind::CommitMerge { .. }
+        | RegionCommandKind::RollbackMerge { .. } => false,
     }
 }
 
@@ -514,5 +699,115 @@ mod tests {
         let (_, _) = ctl.on_region_heartbeat(&mut meta, &[], later);
         let info = ctl.infos(later).into_iter().find(|i| i.id == cmds[0].op_id).unwrap();
         assert!(matches!(info.state, OperatorState::Cancelled { .. }), "{info:?}");
+    }
+
+    /// Two adjacent regions with voters on the same three nodes, both led.
+    fn two_regions(at: Duration) -> (ClusterMeta, RegionDescriptor, RegionDescriptor) {
+        let mut meta = ClusterMeta::new(MetaConfig { initial_regions: 2, ..MetaConfig::default() });
+        for i in 1..=3 {
+            let _ = meta.register_node(NodeId(i), format!("127.0.0.1:{}", 7000 + i), 0, Duration::ZERO);
+        }
+        let regions: Vec<RegionDescriptor> =
+            meta.scan_regions(b"", b"", 0).unwrap().into_iter().map(|r| r.region).collect();
+        let (left, right) = (regions[0].clone(), regions[1].clone());
+        assert_eq!(left.end_key, right.start_key);
+        report(&mut meta, &left, left.peers[0], vec![], 10, at);
+        report(&mut meta, &right, right.peers[0], vec![], 10, at);
+        (meta, left, right)
+    }
+
+    fn report_prepared(meta: &mut ClusterMeta, desc: &RegionDescriptor, merging: tessera_wire::MergeReport) {
+        let stats = RegionStats { merging: Some(merging), ..RegionStats::new(desc.clone(), desc.peers[0], 1) };
+        let _ = meta.region_heartbeat(desc.peers[0].node_id, &[stats], Duration::ZERO).unwrap();
+    }
+
+    #[test]
+    fn a_merge_prepares_the_source_then_commits_on_the_target_once_every_voter_holds_the_prepare() {
+        let t = Duration::from_secs(1);
+        let (mut meta, left, right) = two_regions(t);
+        let mut ctl = OperatorController::new(SchedulerConfig::default());
+        assert_eq!(ctl.merge_at(&mut meta, vec![], t), Err(ManualError::NoLeftNeighbour(left.id)));
+        let (id, _) = ctl.merge_at(&mut meta, right.start_key.clone(), t).unwrap();
+        // The merge occupies both regions.
+        assert_eq!(ctl.split_at(&mut meta, vec![1], t), Err(ManualError::Busy(left.id, id)));
+        let (cmds, _) = ctl.on_region_heartbeat(&mut meta, &[left.id, right.id], t);
+        assert_eq!(cmds.len(), 1, "{cmds:?}");
+        assert_eq!(cmds[0].region_id, right.id);
+        assert_eq!(cmds[0].kind, RegionCommandKind::PrepareMerge { target: left.id, target_epoch: left.epoch });
+        // Prepared, but a voter's log does not hold the prepare yet: nothing to send.
+        let mut prepared = right.clone();
+        prepared.epoch.version += 1;
+        let mut merging =
+            tessera_wire::MergeReport { target: left.id, target_epoch: left.epoch, prepare_index: 9, caught_up: false };
+        report_prepared(&mut meta, &prepared, merging.clone());
+        let (cmds, _) = ctl.on_region_heartbeat(&mut meta, &[left.id, right.id], t);
+        assert!(cmds.is_empty(), "{cmds:?}");
+        // Every voter holds it: the target is asked to absorb the source.
+        merging.caught_up = true;
+        report_prepared(&mut meta, &prepared, merging.clone());
+        let (cmds, _) = ctl.on_region_heartbeat(&mut meta, &[left.id, right.id], t);
+        assert_eq!(
+            cmds,
+            vec![RegionCommand {
+                op_id: id,
+                region_id: left.id,
+                epoch: left.epoch,
+                kind: RegionCommandKind::CommitMerge { source: prepared.clone(), prepare_index: 9 },
+            }]
+        );
+        // The target reports its wider range: the source is gone and the merge succeeded.
+        let mut merged = left.clone();
+        merged.end_key = right.end_key.clone();
+        merged.epoch.version = left.epoch.version.max(prepared.epoch.version) + 1;
+        report(&mut meta, &merged, merged.peers[0], vec![], 20, t);
+        let (cmds, _) = ctl.on_region_heartbeat(&mut meta, &[left.id], t);
+        assert!(cmds.is_empty(), "{cmds:?}");
+        assert!(meta.region_roles(right.id).is_none());
+        let infos = ctl.infos(t);
+        assert_eq!(infos.iter().find(|i| i.id == id).map(|i| i.state.clone()), Some(OperatorState::Succeeded));
+        // A late report of the source, alone or as split off the target, does not bring it
+        // back (where it would look like a merge to roll back).
+        let mut target_report = RegionStats::new(merged.clone(), merged.peers[0], 1);
+        target_report.split_off = vec![right.clone()];
+        let _ = meta.region_heartbeat(merged.peers[0].node_id, &[target_report], t).unwrap();
+        report_prepared(&mut meta, &prepared, merging);
+        assert!(meta.region_roles(right.id).is_none());
+        let (cmds, _) = ctl.on_region_heartbeat(&mut meta, &[left.id, right.id], t);
+        assert!(cmds.is_empty(), "no rollback: {cmds:?}");
+    }
+
+    #[test]
+    fn a_prepared_merge_whose_target_moved_on_is_rolled_back() {
+        let t = Duration::from_secs(1);
+        let (mut meta, left, right) = two_regions(t);
+        let mut ctl = OperatorController::new(SchedulerConfig::default());
+        let (id, _) = ctl.merge_at(&mut meta, right.start_key.clone(), t).unwrap();
+        let mut prepared = right.clone();
+        prepared.epoch.version += 1;
+        let merging =
+            tessera_wire::MergeReport { target: left.id, target_epoch: left.epoch, prepare_index: 9, caught_up: true };
+        report_prepared(&mut meta, &prepared, merging.clone());
+        // The target's membership changed since the prepare: it refuses the commit forever.
+        let mut moved = left.clone();
+        moved.epoch.conf_ver += 2;
+        report(&mut meta, &moved, moved.peers[0], vec![], 10, t);
+        let (cmds, _) = ctl.on_region_heartbeat(&mut meta, &[left.id, right.id], t);
+        assert_eq!(
+            cmds,
+            vec![RegionCommand {
+                op_id: id,
+                region_id: right.id,
+                epoch: prepared.epoch,
+                kind: RegionCommandKind::RollbackMerge { prepare_index: 9 },
+            }]
+        );
+        // The source serves again (its version rose once more): the operator ends.
+        let mut rolled_back = prepared.clone();
+        rolled_back.epoch.version += 1;
+        report(&mut meta, &rolled_back, rolled_back.peers[0], vec![], 10, t);
+        let (cmds, _) = ctl.on_region_heartbeat(&mut meta, &[left.id, right.id], t);
+        assert!(cmds.is_empty(), "{cmds:?}");
+        let state = ctl.infos(t).into_iter().find(|i| i.id == id).map(|i| i.state);
+        assert!(matches!(state, Some(OperatorState::Cancelled { .. })), "{state:?}");
     }
 }

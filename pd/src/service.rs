@@ -143,6 +143,11 @@ fn apply(state: &mut State, now: Duration, request: PdRequest) -> Result<PdRespo
             store.persist(meta, &changes).map_err(storage_error)?;
             Ok(PdResponse::OperatorStarted { op_id })
         }
+        PdRequest::MergeRegion { key } => {
+            let (op_id, changes) = ops.merge_at(meta, key, now).map_err(manual_error)?;
+            store.persist(meta, &changes).map_err(storage_error)?;
+            Ok(PdResponse::OperatorStarted { op_id })
+        }
         PdRequest::DrainNode { node_id } => {
             let changes = meta.set_draining(node_id, true).map_err(meta_error)?;
             store.persist(meta, &changes).map_err(storage_error)?;
@@ -197,6 +202,7 @@ fn mutates(request: &PdRequest) -> bool {
             | PdRequest::RegionHeartbeat { .. }
             | PdRequest::AllocSession
             | PdRequest::SplitRegion { .. }
+            | PdRequest::MergeRegion { .. }
             | PdRequest::DrainNode { .. }
             | PdRequest::RemoveNode { .. }
     )
@@ -210,7 +216,10 @@ fn authorize(role: Role, request: &PdRequest) -> Result<(), Error> {
         | PdRequest::NodeHeartbeat { node_id, .. }
         | PdRequest::RegionHeartbeat { node_id, .. } => *node_id,
         // Cluster administration: operators' client certificates (and PD), never nodes.
-        PdRequest::SplitRegion { .. } | PdRequest::DrainNode { .. } | PdRequest::RemoveNode { .. } => {
+        PdRequest::SplitRegion { .. }
+        | PdRequest::MergeRegion { .. }
+        | PdRequest::DrainNode { .. }
+        | PdRequest::RemoveNode { .. } => {
             return match role {
                 Role::Client | Role::Pd => Ok(()),
                 other => Err(Error::PermissionDenied { reason: format!("{other:?} may not administer the cluster") }),
@@ -258,7 +267,9 @@ fn manual_error(e: ManualError) -> Error {
         ManualError::Busy(..) | ManualError::NoLeader(..) | ManualError::NoRegion => {
             Error::ServerBusy { retry_after_ms: GAP_RETRY_MS }
         }
-        ManualError::AlreadyBoundary(_) => Error::InvalidRequest { reason: e.to_string() },
+        ManualError::AlreadyBoundary(_) | ManualError::NoLeftNeighbour(_) | ManualError::NotMergeable(..) => {
+            Error::InvalidRequest { reason: e.to_string() }
+        }
     }
 }
 

@@ -239,6 +239,12 @@ mod tests {
                         write_qps: 3,
                         read_qps: 4,
                         split_off: vec![],
+                        merging: Some(crate::MergeReport {
+                            target: RegionId(term),
+                            target_epoch: crate::RegionEpoch { conf_ver: n, version: term },
+                            prepare_index: n,
+                            caught_up: n % 2 == 0,
+                        }),
                     }],
                 }
             }),
@@ -253,6 +259,7 @@ mod tests {
             Just(PdRequest::AllocSession),
             Just(PdRequest::GetClusterStatus),
             bytes().prop_map(|key| PdRequest::SplitRegion { key }),
+            bytes().prop_map(|key| PdRequest::MergeRegion { key }),
             any::<u64>().prop_map(|n| PdRequest::DrainNode { node_id: NodeId(n) }),
             any::<u64>().prop_map(|n| PdRequest::RemoveNode { node_id: NodeId(n) }),
             Just(PdRequest::GetOperators),

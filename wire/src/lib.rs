@@ -40,7 +40,7 @@ pub use ids::{NodeId, PeerId, RegionId, SessionId};
 pub use kv::{KvOp, KvRequest, KvResponse, ReadConsistency, RequestHeader, SessionSeq, WriteCommand, WriteResult};
 pub use limits::{validate_batch, validate_key, validate_value, Limits, MESSAGE_OVERHEAD, PAIR_OVERHEAD};
 pub use pd::{
-    NodeInfo, NodeState, NodeStats, OperatorInfo, OperatorState, PdRequest, PdResponse, RegionCommand,
+    MergeReport, NodeInfo, NodeState, NodeStats, OperatorInfo, OperatorState, PdRequest, PdResponse, RegionCommand,
     RegionCommandKind, RegionInfo, RegionRoute, RegionStats, WritePathStats,
 };
 pub use region::{key_in_range, LeaderHint, Peer, RegionDescriptor, RegionEpoch};

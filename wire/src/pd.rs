@@ -88,6 +88,24 @@ pub struct RegionStats {
     /// Regions recently split off this one, as of their split: PD learns them at once,
     /// before their own leaders report, so no key goes without a route meanwhile.
     pub split_off: Vec<RegionDescriptor>,
+    /// Set while the region is prepared to merge into its left neighbour (it refuses reads
+    /// and writes until the neighbour absorbs it, or the merge is rolled back).
+    pub merging: Option<MergeReport>,
+}
+
+/// A region prepared to merge, as its leader reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MergeReport {
+    /// The region absorbing this one.
+    pub target: RegionId,
+    /// The target's epoch the merge was prepared against: the target absorbs this region
+    /// only at that epoch, and once the target's epoch moved past it without absorbing,
+    /// the merge can be rolled back.
+    pub target_epoch: RegionEpoch,
+    /// Log index of the prepare in this region's log.
+    pub prepare_index: u64,
+    /// Every voter's log holds the prepare (so each can reach it without this leader).
+    pub caught_up: bool,
 }
 
 impl RegionStats {
@@ -104,6 +122,7 @@ impl RegionStats {
             write_qps: 0,
             read_qps: 0,
             split_off: Vec::new(),
+            merging: None,
         }
     }
 }
@@ -166,6 +185,28 @@ pub enum RegionCommandKind {
         new_region_id: RegionId,
         /// Its replicas, one on each node hosting a voter of the region.
         new_peers: Vec<Peer>,
+    },
+    /// Prepare to merge into `target`, the region's left neighbour with voters on the
+    /// same nodes: the region stops serving reads and writes, so its state is final.
+    PrepareMerge {
+        /// The region that will absorb this one.
+        target: RegionId,
+        /// The target's epoch, as PD knows it.
+        target_epoch: RegionEpoch,
+    },
+    /// Absorb `source`, the right neighbour prepared to merge into this region at this
+    /// region's current epoch (the command's `epoch`). Each replica waits for its local
+    /// replica of `source` to apply the prepare, then takes over its range.
+    CommitMerge {
+        /// The source as its prepared leader reported it.
+        source: RegionDescriptor,
+        /// Log index of the prepare in the source's log.
+        prepare_index: u64,
+    },
+    /// The target's epoch moved on without absorbing this prepared region: serve again.
+    RollbackMerge {
+        /// Log index of the prepare being rolled back.
+        prepare_index: u64,
     },
 }
 
@@ -301,6 +342,13 @@ pub enum PdRequest {
     },
     /// Running and recently finished operators.
     GetOperators,
+    /// Merge the region containing `key` into its left neighbour (admin). Answered once
+    /// the merge is planned, with the operator id. Refused unless both regions have
+    /// their voters on the same nodes and no learners.
+    MergeRegion {
+        /// A key of the region merged away (the right one).
+        key: Vec<u8>,
+    },
 }
 
 /// A PD response.

@@ -56,7 +56,7 @@ fn spread(counts: &BTreeMap<NodeId, u64>, nodes: &[u64]) -> u64 {
 fn small_regions(pd: &mut PdConfig) {
     pd.scheduler.split_bytes = 96 * 1024;
     pd.scheduler.split_keys = 1_000_000;
-    // Merges are not executed yet; keep them out of the plan.
+    // Only the merges a test asks for.
     pd.scheduler.merge_bytes = 0;
     pd.scheduler.merge_keys = 0;
 }
@@ -348,7 +348,7 @@ async fn a_drained_node_ends_with_no_replica_and_no_rows_and_no_write_is_lost() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_history_through_splits_a_move_and_leader_transfers_is_linearizable_per_key() {
+async fn a_history_through_splits_a_merge_a_move_and_leader_transfers_is_linearizable_per_key() {
     let cluster = TestCluster::start_placed(4, 1, small_regions).await;
     let client = cluster.client().await;
     // Five keys spread over the range the loader fills, so that they end up in different
@@ -365,8 +365,24 @@ async fn a_history_through_splits_a_move_and_leader_transfers_is_linearizable_pe
             }
         })
     };
-    // ...an operator splits between two of the keys...
+    // ...an operator splits between two of the keys, then merges the two back (once the
+    // regions can merge: the load splits them, and moves replicas onto node 4)...
     let split = client.split_region(&keys[2]).await.expect("manual split");
+    assert_eq!(wait_operator(&client, split).await, tessera_wire::OperatorState::Succeeded);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let merge = loop {
+        let attempt = match client.merge_region(&keys[2]).await {
+            Ok(id) => Some((id, wait_operator(&client, id).await)),
+            Err(_) => None,
+        };
+        match attempt {
+            Some((id, tessera_wire::OperatorState::Succeeded)) => break id,
+            other => {
+                assert!(std::time::Instant::now() < deadline, "no merge succeeded; last attempt: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
     // ...and at halfway, draining node 1 moves every replica off it, handing its leaders
     // over first.
     workload.halfway.notified().await;
@@ -381,6 +397,7 @@ async fn a_history_through_splits_a_move_and_leader_transfers_is_linearizable_pe
         ops.iter().filter(|o| o.kind.contains(kind) && o.state == tessera_wire::OperatorState::Succeeded).count()
     };
     assert!(ops.iter().any(|o| o.id == split && o.state == tessera_wire::OperatorState::Succeeded), "{ops:?}");
+    assert!(ops.iter().any(|o| o.id == merge && o.state == tessera_wire::OperatorState::Succeeded), "{ops:?}");
     assert!(succeeded(" split") >= 2, "the load split regions: {ops:?}");
     assert!(succeeded("add-learner") >= 1 && succeeded("remove-peer") >= 1, "replicas moved: {ops:?}");
     assert!(succeeded("transfer-leader") >= 1, "leaders moved: {ops:?}");
@@ -428,6 +445,118 @@ async fn other_regions_serve_while_a_region_moves_and_its_source_node_stops() {
     for i in 0..n {
         let key = crate::harness::spread_key(i, n);
         assert_eq!(client.get(&key).await.unwrap(), Some(format!("v{i}-2").into_bytes()));
+    }
+    cluster.shutdown().await;
+}
+
+/// Waits until operator `id` finished, and returns how it ended.
+async fn wait_operator(client: &tessera::Client, id: u64) -> tessera_wire::OperatorState {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ops = client.operators().await.unwrap();
+        let op = ops.iter().find(|o| o.id == id).unwrap_or_else(|| panic!("operator {id} unknown: {ops:?}"));
+        if op.state != tessera_wire::OperatorState::Running {
+            return op.state.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "operator {id} still running: {ops:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_joins_a_split_off_region_back_and_keeps_every_key() {
+    // The halves of a split share their rows' data id: the merge moves no rows.
+    merge_joins_two_regions(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_joins_two_bootstrapped_regions_and_keeps_every_key() {
+    // Regions bootstrapped apart keep their rows under different data ids: the merge
+    // copies the source's rows, and the originals are collected.
+    merge_joins_two_regions(2).await;
+}
+
+/// Writes keys over two adjacent regions (one split at the middle key, or two bootstrapped
+/// ones), merges the right one into the left while a client keeps writing, and checks the
+/// merged region: one range over everything, every acknowledged value, writes on both
+/// sides, and on every node exactly one region and one copy of each row.
+async fn merge_joins_two_regions(initial_regions: u32) {
+    let cluster = TestCluster::start_placed(3, initial_regions, |pd| {
+        // Only the merge this test asks for.
+        pd.scheduler.merge_bytes = 0;
+        pd.scheduler.merge_keys = 0;
+    })
+    .await;
+    let client = cluster.client().await;
+    let n = 200;
+    let value = |i: usize, round: usize| format!("v{i}-{round}").into_bytes();
+    for i in 0..n {
+        client.put(&crate::harness::spread_key(i, n), &value(i, 0)).await.unwrap();
+    }
+    let mid = crate::harness::spread_key(n / 2, n);
+    if initial_regions == 1 {
+        let split = client.split_region(&mid).await.unwrap();
+        assert_eq!(wait_operator(&client, split).await, tessera_wire::OperatorState::Succeeded);
+    }
+    for i in (0..n).step_by(2) {
+        client.put(&crate::harness::spread_key(i, n), &value(i, 1)).await.unwrap();
+    }
+    let (_, before) = client.cluster_status().await.unwrap();
+    assert_eq!(before.len(), 2, "{before:?}");
+    // The left region cannot merge: it has no left neighbour.
+    let e = client.merge_region(b"").await.unwrap_err();
+    assert!(e.to_string().contains("no left neighbour"), "{e}");
+    // Writes keep going on both sides while the right region merges into the left.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (client, stop) = (cluster.client().await, stop.clone());
+        tokio::spawn(async move {
+            let mut acked = BTreeMap::new();
+            let mut i = 0usize;
+            while !stop.load(Ordering::SeqCst) || i < 100 {
+                let key = crate::harness::spread_key(i % n, n);
+                let v = format!("w{i}").into_bytes();
+                client.put(&key, &v).await.unwrap_or_else(|e| panic!("write {i}: {e}"));
+                acked.insert(key, v);
+                i += 1;
+            }
+            acked
+        })
+    };
+    let merge = client.merge_region(&mid).await.expect("merge");
+    assert_eq!(wait_operator(&client, merge).await, tessera_wire::OperatorState::Succeeded);
+    stop.store(true, Ordering::SeqCst);
+    let acked = writer.await.unwrap();
+    let (_, after) = client.cluster_status().await.unwrap();
+    assert_eq!(after.len(), 1, "{after:?}");
+    let merged = &after[0].region;
+    assert!(merged.start_key.is_empty() && merged.end_key.is_empty(), "{merged:?}");
+    let versions = before.iter().map(|r| r.region.epoch.version).max().unwrap();
+    assert!(merged.epoch.version > versions, "the merged range has a newer version: {merged:?} {before:?}");
+    for i in 0..n {
+        let key = crate::harness::spread_key(i, n);
+        let want = acked.get(&key).cloned().unwrap_or_else(|| value(i, if i % 2 == 0 { 1 } else { 0 }));
+        assert_eq!(client.get(&key).await.unwrap(), Some(want), "key {i}");
+    }
+    // The merged region takes writes on both sides of the old boundary.
+    for i in [0, n / 2, n - 1] {
+        client.put(&crate::harness::spread_key(i, n), b"after").await.unwrap();
+        assert_eq!(client.get(&crate::harness::spread_key(i, n)).await.unwrap(), Some(b"after".to_vec()));
+    }
+    // Every node destroys its replica of the merged-away region, and keeps one copy of
+    // each row.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for (id, node) in &cluster.nodes {
+        let node = node.as_ref().unwrap();
+        loop {
+            let rows = node.row_counts().unwrap();
+            if node.region_count() == 1 && rows.data == n as u64 && (rows.sm_meta, rows.regions) == (1, 1) {
+                assert_eq!(rows.tombstones, 1, "the merged-away replica leaves a tombstone: {rows:?}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "node {id}: {} regions, {rows:?}", node.region_count());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     cluster.shutdown().await;
 }

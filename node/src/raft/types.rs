@@ -61,6 +61,46 @@ pub enum LogCommand {
         /// Its replicas: (peer id, node id).
         new_peers: Vec<(u64, u64)>,
     },
+    /// Prepare to merge into `target`, the left neighbour: applied only if the region's
+    /// epoch is still (`conf_ver`, `version`) and it is not prepared already. The region
+    /// then refuses every later write, so its state as of this entry is final, and raises
+    /// its range version.
+    PrepareMergeV1 {
+        /// The epoch the prepare was proposed against.
+        conf_ver: u64,
+        /// See `conf_ver`.
+        version: u64,
+        /// The region that will absorb this one.
+        target: u64,
+        /// The target's epoch (conf_ver, version) the merge is prepared against.
+        target_epoch: (u64, u64),
+    },
+    /// Absorb the right neighbour `source`, prepared at `prepare_index` of its log: applied
+    /// only if this region's epoch is still `target_epoch`, its range ends where the
+    /// source's starts, and both have voters on the same nodes. Each replica first waits
+    /// for its own replica of the source to apply the prepare.
+    CommitMergeV1 {
+        /// This region's epoch (conf_ver, version) the merge was prepared against.
+        target_epoch: (u64, u64),
+        /// The source's id.
+        source: u64,
+        /// The source's start key.
+        source_start: Vec<u8>,
+        /// The source's end key (empty: unbounded).
+        source_end: Vec<u8>,
+        /// The source's epoch (conf_ver, version) after its prepare.
+        source_epoch: (u64, u64),
+        /// The source's voters: (peer id, node id).
+        source_peers: Vec<(u64, u64)>,
+        /// Log index of the prepare in the source's log.
+        prepare_index: u64,
+    },
+    /// Serve again after a prepare whose merge can no longer happen (the target's epoch
+    /// moved past the one prepared against without absorbing this region).
+    RollbackMergeV1 {
+        /// The prepare rolled back: refused unless it is the current one.
+        prepare_index: u64,
+    },
 }
 
 /// A write's place in its client session (the log's copy of [`SessionSeq`]).
@@ -81,7 +121,10 @@ impl LogCommand {
     pub fn op(&self) -> Option<&LogOp> {
         match self {
             LogCommand::WriteV1 { op, .. } | LogCommand::WriteV2 { op, .. } => Some(op),
-            LogCommand::SplitV1 { .. } => None,
+            LogCommand::SplitV1 { .. }
+            | LogCommand::PrepareMergeV1 { .. }
+            | LogCommand::CommitMergeV1 { .. }
+            | LogCommand::RollbackMergeV1 { .. } => None,
         }
     }
 
@@ -90,6 +133,10 @@ impl LogCommand {
         match self {
             LogCommand::WriteV1 { op, .. } | LogCommand::WriteV2 { op, .. } => op.encoded_len_bound() + 48,
             LogCommand::SplitV1 { key, new_peers, .. } => key.len() + 32 + new_peers.len() * 20,
+            LogCommand::PrepareMergeV1 { .. } | LogCommand::RollbackMergeV1 { .. } => 64,
+            LogCommand::CommitMergeV1 { source_start, source_end, source_peers, .. } => {
+                source_start.len() + source_end.len() + source_peers.len() * 20 + 96
+            }
         }
     }
 }
@@ -137,6 +184,9 @@ impl fmt::Display for LogCommand {
             LogCommand::SplitV1 { version, new_region_id, .. } => {
                 return write!(f, "split(version={version}, new_region={new_region_id})")
             }
+            LogCommand::PrepareMergeV1 { target, .. } => return write!(f, "prepare_merge(target={target})"),
+            LogCommand::CommitMergeV1 { source, .. } => return write!(f, "commit_merge(source={source})"),
+            LogCommand::RollbackMergeV1 { prepare_index } => return write!(f, "rollback_merge({prepare_index})"),
         };
         let Some(op) = self.op() else { return write!(f, "admin") };
         let kind = match op {
@@ -234,6 +284,15 @@ pub enum ApplyResult {
     /// A split refused: the region's range changed since it was proposed, or the key is
     /// not strictly inside the range.
     SplitRefused,
+    /// The region is prepared to merge: it refuses writes from now on.
+    MergePrepared,
+    /// The region absorbed its right neighbour.
+    Merged,
+    /// A merge command refused (the epoch moved on, the regions are not adjacent or not
+    /// on the same nodes, or the prepare is not the current one); nothing changed.
+    MergeRefused,
+    /// A prepared merge was rolled back: the region serves again.
+    MergeRolledBack,
 }
 
 impl ApplyResult {
@@ -258,10 +317,12 @@ impl ApplyResult {
                 })
             }
             // The service replaces the empty list with the descriptors it holds.
-            ApplyResult::KeyNotInRange | ApplyResult::SplitRefused => {
+            ApplyResult::KeyNotInRange | ApplyResult::SplitRefused | ApplyResult::MergeRefused => {
                 return Err(tessera_wire::Error::EpochNotMatch { current: vec![] })
             }
-            ApplyResult::Split => WriteResult::Done,
+            ApplyResult::Split | ApplyResult::MergePrepared | ApplyResult::Merged | ApplyResult::MergeRolledBack => {
+                WriteResult::Done
+            }
         })
     }
 }

@@ -30,6 +30,22 @@ impl NodeService {
         if header.epoch != desc.epoch {
             return Err(Error::EpochNotMatch { current: self.current_regions(&region, &op_keys(&req.op)) });
         }
+        if region.shared.merging().is_some() {
+            // Prepared to merge: the region serves nothing more, and its keys are served by
+            // the region absorbing it once the merge commits. Point the client there if the
+            // commit applied here already, else have it look the keys up again.
+            let keys = op_keys(&req.op);
+            let current = self
+                .ctx
+                .regions
+                .all()
+                .into_iter()
+                .filter(|other| other.id != region.id)
+                .map(|other| other.shared.descriptor())
+                .filter(|d| keys.iter().any(|k| d.contains(k)))
+                .collect();
+            return Err(Error::EpochNotMatch { current });
+        }
         self.validate(&req.op, &desc)?;
         let timeout = if header.timeout_ms == 0 {
             self.default_timeout

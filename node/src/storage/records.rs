@@ -38,9 +38,56 @@ pub enum RegionRecord {
         /// (it would come back with an empty log its leader believes it has).
         peer: u64,
     },
+    /// Version 2: version 1 with the region's merge state, written while it is prepared
+    /// to merge (version 1 otherwise).
+    V2 {
+        /// Region id.
+        id: u64,
+        /// Start key.
+        start_key: Vec<u8>,
+        /// End key (empty: unbounded).
+        end_key: Vec<u8>,
+        /// Epoch (conf_ver, version).
+        epoch: (u64, u64),
+        /// (peer id, node id) pairs.
+        peers: Vec<(u64, u64)>,
+        /// Set while the region is prepared to merge into its left neighbour.
+        merging: Option<MergeState>,
+    },
+}
+
+/// A region prepared to merge into `target`: it serves no reads or writes until `target`
+/// absorbs it (and its replicas are destroyed) or the merge is rolled back. Part of the
+/// replicated state: in the region record, and so in snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeState {
+    /// The region absorbing this one (its left neighbour).
+    pub target: u64,
+    /// The target's epoch (conf_ver, version) the merge was prepared against.
+    pub target_epoch: (u64, u64),
+    /// Log index of the prepare.
+    pub prepare_index: u64,
 }
 
 impl RegionRecord {
+    /// From a descriptor and its merge state.
+    pub fn with_merge(d: &RegionDescriptor, merging: Option<MergeState>) -> Self {
+        match (RegionRecord::from_descriptor(d), merging) {
+            (RegionRecord::V1 { id, start_key, end_key, epoch, peers }, Some(m)) => {
+                RegionRecord::V2 { id, start_key, end_key, epoch, peers, merging: Some(m) }
+            }
+            (r, _) => r,
+        }
+    }
+
+    /// The merge state (`None` unless prepared to merge).
+    pub fn merging(&self) -> Option<MergeState> {
+        match self {
+            RegionRecord::V2 { merging, .. } => *merging,
+            _ => None,
+        }
+    }
+
     /// From a descriptor.
     pub fn from_descriptor(d: &RegionDescriptor) -> Self {
         RegionRecord::V1 {
@@ -55,7 +102,8 @@ impl RegionRecord {
     /// To a descriptor; `None` for a tombstone.
     pub fn to_descriptor(&self) -> Option<RegionDescriptor> {
         match self {
-            RegionRecord::V1 { id, start_key, end_key, epoch, peers } => Some(RegionDescriptor {
+            RegionRecord::V1 { id, start_key, end_key, epoch, peers }
+            | RegionRecord::V2 { id, start_key, end_key, epoch, peers, .. } => Some(RegionDescriptor {
                 id: RegionId(*id),
                 start_key: start_key.clone(),
                 end_key: end_key.clone(),
@@ -77,7 +125,7 @@ impl RegionRecord {
             RegionRecord::TombstoneV1 { epoch, peer, .. } => {
                 Some((RegionEpoch { conf_ver: epoch.0, version: epoch.1 }, PeerId(*peer)))
             }
-            RegionRecord::V1 { .. } => None,
+            RegionRecord::V1 { .. } | RegionRecord::V2 { .. } => None,
         }
     }
 }

@@ -100,6 +100,55 @@ impl<'t> Sessions<'t> {
         Ok(n)
     }
 
+    /// Merges the session and dedup rows kept under `from` (a region merged into this
+    /// one) into this region's (a merge: retries of writes the source applied are
+    /// answered by the merged region). The source's rows stay; they are collected with
+    /// the source. A session known to both keeps the larger floor and last-seen time and
+    /// the results of both at or above the floor; if either side expired it, the merged
+    /// session is expired (its writes refused), since the expired side can no longer tell
+    /// which of its writes applied. Returns the sessions merged.
+    pub fn absorb(&mut self, from: u64) -> io::Result<u64> {
+        let sessions: Vec<(u64, SessionRecord)> = self
+            .sessions
+            .range((from, 0u64)..=(from, u64::MAX))
+            .map_err(io_err)?
+            .map(|r| r.map_err(io_err).and_then(|(k, v)| Ok((k.value().1, decode(v.value())?))))
+            .collect::<io::Result<_>>()?;
+        let n = sessions.len() as u64;
+        for (id, theirs) in sessions {
+            let SessionRecord::V1 { last_seen_ms: seen_b, floor: floor_b, expired_at_ms: exp_b } = theirs;
+            let (seen, floor, expired) = match self.session(id)? {
+                None => (seen_b, floor_b, exp_b),
+                Some(SessionRecord::V1 { last_seen_ms, floor, expired_at_ms }) => {
+                    let expired = match (expired_at_ms, exp_b) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        (a, b) => a.or(b),
+                    };
+                    (last_seen_ms.max(seen_b), floor.max(floor_b), expired)
+                }
+            };
+            let region = self.region;
+            if expired.is_some() {
+                self.dedup.retain_in((region, id, 0)..=(region, id, u64::MAX), |_, _| false).map_err(io_err)?;
+            } else {
+                self.dedup.retain_in((region, id, 0)..(region, id, floor), |_, _| false).map_err(io_err)?;
+                let rows: Vec<(u64, Vec<u8>)> = self
+                    .dedup
+                    .range((from, id, floor)..=(from, id, u64::MAX))
+                    .map_err(io_err)?
+                    .map(|r| r.map(|(k, v)| (k.value().2, v.value().to_vec())))
+                    .collect::<Result<_, _>>()
+                    .map_err(io_err)?;
+                for (seq, v) in rows {
+                    self.dedup.insert((region, id, seq), v.as_slice()).map_err(io_err)?;
+                }
+            }
+            let record = encode(&SessionRecord::V1 { last_seen_ms: seen, floor, expired_at_ms: expired })?;
+            self.sessions.insert((region, id), record.as_slice()).map_err(io_err)?;
+        }
+        Ok(n)
+    }
+
     fn session(&self, id: u64) -> io::Result<Option<SessionRecord>> {
         self.sessions.get((self.region, id)).map_err(io_err)?.map(|v| decode(v.value())).transpose()
     }
@@ -236,11 +285,20 @@ mod tests {
             &self,
             f: impl FnOnce(&mut Sessions<'_>) -> io::Result<T> + Send + 'static,
         ) -> T {
+            self.with_region(1, f).await
+        }
+
+        /// As [`Db::with`], on the session rows kept under `region`.
+        async fn with_region<T: Send + 'static>(
+            &self,
+            region: u64,
+            f: impl FnOnce(&mut Sessions<'_>) -> io::Result<T> + Send + 'static,
+        ) -> T {
             let out = std::sync::Arc::new(std::sync::Mutex::new(None));
             let o = out.clone();
             self.engine
                 .write(Box::new(move |txn| {
-                    let mut sessions = Sessions::open(txn, 1)?;
+                    let mut sessions = Sessions::open(txn, region)?;
                     *o.lock().unwrap() = Some(f(&mut sessions)?);
                     Ok(())
                 }))
@@ -347,5 +405,42 @@ mod tests {
             db.with(move |x| x.admit(s(7, 2, 1), &cas)).await,
             Admit::Replay(ApplyResult::Cas(false, Some(b"now".to_vec())))
         );
+    }
+
+    #[tokio::test]
+    async fn a_merge_answers_retries_of_writes_either_region_applied() {
+        let db = Db::new();
+        // The target (rows under 1): session 7 applied seq 3 and 4 (acknowledged up to 3).
+        db.with(|x| x.record(s(7, 3, 3), &put(), &ApplyResult::Done, 1, 1_000)).await;
+        db.with(|x| x.record(s(7, 4, 3), &put(), &ApplyResult::Deleted(true), 2, 1_000)).await;
+        // The source (rows under 2): session 7 applied seq 5 and 6 (acknowledged up to 5);
+        // session 8 wrote only there.
+        db.with_region(2, |x| x.record(s(7, 5, 5), &put(), &ApplyResult::Appended(9), 1, 2_000)).await;
+        db.with_region(2, |x| x.record(s(7, 6, 5), &put(), &ApplyResult::Done, 2, 2_000)).await;
+        db.with_region(2, |x| x.record(s(8, 1, 1), &put(), &ApplyResult::Done, 3, 2_000)).await;
+        assert_eq!(db.with(|x| x.absorb(2)).await, 2, "two sessions merged");
+        // The larger acknowledgement wins: seq 4 was acknowledged by the source's floor.
+        assert_eq!(db.with(|x| x.admit(s(7, 4, 3), &put())).await, Admit::Refuse(ApplyResult::Acknowledged));
+        // The source's results answer retries in the merged region, once.
+        assert_eq!(db.with(|x| x.admit(s(7, 5, 5), &put())).await, Admit::Replay(ApplyResult::Appended(9)));
+        assert_eq!(db.with(|x| x.admit(s(7, 6, 5), &put())).await, Admit::Replay(ApplyResult::Done));
+        assert_eq!(db.with(|x| x.admit(s(8, 1, 1), &put())).await, Admit::Replay(ApplyResult::Done));
+        // New writes apply.
+        assert_eq!(db.with(|x| x.admit(s(7, 7, 5), &put())).await, Admit::Apply);
+        assert_eq!(db.with(|x| x.admit(s(8, 2, 1), &put())).await, Admit::Apply);
+    }
+
+    #[tokio::test]
+    async fn a_session_expired_on_either_side_of_a_merge_stays_expired() {
+        let db = Db::new();
+        db.with(|x| x.record(s(7, 1, 1), &put(), &ApplyResult::Done, 1, 100_000)).await;
+        // Session 7 went idle in the source and expired there.
+        db.with_region(2, |x| x.record(s(7, 2, 1), &put(), &ApplyResult::Done, 1, 1_000)).await;
+        let mut clock = SessionClock { clock_ms: 70_000, last_sweep_ms: 0 };
+        db.with_region(2, move |x| x.sweep(&mut clock, 60_000)).await;
+        db.with(|x| x.absorb(2)).await;
+        // Whether the source applied a retry of seq 2 can no longer be told: refused.
+        assert_eq!(db.with(|x| x.admit(s(7, 2, 1), &put())).await, Admit::Refuse(ApplyResult::SessionExpired(7)));
+        assert_eq!(db.with(|x| x.admit(s(7, 1, 1), &put())).await, Admit::Refuse(ApplyResult::SessionExpired(7)));
     }
 }

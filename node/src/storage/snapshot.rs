@@ -90,7 +90,7 @@ pub fn read_state(txn: &redb::ReadTransaction, region: u64) -> io::Result<SmStat
 
 /// `region`'s state from its `sm_meta` record and its `data_ids` and `session_ids`
 /// entries, read or write transaction alike.
-fn state_from(
+pub(crate) fn state_from(
     meta: &impl ReadableTable<u64, &'static [u8]>,
     data_ids: &impl ReadableTable<u64, u64>,
     session_ids: &impl ReadableTable<u64, u64>,
@@ -334,6 +334,8 @@ pub struct Installed {
     /// The region's descriptor as of the snapshot (now also this replica's), if the
     /// snapshot carried one.
     pub descriptor: Option<tessera_wire::RegionDescriptor>,
+    /// The region's merge state as of the snapshot.
+    pub merging: Option<super::records::MergeState>,
 }
 
 fn node_meta_u64(txn: &WriteTransaction, name: &str) -> io::Result<Option<u64>> {
@@ -504,10 +506,9 @@ async fn install_into(
     // One small durable commit makes the new state live and the old one garbage.
     let state = SmState { applied, membership, clock, data_id: staging, session_id: staging };
     let live = state.clone();
-    let descriptor = match &region_record {
-        Some(r) => decode::<RegionRecord>(r)?.to_descriptor(),
-        None => None,
-    };
+    let record = region_record.as_deref().map(decode::<RegionRecord>).transpose()?;
+    let descriptor = record.as_ref().and_then(RegionRecord::to_descriptor);
+    let merging = record.as_ref().and_then(RegionRecord::merging);
     let new_version = descriptor.as_ref().map(|d| d.epoch.version);
     job(engine, true, move |txn| {
         // Before the commit that switches the rows (see `RegionShared::range_version`): a
@@ -539,7 +540,7 @@ async fn install_into(
     })
     .await?;
     spawn_garbage_collection(engine.clone());
-    Ok(Installed { state, keys, bytes, descriptor })
+    Ok(Installed { state, keys, bytes, descriptor, merging })
 }
 
 /// Retires `region`'s replica inside `txn`: its state-machine meta and data-id entry go,
@@ -555,6 +556,18 @@ pub fn retire_region(txn: &WriteTransaction, region: u64, tombstone: &[u8]) -> i
     regions.insert(region, tombstone).map_err(io_err)?;
     drop(regions);
     queue_garbage(txn, garbage_of(&state, record.as_deref())?)
+}
+
+/// Retires the replica of `region`, merged into its left neighbour, inside `txn`: as
+/// [`retire_region`], except that its data rows are not garbage (the merge's commit gave
+/// them to the target); only its session rows are.
+pub fn retire_merged_region(txn: &WriteTransaction, region: u64, tombstone: &[u8]) -> io::Result<()> {
+    let state = read_state_mut(txn, region)?;
+    txn.open_table(tables::SM_META).map_err(io_err)?.remove(region).map_err(io_err)?;
+    txn.open_table(tables::DATA_IDS).map_err(io_err)?.remove(region).map_err(io_err)?;
+    txn.open_table(tables::SESSION_IDS).map_err(io_err)?.remove(region).map_err(io_err)?;
+    txn.open_table(tables::REGIONS).map_err(io_err)?.insert(region, tombstone).map_err(io_err)?;
+    queue_garbage(txn, vec![GcItem::Sessions { session_id: state.session_id }])
 }
 
 /// Starts [`collect_garbage`] in the background (logging a failure).

@@ -15,13 +15,13 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
-use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::ReadableTable;
 use tessera_wire::{RegionDescriptor, RegionId};
 
 use super::engine::{io_err, Engine};
-use super::records::{encode, RegionRecord, SmMetaRecord, SmState};
+use super::records::{encode, MergeState, RegionRecord, SmMetaRecord, SmState};
 use super::sessions::{Admit, Sessions};
 use super::snapshot::{self, GcItem, SnapshotFile};
 use super::tables::{self, data_key, data_range};
@@ -53,6 +53,10 @@ struct Applied {
     splits: Vec<(RegionDescriptor, bool)>,
     /// Rows became garbage (a half split off that this node does not host).
     collect: bool,
+    /// The merge state after the batch.
+    merging: Option<MergeState>,
+    /// Regions absorbed by this one, with the log index of the commit.
+    merged: Vec<(RegionId, u64)>,
 }
 
 /// One entry to apply.
@@ -83,6 +87,21 @@ pub enum RegionEvent {
         child: RegionDescriptor,
         /// The child's state was written by this split.
         seeded: bool,
+    },
+    /// `target` absorbed `source`: the node destroys its replica of `source` (whose rows
+    /// now belong to `target`).
+    Merged {
+        /// The region that grew.
+        target: RegionId,
+        /// The region merged away.
+        source: RegionId,
+    },
+    /// `region` installed a snapshot: it may have absorbed a neighbour prepared to merge
+    /// into it here (the snapshot includes the merge's commit), whose replica the node
+    /// then destroys.
+    Installed {
+        /// The region.
+        region: RegionId,
     },
 }
 
@@ -262,6 +281,18 @@ pub struct RegionShared {
     pub split_off: Mutex<Vec<RegionDescriptor>>,
     /// A sample of the keys requests touched, for a split where the load halves.
     pub load: crate::load_sample::KeySampler,
+    /// Set while the region is prepared to merge into its left neighbour: it serves no
+    /// reads or writes (see [`MergeState`]).
+    pub merging: Mutex<Option<MergeState>>,
+    /// Log index of the last merge this region applied (0: none since it started): a
+    /// replica added later must receive a snapshot that includes it, since it has no
+    /// replica of the merged-away region to take the rows from.
+    pub last_merge_index: std::sync::atomic::AtomicU64,
+    /// The node is destroying this replica, merged into its neighbour.
+    pub reaping: std::sync::atomic::AtomicBool,
+    /// Bumped when any region of the node applies entries (the node's change signal): a
+    /// target waiting for its local source to apply a merge's prepare waits on it.
+    pub node_changes: std::sync::OnceLock<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl RegionShared {
@@ -279,7 +310,16 @@ impl RegionShared {
             reads: Default::default(),
             split_off: Default::default(),
             load: Default::default(),
+            merging: Default::default(),
+            last_merge_index: Default::default(),
+            reaping: Default::default(),
+            node_changes: Default::default(),
         })
+    }
+
+    /// The merge state: `Some` while prepared to merge.
+    pub fn merging(&self) -> Option<MergeState> {
+        *self.merging.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A copy of the current descriptor.
@@ -340,6 +380,12 @@ impl RegionStateMachine {
         let region = shared.region_id.0;
         let txn = engine.read()?;
         let state = snapshot::read_state(&txn, region)?;
+        let record = txn.open_table(tables::REGIONS).map_err(io_err)?.get(region).map_err(io_err)?;
+        let merging = match record {
+            Some(r) => super::records::decode::<RegionRecord>(r.value())?.merging(),
+            None => None,
+        };
+        *shared.merging.lock().unwrap_or_else(|p| p.into_inner()) = merging;
         // Counting a large region reads all of it: in the background.
         shared.recount(engine);
         Ok(RegionStateMachine { region, engine: engine.clone(), state, current: Default::default(), shared })
@@ -569,26 +615,126 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
         while let Some(item) = entries.try_next().await? {
             batch.push(item);
         }
-        if batch.is_empty() {
+        // A merge's commit waits for the local source replica before it applies, so it
+        // starts a batch of its own: the entries before it apply first.
+        let mut segment: Vec<(Work, Option<ApplyResponder<TypeConfig>>)> = Vec::new();
+        for (entry, responder) in batch {
+            let log_id = entry.log_id();
+            let work = match entry.payload {
+                EntryPayload::Blank => Work::Blank(log_id),
+                EntryPayload::Normal(cmd) => Work::Command(log_id, cmd),
+                EntryPayload::Membership(m) => Work::Membership(log_id, m),
+            };
+            if matches!(work, Work::Command(_, LogCommand::CommitMergeV1 { .. })) && !segment.is_empty() {
+                self.apply_segment(std::mem::take(&mut segment)).await?;
+            }
+            segment.push((work, responder));
+        }
+        if !segment.is_empty() {
+            self.apply_segment(segment).await?;
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        RegionSnapshotBuilder { region: self.region, engine: self.engine.clone(), current: self.current.clone() }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let installed = snapshot::install(
+            &self.engine,
+            self.region,
+            &snapshot,
+            meta.last_log_id,
+            meta.last_membership.clone(),
+            Some(self.shared.range_version.clone()),
+        )
+        .await?;
+        self.state = installed.state;
+        if let Some(desc) = installed.descriptor {
+            tracing::info!(region_id = self.region, epoch = ?desc.epoch, "region descriptor from a snapshot");
+            *self.shared.descriptor.write().unwrap_or_else(|p| p.into_inner()) = desc;
+        }
+        *self.shared.merging.lock().unwrap_or_else(|p| p.into_inner()) = installed.merging;
+        if let Some(tx) = self.shared.events.get() {
+            let _ = tx.send(RegionEvent::Installed { region: self.shared.region_id });
+        }
+        self.shared.approx_keys.store(installed.keys, Ordering::Relaxed);
+        self.shared.approx_bytes.store(installed.bytes, Ordering::Relaxed);
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), snapshot));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(meta, file)| Snapshot { meta: meta.clone(), snapshot: file.clone() }))
+    }
+}
+
+impl RegionStateMachine {
+    /// Waits until this node's replica of `source` has applied its log up to
+    /// `prepare_index` (the prepare of a merge into this region), so its rows are final.
+    /// The source's group runs on this node (a merge needs both regions' voters on the
+    /// same nodes), and every source voter's log holds the prepare before PD asks for the
+    /// commit, so it gets there.
+    async fn await_merge_source(&self, source: u64, prepare_index: u64) -> io::Result<()> {
+        let mut changes = self.shared.node_changes.get().cloned();
+        let started = std::time::Instant::now();
+        let mut warned = false;
+        loop {
+            let applied = {
+                let txn = self.engine.read()?;
+                snapshot::read_state(&txn, source)?.applied.map_or(0, |l| l.index())
+            };
+            if applied >= prepare_index {
+                return Ok(());
+            }
+            if !warned && started.elapsed() > std::time::Duration::from_secs(10) {
+                warned = true;
+                tracing::warn!(
+                    region_id = self.region,
+                    source,
+                    applied,
+                    prepare_index,
+                    "a merge waits for the local source replica to apply its prepare"
+                );
+            }
+            let wait = std::time::Duration::from_millis(500);
+            match changes.as_mut() {
+                Some(rx) => {
+                    let _ = tokio::time::timeout(wait, rx.changed()).await;
+                }
+                None => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    /// Applies `items` (a batch, or the part of one up to a merge's commit) in one
+    /// transaction of the group commit, then answers their proposers.
+    async fn apply_segment(&mut self, items: Vec<(Work, Option<ApplyResponder<TypeConfig>>)>) -> io::Result<()> {
+        if items.is_empty() {
             return Ok(());
         }
         let started = std::time::Instant::now();
         let region = self.region;
-        let mut work_items = Vec::with_capacity(batch.len());
-        let mut responders = Vec::with_capacity(batch.len());
-        for (entry, responder) in batch {
-            let log_id = entry.log_id();
-            work_items.push(match entry.payload {
-                EntryPayload::Blank => Work::Blank(log_id),
-                EntryPayload::Normal(cmd) => Work::Command(log_id, cmd),
-                EntryPayload::Membership(m) => Work::Membership(log_id, m),
-            });
-            responders.push(responder);
+        let (work_items, responders): (Vec<Work>, Vec<_>) = items.into_iter().unzip();
+        if let Some(Work::Command(_, cmd @ LogCommand::CommitMergeV1 { .. })) = work_items.first() {
+            let desc = self.shared.descriptor();
+            if let Some(merge) = CommitMerge::from_command(cmd) {
+                if merge.acceptable(&desc, self.shared.merging()) {
+                    self.await_merge_source(merge.source, merge.prepare_index).await?;
+                }
+            }
         }
         let results: ApplyOutput = Default::default();
         let out = results.clone();
         let mut state = self.state.clone();
         let mut desc = self.shared.descriptor();
+        let mut merging = self.shared.merging();
         let local_node = self.shared.local_node;
         let range_version = self.shared.range_version.clone();
         self.engine
@@ -601,6 +747,7 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
                 let mut meta = txn.open_table(tables::SM_META).map_err(io_err)?;
                 let mut res = Vec::with_capacity(work_items.len());
                 let mut splits = Vec::new();
+                let mut merged = Vec::new();
                 let (mut dk, mut db) = (0, 0);
                 let mut desc_changed = false;
                 for item in work_items {
@@ -622,6 +769,12 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
                     state.applied = Some(log_id);
                     let index = log_id.index();
                     let (session, op) = match cmd {
+                        // A region prepared to merge changes nothing more: its state is
+                        // final until it is absorbed or rolled back.
+                        LogCommand::WriteV1 { .. } | LogCommand::WriteV2 { .. } if merging.is_some() => {
+                            res.push(ApplyResult::KeyNotInRange);
+                            continue;
+                        }
                         LogCommand::WriteV1 { session, op } => {
                             // Version 1 carried no acknowledgement and no clock.
                             (session.map(|(id, seq)| SessionRef { id, seq, first_pending: 0 }), op)
@@ -630,6 +783,10 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
                             state.clock.clock_ms = state.clock.clock_ms.max(at_ms);
                             sessions.sweep(&mut state.clock, session_ttl_ms)?;
                             (session, op)
+                        }
+                        LogCommand::SplitV1 { .. } if merging.is_some() => {
+                            res.push(ApplyResult::SplitRefused);
+                            continue;
                         }
                         LogCommand::SplitV1 { key, version, new_region_id, new_peers } => {
                             let split = SplitCmd { key, version, new_region_id, new_peers };
@@ -653,6 +810,56 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
                                 }
                                 None => res.push(ApplyResult::SplitRefused),
                             }
+                            continue;
+                        }
+                        LogCommand::PrepareMergeV1 { conf_ver, version, target, target_epoch } => {
+                            let current = (desc.epoch.conf_ver, desc.epoch.version) == (conf_ver, version);
+                            if merging.is_some() || !current {
+                                res.push(ApplyResult::MergeRefused);
+                                continue;
+                            }
+                            merging = Some(MergeState { target, target_epoch, prepare_index: index });
+                            // Clients holding the region's old epoch are refused and look
+                            // it up again; reads admitted before are refused too.
+                            desc.epoch.version += 1;
+                            range_version.store(desc.epoch.version, Ordering::SeqCst);
+                            desc_changed = true;
+                            res.push(ApplyResult::MergePrepared);
+                            continue;
+                        }
+                        LogCommand::RollbackMergeV1 { prepare_index } => {
+                            if merging.map(|m| m.prepare_index) != Some(prepare_index) {
+                                res.push(ApplyResult::MergeRefused);
+                                continue;
+                            }
+                            merging = None;
+                            desc.epoch.version += 1;
+                            range_version.store(desc.epoch.version, Ordering::SeqCst);
+                            desc_changed = true;
+                            res.push(ApplyResult::MergeRolledBack);
+                            continue;
+                        }
+                        cmd @ LogCommand::CommitMergeV1 { .. } => {
+                            let merge = CommitMerge::from_command(&cmd).expect("a commit merge");
+                            if !merge.acceptable(&desc, merging) {
+                                res.push(ApplyResult::MergeRefused);
+                                continue;
+                            }
+                            // Before the commit: see `RegionShared::range_version`.
+                            let version = desc.epoch.version.max(merge.source_epoch.1) + 1;
+                            range_version.store(version, Ordering::SeqCst);
+                            let source = snapshot::state_from(
+                                &meta,
+                                &txn.open_table(tables::DATA_IDS).map_err(io_err)?,
+                                &txn.open_table(tables::SESSION_IDS).map_err(io_err)?,
+                                merge.source,
+                            )?;
+                            garbage.extend(absorb(&state, &source, &mut sessions, &mut data, &merge)?);
+                            desc.end_key = merge.source_end.clone();
+                            desc.epoch.version = version;
+                            desc_changed = true;
+                            merged.push((RegionId(merge.source), index));
+                            res.push(ApplyResult::Merged);
                             continue;
                         }
                     };
@@ -681,7 +888,7 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
                 }
                 if desc_changed {
                     regions
-                        .insert(region, encode(&RegionRecord::from_descriptor(&desc))?.as_slice())
+                        .insert(region, encode(&RegionRecord::with_merge(&desc, merging))?.as_slice())
                         .map_err(io_err)?;
                 }
                 meta.insert(region, encode(&SmMetaRecord::from_state(&state))?.as_slice()).map_err(io_err)?;
@@ -692,12 +899,12 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
                 }
                 let new_desc = desc_changed.then_some(desc);
                 *out.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(Applied { res, dk, db, state, new_desc, splits, collect });
+                    Some(Applied { res, dk, db, state, new_desc, splits, collect, merging, merged });
                 Ok(())
             }))
             .await?;
         crate::metrics::STAGES.apply.record(started.elapsed());
-        let Applied { res, dk, db, state, new_desc, splits, collect } = results
+        let Applied { res, dk, db, state, new_desc, splits, collect, merging, merged } = results
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
@@ -710,10 +917,11 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
             tracing::info!(region_id = region, epoch = ?desc.epoch, end_key_len = desc.end_key.len(), "region descriptor changed");
             *self.shared.descriptor.write().unwrap_or_else(|p| p.into_inner()) = desc;
         }
+        *self.shared.merging.lock().unwrap_or_else(|p| p.into_inner()) = merging;
         self.shared.approx_keys.fetch_add(dk, Ordering::Relaxed);
         self.shared.approx_bytes.fetch_add(db, Ordering::Relaxed);
-        if !splits.is_empty() {
-            // The half that left is still counted here: count the range again.
+        if !splits.is_empty() || !merged.is_empty() {
+            // A half left, or a neighbour's range joined: count the range again.
             self.shared.recount(&self.engine);
         }
         for (child, seeded) in splits {
@@ -730,6 +938,15 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
                 let _ = tx.send(RegionEvent::Split { parent: self.shared.region_id, child, seeded });
             }
         }
+        for (source, index) in merged {
+            self.shared.last_merge_index.fetch_max(index, Ordering::SeqCst);
+            // The source is gone: never point a client (or PD) at it again.
+            self.shared.split_off.lock().unwrap_or_else(|p| p.into_inner()).retain(|d| d.id != source);
+            tracing::info!(region_id = region, source = source.0, "region absorbed its right neighbour");
+            if let Some(tx) = self.shared.events.get() {
+                let _ = tx.send(RegionEvent::Merged { target: self.shared.region_id, source });
+            }
+        }
         for (responder, r) in responders.into_iter().zip(res) {
             if let Some(responder) = responder {
                 responder.send(r);
@@ -737,40 +954,94 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
         }
         Ok(())
     }
+}
 
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        RegionSnapshotBuilder { region: self.region, engine: self.engine.clone(), current: self.current.clone() }
-    }
+/// A merge commit's fields.
+struct CommitMerge {
+    target_epoch: (u64, u64),
+    source: u64,
+    source_start: Vec<u8>,
+    source_end: Vec<u8>,
+    source_epoch: (u64, u64),
+    source_peers: Vec<(u64, u64)>,
+    prepare_index: u64,
+}
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
-        let installed = snapshot::install(
-            &self.engine,
-            self.region,
-            &snapshot,
-            meta.last_log_id,
-            meta.last_membership.clone(),
-            Some(self.shared.range_version.clone()),
-        )
-        .await?;
-        self.state = installed.state;
-        if let Some(desc) = installed.descriptor {
-            tracing::info!(region_id = self.region, epoch = ?desc.epoch, "region descriptor from a snapshot");
-            *self.shared.descriptor.write().unwrap_or_else(|p| p.into_inner()) = desc;
+impl CommitMerge {
+    fn from_command(cmd: &LogCommand) -> Option<CommitMerge> {
+        match cmd {
+            LogCommand::CommitMergeV1 {
+                target_epoch,
+                source,
+                source_start,
+                source_end,
+                source_epoch,
+                source_peers,
+                prepare_index,
+            } => Some(CommitMerge {
+                target_epoch: *target_epoch,
+                source: *source,
+                source_start: source_start.clone(),
+                source_end: source_end.clone(),
+                source_epoch: *source_epoch,
+                source_peers: source_peers.clone(),
+                prepare_index: *prepare_index,
+            }),
+            _ => None,
         }
-        self.shared.approx_keys.store(installed.keys, Ordering::Relaxed);
-        self.shared.approx_bytes.store(installed.bytes, Ordering::Relaxed);
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), snapshot));
-        Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|(meta, file)| Snapshot { meta: meta.clone(), snapshot: file.clone() }))
+    /// Whether the target `desc` (not itself prepared to merge: `merging`) absorbs the
+    /// source: it is still at the epoch the merge was prepared against, the source is its
+    /// right neighbour, and both have their voters on the same nodes. Depends only on the
+    /// target's log, so every replica decides the same.
+    fn acceptable(&self, desc: &RegionDescriptor, merging: Option<MergeState>) -> bool {
+        use std::collections::BTreeSet;
+        let nodes: BTreeSet<u64> = desc.peers.iter().map(|p| p.node_id.0).collect();
+        let source_nodes: BTreeSet<u64> = self.source_peers.iter().map(|(_, n)| *n).collect();
+        merging.is_none()
+            && (desc.epoch.conf_ver, desc.epoch.version) == self.target_epoch
+            && !self.source_start.is_empty()
+            && desc.end_key == self.source_start
+            && nodes == source_nodes
+            && nodes.len() == self.source_peers.len()
     }
+}
+
+/// Takes over the rows of a merge's source, whose state is `source` (prepared, so final:
+/// its replica here has applied the prepare): rows under another data id are copied to the target's (and the
+/// source's copies listed as garbage), rows under the same data id (a source split off the
+/// target, or off a region sharing its id) stay where they are; the source's session rows
+/// are merged into the target's ([`Sessions::absorb`]). Returns the garbage.
+fn absorb(
+    state: &SmState,
+    source: &SmState,
+    sessions: &mut Sessions<'_>,
+    data: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    merge: &CommitMerge,
+) -> io::Result<Vec<GcItem>> {
+    let mut garbage = Vec::new();
+    if source.data_id != state.data_id {
+        let (lo, hi) = data_range(source.data_id, &merge.source_start, &merge.source_end);
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = data
+            .range(lo.as_slice()..hi.as_slice())
+            .map_err(io_err)?
+            .map(|r| r.map(|(k, v)| (k.value()[8..].to_vec(), v.value().to_vec())))
+            .collect::<Result<_, _>>()
+            .map_err(io_err)?;
+        for (k, v) in rows {
+            data.insert(data_key(state.data_id, &k).as_slice(), v.as_slice()).map_err(io_err)?;
+        }
+        garbage.push(GcItem::Rows {
+            data_id: source.data_id,
+            start: merge.source_start.clone(),
+            end: merge.source_end.clone(),
+        });
+    }
+    if source.session_id != state.session_id {
+        sessions.absorb(source.session_id)?;
+    }
+    Ok(garbage)
 }
 
 /// Builds a snapshot file from one consistent read transaction, concurrently with applies.

@@ -608,6 +608,18 @@ impl Client {
         }
     }
 
+    /// Asks PD to merge the region containing `key` into its left neighbour (admin).
+    /// Returns the operator's id once it is planned; [`Client::operators`] tells when it
+    /// finished. Refused (`InvalidRequest`, with the reason) when the region has no left
+    /// neighbour or the two cannot merge as they are (voters on different nodes, a
+    /// replica being added).
+    pub async fn merge_region(&self, key: &[u8]) -> Result<u64, Error> {
+        match self.pd(PdRequest::MergeRegion { key: key.to_vec() }).await? {
+            PdResponse::OperatorStarted { op_id } => Ok(op_id),
+            _ => Err(protocol("MergeRegion")),
+        }
+    }
+
     /// Asks PD to move every replica off `node` (admin).
     pub async fn drain_node(&self, node: tessera_wire::NodeId) -> Result<(), Error> {
         match self.pd(PdRequest::DrainNode { node_id: node }).await? {
