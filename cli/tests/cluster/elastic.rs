@@ -560,3 +560,39 @@ async fn merge_joins_two_regions(initial_regions: u32) {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_merges_small_adjacent_regions_into_one() {
+    let cluster = TestCluster::start_placed(3, 4, |pd| {
+        pd.scheduler.merge_bytes = 1024 * 1024;
+        pd.scheduler.merge_keys = 10_000;
+        pd.scheduler.split_merge_interval_ms = 0;
+    })
+    .await;
+    let client = cluster.client().await;
+    let n = 80;
+    for i in 0..n {
+        client.put(&crate::harness::spread_key(i, n), format!("v{i}").as_bytes()).await.unwrap();
+    }
+    cluster
+        .wait_for_pd(Duration::from_secs(60), "one region", |_, regions| {
+            regions.len() == 1 && regions[0].leader.is_some()
+        })
+        .await;
+    let ops = client.operators().await.unwrap();
+    let merges = ops
+        .iter()
+        .filter(|o| {
+            o.kind.contains("merge") && o.reason == "merge-small" && o.state == tessera_wire::OperatorState::Succeeded
+        })
+        .count();
+    assert!(merges >= 3, "three merges joined four regions: {ops:?}");
+    for i in 0..n {
+        assert_eq!(
+            client.get(&crate::harness::spread_key(i, n)).await.unwrap(),
+            Some(format!("v{i}").into_bytes()),
+            "key {i}"
+        );
+    }
+    cluster.shutdown().await;
+}

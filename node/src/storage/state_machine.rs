@@ -1098,3 +1098,151 @@ mod range_check_tests {
         assert!(read_get(&engine, 3, None, b"k").is_ok(), "unchecked reads (inspection) still work");
     }
 }
+
+#[cfg(test)]
+mod merge_tests {
+    use openraft::entry::RaftEntry;
+    use openraft::vote::RaftLeaderIdExt;
+    use std::time::Duration;
+
+    use tessera_wire::{NodeId, Peer, PeerId, RegionEpoch};
+
+    use super::*;
+    use crate::raft::types::{Entry, LogId};
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(<openraft::alias::LeaderIdOf<TypeConfig> as RaftLeaderIdExt>::new_committed(1, 1), index)
+    }
+
+    fn put(key: &[u8]) -> LogCommand {
+        LogCommand::WriteV2 {
+            session: None,
+            op: LogOp::Put(key.to_vec(), b"v".to_vec()),
+            at_ms: 1,
+            session_ttl_ms: 1 << 40,
+        }
+    }
+
+    fn region(id: u64, start: &[u8], end: &[u8]) -> RegionDescriptor {
+        RegionDescriptor {
+            id: RegionId(id),
+            start_key: start.to_vec(),
+            end_key: end.to_vec(),
+            epoch: RegionEpoch { conf_ver: 6, version: 3 },
+            peers: (1..=3).map(|n| Peer { id: PeerId(id * 10 + n), node_id: NodeId(n) }).collect(),
+        }
+    }
+
+    /// A state machine of `desc` over `engine`, its record written first (as a node does).
+    async fn machine(engine: &Engine, desc: &RegionDescriptor) -> RegionStateMachine {
+        let (id, record) = (desc.id.0, encode(&RegionRecord::from_descriptor(desc)).unwrap());
+        engine
+            .write(Box::new(move |txn| {
+                let mut t = txn.open_table(tables::REGIONS).map_err(io_err)?;
+                if t.get(id).map_err(io_err)?.is_none() {
+                    t.insert(id, record.as_slice()).map_err(io_err)?;
+                }
+                Ok(())
+            }))
+            .await
+            .unwrap();
+        RegionStateMachine::open(engine, RegionShared::new(desc.clone(), 0)).unwrap()
+    }
+
+    async fn apply(sm: &mut RegionStateMachine, index: u64, cmd: LogCommand) {
+        let entry = Entry::new_normal(log_id(index), cmd);
+        sm.apply(futures::stream::iter(vec![Ok((entry, None))])).await.unwrap();
+    }
+
+    fn get(engine: &Engine, region: u64, key: &[u8]) -> Option<Vec<u8>> {
+        read_get(engine, region, None, key).unwrap()
+    }
+
+    fn prepare(desc: &RegionDescriptor, target: &RegionDescriptor) -> LogCommand {
+        LogCommand::PrepareMergeV1 {
+            conf_ver: desc.epoch.conf_ver,
+            version: desc.epoch.version,
+            target: target.id.0,
+            target_epoch: (target.epoch.conf_ver, target.epoch.version),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_prepared_region_refuses_writes_until_its_prepare_is_rolled_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let (left, right) = (region(1, b"", b"m"), region(2, b"m", b""));
+        let mut sm = machine(&engine, &right).await;
+        apply(&mut sm, 6, put(b"p")).await;
+        assert!(get(&engine, 2, b"p").is_some());
+        // A prepare against a stale epoch is refused.
+        let mut stale = right.clone();
+        stale.epoch.version -= 1;
+        apply(&mut sm, 7, prepare(&stale, &left)).await;
+        assert_eq!(sm.shared.merging(), None);
+        apply(&mut sm, 8, prepare(&right, &left)).await;
+        let merging = sm.shared.merging().expect("prepared");
+        assert_eq!((merging.target, merging.prepare_index), (1, 8));
+        assert_eq!(sm.shared.descriptor().epoch.version, 4, "the prepare raises the version");
+        apply(&mut sm, 9, put(b"q")).await;
+        assert_eq!(get(&engine, 2, b"q"), None, "a prepared region applies no write");
+        // The prepare survives a restart (it is in the region record).
+        assert_eq!(machine(&engine, &right).await.shared.merging(), Some(merging));
+        // Only the current prepare can be rolled back.
+        apply(&mut sm, 10, LogCommand::RollbackMergeV1 { prepare_index: 3 }).await;
+        assert!(sm.shared.merging().is_some());
+        apply(&mut sm, 11, LogCommand::RollbackMergeV1 { prepare_index: 8 }).await;
+        assert_eq!(sm.shared.merging(), None);
+        assert_eq!(sm.shared.descriptor().epoch.version, 5);
+        apply(&mut sm, 12, put(b"q")).await;
+        assert!(get(&engine, 2, b"q").is_some(), "writes apply again");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_waits_for_the_local_source_then_takes_its_rows_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let (left, right) = (region(1, b"", b"m"), region(2, b"m", b""));
+        let mut target = machine(&engine, &left).await;
+        let mut source = machine(&engine, &right).await;
+        apply(&mut target, 6, put(b"a")).await;
+        apply(&mut source, 6, put(b"p")).await;
+        apply(&mut source, 7, put(b"q")).await;
+        let mut prepared = right.clone();
+        prepared.epoch.version += 1;
+        let commit = move |target_epoch: RegionEpoch| LogCommand::CommitMergeV1 {
+            target_epoch: (target_epoch.conf_ver, target_epoch.version),
+            source: 2,
+            source_start: prepared.start_key.clone(),
+            source_end: prepared.end_key.clone(),
+            source_epoch: (prepared.epoch.conf_ver, prepared.epoch.version),
+            source_peers: prepared.peers.iter().map(|p| (p.id.0, p.node_id.0)).collect(),
+            prepare_index: 8,
+        };
+        // A commit against another epoch of the target is refused at once.
+        let mut other = left.epoch;
+        other.conf_ver += 1;
+        apply(&mut target, 7, commit(other)).await;
+        assert_eq!(target.shared.descriptor(), left);
+        // The commit waits for the local source to apply its prepare.
+        let cmd = commit(left.epoch);
+        let waiting = tokio::spawn(async move {
+            apply(&mut target, 8, cmd).await;
+            target
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "the commit applied before the source's prepare");
+        apply(&mut source, 8, prepare(&right, &region(1, b"", b"m"))).await;
+        let target = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
+        let merged = target.shared.descriptor();
+        assert_eq!((merged.start_key.as_slice(), merged.end_key.as_slice()), (&b""[..], &b""[..]));
+        assert_eq!(merged.epoch.version, 5, "above both regions' versions");
+        // The source's rows (under another data id) are the target's now; the originals
+        // are collected.
+        for k in [&b"a"[..], b"p", b"q"] {
+            assert!(get(&engine, 1, k).is_some(), "{k:?}");
+        }
+        snapshot::collect_garbage(&engine).await.unwrap();
+        assert_eq!(crate::storage::inspect::row_counts(&engine).unwrap().data, 3);
+    }
+}
