@@ -562,10 +562,13 @@ async fn region_events(
     }
 }
 
-/// Destroys, after [`MERGED_SOURCE_GRACE`], every local region prepared to merge whose
-/// local target has absorbed it (its range covers the region's start at a newer version
-/// than the prepare names): the commit applied here, or arrived in a snapshot, or applied
-/// before a crash that left the source's replica.
+/// Marks every local region prepared to merge whose local target has absorbed it (its
+/// range covers the region's start at a newer version than the prepare names: the commit
+/// applied here, arrived in a snapshot, or applied before a crash that left the source's
+/// replica). The node reports them to PD in its heartbeats and destroys them once PD says
+/// every node hosting them has done the same: until then their groups keep running, frozen,
+/// so that a replica elsewhere that has the prepare in its log but not yet the news that it
+/// committed learns it from them.
 fn reap_merged_regions(shared: &Arc<Shared>) {
     for region in shared.ctx.regions.all() {
         let Some(m) = region.shared.merging() else { continue };
@@ -574,26 +577,21 @@ fn reap_merged_regions(shared: &Arc<Shared>) {
             let t = t.shared.descriptor();
             t.contains(&desc.start_key) && t.epoch.version > m.target_epoch.1
         });
-        if !absorbed || region.shared.reaping.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            continue;
+        if absorbed && !region.shared.reaping.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            tracing::info!(region_id = desc.id.0, target = m.target, "merged region absorbed here");
         }
-        let (shared, source) = (shared.clone(), desc.id);
-        tokio::spawn(async move {
-            // The source's group runs a little longer, so that a replica of it that has the
-            // prepare in its log but not yet the news that it committed (it learns that
-            // from the source's leader) applies it: its node's target waits for that
-            // before applying the commit.
-            tokio::time::sleep(MERGED_SOURCE_GRACE).await;
-            if let Err(e) = destroy_merged_region(&shared, source).await {
-                tracing::error!(region_id = source.0, error = %e, "destroying a merged region failed");
-            }
-        });
     }
 }
 
-/// How long the source of a merge keeps running on a node after the node applied the
-/// merge's commit; see [`RegionEvent::Merged`].
-const MERGED_SOURCE_GRACE: Duration = Duration::from_secs(2);
+/// The regions merged away here, for the node heartbeat (see [`reap_merged_regions`]).
+fn merged_regions(ctx: &crate::region::NodeContext) -> Vec<RegionDescriptor> {
+    ctx.regions
+        .all()
+        .into_iter()
+        .filter(|r| r.shared.reaping.load(std::sync::atomic::Ordering::SeqCst))
+        .map(|r| r.shared.descriptor())
+        .collect()
+}
 
 /// Destroys this node's replica of `source`, a region merged into its left neighbour
 /// here: stops its group, replaces its record with a tombstone and forgets its log and
@@ -602,7 +600,7 @@ const MERGED_SOURCE_GRACE: Duration = Duration::from_secs(2);
 async fn destroy_merged_region(shared: &Shared, source: tessera_wire::RegionId) -> Result<(), NodeError> {
     let _guard = shared.lifecycle.lock().await;
     let Some(region) = shared.ctx.regions.get(source) else { return Ok(()) };
-    if region.shared.merging().is_none() {
+    if region.shared.merging().is_none() || !region.shared.reaping.load(std::sync::atomic::Ordering::SeqCst) {
         return Ok(());
     }
     tracing::info!(region_id = source.0, peer = region.peer.id.0, "destroying a region merged into its neighbour");
@@ -668,9 +666,14 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
                 }
             }
         }
-        let hb = PdRequest::NodeHeartbeat { node_id, stats: node_stats(&shared.ctx), hosted: shared.ctx.regions.ids() };
+        let hb = PdRequest::NodeHeartbeat {
+            node_id,
+            stats: node_stats(&shared.ctx),
+            hosted: shared.ctx.regions.ids(),
+            merged: merged_regions(&shared.ctx),
+        };
         match pd.call(hb).await {
-            Ok(PdResponse::NodeHeartbeat { create, nodes, destroy }) => {
+            Ok(PdResponse::NodeHeartbeat { create, nodes, destroy, destroy_merged }) => {
                 for n in nodes {
                     shared.ctx.book.set(n.id, n.addr);
                 }
@@ -682,6 +685,11 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
                 for desc in destroy {
                     if let Err(e) = destroy_region(&shared, desc).await {
                         tracing::error!(node_id = node_id.0, error = %e, "destroying region failed");
+                    }
+                }
+                for id in destroy_merged {
+                    if let Err(e) = destroy_merged_region(&shared, id).await {
+                        tracing::error!(region_id = id.0, error = %e, "destroying a merged region failed");
                     }
                 }
             }

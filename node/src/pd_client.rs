@@ -115,25 +115,10 @@ pub(crate) fn led_region_stats(ctx: &crate::region::NodeContext, load: &mut Load
                         node_id: tessera_wire::NodeId(n.node_id),
                     })
                     .collect();
-                let merging = r.shared.merging().map(|ms| {
-                    // Every voter's log holds the prepare: each can apply it without this
-                    // leader, so the target can count on its local source replica.
-                    let matched = |id: &u64| {
-                        *id == r.peer.id.0
-                            || m.replication
-                                .as_ref()
-                                .and_then(|rep| rep.get(id).cloned().flatten())
-                                .is_some_and(|l| l.index >= ms.prepare_index)
-                    };
-                    tessera_wire::MergeReport {
-                        target: tessera_wire::RegionId(ms.target),
-                        target_epoch: tessera_wire::RegionEpoch {
-                            conf_ver: ms.target_epoch.0,
-                            version: ms.target_epoch.1,
-                        },
-                        prepare_index: ms.prepare_index,
-                        caught_up: membership.voter_ids().all(|id| matched(&id)),
-                    }
+                let merging = r.shared.merging().map(|ms| tessera_wire::MergeReport {
+                    target: tessera_wire::RegionId(ms.target),
+                    target_epoch: tessera_wire::RegionEpoch { conf_ver: ms.target_epoch.0, version: ms.target_epoch.1 },
+                    prepare_index: ms.prepare_index,
                 });
                 (m.current_term, learners, merging)
             };

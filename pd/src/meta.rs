@@ -299,6 +299,20 @@ pub struct ClusterMeta {
     /// must not come back into the routing table (and be taken for a region whose merge
     /// never committed).
     replaced: std::collections::HashSet<RegionId>,
+    /// Soft: regions merged away that nodes still host, with the nodes hosting them (the
+    /// source's voters) and those of these that applied the merge's commit.
+    merged_away: BTreeMap<RegionId, MergedAway>,
+}
+
+/// See [`ClusterMeta::merged_away`].
+#[derive(Debug, Clone, Default)]
+struct MergedAway {
+    /// The source's voters' nodes.
+    hosts: BTreeSet<NodeId>,
+    /// Those whose target absorbed the source, or that no longer host it.
+    absorbed: BTreeSet<NodeId>,
+    /// Those that no longer host it.
+    gone: BTreeSet<NodeId>,
 }
 
 impl ClusterMeta {
@@ -312,6 +326,7 @@ impl ClusterMeta {
             alloc: IdAllocatorState::default(),
             bootstrapped: false,
             replaced: Default::default(),
+            merged_away: Default::default(),
         }
     }
 
@@ -627,6 +642,43 @@ impl ClusterMeta {
             tracing::info!(region_id = child.id.0, parent = region_id.0, "split-off region learned from its parent");
         }
         RegionReport::Accepted
+    }
+
+    /// Records which regions merged away `node_id` still hosts (`hosted`) and which of
+    /// those its targets absorbed (`merged`, as the node's source replicas describe them),
+    /// and returns those the node may destroy now: the ones every node hosting them has
+    /// reported absorbed. Until then a merged-away region's group keeps running (frozen),
+    /// so that a replica of it that has the prepare in its log but not the news that it
+    /// committed still learns it (its node's target waits for that before applying the
+    /// commit). A node that no longer hosts such a region, or was removed, no longer
+    /// counts. Soft state: the nodes report again after a PD restart.
+    pub fn merged_reports(
+        &mut self,
+        node_id: NodeId,
+        hosted: &[RegionId],
+        merged: &[RegionDescriptor],
+    ) -> Vec<RegionId> {
+        for d in merged {
+            let entry = self.merged_away.entry(d.id).or_insert_with(|| MergedAway {
+                hosts: d.peers.iter().map(|p| p.node_id).collect(),
+                ..MergedAway::default()
+            });
+            entry.absorbed.insert(node_id);
+        }
+        let nodes = &self.nodes;
+        self.merged_away.retain(|id, m| {
+            if !hosted.contains(id) {
+                m.absorbed.insert(node_id);
+                m.gone.insert(node_id);
+            }
+            m.hosts.retain(|n| nodes.contains_key(n));
+            !m.hosts.is_subset(&m.gone)
+        });
+        merged
+            .iter()
+            .map(|d| d.id)
+            .filter(|id| self.merged_away.get(id).is_some_and(|m| m.hosts.is_subset(&m.absorbed)))
+            .collect()
     }
 
     /// The merge state of `id` as its leader last reported it: `Some` while prepared.
@@ -1273,5 +1325,28 @@ mod tests {
         let restored = ClusterMeta::restore(config(1), meta.snapshot(), Duration::from_secs(5));
         assert!(restored.is_bootstrapped());
         assert!(restored.nodes(Duration::from_secs(6)).iter().all(|n| n.state == NodeState::Up));
+    }
+
+    #[test]
+    fn a_merged_region_is_destroyed_only_once_every_node_hosting_it_absorbed_it() {
+        let mut meta = bootstrapped(1);
+        let source = meta.get_region(b"k").unwrap().region;
+        let (s, none) = (source.id, Vec::<RegionDescriptor>::new());
+        let merged = vec![source.clone()];
+        // Node 1 absorbed it; nodes 2 and 3 still host it without having absorbed it.
+        assert!(meta.merged_reports(NodeId(1), &[s], &merged).is_empty());
+        assert!(meta.merged_reports(NodeId(2), &[s], &none).is_empty());
+        assert!(meta.merged_reports(NodeId(2), &[s], &merged).is_empty());
+        assert_eq!(meta.merged_reports(NodeId(3), &[s], &merged), vec![s], "the last to absorb it may destroy it");
+        assert_eq!(meta.merged_reports(NodeId(1), &[s], &merged), vec![s]);
+        // A node that destroyed it no longer counts; the others are still told.
+        assert!(meta.merged_reports(NodeId(3), &[], &none).is_empty());
+        assert_eq!(meta.merged_reports(NodeId(2), &[s], &merged), vec![s]);
+        // A PD that learns of it late (a restart) counts the nodes that no longer host it.
+        let mut meta = bootstrapped(1);
+        assert!(meta.merged_reports(NodeId(2), &[s], &merged).is_empty());
+        assert!(meta.merged_reports(NodeId(1), &[], &none).is_empty());
+        assert!(meta.merged_reports(NodeId(3), &[], &none).is_empty());
+        assert_eq!(meta.merged_reports(NodeId(2), &[s], &merged), vec![s]);
     }
 }

@@ -16,8 +16,8 @@
 //!
 //! A merge runs in two steps, each a command in one region's log: `PrepareMerge` to the
 //! source's leader (the source freezes), then, once the source's leader reports it
-//! prepared with every voter's log holding the prepare, `CommitMerge` to the target's
-//! leader (the target absorbs the source). Both later steps are driven from what the
+//! prepared, `CommitMerge` to the target's leader (the target absorbs the source; each of
+//! its replicas first waits for its own source replica to apply the prepare). Both later steps are driven from what the
 //! leaders report, not from the operator, so they survive a PD restart: a prepared source
 //! whose target still has the epoch the prepare names gets the commit sent to the target;
 //! one whose target moved past that epoch gets `RollbackMerge`. That rollback is safe:
@@ -144,7 +144,6 @@ impl OperatorController {
             match meta.region_roles(m.target) {
                 Some((target, learners, leader))
                     if target.epoch == m.target_epoch
-                        && m.caught_up
                         && learners.is_empty()
                         && leader.is_some()
                         && reported.contains(&target.id) =>
@@ -734,16 +733,12 @@ mod tests {
         assert_eq!(cmds.len(), 1, "{cmds:?}");
         assert_eq!(cmds[0].region_id, right.id);
         assert_eq!(cmds[0].kind, RegionCommandKind::PrepareMerge { target: left.id, target_epoch: left.epoch });
-        // Prepared, but a voter's log does not hold the prepare yet: nothing to send.
+        // Once the source reports it prepared, the target is asked to absorb it; not before.
+        let (cmds, _) = ctl.on_region_heartbeat(&mut meta, &[left.id], t);
+        assert!(cmds.is_empty(), "{cmds:?}");
         let mut prepared = right.clone();
         prepared.epoch.version += 1;
-        let mut merging =
-            tessera_wire::MergeReport { target: left.id, target_epoch: left.epoch, prepare_index: 9, caught_up: false };
-        report_prepared(&mut meta, &prepared, merging.clone());
-        let (cmds, _) = ctl.on_region_heartbeat(&mut meta, &[left.id, right.id], t);
-        assert!(cmds.is_empty(), "{cmds:?}");
-        // Every voter holds it: the target is asked to absorb the source.
-        merging.caught_up = true;
+        let merging = tessera_wire::MergeReport { target: left.id, target_epoch: left.epoch, prepare_index: 9 };
         report_prepared(&mut meta, &prepared, merging.clone());
         let (cmds, _) = ctl.on_region_heartbeat(&mut meta, &[left.id, right.id], t);
         assert_eq!(
@@ -784,8 +779,7 @@ mod tests {
         let (id, _) = ctl.merge_at(&mut meta, right.start_key.clone(), t).unwrap();
         let mut prepared = right.clone();
         prepared.epoch.version += 1;
-        let merging =
-            tessera_wire::MergeReport { target: left.id, target_epoch: left.epoch, prepare_index: 9, caught_up: true };
+        let merging = tessera_wire::MergeReport { target: left.id, target_epoch: left.epoch, prepare_index: 9 };
         report_prepared(&mut meta, &prepared, merging.clone());
         // The target's membership changed since the prepare: it refuses the commit forever.
         let mut moved = left.clone();

@@ -105,8 +105,9 @@ fn apply(state: &mut State, now: Duration, request: PdRequest) -> Result<PdRespo
             tracing::info!(node_id = node_id.0, bootstrapped = meta.is_bootstrapped(), "node registered");
             Ok(PdResponse::Ok)
         }
-        PdRequest::NodeHeartbeat { node_id, stats, hosted } => {
+        PdRequest::NodeHeartbeat { node_id, stats, hosted, merged } => {
             let assigned = meta.node_heartbeat(node_id, stats, &hosted, now).map_err(meta_error)?;
+            let destroy_merged = meta.merged_reports(node_id, &hosted, &merged);
             if !assigned.create.is_empty() || !assigned.destroy.is_empty() {
                 tracing::debug!(
                     node_id = node_id.0,
@@ -115,7 +116,12 @@ fn apply(state: &mut State, now: Duration, request: PdRequest) -> Result<PdRespo
                     "node must create or destroy replicas"
                 );
             }
-            Ok(PdResponse::NodeHeartbeat { create: assigned.create, nodes: meta.nodes(now), destroy: assigned.destroy })
+            Ok(PdResponse::NodeHeartbeat {
+                create: assigned.create,
+                nodes: meta.nodes(now),
+                destroy: assigned.destroy,
+                destroy_merged,
+            })
         }
         PdRequest::RegionHeartbeat { node_id, regions } => {
             let (outcomes, mut changes) = meta.region_heartbeat(node_id, &regions, now).map_err(meta_error)?;
@@ -308,7 +314,12 @@ mod tests {
         for role in [Role::Client, Role::Pd, Role::Node(NodeId(2))] {
             assert!(matches!(svc.handle_blocking(role, req.clone()), Err(Error::PermissionDenied { .. })), "{role:?}");
         }
-        let hb = PdRequest::NodeHeartbeat { node_id: NodeId(1), stats: NodeStats::default(), hosted: vec![] };
+        let hb = PdRequest::NodeHeartbeat {
+            node_id: NodeId(1),
+            stats: NodeStats::default(),
+            hosted: vec![],
+            merged: vec![],
+        };
         assert!(matches!(svc.handle_blocking(Role::Client, hb), Err(Error::PermissionDenied { .. })));
         let rhb = PdRequest::RegionHeartbeat { node_id: NodeId(1), regions: vec![] };
         assert!(matches!(svc.handle_blocking(Role::Node(NodeId(3)), rhb), Err(Error::PermissionDenied { .. })));
@@ -353,7 +364,7 @@ mod tests {
             Err(Error::RegionNotFound { region_id: RegionId(999) })
         );
         let stats = NodeStats { region_count: 0, leader_count: 0, used_bytes: 4096, ..NodeStats::default() };
-        let hb = PdRequest::NodeHeartbeat { node_id: NodeId(2), stats, hosted: vec![] };
+        let hb = PdRequest::NodeHeartbeat { node_id: NodeId(2), stats, hosted: vec![], merged: vec![] };
         let Ok(PdResponse::NodeHeartbeat { create, nodes, .. }) = svc.handle_blocking(Role::Node(NodeId(2)), hb) else {
             panic!("heartbeat failed");
         };
@@ -380,7 +391,12 @@ mod tests {
                 "{addr}"
             );
         }
-        let hb = PdRequest::NodeHeartbeat { node_id: NodeId(5), stats: NodeStats::default(), hosted: vec![] };
+        let hb = PdRequest::NodeHeartbeat {
+            node_id: NodeId(5),
+            stats: NodeStats::default(),
+            hosted: vec![],
+            merged: vec![],
+        };
         assert!(matches!(svc.handle_blocking(Role::Node(NodeId(5)), hb), Err(Error::InvalidRequest { .. })));
     }
 

@@ -98,7 +98,7 @@ async fn three_nodes_bootstrap_and_regions_are_routable() {
     // Every node is told to create all four regions, and sees all three nodes.
     let mut all_regions = Vec::new();
     for (id, conn) in &nodes {
-        let hb = PdRequest::NodeHeartbeat { node_id: *id, stats: NodeStats::default(), hosted: vec![] };
+        let hb = PdRequest::NodeHeartbeat { node_id: *id, stats: NodeStats::default(), hosted: vec![], merged: vec![] };
         let Ok(PdResponse::NodeHeartbeat { create, nodes: infos, .. }) = pd(conn, hb).await else {
             panic!("heartbeat of {id} failed");
         };
@@ -109,7 +109,7 @@ async fn three_nodes_bootstrap_and_regions_are_routable() {
         all_regions = create;
     }
     let hosted: Vec<RegionId> = all_regions.iter().map(|r| r.id).collect();
-    let hb = PdRequest::NodeHeartbeat { node_id: NODES[0], stats: NodeStats::default(), hosted };
+    let hb = PdRequest::NodeHeartbeat { node_id: NODES[0], stats: NodeStats::default(), hosted, merged: vec![] };
     assert!(matches!(pd(&nodes[0].1, hb).await, Ok(PdResponse::NodeHeartbeat { create, .. }) if create.is_empty()));
 
     let Ok(PdResponse::Region(route)) = pd(&client, PdRequest::GetRegion { key: vec![0x90, 7] }).await else {
@@ -165,7 +165,8 @@ async fn node_requests_from_other_identities_are_refused() {
     // Node 2 may not register, or heartbeat for, node 1.
     let node2 = cluster.node(NodeId(2)).await;
     assert!(matches!(register(&node2, NodeId(1)).await, Err(Error::PermissionDenied { .. })));
-    let hb = PdRequest::NodeHeartbeat { node_id: NodeId(1), stats: NodeStats::default(), hosted: vec![] };
+    let hb =
+        PdRequest::NodeHeartbeat { node_id: NodeId(1), stats: NodeStats::default(), hosted: vec![], merged: vec![] };
     assert!(matches!(pd(&node2, hb).await, Err(Error::PermissionDenied { .. })));
     assert_eq!(register(&node2, NodeId(2)).await, Ok(PdResponse::Ok));
 

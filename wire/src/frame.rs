@@ -219,13 +219,13 @@ mod tests {
                 addr,
                 capacity_bytes
             }),
-            (any::<u64>(), any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u64>(), 0..3)).prop_map(
-                |(n, region_count, used_bytes, hosted)| PdRequest::NodeHeartbeat {
+            (any::<u64>(), any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u64>(), 0..3), region())
+                .prop_map(|(n, region_count, used_bytes, hosted, merged)| PdRequest::NodeHeartbeat {
                     node_id: NodeId(n),
                     stats: NodeStats { region_count, leader_count: 0, used_bytes, ..NodeStats::default() },
                     hosted: hosted.into_iter().map(RegionId).collect(),
-                }
-            ),
+                    merged: vec![merged],
+                }),
             (any::<u64>(), region(), peer(), any::<u64>()).prop_map(|(n, region, leader, term)| {
                 PdRequest::RegionHeartbeat {
                     node_id: NodeId(n),
@@ -243,7 +243,6 @@ mod tests {
                             target: RegionId(term),
                             target_epoch: crate::RegionEpoch { conf_ver: n, version: term },
                             prepare_index: n,
-                            caught_up: n % 2 == 0,
                         }),
                     }],
                 }
@@ -308,8 +307,14 @@ mod tests {
     fn pd_response() -> impl Strategy<Value = PdResponse> {
         prop_oneof![
             Just(PdResponse::Ok),
-            (proptest::collection::vec(region(), 0..3), proptest::collection::vec(node_info(), 0..3))
-                .prop_map(|(create, nodes)| PdResponse::NodeHeartbeat { destroy: create.clone(), create, nodes }),
+            (proptest::collection::vec(region(), 0..3), proptest::collection::vec(node_info(), 0..3)).prop_map(
+                |(create, nodes)| PdResponse::NodeHeartbeat {
+                    destroy: create.clone(),
+                    destroy_merged: create.iter().map(|d| d.id).collect(),
+                    create,
+                    nodes,
+                }
+            ),
             route().prop_map(PdResponse::Region),
             proptest::collection::vec(route(), 0..3).prop_map(PdResponse::Regions),
             proptest::collection::vec(node_info(), 0..3).prop_map(PdResponse::Nodes),

@@ -104,8 +104,6 @@ pub struct MergeReport {
     pub target_epoch: RegionEpoch,
     /// Log index of the prepare in this region's log.
     pub prepare_index: u64,
-    /// Every voter's log holds the prepare (so each can reach it without this leader).
-    pub caught_up: bool,
 }
 
 impl RegionStats {
@@ -291,6 +289,9 @@ pub enum PdRequest {
         stats: NodeStats,
         /// Regions it hosts now.
         hosted: Vec<RegionId>,
+        /// Regions it hosts that merged into a neighbour it also hosts, whose commit it
+        /// applied: it destroys them once PD says every node hosting them did.
+        merged: Vec<RegionDescriptor>,
     },
     /// Region heartbeats from a node, for the regions it leads.
     RegionHeartbeat {
@@ -365,6 +366,9 @@ pub enum PdResponse {
         /// Regions the node reported hosting whose newest descriptor no longer has a
         /// replica on it: the node destroys its replica if its own descriptor is older.
         destroy: Vec<RegionDescriptor>,
+        /// Regions merged away that every node hosting them reported in `merged`: their
+        /// groups are no longer needed by any replica, and the node destroys them.
+        destroy_merged: Vec<RegionId>,
     },
     /// One region.
     Region(RegionRoute),

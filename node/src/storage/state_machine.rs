@@ -88,8 +88,8 @@ pub enum RegionEvent {
         /// The child's state was written by this split.
         seeded: bool,
     },
-    /// `target` absorbed `source`: the node destroys its replica of `source` (whose rows
-    /// now belong to `target`).
+    /// `target` absorbed `source`: the node marks its replica of `source` (whose rows now
+    /// belong to `target`) for destruction.
     Merged {
         /// The region that grew.
         target: RegionId,
@@ -288,7 +288,8 @@ pub struct RegionShared {
     /// replica added later must receive a snapshot that includes it, since it has no
     /// replica of the merged-away region to take the rows from.
     pub last_merge_index: std::sync::atomic::AtomicU64,
-    /// The node is destroying this replica, merged into its neighbour.
+    /// The local replica of the region this one is prepared to merge into has absorbed
+    /// it: the node reports it to PD and destroys it once every node hosting it did.
     pub reaping: std::sync::atomic::AtomicBool,
     /// Bumped when any region of the node applies entries (the node's change signal): a
     /// target waiting for its local source to apply a merge's prepare waits on it.
@@ -679,8 +680,8 @@ impl RegionStateMachine {
     /// Waits until this node's replica of `source` has applied its log up to
     /// `prepare_index` (the prepare of a merge into this region), so its rows are final.
     /// The source's group runs on this node (a merge needs both regions' voters on the
-    /// same nodes), and every source voter's log holds the prepare before PD asks for the
-    /// commit, so it gets there.
+    /// same nodes), and on the others until every node hosting it absorbed it, so it gets
+    /// there (from its own leader, or a snapshot).
     async fn await_merge_source(&self, source: u64, prepare_index: u64) -> io::Result<()> {
         let mut changes = self.shared.node_changes.get().cloned();
         let started = std::time::Instant::now();
