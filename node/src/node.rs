@@ -118,8 +118,29 @@ impl Node {
             .map_err(|e| NodeError::Storage(e.into()))?;
         crate::storage::snapshot::spawn_garbage_collection(engine.clone());
 
-        // Recover every region this node hosts.
-        let records = load_region_records(&engine).map_err(|e| NodeError::Storage(e.into()))?;
+        // Recover every region this node hosts. A region merged away whose local target
+        // absorbed it (durably) before the node stopped is retired instead: its rows here are
+        // the target's, so it has no state of its own to serve or to send as a snapshot.
+        let (records, merged) = load_region_records(&engine).map_err(|e| NodeError::Storage(e.into()))?;
+        for (desc, target) in merged {
+            let Some(peer) = desc.peer_on(cfg.node_id) else { continue };
+            tracing::info!(
+                region_id = desc.id.0,
+                target,
+                "retiring a region merged into its neighbour before a restart"
+            );
+            let (id, tombstone) = (
+                desc.id.0,
+                encode(&RegionRecord::tombstone(&desc, peer.id)).map_err(|e| NodeError::Storage(e.into()))?,
+            );
+            engine
+                .write(Box::new(move |txn| crate::storage::snapshot::retire_merged_region(txn, id, target, &tombstone)))
+                .await
+                .map_err(|e| NodeError::Storage(e.into()))?;
+            wal.write(vec![crate::storage::wal::Op::Forget { region: id }])
+                .await
+                .map_err(|e| NodeError::Storage(e.into()))?;
+        }
         for desc in records {
             match open_region(&shared, desc).await {
                 Ok(_) => {}
@@ -238,17 +259,25 @@ impl Node {
     }
 }
 
-fn load_region_records(engine: &Engine) -> std::io::Result<Vec<RegionDescriptor>> {
+/// The live region records, and those of regions merged away whose local target has
+/// absorbed them (with the target's id).
+#[allow(clippy::type_complexity)]
+fn load_region_records(engine: &Engine) -> std::io::Result<(Vec<RegionDescriptor>, Vec<(RegionDescriptor, u64)>)> {
     use redb::ReadableTable;
     let txn = engine.read()?;
     let t = txn.open_table(crate::storage::tables::REGIONS).map_err(io_err)?;
-    let mut out = Vec::new();
+    let (mut live, mut merged) = (Vec::new(), Vec::new());
     for row in t.iter().map_err(io_err)? {
         let (_, v) = row.map_err(io_err)?;
+        let record = decode::<RegionRecord>(v.value())?;
         // Tombstones of destroyed replicas are skipped.
-        out.extend(decode::<RegionRecord>(v.value())?.to_descriptor());
+        let Some(desc) = record.to_descriptor() else { continue };
+        match record.merging() {
+            Some(m) if crate::storage::snapshot::absorbed_here(&t, &record)? => merged.push((desc, m.target)),
+            _ => live.push(desc),
+        }
     }
-    Ok(out)
+    Ok((live, merged))
 }
 
 async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Region>, NodeError> {
@@ -570,16 +599,37 @@ async fn region_events(
 /// so that a replica elsewhere that has the prepare in its log but not yet the news that it
 /// committed learns it from them.
 fn reap_merged_regions(shared: &Arc<Shared>) {
-    for region in shared.ctx.regions.all() {
+    let regions = shared.ctx.regions.all();
+    for region in &regions {
         let Some(m) = region.shared.merging() else { continue };
-        let desc = region.shared.descriptor();
-        let absorbed = shared.ctx.regions.get(tessera_wire::RegionId(m.target)).is_some_and(|t| {
-            let t = t.shared.descriptor();
-            t.contains(&desc.start_key) && t.epoch.version > m.target_epoch.1
-        });
-        if absorbed && !region.shared.reaping.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            tracing::info!(region_id = desc.id.0, target = m.target, "merged region absorbed here");
+        if region.shared.reaping.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
         }
+        // Absorbed by the target, or by what the target became since (a split of it).
+        let desc = region.shared.descriptor();
+        let absorbed = regions.iter().any(|other| {
+            let d = other.shared.descriptor();
+            other.id != region.id && d.contains(&desc.start_key) && d.epoch.version > desc.epoch.version
+        });
+        if !absorbed || region.shared.reaping_pending.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            continue;
+        }
+        let (shared, region) = (shared.clone(), region.clone());
+        tokio::spawn(async move {
+            // Reported only once the commit that absorbed it is durable here: a node that
+            // reported it and then lost the commit in a crash would wait for a source whose
+            // other replicas were destroyed meanwhile.
+            match shared.ctx.engine.write(Box::new(|_| Ok(()))).await {
+                Ok(()) => {
+                    region.shared.reaping.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::info!(region_id = region.id.0, target = m.target, "merged region absorbed here");
+                }
+                Err(e) => {
+                    region.shared.reaping_pending.store(false, std::sync::atomic::Ordering::SeqCst);
+                    tracing::warn!(region_id = region.id.0, error = %e, "making a merge durable failed");
+                }
+            }
+        });
     }
 }
 
@@ -600,7 +650,8 @@ fn merged_regions(ctx: &crate::region::NodeContext) -> Vec<RegionDescriptor> {
 async fn destroy_merged_region(shared: &Shared, source: tessera_wire::RegionId) -> Result<(), NodeError> {
     let _guard = shared.lifecycle.lock().await;
     let Some(region) = shared.ctx.regions.get(source) else { return Ok(()) };
-    if region.shared.merging().is_none() || !region.shared.reaping.load(std::sync::atomic::Ordering::SeqCst) {
+    let Some(merge) = region.shared.merging() else { return Ok(()) };
+    if !region.shared.reaping.load(std::sync::atomic::Ordering::SeqCst) {
         return Ok(());
     }
     tracing::info!(region_id = source.0, peer = region.peer.id.0, "destroying a region merged into its neighbour");
@@ -618,7 +669,7 @@ async fn destroy_merged_region(shared: &Shared, source: tessera_wire::RegionId) 
     shared
         .ctx
         .engine
-        .write(Box::new(move |txn| crate::storage::snapshot::retire_merged_region(txn, id, &tombstone)))
+        .write(Box::new(move |txn| crate::storage::snapshot::retire_merged_region(txn, id, merge.target, &tombstone)))
         .await
         .map_err(|e| NodeError::Storage(e.into()))?;
     shared
@@ -649,6 +700,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             report_regions(&shared, &pd, &mut load).await;
             continue;
         }
+        reap_merged_regions(&shared);
         if !registered {
             let req = PdRequest::RegisterNode {
                 node_id,

@@ -670,6 +670,10 @@ impl ClusterMeta {
             if !hosted.contains(id) {
                 m.absorbed.insert(node_id);
                 m.gone.insert(node_id);
+            } else if !merged.iter().any(|d| d.id == *id) {
+                // It hosts it and no longer reports it absorbed (it restarted and lost
+                // the commit): it needs the others again.
+                m.absorbed.remove(&node_id);
             }
             m.hosts.retain(|n| nodes.contains_key(n));
             !m.hosts.is_subset(&m.gone)

@@ -193,8 +193,33 @@ fn write_item(w: &mut impl Write, item: &SnapshotItem) -> io::Result<()> {
     w.write_all(&bytes)
 }
 
+/// A snapshot of a region prepared to merge was asked for after this node's replica of
+/// its target absorbed it: its rows here now belong to the target (and may have changed,
+/// or be collected), so they are no longer the source's final state.
+#[derive(Debug, thiserror::Error)]
+#[error("region {region} merged into its neighbour here: it has no state of its own to snapshot")]
+pub struct MergedAway {
+    /// The region merged away.
+    pub region: u64,
+}
+
+/// Whether the region of `record`, prepared to merge, has been absorbed by its target's
+/// replica on this node (as of the transaction `regions` belongs to): the target's range
+/// covers the region's start at a newer version than the prepare names.
+pub(crate) fn absorbed_here(
+    regions: &impl ReadableTable<u64, &'static [u8]>,
+    record: &RegionRecord,
+) -> io::Result<bool> {
+    let (Some(m), Some(desc)) = (record.merging(), record.to_descriptor()) else { return Ok(false) };
+    let Some(target) = regions.get(m.target).map_err(io_err)? else { return Ok(false) };
+    Ok(decode::<RegionRecord>(target.value())?
+        .to_descriptor()
+        .is_some_and(|t| t.contains(&desc.start_key) && t.epoch.version > m.target_epoch.1))
+}
+
 /// Writes a snapshot of `region` (blocking: run it off the async runtime). Returns the
-/// state it reflects and the file.
+/// state it reflects and the file. Refused ([`MergedAway`]) for a region merged into its
+/// neighbour here.
 pub fn build(engine: &Engine, region: u64) -> io::Result<(SmState, SnapshotFile)> {
     let txn = engine.read()?;
     let state = read_state(&txn, region)?;
@@ -206,6 +231,9 @@ pub fn build(engine: &Engine, region: u64) -> io::Result<(SmState, SnapshotFile)
     let regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
     let record = regions.get(region).map_err(io_err)?.map(|r| r.value().to_vec());
     if let Some(record) = &record {
+        if absorbed_here(&regions, &decode::<RegionRecord>(record)?)? {
+            return Err(io::Error::other(MergedAway { region }));
+        }
         write_item(&mut w, &SnapshotItem::Region(record.clone()))?;
     }
     let (mut pairs, mut dedup, mut sessions) = (0u64, 0u64, 0u64);
@@ -558,16 +586,26 @@ pub fn retire_region(txn: &WriteTransaction, region: u64, tombstone: &[u8]) -> i
     queue_garbage(txn, garbage_of(&state, record.as_deref())?)
 }
 
-/// Retires the replica of `region`, merged into its left neighbour, inside `txn`: as
-/// [`retire_region`], except that its data rows are not garbage (the merge's commit gave
-/// them to the target); only its session rows are.
-pub fn retire_merged_region(txn: &WriteTransaction, region: u64, tombstone: &[u8]) -> io::Result<()> {
+/// Retires the replica of `region`, merged into its left neighbour `target`, inside `txn`:
+/// as [`retire_region`], except that its data rows are garbage only if they are not the
+/// target's (the target applied the commit with rows under the same data id, so they are
+/// its own now; or it copied them; or it installed a snapshot under a fresh id).
+pub fn retire_merged_region(txn: &WriteTransaction, region: u64, target: u64, tombstone: &[u8]) -> io::Result<()> {
     let state = read_state_mut(txn, region)?;
+    let target_data_id = read_state_mut(txn, target)?.data_id;
+    let mut regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
+    let record = regions.get(region).map_err(io_err)?.map(|r| r.value().to_vec());
+    regions.insert(region, tombstone).map_err(io_err)?;
+    drop(regions);
     txn.open_table(tables::SM_META).map_err(io_err)?.remove(region).map_err(io_err)?;
     txn.open_table(tables::DATA_IDS).map_err(io_err)?.remove(region).map_err(io_err)?;
     txn.open_table(tables::SESSION_IDS).map_err(io_err)?.remove(region).map_err(io_err)?;
-    txn.open_table(tables::REGIONS).map_err(io_err)?.insert(region, tombstone).map_err(io_err)?;
-    queue_garbage(txn, vec![GcItem::Sessions { session_id: state.session_id }])
+    let mut garbage = vec![GcItem::Sessions { session_id: state.session_id }];
+    if state.data_id != target_data_id {
+        let (start, end) = record_range(record.as_deref())?;
+        garbage.push(GcItem::Rows { data_id: state.data_id, start, end });
+    }
+    queue_garbage(txn, garbage)
 }
 
 /// Starts [`collect_garbage`] in the background (logging a failure).

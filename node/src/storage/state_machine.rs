@@ -291,6 +291,8 @@ pub struct RegionShared {
     /// The local replica of the region this one is prepared to merge into has absorbed
     /// it: the node reports it to PD and destroys it once every node hosting it did.
     pub reaping: std::sync::atomic::AtomicBool,
+    /// The node is making the absorption durable before setting [`RegionShared::reaping`].
+    pub reaping_pending: std::sync::atomic::AtomicBool,
     /// Bumped when any region of the node applies entries (the node's change signal): a
     /// target waiting for its local source to apply a merge's prepare waits on it.
     pub node_changes: std::sync::OnceLock<tokio::sync::watch::Receiver<u64>>,
@@ -314,6 +316,7 @@ impl RegionShared {
             merging: Default::default(),
             last_merge_index: Default::default(),
             reaping: Default::default(),
+            reaping_pending: Default::default(),
             node_changes: Default::default(),
         })
     }
@@ -687,10 +690,27 @@ impl RegionStateMachine {
         let started = std::time::Instant::now();
         let mut warned = false;
         loop {
-            let applied = {
+            let (applied, hosted) = {
                 let txn = self.engine.read()?;
-                snapshot::read_state(&txn, source)?.applied.map_or(0, |l| l.index())
+                let hosted = txn
+                    .open_table(tables::REGIONS)
+                    .map_err(io_err)?
+                    .get(source)
+                    .map_err(io_err)?
+                    .map(|r| super::records::decode::<RegionRecord>(r.value()))
+                    .transpose()?
+                    .is_some_and(|r| r.to_descriptor().is_some());
+                (snapshot::read_state(&txn, source)?.applied.map_or(0, |l| l.index()), hosted)
             };
+            if !hosted {
+                // Only a replica that started from a snapshot older than the merge, without a
+                // source replica here, gets here; the leader refuses to add a replica before
+                // its snapshot includes the last merge. Waiting would wedge the group.
+                return Err(io::Error::other(format!(
+                    "region {} cannot apply the merge of region {source}: no replica of it here",
+                    self.region
+                )));
+            }
             if applied >= prepare_index {
                 return Ok(());
             }
@@ -849,13 +869,29 @@ impl RegionStateMachine {
                             // Before the commit: see `RegionShared::range_version`.
                             let version = desc.epoch.version.max(merge.source_epoch.1) + 1;
                             range_version.store(version, Ordering::SeqCst);
+                            // The source's record must say it is prepared into this
+                            // region at this prepare: anything else means the protocol
+                            // broke (a rollback alongside a commit); stop rather than take
+                            // rows that are not the source's final state.
+                            let source_merge = match regions.get(merge.source).map_err(io_err)? {
+                                Some(r) => super::records::decode::<RegionRecord>(r.value())?.merging(),
+                                None => None,
+                            };
+                            if source_merge.is_none_or(|m| m.target != region || m.prepare_index != merge.prepare_index)
+                            {
+                                return Err(io::Error::other(format!(
+                                    "region {region} cannot absorb region {}: its record here is not prepared to merge \
+                                     into it at index {} ({source_merge:?})",
+                                    merge.source, merge.prepare_index
+                                )));
+                            }
                             let source = snapshot::state_from(
                                 &meta,
                                 &txn.open_table(tables::DATA_IDS).map_err(io_err)?,
                                 &txn.open_table(tables::SESSION_IDS).map_err(io_err)?,
                                 merge.source,
                             )?;
-                            garbage.extend(absorb(&state, &source, &mut sessions, &mut data, &merge)?);
+                            absorb(&state, &source, &mut sessions, &mut data, &merge)?;
                             desc.end_key = merge.source_end.clone();
                             desc.epoch.version = version;
                             desc_changed = true;
@@ -1010,18 +1046,18 @@ impl CommitMerge {
 }
 
 /// Takes over the rows of a merge's source, whose state is `source` (prepared, so final:
-/// its replica here has applied the prepare): rows under another data id are copied to the target's (and the
-/// source's copies listed as garbage), rows under the same data id (a source split off the
-/// target, or off a region sharing its id) stay where they are; the source's session rows
-/// are merged into the target's ([`Sessions::absorb`]). Returns the garbage.
+/// its replica here has applied the prepare): rows under another data id are copied to the
+/// target's (the originals are collected when the source's replica is destroyed, once no
+/// replica anywhere needs the source any more), rows under the same data id (a source split
+/// off the target, or off a region sharing its id) stay where they are; the source's
+/// session rows are merged into the target's ([`Sessions::absorb`]).
 fn absorb(
     state: &SmState,
     source: &SmState,
     sessions: &mut Sessions<'_>,
     data: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
     merge: &CommitMerge,
-) -> io::Result<Vec<GcItem>> {
-    let mut garbage = Vec::new();
+) -> io::Result<()> {
     if source.data_id != state.data_id {
         let (lo, hi) = data_range(source.data_id, &merge.source_start, &merge.source_end);
         let rows: Vec<(Vec<u8>, Vec<u8>)> = data
@@ -1033,16 +1069,11 @@ fn absorb(
         for (k, v) in rows {
             data.insert(data_key(state.data_id, &k).as_slice(), v.as_slice()).map_err(io_err)?;
         }
-        garbage.push(GcItem::Rows {
-            data_id: source.data_id,
-            start: merge.source_start.clone(),
-            end: merge.source_end.clone(),
-        });
     }
     if source.session_id != state.session_id {
         sessions.absorb(source.session_id)?;
     }
-    Ok(garbage)
+    Ok(())
 }
 
 /// Builds a snapshot file from one consistent read transaction, concurrently with applies.
@@ -1211,13 +1242,14 @@ mod merge_tests {
         apply(&mut source, 7, put(b"q")).await;
         let mut prepared = right.clone();
         prepared.epoch.version += 1;
+        let prepared_for_commit = prepared.clone();
         let commit = move |target_epoch: RegionEpoch| LogCommand::CommitMergeV1 {
             target_epoch: (target_epoch.conf_ver, target_epoch.version),
             source: 2,
-            source_start: prepared.start_key.clone(),
-            source_end: prepared.end_key.clone(),
-            source_epoch: (prepared.epoch.conf_ver, prepared.epoch.version),
-            source_peers: prepared.peers.iter().map(|p| (p.id.0, p.node_id.0)).collect(),
+            source_start: prepared_for_commit.start_key.clone(),
+            source_end: prepared_for_commit.end_key.clone(),
+            source_epoch: (prepared_for_commit.epoch.conf_ver, prepared_for_commit.epoch.version),
+            source_peers: prepared_for_commit.peers.iter().map(|p| (p.id.0, p.node_id.0)).collect(),
             prepare_index: 8,
         };
         // A commit against another epoch of the target is refused at once.
@@ -1239,11 +1271,22 @@ mod merge_tests {
         assert_eq!((merged.start_key.as_slice(), merged.end_key.as_slice()), (&b""[..], &b""[..]));
         assert_eq!(merged.epoch.version, 5, "above both regions' versions");
         // The source's rows (under another data id) are the target's now; the originals
-        // are collected.
+        // stay until the source's replica is destroyed, and are collected then.
         for k in [&b"a"[..], b"p", b"q"] {
             assert!(get(&engine, 1, k).is_some(), "{k:?}");
         }
         snapshot::collect_garbage(&engine).await.unwrap();
-        assert_eq!(crate::storage::inspect::row_counts(&engine).unwrap().data, 3);
+        assert_eq!(crate::storage::inspect::row_counts(&engine).unwrap().data, 5);
+        // Its snapshot would not be its final state any more: refused.
+        let e = snapshot::build(&engine, 2).map(|_| ()).unwrap_err();
+        assert!(e.get_ref().is_some_and(|i| i.is::<snapshot::MergedAway>()), "{e}");
+        let tombstone = encode(&RegionRecord::tombstone(&prepared, PeerId(21))).unwrap();
+        engine.write(Box::new(move |txn| snapshot::retire_merged_region(txn, 2, 1, &tombstone))).await.unwrap();
+        snapshot::collect_garbage(&engine).await.unwrap();
+        let rows = crate::storage::inspect::row_counts(&engine).unwrap();
+        assert_eq!((rows.data, rows.sm_meta, rows.regions, rows.tombstones), (3, 1, 1, 1), "{rows:?}");
+        for k in [&b"a"[..], b"p", b"q"] {
+            assert!(get(&engine, 1, k).is_some(), "{k:?} survives the source's destruction");
+        }
     }
 }
