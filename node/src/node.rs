@@ -133,13 +133,10 @@ impl Node {
                 desc.id.0,
                 encode(&RegionRecord::tombstone(&desc, peer.id)).map_err(|e| NodeError::Storage(e.into()))?,
             );
-            engine
-                .write(Box::new(move |txn| crate::storage::snapshot::retire_merged_region(txn, id, target, &tombstone)))
-                .await
-                .map_err(|e| NodeError::Storage(e.into()))?;
-            wal.write(vec![crate::storage::wal::Op::Forget { region: id }])
-                .await
-                .map_err(|e| NodeError::Storage(e.into()))?;
+            let work = Box::new(move |txn: &redb::WriteTransaction| {
+                crate::storage::snapshot::retire_merged_region(txn, id, target, &tombstone)
+            });
+            retire(&ctx, id, work).await?;
         }
         for desc in records {
             match open_region(&shared, desc).await {
@@ -490,20 +487,25 @@ async fn destroy_region(shared: &Shared, newer: RegionDescriptor) -> Result<(), 
     let id = newer.id.0;
     let tombstone =
         encode(&RegionRecord::tombstone(&local, region.peer.id)).map_err(|e| NodeError::Storage(e.into()))?;
-    shared
-        .ctx
-        .engine
-        .write(Box::new(move |txn| crate::storage::snapshot::retire_region(txn, id, &tombstone)))
-        .await
-        .map_err(|e| NodeError::Storage(e.into()))?;
-    shared
-        .ctx
-        .wal
+    retire(&shared.ctx, id, Box::new(move |txn| crate::storage::snapshot::retire_region(txn, id, &tombstone))).await
+}
+
+/// Writes a replica's retirement (`work`: its tombstone, and its rows listed as garbage)
+/// in a durable commit, then has the log engine forget the region (only after that commit:
+/// the log is never forgotten before the state that replaces it is durable), and starts
+/// the collection of the garbage.
+async fn retire(
+    ctx: &crate::region::NodeContext,
+    id: u64,
+    work: crate::storage::engine::Work,
+) -> Result<(), NodeError> {
+    ctx.engine.write(work).await.map_err(|e| NodeError::Storage(e.into()))?;
+    ctx.wal
         .write(vec![crate::storage::wal::Op::Forget { region: id }])
         .await
         .map_err(|e| NodeError::Storage(e.into()))?;
-    crate::storage::snapshot::spawn_garbage_collection(shared.ctx.engine.clone());
-    shared.ctx.changed();
+    crate::storage::snapshot::spawn_garbage_collection(ctx.engine.clone());
+    ctx.changed();
     Ok(())
 }
 
@@ -666,21 +668,11 @@ async fn destroy_merged_region(shared: &Shared, source: tessera_wire::RegionId) 
         encode(&RegionRecord::tombstone(&local, region.peer.id)).map_err(|e| NodeError::Storage(e.into()))?;
     // Durable, and after the merge's commit: the log is forgotten only once the commit
     // that took the source's rows over can no longer be lost.
-    shared
-        .ctx
-        .engine
-        .write(Box::new(move |txn| crate::storage::snapshot::retire_merged_region(txn, id, merge.target, &tombstone)))
-        .await
-        .map_err(|e| NodeError::Storage(e.into()))?;
-    shared
-        .ctx
-        .wal
-        .write(vec![crate::storage::wal::Op::Forget { region: id }])
-        .await
-        .map_err(|e| NodeError::Storage(e.into()))?;
-    crate::storage::snapshot::spawn_garbage_collection(shared.ctx.engine.clone());
-    shared.ctx.changed();
-    Ok(())
+    let target = merge.target;
+    let work = Box::new(move |txn: &redb::WriteTransaction| {
+        crate::storage::snapshot::retire_merged_region(txn, id, target, &tombstone)
+    });
+    retire(&shared.ctx, id, work).await
 }
 
 async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
