@@ -81,6 +81,9 @@ pub enum ManualError {
     /// The region has no known leader.
     #[error("region {0} has no leader yet; retry")]
     NoLeader(RegionId),
+    /// The region is prepared to merge: it changes no more until the merge ends.
+    #[error("region {0} is prepared to merge; retry when the merge ends")]
+    Merging(RegionId),
     /// The region is the first one: nothing on its left to merge into.
     #[error("region {0} starts the key space: it has no left neighbour to merge into")]
     NoLeftNeighbour(RegionId),
@@ -194,11 +197,7 @@ impl OperatorController {
         key: Vec<u8>,
         now: Duration,
     ) -> Result<(u64, MetaChanges), ManualError> {
-        if !meta.is_bootstrapped() {
-            return Err(ManualError::NotBootstrapped);
-        }
-        let route = meta.get_region(&key).map_err(|_| ManualError::NoRegion)?;
-        let source = route.region;
+        let source = region_at(meta, &key)?;
         let target = meta.left_neighbour(&source).ok_or(ManualError::NoLeftNeighbour(source.id))?;
         for id in [source.id, target] {
             if let Some(op) = self.busy(id) {
@@ -229,11 +228,7 @@ impl OperatorController {
         key: Vec<u8>,
         now: Duration,
     ) -> Result<(u64, MetaChanges), ManualError> {
-        if !meta.is_bootstrapped() {
-            return Err(ManualError::NotBootstrapped);
-        }
-        let route = meta.get_region(&key).map_err(|_| ManualError::NoRegion)?;
-        let region = route.region;
+        let region = region_at(meta, &key)?;
         if region.start_key == key {
             return Err(ManualError::AlreadyBoundary(region.id));
         }
@@ -241,9 +236,9 @@ impl OperatorController {
             return Err(ManualError::Busy(region.id, op));
         }
         if meta.merging(region.id).is_some() {
-            return Err(ManualError::NotMergeable(region.id, region.id, "it is prepared to merge".into()));
+            return Err(ManualError::Merging(region.id));
         }
-        if route.leader.is_none() {
+        if meta.region_roles(region.id).is_none_or(|(_, _, leader)| leader.is_none()) {
             return Err(ManualError::NoLeader(region.id));
         }
         let op = Operator {
@@ -426,6 +421,14 @@ impl OperatorController {
             }
         }
     }
+}
+
+/// The region holding `key`, for a manual operator.
+fn region_at(meta: &ClusterMeta, key: &[u8]) -> Result<RegionDescriptor, ManualError> {
+    if !meta.is_bootstrapped() {
+        return Err(ManualError::NotBootstrapped);
+    }
+    Ok(meta.get_region(key).map_err(|_| ManualError::NoRegion)?.region)
 }
 
 /// Why `source` cannot merge into `target` now, if it cannot: they must be adjacent

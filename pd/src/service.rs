@@ -270,7 +270,7 @@ fn meta_error(e: MetaError) -> Error {
 fn manual_error(e: ManualError) -> Error {
     match e {
         ManualError::NotBootstrapped => Error::NotBootstrapped,
-        ManualError::Busy(..) | ManualError::NoLeader(..) | ManualError::NoRegion => {
+        ManualError::Busy(..) | ManualError::NoLeader(..) | ManualError::NoRegion | ManualError::Merging(_) => {
             Error::ServerBusy { retry_after_ms: GAP_RETRY_MS }
         }
         ManualError::AlreadyBoundary(_) | ManualError::NoLeftNeighbour(_) | ManualError::NotMergeable(..) => {

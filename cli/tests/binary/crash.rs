@@ -538,17 +538,8 @@ fn kill9_of_nodes_while_regions_split_loses_no_acknowledged_write() {
                 assert_eq!(v, Some(bulk_value(*i)), "acknowledged bulk key {i}");
             }
         }
-        // The regions tile the key space, and a scan sees every key once, in order.
-        let routes = client.regions().await.unwrap();
+        let (routes, scanned) = regions_tile_the_key_space(&client).await;
         assert!(routes.len() >= REGIONS as usize + 2 * NODES as usize, "{} regions", routes.len());
-        assert!(routes[0].region.start_key.is_empty() && routes.last().unwrap().region.end_key.is_empty());
-        for w in routes.windows(2) {
-            assert_eq!(w[0].region.end_key, w[1].region.start_key, "regions are contiguous");
-        }
-        use futures::StreamExt;
-        let scanned: Vec<Vec<u8>> =
-            client.scan(b"", b"", tessera::ScanOptions::default()).map(|p| p.expect("scan").0).collect().await;
-        assert!(scanned.windows(2).all(|w| w[0] < w[1]), "scan in order, each key once");
         let bulk_seen = scanned.iter().filter(|k| k.windows(5).any(|w| w == b"bulk-")).count();
         assert!(bulk_seen >= acked.len(), "the scan sees {bulk_seen} bulk keys, {} were acknowledged", acked.len());
         eprintln!("{} regions at the end; {} bulk keys acknowledged", routes.len(), acked.len());
@@ -612,17 +603,25 @@ fn kill9_of_nodes_while_regions_merge_loses_no_acknowledged_write() {
         let merged =
             ops.iter().filter(|o| started.contains(&o.id) && o.state == tessera_wire::OperatorState::Succeeded).count();
         assert!(merged >= 1, "no merge succeeded: {ops:?}");
-        let routes = client.regions().await.unwrap();
+        let (routes, _) = regions_tile_the_key_space(&client).await;
         assert_eq!(routes.len(), REGIONS as usize - merged, "{routes:?}");
-        assert!(routes[0].region.start_key.is_empty() && routes.last().unwrap().region.end_key.is_empty());
-        for w in routes.windows(2) {
-            assert_eq!(w[0].region.end_key, w[1].region.start_key, "regions are contiguous");
-        }
-        use futures::StreamExt;
-        let scanned: Vec<Vec<u8>> =
-            client.scan(b"", b"", tessera::ScanOptions::default()).map(|p| p.expect("scan").0).collect().await;
-        assert!(scanned.windows(2).all(|w| w[0] < w[1]), "scan in order, each key once");
         eprintln!("{merged} of {} merges succeeded; {} regions at the end", started.len(), routes.len());
         cluster.stop_all();
     });
+}
+
+/// Checks that the regions PD routes tile the key space (from the empty key to the
+/// unbounded end, each ending where the next starts) and that a scan of everything sees
+/// every key once, in order. Returns the routes and the scanned keys.
+async fn regions_tile_the_key_space(client: &Client) -> (Vec<tessera_wire::RegionRoute>, Vec<Vec<u8>>) {
+    use futures::StreamExt;
+    let routes = client.regions().await.unwrap();
+    assert!(routes[0].region.start_key.is_empty() && routes.last().unwrap().region.end_key.is_empty());
+    for w in routes.windows(2) {
+        assert_eq!(w[0].region.end_key, w[1].region.start_key, "regions are contiguous");
+    }
+    let scanned: Vec<Vec<u8>> =
+        client.scan(b"", b"", tessera::ScanOptions::default()).map(|p| p.expect("scan").0).collect().await;
+    assert!(scanned.windows(2).all(|w| w[0] < w[1]), "scan in order, each key once");
+    (routes, scanned)
 }
