@@ -43,10 +43,28 @@ pub enum Admit {
 }
 
 /// The session tables of one region, inside a write transaction.
+///
+/// A batch of writes from one session (every client shares its session across its
+/// requests) reads and rewrites that session's row once per write. So the rows a batch
+/// touches are kept in memory and written back by [`Sessions::flush`], with one range
+/// delete per session of the results its acknowledgement lets go. Whoever applies writes
+/// must `flush` before the transaction commits; the methods here that scan the tables
+/// flush first.
 pub struct Sessions<'t> {
     region: u64,
     sessions: redb::Table<'t, (u64, u64), &'static [u8]>,
     dedup: redb::Table<'t, (u64, u64, u64), &'static [u8]>,
+    cache: std::collections::HashMap<u64, Cached>,
+}
+
+/// A session row as this batch sees it.
+#[derive(Debug, Clone)]
+struct Cached {
+    record: Option<SessionRecord>,
+    /// Changed since read: to be written back.
+    dirty: bool,
+    /// The floor of the row in the table: the table holds no result below it.
+    table_floor: u64,
 }
 
 impl std::fmt::Debug for Sessions<'_> {
@@ -62,7 +80,33 @@ impl<'t> Sessions<'t> {
             region,
             sessions: txn.open_table(tables::SESSIONS).map_err(io_err)?,
             dedup: txn.open_table(tables::DEDUP).map_err(io_err)?,
+            cache: std::collections::HashMap::new(),
         })
+    }
+
+    /// Writes back the session rows this batch changed, and drops the results below each
+    /// one's new floor. Must run before the transaction commits.
+    pub fn flush(&mut self) -> io::Result<()> {
+        let region = self.region;
+        for (&id, c) in self.cache.iter_mut().filter(|(_, c)| c.dirty) {
+            let Some(record) = &c.record else { continue };
+            let SessionRecord::V1 { floor, .. } = record;
+            if *floor > c.table_floor {
+                self.dedup.retain_in((region, id, c.table_floor)..(region, id, *floor), |_, _| false).map_err(io_err)?;
+                c.table_floor = *floor;
+            }
+            self.sessions.insert((region, id), encode(record)?.as_slice()).map_err(io_err)?;
+            c.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// [`Sessions::flush`], then forgets the cache: for the methods that work on the
+    /// tables directly.
+    fn flush_and_forget(&mut self) -> io::Result<()> {
+        self.flush()?;
+        self.cache.clear();
+        Ok(())
     }
 
     /// Copies every session and dedup row of this region to the data id `to` (a split: the
@@ -70,6 +114,7 @@ impl<'t> Sessions<'t> {
     /// went to). Returns the rows copied.
     pub fn copy_to(&mut self, to: u64) -> io::Result<u64> {
         use redb::ReadableTable;
+        self.flush_and_forget()?;
         let from = self.region;
         let sessions: Vec<(u64, Vec<u8>)> = self
             .sessions
@@ -108,6 +153,7 @@ impl<'t> Sessions<'t> {
     /// session is expired (its writes refused), since the expired side can no longer tell
     /// which of its writes applied. Returns the sessions merged.
     pub fn absorb(&mut self, from: u64) -> io::Result<u64> {
+        self.flush_and_forget()?;
         let sessions: Vec<(u64, SessionRecord)> = self
             .sessions
             .range((from, 0u64)..=(from, u64::MAX))
@@ -146,15 +192,24 @@ impl<'t> Sessions<'t> {
             let record = encode(&SessionRecord::V1 { last_seen_ms: seen, floor, expired_at_ms: expired })?;
             self.sessions.insert((region, id), record.as_slice()).map_err(io_err)?;
         }
+        // `session` cached the rows as they were before.
+        self.cache.clear();
         Ok(n)
     }
 
-    fn session(&self, id: u64) -> io::Result<Option<SessionRecord>> {
-        self.sessions.get((self.region, id)).map_err(io_err)?.map(|v| decode(v.value())).transpose()
+    fn session(&mut self, id: u64) -> io::Result<Option<SessionRecord>> {
+        if let Some(c) = self.cache.get(&id) {
+            return Ok(c.record.clone());
+        }
+        let record: Option<SessionRecord> =
+            self.sessions.get((self.region, id)).map_err(io_err)?.map(|v| decode(v.value())).transpose()?;
+        let table_floor = record.as_ref().map_or(0, |SessionRecord::V1 { floor, .. }| *floor);
+        self.cache.insert(id, Cached { record: record.clone(), dirty: false, table_floor });
+        Ok(record)
     }
 
     /// Decides whether the write `s` (with mutation `op`) is applied.
-    pub fn admit(&self, s: SessionRef, op: &LogOp) -> io::Result<Admit> {
+    pub fn admit(&mut self, s: SessionRef, op: &LogOp) -> io::Result<Admit> {
         let floor = match self.session(s.id)? {
             Some(SessionRecord::V1 { expired_at_ms: Some(_), .. }) => {
                 return Ok(Admit::Refuse(ApplyResult::SessionExpired(s.id)))
@@ -191,12 +246,10 @@ impl<'t> Sessions<'t> {
         let floor = old_floor.max(s.first_pending.min(s.seq));
         let row = encode(&DedupRecord::V1 { index, result: compact(result, op) })?;
         self.dedup.insert((self.region, s.id, s.seq), row.as_slice()).map_err(io_err)?;
-        if floor > old_floor {
-            let (region, id) = (self.region, s.id);
-            self.dedup.retain_in((region, id, old_floor)..(region, id, floor), |_, _| false).map_err(io_err)?;
-        }
-        let session = encode(&SessionRecord::V1 { last_seen_ms: clock_ms, floor, expired_at_ms: None })?;
-        self.sessions.insert((self.region, s.id), session.as_slice()).map_err(io_err)?;
+        // The row and the results below the new floor are written back by `flush`.
+        let c = self.cache.get_mut(&s.id).expect("session() cached the row");
+        c.record = Some(SessionRecord::V1 { last_seen_ms: clock_ms, floor, expired_at_ms: None });
+        c.dirty = true;
         Ok(())
     }
 
@@ -208,6 +261,7 @@ impl<'t> Sessions<'t> {
             return Ok(());
         }
         clock.last_sweep_ms = now;
+        self.flush_and_forget()?;
         let region = self.region;
         let (mut expire, mut forget) = (Vec::new(), Vec::new());
         for row in self.sessions.range((region, 0)..=(region, u64::MAX)).map_err(io_err)? {
@@ -300,7 +354,7 @@ mod tests {
                 .write(Box::new(move |txn| {
                     let mut sessions = Sessions::open(txn, region)?;
                     *o.lock().unwrap() = Some(f(&mut sessions)?);
-                    Ok(())
+                    sessions.flush()
                 }))
                 .await
                 .unwrap();
@@ -340,6 +394,37 @@ mod tests {
         // An acknowledgement never moves back.
         db.with(|x| x.record(s(7, 7, 2), &put(), &ApplyResult::Done, 7, 1_000)).await;
         assert_eq!(db.with(|x| x.admit(s(7, 3, 2), &put())).await, Admit::Refuse(ApplyResult::Acknowledged));
+    }
+
+    #[tokio::test]
+    async fn a_batch_in_one_transaction_sees_its_own_session_changes_and_writes_them_back_once() {
+        let db = Db::new();
+        let answers = db
+            .with(|x| {
+                let mut answers = Vec::new();
+                for seq in 1..=10 {
+                    // Each write acknowledges the ones before it.
+                    assert_eq!(x.admit(s(7, seq, seq), &put())?, Admit::Apply);
+                    x.record(s(7, seq, seq), &put(), &ApplyResult::Done, seq, 1_000 + seq)?;
+                }
+                // Later in the same batch: a retry of an acknowledged write, and of the last.
+                answers.push(x.admit(s(7, 4, 10), &put())?);
+                answers.push(x.admit(s(7, 10, 10), &put())?);
+                Ok(answers)
+            })
+            .await;
+        assert_eq!(answers, vec![Admit::Refuse(ApplyResult::Acknowledged), Admit::Replay(ApplyResult::Done)]);
+        assert_eq!(db.dedup_rows(), 1, "results 1..=9 were acknowledged within the batch");
+        // The written-back row holds the batch's last floor and clock.
+        assert_eq!(db.with(|x| x.admit(s(7, 9, 10), &put())).await, Admit::Refuse(ApplyResult::Acknowledged));
+        assert_eq!(db.with(|x| x.admit(s(7, 10, 10), &put())).await, Admit::Replay(ApplyResult::Done));
+        let row = {
+            let txn = db.engine.read().unwrap();
+            let t = txn.open_table(tables::SESSIONS).unwrap();
+            let v = t.get((1, 7)).unwrap().unwrap();
+            decode::<SessionRecord>(v.value()).unwrap()
+        };
+        assert_eq!(row, SessionRecord::V1 { last_seen_ms: 1_010, floor: 10, expired_at_ms: None });
     }
 
     #[tokio::test]

@@ -923,6 +923,7 @@ impl RegionStateMachine {
                     }
                     res.push(r);
                 }
+                sessions.flush()?;
                 if desc_changed {
                     regions
                         .insert(region, encode(&RegionRecord::with_merge(&desc, merging))?.as_slice())
