@@ -76,6 +76,12 @@ pub struct NodeArgs {
     /// Size of the storage engine's page cache, in MiB.
     #[arg(long, default_value_t = (tessera_node::storage::engine::DEFAULT_CACHE_BYTES >> 20) as u64)]
     pub cache_mb: u64,
+    /// Confirm every linearizable read with a round to the followers (ReadIndex) instead of
+    /// serving it on the leader's lease. The lease assumes the nodes' clocks advance at
+    /// nearly the same rate; this removes that assumption at the cost of a round per batch
+    /// of reads.
+    #[arg(long)]
+    pub no_lease_reads: bool,
     /// Certificate files.
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -114,6 +120,7 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     cfg.raft.snapshot_every = args.snapshot_every;
     cfg.raft.keep_after_snapshot = args.keep_after_snapshot;
     cfg.cache_bytes = usize::try_from(args.cache_mb << 20).context("--cache-mb is too large")?;
+    cfg.lease_reads = !args.no_lease_reads;
     let node = Node::start(cfg).await.context("starting node")?;
     println!("node {} listening on {} ({} regions recovered)", args.id, node.local_addr(), node.region_count());
     wait_for_stop().await?;

@@ -40,6 +40,13 @@ pub struct NodeConfig {
     /// remembered results are dropped and its later writes refused with `SessionExpired`
     /// (the SDK renews an idle session well before). Default 30 min.
     pub session_ttl: Duration,
+    /// Serve linearizable reads on the leader's lease (default true): a leader whose last
+    /// quorum acknowledgement is younger than its lease (`election_max_ms`, during which no
+    /// follower votes for another leader) reads locally, with no round to the followers;
+    /// otherwise, and with this off, every read confirms leadership with a ReadIndex round.
+    /// The lease assumes the nodes' clocks advance at nearly the same rate (not that they
+    /// agree on the time), as TiKV's lease reads do.
+    pub lease_reads: bool,
     /// Fault injection, for tests only.
     #[doc(hidden)]
     pub faults: Faults,
@@ -122,6 +129,7 @@ impl NodeConfig {
             raft: RaftTiming::default(),
             heartbeat_interval: Duration::from_millis(500),
             default_request_timeout: Duration::from_secs(10),
+            lease_reads: true,
             limits: Limits::DEFAULT,
             capacity_bytes: 100 * 1024 * 1024 * 1024,
             admission: Admission::default(),

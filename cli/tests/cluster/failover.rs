@@ -2,7 +2,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use tessera::{Client, ClientConfig, ReadConsistency};
 use tokio::sync::{watch, Notify};
 
 use crate::harness::TestCluster;
@@ -70,5 +72,44 @@ async fn writes_continue_after_the_leader_node_stops_and_none_acknowledged_is_lo
     }
     // PD learns the new leader (leader_node_of fails unless one is reported on a running node).
     cluster.leader_node_of(&[prefix, b'x']).await;
+    cluster.shutdown().await;
+}
+
+/// Linearizable reads are served on the leader's lease. A leader whose followers are gone
+/// keeps that lease for at most the election timeout (no follower votes for another leader
+/// before it runs out); after it, the leader must not answer a linearizable read from its
+/// own state, since a new leader could have been elected and taken writes meanwhile. It
+/// still answers a stale read, which shows the node itself is serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_its_followers_stops_serving_linearizable_reads_once_its_lease_runs_out() {
+    let mut cluster = TestCluster::start(3, 1).await;
+    let client = cluster.client().await;
+    client.put(b"lease-key", b"v1").await.unwrap();
+    assert_eq!(client.get(b"lease-key").await.unwrap().as_deref(), Some(&b"v1"[..]));
+    let leader = cluster.leader_node_of(b"lease-key").await;
+    for id in (1..=3).filter(|&id| id != leader) {
+        cluster.stop_node(id).await;
+    }
+    // What is tested is the lease's length in time: wait past it (the harness's
+    // election_max_ms is 1,000 ms) before asking.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let mut cfg = ClientConfig::new(vec![cluster.pd_addr.to_string()], Some(cluster.client_tls()));
+    cfg.request_timeout = Duration::from_secs(3);
+    let impatient = Client::connect(cfg).await.unwrap();
+    let started = Instant::now();
+    let read = impatient.get(b"lease-key").await;
+    assert!(read.is_err(), "a leader past its lease answered a linearizable read alone: {read:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the request deadline bounds the refusal");
+    assert_eq!(
+        impatient.get_with(b"lease-key", ReadConsistency::Stale).await.unwrap().as_deref(),
+        Some(&b"v1"[..]),
+        "the leader's node serves stale reads"
+    );
+
+    for id in (1..=3).filter(|&id| id != leader) {
+        cluster.restart_node(id).await;
+    }
+    assert_eq!(client.get(b"lease-key").await.unwrap().as_deref(), Some(&b"v1"[..]));
     cluster.shutdown().await;
 }

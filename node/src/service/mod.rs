@@ -22,6 +22,8 @@ pub struct NodeService {
     pub(crate) reads: read_pool::ReadPool,
     pub(crate) admission: crate::config::Admission,
     pub(crate) session_ttl_ms: u64,
+    /// See [`crate::NodeConfig::lease_reads`].
+    pub(crate) lease_reads: bool,
 }
 
 impl NodeService {
@@ -34,6 +36,7 @@ impl NodeService {
             reads: read_pool::ReadPool::new(cfg.admission.max_concurrent_reads),
             admission: cfg.admission.clone(),
             session_ttl_ms: u64::try_from(cfg.session_ttl.as_millis()).unwrap_or(u64::MAX),
+            lease_reads: cfg.lease_reads,
         }
     }
 }
