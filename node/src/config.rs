@@ -65,7 +65,8 @@ pub struct Faults {
 /// When the node refuses work rather than queue it.
 #[derive(Debug, Clone)]
 pub struct Admission {
-    /// Database reads (gets, scans) run at once on the blocking pool; more wait.
+    /// Batch gets and scans run at once on the blocking pool; more wait. (A single-key
+    /// get, one B-tree lookup, runs on its request's task.)
     pub max_concurrent_reads: usize,
     /// Writes are refused with `ServerBusy` while the group-commit queue holds more jobs.
     pub max_write_queue: usize,

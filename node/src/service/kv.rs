@@ -232,8 +232,10 @@ impl NodeService {
         let (shared, version) = (region.shared.clone(), desc.epoch.version);
         region.shared.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match req.op {
+            // A point read is one B-tree lookup, mostly in redb's page cache: cheaper than
+            // the hand-off to the blocking pool and back, so it runs here.
             KvOp::Get { key } => Ok(ResponseBody::Kv(KvResponse::Value(
-                self.read(move |engine| read_get(engine, r, Some((&shared.range_version, version)), &key)).await?,
+                self.read_now(|engine| read_get(engine, r, Some((&shared.range_version, version)), &key))?,
             ))),
             KvOp::BatchGet { keys } => {
                 let values = self
@@ -298,14 +300,21 @@ impl NodeService {
         read: impl FnOnce(&crate::storage::Engine) -> std::io::Result<T> + Send + 'static,
     ) -> Result<T, Error> {
         let engine = self.ctx.engine.clone();
-        self.reads.run(move || read(&engine)).await.map_err(|e| {
-            if e.get_ref().is_some_and(|inner| inner.is::<crate::storage::state_machine::RangeChanged>()) {
-                // Filled with the current descriptors by `kv`.
-                Error::EpochNotMatch { current: vec![] }
-            } else {
-                Error::StorageUnavailable { reason: e.to_string() }
-            }
-        })
+        self.reads.run(move || read(&engine)).await.map_err(read_error)
+    }
+
+    /// Runs a short read of the database (one key) on the calling task.
+    fn read_now<T>(&self, read: impl FnOnce(&crate::storage::Engine) -> std::io::Result<T>) -> Result<T, Error> {
+        read(&self.ctx.engine).map_err(read_error)
+    }
+}
+
+fn read_error(e: std::io::Error) -> Error {
+    if e.get_ref().is_some_and(|inner| inner.is::<crate::storage::state_machine::RangeChanged>()) {
+        // Filled with the current descriptors by `kv`.
+        Error::EpochNotMatch { current: vec![] }
+    } else {
+        Error::StorageUnavailable { reason: e.to_string() }
     }
 }
 
