@@ -111,7 +111,18 @@ impl Workload {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_history_with_a_leader_failure_is_linearizable_per_key() {
-    let mut cluster = TestCluster::start(3, 4).await;
+    history_with_a_leader_failure(|_| {}).await;
+}
+
+/// The same with every linearizable read confirmed by a ReadIndex round (`--no-lease-reads`)
+/// instead of the leader's lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_with_a_leader_failure_and_read_index_reads_is_linearizable_per_key() {
+    history_with_a_leader_failure(|cfg| cfg.lease_reads = false).await;
+}
+
+async fn history_with_a_leader_failure(tweak: fn(&mut tessera_node::NodeConfig)) {
+    let mut cluster = TestCluster::start_with(3, 4, tweak).await;
     let prefix = 0x50u8;
     let keys: Vec<Vec<u8>> = (0..KEYS).map(|i| vec![prefix, b'k', b'0' + i as u8]).collect();
     let victim = cluster.leader_node_of(&keys[0]).await;

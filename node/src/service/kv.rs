@@ -309,6 +309,7 @@ impl NodeService {
     }
 }
 
+/// The typed error of a failed database read.
 fn read_error(e: std::io::Error) -> Error {
     if e.get_ref().is_some_and(|inner| inner.is::<crate::storage::state_machine::RangeChanged>()) {
         // Filled with the current descriptors by `kv`.
