@@ -208,16 +208,18 @@ impl NodeService {
         }
         if req.header.consistency == ReadConsistency::Linearizable {
             let started = std::time::Instant::now();
-            let read_index = match self.lease_reads {
-                true => match region.raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
-                    // The lease is not fresh (no quorum acknowledgement within it): confirm
-                    // leadership with a round to the followers instead.
-                    Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {
-                        region.raft.ensure_linearizable(ReadPolicy::ReadIndex).await
-                    }
-                    r => r,
-                },
-                false => region.raft.ensure_linearizable(ReadPolicy::ReadIndex).await,
+            let on_lease = if self.lease_reads {
+                Some(region.raft.ensure_linearizable(ReadPolicy::LeaseRead).await)
+            } else {
+                None
+            };
+            let read_index = match on_lease {
+                // No lease reads, or the lease is not fresh (no quorum acknowledgement within
+                // it): confirm leadership with a round to the followers.
+                None | Some(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) => {
+                    region.raft.ensure_linearizable(ReadPolicy::ReadIndex).await
+                }
+                Some(r) => r,
             };
             crate::metrics::STAGES.read_index.record(started.elapsed());
             match read_index {

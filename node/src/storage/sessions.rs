@@ -58,7 +58,7 @@ pub struct Sessions<'t> {
 }
 
 /// A session row as this batch sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Cached {
     record: Option<SessionRecord>,
     /// Changed since read: to be written back.
@@ -198,14 +198,21 @@ impl<'t> Sessions<'t> {
     }
 
     fn session(&mut self, id: u64) -> io::Result<Option<SessionRecord>> {
-        if let Some(c) = self.cache.get(&id) {
-            return Ok(c.record.clone());
+        Ok(self.cached(id)?.record)
+    }
+
+    /// Session `id`'s row as this batch sees it, read from the table the first time.
+    fn cached(&mut self, id: u64) -> io::Result<&mut Cached> {
+        use std::collections::hash_map::Entry;
+        match self.cache.entry(id) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let record: Option<SessionRecord> =
+                    self.sessions.get((self.region, id)).map_err(io_err)?.map(|v| decode(v.value())).transpose()?;
+                let table_floor = record.map_or(0, |SessionRecord::V1 { floor, .. }| floor);
+                Ok(e.insert(Cached { record, dirty: false, table_floor }))
+            }
         }
-        let record: Option<SessionRecord> =
-            self.sessions.get((self.region, id)).map_err(io_err)?.map(|v| decode(v.value())).transpose()?;
-        let table_floor = record.as_ref().map_or(0, |SessionRecord::V1 { floor, .. }| *floor);
-        self.cache.insert(id, Cached { record: record.clone(), dirty: false, table_floor });
-        Ok(record)
     }
 
     /// Decides whether the write `s` (with mutation `op`) is applied.
@@ -247,7 +254,7 @@ impl<'t> Sessions<'t> {
         let row = encode(&DedupRecord::V1 { index, result: compact(result, op) })?;
         self.dedup.insert((self.region, s.id, s.seq), row.as_slice()).map_err(io_err)?;
         // The row and the results below the new floor are written back by `flush`.
-        let c = self.cache.get_mut(&s.id).expect("session() cached the row");
+        let c = self.cached(s.id)?;
         c.record = Some(SessionRecord::V1 { last_seen_ms: clock_ms, floor, expired_at_ms: None });
         c.dirty = true;
         Ok(())
