@@ -1,10 +1,11 @@
-//! The [`Authenticator`] that binds a claimed [`Role`] to the certificate identity.
+//! The [`Authenticator`] that binds a claimed [`Role`] to the certificate identity, or a
+//! web client to its scoped token.
 
 use rustls_pki_types::CertificateDer;
-use tessera_wire::quic::Authenticator;
+use tessera_wire::quic::{Authenticator, Principal};
 use tessera_wire::{Error, Hello, Role, PROTOCOL_VERSION};
 
-use crate::{identity_of, Identity};
+use crate::{identity_of, unix_now, Identity, TokenVerifier};
 
 /// Checks a peer's [`Hello`] against its (already CA-verified) certificate:
 ///
@@ -12,25 +13,55 @@ use crate::{identity_of, Identity};
 /// * the leaf certificate must carry a `tessera://` identity, else `Unauthenticated`;
 /// * `Role::Client` needs a client identity, `Role::Node(n)` the identity of node `n`, and
 ///   `Role::Pd` the PD identity, else `PermissionDenied`.
-#[derive(Debug, Clone, Copy, Default)]
+///
+/// A peer without a certificate (a web client over WebSocket or WebTransport) must present
+/// a token ([`TokenVerifier`]) and may only act as `Role::Client`; its token's claims go
+/// with the connection, and services check them on every request.
+#[derive(Debug, Clone, Default)]
 pub struct ClusterAuthenticator {
-    _private: (),
+    tokens: Option<TokenVerifier>,
 }
 
 impl ClusterAuthenticator {
-    /// The authenticator.
+    /// The authenticator, accepting certificates only.
     pub fn new() -> Self {
-        ClusterAuthenticator { _private: () }
+        ClusterAuthenticator { tokens: None }
+    }
+
+    /// Also accepts tokens signed with the cluster's key.
+    pub fn with_tokens(mut self, tokens: Option<TokenVerifier>) -> Self {
+        self.tokens = tokens;
+        self
+    }
+
+    /// The token verifier, if tokens are accepted.
+    pub fn tokens(&self) -> Option<&TokenVerifier> {
+        self.tokens.as_ref()
+    }
+
+    fn authenticate_token(&self, hello: &Hello) -> Result<Principal, Error> {
+        let Some(token) = &hello.token else {
+            return Err(Error::Unauthenticated { reason: "no client certificate and no token".into() });
+        };
+        let Some(verifier) = &self.tokens else {
+            return Err(Error::Unauthenticated { reason: "this server accepts no tokens (no signing key)".into() });
+        };
+        if hello.role != Role::Client {
+            return Err(Error::PermissionDenied { reason: format!("a token may not act as {:?}", hello.role) });
+        }
+        let claims = verifier.verify(token, unix_now())?;
+        Ok(Principal { role: Role::Client, grant: Some(std::sync::Arc::new(claims)) })
     }
 }
 
 impl Authenticator for ClusterAuthenticator {
-    fn authenticate(&self, hello: &Hello, certificates: &[CertificateDer<'static>]) -> Result<Role, Error> {
+    fn authenticate(&self, hello: &Hello, certificates: &[CertificateDer<'static>]) -> Result<Principal, Error> {
         if hello.protocol_version != PROTOCOL_VERSION {
             return Err(Error::UnsupportedVersion { ours: PROTOCOL_VERSION, theirs: hello.protocol_version });
         }
-        let leaf =
-            certificates.first().ok_or_else(|| Error::Unauthenticated { reason: "no client certificate".into() })?;
+        let Some(leaf) = certificates.first() else {
+            return self.authenticate_token(hello);
+        };
         let identity = identity_of(leaf).map_err(|e| Error::Unauthenticated { reason: e.to_string() })?;
         let allowed = match (&hello.role, &identity) {
             (Role::Client, Identity::Client(_)) | (Role::Pd, Identity::Pd) => true,
@@ -42,7 +73,7 @@ impl Authenticator for ClusterAuthenticator {
                 reason: format!("certificate identity {identity} may not act as {:?}", hello.role),
             });
         }
-        Ok(hello.role)
+        Ok(Principal::certified(hello.role))
     }
 }
 
@@ -72,16 +103,19 @@ mod tests {
     }
 
     fn hello(role: Role) -> Hello {
-        Hello { protocol_version: PROTOCOL_VERSION, role }
+        Hello::new(role)
     }
 
     #[test]
     fn matching_claims_are_accepted() {
         let c = certs();
         let auth = ClusterAuthenticator::new();
-        assert_eq!(auth.authenticate(&hello(Role::Client), &c.client), Ok(Role::Client));
-        assert_eq!(auth.authenticate(&hello(Role::Node(NodeId(2))), &c.node2), Ok(Role::Node(NodeId(2))));
-        assert_eq!(auth.authenticate(&hello(Role::Pd), &c.pd), Ok(Role::Pd));
+        assert_eq!(auth.authenticate(&hello(Role::Client), &c.client), Ok(Principal::certified(Role::Client)));
+        assert_eq!(
+            auth.authenticate(&hello(Role::Node(NodeId(2))), &c.node2),
+            Ok(Principal::certified(Role::Node(NodeId(2))))
+        );
+        assert_eq!(auth.authenticate(&hello(Role::Pd), &c.pd), Ok(Principal::certified(Role::Pd)));
     }
 
     #[test]
@@ -103,7 +137,7 @@ mod tests {
     #[test]
     fn wrong_protocol_version_is_unsupported() {
         let c = certs();
-        let hello = Hello { protocol_version: PROTOCOL_VERSION + 1, role: Role::Client };
+        let hello = Hello { protocol_version: PROTOCOL_VERSION + 1, role: Role::Client, token: None };
         assert_eq!(
             ClusterAuthenticator::new().authenticate(&hello, &c.client),
             Err(Error::UnsupportedVersion { ours: PROTOCOL_VERSION, theirs: PROTOCOL_VERSION + 1 })
@@ -118,5 +152,36 @@ mod tests {
             auth.authenticate(&hello(Role::Client), &[CertificateDer::from(vec![0x30, 0x00])]),
             Err(Error::Unauthenticated { .. })
         ));
+    }
+
+    #[test]
+    fn a_token_authenticates_a_client_without_a_certificate_and_nothing_more() {
+        let c = certs();
+        let dir = c._dir.path();
+        let verifier = TokenVerifier::load(dir, crate::Revocations::default()).unwrap().expect("init_ca makes the key");
+        let auth = ClusterAuthenticator::new().with_tokens(Some(verifier));
+        let spec = crate::TokenSpec {
+            prefix: b"web/".to_vec(),
+            ops: tessera_wire::token::Ops { read: true, write: true },
+            ttl: std::time::Duration::from_secs(60),
+            name: "t".into(),
+        };
+        let (token, claims) = crate::create_token(dir, &spec).unwrap();
+        let with_token = |role| Hello { token: Some(token.clone()), ..hello(role) };
+        let principal = auth.authenticate(&with_token(Role::Client), &[]).unwrap();
+        assert_eq!(principal.role, Role::Client);
+        assert_eq!(principal.grant.as_deref(), Some(&claims));
+        // A token never makes a node or a PD.
+        for role in [Role::Node(NodeId(1)), Role::Pd] {
+            let result = auth.authenticate(&with_token(role), &[]);
+            assert!(matches!(result, Err(Error::PermissionDenied { .. })), "{result:?}");
+        }
+        // No token, or tokens not enabled: nothing.
+        assert!(matches!(auth.authenticate(&hello(Role::Client), &[]), Err(Error::Unauthenticated { .. })));
+        let certificates_only = ClusterAuthenticator::new();
+        let result = certificates_only.authenticate(&with_token(Role::Client), &[]);
+        assert!(matches!(result, Err(Error::Unauthenticated { .. })), "{result:?}");
+        // A certificate still decides for peers that present one.
+        assert_eq!(auth.authenticate(&with_token(Role::Client), &c.client), Ok(Principal::certified(Role::Client)));
     }
 }

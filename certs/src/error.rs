@@ -81,7 +81,7 @@ impl CertError {
         CertError::Io { path: path.into(), source }
     }
 
-    pub(crate) fn generate(e: rcgen::Error) -> Self {
+    pub(crate) fn generate(e: impl std::fmt::Display) -> Self {
         CertError::Generate { reason: e.to_string() }
     }
 

@@ -18,7 +18,7 @@ use crate::{CertError, Identity};
 
 const CA_CERT: &str = "ca.pem";
 const CA_KEY: &str = "ca-key.pem";
-const KEY_MODE: u32 = 0o600;
+pub(crate) const KEY_MODE: u32 = 0o600;
 const CERT_MODE: u32 = 0o644;
 /// Certificates start being valid a day in the past to tolerate clock skew between hosts.
 const BACKDATE_DAYS: i64 = 1;
@@ -104,6 +104,7 @@ pub fn init_ca(dir: &Path) -> Result<(), CertError> {
     write_new(&key_path, key.serialize_pem().as_bytes(), KEY_MODE, false)?;
     write_new(&cert_path, cert.pem().as_bytes(), CERT_MODE, false)?;
     tracing::info!(dir = %dir.display(), "created cluster CA");
+    crate::token::ensure_token_key(dir)?;
     Ok(())
 }
 
@@ -152,6 +153,8 @@ pub fn ensure_dev_certs(dir: &Path, nodes: &[NodeId]) -> Result<(), CertError> {
     if new_ca || !TlsFiles::client(dir, DEV_CLIENT).pair_exists()? {
         issue_client(dir, DEV_CLIENT)?;
     }
+    // Directories made before tokens existed get their signing key now.
+    crate::token::ensure_token_key(dir)?;
     Ok(())
 }
 
@@ -232,7 +235,7 @@ fn create_dir(dir: &Path) -> Result<(), CertError> {
 /// never readable by others, not even briefly) and synced before it is moved into place.
 /// With `overwrite` false the final step is a hard link, which fails atomically if `path`
 /// exists.
-fn write_new(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Result<(), CertError> {
+pub(crate) fn write_new(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Result<(), CertError> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     static NEXT_TMP: AtomicU64 = AtomicU64::new(0);

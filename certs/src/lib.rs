@@ -32,12 +32,17 @@ mod error;
 mod identity;
 mod issue;
 mod tls;
+mod token;
 
 pub use auth::ClusterAuthenticator;
 pub use error::CertError;
 pub use identity::{identity_of, Identity};
 pub use issue::{ensure_dev_certs, init_ca, issue_client, issue_node, issue_pd, TlsFiles, DEV_CLIENT};
 pub use tls::{client_tls_config, load_certs, load_key, server_tls_config};
+pub use token::{
+    create_token, ensure_token_key, sign_claims, unix_now, Revocations, TokenSpec, TokenVerifier, MAX_TOKEN_TTL,
+    TOKEN_SIGNING_KEY, TOKEN_VERIFY_KEY,
+};
 
 #[cfg(test)]
 mod tests {

@@ -71,6 +71,7 @@ pub async fn start(data: &Path, args: &DevArgs) -> anyhow::Result<DevCluster> {
     pd_cfg.initial_regions = args.initial_regions;
     pd_cfg.replicas = (args.nodes as usize).min(3);
     pd_cfg.scheduler = args.placement.scheduler(pd_cfg.replicas);
+    pd_cfg.websocket = true;
     let pd =
         PdServer::start(pd_cfg).await.context("starting PD (is another `tessera dev` using this data directory?)")?;
     let pd_addr = pd.local_addr().to_string();
@@ -85,12 +86,54 @@ pub async fn start(data: &Path, args: &DevArgs) -> anyhow::Result<DevCluster> {
             vec![pd_addr.clone()],
             TlsFiles::node(&layout.certs(), *id),
         );
+        let mut cfg = cfg;
+        cfg.websocket = true;
         let node = Node::start(cfg).await.with_context(|| format!("starting node {}", id.0))?;
         addrs.insert(key, node.local_addr().to_string());
         nodes.push(node);
     }
     layout.write_addrs(&addrs)?;
+    write_web_config(&layout, &pd_addr)?;
     Ok(DevCluster { pd, nodes, pd_addr, certs: layout.certs() })
+}
+
+/// Lifetime of the dev token in `web.json`; a new one is written at every start.
+const DEV_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Writes `DATA/web.json`: what a web client (the JS SDK) needs to connect: PD's WebSocket
+/// URL and a token for every key. The same object works in Node.js and in a browser.
+fn write_web_config(layout: &DevLayout, pd_addr: &str) -> anyhow::Result<()> {
+    let spec = tessera_certs::TokenSpec {
+        prefix: Vec::new(),
+        ops: tessera_wire::token::Ops { read: true, write: true },
+        ttl: DEV_TOKEN_TTL,
+        name: "dev".into(),
+    };
+    let (token, _) = tessera_certs::create_token(&layout.certs(), &spec).context("creating the dev token")?;
+    let web = serde_json::json!({
+        "pd": [format!("ws://{pd_addr}")],
+        "webtransport": [],
+        "certHashes": [],
+        "token": token,
+    });
+    let path = layout.web_config();
+    let text = serde_json::to_string_pretty(&web)? + "\n";
+    // The token grants every key: readable by the owner only.
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = path.with_extension("json.tmp");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        file.write_all(text.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for DevCluster {
@@ -182,6 +225,10 @@ pub async fn run(data: &Path, args: DevArgs) -> anyhow::Result<()> {
     println!(
         "or from code: ClientConfig::new(vec![\"{}\".into()], Some(TlsFiles::client(\"{data_arg}/certs\", \"dev\")))",
         cluster.pd_addr
+    );
+    println!(
+        "or from JavaScript: Client.connect(JSON.parse(fs.readFileSync(\"{}\")))",
+        DevLayout::new(data).web_config().display()
     );
     println!("press Ctrl-C to stop");
     let sig = wait_for_signal().await?;

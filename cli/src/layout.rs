@@ -5,6 +5,7 @@
 //! DIR/pd/           PD metadata
 //! DIR/node-<N>/     node N's database
 //! DIR/cluster.addrs the addresses the dev cluster listens on (reused on restart)
+//! DIR/web.json      how web clients connect: WebSocket URLs and a dev token
 //! ```
 
 use std::collections::BTreeMap;
@@ -30,6 +31,9 @@ impl DevLayout {
     }
     pub fn node(&self, id: u64) -> PathBuf {
         self.root.join(format!("node-{id}"))
+    }
+    pub fn web_config(&self) -> PathBuf {
+        self.root.join("web.json")
     }
     pub fn addrs_file(&self) -> PathBuf {
         self.root.join("cluster.addrs")

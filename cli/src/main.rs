@@ -1,7 +1,8 @@
 //! `tessera`: the Tessera command-line tool.
 //!
 //! Runs a local development cluster (`tessera dev`), the servers of a real deployment
-//! (`tessera pd`, `tessera node`), certificate tooling (`tessera certs ...`), client
+//! (`tessera pd`, `tessera node`), certificate and token tooling (`tessera certs ...`,
+//! `tessera token ...`), client
 //! commands (`put`, `get`, `delete`, `append`, `cas`, `scan`, `status`, `load`), cluster
 //! administration (`admin split|drain|remove-node|operators`) and `tessera bench`,
 //! which hands over to the separate `tessera-bench` binary.
@@ -10,6 +11,7 @@ mod admin_cmd;
 mod certs_cmd;
 mod client_cmd;
 mod servers;
+mod token_cmd;
 
 use tessera_cli::dev;
 
@@ -52,6 +54,9 @@ enum Command {
     /// Certificate tooling: create the cluster CA, node and client certificates.
     #[command(subcommand)]
     Certs(certs_cmd::CertsCommand),
+    /// Scoped tokens for web clients (browsers, Node.js): create, inspect, revoke.
+    #[command(subcommand)]
+    Token(token_cmd::TokenCommand),
     /// Set KEY to VALUE.
     Put {
         /// Key.
@@ -219,6 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pd(args) => servers::run_pd(args).await.map(|_| ExitCode::SUCCESS),
         Command::Node(args) => servers::run_node(args).await.map(|_| ExitCode::SUCCESS),
         Command::Certs(c) => certs_cmd::run(c).map(|_| ExitCode::SUCCESS),
+        Command::Token(c) => token_cmd::run(&target, c).await,
         Command::Put { key, value } => client_cmd::put(&target, key, value).await,
         Command::Get { key, stale } => client_cmd::get(&target, key, stale).await,
         Command::Delete { key } => client_cmd::delete(&target, key).await,

@@ -44,6 +44,9 @@ pub struct PdArgs {
     /// Placement policy.
     #[command(flatten)]
     pub placement: tessera_cli::placement::PlacementArgs,
+    /// Do not listen for WebSocket (web clients with tokens) on the same TCP port.
+    #[arg(long)]
+    pub no_websocket: bool,
     /// Certificate files.
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -82,6 +85,9 @@ pub struct NodeArgs {
     /// of reads.
     #[arg(long)]
     pub no_lease_reads: bool,
+    /// Do not listen for WebSocket (web clients with tokens) on the same TCP port.
+    #[arg(long)]
+    pub no_websocket: bool,
     /// Certificate files.
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -106,6 +112,7 @@ pub async fn run_pd(args: PdArgs) -> anyhow::Result<()> {
     let mut cfg = PdConfig::new(args.listen, args.dir, args.tls.files());
     cfg.initial_regions = args.initial_regions;
     cfg.scheduler = args.placement.scheduler(cfg.replicas);
+    cfg.websocket = !args.no_websocket;
     let pd = PdServer::start(cfg).await.context("starting PD")?;
     println!("PD listening on {}", pd.local_addr());
     wait_for_stop().await?;
@@ -121,6 +128,7 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     cfg.raft.keep_after_snapshot = args.keep_after_snapshot;
     cfg.cache_bytes = usize::try_from(args.cache_mb << 20).context("--cache-mb is too large")?;
     cfg.lease_reads = !args.no_lease_reads;
+    cfg.websocket = !args.no_websocket;
     let node = Node::start(cfg).await.context("starting node")?;
     println!("node {} listening on {} ({} regions recovered)", args.id, node.local_addr(), node.region_count());
     wait_for_stop().await?;

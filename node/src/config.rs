@@ -47,6 +47,11 @@ pub struct NodeConfig {
     /// The lease assumes the nodes' clocks advance at nearly the same rate (not that they
     /// agree on the time), as TiKV's lease reads do.
     pub lease_reads: bool,
+    /// Also listen for WebSocket (web clients with scoped tokens: Node.js, edge runtimes)
+    /// on TCP, at the QUIC endpoint's IP and port number (default false here; the
+    /// `tessera` binary turns it on). Web clients derive `ws://HOST:PORT` from the QUIC
+    /// address PD publishes, so the port numbers must match.
+    pub websocket: bool,
     /// Fault injection, for tests only.
     #[doc(hidden)]
     pub faults: Faults,
@@ -131,6 +136,7 @@ impl NodeConfig {
             heartbeat_interval: Duration::from_millis(500),
             default_request_timeout: Duration::from_secs(10),
             lease_reads: true,
+            websocket: false,
             limits: Limits::DEFAULT,
             capacity_bytes: 100 * 1024 * 1024 * 1024,
             admission: Admission::default(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
-use tessera_wire::quic::{ConnectionPool, ResetKeySeed, Server, SocketReleased, TransportConfig};
+use tessera_wire::quic::{ConnectionPool, ResetKeySeed, Server, SocketReleased, TransportConfig, WsServer};
 use tessera_wire::{NodeId, PdRequest, PdResponse, RegionDescriptor, Role};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -47,6 +47,8 @@ struct Shared {
     events: tokio::sync::mpsc::UnboundedSender<RegionEvent>,
     /// Serialises creating, splitting off and destroying replicas.
     lifecycle: tokio::sync::Mutex<()>,
+    /// Revoked token ids, as PD's heartbeat answers list them.
+    revocations: tessera_certs::Revocations,
 }
 
 /// The directory of the node's Raft log, inside its data directory.
@@ -109,6 +111,7 @@ impl Node {
             leadership: Default::default(),
             events,
             lifecycle: Default::default(),
+            revocations: Default::default(),
         });
 
         // Rows of snapshot installs that a crash interrupted, or that were replaced, are
@@ -155,14 +158,41 @@ impl Node {
         tracing::info!(node_id = cfg.node_id.0, addr = %local_addr, regions = ctx.regions.ids().len(), "node started");
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let service = Arc::new(NodeService::new(ctx.clone(), &cfg));
-        let mut rx = shutdown_rx.clone();
-        let serve = tokio::spawn(async move {
-            server
-                .serve(service, Arc::new(tessera_certs::ClusterAuthenticator::new()), async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
+        let mut service = NodeService::new(ctx.clone(), &cfg);
+        service.revocations = shared.revocations.clone();
+        let service = Arc::new(service);
+        let tokens = cfg
+            .tls
+            .ca
+            .parent()
+            .map(|dir| tessera_certs::TokenVerifier::load(dir, shared.revocations.clone()))
+            .transpose()
+            .map_err(NodeError::Tls)?
+            .flatten();
+        let auth = Arc::new(tessera_certs::ClusterAuthenticator::new().with_tokens(tokens));
+        let web = if cfg.websocket {
+            let ws = WsServer::bind(local_addr, Role::Node(cfg.node_id), TransportConfig::default())
                 .await
+                .map_err(NodeError::Transport)?;
+            Some(ws)
+        } else {
+            None
+        };
+        let mut rx = shutdown_rx.clone();
+        let mut web_rx = shutdown_rx.clone();
+        let serve = tokio::spawn(async move {
+            let web = async {
+                if let Some(ws) = web {
+                    ws.serve(service.clone(), auth.clone(), async move {
+                        let _ = web_rx.wait_for(|s| *s).await;
+                    })
+                    .await;
+                }
+            };
+            let quic = server.serve(service.clone(), auth.clone(), async move {
+                let _ = rx.wait_for(|s| *s).await;
+            });
+            tokio::join!(quic, web);
         });
         let hb = tokio::spawn(heartbeat_loop(shared.clone(), shutdown_rx.clone()));
         let ev = tokio::spawn(region_events(shared.clone(), events_rx, shutdown_rx.clone()));
@@ -717,7 +747,8 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             merged: merged_regions(&shared.ctx),
         };
         match pd.call(hb).await {
-            Ok(PdResponse::NodeHeartbeat { create, nodes, destroy, destroy_merged }) => {
+            Ok(PdResponse::NodeHeartbeat { create, nodes, destroy, destroy_merged, revoked_tokens }) => {
+                shared.revocations.replace(revoked_tokens);
                 for n in nodes {
                     shared.ctx.book.set(n.id, n.addr);
                 }

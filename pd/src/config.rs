@@ -31,6 +31,11 @@ pub struct PdConfig {
     /// Placement policy: split and merge thresholds, balance tolerances, how long a down
     /// node's replicas wait before they are re-created elsewhere.
     pub scheduler: crate::scheduler::SchedulerConfig,
+    /// Also listen for WebSocket (web clients with scoped tokens: Node.js, edge runtimes)
+    /// on TCP, at the QUIC endpoint's IP and port number (default false here; the
+    /// `tessera` binary turns it on). Web clients derive `ws://HOST:PORT` from the QUIC
+    /// address PD publishes, so the port numbers must match.
+    pub websocket: bool,
 }
 
 impl PdConfig {
@@ -45,6 +50,7 @@ impl PdConfig {
             replicas: defaults.replicas,
             node_down_after: defaults.node_down_after,
             scheduler: crate::scheduler::SchedulerConfig::default(),
+            websocket: false,
         }
     }
 

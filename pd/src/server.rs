@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera_certs::ClusterAuthenticator;
-use tessera_wire::quic::{ResetKeySeed, Server, SocketReleased, TransportConfig};
+use tessera_wire::quic::{ResetKeySeed, Server, SocketReleased, TransportConfig, WsServer};
 use tessera_wire::Role;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -64,15 +64,46 @@ impl PdServer {
         let local_addr = server.local_addr();
         let released = server.released();
 
-        let service = Arc::new(PdService::new(meta, store, epoch, cfg.scheduler.clone()));
-        let auth = Arc::new(ClusterAuthenticator::new());
+        let revocations = tessera_certs::Revocations::default();
+        let service = PdService::new(meta, store, epoch, cfg.scheduler.clone(), revocations.clone())
+            .map_err(|source| PdError::Storage { path: cfg.data_dir.join(DB_FILE), source })?;
+        let service = Arc::new(service);
+        let tokens = cfg
+            .tls
+            .ca
+            .parent()
+            .map(|dir| tessera_certs::TokenVerifier::load(dir, revocations))
+            .transpose()
+            .map_err(PdError::Tls)?
+            .flatten();
+        let auth = Arc::new(ClusterAuthenticator::new().with_tokens(tokens));
+        let web = if cfg.websocket {
+            let addr = SocketAddr::new(local_addr.ip(), local_addr.port());
+            let ws = WsServer::bind(addr, Role::Pd, TransportConfig::default())
+                .await
+                .map_err(|source| PdError::Bind { addr, source })?;
+            Some(ws)
+        } else {
+            None
+        };
         let (shutdown, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             // Resolves on `shutdown()` and when the `PdServer` is dropped.
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let signal = async move {
                 let _ = stopped.await;
+                let _ = stop_tx.send(true);
             };
-            server.serve(service, auth, signal).await;
+            let web = async {
+                if let Some(ws) = web {
+                    let mut rx = stop_rx.clone();
+                    ws.serve(service.clone(), auth.clone(), async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await;
+                }
+            };
+            tokio::join!(server.serve(service.clone(), auth.clone(), signal), web);
         });
         tracing::info!(%local_addr, bootstrapped, nodes, "PD serving");
         Ok(PdServer { local_addr, shutdown, task, released })

@@ -9,8 +9,11 @@
 //! Fail-stop: once a commit fails, or a handler panics while holding the state (memory may
 //! then be ahead of disk), every later request is answered with `StorageUnavailable`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tessera_certs::{unix_now, Revocations};
 
 use tessera_wire::quic::{PeerInfo, Service};
 use tessera_wire::{Error, NodeId, PdRequest, PdResponse, Request, Response, ResponseBody, Role};
@@ -34,6 +37,10 @@ struct State {
     ops: OperatorController,
     /// A handler panicked while holding the state.
     poisoned: bool,
+    /// Revoked token ids and their expiry (seconds since the Unix epoch); durable.
+    revoked: BTreeMap<u64, u64>,
+    /// The same ids, as PD's own authenticator and web requests consult them.
+    revocations: Revocations,
 }
 
 /// Marks the state poisoned if dropped during a panic.
@@ -63,15 +70,29 @@ impl std::fmt::Debug for PdService {
 impl PdService {
     /// A service over restored metadata; `epoch` is the instant `meta` was restored at (its
     /// `now` of zero).
-    pub(crate) fn new(meta: ClusterMeta, store: Store, epoch: Instant, scheduler: SchedulerConfig) -> PdService {
+    pub(crate) fn new(
+        meta: ClusterMeta,
+        store: Store,
+        epoch: Instant,
+        scheduler: SchedulerConfig,
+        revocations: Revocations,
+    ) -> Result<PdService, StoreError> {
         let ops = OperatorController::new(scheduler);
-        PdService { state: Mutex::new(State { meta, store, ops, poisoned: false }), epoch }
+        let revoked: BTreeMap<u64, u64> = store.load_revoked()?.into_iter().collect();
+        revocations.replace(revoked.keys().copied());
+        let state = State { meta, store, ops, poisoned: false, revoked, revocations };
+        Ok(PdService { state: Mutex::new(state), epoch })
     }
 
     /// Answers one PD request from a peer authenticated as `role`, blocking the thread on
     /// the lock and on the commit. Must not run on an async worker.
+    #[cfg(test)]
     pub(crate) fn handle_blocking(&self, role: Role, request: PdRequest) -> Result<PdResponse, Error> {
-        authorize(role, &request)?;
+        self.handle_blocking_as(role, false, request)
+    }
+
+    fn handle_blocking_as(&self, role: Role, token: bool, request: PdRequest) -> Result<PdResponse, Error> {
+        authorize(role, token, &request)?;
         let mut state = self.state.blocking_lock();
         let now = self.epoch.elapsed();
         let guard = PoisonOnPanic(&mut state);
@@ -79,8 +100,8 @@ impl PdService {
     }
 
     /// Answers a request that does not commit, awaiting the lock.
-    async fn handle_async(&self, role: Role, request: PdRequest) -> Result<PdResponse, Error> {
-        authorize(role, &request)?;
+    async fn handle_async(&self, role: Role, token: bool, request: PdRequest) -> Result<PdResponse, Error> {
+        authorize(role, token, &request)?;
         let mut state = self.state.lock().await;
         let now = self.epoch.elapsed();
         let guard = PoisonOnPanic(&mut state);
@@ -96,7 +117,7 @@ fn apply(state: &mut State, now: Duration, request: PdRequest) -> Result<PdRespo
     if let Some(reason) = state.store.failure() {
         return Err(Error::StorageUnavailable { reason: reason.to_owned() });
     }
-    let State { meta, store, ops, .. } = state;
+    let State { meta, store, ops, revoked, revocations, .. } = state;
     match request {
         PdRequest::RegisterNode { node_id, addr, capacity_bytes } => {
             validate_addr(&addr)?;
@@ -121,6 +142,7 @@ fn apply(state: &mut State, now: Duration, request: PdRequest) -> Result<PdRespo
                 nodes: meta.nodes(now),
                 destroy: assigned.destroy,
                 destroy_merged,
+                revoked_tokens: revoked.keys().copied().collect(),
             })
         }
         PdRequest::RegionHeartbeat { node_id, regions } => {
@@ -148,6 +170,17 @@ fn apply(state: &mut State, now: Duration, request: PdRequest) -> Result<PdRespo
             let (op_id, changes) = ops.split_at(meta, key, now).map_err(manual_error)?;
             store.persist(meta, &changes).map_err(storage_error)?;
             Ok(PdResponse::OperatorStarted { op_id })
+        }
+        PdRequest::RevokeToken { id, expires_at } => {
+            let now_secs = unix_now();
+            let mut list: BTreeMap<u64, u64> =
+                revoked.iter().filter(|(_, exp)| **exp > now_secs).map(|(i, e)| (*i, *e)).collect();
+            list.insert(id, expires_at);
+            store.save_revoked(list.iter().map(|(i, e)| (*i, *e)).collect()).map_err(storage_error)?;
+            *revoked = list;
+            revocations.replace(revoked.keys().copied());
+            tracing::info!(token_id = id, "token revoked");
+            Ok(PdResponse::Ok)
         }
         PdRequest::MergeRegion { key } => {
             let (op_id, changes) = ops.merge_at(meta, key, now).map_err(manual_error)?;
@@ -189,13 +222,25 @@ impl Service for PdService {
             return Err(Error::InvalidRequest { reason: "the PD serves only PD requests".into() });
         };
         let role = peer.role;
+        // A token-authenticated peer: its token may have expired or been revoked since the
+        // connection opened.
+        let token = match &peer.grant {
+            Some(grant) => {
+                grant.check_time(unix_now())?;
+                if self.state.lock().await.revocations.is_revoked(grant.id) {
+                    return Err(Error::Unauthenticated { reason: format!("token {:016x} was revoked", grant.id) });
+                }
+                true
+            }
+            None => false,
+        };
         let response = if mutates(&request) {
             // Commits fsync: keep them off the async workers.
-            tokio::task::spawn_blocking(move || self.handle_blocking(role, request))
+            tokio::task::spawn_blocking(move || self.handle_blocking_as(role, token, request))
                 .await
                 .unwrap_or_else(|e| Err(Error::StorageUnavailable { reason: format!("PD request task failed: {e}") }))
         } else {
-            self.handle_async(role, request).await
+            self.handle_async(role, token, request).await
         };
         response.map(ResponseBody::Pd)
     }
@@ -211,12 +256,28 @@ fn mutates(request: &PdRequest) -> bool {
             | PdRequest::MergeRegion { .. }
             | PdRequest::DrainNode { .. }
             | PdRequest::RemoveNode { .. }
+            | PdRequest::RevokeToken { .. }
     )
 }
 
 /// Node-scoped requests only from the node itself; everything else from any authenticated
-/// peer (the transport has already checked the role against the certificate).
-fn authorize(role: Role, request: &PdRequest) -> Result<(), Error> {
+/// peer (the transport has already checked the role against the certificate). A peer
+/// holding a scoped `token` (a web client) may only find regions and nodes and open a
+/// session: never administer the cluster or act for a node.
+fn authorize(role: Role, token: bool, request: &PdRequest) -> Result<(), Error> {
+    if token {
+        return match request {
+            PdRequest::GetRegion { .. }
+            | PdRequest::GetRegionById { .. }
+            | PdRequest::ScanRegions { .. }
+            | PdRequest::GetNodes
+            | PdRequest::AllocSession
+            | PdRequest::GetClusterStatus => Ok(()),
+            _ => {
+                Err(Error::PermissionDenied { reason: "a token grants key-value access, not PD administration".into() })
+            }
+        };
+    }
     let node_id = match request {
         PdRequest::RegisterNode { node_id, .. }
         | PdRequest::NodeHeartbeat { node_id, .. }
@@ -225,7 +286,8 @@ fn authorize(role: Role, request: &PdRequest) -> Result<(), Error> {
         PdRequest::SplitRegion { .. }
         | PdRequest::MergeRegion { .. }
         | PdRequest::DrainNode { .. }
-        | PdRequest::RemoveNode { .. } => {
+        | PdRequest::RemoveNode { .. }
+        | PdRequest::RevokeToken { .. } => {
             return match role {
                 Role::Client | Role::Pd => Ok(()),
                 other => Err(Error::PermissionDenied { reason: format!("{other:?} may not administer the cluster") }),
@@ -292,7 +354,7 @@ mod tests {
     fn service(dir: &std::path::Path) -> PdService {
         let store = Store::open(&dir.join("pd.redb")).unwrap();
         let meta = ClusterMeta::restore(MetaConfig::default(), store.load().unwrap(), Duration::ZERO);
-        PdService::new(meta, store, Instant::now(), SchedulerConfig::default())
+        PdService::new(meta, store, Instant::now(), SchedulerConfig::default(), Revocations::default()).unwrap()
     }
 
     fn register(svc: &PdService, id: u64) -> Result<PdResponse, Error> {
@@ -304,6 +366,65 @@ mod tests {
                 capacity_bytes: 1,
             },
         )
+    }
+
+    #[test]
+    fn a_token_holder_may_find_regions_but_not_administer() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        register(&svc, 1).unwrap();
+        let as_token = |req| svc.handle_blocking_as(Role::Client, true, req);
+        assert!(matches!(as_token(PdRequest::GetNodes), Ok(PdResponse::Nodes(_))));
+        assert!(matches!(as_token(PdRequest::AllocSession), Ok(PdResponse::Session(_))));
+        for req in [
+            PdRequest::SplitRegion { key: b"m".to_vec() },
+            PdRequest::DrainNode { node_id: NodeId(1) },
+            PdRequest::RemoveNode { node_id: NodeId(1) },
+            PdRequest::RevokeToken { id: 1, expires_at: u64::MAX },
+            PdRequest::RegisterNode { node_id: NodeId(1), addr: "127.0.0.1:1".into(), capacity_bytes: 1 },
+        ] {
+            assert!(matches!(as_token(req.clone()), Err(Error::PermissionDenied { .. })), "{req:?}");
+        }
+    }
+
+    #[test]
+    fn a_revocation_is_durable_and_reaches_nodes_in_heartbeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let revoke = |svc: &PdService, id, expires_at| {
+            svc.handle_blocking(Role::Client, PdRequest::RevokeToken { id, expires_at })
+        };
+        let heartbeat = |svc: &PdService| {
+            let hb = PdRequest::NodeHeartbeat {
+                node_id: NodeId(1),
+                stats: NodeStats::default(),
+                hosted: vec![],
+                merged: vec![],
+            };
+            match svc.handle_blocking(Role::Node(NodeId(1)), hb) {
+                Ok(PdResponse::NodeHeartbeat { revoked_tokens, .. }) => revoked_tokens,
+                other => panic!("{other:?}"),
+            }
+        };
+        {
+            let svc = service(dir.path());
+            register(&svc, 1).unwrap();
+            assert!(matches!(
+                svc.handle_blocking(Role::Node(NodeId(1)), PdRequest::RevokeToken { id: 5, expires_at: u64::MAX }),
+                Err(Error::PermissionDenied { .. })
+            ));
+            assert_eq!(revoke(&svc, 9, u64::MAX), Ok(PdResponse::Ok));
+            assert_eq!(revoke(&svc, 3, u64::MAX), Ok(PdResponse::Ok));
+            // Already expired: the next revocation forgets it.
+            assert_eq!(revoke(&svc, 4, 1), Ok(PdResponse::Ok));
+            assert_eq!(revoke(&svc, 10, u64::MAX), Ok(PdResponse::Ok));
+            assert_eq!(heartbeat(&svc), vec![3, 9, 10]);
+        }
+        let revocations = Revocations::default();
+        let store = Store::open(&dir.path().join("pd.redb")).unwrap();
+        let meta = ClusterMeta::restore(MetaConfig::default(), store.load().unwrap(), Duration::ZERO);
+        let svc = PdService::new(meta, store, Instant::now(), SchedulerConfig::default(), revocations.clone()).unwrap();
+        assert_eq!(heartbeat(&svc), vec![3, 9, 10], "revocations survive a restart");
+        assert!(revocations.is_revoked(9) && !revocations.is_revoked(4));
     }
 
     #[test]
@@ -404,7 +525,7 @@ mod tests {
     async fn non_pd_requests_are_invalid() {
         let dir = tempfile::tempdir().unwrap();
         let svc = Arc::new(service(dir.path()));
-        let peer = Arc::new(PeerInfo { role: Role::Client, remote: "127.0.0.1:1".parse().unwrap() });
+        let peer = Arc::new(PeerInfo { role: Role::Client, remote: "127.0.0.1:1".parse().unwrap(), grant: None });
         let raft = Request::Raft(tessera_wire::RaftRequest {
             region_id: RegionId(1),
             to_peer: tessera_wire::PeerId(1),
@@ -419,8 +540,14 @@ mod tests {
     #[test]
     fn storage_failure_fail_stops_every_request() {
         let (store, fail) = crate::store::testing::failing_store();
-        let svc =
-            PdService::new(ClusterMeta::new(MetaConfig::default()), store, Instant::now(), SchedulerConfig::default());
+        let svc = PdService::new(
+            ClusterMeta::new(MetaConfig::default()),
+            store,
+            Instant::now(),
+            SchedulerConfig::default(),
+            Revocations::default(),
+        )
+        .unwrap();
         register(&svc, 1).unwrap();
         fail.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(matches!(register(&svc, 2), Err(Error::StorageUnavailable { .. })));
@@ -434,8 +561,14 @@ mod tests {
     #[test]
     fn panic_while_holding_state_fail_stops() {
         let (store, _) = crate::store::testing::failing_store();
-        let svc =
-            PdService::new(ClusterMeta::new(MetaConfig::default()), store, Instant::now(), SchedulerConfig::default());
+        let svc = PdService::new(
+            ClusterMeta::new(MetaConfig::default()),
+            store,
+            Instant::now(),
+            SchedulerConfig::default(),
+            Revocations::default(),
+        )
+        .unwrap();
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut state = svc.state.blocking_lock();
             let _guard = PoisonOnPanic(&mut state);

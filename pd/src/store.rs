@@ -12,6 +12,7 @@
 //! | `regions` | region id (u64)| [`RegionRecord`] |
 //! | `cluster` | `"allocator"`  | [`AllocatorRecord`] |
 //! | `cluster` | `"flags"`      | [`ClusterRecord`] |
+//! | `cluster` | `"revoked_tokens"` | [`RevokedRecord`] |
 //!
 //! A node record holds its registration only; heartbeat statistics (region and leader
 //! counts, used bytes) are soft state, rebuilt by the next heartbeat after a restart.
@@ -39,6 +40,7 @@ const REGIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("regions");
 const CLUSTER: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster");
 const ALLOCATOR_KEY: &str = "allocator";
 const FLAGS_KEY: &str = "flags";
+const REVOKED_KEY: &str = "revoked_tokens";
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -129,6 +131,12 @@ enum AllocatorRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum ClusterRecord {
     V1 { bootstrapped: bool },
+}
+
+/// On-disk list of revoked tokens: (id, expiry in seconds since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum RevokedRecord {
+    V1 { tokens: Vec<(u64, u64)> },
 }
 
 impl From<Peer> for PeerRecordV1 {
@@ -294,6 +302,38 @@ impl Store {
             state.bootstrapped = bootstrapped;
         }
         Ok(state)
+    }
+
+    /// The revoked token ids with their expiry (seconds since the Unix epoch).
+    pub(crate) fn load_revoked(&self) -> Result<Vec<(u64, u64)>, StoreError> {
+        self.check()?;
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let cluster = txn.open_table(CLUSTER).map_err(read_err)?;
+        match cluster.get(REVOKED_KEY).map_err(read_err)? {
+            Some(v) => {
+                let RevokedRecord::V1 { tokens } = decode(|| "revoked tokens".into(), v.value())?;
+                Ok(tokens)
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Durably replaces the revoked token list. On failure the store fail-stops.
+    pub(crate) fn save_revoked(&mut self, tokens: Vec<(u64, u64)>) -> Result<(), StoreError> {
+        self.check()?;
+        let record = encode(&RevokedRecord::V1 { tokens })?;
+        let write = || -> Result<(), redb::Error> {
+            let txn = self.db.begin_write()?;
+            txn.open_table(CLUSTER)?.insert(REVOKED_KEY, record.as_slice())?;
+            txn.commit()?;
+            Ok(())
+        };
+        write().map_err(|e| {
+            let reason = e.to_string();
+            tracing::error!(error = %reason, "PD storage write failed; fail-stopping");
+            self.failed = Some(reason);
+            StoreError::Write { source: Box::new(e) }
+        })
     }
 
     /// Writes the keys named by `changes`, with their current values in `meta`, in one

@@ -24,12 +24,22 @@ pub enum Role {
 }
 
 /// First frame on every connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Hello {
     /// The sender's [`crate::PROTOCOL_VERSION`].
     pub protocol_version: u32,
     /// What the sender claims to be.
     pub role: Role,
+    /// A scoped access token ([`crate::token`]): how web clients, which cannot present a
+    /// client certificate, authenticate. Peers with a certificate send `None`.
+    pub token: Option<String>,
+}
+
+impl Hello {
+    /// A `Hello` of this protocol version, without a token.
+    pub fn new(role: Role) -> Hello {
+        Hello { protocol_version: crate::PROTOCOL_VERSION, role, token: None }
+    }
 }
 
 /// Server's answer to [`Hello`].
@@ -259,6 +269,7 @@ mod tests {
             Just(PdRequest::GetClusterStatus),
             bytes().prop_map(|key| PdRequest::SplitRegion { key }),
             bytes().prop_map(|key| PdRequest::MergeRegion { key }),
+            (any::<u64>(), any::<u64>()).prop_map(|(id, expires_at)| PdRequest::RevokeToken { id, expires_at }),
             any::<u64>().prop_map(|n| PdRequest::DrainNode { node_id: NodeId(n) }),
             any::<u64>().prop_map(|n| PdRequest::RemoveNode { node_id: NodeId(n) }),
             Just(PdRequest::GetOperators),
@@ -311,6 +322,7 @@ mod tests {
                 |(create, nodes)| PdResponse::NodeHeartbeat {
                     destroy: create.clone(),
                     destroy_merged: create.iter().map(|d| d.id).collect(),
+                    revoked_tokens: create.iter().map(|d| d.id.0).collect(),
                     create,
                     nodes,
                 }
@@ -459,9 +471,8 @@ mod tests {
 
     fn frame() -> impl Strategy<Value = Frame> {
         prop_oneof![
-            (any::<u32>(), role()).prop_map(|(v, role)| Frame {
-                request_id: 0,
-                body: FrameBody::Hello(Hello { protocol_version: v, role })
+            (any::<u32>(), role(), proptest::option::of("tst1\\.[A-Za-z0-9_-]{0,40}")).prop_map(|(v, role, token)| {
+                Frame { request_id: 0, body: FrameBody::Hello(Hello { protocol_version: v, role, token }) }
             }),
             error().prop_map(|e| Frame { request_id: 0, body: FrameBody::HelloAck(Err(e)) }),
             (any::<u32>(), role()).prop_map(|(v, role)| Frame {

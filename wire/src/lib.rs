@@ -15,8 +15,8 @@
 //! `wasm32-unknown-unknown`.
 //!
 //! ```
-//! use tessera_wire::{frame, Frame, FrameBody, Hello, Role, PROTOCOL_VERSION};
-//! let hello = Frame { request_id: 0, body: FrameBody::Hello(Hello { protocol_version: PROTOCOL_VERSION, role: Role::Client }) };
+//! use tessera_wire::{frame, Frame, FrameBody, Hello, Role};
+//! let hello = Frame { request_id: 0, body: FrameBody::Hello(Hello::new(Role::Client)) };
 //! let bytes = frame::encode(&hello).unwrap();
 //! let (decoded, used) = frame::decode(&bytes, frame::DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
 //! assert_eq!(used, bytes.len());
@@ -33,6 +33,8 @@ mod pd;
 #[cfg(feature = "quic")]
 pub mod quic;
 mod region;
+pub mod token;
+mod transport;
 
 pub use error::{Error, RetryAction};
 pub use frame::{Frame, FrameBody, FrameError, Hello, HelloAck, Role};
@@ -44,10 +46,11 @@ pub use pd::{
     RegionCommandKind, RegionInfo, RegionRoute, RegionStats, WritePathStats,
 };
 pub use region::{key_in_range, LeaderHint, Peer, RegionDescriptor, RegionEpoch};
+pub use transport::TransportError;
 
 /// Version of the protocol spoken by this build. Sent in every [`Hello`]; peers with a
 /// different version are refused with [`Error::UnsupportedVersion`].
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// ALPN protocol identifier used on every Tessera QUIC connection.
 pub const ALPN: &[u8] = b"tessera/1";

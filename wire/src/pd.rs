@@ -350,6 +350,15 @@ pub enum PdRequest {
         /// A key of the region merged away (the right one).
         key: Vec<u8>,
     },
+    /// Revoke a scoped token (admin). Nodes learn it with their next heartbeat answer and
+    /// refuse the token from then on, on connections already open too.
+    RevokeToken {
+        /// The token's id.
+        id: u64,
+        /// The token's expiry (seconds since the Unix epoch): PD forgets the revocation
+        /// after it, since the token is refused anyway.
+        expires_at: u64,
+    },
 }
 
 /// A PD response.
@@ -369,6 +378,8 @@ pub enum PdResponse {
         /// Regions merged away that every node hosting them reported in `merged`: their
         /// groups are no longer needed by any replica, and the node destroys them.
         destroy_merged: Vec<RegionId>,
+        /// Ids of every revoked token not yet expired: the node's full list.
+        revoked_tokens: Vec<u64>,
     },
     /// One region.
     Region(RegionRoute),

@@ -13,7 +13,7 @@ use rustls_pki_types::CertificateDer;
 use tempfile::TempDir;
 use tessera_certs::{client_tls_config, ensure_dev_certs, server_tls_config, ClusterAuthenticator, TlsFiles};
 use tessera_wire::quic::{
-    Authenticator, ClientEndpoint, ConnectionPool, PeerInfo, ResetKeySeed, Server, Service, SocketReleased,
+    Authenticator, ClientEndpoint, ConnectionPool, PeerInfo, Principal, ResetKeySeed, Server, Service, SocketReleased,
     TransportConfig, TransportError, CLOSE_HANDSHAKE_REFUSED, CLOSE_PROTOCOL_ERROR,
 };
 use tessera_wire::{
@@ -66,7 +66,7 @@ struct CountingAuth {
 }
 
 impl Authenticator for CountingAuth {
-    fn authenticate(&self, hello: &Hello, certificates: &[CertificateDer<'static>]) -> Result<Role, Error> {
+    fn authenticate(&self, hello: &Hello, certificates: &[CertificateDer<'static>]) -> Result<Principal, Error> {
         self.handshakes.fetch_add(1, Ordering::SeqCst);
         self.inner.authenticate(hello, certificates)
     }
@@ -188,7 +188,7 @@ async fn raw_exchange(raw: &Raw, first: &Frame) -> (quinn::SendStream, quinn::Re
 }
 
 fn hello() -> Frame {
-    Frame { request_id: 0, body: FrameBody::Hello(Hello { protocol_version: PROTOCOL_VERSION, role: Role::Client }) }
+    Frame { request_id: 0, body: FrameBody::Hello(Hello::new(Role::Client)) }
 }
 
 async fn application_close_code(conn: &quinn::Connection) -> u64 {

@@ -392,9 +392,7 @@ async fn a_history_through_splits_a_merge_a_move_and_leader_transfers_is_lineari
     loader.await.unwrap();
     workload.check(1_000).await;
     let live: Vec<u64> = (1..=4).filter(|&n| n != drained).collect();
-    cluster
-        .wait_for_pd(Duration::from_secs(90), "the drain to finish", |_, regions| settled_on(regions, &live))
-        .await;
+    cluster.wait_for_pd(Duration::from_secs(90), "the drain to finish", |_, regions| settled_on(regions, &live)).await;
     let ops = client.operators().await.unwrap();
     let succeeded = |kind: &str| {
         ops.iter().filter(|o| o.kind.contains(kind) && o.state == tessera_wire::OperatorState::Succeeded).count()

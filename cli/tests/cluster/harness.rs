@@ -68,6 +68,14 @@ impl TestCluster {
         c
     }
 
+    /// Starts PD and `nodes` nodes, all also listening for WebSocket (web clients with
+    /// tokens), and waits until every region has a leader.
+    pub async fn start_web(nodes: u64, initial_regions: u32) -> TestCluster {
+        let c = Self::start_full(nodes, initial_regions, |n| n.websocket = true, |p| p.websocket = true).await;
+        c.wait_all_leaders(Duration::from_secs(30)).await;
+        c
+    }
+
     /// Starts PD and the nodes without waiting for the regions to get leaders.
     pub async fn start_unready(nodes: u64, initial_regions: u32, tweak: fn(&mut NodeConfig)) -> TestCluster {
         Self::start_full(nodes, initial_regions, tweak, |_| {}).await

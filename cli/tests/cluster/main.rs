@@ -15,3 +15,4 @@ pub(crate) mod linearizable;
 mod replication;
 mod restart;
 mod routing;
+mod web;

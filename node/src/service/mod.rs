@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_wire::quic::{PeerInfo, Service};
-use tessera_wire::{Error, Limits, Request, Response, Role};
+use tessera_wire::{Error, KvResponse, Limits, Request, Response, ResponseBody, Role};
 
 use crate::region::NodeContext;
 
@@ -24,6 +24,8 @@ pub struct NodeService {
     pub(crate) session_ttl_ms: u64,
     /// See [`crate::NodeConfig::lease_reads`].
     pub(crate) lease_reads: bool,
+    /// Revoked token ids, from PD's heartbeat answers.
+    pub(crate) revocations: tessera_certs::Revocations,
 }
 
 impl NodeService {
@@ -37,6 +39,7 @@ impl NodeService {
             admission: cfg.admission.clone(),
             session_ttl_ms: u64::try_from(cfg.session_ttl.as_millis()).unwrap_or(u64::MAX),
             lease_reads: cfg.lease_reads,
+            revocations: Default::default(),
         }
     }
 }
@@ -50,7 +53,23 @@ impl Service for NodeService {
                 return Err(Error::StorageUnavailable { reason: failure.to_string() });
             }
             match request {
-                Request::Kv(req) => self.kv(req).await,
+                Request::Kv(mut req) => {
+                    if let Some(grant) = &peer.grant {
+                        // Every request, not only the handshake: a connection outlives its
+                        // token's expiry and revocation.
+                        if self.revocations.is_revoked(grant.id) {
+                            return Err(Error::Unauthenticated {
+                                reason: format!("token {:016x} was revoked", grant.id),
+                            });
+                        }
+                        match grant.check(req.op, tessera_certs::unix_now())? {
+                            Some(op) => req.op = op,
+                            // A scan whose range holds no key of the token's prefix.
+                            None => return Ok(ResponseBody::Kv(KvResponse::Scan { pairs: vec![], resume_key: None })),
+                        }
+                    }
+                    self.kv(req).await
+                }
                 Request::Raft(req) => match peer.role {
                     Role::Node(_) => self.raft(req).await,
                     _ => Err(Error::PermissionDenied { reason: "only nodes may send Raft messages".into() }),

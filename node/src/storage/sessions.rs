@@ -92,7 +92,9 @@ impl<'t> Sessions<'t> {
             let Some(record) = &c.record else { continue };
             let SessionRecord::V1 { floor, .. } = record;
             if *floor > c.table_floor {
-                self.dedup.retain_in((region, id, c.table_floor)..(region, id, *floor), |_, _| false).map_err(io_err)?;
+                self.dedup
+                    .retain_in((region, id, c.table_floor)..(region, id, *floor), |_, _| false)
+                    .map_err(io_err)?;
                 c.table_floor = *floor;
             }
             self.sessions.insert((region, id), encode(record)?.as_slice()).map_err(io_err)?;

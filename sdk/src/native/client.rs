@@ -628,6 +628,16 @@ impl Client {
         }
     }
 
+    /// Revokes the scoped token `id` (admin). `expires_at` is the token's expiry (seconds
+    /// since the Unix epoch), after which PD forgets the revocation. Nodes refuse the token
+    /// once their next heartbeat brings the list (within a second or so).
+    pub async fn revoke_token(&self, id: u64, expires_at: u64) -> Result<(), Error> {
+        match self.pd(PdRequest::RevokeToken { id, expires_at }).await? {
+            PdResponse::Ok => Ok(()),
+            _ => Err(protocol("RevokeToken")),
+        }
+    }
+
     /// Asks PD to forget `node`, which must host no replica (admin).
     pub async fn remove_node(&self, node: tessera_wire::NodeId) -> Result<(), Error> {
         match self.pd(PdRequest::RemoveNode { node_id: node }).await? {

@@ -25,12 +25,17 @@ mod pool;
 mod server;
 mod socket;
 mod stream;
+#[cfg(feature = "ws")]
+mod ws;
 
+pub use crate::transport::TransportError;
 pub use client::{ClientEndpoint, Connection};
 pub use config::{ResetKeySeed, TransportConfig};
 pub use pool::ConnectionPool;
-pub use server::{Authenticator, ClientEndpointHandle, PeerInfo, Server, Service};
+pub use server::{Authenticator, ClientEndpointHandle, PeerInfo, Principal, Server, Service};
 pub use socket::SocketReleased;
+#[cfg(feature = "ws")]
+pub use ws::WsServer;
 
 /// QUIC application close code: orderly close (shutdown, or the last handle dropped).
 pub const CLOSE_NORMAL: u32 = 0;
@@ -59,47 +64,4 @@ pub(crate) fn bind_endpoint(
     let endpoint = quinn::Endpoint::new_with_abstract_socket(config.quinn_endpoint(), server, socket, runtime)
         .map_err(bind_error)?;
     Ok((endpoint, released))
-}
-
-/// Transport failure.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum TransportError {
-    /// Could not establish the connection (unreachable, TLS refused, bad address).
-    #[error("connect to {addr}: {reason}")]
-    Connect {
-        /// The address dialled.
-        addr: String,
-        /// Why.
-        reason: String,
-    },
-    /// The server refused the handshake with a typed error.
-    #[error("handshake refused: {0}")]
-    Refused(crate::Error),
-    /// The connection was lost while the request was in flight: it may or may not have been
-    /// delivered.
-    #[error("connection lost: {0}")]
-    ConnectionLost(String),
-    /// No response within the timeout: the request may or may not have been delivered.
-    #[error("request timed out")]
-    Timeout,
-    /// The peer sent an invalid frame.
-    #[error(transparent)]
-    Frame(#[from] crate::FrameError),
-    /// The request could not be encoded (it exceeds the frame limit): nothing was sent.
-    #[error("request not sent: {0}")]
-    Encode(crate::FrameError),
-    /// The connection was already closed when the request was queued: nothing was sent.
-    #[error("request not sent: connection closed: {0}")]
-    NotSent(String),
-    /// Local endpoint set-up failed (bind, TLS configuration).
-    #[error("endpoint: {0}")]
-    Endpoint(String),
-}
-
-impl TransportError {
-    /// True when the request may have reached the server (so a write's fate is unknown).
-    pub fn may_have_been_delivered(&self) -> bool {
-        matches!(self, TransportError::ConnectionLost(_) | TransportError::Timeout)
-    }
 }

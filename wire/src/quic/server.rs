@@ -19,6 +19,7 @@ use super::{
     TransportConfig, TransportError, CLOSE_HANDSHAKE_REFUSED, CLOSE_HANDSHAKE_TIMEOUT, CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
 };
+use crate::token::TokenClaims;
 use crate::{Frame, FrameBody, Hello, HelloAck, Request, Response, Role, PROTOCOL_VERSION};
 
 /// Responses queued per stream before handlers wait for the writer.
@@ -46,13 +47,33 @@ pub struct PeerInfo {
     pub role: Role,
     /// Its address.
     pub remote: SocketAddr,
+    /// For a peer authenticated by a scoped token (web clients), what the token allows;
+    /// services check it on every request. `None` for certificate-authenticated peers.
+    pub grant: Option<Arc<TokenClaims>>,
 }
 
-/// Decides who a connecting peer is, from its [`Hello`] and TLS certificate chain.
+/// Who an authenticated peer is: the [`Authenticator`]'s answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The role it proved.
+    pub role: Role,
+    /// The token's claims, when it authenticated with a token instead of a certificate.
+    pub grant: Option<Arc<TokenClaims>>,
+}
+
+impl Principal {
+    /// A certificate-authenticated peer acting as `role`.
+    pub fn certified(role: Role) -> Principal {
+        Principal { role, grant: None }
+    }
+}
+
+/// Decides who a connecting peer is, from its [`Hello`] and TLS certificate chain (empty
+/// for web clients, which present a token in the `Hello` instead).
 pub trait Authenticator: Send + Sync + 'static {
-    /// Returns the verified role, or the typed error sent back in the `HelloAck`
+    /// Returns the verified principal, or the typed error sent back in the `HelloAck`
     /// (`Unauthenticated`, `PermissionDenied`, `UnsupportedVersion`).
-    fn authenticate(&self, hello: &Hello, certificates: &[CertificateDer<'static>]) -> Result<Role, crate::Error>;
+    fn authenticate(&self, hello: &Hello, certificates: &[CertificateDer<'static>]) -> Result<Principal, crate::Error>;
 }
 
 /// Handles requests of authenticated peers.
@@ -294,7 +315,7 @@ async fn handshake<S: Service, A: Authenticator>(
         .map(|certs| *certs)
         .unwrap_or_default();
     match ctx.auth.authenticate(&hello, &certificates) {
-        Ok(role) => {
+        Ok(Principal { role, grant }) => {
             let ack = Frame {
                 request_id: 0,
                 body: FrameBody::HelloAck(Ok(HelloAck { protocol_version: PROTOCOL_VERSION, role: ctx.role })),
@@ -311,7 +332,7 @@ async fn handshake<S: Service, A: Authenticator>(
                 tracing::debug!(peer = %remote, %error, "connection lost during the handshake");
                 return None;
             }
-            Some((Arc::new(PeerInfo { role, remote }), send, reader))
+            Some((Arc::new(PeerInfo { role, remote, grant }), send, reader))
         }
         Err(error) => {
             tracing::debug!(peer = %remote, claimed = ?hello.role, %error, "handshake refused");
@@ -462,7 +483,7 @@ impl Handler {
 
 /// Runs a future, turning a panic into `Err(())` so one failing request cannot take the
 /// server's tasks down silently.
-struct CatchUnwind<F>(Pin<Box<F>>);
+pub(crate) struct CatchUnwind<F>(pub(crate) Pin<Box<F>>);
 
 impl<F: Future> Future for CatchUnwind<F> {
     type Output = Result<F::Output, ()>;
