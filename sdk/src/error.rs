@@ -105,6 +105,33 @@ impl Error {
         }
     }
 
+    /// A stable name for the kind of failure, the same in every SDK (Rust, JavaScript,
+    /// Python): `Undetermined`, `DeadlineExceeded`, `InvalidArgument`, `KeyTooLarge`,
+    /// `ValueTooLarge`, `Unavailable`, `Unauthenticated`, `PermissionDenied`,
+    /// `UnsupportedVersion`, `StorageUnavailable`, `SessionExpired`, `ServerError` (any
+    /// other server error), `Config`, `Tls`, `PartialBatch`, `Protocol`.
+    pub fn code(&self) -> &'static str {
+        use tessera_wire::Error as W;
+        match self {
+            Error::Undetermined { .. } => "Undetermined",
+            Error::DeadlineExceeded => "DeadlineExceeded",
+            Error::InvalidArgument { .. } => "InvalidArgument",
+            Error::KeyTooLarge { .. } => "KeyTooLarge",
+            Error::ValueTooLarge { .. } => "ValueTooLarge",
+            Error::Unavailable { .. } => "Unavailable",
+            Error::Server(W::Unauthenticated { .. }) => "Unauthenticated",
+            Error::Server(W::PermissionDenied { .. }) => "PermissionDenied",
+            Error::Server(W::UnsupportedVersion { .. }) => "UnsupportedVersion",
+            Error::Server(W::StorageUnavailable { .. }) => "StorageUnavailable",
+            Error::Server(W::SessionExpired { .. }) => "SessionExpired",
+            Error::Server(_) => "ServerError",
+            Error::Config { .. } => "Config",
+            Error::Tls { .. } => "Tls",
+            Error::PartialBatch { .. } => "PartialBatch",
+            Error::Protocol { .. } => "Protocol",
+        }
+    }
+
     /// True when a write that failed with this error may nonetheless have been applied
     /// (for a batch: some of its pairs).
     pub fn is_undetermined(&self) -> bool {
@@ -128,5 +155,26 @@ mod tests {
         assert!(matches!(Error::from_server(W::BatchTooLarge { len: 2, max: 1 }), Error::InvalidArgument { .. }));
         assert_eq!(Error::from_server(W::DeadlineExceeded), Error::DeadlineExceeded);
         assert!(matches!(Error::from_server(W::NotBootstrapped), Error::Server(W::NotBootstrapped)));
+    }
+
+    #[test]
+    fn codes_are_stable_names() {
+        use tessera_wire::Error as W;
+        let denied = Error::Server(W::PermissionDenied { reason: "x".into() });
+        let cases = [
+            (Error::Undetermined { reason: "x".into() }, "Undetermined"),
+            (Error::KeyTooLarge { len: 9, max: 8 }, "KeyTooLarge"),
+            (Error::ValueTooLarge { len: 9, max: 8 }, "ValueTooLarge"),
+            (Error::Server(W::Unauthenticated { reason: "x".into() }), "Unauthenticated"),
+            (denied.clone(), "PermissionDenied"),
+            (Error::Server(W::NotBootstrapped), "ServerError"),
+            (
+                Error::PartialBatch { total: 2, applied: vec![0], undetermined: vec![], error: Box::new(denied) },
+                "PartialBatch",
+            ),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.code(), code, "{error:?}");
+        }
     }
 }

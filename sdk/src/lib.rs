@@ -8,7 +8,9 @@
 //!   retry decision ([`core::retry`]) and request planning ([`core::plan`]). It has no
 //!   clock, no OS randomness and no network; it builds for `wasm32-unknown-unknown`
 //!   (`--no-default-features`).
-//! - `Client` (feature `native`, on by default): a tokio + QUIC client over the core.
+//! - `Client` (feature `client`): the retry loop, batching, scans and sessions over the
+//!   core, with the transport and the timer injected ([`platform`]); it runs on wasm32 too.
+//! - Feature `native` (on by default): `Client::connect`, over tokio and QUIC.
 //!
 //! Every write carries the client's session id and a fresh sequence number, and is resent
 //! with that *same* number on retry, so it is applied at most once. If its fate cannot be
@@ -44,16 +46,16 @@
 //! # }
 //! ```
 
+#[cfg(feature = "client")]
+mod client;
 pub mod core;
 mod error;
-#[cfg(feature = "native")]
-mod native;
 
 pub use crate::core::backoff::{Backoff, Jitter};
 pub use crate::core::plan::{ScanCursor, ScanOptions};
+#[cfg(feature = "client")]
+pub use client::{platform, CasOutcome, Client, ClientConfig};
 pub use error::Error;
-#[cfg(feature = "native")]
-pub use native::{CasOutcome, Client, ClientConfig};
 #[cfg(feature = "native")]
 pub use tessera_certs::TlsFiles;
 pub use tessera_wire::{

@@ -1,6 +1,6 @@
 //! The transport the retry loop sends through: one request to one address, with a timeout.
 //!
-//! Production uses the QUIC [`ConnectionPool`]; simulation tests substitute a scripted fake
+//! The native client uses the QUIC `ConnectionPool`, the wasm SDK WebSocket or WebTransport; simulation tests substitute a scripted fake
 //! (`sim.rs`), so every classification of a failure can be driven end to end without a
 //! network. The trait is the whole contract between the client and the network: nothing
 //! else in the native layer talks to a socket.
@@ -9,9 +9,7 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::FutureExt;
-use tessera_wire::quic::{ConnectionPool, TransportError};
-use tessera_wire::{Request, Response};
+use tessera_wire::{Request, Response, TransportError};
 
 /// Sends requests and returns their answers.
 ///
@@ -22,7 +20,7 @@ use tessera_wire::{Request, Response};
 ///   ([`TransportError::may_have_been_delivered`]): `Timeout` and `ConnectionLost` may have,
 ///   every other error means it was not sent.
 /// * A request is sent at most once per call: the transport never retries on its own.
-pub(crate) trait Transport: Send + Sync + Debug {
+pub trait Transport: Send + Sync + Debug {
     /// Sends `request` to `addr` and waits at most `timeout` for its answer.
     fn call<'a>(
         &'a self,
@@ -32,13 +30,15 @@ pub(crate) trait Transport: Send + Sync + Debug {
     ) -> BoxFuture<'a, Result<Response, TransportError>>;
 }
 
-impl Transport for ConnectionPool {
+#[cfg(feature = "native")]
+impl Transport for tessera_wire::quic::ConnectionPool {
     fn call<'a>(
         &'a self,
         addr: &'a str,
         request: Request,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Response, TransportError>> {
-        ConnectionPool::call(self, addr, request, timeout).boxed()
+        use futures::FutureExt;
+        tessera_wire::quic::ConnectionPool::call(self, addr, request, timeout).boxed()
     }
 }

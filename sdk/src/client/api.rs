@@ -4,13 +4,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use futures::Stream;
-use tessera_wire::quic::{ClientEndpoint, ConnectionPool};
 use tessera_wire::{
     validate_key, validate_value, KvOp, KvResponse, NodeInfo, PdRequest, PdResponse, Peer, ReadConsistency,
-    RegionDescriptor, RegionEpoch, RegionRoute, Role, SessionId, SessionSeq, WriteCommand, WriteResult,
+    RegionDescriptor, RegionEpoch, RegionRoute, SessionId, SessionSeq, WriteCommand, WriteResult,
 };
 
-use super::clock::{Timer, TokioClock};
+use super::clock::Timer;
 use super::config::ClientConfig;
 use super::exec::{Inner, KvCall, KvOutcome, RouteBy, Routing};
 use super::pd::PdCall;
@@ -92,6 +91,8 @@ impl BatchOutcome {
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// Deadline of this handle's operations, when set by [`Client::with_timeout`].
+    timeout: Option<std::time::Duration>,
 }
 
 type Pair = (Vec<u8>, Vec<u8>);
@@ -103,36 +104,44 @@ fn protocol(what: &str) -> Error {
 impl Client {
     /// Connects: sets up the QUIC endpoint with the configured TLS files and allocates a
     /// session in PD (which must be reachable within `request_timeout`).
+    #[cfg(feature = "native")]
     pub async fn connect(cfg: ClientConfig) -> Result<Client, Error> {
+        use tessera_wire::quic::{ClientEndpoint, ConnectionPool};
         cfg.validate()?;
-        let files = cfg.tls.as_ref().ok_or_else(|| Error::Config { reason: "TLS files are required".into() })?;
+        let files = cfg.tls.as_ref().ok_or_else(|| Error::Config {
+            reason: "TLS files are required: the cluster only accepts mutually authenticated QUIC".into(),
+        })?;
         let tls = tessera_certs::client_tls_config(files).map_err(|e| Error::Tls { reason: e.to_string() })?;
-        let endpoint = ClientEndpoint::new(cfg.bind_addr(), tls, Role::Client, cfg.transport.clone())
+        let endpoint = ClientEndpoint::new(cfg.bind_addr(), tls, tessera_wire::Role::Client, cfg.transport.clone())
             .map_err(|e| Error::Config { reason: format!("client endpoint: {e}") })?;
         let pool = ConnectionPool::new(endpoint);
-        Client::start(cfg, Arc::new(pool), Arc::new(TokioClock::new())).await
+        let seed = cfg.rng_seed.unwrap_or_else(rand::random);
+        Client::with_platform(cfg, Arc::new(pool), Arc::new(super::clock::TokioClock::new()), seed).await
     }
 
-    /// A client over `transport` on `clock`, once it has a session. [`Client::connect`]
-    /// passes the QUIC pool and tokio's clock; simulation tests pass a scripted transport
-    /// and a manual clock. The configuration is assumed valid.
-    pub(crate) async fn start(
+    /// A client over `transport` on `clock`, once it has allocated a session in PD.
+    /// [`Client::connect`] passes the QUIC pool and tokio's clock; the wasm SDK passes
+    /// WebSocket or WebTransport and JS timers; simulation tests a scripted transport and
+    /// a manual clock. `seed` seeds the backoff jitter (used when `cfg.rng_seed` is unset).
+    pub async fn with_platform(
         cfg: ClientConfig,
         transport: Arc<dyn Transport>,
         clock: Arc<dyn Timer>,
+        seed: u64,
     ) -> Result<Client, Error> {
-        let seed = cfg.rng_seed.unwrap_or_else(rand::random);
+        cfg.validate()?;
+        let seed = cfg.rng_seed.unwrap_or(seed);
         let inner = Arc::new(Inner {
             transport,
             seqs: Mutex::new(SessionSeqs::default()),
-            renewing: tokio::sync::Mutex::new(()),
+            renewing: futures::lock::Mutex::new(()),
             routing: Mutex::new(Routing::default()),
             rng: Mutex::new(SplitMix64::new(seed)),
             clock,
             pd_preferred: Mutex::new(None),
             cfg,
         });
-        let client = Client { inner };
+        let client = Client { inner, timeout: None };
         let session = client.alloc_session().await?;
         *client.inner.seqs() = SessionSeqs::new(session, client.inner.clock.now());
         tracing::debug!(session = %session, "client connected");
@@ -187,7 +196,15 @@ impl Client {
     }
 
     fn deadline(&self) -> Timestamp {
-        self.inner.clock.deadline_after(self.inner.cfg.request_timeout)
+        self.inner.clock.deadline_after(self.timeout.unwrap_or(self.inner.cfg.request_timeout))
+    }
+
+    /// A handle on the same client (connections, routing cache, session) whose operations
+    /// have `timeout` as their deadline, retries included, instead of
+    /// [`ClientConfig::request_timeout`]: `client.with_timeout(d).get(key)`. A zero timeout
+    /// fails at once with `DeadlineExceeded`.
+    pub fn with_timeout(&self, timeout: std::time::Duration) -> Client {
+        Client { inner: self.inner.clone(), timeout: Some(timeout) }
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), Error> {
@@ -666,7 +683,7 @@ impl Client {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "native"))]
 mod tests {
     use super::*;
     use std::time::Duration;
@@ -718,5 +735,7 @@ mod tests {
     async fn connect_rejects_invalid_config_before_any_io() {
         let err = Client::connect(ClientConfig::new(vec![], None)).await.unwrap_err();
         assert!(matches!(err, Error::Config { .. }));
+        let err = Client::connect(ClientConfig::new(vec!["127.0.0.1:1".into()], None)).await.unwrap_err();
+        assert!(matches!(err, Error::Config { ref reason } if reason.contains("TLS")), "{err:?}");
     }
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, Shared};
-use tessera_wire::quic::TransportError;
+use tessera_wire::TransportError;
 use tessera_wire::{
     KvOp, KvRequest, KvResponse, ReadConsistency, RegionDescriptor, Request, RequestHeader, ResponseBody,
 };
@@ -46,7 +46,7 @@ pub(crate) struct Inner {
     /// acknowledgement.
     pub(crate) seqs: Mutex<SessionSeqs>,
     /// Held while a new session is being allocated, so concurrent writes renew once.
-    pub(crate) renewing: tokio::sync::Mutex<()>,
+    pub(crate) renewing: futures::lock::Mutex<()>,
     pub(crate) routing: Mutex<Routing>,
     pub(crate) rng: Mutex<SplitMix64>,
     /// Every reading of the time and every backoff sleep goes through this clock.

@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+#[cfg(feature = "native")]
 use tessera_certs::TlsFiles;
+#[cfg(feature = "native")]
 use tessera_wire::quic::TransportConfig;
 use tessera_wire::Limits;
 
@@ -15,8 +17,9 @@ use crate::{Backoff, Error};
 pub struct ClientConfig {
     /// PD addresses (`host:port`); any one that answers will do.
     pub pd_endpoints: Vec<String>,
-    /// Client certificate, key and cluster CA. Required: the cluster only accepts mutually
-    /// authenticated TLS.
+    /// Client certificate, key and cluster CA. Required by [`crate::Client::connect`]: the
+    /// cluster only accepts mutually authenticated QUIC.
+    #[cfg(feature = "native")]
     pub tls: Option<TlsFiles>,
     /// Deadline of each operation, retries included (default 10 s).
     pub request_timeout: Duration,
@@ -26,6 +29,7 @@ pub struct ClientConfig {
     /// Retry delays.
     pub backoff: Backoff,
     /// QUIC transport limits.
+    #[cfg(feature = "native")]
     pub transport: TransportConfig,
     /// Size limits checked before sending (the servers enforce their own).
     pub limits: Limits,
@@ -42,13 +46,22 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     /// Defaults for everything but the PD endpoints and TLS files.
+    #[cfg(feature = "native")]
     pub fn new(pd_endpoints: Vec<String>, tls: Option<TlsFiles>) -> Self {
+        ClientConfig { tls, ..Self::with_endpoints(pd_endpoints) }
+    }
+
+    /// Defaults for everything but the PD endpoints (and, natively, no TLS files): what a
+    /// client over an injected transport ([`crate::Client::with_platform`]) starts from.
+    pub fn with_endpoints(pd_endpoints: Vec<String>) -> Self {
         ClientConfig {
             pd_endpoints,
-            tls,
+            #[cfg(feature = "native")]
+            tls: None,
             request_timeout: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(3),
             backoff: Backoff::default(),
+            #[cfg(feature = "native")]
             transport: TransportConfig {
                 // Clients fail over to another replica rather than wait on a dead node.
                 connect_timeout: Duration::from_millis(1500),
@@ -74,9 +87,6 @@ impl ClientConfig {
         {
             return Err(Error::Config { reason: format!("PD endpoint {e:?} is not host:port") });
         }
-        if self.tls.is_none() {
-            return bad("TLS files are required: the cluster only accepts mutually authenticated connections");
-        }
         if self.request_timeout.is_zero() || self.attempt_timeout.is_zero() {
             return bad("request_timeout and attempt_timeout must be positive");
         }
@@ -84,11 +94,13 @@ impl ClientConfig {
             return bad("session_renew_after must be longer than request_timeout");
         }
         self.backoff.validate().map_err(|reason| Error::Config { reason })?;
+        #[cfg(feature = "native")]
         self.transport.validate().map_err(|reason| Error::Config { reason: format!("transport: {reason}") })?;
         Ok(())
     }
 
     /// The address to bind the client endpoint to.
+    #[cfg(feature = "native")]
     pub(crate) fn bind_addr(&self) -> SocketAddr {
         self.bind.unwrap_or_else(|| {
             let v6 = self.pd_endpoints.first().is_some_and(|e| e.starts_with('['));
@@ -101,7 +113,7 @@ impl ClientConfig {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "native"))]
 mod tests {
     use super::*;
     use std::path::Path;
@@ -117,10 +129,7 @@ mod tests {
     }
 
     #[test]
-    fn config_without_tls_or_endpoints_is_rejected() {
-        let mut c = cfg();
-        c.tls = None;
-        assert!(matches!(c.validate(), Err(Error::Config { .. })));
+    fn config_without_endpoints_is_rejected() {
         let mut c = cfg();
         c.pd_endpoints = vec!["no-port".into()];
         assert!(matches!(c.validate(), Err(Error::Config { .. })));

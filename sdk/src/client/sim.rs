@@ -19,7 +19,7 @@ use tessera_wire::{
     RegionRoute, Request, Response, ResponseBody, SessionId, SessionSeq, WriteResult,
 };
 
-use super::client::Client;
+use super::api::Client;
 use super::config::ClientConfig;
 use super::transport::Transport;
 use crate::core::time::{Clock, ManualClock, Timestamp};
@@ -294,8 +294,9 @@ impl Sim {
         let mut cfg = ClientConfig::new(vec![PD_ADDR.to_string()], None);
         cfg.rng_seed = Some(7);
         tweak(&mut cfg);
-        let client =
-            Client::start(cfg.clone(), net.clone(), clock.clone()).await.expect("simulated PD gives a session");
+        let client = Client::with_platform(cfg.clone(), net.clone(), clock.clone(), 0)
+            .await
+            .expect("simulated PD gives a session");
         Sim { clock, net, client, cfg }
     }
 

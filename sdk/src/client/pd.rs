@@ -93,14 +93,16 @@ impl Inner {
             // The lookup is bounded by the attempt timeouts `pd_call` gives the transport,
             // computed on the injected clock. This wait only keeps a request that joined
             // another's lookup from outliving its own deadline, so it races the lookup
-            // against a timer, and that timer stays tokio's: a simulated sleep jumps the clock
-            // and completes at once, which would end the race before the lookup could answer.
-            // (tokio's `timeout` polls the lookup first, so a ready answer always wins.)
+            // against the clock's race timer (which a simulated clock never fires: its
+            // sleeps complete at once). The lookup is polled first, so a ready answer wins.
             let remaining = deadline.saturating_duration_since(self.clock.now());
-            match tokio::time::timeout(remaining, lookup).await {
-                Ok(Ok(())) => {}
-                Ok(Err(reason)) => return Err(Failure::NoRoute(reason).into()),
-                Err(_) => return Err(Failure::NoRoute("PD lookup did not finish before the deadline".into()).into()),
+            let timer = self.clock.race_timer(remaining);
+            match futures::future::select(lookup, timer).await {
+                futures::future::Either::Left((Ok(()), _)) => {}
+                futures::future::Either::Left((Err(reason), _)) => return Err(Failure::NoRoute(reason).into()),
+                futures::future::Either::Right(_) => {
+                    return Err(Failure::NoRoute("PD lookup did not finish before the deadline".into()).into())
+                }
             }
         }
         Err(Failure::NoRoute("PD returned no usable route".into()).into())
