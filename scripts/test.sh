@@ -27,10 +27,13 @@ fi
 
 step "wasm32 build of the SDK core (no tokio, quinn or redb)"
 cargo build -p tessera --no-default-features --target wasm32-unknown-unknown
-if cargo tree -p tessera --no-default-features --target wasm32-unknown-unknown -e normal | grep -Eq '^.*(tokio|quinn|redb) v'; then
-    echo "error: the SDK core pulls in tokio, quinn or redb" >&2
-    exit 1
-fi
+for crate in "tessera --no-default-features" "tessera-sdk-wasm"; do
+    # shellcheck disable=SC2086
+    if cargo tree -p $crate --target wasm32-unknown-unknown -e normal | grep -Eq '^.*(tokio|quinn|redb) v'; then
+        echo "error: $crate pulls in tokio, quinn or redb on wasm32" >&2
+        exit 1
+    fi
+done
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
@@ -41,9 +44,31 @@ cargo nextest run --workspace --profile ci --no-fail-fast 2>&1 | tee -a "$log"
 step "doc tests"
 cargo test --workspace --doc 2>&1 | tee -a "$log"
 
+# The JavaScript SDK (sdk-wasm/): npm packages, the wasm package (npm run build installs the
+# wasm-bindgen CLI of the exact Cargo.lock version if missing), the glue's tests in Node.js,
+# then the conformance suite over WebSocket against a real cluster of tessera processes.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    step "installing Node.js and npm"
+    sudo_cmd=""
+    if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
+    $sudo_cmd apt-get update -qq
+    $sudo_cmd apt-get install -y -qq nodejs npm
+fi
+step "JavaScript SDK: npm ci and npm run build (wasm, wasm-bindgen, wasm-opt, size budget)"
+(cd sdk-wasm && npm ci --no-audit --no-fund && npm run build)
+
+step "JavaScript SDK: wasm glue tests in Node.js (wasm-bindgen-test)"
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+    cargo test -p tessera-sdk-wasm --target wasm32-unknown-unknown 2>&1 | tee -a "$log"
+
+step "JavaScript SDK: conformance and token tests from Node.js against a real cluster"
+cargo build -p tessera-cli --bin tessera
+(cd sdk-wasm && TESSERA_BIN="$PWD/../target/debug/tessera" node --test --test-concurrency=1 --test-reporter=tap test/) 2>&1 | tee -a "$log"
+
 # One closing line with the totals of both runners.
 passed=$(awk '
     /Summary .* tests run: [0-9]+ passed/ { for (i = 1; i <= NF; i++) if ($i ~ /^passed,?$/) { n += $(i - 1); break } }
     /^test result: ok\. [0-9]+ passed/ { n += $4 }
+    /^# pass [0-9]+/ { n += $3 }
     END { print n + 0 }' "$log")
 printf '\ntests: %d passed, 0 failed\n' "$passed"

@@ -576,3 +576,64 @@ impl WasmClient {
         self.transport.conns.borrow_mut().clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The glue, in Node.js (`wasm-bindgen-test-runner`): timers, randomness, errors.
+    use super::*;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    #[wasm_bindgen_test]
+    async fn the_clock_advances_across_a_js_timer() {
+        let clock = JsClock { origin: performance_now() };
+        let before = clock.now();
+        clock.sleep(Duration::from_millis(30)).await;
+        let slept = clock.now().0 - before.0;
+        assert!(slept >= 25, "slept {slept} ms");
+    }
+
+    #[wasm_bindgen_test]
+    async fn a_dropped_sleep_does_not_fire() {
+        // Dropping clears the timer; a race with a shorter one ends on the shorter.
+        let started = performance_now();
+        let long = sleep(Duration::from_secs(30));
+        let short = sleep(Duration::from_millis(5));
+        match futures::future::select(Box::pin(long), Box::pin(short)).await {
+            Either::Left(_) => panic!("the 30 s timer fired first"),
+            Either::Right(_) => {}
+        }
+        assert!(performance_now() - started < 1000.0);
+    }
+
+    #[wasm_bindgen_test]
+    fn seeds_come_from_crypto_and_differ() {
+        let seeds: std::collections::HashSet<u64> = (0..8).map(|_| random_seed()).collect();
+        assert_eq!(seeds.len(), 8);
+    }
+
+    #[wasm_bindgen_test]
+    fn errors_reach_js_with_their_code_and_batch_positions() {
+        let error = js_error(tessera::Error::KeyTooLarge { len: 9, max: 8 });
+        assert_eq!(Reflect::get(&error, &"code".into()).unwrap(), "KeyTooLarge");
+        assert!(error.is_instance_of::<js_sys::Error>());
+        let partial = js_error(tessera::Error::PartialBatch {
+            total: 3,
+            applied: vec![0, 2],
+            undetermined: vec![1],
+            error: Box::new(tessera::Error::Undetermined { reason: "x".into() }),
+        });
+        assert_eq!(Reflect::get(&partial, &"undetermined".into()).unwrap(), true);
+        let applied = Array::from(&Reflect::get(&partial, &"applied".into()).unwrap());
+        assert_eq!(applied.to_vec(), vec![JsValue::from(0.0), JsValue::from(2.0)]);
+    }
+
+    #[wasm_bindgen_test]
+    async fn an_unreachable_server_fails_the_call_as_not_sent_within_its_timeout() {
+        let transport = WsInner { token: "t".into(), secure: false, conns: RefCell::new(HashMap::new()) };
+        // Port 9 (discard) is closed on loopback: the socket fails at once.
+        let request = Request::Pd(tessera_wire::PdRequest::GetNodes);
+        let failure = transport.call("127.0.0.1:9", request, Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(failure, TransportError::Connect { .. }), "{failure:?}");
+        assert!(!failure.may_have_been_delivered());
+    }
+}

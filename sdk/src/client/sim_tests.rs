@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use tessera_wire::quic::TransportError;
+use tessera_wire::TransportError;
 use tessera_wire::{
     Error as W, FrameError, KvOp, KvResponse, LeaderHint, PdRequest, RegionId, Request, SessionSeq, WriteCommand,
     WriteResult,
@@ -194,6 +194,23 @@ async fn timeout_on_write_until_deadline_is_undetermined_with_same_seq() {
     assert_same_write(&kv);
     assert!(kv.iter().skip(1).all(|k| k.at > kv[0].at));
     assert!(sim.now() >= deadline);
+}
+
+#[tokio::test]
+async fn a_per_call_timeout_replaces_the_configured_deadline() {
+    let sim = one_region_until_deadline().await;
+    sim.net.otherwise(Step::time_out());
+    let started = sim.now();
+    let short = Duration::from_millis(1500);
+    assert!(short < sim.cfg.request_timeout);
+
+    let err = sim.client.with_timeout(short).get(b"k").await.unwrap_err();
+
+    assert!(matches!(err, Error::DeadlineExceeded | Error::Unavailable { .. }), "{err:?}");
+    let spent = sim.now().saturating_duration_since(started);
+    assert!(spent >= short && spent < sim.cfg.request_timeout, "gave up after {spent:?}");
+    // The handle shares the client: the same session for its writes.
+    assert_eq!(sim.client.with_timeout(short).session_id(), sim.client.session_id());
 }
 
 #[tokio::test]
