@@ -47,12 +47,17 @@ cargo test --workspace --doc 2>&1 | tee -a "$log"
 # The JavaScript SDK (sdk-wasm/): npm packages, the wasm package (npm run build installs the
 # wasm-bindgen CLI of the exact Cargo.lock version if missing), the glue's tests in Node.js,
 # then the conformance suite over WebSocket against a real cluster of tessera processes.
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-    step "installing Node.js and npm"
+# The browser tests drive Debian's chromium headless (playwright-core, no browser download).
+missing=()
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ]; then
+    step "installing ${missing[*]}"
     sudo_cmd=""
     if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
     $sudo_cmd apt-get update -qq
-    $sudo_cmd apt-get install -y -qq nodejs npm
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
 fi
 step "JavaScript SDK: npm ci and npm run build (wasm, wasm-bindgen, wasm-opt, size budget)"
 (cd sdk-wasm && npm ci --no-audit --no-fund && npm run build)
@@ -61,7 +66,7 @@ step "JavaScript SDK: wasm glue tests in Node.js (wasm-bindgen-test)"
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
     cargo test -p tessera-sdk-wasm --target wasm32-unknown-unknown 2>&1 | tee -a "$log"
 
-step "JavaScript SDK: conformance and token tests from Node.js against a real cluster"
+step "JavaScript SDK: conformance and token tests from Node.js, the dev page and the suite's core in headless Chromium"
 cargo build -p tessera-cli --bin tessera
 (cd sdk-wasm && TESSERA_BIN="$PWD/../target/debug/tessera" node --test --test-concurrency=1 --test-reporter=tap test/) 2>&1 | tee -a "$log"
 

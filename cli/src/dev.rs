@@ -25,6 +25,18 @@ pub struct DevArgs {
     /// Placement policy: when regions split and merge, how evenly replicas spread.
     #[command(flatten)]
     pub placement: crate::placement::PlacementArgs,
+    /// Also serve a web page (on loopback, printed at start) showing nodes and regions live,
+    /// with a key browser; it uses the JavaScript SDK, which must be built
+    /// (`cd sdk-wasm && npm ci && npm run build`).
+    #[arg(long)]
+    pub web: bool,
+    /// Port of the web page (default: the previous run's, else one chosen by the OS).
+    #[arg(long, requires = "web")]
+    pub web_port: Option<u16>,
+    /// The JavaScript SDK directory the page is served from (default: sdk-wasm/ of the
+    /// source tree).
+    #[arg(long, requires = "web")]
+    pub web_root: Option<std::path::PathBuf>,
 }
 
 impl DevArgs {
@@ -36,7 +48,14 @@ impl DevArgs {
             #[command(flatten)]
             placement: crate::placement::PlacementArgs,
         }
-        DevArgs { nodes, initial_regions, placement: Defaults::parse_from(["tessera"]).placement }
+        DevArgs {
+            nodes,
+            initial_regions,
+            placement: Defaults::parse_from(["tessera"]).placement,
+            web: false,
+            web_port: None,
+            web_root: None,
+        }
     }
 }
 
@@ -205,6 +224,8 @@ async fn wait_for_signal() -> anyhow::Result<&'static str> {
 /// Runs the dev cluster until Ctrl-C or SIGTERM.
 pub async fn run(data: &Path, args: DevArgs) -> anyhow::Result<()> {
     println!("starting Tessera dev cluster in {} ...", data.display());
+    // Before the cluster starts: a missing package is a usage error, reported at once.
+    let web_root = if args.web { Some(crate::web_page::package_dir(args.web_root.as_deref())?) } else { None };
     let cluster = start(data, &args).await?;
     println!("PD      {}", cluster.pd_addr);
     for n in &cluster.nodes {
@@ -230,6 +251,27 @@ pub async fn run(data: &Path, args: DevArgs) -> anyhow::Result<()> {
         "or from JavaScript: Client.connect(JSON.parse(fs.readFileSync(\"{}\")))",
         DevLayout::new(data).web_config().display()
     );
+    if let Some(root) = web_root {
+        let layout = DevLayout::new(data);
+        let mut addrs = layout.read_addrs()?;
+        let port = match (args.web_port, addrs.get("web").and_then(|a| a.parse::<SocketAddr>().ok())) {
+            (Some(port), _) => port,
+            (None, Some(previous)) => previous.port(),
+            (None, None) => 0,
+        };
+        let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = match crate::web_page::serve(at(port), root.clone(), layout.web_config()).await {
+            Ok(addr) => addr,
+            // The previous run's port is taken: any port will do.
+            Err(_) if args.web_port.is_none() && port != 0 => {
+                crate::web_page::serve(at(0), root, layout.web_config()).await?
+            }
+            Err(e) => return Err(e),
+        };
+        addrs.insert("web".into(), addr.to_string());
+        layout.write_addrs(&addrs)?;
+        println!("web page: http://{addr}/");
+    }
     println!("press Ctrl-C to stop");
     let sig = wait_for_signal().await?;
     println!("{sig}: stopping ...");

@@ -4,3 +4,4 @@
 pub mod dev;
 pub mod layout;
 pub mod placement;
+pub mod web_page;
