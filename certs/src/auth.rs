@@ -39,8 +39,8 @@ impl ClusterAuthenticator {
         self.tokens.as_ref()
     }
 
-    fn authenticate_token(&self, hello: &Hello) -> Result<Principal, Error> {
-        let Some(token) = &hello.token else {
+    fn authenticate_token(&self, hello: &Hello, token: Option<&str>) -> Result<Principal, Error> {
+        let Some(token) = token else {
             return Err(Error::Unauthenticated { reason: "no client certificate and no token".into() });
         };
         let Some(verifier) = &self.tokens else {
@@ -55,12 +55,17 @@ impl ClusterAuthenticator {
 }
 
 impl Authenticator for ClusterAuthenticator {
-    fn authenticate(&self, hello: &Hello, certificates: &[CertificateDer<'static>]) -> Result<Principal, Error> {
+    fn authenticate(
+        &self,
+        hello: &Hello,
+        token: Option<&str>,
+        certificates: &[CertificateDer<'static>],
+    ) -> Result<Principal, Error> {
         if hello.protocol_version != PROTOCOL_VERSION {
             return Err(Error::UnsupportedVersion { ours: PROTOCOL_VERSION, theirs: hello.protocol_version });
         }
         let Some(leaf) = certificates.first() else {
-            return self.authenticate_token(hello);
+            return self.authenticate_token(hello, token);
         };
         let identity = identity_of(leaf).map_err(|e| Error::Unauthenticated { reason: e.to_string() })?;
         let allowed = match (&hello.role, &identity) {
@@ -110,36 +115,36 @@ mod tests {
     fn matching_claims_are_accepted() {
         let c = certs();
         let auth = ClusterAuthenticator::new();
-        assert_eq!(auth.authenticate(&hello(Role::Client), &c.client), Ok(Principal::certified(Role::Client)));
+        assert_eq!(auth.authenticate(&hello(Role::Client), None, &c.client), Ok(Principal::certified(Role::Client)));
         assert_eq!(
-            auth.authenticate(&hello(Role::Node(NodeId(2))), &c.node2),
+            auth.authenticate(&hello(Role::Node(NodeId(2))), None, &c.node2),
             Ok(Principal::certified(Role::Node(NodeId(2))))
         );
-        assert_eq!(auth.authenticate(&hello(Role::Pd), &c.pd), Ok(Principal::certified(Role::Pd)));
+        assert_eq!(auth.authenticate(&hello(Role::Pd), None, &c.pd), Ok(Principal::certified(Role::Pd)));
     }
 
     #[test]
     fn client_certificate_claiming_node_is_denied() {
         let c = certs();
-        let result = ClusterAuthenticator::new().authenticate(&hello(Role::Node(NodeId(1))), &c.client);
+        let result = ClusterAuthenticator::new().authenticate(&hello(Role::Node(NodeId(1))), None, &c.client);
         assert!(matches!(result, Err(Error::PermissionDenied { .. })), "{result:?}");
     }
 
     #[test]
     fn node_certificate_claiming_another_node_is_denied() {
         let c = certs();
-        let result = ClusterAuthenticator::new().authenticate(&hello(Role::Node(NodeId(3))), &c.node2);
+        let result = ClusterAuthenticator::new().authenticate(&hello(Role::Node(NodeId(3))), None, &c.node2);
         assert!(matches!(result, Err(Error::PermissionDenied { .. })), "{result:?}");
-        let result = ClusterAuthenticator::new().authenticate(&hello(Role::Pd), &c.node2);
+        let result = ClusterAuthenticator::new().authenticate(&hello(Role::Pd), None, &c.node2);
         assert!(matches!(result, Err(Error::PermissionDenied { .. })), "{result:?}");
     }
 
     #[test]
     fn wrong_protocol_version_is_unsupported() {
         let c = certs();
-        let hello = Hello { protocol_version: PROTOCOL_VERSION + 1, role: Role::Client, token: None };
+        let hello = Hello { protocol_version: PROTOCOL_VERSION + 1, role: Role::Client };
         assert_eq!(
-            ClusterAuthenticator::new().authenticate(&hello, &c.client),
+            ClusterAuthenticator::new().authenticate(&hello, None, &c.client),
             Err(Error::UnsupportedVersion { ours: PROTOCOL_VERSION, theirs: PROTOCOL_VERSION + 1 })
         );
     }
@@ -147,9 +152,9 @@ mod tests {
     #[test]
     fn missing_or_anonymous_certificates_are_unauthenticated() {
         let auth = ClusterAuthenticator::new();
-        assert!(matches!(auth.authenticate(&hello(Role::Client), &[]), Err(Error::Unauthenticated { .. })));
+        assert!(matches!(auth.authenticate(&hello(Role::Client), None, &[]), Err(Error::Unauthenticated { .. })));
         assert!(matches!(
-            auth.authenticate(&hello(Role::Client), &[CertificateDer::from(vec![0x30, 0x00])]),
+            auth.authenticate(&hello(Role::Client), None, &[CertificateDer::from(vec![0x30, 0x00])]),
             Err(Error::Unauthenticated { .. })
         ));
     }
@@ -167,21 +172,23 @@ mod tests {
             name: "t".into(),
         };
         let (token, claims) = crate::create_token(dir, &spec).unwrap();
-        let with_token = |role| Hello { token: Some(token.clone()), ..hello(role) };
-        let principal = auth.authenticate(&with_token(Role::Client), &[]).unwrap();
+        let principal = auth.authenticate(&hello(Role::Client), Some(&token), &[]).unwrap();
         assert_eq!(principal.role, Role::Client);
         assert_eq!(principal.grant.as_deref(), Some(&claims));
         // A token never makes a node or a PD.
         for role in [Role::Node(NodeId(1)), Role::Pd] {
-            let result = auth.authenticate(&with_token(role), &[]);
+            let result = auth.authenticate(&hello(role), Some(&token), &[]);
             assert!(matches!(result, Err(Error::PermissionDenied { .. })), "{result:?}");
         }
         // No token, or tokens not enabled: nothing.
-        assert!(matches!(auth.authenticate(&hello(Role::Client), &[]), Err(Error::Unauthenticated { .. })));
+        assert!(matches!(auth.authenticate(&hello(Role::Client), None, &[]), Err(Error::Unauthenticated { .. })));
         let certificates_only = ClusterAuthenticator::new();
-        let result = certificates_only.authenticate(&with_token(Role::Client), &[]);
+        let result = certificates_only.authenticate(&hello(Role::Client), Some(&token), &[]);
         assert!(matches!(result, Err(Error::Unauthenticated { .. })), "{result:?}");
         // A certificate still decides for peers that present one.
-        assert_eq!(auth.authenticate(&with_token(Role::Client), &c.client), Ok(Principal::certified(Role::Client)));
+        assert_eq!(
+            auth.authenticate(&hello(Role::Client), Some(&token), &c.client),
+            Ok(Principal::certified(Role::Client))
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use futures::channel::oneshot;
 use tessera_wire::frame::{self, DEFAULT_MAX_FRAME_LEN};
-use tessera_wire::{Error, Frame, FrameBody, Hello, HelloAck, Request, Response, Role, TransportError};
+use tessera_wire::{Error, Frame, FrameBody, HelloAck, Request, Response, TokenHello, TransportError};
 
 /// The answer a request waits for.
 pub type Answer = Result<Response, TransportError>;
@@ -29,9 +29,8 @@ pub struct Mux {
 
 /// The `Hello` a web client sends first, carrying its token.
 pub fn hello(token: &str) -> Vec<u8> {
-    let hello = Hello { token: Some(token.to_string()), ..Hello::new(Role::Client) };
-    // A Hello with a token under the token size limit always fits a frame.
-    frame::encode(&Frame { request_id: 0, body: FrameBody::Hello(hello) }).unwrap_or_default()
+    // A token under the token size limit always fits a frame.
+    frame::encode(&Frame { request_id: 0, body: FrameBody::TokenHello(TokenHello::new(token)) }).unwrap_or_default()
 }
 
 impl Mux {
@@ -97,7 +96,7 @@ impl Mux {
 mod tests {
     use super::*;
     use futures::FutureExt;
-    use tessera_wire::{KvResponse, PdRequest, ResponseBody, PROTOCOL_VERSION};
+    use tessera_wire::{KvResponse, PdRequest, ResponseBody, Role, PROTOCOL_VERSION};
 
     fn answer(id: u64, response: Response) -> Vec<u8> {
         frame::encode(&Frame::response(id, response)).unwrap()
@@ -147,9 +146,9 @@ mod tests {
     #[test]
     fn the_hello_carries_the_token() {
         let (frame, _) = frame::decode(&hello("tst1.abc.def"), DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
-        let FrameBody::Hello(hello) = frame.body else { panic!("{frame:?}") };
-        assert_eq!(hello.token.as_deref(), Some("tst1.abc.def"));
-        assert_eq!((hello.role, hello.protocol_version), (Role::Client, PROTOCOL_VERSION));
+        let FrameBody::TokenHello(hello) = frame.body else { panic!("{frame:?}") };
+        assert_eq!(hello.token, "tst1.abc.def");
+        assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
     }
 
     #[test]

@@ -23,22 +23,42 @@ pub enum Role {
     Pd,
 }
 
-/// First frame on every connection.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// First frame on every connection of a peer with a certificate. Its encoding is the same
+/// in every protocol version, so a server can always read the peer's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Hello {
     /// The sender's [`crate::PROTOCOL_VERSION`].
     pub protocol_version: u32,
     /// What the sender claims to be.
     pub role: Role,
-    /// A scoped access token ([`crate::token`]): how web clients, which cannot present a
-    /// client certificate, authenticate. Peers with a certificate send `None`.
-    pub token: Option<String>,
 }
 
 impl Hello {
-    /// A `Hello` of this protocol version, without a token.
+    /// A `Hello` of this protocol version.
     pub fn new(role: Role) -> Hello {
-        Hello { protocol_version: crate::PROTOCOL_VERSION, role, token: None }
+        Hello { protocol_version: crate::PROTOCOL_VERSION, role }
+    }
+}
+
+/// First frame on every connection of a web client, which has no certificate: it claims
+/// [`Role::Client`] and presents a scoped token ([`crate::token`]). Since version 4.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TokenHello {
+    /// The sender's [`crate::PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// The token, `tst1.…`.
+    pub token: String,
+}
+
+impl TokenHello {
+    /// A `TokenHello` of this protocol version.
+    pub fn new(token: impl Into<String>) -> TokenHello {
+        TokenHello { protocol_version: crate::PROTOCOL_VERSION, token: token.into() }
+    }
+
+    /// The `Hello` it stands for: a client of its version.
+    pub fn hello(&self) -> Hello {
+        Hello { protocol_version: self.protocol_version, role: Role::Client }
     }
 }
 
@@ -71,6 +91,9 @@ pub enum FrameBody {
     Request(crate::Request),
     /// A response.
     Response(Response),
+    /// Connection handshake of a web client (a token instead of a certificate). Last, so
+    /// the other variants keep their encoding.
+    TokenHello(TokenHello),
 }
 
 impl Frame {
@@ -471,8 +494,13 @@ mod tests {
 
     fn frame() -> impl Strategy<Value = Frame> {
         prop_oneof![
-            (any::<u32>(), role(), proptest::option::of("tst1\\.[A-Za-z0-9_-]{0,40}")).prop_map(|(v, role, token)| {
-                Frame { request_id: 0, body: FrameBody::Hello(Hello { protocol_version: v, role, token }) }
+            (any::<u32>(), role()).prop_map(|(v, role)| Frame {
+                request_id: 0,
+                body: FrameBody::Hello(Hello { protocol_version: v, role })
+            }),
+            (any::<u32>(), "tst1\\.[A-Za-z0-9_.-]{0,60}").prop_map(|(protocol_version, token)| Frame {
+                request_id: 0,
+                body: FrameBody::TokenHello(TokenHello { protocol_version, token })
             }),
             error().prop_map(|e| Frame { request_id: 0, body: FrameBody::HelloAck(Err(e)) }),
             (any::<u32>(), role()).prop_map(|(v, role)| Frame {

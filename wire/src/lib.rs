@@ -37,7 +37,7 @@ pub mod token;
 mod transport;
 
 pub use error::{Error, RetryAction};
-pub use frame::{Frame, FrameBody, FrameError, Hello, HelloAck, Role};
+pub use frame::{Frame, FrameBody, FrameError, Hello, HelloAck, Role, TokenHello};
 pub use ids::{NodeId, PeerId, RegionId, SessionId};
 pub use kv::{KvOp, KvRequest, KvResponse, ReadConsistency, RequestHeader, SessionSeq, WriteCommand, WriteResult};
 pub use limits::{validate_batch, validate_key, validate_value, Limits, MESSAGE_OVERHEAD, PAIR_OVERHEAD};

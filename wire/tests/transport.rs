@@ -66,9 +66,14 @@ struct CountingAuth {
 }
 
 impl Authenticator for CountingAuth {
-    fn authenticate(&self, hello: &Hello, certificates: &[CertificateDer<'static>]) -> Result<Principal, Error> {
+    fn authenticate(
+        &self,
+        hello: &Hello,
+        token: Option<&str>,
+        certificates: &[CertificateDer<'static>],
+    ) -> Result<Principal, Error> {
         self.handshakes.fetch_add(1, Ordering::SeqCst);
-        self.inner.authenticate(hello, certificates)
+        self.inner.authenticate(hello, token, certificates)
     }
 }
 

@@ -9,8 +9,8 @@ use tessera_certs::{create_token, sign_claims, unix_now, TokenSpec};
 use tessera_wire::token::{Ops, TokenClaims};
 use tessera_wire::{
     frame, Error, Frame, FrameBody, Hello, KvOp, KvRequest, KvResponse, PdRequest, PdResponse, PeerId, RaftRequest,
-    RaftRpcKind, ReadConsistency, RegionId, RegionRoute, Request, RequestHeader, ResponseBody, Role, WriteCommand,
-    WriteResult,
+    RaftRpcKind, ReadConsistency, RegionId, RegionRoute, Request, RequestHeader, ResponseBody, Role, TokenHello,
+    WriteCommand, WriteResult,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -50,8 +50,11 @@ impl WebPeer {
     /// and says `Hello` with `token`. Returns the handshake refusal on failure.
     async fn connect(addr: &str, token: Option<String>) -> Result<WebPeer, Error> {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}")).await.expect("WebSocket connects");
-        let hello = Hello { token, ..Hello::new(Role::Client) };
-        send_frame(&mut ws, &Frame { request_id: 0, body: FrameBody::Hello(hello) }).await;
+        let body = match token {
+            Some(token) => FrameBody::TokenHello(TokenHello::new(token)),
+            None => FrameBody::Hello(Hello::new(Role::Client)),
+        };
+        send_frame(&mut ws, &Frame { request_id: 0, body }).await;
         match next_frame(&mut ws).await {
             Some(Frame { body: FrameBody::HelloAck(Ok(_)), .. }) => Ok(WebPeer { ws, next_id: 1 }),
             Some(Frame { body: FrameBody::HelloAck(Err(e)), .. }) => {

@@ -113,7 +113,7 @@ impl ClientEndpoint {
         let (mut send, recv) = conn.open_bi().await.map_err(|e| fail(&conn, CLOSE_NORMAL, e.to_string()))?;
         let hello = Frame {
             request_id: 0,
-            body: FrameBody::Hello(Hello { protocol_version: self.protocol_version, role: self.role, token: None }),
+            body: FrameBody::Hello(Hello { protocol_version: self.protocol_version, role: self.role }),
         };
         let bytes = stream::encode(&hello, max)?;
         send.write_all(&bytes).await.map_err(|e| fail(&conn, CLOSE_NORMAL, e.to_string()))?;

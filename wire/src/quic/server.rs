@@ -68,12 +68,27 @@ impl Principal {
     }
 }
 
-/// Decides who a connecting peer is, from its [`Hello`] and TLS certificate chain (empty
-/// for web clients, which present a token in the `Hello` instead).
+/// Decides who a connecting peer is, from its [`Hello`] and TLS certificate chain, or for a
+/// web client (no certificate) from the token of its [`crate::TokenHello`].
 pub trait Authenticator: Send + Sync + 'static {
     /// Returns the verified principal, or the typed error sent back in the `HelloAck`
     /// (`Unauthenticated`, `PermissionDenied`, `UnsupportedVersion`).
-    fn authenticate(&self, hello: &Hello, certificates: &[CertificateDer<'static>]) -> Result<Principal, crate::Error>;
+    fn authenticate(
+        &self,
+        hello: &Hello,
+        token: Option<&str>,
+        certificates: &[CertificateDer<'static>],
+    ) -> Result<Principal, crate::Error>;
+}
+
+/// The `Hello` of a handshake frame, with the token of a `TokenHello`; `None` for any
+/// other frame.
+pub(crate) fn hello_of(body: FrameBody) -> Option<(Hello, Option<String>)> {
+    match body {
+        FrameBody::Hello(hello) => Some((hello, None)),
+        FrameBody::TokenHello(t) => Some((t.hello(), Some(t.token))),
+        _ => None,
+    }
 }
 
 /// Handles requests of authenticated peers.
@@ -291,14 +306,8 @@ async fn handshake<S: Service, A: Authenticator>(
         }
     };
     let mut reader = FrameReader::new(recv, ctx.config.max_frame_len);
-    let hello = match reader.next().await {
-        Ok(Some(Frame { body: FrameBody::Hello(hello), .. })) => hello,
-        Ok(Some(Frame { request_id, .. })) => {
-            tracing::debug!(peer = %remote, request_id, "frame before Hello; refusing");
-            let error = crate::Error::Unauthenticated { reason: "the first frame must be Hello".into() };
-            refuse(conn, &mut send, error, ctx.config.max_frame_len).await;
-            return None;
-        }
+    let first = match reader.next().await {
+        Ok(Some(Frame { request_id, body })) => hello_of(body).ok_or(request_id),
         Ok(None) => {
             close(conn, CLOSE_PROTOCOL_ERROR, b"no Hello");
             return None;
@@ -309,12 +318,21 @@ async fn handshake<S: Service, A: Authenticator>(
             return None;
         }
     };
+    let (hello, token) = match first {
+        Ok(first) => first,
+        Err(request_id) => {
+            tracing::debug!(peer = %remote, request_id, "frame before Hello; refusing");
+            let error = crate::Error::Unauthenticated { reason: "the first frame must be Hello".into() };
+            refuse(conn, &mut send, error, ctx.config.max_frame_len).await;
+            return None;
+        }
+    };
     let certificates = conn
         .peer_identity()
         .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
         .map(|certs| *certs)
         .unwrap_or_default();
-    match ctx.auth.authenticate(&hello, &certificates) {
+    match ctx.auth.authenticate(&hello, token.as_deref(), &certificates) {
         Ok(Principal { role, grant }) => {
             let ack = Frame {
                 request_id: 0,

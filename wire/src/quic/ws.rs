@@ -285,26 +285,28 @@ async fn handshake<S: Service, A: Authenticator>(
     remote: SocketAddr,
 ) -> Option<Arc<PeerInfo>> {
     let max_frame_len = ctx.config.max_frame_len;
-    let hello = loop {
+    let (hello, token) = loop {
         match socket.next().await {
-            Some(Ok(Message::Binary(data))) => match decode(&data, max_frame_len) {
-                Ok(Frame { body: FrameBody::Hello(hello), .. }) => break hello,
-                Ok(_) => {
-                    let error = crate::Error::Unauthenticated { reason: "the first frame must be Hello".into() };
-                    refuse(socket, error, max_frame_len).await;
-                    return None;
+            Some(Ok(Message::Binary(data))) => {
+                match decode(&data, max_frame_len).map(|f| super::server::hello_of(f.body)) {
+                    Ok(Some(hello)) => break hello,
+                    Ok(None) => {
+                        let error = crate::Error::Unauthenticated { reason: "the first frame must be Hello".into() };
+                        refuse(socket, error, max_frame_len).await;
+                        return None;
+                    }
+                    Err(reason) => {
+                        tracing::debug!(peer = %remote, %reason, "invalid Hello; closing socket");
+                        let _ = socket.send(close_frame(CloseCode::Protocol, "malformed frame")).await;
+                        return None;
+                    }
                 }
-                Err(reason) => {
-                    tracing::debug!(peer = %remote, %reason, "invalid Hello; closing socket");
-                    let _ = socket.send(close_frame(CloseCode::Protocol, "malformed frame")).await;
-                    return None;
-                }
-            },
+            }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             _ => return None,
         }
     };
-    match ctx.auth.authenticate(&hello, &[]) {
+    match ctx.auth.authenticate(&hello, token.as_deref(), &[]) {
         Ok(Principal { role, grant }) => {
             let ack = Frame {
                 request_id: 0,
