@@ -33,6 +33,7 @@ mod identity;
 mod issue;
 mod tls;
 mod token;
+mod web;
 
 pub use auth::ClusterAuthenticator;
 pub use error::CertError;
@@ -43,6 +44,7 @@ pub use token::{
     create_token, ensure_token_key, sign_claims, unix_now, Revocations, TokenSpec, TokenVerifier, MAX_TOKEN_TTL,
     TOKEN_SIGNING_KEY, TOKEN_VERIFY_KEY,
 };
+pub use web::{server_tls_config_web, WebCert, WEB_CERT_ROTATE_AFTER, WEB_CERT_VALIDITY};
 
 #[cfg(test)]
 mod tests {

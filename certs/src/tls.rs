@@ -14,7 +14,7 @@ use crate::{CertError, TlsFiles};
 
 /// The crypto provider every configuration uses, chosen explicitly so nothing depends on a
 /// process-wide default being installed.
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -66,7 +66,7 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| read_error(path, e))
 }
 
-fn load_roots(path: &Path) -> Result<RootCertStore, CertError> {
+pub(crate) fn load_roots(path: &Path) -> Result<RootCertStore, CertError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path)? {
         roots.add(cert).map_err(|e| CertError::Pem { path: path.to_owned(), reason: e.to_string() })?;

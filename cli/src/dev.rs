@@ -91,6 +91,7 @@ pub async fn start(data: &Path, args: &DevArgs) -> anyhow::Result<DevCluster> {
     pd_cfg.replicas = (args.nodes as usize).min(3);
     pd_cfg.scheduler = args.placement.scheduler(pd_cfg.replicas);
     pd_cfg.websocket = true;
+    pd_cfg.webtransport = true;
     let pd =
         PdServer::start(pd_cfg).await.context("starting PD (is another `tessera dev` using this data directory?)")?;
     let pd_addr = pd.local_addr().to_string();
@@ -107,12 +108,13 @@ pub async fn start(data: &Path, args: &DevArgs) -> anyhow::Result<DevCluster> {
         );
         let mut cfg = cfg;
         cfg.websocket = true;
+        cfg.webtransport = true;
         let node = Node::start(cfg).await.with_context(|| format!("starting node {}", id.0))?;
         addrs.insert(key, node.local_addr().to_string());
         nodes.push(node);
     }
     layout.write_addrs(&addrs)?;
-    write_web_config(&layout, &pd_addr)?;
+    write_web_config(&layout, &pd_addr, pd.web_cert_hash())?;
     Ok(DevCluster { pd, nodes, pd_addr, certs: layout.certs() })
 }
 
@@ -121,7 +123,7 @@ const DEV_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Writes `DATA/web.json`: what a web client (the JS SDK) needs to connect: PD's WebSocket
 /// URL and a token for every key. The same object works in Node.js and in a browser.
-fn write_web_config(layout: &DevLayout, pd_addr: &str) -> anyhow::Result<()> {
+fn write_web_config(layout: &DevLayout, pd_addr: &str, pd_cert_hash: Option<[u8; 32]>) -> anyhow::Result<()> {
     let spec = tessera_certs::TokenSpec {
         prefix: Vec::new(),
         ops: tessera_wire::token::Ops { read: true, write: true },
@@ -131,8 +133,10 @@ fn write_web_config(layout: &DevLayout, pd_addr: &str) -> anyhow::Result<()> {
     let (token, _) = tessera_certs::create_token(&layout.certs(), &spec).context("creating the dev token")?;
     let web = serde_json::json!({
         "pd": [format!("ws://{pd_addr}")],
-        "webtransport": [],
-        "certHashes": [],
+        "webtransport": pd_cert_hash.map(|_| vec![format!("https://{pd_addr}/")]).unwrap_or_default(),
+        // Hex SHA-256 of PD's browser certificate (nodes' come from PD's node list). It
+        // rotates every 6 days; a restart of `tessera dev` writes the current one.
+        "certHashes": pd_cert_hash.map(|h| vec![h.iter().map(|b| format!("{b:02x}")).collect::<String>()]).unwrap_or_default(),
         "token": token,
     });
     let path = layout.web_config();

@@ -47,6 +47,9 @@ pub struct PdArgs {
     /// Do not listen for WebSocket (web clients with tokens) on the same TCP port.
     #[arg(long)]
     pub no_websocket: bool,
+    /// Do not serve browsers over WebTransport (ALPN h3) on the QUIC port.
+    #[arg(long)]
+    pub no_webtransport: bool,
     /// Certificate files.
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -88,6 +91,9 @@ pub struct NodeArgs {
     /// Do not listen for WebSocket (web clients with tokens) on the same TCP port.
     #[arg(long)]
     pub no_websocket: bool,
+    /// Do not serve browsers over WebTransport (ALPN h3) on the QUIC port.
+    #[arg(long)]
+    pub no_webtransport: bool,
     /// Certificate files.
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -113,6 +119,7 @@ pub async fn run_pd(args: PdArgs) -> anyhow::Result<()> {
     cfg.initial_regions = args.initial_regions;
     cfg.scheduler = args.placement.scheduler(cfg.replicas);
     cfg.websocket = !args.no_websocket;
+    cfg.webtransport = !args.no_webtransport;
     let pd = PdServer::start(cfg).await.context("starting PD")?;
     println!("PD listening on {}", pd.local_addr());
     wait_for_stop().await?;
@@ -129,6 +136,7 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     cfg.cache_bytes = usize::try_from(args.cache_mb << 20).context("--cache-mb is too large")?;
     cfg.lease_reads = !args.no_lease_reads;
     cfg.websocket = !args.no_websocket;
+    cfg.webtransport = !args.no_webtransport;
     let node = Node::start(cfg).await.context("starting node")?;
     println!("node {} listening on {} ({} regions recovered)", args.id, node.local_addr(), node.region_count());
     wait_for_stop().await?;

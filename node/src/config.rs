@@ -52,6 +52,10 @@ pub struct NodeConfig {
     /// `tessera` binary turns it on). Web clients derive `ws://HOST:PORT` from the QUIC
     /// address PD publishes, so the port numbers must match.
     pub websocket: bool,
+    /// Also serve browsers over WebTransport (ALPN `h3`) on the QUIC endpoint, with a
+    /// short-lived self-signed certificate whose hash PD publishes (default false here;
+    /// the `tessera` binary turns it on).
+    pub webtransport: bool,
     /// Fault injection, for tests only.
     #[doc(hidden)]
     pub faults: Faults,
@@ -137,6 +141,7 @@ impl NodeConfig {
             default_request_timeout: Duration::from_secs(10),
             lease_reads: true,
             websocket: false,
+            webtransport: false,
             limits: Limits::DEFAULT,
             capacity_bytes: 100 * 1024 * 1024 * 1024,
             admission: Admission::default(),

@@ -49,6 +49,8 @@ struct Shared {
     lifecycle: tokio::sync::Mutex<()>,
     /// Revoked token ids, as PD's heartbeat answers list them.
     revocations: tessera_certs::Revocations,
+    /// The browser certificate, when the node serves WebTransport.
+    web: Option<tessera_certs::WebCert>,
 }
 
 /// The directory of the node's Raft log, inside its data directory.
@@ -64,15 +66,27 @@ impl Node {
         let engine = Engine::open_with_cache(&cfg.data_dir.join("node.redb"), cfg.cache_bytes)?;
         let wal = LogEngine::open(&cfg.data_dir.join(RAFT_LOG_DIR)).map_err(|e| NodeError::Storage(e.into()))?;
         crate::storage::migrate::raft_log_out_of_redb(&engine, &wal).map_err(|e| NodeError::Storage(e.into()))?;
-        let server_tls = tessera_certs::server_tls_config(&cfg.tls).map_err(NodeError::Tls)?;
+        let web_cert = if cfg.webtransport {
+            Some(tessera_certs::WebCert::new(&web_hosts(&cfg)).map_err(NodeError::Tls)?)
+        } else {
+            None
+        };
+        let server_tls = match &web_cert {
+            Some(web) => tessera_certs::server_tls_config_web(&cfg.tls, web),
+            None => tessera_certs::server_tls_config(&cfg.tls),
+        }
+        .map_err(NodeError::Tls)?;
         let client_tls = tessera_certs::client_tls_config(&cfg.tls).map_err(NodeError::Tls)?;
         // The stateless-reset key follows the node's identity (its private key), so a
         // restarted node resets its previous incarnation's connections at once: peers and
         // clients fail over instead of waiting for an idle timeout.
         let key = std::fs::read(&cfg.tls.key)
             .map_err(|source| NodeError::Key { path: cfg.tls.key.display().to_string(), source })?;
-        let transport =
-            TransportConfig { reset_key_seed: Some(ResetKeySeed::derive(&key)), ..TransportConfig::default() };
+        let transport = TransportConfig {
+            reset_key_seed: Some(ResetKeySeed::derive(&key)),
+            max_concurrent_uni_streams: if cfg.webtransport { TransportConfig::WEB_UNI_STREAMS } else { 0 },
+            ..TransportConfig::default()
+        };
         let server = Server::bind(cfg.listen, server_tls, Some(client_tls), Role::Node(cfg.node_id), transport)
             .map_err(NodeError::Transport)?;
         let local_addr = server.local_addr();
@@ -112,6 +126,7 @@ impl Node {
             events,
             lifecycle: Default::default(),
             revocations: Default::default(),
+            web: web_cert.clone(),
         });
 
         // Rows of snapshot installs that a crash interrupted, or that were replaced, are
@@ -196,6 +211,9 @@ impl Node {
         });
         let hb = tokio::spawn(heartbeat_loop(shared.clone(), shutdown_rx.clone()));
         let ev = tokio::spawn(region_events(shared.clone(), events_rx, shutdown_rx.clone()));
+        if let Some(web) = web_cert {
+            tokio::spawn(rotate_web_cert(web, shutdown_rx.clone()));
+        }
         let stages = tokio::spawn(crate::metrics::report_loop(shutdown_rx));
         Ok(Node { node_id: cfg.node_id, local_addr, ctx, shutdown, tasks: vec![serve, hb, ev, stages], released })
     }
@@ -742,7 +760,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         }
         let hb = PdRequest::NodeHeartbeat {
             node_id,
-            stats: node_stats(&shared.ctx),
+            stats: node_stats(&shared.ctx, shared.web.as_ref()),
             hosted: shared.ctx.regions.ids(),
             merged: merged_regions(&shared.ctx),
         };
@@ -803,6 +821,36 @@ async fn report_regions(shared: &Arc<Shared>, pd: &PdClient, load: &mut LoadMete
     }
 }
 
+/// Names a browser certificate of this node is valid for: its listen IP, its advertised
+/// host, and `localhost`.
+fn web_hosts(cfg: &NodeConfig) -> Vec<String> {
+    let mut hosts = vec![cfg.listen.ip().to_string(), "localhost".to_string()];
+    if let Some(host) =
+        cfg.advertise.as_deref().and_then(|a| a.rsplit_once(':')).map(|(h, _)| h.trim_matches(['[', ']']))
+    {
+        hosts.push(host.to_string());
+    }
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+/// Replaces the browser certificate before it expires (checked hourly); the next heartbeat
+/// publishes the new hash through PD.
+pub(crate) async fn rotate_web_cert(web: tessera_certs::WebCert, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            _ = tick.tick() => {
+                if let Err(error) = web.rotate_if_due() {
+                    tracing::error!(%error, "rotating the browser certificate failed");
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tessera_wire::{NodeId, Peer, PeerId, RegionEpoch, RegionId};
@@ -829,3 +877,4 @@ mod tests {
         assert_eq!(initializer(&RegionDescriptor { peers: vec![], ..desc(1) }), None);
     }
 }
+

@@ -54,13 +54,14 @@ impl PdClient {
 }
 
 /// Builds this node's store statistics.
-pub(crate) fn node_stats(ctx: &crate::region::NodeContext) -> NodeStats {
+pub(crate) fn node_stats(ctx: &crate::region::NodeContext, web: Option<&tessera_certs::WebCert>) -> NodeStats {
     let regions = ctx.regions.all();
     NodeStats {
         region_count: regions.len() as u64,
         leader_count: regions.iter().filter(|r| r.is_leader()).count() as u64,
         used_bytes: regions.iter().map(|r| r.shared.approx_bytes.load(Ordering::Relaxed).max(0) as u64).sum(),
         write_path: ctx.write_path_stats(),
+        web_cert_hash: web.map(|w| w.hash().to_vec()),
     }
 }
 

@@ -36,6 +36,10 @@ pub struct PdConfig {
     /// `tessera` binary turns it on). Web clients derive `ws://HOST:PORT` from the QUIC
     /// address PD publishes, so the port numbers must match.
     pub websocket: bool,
+    /// Also serve browsers over WebTransport (ALPN `h3`) on the QUIC endpoint, with a
+    /// short-lived self-signed certificate ([`crate::PdServer::web_cert_hash`]) (default
+    /// false here; the `tessera` binary turns it on).
+    pub webtransport: bool,
 }
 
 impl PdConfig {
@@ -51,6 +55,7 @@ impl PdConfig {
             node_down_after: defaults.node_down_after,
             scheduler: crate::scheduler::SchedulerConfig::default(),
             websocket: false,
+            webtransport: false,
         }
     }
 

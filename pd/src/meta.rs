@@ -749,6 +749,7 @@ impl ClusterMeta {
                 used_bytes: n.stats.used_bytes,
                 write_path: n.stats.write_path,
                 draining: n.draining,
+                web_cert_hash: n.stats.web_cert_hash.clone(),
             })
             .collect()
     }

@@ -23,6 +23,9 @@ pub const DB_FILE: &str = "pd.redb";
 #[derive(Debug)]
 pub struct PdServer {
     local_addr: SocketAddr,
+    web_cert: Option<tessera_certs::WebCert>,
+    /// The certificate's rotation task, stopped with the server.
+    _rotation: Option<AbortOnDrop>,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<()>,
     released: SocketReleased,
@@ -50,15 +53,28 @@ impl PdServer {
         let bootstrapped = meta.is_bootstrapped();
         let nodes = meta.nodes(Duration::ZERO).len();
 
-        let tls = tessera_certs::server_tls_config(&cfg.tls).map_err(PdError::Tls)?;
+        let web_cert = if cfg.webtransport {
+            let hosts = vec![cfg.listen.ip().to_string(), "localhost".to_string()];
+            Some(tessera_certs::WebCert::new(&hosts).map_err(PdError::Tls)?)
+        } else {
+            None
+        };
+        let tls = match &web_cert {
+            Some(web) => tessera_certs::server_tls_config_web(&cfg.tls, web),
+            None => tessera_certs::server_tls_config(&cfg.tls),
+        }
+        .map_err(PdError::Tls)?;
         // A stable stateless-reset key (from PD's private key): clients and nodes connected
         // to a previous PD process are reset at once when it restarts.
-        let transport = match std::fs::read(&cfg.tls.key) {
+        let mut transport = match std::fs::read(&cfg.tls.key) {
             Ok(key) => {
                 TransportConfig { reset_key_seed: Some(ResetKeySeed::derive(&key)), ..TransportConfig::default() }
             }
             Err(_) => TransportConfig::default(),
         };
+        if cfg.webtransport {
+            transport.max_concurrent_uni_streams = TransportConfig::WEB_UNI_STREAMS;
+        }
         let server = Server::bind(cfg.listen, tls, None, Role::Pd, transport)
             .map_err(|source| PdError::Bind { addr: cfg.listen, source })?;
         let local_addr = server.local_addr();
@@ -106,12 +122,30 @@ impl PdServer {
             tokio::join!(server.serve(service.clone(), auth.clone(), signal), web);
         });
         tracing::info!(%local_addr, bootstrapped, nodes, "PD serving");
-        Ok(PdServer { local_addr, shutdown, task, released })
+        let rotation = web_cert.clone().map(|web| {
+            let task = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(3600));
+                loop {
+                    tick.tick().await;
+                    if let Err(error) = web.rotate_if_due() {
+                        tracing::error!(%error, "rotating the browser certificate failed");
+                    }
+                }
+            });
+            AbortOnDrop(task.abort_handle())
+        });
+        Ok(PdServer { local_addr, web_cert, _rotation: rotation, shutdown, task, released })
     }
 
     /// The bound address (useful after listening on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// SHA-256 of PD's current WebTransport certificate, when it serves browsers: what a
+    /// browser pins to reach PD (`web.json`'s `certHashes`).
+    pub fn web_cert_hash(&self) -> Option<[u8; 32]> {
+        self.web_cert.as_ref().map(|w| w.hash())
     }
 
     /// Stops accepting connections, waits for in-flight requests to finish (each mutation
@@ -125,5 +159,15 @@ impl PdServer {
             tracing::warn!(local_addr = %self.local_addr, "PD's socket was still open 5 s after shutdown");
         }
         tracing::info!(local_addr = %self.local_addr, "PD stopped");
+    }
+}
+
+/// Aborts a background task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

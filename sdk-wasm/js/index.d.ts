@@ -7,10 +7,12 @@ export interface ConnectOptions {
   pd: string[];
   /** A token from `tessera token create` (or web.json's dev token). */
   token: string;
-  /** WebTransport URLs (reserved; this version uses WebSocket). */
+  /** PD's WebTransport URLs, `https://host:port/` (browsers). */
   webtransport?: string[];
-  /** Certificate hashes for WebTransport (reserved). */
+  /** Hex SHA-256 hashes of PD's WebTransport certificates (nodes' come from PD). */
   certHashes?: string[];
+  /** Default: WebTransport where the runtime has it and `webtransport` is given, else WebSocket. */
+  transport?: 'websocket' | 'webtransport';
   /** Deadline of each operation, retries included (default 10000). */
   requestTimeoutMs?: number;
   /** Longest wait for one attempt before retrying elsewhere (default 3000). */
@@ -119,6 +121,8 @@ export function getString(bytes: Uint8Array | null): string | null;
  */
 export class Client {
   static connect(options: ConnectOptions): Promise<Client>;
+  /** How this client reaches the cluster. */
+  readonly transport: 'websocket' | 'webtransport';
   get(key: Bytes, opts?: CallOptions): Promise<Uint8Array | null>;
   getString(key: Bytes, opts?: CallOptions): Promise<string | null>;
   getStale(key: Bytes, opts?: CallOptions): Promise<Uint8Array | null>;

@@ -142,8 +142,10 @@ export class Client {
   }
 
   /**
-   * Connects. `options` is what `tessera dev` writes to DATA/web.json
-   * (`{ pd: ["ws://…"], token }`), optionally with `requestTimeoutMs` and `attemptTimeoutMs`.
+   * Connects. `options` is what `tessera dev` writes to DATA/web.json (`{ pd: ["ws://…"],
+   * webtransport: ["https://…"], certHashes: [hex], token }`), optionally with `transport`
+   * (`"websocket"` or `"webtransport"`; default: WebTransport where the runtime has it),
+   * `requestTimeoutMs` and `attemptTimeoutMs`.
    */
   static async connect(options) {
     await load();
@@ -152,6 +154,11 @@ export class Client {
     } catch (e) {
       throw translate(e);
     }
+  }
+
+  /** How this client reaches the cluster: `"webtransport"` or `"websocket"`. */
+  get transport() {
+    return this._inner.transport;
   }
 
   /** The value of `key`, or `null` when absent. */

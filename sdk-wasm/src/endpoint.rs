@@ -31,6 +31,30 @@ pub fn parse(text: &str) -> Result<Endpoint, String> {
     }
 }
 
+/// Parses a WebTransport URL, `https://host:port/`, into `host:port`.
+pub fn parse_webtransport(text: &str) -> Result<String, String> {
+    let rest = text
+        .trim()
+        .trim_end_matches('/')
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("WebTransport URL {text:?} is not https://host:port"))?;
+    parse(rest).map(|e| e.addr).map_err(|_| format!("WebTransport URL {text:?} is not https://host:port"))
+}
+
+/// Parses a certificate hash given as 64 hex digits (as `web.json` lists them).
+pub fn parse_hash(text: &str) -> Result<[u8; 32], String> {
+    let text = text.trim();
+    let bad = || format!("certificate hash {text:?} is not 64 hex digits");
+    if text.len() != 64 || !text.is_ascii() {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
 /// The WebSocket URL of `addr` (`host:port`).
 pub fn url(addr: &str, secure: bool) -> String {
     format!("{}://{addr}", if secure { "wss" } else { "ws" })
@@ -48,6 +72,16 @@ mod tests {
         for bad in ["", "http://a:1", "ws://a", "ws://:1", "ws://a:99999", "ws://a:1/path"] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn webtransport_urls_and_hashes_parse() {
+        assert_eq!(parse_webtransport("https://127.0.0.1:7379/").unwrap(), "127.0.0.1:7379");
+        assert!(parse_webtransport("ws://127.0.0.1:7379").is_err());
+        let hex = "00ff".repeat(16);
+        assert_eq!(parse_hash(&hex).unwrap()[..2], [0x00, 0xff]);
+        assert!(parse_hash("abc").is_err());
+        assert!(parse_hash(&"zz".repeat(32)).is_err());
     }
 
     #[test]

@@ -92,6 +92,34 @@ impl Mux {
     }
 }
 
+/// Reassembles frames from a byte stream (WebTransport), where chunk boundaries are not
+/// frame boundaries. Each frame comes out whole, length prefix included, as a WebSocket
+/// message carries it.
+#[derive(Debug, Default)]
+pub struct FrameBuffer {
+    buf: Vec<u8>,
+}
+
+impl FrameBuffer {
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, if one has arrived. An error (an announced length over the
+    /// frame limit) means the stream is unusable; it is checked before the frame arrives.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, String> {
+        match frame::check(&self.buf, DEFAULT_MAX_FRAME_LEN) {
+            Ok(Some(len)) if self.buf.len() >= frame::LEN_PREFIX + len => {
+                let rest = self.buf.split_off(frame::LEN_PREFIX + len);
+                Ok(Some(std::mem::replace(&mut self.buf, rest)))
+            }
+            Ok(_) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +194,27 @@ mod tests {
         let refused = mux.request(Request::Kv(KvRequest { header, op })).unwrap_err();
         assert!(!refused.may_have_been_delivered());
         assert_eq!(mux.in_flight(), 0);
+    }
+
+    #[test]
+    fn frames_are_reassembled_across_chunk_boundaries() {
+        let a = hello("first");
+        let b = hello("second token");
+        let mut stream = a.clone();
+        stream.extend_from_slice(&b);
+        for split in [1, 3, 4, a.len() - 1, a.len(), a.len() + 2, stream.len()] {
+            let mut buffer = FrameBuffer::default();
+            let mut frames = Vec::new();
+            for chunk in [&stream[..split], &stream[split..]] {
+                buffer.push(chunk);
+                while let Some(frame) = buffer.next_frame().unwrap() {
+                    frames.push(frame);
+                }
+            }
+            assert_eq!(frames, vec![a.clone(), b.clone()], "split at {split}");
+        }
+        let mut hostile = FrameBuffer::default();
+        hostile.push(&[0xff, 0xff, 0xff, 0xff]);
+        assert!(hostile.next_frame().is_err(), "an oversized length is refused before its body");
     }
 }

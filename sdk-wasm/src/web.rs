@@ -5,7 +5,7 @@
 //! `Send + Sync` bounds are met with `SendWrapper`, which would panic if a value ever moved
 //! to another thread (it cannot, here).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -20,10 +20,13 @@ use tessera::{Client, ClientConfig, ScanCursor, ScanOptions};
 use tessera_wire::{ReadConsistency, Request, Response};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use web_sys::{BinaryType, MessageEvent, WebSocket};
+use web_sys::{
+    BinaryType, MessageEvent, ReadableStreamDefaultReader, WebSocket, WebTransport, WebTransportBidirectionalStream,
+    WebTransportHash, WebTransportOptions, WritableStreamDefaultWriter,
+};
 
 use crate::endpoint;
-use crate::mux::{self, Incoming, Mux};
+use crate::mux::{self, FrameBuffer, Incoming, Mux};
 
 #[wasm_bindgen]
 extern "C" {
@@ -109,10 +112,50 @@ enum ConnState {
     Closed(TransportError),
 }
 
-/// One WebSocket to one server.
+/// The socket of a connection.
+enum Socket {
+    Ws(WebSocket),
+    /// A WebTransport session and the writer of its one request stream (once open).
+    Wt {
+        session: WebTransport,
+        writer: RefCell<Option<WritableStreamDefaultWriter>>,
+    },
+}
+
+impl Socket {
+    fn send(&self, bytes: &[u8]) -> Result<(), String> {
+        // A copy owned by JS: Node's `ws` may queue the buffer it is given, and a view into
+        // wasm memory would change under it.
+        let copy = Uint8Array::from(bytes);
+        match self {
+            Socket::Ws(ws) => {
+                ws.send_with_js_u8_array(&copy).map_err(|e| e.as_string().unwrap_or_else(|| "send failed".into()))
+            }
+            Socket::Wt { writer, .. } => match &*writer.borrow() {
+                // Writes are queued in order by the stream; a failure shows as the stream closing.
+                Some(writer) => {
+                    let _ = writer.write_with_chunk(&copy);
+                    Ok(())
+                }
+                None => Err("the stream is not open".into()),
+            },
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            Socket::Ws(ws) => {
+                let _ = ws.close();
+            }
+            Socket::Wt { session, .. } => session.close(),
+        }
+    }
+}
+
+/// One socket to one server.
 struct Conn {
     addr: String,
-    ws: WebSocket,
+    socket: Socket,
     mux: RefCell<Mux>,
     state: RefCell<ConnState>,
     closures: RefCell<Vec<Box<dyn std::any::Any>>>,
@@ -122,11 +165,13 @@ impl Drop for Conn {
     fn drop(&mut self) {
         // Detach the handlers before their closures go, then close: a late event must not
         // call into a dropped closure.
-        self.ws.set_onopen(None);
-        self.ws.set_onmessage(None);
-        self.ws.set_onclose(None);
-        self.ws.set_onerror(None);
-        let _ = self.ws.close();
+        if let Socket::Ws(ws) = &self.socket {
+            ws.set_onopen(None);
+            ws.set_onmessage(None);
+            ws.set_onclose(None);
+            ws.set_onerror(None);
+        }
+        self.socket.close();
     }
 }
 
@@ -153,7 +198,7 @@ impl Conn {
             Ok(Incoming::HelloAck(Ok(_))) => self.settle(Ok(())),
             Ok(Incoming::HelloAck(Err(e))) => {
                 self.settle(Err(TransportError::Refused(e)));
-                let _ = self.ws.close();
+                self.socket.close();
             }
             Err(reason) => self.on_closed(format!("protocol violation: {reason}")),
         }
@@ -167,7 +212,7 @@ impl Conn {
             *self.state.borrow_mut() = ConnState::Closed(TransportError::ConnectionLost(reason.clone()));
         }
         self.mux.borrow_mut().fail_all(&reason);
-        let _ = self.ws.close();
+        self.socket.close();
     }
 
     /// Resolves once the handshake is done (or failed).
@@ -201,7 +246,7 @@ fn dial(addr: &str, secure: bool, token: &str) -> Result<Rc<Conn>, TransportErro
     ws.set_binary_type(BinaryType::Arraybuffer);
     let conn = Rc::new(Conn {
         addr: addr.to_string(),
-        ws: ws.clone(),
+        socket: Socket::Ws(ws.clone()),
         mux: RefCell::new(Mux::default()),
         state: RefCell::new(ConnState::Opening(Vec::new())),
         closures: RefCell::new(Vec::new()),
@@ -210,7 +255,7 @@ fn dial(addr: &str, secure: bool, token: &str) -> Result<Rc<Conn>, TransportErro
     let weak = Rc::downgrade(&conn);
     let on_open = Closure::<dyn FnMut()>::new(move || {
         if let Some(conn) = weak.upgrade() {
-            if conn.ws.send_with_js_u8_array(&Uint8Array::from(&hello[..])).is_err() {
+            if conn.socket.send(&hello).is_err() {
                 conn.on_closed("cannot send Hello".into());
             }
         }
@@ -255,10 +300,128 @@ fn dial(addr: &str, secure: bool, token: &str) -> Result<Rc<Conn>, TransportErro
     Ok(conn)
 }
 
+/// Opens a WebTransport session to `addr` pinned to `hashes`, then its request stream, and
+/// says Hello on it. Runs in the background; the connection settles when the server
+/// answers (or the session fails).
+fn dial_wt(addr: &str, hashes: &[[u8; 32]], token: &str) -> Result<Rc<Conn>, TransportError> {
+    let options = WebTransportOptions::new();
+    let pinned: Vec<WebTransportHash> = hashes
+        .iter()
+        .map(|h| {
+            let hash = WebTransportHash::new();
+            hash.set_algorithm("sha-256");
+            hash.set_value_u8_array(&Uint8Array::from(&h[..]));
+            hash
+        })
+        .collect();
+    options.set_server_certificate_hashes(&pinned);
+    let session = WebTransport::new_with_options(&format!("https://{addr}/"), &options).map_err(|e| {
+        TransportError::Connect { addr: addr.to_string(), reason: e.as_string().unwrap_or_else(|| format!("{e:?}")) }
+    })?;
+    let conn = Rc::new(Conn {
+        addr: addr.to_string(),
+        socket: Socket::Wt { session: session.clone(), writer: RefCell::new(None) },
+        mux: RefCell::new(Mux::default()),
+        state: RefCell::new(ConnState::Opening(Vec::new())),
+        closures: RefCell::new(Vec::new()),
+    });
+    let weak = Rc::downgrade(&conn);
+    let hello = mux::hello(token);
+    wasm_bindgen_futures::spawn_local(async move {
+        let fail = |reason: &str| {
+            if let Some(conn) = weak.upgrade() {
+                conn.on_closed(reason.to_string());
+            }
+        };
+        if wasm_bindgen_futures::JsFuture::from(js_sys::Promise::from(JsValue::from(session.ready()))).await.is_err() {
+            return fail("WebTransport session failed (certificate hash, or no server)");
+        }
+        let stream = match wasm_bindgen_futures::JsFuture::from(js_sys::Promise::from(JsValue::from(
+            session.create_bidirectional_stream(),
+        )))
+        .await
+        {
+            Ok(stream) => stream.unchecked_into::<WebTransportBidirectionalStream>(),
+            Err(_) => return fail("cannot open a WebTransport stream"),
+        };
+        let writer = match stream.writable().get_writer() {
+            Ok(writer) => writer,
+            Err(_) => return fail("cannot write to the WebTransport stream"),
+        };
+        let reader = stream.readable().get_reader().unchecked_into::<ReadableStreamDefaultReader>();
+        match weak.upgrade() {
+            Some(conn) => {
+                if let Socket::Wt { writer: slot, .. } = &conn.socket {
+                    *slot.borrow_mut() = Some(writer);
+                }
+                if conn.socket.send(&hello).is_err() {
+                    return conn.on_closed("cannot send Hello".into());
+                }
+            }
+            None => return,
+        }
+        let mut frames = FrameBuffer::default();
+        loop {
+            let read = wasm_bindgen_futures::JsFuture::from(reader.read()).await;
+            let Some(conn) = weak.upgrade() else { return };
+            let chunk = match read {
+                Ok(result) => result,
+                Err(_) => return conn.on_closed("WebTransport stream failed".into()),
+            };
+            if Reflect::get(&chunk, &"done".into()).ok().and_then(|d| d.as_bool()).unwrap_or(true) {
+                return conn.on_closed("WebTransport stream finished".into());
+            }
+            let Ok(value) = Reflect::get(&chunk, &"value".into()) else { continue };
+            frames.push(&Uint8Array::new(&value).to_vec());
+            loop {
+                match frames.next_frame() {
+                    Ok(Some(frame)) => conn.on_message(&frame),
+                    Ok(None) => break,
+                    Err(reason) => return conn.on_closed(format!("protocol violation: {reason}")),
+                }
+            }
+        }
+    });
+    Ok(conn)
+}
+
+/// How a client reaches servers.
+enum Kind {
+    WebSocket {
+        secure: bool,
+    },
+    /// WebTransport, pinning every certificate hash known (PD's from the options, the
+    /// nodes' from PD's node list).
+    WebTransport {
+        hashes: RefCell<Vec<[u8; 32]>>,
+    },
+}
+
 struct WsInner {
     token: String,
-    secure: bool,
+    kind: Kind,
     conns: RefCell<HashMap<String, Rc<Conn>>>,
+    /// Set by `close`: background work stops.
+    closed: Cell<bool>,
+}
+
+/// How often a WebTransport client refreshes the nodes' certificate hashes.
+const HASH_REFRESH: Duration = Duration::from_secs(60);
+
+/// Adds the certificate hashes PD lists for the nodes to the pinned set.
+async fn refresh_hashes(client: &Client, transport: &WsInner) -> Result<(), tessera::Error> {
+    let nodes = client.nodes().await?;
+    if let Kind::WebTransport { hashes } = &transport.kind {
+        let mut hashes = hashes.borrow_mut();
+        for hash in nodes.iter().filter_map(|n| n.web_cert_hash.as_deref()) {
+            if let Ok(hash) = <[u8; 32]>::try_from(hash) {
+                if !hashes.contains(&hash) {
+                    hashes.push(hash);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl WsInner {
@@ -266,7 +429,10 @@ impl WsInner {
         if let Some(conn) = self.conns.borrow().get(addr).filter(|c| !c.is_closed()) {
             return Ok(conn.clone());
         }
-        let conn = dial(addr, self.secure, &self.token)?;
+        let conn = match &self.kind {
+            Kind::WebSocket { secure } => dial(addr, *secure, &self.token)?,
+            Kind::WebTransport { hashes } => dial_wt(addr, &hashes.borrow(), &self.token)?,
+        };
         // Replaces a closed socket (dropped here, outside its own event handlers).
         self.conns.borrow_mut().insert(addr.to_string(), conn.clone());
         Ok(conn)
@@ -282,11 +448,9 @@ impl WsInner {
             }
         }
         let (id, bytes, answer) = conn.mux.borrow_mut().request(request)?;
-        // A copy owned by JS: Node's `ws` may queue the buffer it is given, and a view into
-        // wasm memory would change under it.
-        if let Err(e) = conn.ws.send_with_js_u8_array(&Uint8Array::from(&bytes[..])) {
+        if let Err(e) = conn.socket.send(&bytes) {
             conn.mux.borrow_mut().cancel(id);
-            return Err(TransportError::NotSent(e.as_string().unwrap_or_else(|| "send failed".into())));
+            return Err(TransportError::NotSent(e));
         }
         let spent = Duration::from_millis((performance_now() - started).max(0.0) as u64);
         match futures::future::select(answer, sleep(timeout.saturating_sub(spent))).await {
@@ -402,31 +566,84 @@ impl std::fmt::Debug for WasmClient {
 
 #[wasm_bindgen]
 impl WasmClient {
-    /// Connects with `{ pd: string[], token: string, requestTimeoutMs?, attemptTimeoutMs? }`:
-    /// PD endpoints as `ws://host:port` (or `wss://`), and a token from `tessera token create`.
+    /// Connects with `{ pd: string[], token: string, webtransport?: string[],
+    /// certHashes?: string[], transport?: "websocket" | "webtransport", requestTimeoutMs?,
+    /// attemptTimeoutMs? }`: PD endpoints as `ws://host:port` (or `wss://`), PD's WebTransport
+    /// URLs with its certificate hashes, and a token from `tessera token create`.
+    /// WebTransport is used where the runtime has it and URLs are given, unless `transport`
+    /// says otherwise.
     pub async fn connect(options: JsValue) -> Result<WasmClient, JsValue> {
-        let pd = get(&options, "pd").ok_or_else(|| config_error("options.pd (PD WebSocket URLs) is required"))?;
-        let pd: Vec<String> = Array::from(&pd).iter().filter_map(|v| v.as_string()).collect();
-        let endpoints = pd.iter().map(|e| endpoint::parse(e)).collect::<Result<Vec<_>, _>>().map_err(config_error)?;
-        let secure = endpoints.first().is_some_and(|e| e.secure);
-        if endpoints.iter().any(|e| e.secure != secure) {
-            return Err(config_error("PD endpoints mix ws:// and wss://"));
-        }
         let token = get(&options, "token")
             .and_then(|t| t.as_string())
             .ok_or_else(|| config_error("options.token is required (see `tessera token create`)"))?;
-        let mut cfg = ClientConfig::with_endpoints(endpoints.into_iter().map(|e| e.addr).collect());
+        let strings = |key: &str| -> Vec<String> {
+            get(&options, key)
+                .map(|v| Array::from(&v).iter().filter_map(|v| v.as_string()).collect())
+                .unwrap_or_default()
+        };
+        let wt_urls = strings("webtransport");
+        let has_webtransport = Reflect::has(&js_sys::global(), &"WebTransport".into()).unwrap_or(false);
+        let use_wt = match get(&options, "transport").and_then(|t| t.as_string()).as_deref() {
+            Some("webtransport") => true,
+            Some("websocket") => false,
+            None => has_webtransport && !wt_urls.is_empty(),
+            Some(other) => return Err(config_error(format!("unknown transport {other:?}"))),
+        };
+        let (addrs, kind) = if use_wt {
+            if wt_urls.is_empty() {
+                return Err(config_error("options.webtransport (PD WebTransport URLs) is required for WebTransport"));
+            }
+            let addrs = wt_urls.iter().map(|u| endpoint::parse_webtransport(u)).collect::<Result<Vec<_>, _>>();
+            let hashes = strings("certHashes").iter().map(|h| endpoint::parse_hash(h)).collect::<Result<Vec<_>, _>>();
+            (addrs.map_err(config_error)?, Kind::WebTransport { hashes: RefCell::new(hashes.map_err(config_error)?) })
+        } else {
+            let pd = strings("pd");
+            if pd.is_empty() {
+                return Err(config_error("options.pd (PD WebSocket URLs) is required"));
+            }
+            let endpoints =
+                pd.iter().map(|e| endpoint::parse(e)).collect::<Result<Vec<_>, _>>().map_err(config_error)?;
+            let secure = endpoints.first().is_some_and(|e| e.secure);
+            if endpoints.iter().any(|e| e.secure != secure) {
+                return Err(config_error("PD endpoints mix ws:// and wss://"));
+            }
+            (endpoints.into_iter().map(|e| e.addr).collect(), Kind::WebSocket { secure })
+        };
+        let mut cfg = ClientConfig::with_endpoints(addrs);
         if let Some(t) = millis(&options, "requestTimeoutMs")? {
             cfg.request_timeout = t;
         }
         if let Some(t) = millis(&options, "attemptTimeoutMs")? {
             cfg.attempt_timeout = t;
         }
-        let transport = Rc::new(WsInner { token, secure, conns: RefCell::new(HashMap::new()) });
+        let transport = Rc::new(WsInner { token, kind, conns: RefCell::new(HashMap::new()), closed: Cell::new(false) });
         let platform = Arc::new(WsTransport(SendWrapper::new(transport.clone())));
         let clock = Arc::new(JsClock { origin: performance_now() });
         let client = Client::with_platform(cfg, platform, clock, random_seed()).await.map_err(js_error)?;
+        if matches!(transport.kind, Kind::WebTransport { .. }) {
+            // Nodes are pinned by the hashes PD publishes; learn them now and keep them
+            // current (a node's certificate rotates every few days, a node may join).
+            refresh_hashes(&client, &transport).await.map_err(js_error)?;
+            let (client, transport) = (client.clone(), transport.clone());
+            wasm_bindgen_futures::spawn_local(async move {
+                while !transport.closed.get() {
+                    sleep(HASH_REFRESH).await;
+                    if !transport.closed.get() {
+                        let _ = refresh_hashes(&client, &transport).await;
+                    }
+                }
+            });
+        }
         Ok(WasmClient { client, transport })
+    }
+
+    /// `"webtransport"` or `"websocket"`: how this client reaches the cluster.
+    #[wasm_bindgen(getter)]
+    pub fn transport(&self) -> String {
+        match self.transport.kind {
+            Kind::WebTransport { .. } => "webtransport".into(),
+            Kind::WebSocket { .. } => "websocket".into(),
+        }
     }
 
     fn handle(&self, timeout_ms: Option<f64>) -> Client {
@@ -573,6 +790,7 @@ impl WasmClient {
 
     /// Closes every socket. Operations after `close` fail.
     pub fn close(&self) {
+        self.transport.closed.set(true);
         self.transport.conns.borrow_mut().clear();
     }
 }
@@ -629,7 +847,12 @@ mod tests {
 
     #[wasm_bindgen_test]
     async fn an_unreachable_server_fails_the_call_as_not_sent_within_its_timeout() {
-        let transport = WsInner { token: "t".into(), secure: false, conns: RefCell::new(HashMap::new()) };
+        let transport = WsInner {
+            token: "t".into(),
+            kind: Kind::WebSocket { secure: false },
+            conns: RefCell::new(HashMap::new()),
+            closed: Cell::new(false),
+        };
         // Port 9 (discard) is closed on loopback: the socket fails at once.
         let request = Request::Pd(tessera_wire::PdRequest::GetNodes);
         let failure = transport.call("127.0.0.1:9", request, Duration::from_secs(5)).await.unwrap_err();

@@ -1,6 +1,7 @@
 // The JS SDK in headless Chromium (Debian's chromium, driven by playwright-core): the dev
-// page of `tessera dev --web`, and the core of the conformance suite run inside the page.
-// The browser reaches the cluster over WebSocket with the dev token.
+// page of `tessera dev --web`, and the core of the conformance suite run inside the page,
+// over WebTransport (pinned by certificate hashes, the default in a browser) and over
+// WebSocket, with the dev token.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -59,6 +60,7 @@ async function openPage() {
 
 test('the dev page shows nodes and led regions, and puts and scans keys', async () => {
   const { page, errors } = await openPage();
+  assert.match(await page.textContent('#conn'), /over WebTransport/, 'a browser uses WebTransport by default');
   await page.waitForFunction(() => document.querySelectorAll('#nodes tbody tr').length === 3);
   await page.waitForFunction(
     () => [...document.querySelectorAll('#regions tbody tr')].filter((r) => r.querySelector('.leader')).length === 4,
@@ -79,14 +81,16 @@ test('the dev page shows nodes and led regions, and puts and scans keys', async 
   await page.close();
 });
 
-test('the core of the conformance suite runs in the browser', async () => {
+for (const transport of ['webtransport', 'websocket']) test(`the core of the conformance suite runs in the browser over ${transport}`, async () => {
   const { page, errors } = await openPage();
-  const result = await page.evaluate(async () => {
+  const result = await page.evaluate(async (transport) => {
     const { Client, getString, KeyTooLargeError } = await import('./js/index.js');
-    const db = await Client.connect(await (await fetch('./web.json')).json());
-    const out = {};
+    const db = await Client.connect({ ...(await (await fetch('./web.json')).json()), transport });
+    const out = { transport: db.transport };
+    // A fresh prefix per run: both transports write the same cluster.
+    const tag = transport === 'websocket' ? 0x6b : 0x6c;
     // A key in each of the four regions (split on the first byte).
-    const keys = [0x10, 0x50, 0x90, 0xd0].map((b) => new Uint8Array([b, 0x6b]));
+    const keys = [0x10, 0x50, 0x90, 0xd0].map((b) => new Uint8Array([b, tag]));
     for (const k of keys) await db.put(k, 'v');
     out.values = (await db.batchGet(keys)).map(getString);
     out.appended = await db.append(keys[2], '+');
@@ -94,11 +98,11 @@ test('the core of the conformance suite runs in the browser', async () => {
     out.deleted = await db.delete(keys[0]);
     out.forward = [];
     for await (const [k] of db.scan(new Uint8Array([0]), new Uint8Array([0xff]), { pageSize: 1 })) {
-      if (k.length === 2 && k[1] === 0x6b) out.forward.push(k[0]);
+      if (k.length === 2 && k[1] === tag) out.forward.push(k[0]);
     }
     out.reverse = [];
     for await (const [k] of db.scan(new Uint8Array([0]), new Uint8Array([0xff]), { pageSize: 1, reverse: true })) {
-      if (k.length === 2 && k[1] === 0x6b) out.reverse.push(k[0]);
+      if (k.length === 2 && k[1] === tag) out.reverse.push(k[0]);
     }
     try {
       await db.put(new Uint8Array(8 * 1024 + 1), 'x');
@@ -108,8 +112,9 @@ test('the core of the conformance suite runs in the browser', async () => {
     }
     db.close();
     return out;
-  });
+  }, transport);
   assert.deepEqual(result, {
+    transport,
     values: ['v', 'v', 'v', 'v'],
     appended: 2,
     cas: true,

@@ -13,7 +13,7 @@ const status = (message, error = false) => {
 
 const config = await (await fetch('./web.json')).json();
 const db = await Client.connect(config);
-$('conn').textContent = `connected to PD ${config.pd.join(', ')} over WebSocket`;
+$('conn').textContent = `connected over ${db.transport === 'webtransport' ? 'WebTransport' : 'WebSocket'} (PD ${config.pd.map((u) => u.replace(/^ws:\/\//, '')).join(', ')})`;
 
 async function refresh() {
   try {

@@ -328,6 +328,7 @@ mod tests {
                             log_bytes: 3,
                         },
                         draining: up && id % 2 == 0,
+                        web_cert_hash: up.then(|| id.to_be_bytes().to_vec()),
                     }
                 },
             )

@@ -37,6 +37,9 @@ pub struct NodeInfo {
     /// An operator asked for the node to be emptied (`tessera admin drain`): its replicas
     /// are moved away and it receives none.
     pub draining: bool,
+    /// SHA-256 of its current WebTransport certificate, as of its last heartbeat; browsers
+    /// pin it (`serverCertificateHashes`). `None` when it serves no browsers.
+    pub web_cert_hash: Option<Vec<u8>>,
 }
 
 /// Cumulative counters of a node's write path since it started, for benchmarks and
@@ -64,6 +67,9 @@ pub struct NodeStats {
     pub used_bytes: u64,
     /// Write-path counters, cumulative since the node started.
     pub write_path: WritePathStats,
+    /// SHA-256 of the node's current browser (WebTransport) certificate, if it serves
+    /// browsers: what a browser pins to reach it.
+    pub web_cert_hash: Option<Vec<u8>>,
 }
 
 /// Per-region statistics sent by the region leader.

@@ -355,6 +355,34 @@ async fn a_client_without_certificate_is_refused() {
     server.shutdown().await;
 }
 
+/// A server that also serves browsers lets TLS accept a peer without a certificate; on the
+/// native protocol it must still refuse it, before any `Hello`.
+#[tokio::test]
+async fn a_web_enabled_server_still_refuses_native_clients_without_a_certificate() {
+    let dir = certs();
+    let web = tessera_certs::WebCert::new(&["127.0.0.1".into()]).unwrap();
+    let tls = tessera_certs::server_tls_config_web(&TlsFiles::node(dir.path(), NodeId(1)), &web).unwrap();
+    let config =
+        TransportConfig { max_concurrent_uni_streams: TransportConfig::WEB_UNI_STREAMS, ..TransportConfig::default() };
+    let server = run(Server::bind(loopback(), tls, None, Role::Node(NodeId(1)), config).unwrap());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in tessera_certs::load_certs(&dir.path().join("ca.pem")).unwrap() {
+        roots.add(ca).unwrap();
+    }
+    let mut anonymous = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    anonymous.alpn_protocols = vec![tessera_wire::ALPN.to_vec()];
+    let result = client_with(Arc::new(anonymous), Role::Client).connect(&server.addr()).await;
+    assert!(result.is_err(), "an anonymous native client is refused: {result:?}");
+    assert_eq!(server.auth.handshakes.load(Ordering::SeqCst), 0, "refused before any Hello");
+    // Native peers with certificates get the CA-signed certificate and are served.
+    assert_served(&dir, &server).await;
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_client_certificate_from_another_ca_is_refused() {
     let dir = certs();

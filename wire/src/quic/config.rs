@@ -36,6 +36,16 @@ pub struct TransportConfig {
     pub max_connections: usize,
     /// Time allowed for connect + handshake (default 5 s).
     pub connect_timeout: Duration,
+    /// Unidirectional streams a peer may open (default 0: the native protocol uses none).
+    /// HTTP/3, under WebTransport, needs a few for its control streams:
+    /// [`TransportConfig::WEB_UNI_STREAMS`].
+    pub max_concurrent_uni_streams: u32,
+}
+
+impl TransportConfig {
+    /// Unidirectional streams a server that accepts WebTransport sessions allows: HTTP/3's
+    /// control stream and the two QPACK streams, with room to spare.
+    pub const WEB_UNI_STREAMS: u32 = 8;
 }
 
 impl Default for TransportConfig {
@@ -53,6 +63,7 @@ impl Default for TransportConfig {
             streams_per_connection: 4,
             max_connections: 1024,
             connect_timeout: Duration::from_secs(5),
+            max_concurrent_uni_streams: 0,
         }
     }
 }
@@ -127,7 +138,7 @@ impl TransportConfig {
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_bidi_streams))
-            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .max_concurrent_uni_streams(VarInt::from_u32(self.max_concurrent_uni_streams))
             .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
             .receive_window(VarInt::from_u32(self.receive_window))
             .send_window(self.send_window)

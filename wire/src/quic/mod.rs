@@ -27,12 +27,14 @@ mod socket;
 mod stream;
 #[cfg(feature = "ws")]
 mod ws;
+#[cfg(feature = "webtransport")]
+mod wt;
 
 pub use crate::transport::TransportError;
 pub use client::{ClientEndpoint, Connection};
 pub use config::{ResetKeySeed, TransportConfig};
 pub use pool::ConnectionPool;
-pub use server::{Authenticator, ClientEndpointHandle, PeerInfo, Principal, Server, Service};
+pub use server::{Authenticator, ClientEndpointHandle, PeerInfo, Principal, Server, Service, H3_ALPN};
 pub use socket::SocketReleased;
 #[cfg(feature = "ws")]
 pub use ws::WsServer;

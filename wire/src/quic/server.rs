@@ -14,13 +14,16 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::client::quinn_client_config;
-use super::stream::{self, FrameReader};
+use super::stream::{self, ChunkRead, ChunkWrite, FrameReader};
 use super::{
     TransportConfig, TransportError, CLOSE_HANDSHAKE_REFUSED, CLOSE_HANDSHAKE_TIMEOUT, CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
 };
 use crate::token::TokenClaims;
 use crate::{Frame, FrameBody, Hello, HelloAck, Request, Response, Role, PROTOCOL_VERSION};
+
+/// ALPN of HTTP/3, which WebTransport sessions from browsers use.
+pub const H3_ALPN: &[u8] = b"h3";
 
 /// Responses queued per stream before handlers wait for the writer.
 const STREAM_QUEUE: usize = 256;
@@ -221,15 +224,15 @@ impl Server {
 pub type ClientEndpointHandle = super::ClientEndpoint;
 
 /// What every connection task needs.
-struct ServeContext<S, A> {
-    service: Arc<S>,
-    auth: Arc<A>,
-    role: Role,
-    config: TransportConfig,
-    stop: watch::Receiver<bool>,
+pub(crate) struct ServeContext<S, A> {
+    pub(crate) service: Arc<S>,
+    pub(crate) auth: Arc<A>,
+    pub(crate) role: Role,
+    pub(crate) config: TransportConfig,
+    pub(crate) stop: watch::Receiver<bool>,
 }
 
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     // An error means the server is gone, which is a stop too.
     let _ = stop.wait_for(|stop| *stop).await;
 }
@@ -238,10 +241,23 @@ fn close(conn: &quinn::Connection, code: u32, reason: &'static [u8]) {
     conn.close(VarInt::from_u32(code), reason);
 }
 
+/// What a request stream closes on a protocol violation or a panicked handler: the QUIC
+/// connection, or a browser's WebTransport session.
+pub(crate) trait Closer: Clone + Send + Sync + 'static {
+    /// Closes with an application `code` and `reason`.
+    fn close_with(&self, code: u32, reason: &'static [u8]);
+}
+
+impl Closer for quinn::Connection {
+    fn close_with(&self, code: u32, reason: &'static [u8]) {
+        close(self, code, reason);
+    }
+}
+
 async fn serve_connection<S: Service, A: Authenticator>(
     incoming: quinn::Incoming,
     ctx: Arc<ServeContext<S, A>>,
-    _permit: OwnedSemaphorePermit,
+    #[allow(clippy::used_underscore_binding)] _permit: OwnedSemaphorePermit,
     done: mpsc::Sender<()>,
 ) {
     let remote = incoming.remote_address();
@@ -252,6 +268,25 @@ async fn serve_connection<S: Service, A: Authenticator>(
             return;
         }
     };
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    if alpn.as_deref() == Some(H3_ALPN) {
+        // A browser: WebTransport over HTTP/3, authenticated by a token.
+        #[cfg(feature = "webtransport")]
+        super::wt::serve_session(conn, ctx, _permit, done).await;
+        #[cfg(not(feature = "webtransport"))]
+        close(&conn, CLOSE_HANDSHAKE_REFUSED, b"WebTransport is not enabled");
+        return;
+    }
+    // Web-enabled servers let TLS accept peers without a certificate (browsers cannot send
+    // one); on the native protocol a certificate stays mandatory.
+    if conn.peer_identity().is_none() {
+        tracing::debug!(peer = %remote, "native connection without a client certificate; refusing");
+        close(&conn, CLOSE_HANDSHAKE_REFUSED, b"client certificate required");
+        return;
+    }
     let handshake = tokio::time::timeout(ctx.config.connect_timeout, handshake(&conn, &ctx, remote)).await;
     let (peer, send, reader) = match handshake {
         Ok(Some(accepted)) => accepted,
@@ -377,14 +412,20 @@ async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, error: c
 
 /// Serves one request stream: reads requests, runs each in its own task, writes responses
 /// through the stream's writer task.
-async fn serve_stream<S: Service, A: Authenticator>(
-    conn: quinn::Connection,
+pub(crate) async fn serve_stream<S, A, C, W, R>(
+    conn: C,
     peer: Arc<PeerInfo>,
-    mut send: quinn::SendStream,
-    mut reader: FrameReader,
+    mut send: W,
+    mut reader: FrameReader<R>,
     ctx: Arc<ServeContext<S, A>>,
     done: mpsc::Sender<()>,
-) {
+) where
+    S: Service,
+    A: Authenticator,
+    C: Closer,
+    W: ChunkWrite,
+    R: ChunkRead,
+{
     let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
     let remote = peer.remote;
     let writer = tokio::spawn(async move {
@@ -392,8 +433,8 @@ async fn serve_stream<S: Service, A: Authenticator>(
             Ok(()) => {
                 // Every response is queued in quinn; give the client a moment to
                 // acknowledge them before the stream (and perhaps the endpoint) goes away.
-                let _ = send.finish();
-                let _ = tokio::time::timeout(FLUSH_LINGER, send.stopped()).await;
+                send.finish_stream();
+                let _ = tokio::time::timeout(FLUSH_LINGER, send.acknowledged()).await;
             }
             Err(error) => tracing::debug!(peer = %remote, %error, "response stream failed"),
         }
@@ -427,14 +468,14 @@ async fn serve_stream<S: Service, A: Authenticator>(
             }
             Ok(Some(Frame { request_id, .. })) => {
                 tracing::debug!(peer = %remote, request_id, "unexpected frame kind; closing connection");
-                close(&conn, CLOSE_PROTOCOL_ERROR, b"unexpected frame");
+                conn.close_with(CLOSE_PROTOCOL_ERROR, b"unexpected frame");
                 break;
             }
             // The client finished its side: no more requests, but responses still go out.
             Ok(None) => break,
             Err(error) if error.is_protocol_violation() => {
                 tracing::debug!(peer = %remote, %error, "invalid frame; closing connection");
-                close(&conn, CLOSE_PROTOCOL_ERROR, b"malformed frame");
+                conn.close_with(CLOSE_PROTOCOL_ERROR, b"malformed frame");
                 break;
             }
             Err(error) => {
@@ -452,8 +493,8 @@ async fn serve_stream<S: Service, A: Authenticator>(
 }
 
 /// One request being answered.
-struct Handler {
-    conn: quinn::Connection,
+struct Handler<C> {
+    conn: C,
     peer: Arc<PeerInfo>,
     request_id: u64,
     tx: mpsc::Sender<Bytes>,
@@ -464,7 +505,7 @@ struct Handler {
     _done: mpsc::Sender<()>,
 }
 
-impl Handler {
+impl<C: Closer> Handler<C> {
     async fn run(self, response: impl Future<Output = Response> + Send + 'static) {
         let request_id = self.request_id;
         let remote = self.peer.remote;
@@ -474,7 +515,7 @@ impl Handler {
                 // The request's fate is unknown; losing the connection is how the client
                 // learns that (ConnectionLost), rather than waiting for its timeout.
                 tracing::error!(peer = %remote, request_id, "request handler panicked; closing connection");
-                close(&self.conn, CLOSE_INTERNAL_ERROR, b"internal error");
+                self.conn.close_with(CLOSE_INTERNAL_ERROR, b"internal error");
                 return;
             }
         };
@@ -490,7 +531,7 @@ impl Handler {
             }
             Err(error) => {
                 tracing::error!(peer = %remote, request_id, %error, "cannot encode response; closing connection");
-                close(&self.conn, CLOSE_INTERNAL_ERROR, b"internal error");
+                self.conn.close_with(CLOSE_INTERNAL_ERROR, b"internal error");
                 return;
             }
         };

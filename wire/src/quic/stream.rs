@@ -1,7 +1,48 @@
-//! Frame I/O over one QUIC stream: a bounded frame reader and a batching writer.
+//! Frame I/O over one QUIC stream: a bounded frame reader and a batching writer. Generic
+//! over the stream ([`ChunkRead`], [`ChunkWrite`]): a raw QUIC stream natively, a
+//! WebTransport stream for browsers (feature `webtransport`).
+
+use std::future::Future;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
+
+/// A receive stream frames are read from.
+pub(crate) trait ChunkRead: Send + 'static {
+    /// The next chunk of at most `max` bytes, in order; `None` once the peer finished.
+    fn next_chunk(&mut self, max: usize) -> impl Future<Output = Result<Option<Bytes>, String>> + Send;
+}
+
+/// A send stream frames are written to.
+pub(crate) trait ChunkWrite: Send + 'static {
+    /// Writes every chunk, in order.
+    fn write_all_chunks(&mut self, chunks: &mut [Bytes]) -> impl Future<Output = Result<(), String>> + Send;
+    /// Finishes the stream (no more data).
+    fn finish_stream(&mut self);
+    /// Resolves once the peer has acknowledged everything or stopped the stream.
+    fn acknowledged(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+impl ChunkRead for quinn::RecvStream {
+    async fn next_chunk(&mut self, max: usize) -> Result<Option<Bytes>, String> {
+        match self.read_chunk(max, true).await {
+            Ok(chunk) => Ok(chunk.map(|c| c.bytes)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl ChunkWrite for quinn::SendStream {
+    async fn write_all_chunks(&mut self, chunks: &mut [Bytes]) -> Result<(), String> {
+        quinn::SendStream::write_all_chunks(self, chunks).await.map_err(|e| e.to_string())
+    }
+    fn finish_stream(&mut self) {
+        let _ = self.finish();
+    }
+    async fn acknowledged(&mut self) {
+        let _ = self.stopped().await;
+    }
+}
 
 use crate::frame::{self, LEN_PREFIX};
 use crate::{Frame, FrameError};
@@ -22,8 +63,8 @@ pub(crate) enum ReadFrameError {
     #[error("stream ended inside a frame")]
     Truncated,
     /// The stream or the connection failed.
-    #[error(transparent)]
-    Stream(#[from] quinn::ReadError),
+    #[error("{0}")]
+    Stream(String),
 }
 
 impl ReadFrameError {
@@ -35,14 +76,14 @@ impl ReadFrameError {
 
 /// Reads length-prefixed frames from a receive stream.
 #[derive(Debug)]
-pub(crate) struct FrameReader {
-    recv: quinn::RecvStream,
+pub(crate) struct FrameReader<R = quinn::RecvStream> {
+    recv: R,
     buf: BytesMut,
     max_frame_len: u32,
 }
 
-impl FrameReader {
-    pub(crate) fn new(recv: quinn::RecvStream, max_frame_len: u32) -> Self {
+impl<R: ChunkRead> FrameReader<R> {
+    pub(crate) fn new(recv: R, max_frame_len: u32) -> Self {
         FrameReader { recv, buf: BytesMut::new(), max_frame_len }
     }
 
@@ -61,8 +102,8 @@ impl FrameReader {
                     return Ok(Some(frame::decode_body(&bytes[LEN_PREFIX..])?));
                 }
             }
-            match self.recv.read_chunk(READ_CHUNK, true).await? {
-                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
+            match self.recv.next_chunk(READ_CHUNK).await.map_err(ReadFrameError::Stream)? {
+                Some(chunk) => self.buf.extend_from_slice(&chunk),
                 None if self.buf.is_empty() => return Ok(None),
                 None => return Err(ReadFrameError::Truncated),
             }
@@ -131,10 +172,7 @@ impl postcard::ser_flavors::Flavor for BytesMutFlavor<'_> {
 
 /// Writes queued frames to `send` until every sender of `rx` is gone, batching whatever is
 /// queued. The caller finishes the stream afterwards.
-pub(crate) async fn write_loop(
-    send: &mut quinn::SendStream,
-    rx: &mut mpsc::Receiver<Bytes>,
-) -> Result<(), quinn::WriteError> {
+pub(crate) async fn write_loop<W: ChunkWrite>(send: &mut W, rx: &mut mpsc::Receiver<Bytes>) -> Result<(), String> {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         send.write_all_chunks(&mut batch).await?;
