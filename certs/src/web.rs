@@ -29,11 +29,14 @@ struct Current {
     made: SystemTime,
 }
 
-/// The current browser certificate of a server.
+/// The current browser certificate of a server: self-signed and rotated, or an operator's
+/// WebPKI certificate (which browsers trust without pinning, and which is never rotated
+/// here).
 #[derive(Clone)]
 pub struct WebCert {
     hosts: Vec<String>,
     current: Arc<RwLock<Current>>,
+    operator: bool,
 }
 
 impl std::fmt::Debug for WebCert {
@@ -67,7 +70,19 @@ impl WebCert {
     /// A fresh certificate for `hosts` (IP addresses or DNS names the browser dials).
     pub fn new(hosts: &[String]) -> Result<WebCert, CertError> {
         let current = generate(hosts)?;
-        Ok(WebCert { hosts: hosts.to_vec(), current: Arc::new(RwLock::new(current)) })
+        Ok(WebCert { hosts: hosts.to_vec(), current: Arc::new(RwLock::new(current)), operator: false })
+    }
+
+    /// An operator-supplied certificate chain and key (PEM), e.g. from a public CA: served
+    /// to browsers as is; the operator renews it (restart to load a new one).
+    pub fn from_files(cert: &std::path::Path, key: &std::path::Path) -> Result<WebCert, CertError> {
+        let chain = load_certs(cert)?;
+        let signing = provider().key_provider.load_private_key(load_key(key)?).map_err(CertError::tls)?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, &chain[0]);
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(digest.as_ref());
+        let current = Current { key: Arc::new(CertifiedKey::new(chain, signing)), hash, made: SystemTime::now() };
+        Ok(WebCert { hosts: Vec::new(), current: Arc::new(RwLock::new(current)), operator: true })
     }
 
     /// SHA-256 of the current certificate (DER), what browsers pin.
@@ -86,7 +101,7 @@ impl WebCert {
             let current = self.current.read().unwrap_or_else(|p| p.into_inner());
             current.made.elapsed().unwrap_or_default()
         };
-        if age < WEB_CERT_ROTATE_AFTER {
+        if self.operator || age < WEB_CERT_ROTATE_AFTER {
             return Ok(false);
         }
         self.rotate()?;
@@ -158,5 +173,18 @@ mod tests {
         assert_ne!(web.hash(), before);
         let digest = ring::digest::digest(&ring::digest::SHA256, &web.key().cert[0]);
         assert_eq!(digest.as_ref(), web.hash(), "the hash is of the certificate served");
+    }
+
+    #[test]
+    fn an_operator_certificate_is_served_as_is_and_never_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::init_ca(dir.path()).unwrap();
+        let files = crate::issue_node(dir.path(), tessera_wire::NodeId(1), &["db.example".into()]).unwrap();
+        let web = WebCert::from_files(&files.cert, &files.key).unwrap();
+        let served = web.key().cert[0].clone();
+        assert_eq!(served, load_certs(&files.cert).unwrap()[0]);
+        web.current.write().unwrap().made = SystemTime::UNIX_EPOCH;
+        assert!(!web.rotate_if_due().unwrap(), "the operator renews it, not the server");
+        assert_eq!(web.key().cert[0], served);
     }
 }

@@ -50,6 +50,13 @@ pub struct PdArgs {
     /// Do not serve browsers over WebTransport (ALPN h3) on the QUIC port.
     #[arg(long)]
     pub no_webtransport: bool,
+    /// Certificate (PEM) for browsers, e.g. a WebPKI one for the public name, instead of
+    /// the self-signed certificate browsers pin by hash. Needs --web-key.
+    #[arg(long, requires = "web_key", conflicts_with = "no_webtransport")]
+    pub web_cert: Option<PathBuf>,
+    /// Private key (PEM) of --web-cert.
+    #[arg(long, requires = "web_cert")]
+    pub web_key: Option<PathBuf>,
     /// Certificate files.
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -94,6 +101,13 @@ pub struct NodeArgs {
     /// Do not serve browsers over WebTransport (ALPN h3) on the QUIC port.
     #[arg(long)]
     pub no_webtransport: bool,
+    /// Certificate (PEM) for browsers, e.g. a WebPKI one for the public name, instead of
+    /// the self-signed certificate browsers pin by hash. Needs --web-key.
+    #[arg(long, requires = "web_key", conflicts_with = "no_webtransport")]
+    pub web_cert: Option<PathBuf>,
+    /// Private key (PEM) of --web-cert.
+    #[arg(long, requires = "web_cert")]
+    pub web_key: Option<PathBuf>,
     /// Certificate files.
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -120,6 +134,7 @@ pub async fn run_pd(args: PdArgs) -> anyhow::Result<()> {
     cfg.scheduler = args.placement.scheduler(cfg.replicas);
     cfg.websocket = !args.no_websocket;
     cfg.webtransport = !args.no_webtransport;
+    cfg.web_cert = args.web_cert.zip(args.web_key);
     let pd = PdServer::start(cfg).await.context("starting PD")?;
     println!("PD listening on {}", pd.local_addr());
     wait_for_stop().await?;
@@ -137,6 +152,7 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     cfg.lease_reads = !args.no_lease_reads;
     cfg.websocket = !args.no_websocket;
     cfg.webtransport = !args.no_webtransport;
+    cfg.web_cert = args.web_cert.zip(args.web_key);
     let node = Node::start(cfg).await.context("starting node")?;
     println!("node {} listening on {} ({} regions recovered)", args.id, node.local_addr(), node.region_count());
     wait_for_stop().await?;

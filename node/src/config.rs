@@ -56,6 +56,9 @@ pub struct NodeConfig {
     /// short-lived self-signed certificate whose hash PD publishes (default false here;
     /// the `tessera` binary turns it on).
     pub webtransport: bool,
+    /// An operator's certificate and key (PEM) for browsers instead of the self-signed,
+    /// pinned one (e.g. a WebPKI certificate for the node's public name).
+    pub web_cert: Option<(PathBuf, PathBuf)>,
     /// Fault injection, for tests only.
     #[doc(hidden)]
     pub faults: Faults,
@@ -142,6 +145,7 @@ impl NodeConfig {
             lease_reads: true,
             websocket: false,
             webtransport: false,
+            web_cert: None,
             limits: Limits::DEFAULT,
             capacity_bytes: 100 * 1024 * 1024 * 1024,
             admission: Admission::default(),

@@ -66,10 +66,10 @@ impl Node {
         let engine = Engine::open_with_cache(&cfg.data_dir.join("node.redb"), cfg.cache_bytes)?;
         let wal = LogEngine::open(&cfg.data_dir.join(RAFT_LOG_DIR)).map_err(|e| NodeError::Storage(e.into()))?;
         crate::storage::migrate::raft_log_out_of_redb(&engine, &wal).map_err(|e| NodeError::Storage(e.into()))?;
-        let web_cert = if cfg.webtransport {
-            Some(tessera_certs::WebCert::new(&web_hosts(&cfg)).map_err(NodeError::Tls)?)
-        } else {
-            None
+        let web_cert = match (&cfg.web_cert, cfg.webtransport) {
+            (_, false) => None,
+            (Some((cert, key)), true) => Some(tessera_certs::WebCert::from_files(cert, key).map_err(NodeError::Tls)?),
+            (None, true) => Some(tessera_certs::WebCert::new(&web_hosts(&cfg)).map_err(NodeError::Tls)?),
         };
         let server_tls = match &web_cert {
             Some(web) => tessera_certs::server_tls_config_web(&cfg.tls, web),
@@ -877,4 +877,3 @@ mod tests {
         assert_eq!(initializer(&RegionDescriptor { peers: vec![], ..desc(1) }), None);
     }
 }
-

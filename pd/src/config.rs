@@ -40,6 +40,9 @@ pub struct PdConfig {
     /// short-lived self-signed certificate ([`crate::PdServer::web_cert_hash`]) (default
     /// false here; the `tessera` binary turns it on).
     pub webtransport: bool,
+    /// An operator's certificate and key (PEM) for browsers instead of the self-signed,
+    /// pinned one (e.g. a WebPKI certificate for PD's public name).
+    pub web_cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl PdConfig {
@@ -56,6 +59,7 @@ impl PdConfig {
             scheduler: crate::scheduler::SchedulerConfig::default(),
             websocket: false,
             webtransport: false,
+            web_cert: None,
         }
     }
 

@@ -53,11 +53,13 @@ impl PdServer {
         let bootstrapped = meta.is_bootstrapped();
         let nodes = meta.nodes(Duration::ZERO).len();
 
-        let web_cert = if cfg.webtransport {
-            let hosts = vec![cfg.listen.ip().to_string(), "localhost".to_string()];
-            Some(tessera_certs::WebCert::new(&hosts).map_err(PdError::Tls)?)
-        } else {
-            None
+        let web_cert = match (&cfg.web_cert, cfg.webtransport) {
+            (_, false) => None,
+            (Some((cert, key)), true) => Some(tessera_certs::WebCert::from_files(cert, key).map_err(PdError::Tls)?),
+            (None, true) => {
+                let hosts = vec![cfg.listen.ip().to_string(), "localhost".to_string()];
+                Some(tessera_certs::WebCert::new(&hosts).map_err(PdError::Tls)?)
+            }
         };
         let tls = match &web_cert {
             Some(web) => tessera_certs::server_tls_config_web(&cfg.tls, web),
