@@ -791,6 +791,34 @@ impl WasmClient {
         Ok(object(&[("nodes", nodes.into()), ("regions", regions.into())]))
     }
 
+    /// Test hook: caches a follower of `key`'s region as its leader, so the next request
+    /// goes to a replica that answers `NotLeader`. Returns that follower's node id.
+    #[doc(hidden)]
+    #[wasm_bindgen(js_name = debugCacheFollowerAsLeader)]
+    pub async fn debug_cache_follower_as_leader(&self, key: Vec<u8>) -> Result<f64, JsValue> {
+        let routes = self.client.regions().await.map_err(js_error)?;
+        let route = routes
+            .into_iter()
+            .find(|r| r.region.contains(&key))
+            .ok_or_else(|| js_error(tessera::Error::Unavailable { reason: "no route for the key".into() }))?;
+        let follower = route
+            .region
+            .peers
+            .iter()
+            .find(|p| Some(p.id) != route.leader.map(|l| l.id))
+            .copied()
+            .ok_or_else(|| js_error(tessera::Error::Unavailable { reason: "no follower".into() }))?;
+        self.client.debug_cache_route(route.region, Some(follower), route.peer_addrs);
+        Ok(follower.node_id.0 as f64)
+    }
+
+    /// Test hook: the node id the routing cache holds as `key`'s leader, if any.
+    #[doc(hidden)]
+    #[wasm_bindgen(js_name = debugCachedLeaderNode)]
+    pub fn debug_cached_leader_node(&self, key: Vec<u8>) -> Option<f64> {
+        self.client.debug_cached_leader(&key).map(|p| p.node_id.0 as f64)
+    }
+
     /// Closes every socket. Operations after `close` fail.
     pub fn close(&self) {
         self.transport.closed.set(true);

@@ -113,6 +113,19 @@ test('keys and values at their limits pass; one byte more is rejected with its c
   await assert.rejects(db.put(42, 'v'), InvalidArgumentError);
 });
 
+test('a follower cached as leader answers NotLeader, which corrects the cache', async () => {
+  const key = regionKeys[1]('notleader');
+  await db.put(key, 'before');
+  const follower = await db._inner.debugCacheFollowerAsLeader(key);
+  assert.equal(db._inner.debugCachedLeaderNode(key), follower, 'the cache now points at a follower');
+  await db.put(key, 'after');
+  assert.equal(await db.getString(key), 'after');
+  const { regions } = await db.clusterStatus();
+  const region = regions.find((r) => r.start[0] <= key[0] && (r.end.length === 0 || r.end[0] > key[0]));
+  assert.notEqual(db._inner.debugCachedLeaderNode(key), follower, 'the redirect moved the cache off the follower');
+  assert.equal(db._inner.debugCachedLeaderNode(key), region.leader);
+});
+
 test('a split makes cached epochs stale; EpochNotMatch corrects the cache', async () => {
   const key = regionKeys[0];
   await db.put(key('split/a'), 'a');
