@@ -59,7 +59,6 @@ fn class_of(e: &Error) -> &'static str {
             W::Unauthenticated { .. } | W::PermissionDenied { .. } => "AuthError",
             W::StorageUnavailable { .. } => "Unavailable",
             W::UnsupportedVersion { .. } => "ProtocolError",
-            W::ResponseTooLarge { .. } => "InvalidArgument",
             _ => "Error",
         },
         _ => "Error",
@@ -321,10 +320,7 @@ impl NativeClient {
         let client = self.slot().clone().ok_or_else(|| invalid(py, "the client is closed"))?;
         match timeout {
             None => Ok(client),
-            Some(t) => {
-                let d = duration_arg(py, t, "timeout")?;
-                client.with_request_timeout(d).map_err(|e| error_to_py(py, &e))
-            }
+            Some(t) => Ok(client.with_timeout(duration_arg(py, t, "timeout")?)),
         }
     }
 }

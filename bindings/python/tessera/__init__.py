@@ -88,7 +88,7 @@ def connect(
     dead node does not eat the whole deadline.
 
     Raises :class:`Unavailable` if PD does not answer in time, :class:`AuthError` for
-    unusable TLS files, :class:`InvalidArgument` (code ``"CONFIG"``) for a bad configuration.
+    unusable TLS files, :class:`InvalidArgument` (code ``"Config"``) for a bad configuration.
     """
     t = _resolve_target(pd, ca, cert, key, data_dir)
     native = _native.connect(

@@ -20,7 +20,7 @@ def connect(pd: str | Sequence[str] | None = None, *, ca: PathLike | None = None
     dead node does not eat the whole deadline.
 
     Raises :class:`Unavailable` if PD does not answer in time, :class:`AuthError` for
-    unusable TLS files, :class:`InvalidArgument` (code ``"CONFIG"``) for a bad configuration.
+    unusable TLS files, :class:`InvalidArgument` (code ``"Config"``) for a bad configuration.
     '''
 
 class Client:

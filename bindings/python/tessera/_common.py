@@ -59,7 +59,7 @@ def resolve_target(
         key = key if key is not None else os.path.join(certs, f"client-{DEV_CLIENT}-key.pem")
     if pd is None or ca is None or cert is None or key is None:
         raise InvalidArgument(
-            "connect needs data_dir= (a `tessera dev` directory) or all of pd=, ca=, cert= and key=", code="CONFIG"
+            "connect needs data_dir= (a `tessera dev` directory) or all of pd=, ca=, cert= and key=", code="Config"
         )
     endpoints = (pd,) if isinstance(pd, str) else tuple(pd)
     return Target(pd=endpoints, ca=_path(ca), cert=_path(cert), key=_path(key))
@@ -73,13 +73,13 @@ def _dev_pd_address(root: str) -> str:
             lines = f.read().splitlines()
     except FileNotFoundError:
         raise InvalidArgument(
-            f"{path} not found: is `tessera dev --data {root}` running (or was it ever started)?", code="CONFIG"
+            f"{path} not found: is `tessera dev --data {root}` running (or was it ever started)?", code="Config"
         ) from None
     for line in lines:
         name, sep, addr = line.partition("=")
         if sep and name.strip() == "pd":
             return addr.strip()
-    raise InvalidArgument(f"{path} names no PD address", code="CONFIG")
+    raise InvalidArgument(f"{path} names no PD address", code="Config")
 
 
 def pair_list(pairs: Pairs) -> list[Tuple[Bytes, Bytes]]:

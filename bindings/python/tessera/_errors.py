@@ -29,13 +29,13 @@ __all__ = [
 class Error(Exception):
     """Base class of every error the client raises.
 
-    ``code`` is a stable, machine-readable name (``"UNAVAILABLE"``, ``"KEY_TOO_LARGE"``,
-    ...), shared with the Rust SDK; codes are upper-case words joined by ``_``. A server
-    error the client has no class for is raised as a plain ``Error`` (codes
-    ``"SESSION_EXPIRED"``, ``"SERVER"``).
+    ``code`` is a stable, machine-readable name (``"Unavailable"``, ``"KeyTooLarge"``,
+    ...): the Rust SDK's ``Error::code()``, the same in every Tessera SDK. A server error
+    the client has no class for is raised as a plain ``Error`` (codes ``"SessionExpired"``,
+    ``"ServerError"``).
     """
 
-    code: str = "ERROR"
+    code: str = "ServerError"
 
     def __init__(self, message: str = "", *, code: Optional[str] = None) -> None:
         """Creates the error with its message and, if given, a more specific ``code``."""
@@ -56,33 +56,33 @@ class Undetermined(Error):
     attempt that may have reached the server. Read the key to learn the outcome.
     """
 
-    code = "UNDETERMINED"
+    code = "Undetermined"
 
 
 class DeadlineExceeded(Error, TimeoutError):
     """The call's deadline (``timeout``) passed before it completed; a write was not applied."""
 
-    code = "DEADLINE_EXCEEDED"
+    code = "DeadlineExceeded"
 
 
 class Unavailable(Error, ConnectionError):
     """No route to the data: PD or the replicas did not answer before the deadline, or a
-    node's storage failed (code ``"STORAGE_UNAVAILABLE"``). A write was not applied."""
+    node's storage failed (code ``"StorageUnavailable"``). A write was not applied."""
 
-    code = "UNAVAILABLE"
+    code = "Unavailable"
 
 
 class InvalidArgument(Error, ValueError):
-    """The request or the client configuration (code ``"CONFIG"``) is invalid: an empty key,
+    """The request or the client configuration (code ``"Config"``) is invalid: an empty key,
     an inverted range, a bad timeout, a closed client, ..."""
 
-    code = "INVALID_ARGUMENT"
+    code = "InvalidArgument"
 
 
 class KeyTooLarge(InvalidArgument):
     """A key is longer than the cluster's limit (``size`` > ``limit`` bytes)."""
 
-    code = "KEY_TOO_LARGE"
+    code = "KeyTooLarge"
 
     def __init__(self, message: str = "", *, code: Optional[str] = None, size: int = 0, limit: int = 0) -> None:
         """Creates the error with the key's ``size`` and the ``limit`` it exceeds."""
@@ -94,7 +94,7 @@ class KeyTooLarge(InvalidArgument):
 class ValueTooLarge(InvalidArgument):
     """A value is longer than the cluster's limit (``size`` > ``limit`` bytes)."""
 
-    code = "VALUE_TOO_LARGE"
+    code = "ValueTooLarge"
 
     def __init__(self, message: str = "", *, code: Optional[str] = None, size: int = 0, limit: int = 0) -> None:
         """Creates the error with the value's ``size`` and the ``limit`` it exceeds."""
@@ -104,16 +104,16 @@ class ValueTooLarge(InvalidArgument):
 
 
 class AuthError(Error):
-    """TLS files unusable (code ``"TLS"``), or the cluster refused this client's identity
-    (``"UNAUTHENTICATED"``, ``"PERMISSION_DENIED"``)."""
+    """TLS files unusable (code ``"Tls"``), or the cluster refused this client's identity
+    (``"Unauthenticated"``, ``"PermissionDenied"``)."""
 
-    code = "UNAUTHENTICATED"
+    code = "Unauthenticated"
 
 
 class ProtocolError(Error):
-    """A peer broke the protocol or speaks an unsupported version (``"UNSUPPORTED_VERSION"``)."""
+    """A peer broke the protocol or speaks an unsupported version (``"UnsupportedVersion"``)."""
 
-    code = "PROTOCOL"
+    code = "Protocol"
 
 
 class PartialBatch(Error):
@@ -123,7 +123,7 @@ class PartialBatch(Error):
     may not have been, every other position was not. ``cause`` is the first failure.
     """
 
-    code = "PARTIAL_BATCH"
+    code = "PartialBatch"
 
     def __init__(
         self,

@@ -5,10 +5,10 @@ __all__ = ['Error', 'Undetermined', 'DeadlineExceeded', 'Unavailable', 'InvalidA
 class Error(Exception):
     '''Base class of every error the client raises.
 
-    ``code`` is a stable, machine-readable name (``"UNAVAILABLE"``, ``"KEY_TOO_LARGE"``,
-    ...), shared with the Rust SDK; codes are upper-case words joined by ``_``. A server
-    error the client has no class for is raised as a plain ``Error`` (codes
-    ``"SESSION_EXPIRED"``, ``"SERVER"``).
+    ``code`` is a stable, machine-readable name (``"Unavailable"``, ``"KeyTooLarge"``,
+    ...): the Rust SDK's ``Error::code()``, the same in every Tessera SDK. A server error
+    the client has no class for is raised as a plain ``Error`` (codes ``"SessionExpired"``,
+    ``"ServerError"``).
     '''
     code: str
     def __init__(self, message: str = '', *, code: str | None = None) -> None:
@@ -31,11 +31,11 @@ class DeadlineExceeded(Error, TimeoutError):
 
 class Unavailable(Error, ConnectionError):
     '''No route to the data: PD or the replicas did not answer before the deadline, or a
-    node\'s storage failed (code ``"STORAGE_UNAVAILABLE"``). A write was not applied.'''
+    node\'s storage failed (code ``"StorageUnavailable"``). A write was not applied.'''
     code: str
 
 class InvalidArgument(Error, ValueError):
-    '''The request or the client configuration (code ``"CONFIG"``) is invalid: an empty key,
+    '''The request or the client configuration (code ``"Config"``) is invalid: an empty key,
     an inverted range, a bad timeout, a closed client, ...'''
     code: str
 
@@ -56,12 +56,12 @@ class ValueTooLarge(InvalidArgument):
         """Creates the error with the value's ``size`` and the ``limit`` it exceeds."""
 
 class AuthError(Error):
-    '''TLS files unusable (code ``"TLS"``), or the cluster refused this client\'s identity
-    (``"UNAUTHENTICATED"``, ``"PERMISSION_DENIED"``).'''
+    '''TLS files unusable (code ``"Tls"``), or the cluster refused this client\'s identity
+    (``"Unauthenticated"``, ``"PermissionDenied"``).'''
     code: str
 
 class ProtocolError(Error):
-    '''A peer broke the protocol or speaks an unsupported version (``"UNSUPPORTED_VERSION"``).'''
+    '''A peer broke the protocol or speaks an unsupported version (``"UnsupportedVersion"``).'''
     code: str
 
 class PartialBatch(Error):
