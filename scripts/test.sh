@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every Tessera test. Installs what it needs itself (protoc, the wasm32 target,
-# cargo-nextest if missing), so it works on a fresh machine. Used verbatim by CI (.ci/run).
+# cargo-nextest, a Python venv for the Python SDK if missing), so it works on a fresh
+# machine. Used verbatim by CI (.ci/run).
 set -euo pipefail
 export CARGO_TERM_COLOR=never
 cd "$(dirname "$0")/.."
@@ -70,10 +71,15 @@ step "JavaScript SDK: conformance and token tests from Node.js, the dev page and
 cargo build -p tessera-cli --bin tessera
 (cd sdk-wasm && TESSERA_BIN="$PWD/../target/debug/tessera" node --test --test-concurrency=1 --test-reporter=tap test/) 2>&1 | tee -a "$log"
 
-# One closing line with the totals of both runners.
+step "Python SDK (bindings/python): pytest, mypy, stubtest"
+# The tessera binary built above (a second cargo build could unify features differently).
+TESSERA_BIN="$PWD/target/debug/tessera" ./scripts/test-python.sh 2>&1 | tee -a "$log"
+
+# One closing line with the totals of every runner.
 passed=$(awk '
     /Summary .* tests run: [0-9]+ passed/ { for (i = 1; i <= NF; i++) if ($i ~ /^passed,?$/) { n += $(i - 1); break } }
     /^test result: ok\. [0-9]+ passed/ { n += $4 }
     /^# pass [0-9]+/ { n += $3 }
+    /^[0-9]+ passed(,| in )/ { n += $1 }
     END { print n + 0 }' "$log")
 printf '\ntests: %d passed, 0 failed\n' "$passed"

@@ -266,8 +266,38 @@ impl Client {
     /// A single-key write with a fresh sequence number, resent with that same number until
     /// it is known to have been applied or the deadline passes.
     async fn write(&self, key: &[u8], command: WriteCommand) -> Result<WriteResult, Error> {
+        self.write_times(key, command, 1).await.map(|mut results| results.remove(0))
+    }
+
+    /// [`Client::write`] run `times` times in a row with one sequence number, as the retry
+    /// loop resends a write whose answer was lost; the results of each run, in order.
+    async fn write_times(&self, key: &[u8], command: WriteCommand, times: usize) -> Result<Vec<WriteResult>, Error> {
         self.renew_session_if_needed().await?;
         let pending = self.begin_write();
+        let mut results = Vec::with_capacity(times);
+        for _ in 0..times {
+            results.push(self.write_once(key, command.clone(), &pending).await?);
+        }
+        drop(pending);
+        Ok(results)
+    }
+
+    /// Test hook: sends an append twice with the *same* session sequence number, each
+    /// through the retry loop, exactly as a retry after a lost answer resends it; returns
+    /// both answers (the new length each reported). The second must repeat the first.
+    #[doc(hidden)]
+    pub async fn debug_append_resent(&self, key: &[u8], value: &[u8]) -> Result<(u64, u64), Error> {
+        self.check_key(key)?;
+        self.check_value(value)?;
+        let command = WriteCommand::Append { key: key.to_vec(), value: value.to_vec() };
+        match self.write_times(key, command, 2).await?.as_slice() {
+            [WriteResult::Appended { new_len: a }, WriteResult::Appended { new_len: b }] => Ok((*a, *b)),
+            _ => Err(protocol("Append")),
+        }
+    }
+
+    /// One run of the retry loop for a write under `pending`'s sequence number.
+    async fn write_once(&self, key: &[u8], command: WriteCommand, pending: &PendingSeq) -> Result<WriteResult, Error> {
         let call = KvCall {
             route: RouteBy::Key(key.to_vec()),
             kind: RequestKind::Write { exactly_once: true },
@@ -278,7 +308,6 @@ impl Client {
             },
         };
         let result = self.kv(call, self.deadline()).await;
-        drop(pending);
         match result {
             Ok((_, KvResponse::Write(r))) => Ok(r),
             Ok(_) => Err(protocol("a write")),

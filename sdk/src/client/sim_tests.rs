@@ -422,3 +422,19 @@ async fn attempt_timeout_is_the_smaller_of_config_and_time_left() {
     assert_eq!(Duration::from_millis(kv[0].request.header.timeout_ms.into()), sim.cfg.request_timeout);
     assert_eq!(Duration::from_millis(kv[1].request.header.timeout_ms.into()), left, "the server is told the time left");
 }
+
+#[tokio::test]
+async fn the_resent_append_hook_sends_one_write_twice_with_one_sequence_number() {
+    let sim = one_region().await;
+    sim.net.script([
+        Step::answer(KvResponse::Write(WriteResult::Appended { new_len: 1 })),
+        Step::answer(KvResponse::Write(WriteResult::Appended { new_len: 1 })),
+    ]);
+
+    assert_eq!(sim.client.debug_append_resent(b"k", b"x").await.unwrap(), (1, 1));
+
+    let kv = sim.net.kv_sent();
+    assert_eq!(kv.len(), 2);
+    assert_same_write(&kv);
+    assert!(seq_of(&kv[1]).first_pending <= seq_of(&kv[1]).seq, "the write is still pending on the resend");
+}
