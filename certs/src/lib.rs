@@ -44,7 +44,7 @@ pub use token::{
     create_token, ensure_token_key, sign_claims, unix_now, Revocations, TokenSpec, TokenVerifier, MAX_TOKEN_TTL,
     TOKEN_SIGNING_KEY, TOKEN_VERIFY_KEY,
 };
-pub use web::{server_tls_config_web, WebCert, WEB_CERT_ROTATE_AFTER, WEB_CERT_VALIDITY};
+pub use web::{server_tls_config_web, wss_tls_config, WebCert, WEB_CERT_ROTATE_AFTER, WEB_CERT_VALIDITY};
 
 #[cfg(test)]
 mod tests {

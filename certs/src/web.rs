@@ -133,6 +133,18 @@ impl ResolvesServerCert for ByAlpn {
     }
 }
 
+/// Server configuration for `wss://` with an operator's certificate and key (PEM): no client
+/// certificate (web clients present a token), TLS 1.2 and 1.3.
+pub fn wss_tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<ServerConfig>, CertError> {
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(CertError::tls)?
+        .with_no_client_auth()
+        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .map_err(CertError::tls)?;
+    Ok(Arc::new(config))
+}
+
 /// Server configuration for a server that also serves browsers: ALPN `tessera/1` (native,
 /// CA-signed certificate, client certificate required by the server after the handshake)
 /// and `h3` (WebTransport, `web`'s certificate, no client certificate). TLS accepts a

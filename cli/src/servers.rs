@@ -50,9 +50,10 @@ pub struct PdArgs {
     /// Do not serve browsers over WebTransport (ALPN h3) on the QUIC port.
     #[arg(long)]
     pub no_webtransport: bool,
-    /// Certificate (PEM) for browsers, e.g. a WebPKI one for the public name, instead of
-    /// the self-signed certificate browsers pin by hash. Needs --web-key.
-    #[arg(long, requires = "web_key", conflicts_with = "no_webtransport")]
+    /// Certificate (PEM) for web clients, e.g. a WebPKI one for the public name: served to
+    /// browsers over WebTransport instead of the self-signed certificate they pin by hash,
+    /// and to WebSocket clients, which then connect with wss://. Needs --web-key.
+    #[arg(long, requires = "web_key")]
     pub web_cert: Option<PathBuf>,
     /// Private key (PEM) of --web-cert.
     #[arg(long, requires = "web_cert")]
@@ -101,9 +102,10 @@ pub struct NodeArgs {
     /// Do not serve browsers over WebTransport (ALPN h3) on the QUIC port.
     #[arg(long)]
     pub no_webtransport: bool,
-    /// Certificate (PEM) for browsers, e.g. a WebPKI one for the public name, instead of
-    /// the self-signed certificate browsers pin by hash. Needs --web-key.
-    #[arg(long, requires = "web_key", conflicts_with = "no_webtransport")]
+    /// Certificate (PEM) for web clients, e.g. a WebPKI one for the public name: served to
+    /// browsers over WebTransport instead of the self-signed certificate they pin by hash,
+    /// and to WebSocket clients, which then connect with wss://. Needs --web-key.
+    #[arg(long, requires = "web_key")]
     pub web_cert: Option<PathBuf>,
     /// Private key (PEM) of --web-cert.
     #[arg(long, requires = "web_cert")]

@@ -56,8 +56,9 @@ pub struct NodeConfig {
     /// short-lived self-signed certificate whose hash PD publishes (default false here;
     /// the `tessera` binary turns it on).
     pub webtransport: bool,
-    /// An operator's certificate and key (PEM) for browsers instead of the self-signed,
-    /// pinned one (e.g. a WebPKI certificate for the node's public name).
+    /// An operator's certificate and key (PEM) for web clients: served to browsers over
+    /// WebTransport instead of the self-signed, pinned one, and to WebSocket clients, which
+    /// then connect with `wss://` (e.g. a WebPKI certificate for the node's public name).
     pub web_cert: Option<(PathBuf, PathBuf)>,
     /// Fault injection, for tests only.
     #[doc(hidden)]

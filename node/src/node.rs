@@ -189,7 +189,11 @@ impl Node {
             let ws = WsServer::bind(local_addr, Role::Node(cfg.node_id), TransportConfig::default())
                 .await
                 .map_err(NodeError::Transport)?;
-            Some(ws)
+            // With an operator's certificate, WebSocket clients get TLS (wss://) too.
+            Some(match &cfg.web_cert {
+                Some((cert, key)) => ws.with_tls(tessera_certs::wss_tls_config(cert, key).map_err(NodeError::Tls)?),
+                None => ws,
+            })
         } else {
             None
         };

@@ -40,8 +40,9 @@ pub struct PdConfig {
     /// short-lived self-signed certificate ([`crate::PdServer::web_cert_hash`]) (default
     /// false here; the `tessera` binary turns it on).
     pub webtransport: bool,
-    /// An operator's certificate and key (PEM) for browsers instead of the self-signed,
-    /// pinned one (e.g. a WebPKI certificate for PD's public name).
+    /// An operator's certificate and key (PEM) for web clients: served to browsers over
+    /// WebTransport instead of the self-signed, pinned one, and to WebSocket clients, which
+    /// then connect with `wss://` (e.g. a WebPKI certificate for PD's public name).
     pub web_cert: Option<(PathBuf, PathBuf)>,
 }
 

@@ -100,7 +100,11 @@ impl PdServer {
             let ws = WsServer::bind(addr, Role::Pd, TransportConfig::default())
                 .await
                 .map_err(|source| PdError::Bind { addr, source })?;
-            Some(ws)
+            // With an operator's certificate, WebSocket clients get TLS (wss://) too.
+            Some(match &cfg.web_cert {
+                Some((cert, key)) => ws.with_tls(tessera_certs::wss_tls_config(cert, key).map_err(PdError::Tls)?),
+                None => ws,
+            })
         } else {
             None
         };

@@ -76,6 +76,35 @@ impl TestCluster {
         c
     }
 
+    /// Like [`TestCluster::start_web`], with an operator's certificate for web clients
+    /// (`wss://`, and WebTransport without pinning): `certs/node-99.pem`, valid for
+    /// 127.0.0.1 and signed by the cluster CA.
+    pub async fn start_web_tls(nodes: u64, initial_regions: u32) -> TestCluster {
+        fn operator_cert(tls_ca: &std::path::Path) -> (PathBuf, PathBuf) {
+            let dir = tls_ca.parent().unwrap();
+            let files = TlsFiles::node(dir, NodeId(99));
+            if !files.cert.exists() {
+                tessera_certs::issue_node(dir, NodeId(99), &["127.0.0.1".into()]).unwrap();
+            }
+            (files.cert, files.key)
+        }
+        let c = Self::start_full(
+            nodes,
+            initial_regions,
+            |n| {
+                n.websocket = true;
+                n.web_cert = Some(operator_cert(&n.tls.ca));
+            },
+            |p| {
+                p.websocket = true;
+                p.web_cert = Some(operator_cert(&p.tls.ca));
+            },
+        )
+        .await;
+        c.wait_all_leaders(Duration::from_secs(30)).await;
+        c
+    }
+
     /// Starts PD and the nodes without waiting for the regions to get leaders.
     pub async fn start_unready(nodes: u64, initial_regions: u32, tweak: fn(&mut NodeConfig)) -> TestCluster {
         Self::start_full(nodes, initial_regions, tweak, |_| {}).await

@@ -286,3 +286,62 @@ async fn malformed_web_frames_close_only_their_socket() {
     assert!(healthy.kv(&route, KvOp::Get { key: b"k".to_vec() }).await.is_ok(), "other sockets are unaffected");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_an_operator_certificate_web_clients_use_wss() {
+    let c = TestCluster::start_web_tls(3, 1).await;
+    let (rw, _) = token(&c, "", true, true);
+    let (route, leader) = leader_route(&c, b"k").await;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in tessera_certs::load_certs(&c.certs().join("ca.pem")).unwrap() {
+        roots.add(ca).unwrap();
+    }
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(&leader).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let stream = connector.connect(name, tcp).await.expect("the node speaks TLS on its WebSocket port");
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("wss://{leader}"), stream).await.unwrap();
+    send_frame_tls(&mut ws, &Frame { request_id: 0, body: FrameBody::TokenHello(TokenHello::new(rw)) }).await;
+    let ack = next_frame_tls(&mut ws).await;
+    assert!(matches!(ack, Some(Frame { body: FrameBody::HelloAck(Ok(_)), .. })), "{ack:?}");
+    let header = RequestHeader {
+        region_id: route.region.id,
+        epoch: route.region.epoch,
+        timeout_ms: 5000,
+        consistency: ReadConsistency::Linearizable,
+    };
+    let request = Request::Kv(KvRequest { header, op: put(b"k", b"over tls") });
+    send_frame_tls(&mut ws, &Frame::request(1, request)).await;
+    let answer = next_frame_tls(&mut ws).await;
+    assert!(matches!(answer, Some(Frame { body: FrameBody::Response(Ok(_)), .. })), "{answer:?}");
+    assert_eq!(c.client().await.get(b"k").await.unwrap(), Some(b"over tls".to_vec()));
+
+    // Plain ws:// to a TLS listener gets nothing.
+    let plain = tokio_tungstenite::connect_async(format!("ws://{leader}")).await;
+    assert!(plain.is_err(), "a plain WebSocket is not served next to TLS");
+    c.shutdown().await;
+}
+
+type TlsWs = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+async fn send_frame_tls(ws: &mut TlsWs, frame: &Frame) {
+    ws.send(Message::Binary(frame::encode(frame).unwrap().into())).await.unwrap();
+}
+
+async fn next_frame_tls(ws: &mut TlsWs) -> Option<Frame> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("server answers in time") {
+            Some(Ok(Message::Binary(data))) => {
+                return Some(frame::decode(&data, frame::DEFAULT_MAX_FRAME_LEN).unwrap()?.0)
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
+}

@@ -37,15 +37,25 @@ const MAX_IN_FLIGHT_PER_SOCKET: usize = 1024;
 /// Bound on in-flight handlers at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-type Socket = WebSocketStream<TcpStream>;
+/// The byte stream under a WebSocket: plain TCP, or TLS (`wss://`).
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Socket = WebSocketStream<Box<dyn Io>>;
 
 /// A WebSocket listener serving the same [`Service`] as a QUIC [`super::Server`].
-#[derive(Debug)]
 pub struct WsServer {
     listener: TcpListener,
     config: TransportConfig,
     role: crate::Role,
     local_addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for WsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsServer").field("local_addr", &self.local_addr).field("tls", &self.tls.is_some()).finish()
+    }
 }
 
 impl WsServer {
@@ -60,7 +70,14 @@ impl WsServer {
             .await
             .map_err(|e| crate::TransportError::Endpoint(format!("bind WebSocket {addr}: {e}")))?;
         let local_addr = listener.local_addr().map_err(|e| crate::TransportError::Endpoint(e.to_string()))?;
-        Ok(WsServer { listener, config, role, local_addr })
+        Ok(WsServer { listener, config, role, local_addr, tls: None })
+    }
+
+    /// Serves `wss://` instead of `ws://`, with `tls` (a certificate clients trust by
+    /// themselves, e.g. WebPKI: web clients present tokens, not certificates).
+    pub fn with_tls(mut self, tls: Arc<rustls::ServerConfig>) -> WsServer {
+        self.tls = Some(tokio_rustls::TlsAcceptor::from(tls));
+        self
     }
 
     /// The bound address.
@@ -79,7 +96,14 @@ impl WsServer {
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done, mut all_done) = mpsc::channel::<()>(1);
-        let ctx = Arc::new(Ctx { service, auth, role: self.role, config: self.config.clone(), stop: stop_rx });
+        let ctx = Arc::new(Ctx {
+            service,
+            auth,
+            role: self.role,
+            config: self.config.clone(),
+            stop: stop_rx,
+            tls: self.tls.clone(),
+        });
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -118,6 +142,7 @@ struct Ctx<S, A> {
     role: crate::Role,
     config: TransportConfig,
     stop: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 fn close_frame(code: CloseCode, reason: &'static str) -> Message {
@@ -158,7 +183,21 @@ async fn serve_socket<S: Service, A: Authenticator>(
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(max_frame_len as usize + LEN_PREFIX))
         .max_frame_size(Some(max_frame_len as usize + LEN_PREFIX));
-    let accept = tokio_tungstenite::accept_async_with_config(tcp, Some(ws_config));
+    let io: Box<dyn Io> = match &ctx.tls {
+        None => Box::new(tcp),
+        Some(acceptor) => match tokio::time::timeout(ctx.config.connect_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => Box::new(tls),
+            Ok(Err(error)) => {
+                tracing::debug!(peer = %remote, %error, "WebSocket TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %remote, "no WebSocket TLS handshake in time");
+                return;
+            }
+        },
+    };
+    let accept = tokio_tungstenite::accept_async_with_config(io, Some(ws_config));
     let mut socket = match tokio::time::timeout(ctx.config.connect_timeout, accept).await {
         Ok(Ok(socket)) => socket,
         Ok(Err(error)) => {
