@@ -519,24 +519,32 @@ impl<C: Closer> Handler<C> {
                 return;
             }
         };
-        let bytes = match stream::encode(&Frame::response(request_id, response), self.max_frame_len) {
-            Ok(bytes) => bytes,
-            Err(crate::FrameError::TooLarge { len, max }) => {
-                tracing::debug!(peer = %remote, request_id, len, "response exceeds the frame limit");
-                let error = crate::Error::ResponseTooLarge { len, max: u64::from(max) };
-                match stream::encode(&Frame::response(request_id, Err(error)), self.max_frame_len) {
-                    Ok(bytes) => bytes,
-                    Err(_) => return,
-                }
-            }
-            Err(error) => {
-                tracing::error!(peer = %remote, request_id, %error, "cannot encode response; closing connection");
-                self.conn.close_with(CLOSE_INTERNAL_ERROR, b"internal error");
-                return;
-            }
+        let Some(bytes) = encode_response(request_id, response, self.max_frame_len) else {
+            tracing::error!(peer = %remote, request_id, "cannot encode response; closing connection");
+            self.conn.close_with(CLOSE_INTERNAL_ERROR, b"internal error");
+            return;
         };
         // Fails only when the stream is gone, and with it the client's interest.
         let _ = self.tx.send(bytes).await;
+    }
+}
+
+/// Encodes the answer to `request_id`. A response over the frame limit is replaced by
+/// `ResponseTooLarge`, so the client gets a typed error instead of a lost connection;
+/// `None` when even that cannot be encoded (the connection must close). Every transport
+/// (QUIC, WebTransport, WebSocket) answers through this.
+pub(crate) fn encode_response(request_id: u64, response: Response, max_frame_len: u32) -> Option<Bytes> {
+    match stream::encode(&Frame::response(request_id, response), max_frame_len) {
+        Ok(bytes) => Some(bytes),
+        Err(crate::FrameError::TooLarge { len, max }) => {
+            tracing::debug!(request_id, len, "response exceeds the frame limit");
+            let error = crate::Error::ResponseTooLarge { len, max: u64::from(max) };
+            stream::encode(&Frame::response(request_id, Err(error)), max_frame_len).ok()
+        }
+        Err(error) => {
+            tracing::error!(request_id, %error, "cannot encode response");
+            None
+        }
     }
 }
 

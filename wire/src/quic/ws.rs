@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::server::{CatchUnwind, PeerInfo, Principal};
+use super::server::{CatchUnwind, PeerInfo, Principal, ServeContext};
 use super::{Authenticator, Service, TransportConfig};
 use crate::frame::{self, LEN_PREFIX};
 use crate::{Frame, FrameBody, HelloAck, PROTOCOL_VERSION};
@@ -96,14 +96,7 @@ impl WsServer {
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done, mut all_done) = mpsc::channel::<()>(1);
-        let ctx = Arc::new(Ctx {
-            service,
-            auth,
-            role: self.role,
-            config: self.config.clone(),
-            stop: stop_rx,
-            tls: self.tls.clone(),
-        });
+        let ctx = Arc::new(ServeContext { service, auth, role: self.role, config: self.config.clone(), stop: stop_rx });
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -124,7 +117,7 @@ impl WsServer {
                 tracing::debug!(peer = %remote, "connection limit reached; refusing WebSocket");
                 continue;
             };
-            tokio::spawn(serve_socket(tcp, remote, ctx.clone(), permit, done.clone()));
+            tokio::spawn(serve_socket(tcp, remote, ctx.clone(), self.tls.clone(), permit, done.clone()));
         }
         let _ = stop_tx.send(true);
         drop(done);
@@ -134,15 +127,6 @@ impl WsServer {
             tracing::warn!(addr = %self.local_addr, "WebSocket requests still in flight at shutdown");
         }
     }
-}
-
-struct Ctx<S, A> {
-    service: Arc<S>,
-    auth: Arc<A>,
-    role: crate::Role,
-    config: TransportConfig,
-    stop: watch::Receiver<bool>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 fn close_frame(code: CloseCode, reason: &'static str) -> Message {
@@ -174,7 +158,8 @@ fn decode(data: &[u8], max_frame_len: u32) -> Result<Frame, String> {
 async fn serve_socket<S: Service, A: Authenticator>(
     tcp: TcpStream,
     remote: SocketAddr,
-    ctx: Arc<Ctx<S, A>>,
+    ctx: Arc<ServeContext<S, A>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     _permit: OwnedSemaphorePermit,
     done: mpsc::Sender<()>,
 ) {
@@ -183,7 +168,7 @@ async fn serve_socket<S: Service, A: Authenticator>(
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(max_frame_len as usize + LEN_PREFIX))
         .max_frame_size(Some(max_frame_len as usize + LEN_PREFIX));
-    let io: Box<dyn Io> = match &ctx.tls {
+    let io: Box<dyn Io> = match &tls {
         None => Box::new(tcp),
         Some(acceptor) => match tokio::time::timeout(ctx.config.connect_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => Box::new(tls),
@@ -303,24 +288,17 @@ async fn serve_socket<S: Service, A: Authenticator>(
 }
 
 fn response_message(request_id: u64, response: crate::Response, max_frame_len: u32) -> Option<Message> {
-    match super::stream::encode(&Frame::response(request_id, response), max_frame_len) {
-        Ok(bytes) => Some(Message::Binary(bytes)),
-        Err(crate::FrameError::TooLarge { len, .. }) => {
-            let error = crate::Error::ResponseTooLarge { len, max: u64::from(max_frame_len) };
-            message(&Frame::response(request_id, Err(error)), max_frame_len)
-        }
-        Err(error) => {
-            tracing::error!(request_id, %error, "cannot encode response");
-            Some(close_frame(CloseCode::Error, "internal error"))
-        }
-    }
+    Some(match super::server::encode_response(request_id, response, max_frame_len) {
+        Some(bytes) => Message::Binary(bytes),
+        None => close_frame(CloseCode::Error, "internal error"),
+    })
 }
 
 /// Reads the `Hello`, authenticates it and answers the `HelloAck`. `None` when refused
 /// (the refusal is sent and the socket closed).
 async fn handshake<S: Service, A: Authenticator>(
     socket: &mut Socket,
-    ctx: &Ctx<S, A>,
+    ctx: &ServeContext<S, A>,
     remote: SocketAddr,
 ) -> Option<Arc<PeerInfo>> {
     let max_frame_len = ctx.config.max_frame_len;
