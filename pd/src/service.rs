@@ -59,6 +59,9 @@ pub(crate) struct PdService {
     state: Mutex<State>,
     /// Origin of the monotonic `now` passed to the state machine.
     epoch: Instant,
+    /// Revoked token ids (shared with the state and PD's authenticator): checked on every
+    /// token request without taking the state lock.
+    revocations: Revocations,
 }
 
 impl std::fmt::Debug for PdService {
@@ -80,8 +83,8 @@ impl PdService {
         let ops = OperatorController::new(scheduler);
         let revoked: BTreeMap<u64, u64> = store.load_revoked()?.into_iter().collect();
         revocations.replace(revoked.keys().copied());
-        let state = State { meta, store, ops, poisoned: false, revoked, revocations };
-        Ok(PdService { state: Mutex::new(state), epoch })
+        let state = State { meta, store, ops, poisoned: false, revoked, revocations: revocations.clone() };
+        Ok(PdService { state: Mutex::new(state), epoch, revocations })
     }
 
     /// Answers one PD request from a peer authenticated as `role`, blocking the thread on
@@ -227,7 +230,7 @@ impl Service for PdService {
         let token = match &peer.grant {
             Some(grant) => {
                 grant.check_time(unix_now())?;
-                if self.state.lock().await.revocations.is_revoked(grant.id) {
+                if self.revocations.is_revoked(grant.id) {
                     return Err(Error::Unauthenticated { reason: format!("token {:016x} was revoked", grant.id) });
                 }
                 true
