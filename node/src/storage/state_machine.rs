@@ -601,6 +601,9 @@ fn execute(data: &mut DataTable<'_>, region: u64, op: &LogOp) -> io::Result<(App
     })
 }
 
+/// Most entries an apply commits in place (see [`Engine::write_lazy_in_place`]).
+const APPLY_IN_PLACE_MAX: usize = 16;
+
 impl RaftStateMachine<TypeConfig> for RegionStateMachine {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = RegionSnapshotBuilder;
@@ -751,6 +754,12 @@ impl RegionStateMachine {
                 }
             }
         }
+        // A few plain writes (the common case on a lightly loaded node) commit on this task
+        // when the writer is idle; anything else, or a larger batch, joins the group commit.
+        let in_place = work_items.len() <= APPLY_IN_PLACE_MAX
+            && work_items.iter().all(|w| {
+                matches!(w, Work::Blank(_) | Work::Command(_, LogCommand::WriteV1 { .. } | LogCommand::WriteV2 { .. }))
+            });
         let results: ApplyOutput = Default::default();
         let out = results.clone();
         let mut state = self.state.clone();
@@ -758,189 +767,191 @@ impl RegionStateMachine {
         let mut merging = self.shared.merging();
         let local_node = self.shared.local_node;
         let range_version = self.shared.range_version.clone();
-        self.engine
-            .write_lazy(Box::new(move |txn| {
-                let id = state.data_id;
-                let mut data = txn.open_table(tables::DATA).map_err(io_err)?;
-                let mut sessions = Sessions::open(txn, state.session_id)?;
-                let mut garbage = Vec::new();
-                let mut regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
-                let mut meta = txn.open_table(tables::SM_META).map_err(io_err)?;
-                let mut res = Vec::with_capacity(work_items.len());
-                let mut splits = Vec::new();
-                let mut merged = Vec::new();
-                let (mut dk, mut db) = (0, 0);
-                let mut desc_changed = false;
-                for item in work_items {
-                    let (log_id, cmd) = match item {
-                        Work::Blank(log_id) => {
-                            state.applied = Some(log_id);
-                            res.push(ApplyResult::None);
-                            continue;
-                        }
-                        Work::Membership(log_id, m) => {
-                            state.applied = Some(log_id);
-                            desc_changed |= apply_membership(&mut desc, log_id.index(), &m);
-                            state.membership = crate::raft::types::StoredMembership::new(Some(log_id), m);
-                            res.push(ApplyResult::None);
-                            continue;
-                        }
-                        Work::Command(log_id, cmd) => (log_id, cmd),
-                    };
-                    state.applied = Some(log_id);
-                    let index = log_id.index();
-                    let (session, op) = match cmd {
-                        // A region prepared to merge changes nothing more: its state is
-                        // final until it is absorbed or rolled back.
-                        LogCommand::WriteV1 { .. } | LogCommand::WriteV2 { .. } if merging.is_some() => {
-                            res.push(ApplyResult::KeyNotInRange);
-                            continue;
-                        }
-                        LogCommand::WriteV1 { session, op } => {
-                            // Version 1 carried no acknowledgement and no clock.
-                            (session.map(|(id, seq)| SessionRef { id, seq, first_pending: 0 }), op)
-                        }
-                        LogCommand::WriteV2 { session, op, at_ms, session_ttl_ms } => {
-                            state.clock.clock_ms = state.clock.clock_ms.max(at_ms);
-                            sessions.sweep(&mut state.clock, session_ttl_ms)?;
-                            (session, op)
-                        }
-                        LogCommand::SplitV1 { .. } if merging.is_some() => {
-                            res.push(ApplyResult::SplitRefused);
-                            continue;
-                        }
-                        LogCommand::SplitV1 { key, version, new_region_id, new_peers } => {
-                            let split = SplitCmd { key, version, new_region_id, new_peers };
-                            match apply_split(
-                                &mut desc,
-                                &split,
-                                &state,
-                                txn,
-                                &mut sessions,
-                                &mut regions,
-                                &mut meta,
-                                local_node,
-                            )? {
-                                Some((child, seeded, g)) => {
-                                    garbage.extend(g);
-                                    // Before the commit: see `RegionShared::range_version`.
-                                    range_version.store(desc.epoch.version, Ordering::SeqCst);
-                                    desc_changed = true;
-                                    splits.push((child, seeded));
-                                    res.push(ApplyResult::Split);
-                                }
-                                None => res.push(ApplyResult::SplitRefused),
-                            }
-                            continue;
-                        }
-                        LogCommand::PrepareMergeV1 { conf_ver, version, target, target_epoch } => {
-                            let current = (desc.epoch.conf_ver, desc.epoch.version) == (conf_ver, version);
-                            if merging.is_some() || !current {
-                                res.push(ApplyResult::MergeRefused);
-                                continue;
-                            }
-                            merging = Some(MergeState { target, target_epoch, prepare_index: index });
-                            // Clients holding the region's old epoch are refused and look
-                            // it up again; reads admitted before are refused too.
-                            desc.epoch.version += 1;
-                            range_version.store(desc.epoch.version, Ordering::SeqCst);
-                            desc_changed = true;
-                            res.push(ApplyResult::MergePrepared);
-                            continue;
-                        }
-                        LogCommand::RollbackMergeV1 { prepare_index } => {
-                            if merging.map(|m| m.prepare_index) != Some(prepare_index) {
-                                res.push(ApplyResult::MergeRefused);
-                                continue;
-                            }
-                            merging = None;
-                            desc.epoch.version += 1;
-                            range_version.store(desc.epoch.version, Ordering::SeqCst);
-                            desc_changed = true;
-                            res.push(ApplyResult::MergeRolledBack);
-                            continue;
-                        }
-                        cmd @ LogCommand::CommitMergeV1 { .. } => {
-                            let merge = CommitMerge::from_command(&cmd).expect("a commit merge");
-                            if !merge.acceptable(&desc, merging) {
-                                res.push(ApplyResult::MergeRefused);
-                                continue;
-                            }
-                            // Before the commit: see `RegionShared::range_version`.
-                            let version = desc.epoch.version.max(merge.source_epoch.1) + 1;
-                            range_version.store(version, Ordering::SeqCst);
-                            // The source's record must say it is prepared into this
-                            // region at this prepare: anything else means the protocol
-                            // broke (a rollback alongside a commit); stop rather than take
-                            // rows that are not the source's final state.
-                            let source_merge = match regions.get(merge.source).map_err(io_err)? {
-                                Some(r) => super::records::decode::<RegionRecord>(r.value())?.merging(),
-                                None => None,
-                            };
-                            if source_merge.is_none_or(|m| m.target != region || m.prepare_index != merge.prepare_index)
-                            {
-                                return Err(io::Error::other(format!(
-                                    "region {region} cannot absorb region {}: its record here is not prepared to merge \
-                                     into it at index {} ({source_merge:?})",
-                                    merge.source, merge.prepare_index
-                                )));
-                            }
-                            let source = snapshot::state_from(
-                                &meta,
-                                &txn.open_table(tables::DATA_IDS).map_err(io_err)?,
-                                &txn.open_table(tables::SESSION_IDS).map_err(io_err)?,
-                                merge.source,
-                            )?;
-                            absorb(&state, &source, &mut sessions, &mut data, &merge)?;
-                            desc.end_key = merge.source_end.clone();
-                            desc.epoch.version = version;
-                            desc_changed = true;
-                            merged.push((RegionId(merge.source), index));
-                            res.push(ApplyResult::Merged);
-                            continue;
-                        }
-                    };
-                    // A split between the proposal and this entry moved a key away: refuse
-                    // (the client retries on the region now holding it).
-                    if !op.keys().iter().all(|k| desc.contains(k)) {
+        let work: crate::storage::engine::Work = Box::new(move |txn| {
+            let id = state.data_id;
+            let mut data = txn.open_table(tables::DATA).map_err(io_err)?;
+            let mut sessions = Sessions::open(txn, state.session_id)?;
+            let mut garbage = Vec::new();
+            let mut regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
+            let mut meta = txn.open_table(tables::SM_META).map_err(io_err)?;
+            let mut res = Vec::with_capacity(work_items.len());
+            let mut splits = Vec::new();
+            let mut merged = Vec::new();
+            let (mut dk, mut db) = (0, 0);
+            let mut desc_changed = false;
+            for item in work_items {
+                let (log_id, cmd) = match item {
+                    Work::Blank(log_id) => {
+                        state.applied = Some(log_id);
+                        res.push(ApplyResult::None);
+                        continue;
+                    }
+                    Work::Membership(log_id, m) => {
+                        state.applied = Some(log_id);
+                        desc_changed |= apply_membership(&mut desc, log_id.index(), &m);
+                        state.membership = crate::raft::types::StoredMembership::new(Some(log_id), m);
+                        res.push(ApplyResult::None);
+                        continue;
+                    }
+                    Work::Command(log_id, cmd) => (log_id, cmd),
+                };
+                state.applied = Some(log_id);
+                let index = log_id.index();
+                let (session, op) = match cmd {
+                    // A region prepared to merge changes nothing more: its state is
+                    // final until it is absorbed or rolled back.
+                    LogCommand::WriteV1 { .. } | LogCommand::WriteV2 { .. } if merging.is_some() => {
                         res.push(ApplyResult::KeyNotInRange);
                         continue;
                     }
-                    if let Some(s) = session {
-                        match sessions.admit(s, &op)? {
-                            Admit::Apply => {}
-                            Admit::Replay(r) | Admit::Refuse(r) => {
-                                res.push(r);
-                                continue;
+                    LogCommand::WriteV1 { session, op } => {
+                        // Version 1 carried no acknowledgement and no clock.
+                        (session.map(|(id, seq)| SessionRef { id, seq, first_pending: 0 }), op)
+                    }
+                    LogCommand::WriteV2 { session, op, at_ms, session_ttl_ms } => {
+                        state.clock.clock_ms = state.clock.clock_ms.max(at_ms);
+                        sessions.sweep(&mut state.clock, session_ttl_ms)?;
+                        (session, op)
+                    }
+                    LogCommand::SplitV1 { .. } if merging.is_some() => {
+                        res.push(ApplyResult::SplitRefused);
+                        continue;
+                    }
+                    LogCommand::SplitV1 { key, version, new_region_id, new_peers } => {
+                        let split = SplitCmd { key, version, new_region_id, new_peers };
+                        match apply_split(
+                            &mut desc,
+                            &split,
+                            &state,
+                            txn,
+                            &mut sessions,
+                            &mut regions,
+                            &mut meta,
+                            local_node,
+                        )? {
+                            Some((child, seeded, g)) => {
+                                garbage.extend(g);
+                                // Before the commit: see `RegionShared::range_version`.
+                                range_version.store(desc.epoch.version, Ordering::SeqCst);
+                                desc_changed = true;
+                                splits.push((child, seeded));
+                                res.push(ApplyResult::Split);
                             }
+                            None => res.push(ApplyResult::SplitRefused),
+                        }
+                        continue;
+                    }
+                    LogCommand::PrepareMergeV1 { conf_ver, version, target, target_epoch } => {
+                        let current = (desc.epoch.conf_ver, desc.epoch.version) == (conf_ver, version);
+                        if merging.is_some() || !current {
+                            res.push(ApplyResult::MergeRefused);
+                            continue;
+                        }
+                        merging = Some(MergeState { target, target_epoch, prepare_index: index });
+                        // Clients holding the region's old epoch are refused and look
+                        // it up again; reads admitted before are refused too.
+                        desc.epoch.version += 1;
+                        range_version.store(desc.epoch.version, Ordering::SeqCst);
+                        desc_changed = true;
+                        res.push(ApplyResult::MergePrepared);
+                        continue;
+                    }
+                    LogCommand::RollbackMergeV1 { prepare_index } => {
+                        if merging.map(|m| m.prepare_index) != Some(prepare_index) {
+                            res.push(ApplyResult::MergeRefused);
+                            continue;
+                        }
+                        merging = None;
+                        desc.epoch.version += 1;
+                        range_version.store(desc.epoch.version, Ordering::SeqCst);
+                        desc_changed = true;
+                        res.push(ApplyResult::MergeRolledBack);
+                        continue;
+                    }
+                    cmd @ LogCommand::CommitMergeV1 { .. } => {
+                        let merge = CommitMerge::from_command(&cmd).expect("a commit merge");
+                        if !merge.acceptable(&desc, merging) {
+                            res.push(ApplyResult::MergeRefused);
+                            continue;
+                        }
+                        // Before the commit: see `RegionShared::range_version`.
+                        let version = desc.epoch.version.max(merge.source_epoch.1) + 1;
+                        range_version.store(version, Ordering::SeqCst);
+                        // The source's record must say it is prepared into this
+                        // region at this prepare: anything else means the protocol
+                        // broke (a rollback alongside a commit); stop rather than take
+                        // rows that are not the source's final state.
+                        let source_merge = match regions.get(merge.source).map_err(io_err)? {
+                            Some(r) => super::records::decode::<RegionRecord>(r.value())?.merging(),
+                            None => None,
+                        };
+                        if source_merge.is_none_or(|m| m.target != region || m.prepare_index != merge.prepare_index) {
+                            return Err(io::Error::other(format!(
+                                "region {region} cannot absorb region {}: its record here is not prepared to merge \
+                                     into it at index {} ({source_merge:?})",
+                                merge.source, merge.prepare_index
+                            )));
+                        }
+                        let source = snapshot::state_from(
+                            &meta,
+                            &txn.open_table(tables::DATA_IDS).map_err(io_err)?,
+                            &txn.open_table(tables::SESSION_IDS).map_err(io_err)?,
+                            merge.source,
+                        )?;
+                        absorb(&state, &source, &mut sessions, &mut data, &merge)?;
+                        desc.end_key = merge.source_end.clone();
+                        desc.epoch.version = version;
+                        desc_changed = true;
+                        merged.push((RegionId(merge.source), index));
+                        res.push(ApplyResult::Merged);
+                        continue;
+                    }
+                };
+                // A split between the proposal and this entry moved a key away: refuse
+                // (the client retries on the region now holding it).
+                if !op.keys().iter().all(|k| desc.contains(k)) {
+                    res.push(ApplyResult::KeyNotInRange);
+                    continue;
+                }
+                if let Some(s) = session {
+                    match sessions.admit(s, &op)? {
+                        Admit::Apply => {}
+                        Admit::Replay(r) | Admit::Refuse(r) => {
+                            res.push(r);
+                            continue;
                         }
                     }
-                    let (r, k, b) = execute(&mut data, id, &op)?;
-                    dk += k;
-                    db += b;
-                    if let Some(s) = session {
-                        sessions.record(s, &op, &r, index, state.clock.clock_ms)?;
-                    }
-                    res.push(r);
                 }
-                sessions.flush()?;
-                if desc_changed {
-                    regions
-                        .insert(region, encode(&RegionRecord::with_merge(&desc, merging))?.as_slice())
-                        .map_err(io_err)?;
+                let (r, k, b) = execute(&mut data, id, &op)?;
+                dk += k;
+                db += b;
+                if let Some(s) = session {
+                    sessions.record(s, &op, &r, index, state.clock.clock_ms)?;
                 }
-                meta.insert(region, encode(&SmMetaRecord::from_state(&state))?.as_slice()).map_err(io_err)?;
-                let collect = !garbage.is_empty();
-                if collect {
-                    drop((data, sessions, regions, meta));
-                    snapshot::queue_garbage(txn, garbage)?;
-                }
-                let new_desc = desc_changed.then_some(desc);
-                *out.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(Applied { res, dk, db, state, new_desc, splits, collect, merging, merged });
-                Ok(())
-            }))
-            .await?;
+                res.push(r);
+            }
+            sessions.flush()?;
+            if desc_changed {
+                regions
+                    .insert(region, encode(&RegionRecord::with_merge(&desc, merging))?.as_slice())
+                    .map_err(io_err)?;
+            }
+            meta.insert(region, encode(&SmMetaRecord::from_state(&state))?.as_slice()).map_err(io_err)?;
+            let collect = !garbage.is_empty();
+            if collect {
+                drop((data, sessions, regions, meta));
+                snapshot::queue_garbage(txn, garbage)?;
+            }
+            let new_desc = desc_changed.then_some(desc);
+            *out.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Applied { res, dk, db, state, new_desc, splits, collect, merging, merged });
+            Ok(())
+        });
+        if in_place {
+            self.engine.write_lazy_in_place(work).await?;
+        } else {
+            self.engine.write_lazy(work).await?;
+        }
         crate::metrics::STAGES.apply.record(started.elapsed());
         let Applied { res, dk, db, state, new_desc, splits, collect, merging, merged } = results
             .lock()

@@ -46,6 +46,12 @@ const RECORD_HEADER: usize = 8;
 const BODY_PREFIX: usize = 17;
 /// Most jobs folded into one write.
 const MAX_BATCH: usize = 4096;
+/// How far ahead of the records a segment's space is written with zeros (see
+/// `write_at_tail`). A segment is created sparse (`set_len`): the first write into a hole
+/// allocates blocks, and on ext4 the `fdatasync` after it must then commit the journal too.
+/// Measured here with 3 KiB appends, each followed by `fdatasync`: p50 0.15–0.21 ms into
+/// holes, 0.11–0.13 ms with 256 KiB zeroed ahead (docs/storage.md).
+const ZERO_AHEAD: u64 = 256 * 1024;
 
 const KIND_ENTRIES: u8 = 1;
 const KIND_VOTE: u8 = 2;
@@ -386,6 +392,9 @@ struct Tail {
     file: Arc<File>,
     offset: u64,
     next_lsn: u64,
+    /// Bytes of the segment known to be written (records or zeros), not holes: see
+    /// [`ZERO_AHEAD`].
+    zeroed_to: u64,
 }
 
 /// Outcome of recovery, handed to the writer.
@@ -906,11 +915,13 @@ fn recover(dir: &Path, segment_bytes: u64) -> io::Result<Recovered> {
     }
     index.retain(|_, r| !r.is_empty());
     let tail = match tail {
-        Some((segment, file, offset)) => Tail { segment, file, offset, next_lsn: next_lsn.unwrap_or(1) },
+        Some((segment, file, offset)) => {
+            Tail { segment, file, offset, next_lsn: next_lsn.unwrap_or(1), zeroed_to: offset }
+        }
         None => {
             let file = Arc::new(create_segment(dir, 1, segment_bytes)?);
             files.insert(1, file.clone());
-            Tail { segment: 1, file, offset: SEGMENT_HEADER, next_lsn: 1 }
+            Tail { segment: 1, file, offset: SEGMENT_HEADER, next_lsn: 1, zeroed_to: SEGMENT_HEADER }
         }
     };
     Ok(Recovered { index, files, tail })
@@ -998,7 +1009,7 @@ fn writer_loop(rx: mpsc::Receiver<Msg>, mut tail: Tail, shared: &Arc<Shared>) {
 fn write_checkpoint(shared: &Shared, tail: &mut Tail, buf: &mut Vec<u8>) -> io::Result<()> {
     buf.clear();
     encode_checkpoint(&lock(&shared.index), tail.next_lsn, buf);
-    tail.file.write_all_at(buf, tail.offset)?;
+    write_at_tail(tail, buf, shared.segment_bytes)?;
     tail.file.sync_data()?;
     tail.next_lsn += 1;
     tail.offset += buf.len() as u64;
@@ -1052,6 +1063,23 @@ fn compact_oldest(
     Ok(())
 }
 
+/// Writes `buf` at the tail (without moving it), and first fills the next [`ZERO_AHEAD`]
+/// bytes past the write with zeros when the write reaches space not yet written, so that
+/// the `fdatasync` after it also makes that space allocated: the appends that follow
+/// overwrite written blocks and their syncs flush data only.
+fn write_at_tail(tail: &mut Tail, buf: &[u8], segment_bytes: u64) -> io::Result<()> {
+    let end = tail.offset + buf.len() as u64;
+    if end > tail.zeroed_to {
+        let to = (end + ZERO_AHEAD).min(segment_bytes.max(end));
+        if to > end {
+            static ZEROS: [u8; ZERO_AHEAD as usize] = [0; ZERO_AHEAD as usize];
+            tail.file.write_all_at(&ZEROS[..(to - end) as usize], end)?;
+        }
+        tail.zeroed_to = to;
+    }
+    tail.file.write_all_at(buf, tail.offset)
+}
+
 /// Writes one batch: rotates to a new segment first if it does not fit, encodes every
 /// record, writes them with one `pwrite`, syncs if any job asked, then updates the index.
 /// Returns whether it rotated.
@@ -1074,7 +1102,7 @@ fn write_batch(
         let segment = tail.segment + 1;
         let file = Arc::new(create_segment(&shared.dir, segment, shared.segment_bytes)?);
         shared.segments.write().unwrap_or_else(|p| p.into_inner()).files.insert(segment, file.clone());
-        *tail = Tail { segment, file, offset: SEGMENT_HEADER, next_lsn: tail.next_lsn };
+        *tail = Tail { segment, file, offset: SEGMENT_HEADER, next_lsn: tail.next_lsn, zeroed_to: SEGMENT_HEADER };
         encode_checkpoint(&lock(&shared.index), tail.next_lsn, buf);
         tail.next_lsn += 1;
         rotated = true;
@@ -1087,7 +1115,7 @@ fn write_batch(
         positions.push((tail.offset + start as u64, (buf.len() - start) as u32));
         entries += op.entry_count();
     }
-    tail.file.write_all_at(buf, tail.offset)?;
+    write_at_tail(tail, buf, shared.segment_bytes)?;
     let durable = batch.iter().any(|j| j.durable);
     if durable {
         tail.file.sync_data()?;
@@ -1230,6 +1258,30 @@ mod tests {
         let log = LogEngine::open(dir.path()).unwrap();
         assert_eq!(log.region_state(1).entries, Some((1, 4)));
         assert_eq!(log.read(1, 4, 5, usize::MAX).unwrap()[0].1, b"1:4");
+    }
+
+    #[test]
+    fn space_ahead_of_the_records_is_written_with_zeros_before_it_is_appended_to() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let allocated = || std::fs::metadata(segment_path(dir.path(), 1)).unwrap().blocks() * 512;
+        let log = LogEngine::open(dir.path()).unwrap();
+        log.write_blocking(vec![entries(1, 1, 1)]).unwrap();
+        assert!(allocated() >= ZERO_AHEAD, "{} bytes allocated after the first write", allocated());
+        assert!(allocated() < SEGMENT_BYTES / 2, "the segment is not written in full up front");
+        // Appends that reach past the zeroed space (here 5 × 64 KiB) zero ZERO_AHEAD more.
+        let big = vec![7u8; 64 * 1024];
+        for i in 2..=6u64 {
+            log.write_blocking(vec![Op::Entries { region: 1, first: i, entries: vec![big.clone()] }]).unwrap();
+        }
+        assert!(allocated() >= 2 * ZERO_AHEAD, "{} bytes allocated", allocated());
+        log.close();
+        drop(log);
+        // The zeros read as the end of the records.
+        let log = LogEngine::open(dir.path()).unwrap();
+        assert_eq!(log.region_state(1).entries, Some((1, 6)));
+        log.write_blocking(vec![entries(1, 7, 1)]).unwrap();
+        assert_eq!(indexes(&log.read(1, 1, 8, usize::MAX).unwrap()), (1..=7).collect::<Vec<_>>());
     }
 
     #[test]
