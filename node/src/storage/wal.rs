@@ -4,8 +4,9 @@
 //! appended to one log of fixed-size *segments* (`raft-log/<seq>.wal`). One writer thread
 //! takes every job queued at that moment, encodes their records into one reused buffer,
 //! writes it with one `pwrite` and makes it durable with one `fdatasync`, then completes
-//! them all (group commit across regions). Writing into a preallocated segment means the
-//! sync does not have to update file metadata on each append.
+//! them all (group commit across regions). A lazy job (a commit mark) does not wake the
+//! writer: it waits in the queue for the next synced write. Writing into a preallocated
+//! segment means the sync does not have to update file metadata on each append.
 //!
 //! Layout of a segment: a 16-byte header (`TWAL0001` and the segment's sequence number),
 //! then records. A record is `len: u32, crc: u32` (CRC-32 of the body) and a body of `len`
@@ -34,7 +35,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::sync::{mpsc, Arc, Condvar, Mutex, RwLock};
 
 /// Size of a segment. A batch that does not fit in the rest of the current segment goes to
 /// a new one (a single batch larger than a segment makes that segment larger).
@@ -340,11 +341,20 @@ struct Job {
     done: Done,
     durable: bool,
     queued_at: std::time::Instant,
-    /// A lazy job held back for the next synced write (already taken off the queue count).
-    deferred: bool,
 }
 
-type Msg = super::WriterMsg<Job>;
+/// Jobs waiting for the writer. The writer sleeps until a durable job arrives (or the queue
+/// is full, or the engine closes): a lazy job (a commit mark) waits in the queue for the
+/// next synced write without waking the writer, which on a lightly loaded node would
+/// otherwise cost a thread wake-up per commit for nothing.
+#[derive(Default)]
+struct Intake {
+    jobs: Vec<Job>,
+    /// Some job in `jobs` is durable.
+    durable: bool,
+    /// `close` was called: the writer finishes what is queued and exits; later jobs fail.
+    stop: bool,
+}
 
 struct Segments {
     /// Open segment files by sequence number (readers `pread` them).
@@ -356,7 +366,9 @@ struct Shared {
     segment_bytes: u64,
     index: Mutex<HashMap<u64, RegionIndex>>,
     segments: RwLock<Segments>,
-    tx: Mutex<mpsc::Sender<Msg>>,
+    intake: Mutex<Intake>,
+    /// Signalled when the writer has work: a durable job, a full queue, or a stop.
+    work: Condvar,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     failed: Mutex<Option<(io::ErrorKind, String)>>,
     stats: WalStats,
@@ -415,13 +427,13 @@ impl LogEngine {
     pub fn open_with_segment_bytes(dir: &Path, segment_bytes: u64) -> io::Result<LogEngine> {
         std::fs::create_dir_all(dir)?;
         let recovered = recover(dir, segment_bytes)?;
-        let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             segment_bytes,
             index: Mutex::new(recovered.index),
             segments: RwLock::new(Segments { files: recovered.files }),
-            tx: Mutex::new(tx),
+            intake: Mutex::new(Intake::default()),
+            work: Condvar::new(),
             writer: Mutex::new(None),
             failed: Mutex::new(None),
             stats: WalStats::default(),
@@ -432,7 +444,7 @@ impl LogEngine {
         let writer = {
             let shared = shared.clone();
             let tail = recovered.tail;
-            std::thread::Builder::new().name("tessera-wal".into()).spawn(move || writer_loop(rx, tail, &shared))?
+            std::thread::Builder::new().name("tessera-wal".into()).spawn(move || writer_loop(tail, &shared))?
         };
         *lock(&shared.writer) = Some(writer);
         let engine = LogEngine { shared };
@@ -442,19 +454,13 @@ impl LogEngine {
 
     /// Queues `ops`; `done` is called once they are durable (or failed).
     pub fn submit(&self, ops: Vec<Op>, done: Done) {
-        self.send(Job { ops, done, durable: true, queued_at: std::time::Instant::now(), deferred: false });
+        self.send(Job { ops, done, durable: true, queued_at: std::time::Instant::now() });
     }
 
     /// Queues `ops` without waiting and without asking for a sync of their own: they become
     /// durable with the next synced write.
     pub fn submit_lazy(&self, ops: Vec<Op>) {
-        self.send(Job {
-            ops,
-            done: Box::new(|_| {}),
-            durable: false,
-            queued_at: std::time::Instant::now(),
-            deferred: false,
-        });
+        self.send(Job { ops, done: Box::new(|_| {}), durable: false, queued_at: std::time::Instant::now() });
     }
 
     /// Writes `ops` and waits until they are durable.
@@ -482,10 +488,21 @@ impl LogEngine {
     }
 
     fn send(&self, job: Job) {
-        self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        if let Err(mpsc::SendError(Msg::Job(job))) = lock(&self.shared.tx).send(Msg::Job(job)) {
-            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+        let mut intake = lock(&self.shared.intake);
+        if intake.stop {
+            drop(intake);
             (job.done)(Err(io::Error::other("log writer has stopped")));
+            return;
+        }
+        if job.durable {
+            self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        }
+        let wake = job.durable || intake.jobs.len() + 1 >= MAX_BATCH;
+        intake.durable |= job.durable;
+        intake.jobs.push(job);
+        drop(intake);
+        if wake {
+            self.shared.work.notify_one();
         }
     }
 
@@ -623,7 +640,7 @@ impl LogEngine {
         &self.shared.stats
     }
 
-    /// Jobs waiting for the writer.
+    /// Durable jobs waiting for the writer (lazy commit marks waiting for one are not counted).
     pub fn queue_depth(&self) -> usize {
         self.shared.queued.load(Ordering::Relaxed)
     }
@@ -660,7 +677,8 @@ impl LogEngine {
 
     /// Stops the writer after the jobs already queued and waits for it. Idempotent.
     pub fn close(&self) {
-        let _ = lock(&self.shared.tx).send(Msg::Stop);
+        lock(&self.shared.intake).stop = true;
+        self.shared.work.notify_one();
         if let Some(writer) = lock(&self.shared.writer).take() {
             if writer.join().is_err() {
                 tracing::error!("raft log writer thread panicked");
@@ -927,7 +945,23 @@ fn recover(dir: &Path, segment_bytes: u64) -> io::Result<Recovered> {
     Ok(Recovered { index, files, tail })
 }
 
-fn writer_loop(rx: mpsc::Receiver<Msg>, mut tail: Tail, shared: &Arc<Shared>) {
+/// The writer's next batch: blocks until a durable job is queued (lazy jobs wait for one),
+/// the queue holds [`MAX_BATCH`] jobs, or the engine is closing; then takes up to
+/// `MAX_BATCH` jobs in order. Returns the batch and whether the engine is closing with
+/// nothing left after it.
+fn next_batch(shared: &Shared) -> (Vec<Job>, bool) {
+    let mut intake = lock(&shared.intake);
+    while !intake.durable && !intake.stop && intake.jobs.len() < MAX_BATCH {
+        intake = shared.work.wait(intake).unwrap_or_else(|p| p.into_inner());
+    }
+    let n = intake.jobs.len().min(MAX_BATCH);
+    let batch: Vec<Job> = intake.jobs.drain(..n).collect();
+    intake.durable = intake.jobs.iter().any(|j| j.durable);
+    let last = intake.stop && intake.jobs.is_empty();
+    (batch, last)
+}
+
+fn writer_loop(mut tail: Tail, shared: &Arc<Shared>) {
     let engine = LogEngine { shared: shared.clone() };
     let mut buf: Vec<u8> = Vec::with_capacity(1024 * 1024);
     // A segment must start with a checkpoint (older segments are deleted on that basis). A
@@ -940,20 +974,16 @@ fn writer_loop(rx: mpsc::Receiver<Msg>, mut tail: Tail, shared: &Arc<Shared>) {
         }
     }
     let mut positions: Vec<(u64, u32)> = Vec::new();
-    // Lazy jobs (commit marks) wait here for the next synced write instead of costing a
-    // write of their own: they need no durability, only their place in the order.
-    let mut deferred: Vec<Job> = Vec::new();
-    let mut stopping = false;
-    while !stopping {
-        let Some((batch, stop)) = super::next_batch(&rx, std::mem::take(&mut deferred), MAX_BATCH) else { break };
-        stopping = stop;
-        let mut batch = batch;
-        shared.queued.fetch_sub(batch.len() - batch.iter().filter(|j| j.deferred).count(), Ordering::Relaxed);
-        if !stopping && !batch.iter().any(|j| j.durable) && batch.len() < MAX_BATCH {
-            for job in &mut batch {
-                job.deferred = true;
+    loop {
+        // Lazy jobs (commit marks) ride along with the next synced write instead of costing
+        // a write of their own: they need no durability, only their place in the order. At
+        // close, what is left is written without a sync.
+        let (batch, last) = next_batch(shared);
+        shared.queued.fetch_sub(batch.iter().filter(|j| j.durable).count(), Ordering::Relaxed);
+        if batch.is_empty() {
+            if last {
+                break;
             }
-            deferred = batch;
             continue;
         }
         let started = std::time::Instant::now();
@@ -991,16 +1021,8 @@ fn writer_loop(rx: mpsc::Receiver<Msg>, mut tail: Tail, shared: &Arc<Shared>) {
         if buf.capacity() > 16 * 1024 * 1024 {
             buf = Vec::with_capacity(1024 * 1024);
         }
-    }
-    if !deferred.is_empty() && engine.check().is_ok() {
-        if let Err(e) = write_batch(shared, &mut tail, &deferred, &mut buf, &mut positions) {
-            tracing::warn!(error = %e, "could not write the last commit marks at close");
-        }
-    }
-    while let Ok(msg) = rx.try_recv() {
-        if let Msg::Job(job) = msg {
-            shared.queued.fetch_sub(1, Ordering::Relaxed);
-            (job.done)(Err(io::Error::other("raft log is closed")));
+        if last {
+            break;
         }
     }
 }
@@ -1053,7 +1075,7 @@ fn compact_oldest(
     if ops.is_empty() {
         return Ok(());
     }
-    let job = Job { ops, done: Box::new(|_| {}), durable: true, queued_at: std::time::Instant::now(), deferred: false };
+    let job = Job { ops, done: Box::new(|_| {}), durable: true, queued_at: std::time::Instant::now() };
     write_batch(shared, tail, std::slice::from_ref(&job), buf, positions)?;
     tracing::info!(
         segment = oldest,
@@ -1203,6 +1225,28 @@ mod tests {
         log.close();
         let reopened = LogEngine::open(dir.path()).unwrap();
         check(&reopened);
+    }
+
+    #[test]
+    fn commit_marks_wait_for_the_next_synced_write_or_the_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogEngine::open(dir.path()).unwrap();
+        log.write_blocking(vec![entries(1, 1, 3)]).unwrap();
+        let writes = || log.stats().writes.load(Ordering::Relaxed);
+        let before = writes();
+        for c in 1..=3u8 {
+            log.submit_lazy(vec![Op::Committed { region: 1, committed: vec![c] }]);
+        }
+        assert_eq!(log.queue_depth(), 0, "commit marks are not counted as waiting work");
+        log.write_blocking(vec![entries(2, 1, 1)]).unwrap();
+        assert_eq!(writes(), before + 1, "the marks rode along with the next synced write");
+        assert_eq!(log.region_state(1).committed.as_deref(), Some(&[3u8][..]));
+        // A mark with no synced write after it is written at close.
+        log.submit_lazy(vec![Op::Committed { region: 1, committed: vec![4] }]);
+        log.close();
+        let log = LogEngine::open(dir.path()).unwrap();
+        assert_eq!(log.region_state(1).committed.as_deref(), Some(&[4u8][..]));
+        assert_eq!(log.region_state(2).entries, Some((1, 1)));
     }
 
     #[test]
