@@ -35,7 +35,13 @@ struct Job {
     durable: bool,
 }
 
-type Msg = super::WriterMsg<Job>;
+/// A message to the writer thread.
+enum Msg {
+    /// Work to do.
+    Job(Job),
+    /// Finish the jobs queued before this message, then exit.
+    Stop,
+}
 
 /// Default size of redb's page cache. It bounds the database's own memory; the OS page
 /// cache comes on top. (redb's own default, 1 GiB, makes a node's memory grow with the data
@@ -336,10 +342,28 @@ impl Shared {
     }
 }
 
+/// Blocks for the next job, then takes every job already queued, up to [`MAX_BATCH`] (or
+/// until a stop). Returns the batch and whether a stop was seen; `None` when stopped (or
+/// every sender is gone) with nothing queued.
+fn next_batch(rx: &mpsc::Receiver<Msg>) -> Option<(Vec<Job>, bool)> {
+    let mut batch = match rx.recv() {
+        Ok(Msg::Job(job)) => vec![job],
+        Ok(Msg::Stop) | Err(_) => return None,
+    };
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(Msg::Job(job)) => batch.push(job),
+            Ok(Msg::Stop) => return Some((batch, true)),
+            Err(_) => break,
+        }
+    }
+    Some((batch, false))
+}
+
 fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Msg>, shared: &Shared) {
     let mut stopping = false;
     while !stopping {
-        let Some((batch, stop)) = super::next_batch(&rx, Vec::new(), MAX_BATCH) else { break };
+        let Some((batch, stop)) = next_batch(&rx) else { break };
         stopping = stop;
         let _committing = lock(&shared.committing);
         shared.queued.fetch_sub(batch.len(), Ordering::SeqCst);

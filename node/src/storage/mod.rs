@@ -4,8 +4,8 @@
 //! * [`wal`]: the Raft log engine: segmented, checksummed, one `fdatasync` per group
 //!   commit of all regions' appends. A failed write fail-stops it.
 //! * [`engine`]: the database and its single writer thread, which batches the writes of all
-//!   regions into one write transaction (group commit), then completes them. A failed
-//!   commit fail-stops the engine.
+//!   regions into one write transaction (group commit), then completes them; a small apply
+//!   may commit in place when the writer is idle. A failed commit fail-stops the engine.
 //! * [`log_store`]: openraft's `RaftLogStorage` for one region, on the log engine.
 //! * [`migrate`]: moves the Raft log of a data directory written before the log engine
 //!   out of redb.
@@ -23,38 +23,6 @@ pub mod snapshot;
 pub mod state_machine;
 pub(crate) mod tables;
 pub mod wal;
-
-/// A message to a storage writer thread (the redb writer and the log-engine writer).
-pub(crate) enum WriterMsg<J> {
-    /// Work to do.
-    Job(J),
-    /// Finish the jobs queued before this message, then exit.
-    Stop,
-}
-
-/// Group commit's intake, shared by both writers: blocks for the next job, then takes every
-/// job already queued, up to `max` (or until a stop), after the `held` jobs. Returns the
-/// batch and whether a stop was seen; `None` when stopped (or every sender is gone) with
-/// nothing held or queued.
-pub(crate) fn next_batch<J>(
-    rx: &std::sync::mpsc::Receiver<WriterMsg<J>>,
-    held: Vec<J>,
-    max: usize,
-) -> Option<(Vec<J>, bool)> {
-    let mut batch = held;
-    match rx.recv() {
-        Ok(WriterMsg::Job(job)) => batch.push(job),
-        Ok(WriterMsg::Stop) | Err(_) => return (!batch.is_empty()).then_some((batch, true)),
-    }
-    while batch.len() < max {
-        match rx.try_recv() {
-            Ok(WriterMsg::Job(job)) => batch.push(job),
-            Ok(WriterMsg::Stop) => return Some((batch, true)),
-            Err(_) => break,
-        }
-    }
-    Some((batch, false))
-}
 
 pub use engine::{CommitStats, Engine, StorageError};
 pub use log_store::RegionLogStore;
