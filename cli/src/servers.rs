@@ -90,6 +90,13 @@ pub struct NodeArgs {
     /// Size of the storage engine's page cache, in MiB.
     #[arg(long, default_value_t = (tessera_node::storage::engine::DEFAULT_CACHE_BYTES >> 20) as u64)]
     pub cache_mb: u64,
+    /// Under load, the Raft log writer waits up to this many microseconds after a durable
+    /// write arrives so that more writes share its fdatasync (0: never wait).
+    #[arg(long, default_value_t = tessera_node::storage::wal::GroupCommit::default().linger.as_micros() as u64)]
+    pub raft_log_linger_us: u64,
+    /// ...only while the node writes at least this many log entries per second.
+    #[arg(long, default_value_t = tessera_node::storage::wal::GroupCommit::default().min_entries_per_sec)]
+    pub raft_log_linger_above: u64,
     /// Confirm every linearizable read with a round to the followers (ReadIndex) instead of
     /// serving it on the leader's lease. The lease assumes the nodes' clocks advance at
     /// nearly the same rate; this removes that assumption at the cost of a round per batch
@@ -151,6 +158,10 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     cfg.raft.snapshot_every = args.snapshot_every;
     cfg.raft.keep_after_snapshot = args.keep_after_snapshot;
     cfg.cache_bytes = usize::try_from(args.cache_mb << 20).context("--cache-mb is too large")?;
+    cfg.raft_log_group_commit = tessera_node::storage::wal::GroupCommit {
+        linger: std::time::Duration::from_micros(args.raft_log_linger_us),
+        min_entries_per_sec: args.raft_log_linger_above,
+    };
     cfg.lease_reads = !args.no_lease_reads;
     cfg.websocket = !args.no_websocket;
     cfg.webtransport = !args.no_webtransport;

@@ -36,6 +36,10 @@ pub struct NodeConfig {
     pub admission: Admission,
     /// Size of the storage engine's page cache, in bytes (default 256 MiB).
     pub cache_bytes: usize,
+    /// The Raft log's group commit under load (default: wait up to 1 ms for more jobs
+    /// before a sync while entries arrive at 8,000 per second or more; see
+    /// [`crate::storage::wal::GroupCommit`]).
+    pub raft_log_group_commit: crate::storage::wal::GroupCommit,
     /// A client session that writes nothing to a region for this long expires there: its
     /// remembered results are dropped and its later writes refused with `SessionExpired`
     /// (the SDK renews an idle session well before). Default 30 min.
@@ -152,6 +156,7 @@ impl NodeConfig {
             admission: Admission::default(),
             session_ttl: Duration::from_secs(30 * 60),
             cache_bytes: crate::storage::engine::DEFAULT_CACHE_BYTES,
+            raft_log_group_commit: Default::default(),
             faults: Faults::default(),
         }
     }

@@ -20,7 +20,7 @@ use crate::service::NodeService;
 use crate::storage::engine::io_err;
 use crate::storage::records::{decode, encode, RegionRecord};
 use crate::storage::state_machine::{seeded_state, split_seed_log_id, RegionEvent};
-use crate::storage::wal::LogEngine;
+use crate::storage::wal::{LogEngine, SEGMENT_BYTES};
 use crate::storage::{Engine, RegionLogStore, RegionShared, RegionStateMachine};
 
 /// A running storage node.
@@ -64,7 +64,8 @@ impl Node {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| NodeError::Config(format!("data dir {}: {e}", cfg.data_dir.display())))?;
         let engine = Engine::open_with_cache(&cfg.data_dir.join("node.redb"), cfg.cache_bytes)?;
-        let wal = LogEngine::open(&cfg.data_dir.join(RAFT_LOG_DIR)).map_err(|e| NodeError::Storage(e.into()))?;
+        let wal = LogEngine::open_with(&cfg.data_dir.join(RAFT_LOG_DIR), SEGMENT_BYTES, cfg.raft_log_group_commit)
+            .map_err(|e| NodeError::Storage(e.into()))?;
         crate::storage::migrate::raft_log_out_of_redb(&engine, &wal).map_err(|e| NodeError::Storage(e.into()))?;
         let web_cert = match (&cfg.web_cert, cfg.webtransport) {
             (_, false) => None,
