@@ -99,7 +99,7 @@ struct LingerGate {
 
 impl LingerGate {
     fn new(cfg: GroupCommit, now: std::time::Instant) -> LingerGate {
-        LingerGate { cfg, window_start: now, entries: 0, on: !cfg.linger.is_zero() && cfg.min_entries_per_sec == 0 }
+        LingerGate { cfg, window_start: now, entries: 0, on: cfg.min_entries_per_sec == 0 }
     }
 
     /// Counts `entries` written at `now`; at the end of each window, turns lingering on or
@@ -112,14 +112,14 @@ impl LingerGate {
             return;
         }
         let per_sec = u128::from(self.entries) * 1_000_000 / span.as_micros().max(1);
-        self.on = !self.cfg.linger.is_zero() && per_sec >= u128::from(self.cfg.min_entries_per_sec);
+        self.on = per_sec >= u128::from(self.cfg.min_entries_per_sec);
         self.window_start = now;
         self.entries = 0;
     }
 
     /// How long to linger before the next sync, if at all.
     fn linger(&self) -> Option<std::time::Duration> {
-        self.on.then_some(self.cfg.linger)
+        (self.on && !self.cfg.linger.is_zero()).then_some(self.cfg.linger)
     }
 }
 
@@ -1034,26 +1034,24 @@ fn recover(dir: &Path, segment_bytes: u64) -> io::Result<Recovered> {
 /// a full queue or a close). Returns the batch and whether the engine is closing with
 /// nothing left after it.
 fn next_batch(shared: &Shared, linger: Option<std::time::Duration>) -> (Vec<Job>, bool) {
+    // `waiting` stays set while the writer is blocked; senders see it only then (the
+    // condition is checked with the lock held).
     let mut intake = lock(&shared.intake);
-    while !intake.durable && !intake.stop && intake.jobs.len() < MAX_BATCH {
-        intake.waiting = true;
-        intake = shared.work.wait(intake).unwrap_or_else(|p| p.into_inner());
-        intake.waiting = false;
-    }
+    intake.waiting = true;
+    intake = shared
+        .work
+        .wait_while(intake, |i| !i.durable && !i.stop && i.jobs.len() < MAX_BATCH)
+        .unwrap_or_else(|p| p.into_inner());
     if let Some(linger) = linger {
-        let deadline = std::time::Instant::now() + linger;
         intake.lingering = true;
-        while !intake.stop && intake.jobs.len() < MAX_BATCH {
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                break;
-            }
-            intake.waiting = true;
-            intake = shared.work.wait_timeout(intake, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
-            intake.waiting = false;
-        }
+        intake = shared
+            .work
+            .wait_timeout_while(intake, linger, |i| !i.stop && i.jobs.len() < MAX_BATCH)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
         intake.lingering = false;
     }
+    intake.waiting = false;
     let n = intake.jobs.len().min(MAX_BATCH);
     let batch: Vec<Job> = intake.jobs.drain(..n).collect();
     intake.durable = intake.jobs.iter().any(|j| j.durable);
@@ -1081,8 +1079,7 @@ fn writer_loop(mut tail: Tail, shared: &Arc<Shared>, group_commit: GroupCommit) 
         // close, what is left is written without a sync.
         let linger = gate.linger();
         let (batch, last) = next_batch(shared, linger);
-        let durable = batch.iter().filter(|j| j.durable).count();
-        shared.queued.fetch_sub(durable, Ordering::Relaxed);
+        shared.queued.fetch_sub(batch.iter().filter(|j| j.durable).count(), Ordering::Relaxed);
         if linger.is_some() && !batch.is_empty() {
             shared.stats.lingered.fetch_add(1, Ordering::Relaxed);
         }
@@ -1403,6 +1400,29 @@ mod tests {
         for region in 1..=3 {
             assert_eq!(log.region_state(region).entries, Some((1, 2)));
         }
+    }
+
+    #[test]
+    fn a_full_queue_ends_the_linger() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = GroupCommit { linger: std::time::Duration::from_secs(3600), min_entries_per_sec: 0 };
+        let log = LogEngine::open_with(dir.path(), SEGMENT_BYTES, cfg).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let submit = |region: u64| {
+            let tx = tx.clone();
+            log.submit(vec![entries(region, 1, 1)], Box::new(move |r| tx.send(r.is_ok()).unwrap()));
+        };
+        submit(1);
+        wait_for_intake(&log, "lingering after the first durable job", |i| i.lingering && i.waiting);
+        // The queue reaches its limit: the writer wakes, with no close, and syncs them all.
+        for region in 2..=MAX_BATCH as u64 {
+            submit(region);
+        }
+        for _ in 0..MAX_BATCH {
+            assert!(rx.recv_timeout(std::time::Duration::from_secs(60)).expect("synced without the close"));
+        }
+        assert_eq!(log.stats().syncs.load(Ordering::Relaxed), 1, "one sync for the full batch");
+        log.close();
     }
 
     #[test]
