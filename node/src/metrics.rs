@@ -1,9 +1,10 @@
 //! Per-stage timings of the write and read paths, for profiling and benchmarks.
 //!
-//! Each stage accumulates a count and a total duration (lock-free). The node logs the
-//! averages of every stage that saw work at most every [`REPORT_EVERY`] (target
-//! `tessera_node::metrics`, level info), so a benchmark run shows where a request's time
-//! goes: `kv_write` (a write request, received to answered, on the leader) contains
+//! Each stage accumulates a count, a total duration and a histogram of durations
+//! (lock-free). The node logs, for every stage that saw work, the count, mean and 99th
+//! percentile at most every [`REPORT_EVERY`] (target `tessera_node::metrics`, level info),
+//! so a benchmark run shows where a request's time goes, in the middle and in the tail:
+//! `kv_write` (a write request, received to answered, on the leader) contains
 //! `raft_log_queue` + `raft_log_sync` of the leader, the `append_rpc` to the followers
 //! (which contains their `follower_append`), and `apply`.
 //!
@@ -16,27 +17,124 @@ use std::time::Duration;
 /// Longest interval between two reports.
 pub const REPORT_EVERY: Duration = Duration::from_secs(10);
 
-/// A count and a total duration.
-#[derive(Debug, Default)]
+/// Sub-buckets per power of two of the histogram: a bucket spans at most a quarter of its
+/// lower bound, so a percentile read from it is within 25% of the true value.
+const SUB_BITS: u32 = 2;
+const SUBS: usize = 1 << SUB_BITS;
+
+/// Histogram buckets: exact below `SUBS` µs, then `SUBS` per power of two up to 2^40 µs.
+const BUCKETS: usize = SUBS + (40 - SUB_BITS as usize) * SUBS;
+
+/// The bucket of a duration of `micros` µs.
+fn bucket(micros: u64) -> usize {
+    if micros < SUBS as u64 {
+        return micros as usize;
+    }
+    let log = 63 - micros.leading_zeros(); // >= SUB_BITS
+    let sub = (micros >> (log - SUB_BITS)) as usize & (SUBS - 1);
+    (SUBS + (log - SUB_BITS) as usize * SUBS + sub).min(BUCKETS - 1)
+}
+
+/// The smallest duration in µs that falls in bucket `b` (its lower bound).
+fn bucket_floor(b: usize) -> u64 {
+    if b < SUBS {
+        return b as u64;
+    }
+    let log = (b - SUBS) / SUBS + SUB_BITS as usize;
+    let sub = ((b - SUBS) % SUBS) as u64;
+    (1u64 << log) + (sub << (log - SUB_BITS as usize))
+}
+
+/// A count, a total duration and a histogram of durations.
+#[derive(Debug)]
 pub struct Stage {
     count: AtomicU64,
     nanos: AtomicU64,
+    buckets: [AtomicU64; BUCKETS],
+}
+
+impl Default for Stage {
+    fn default() -> Self {
+        Stage::new()
+    }
+}
+
+/// What a stage had recorded at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageSnapshot {
+    /// Occurrences.
+    pub count: u64,
+    /// Their total duration in nanoseconds.
+    pub nanos: u64,
+    /// Occurrences per histogram bucket.
+    pub buckets: Vec<u64>,
+}
+
+impl StageSnapshot {
+    /// What was recorded between `earlier` and this snapshot.
+    pub fn since(&self, earlier: &StageSnapshot) -> StageSnapshot {
+        StageSnapshot {
+            count: self.count.saturating_sub(earlier.count),
+            nanos: self.nanos.saturating_sub(earlier.nanos),
+            buckets: self.buckets.iter().zip(&earlier.buckets).map(|(a, b)| a.saturating_sub(*b)).collect(),
+        }
+    }
+
+    /// Mean duration in µs (0 with no occurrence).
+    pub fn mean_micros(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.nanos as f64 / self.count as f64 / 1000.0
+        }
+    }
+
+    /// The `q` quantile (0..=1) in µs, as the lower bound of the bucket holding it: at most
+    /// 25% below the true value. 0 with no occurrence.
+    pub fn quantile_micros(&self, q: f64) -> u64 {
+        let total: u64 = self.buckets.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        // The rank of the quantile, 1-based: the smallest value with at least q of all at
+        // or below it.
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (b, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return bucket_floor(b);
+            }
+        }
+        bucket_floor(BUCKETS - 1)
+    }
 }
 
 impl Stage {
     const fn new() -> Stage {
-        Stage { count: AtomicU64::new(0), nanos: AtomicU64::new(0) }
+        Stage { count: AtomicU64::new(0), nanos: AtomicU64::new(0), buckets: [const { AtomicU64::new(0) }; BUCKETS] }
     }
 
     /// Records one occurrence that took `elapsed`.
     pub fn record(&self, elapsed: Duration) {
         self.count.fetch_add(1, Relaxed);
         self.nanos.fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.buckets[bucket(micros)].fetch_add(1, Relaxed);
     }
 
     /// (count, total nanoseconds) so far.
     pub fn read(&self) -> (u64, u64) {
         (self.count.load(Relaxed), self.nanos.load(Relaxed))
+    }
+
+    /// Everything recorded so far.
+    pub fn snapshot(&self) -> StageSnapshot {
+        StageSnapshot {
+            count: self.count.load(Relaxed),
+            nanos: self.nanos.load(Relaxed),
+            buckets: self.buckets.iter().map(|b| b.load(Relaxed)).collect(),
+        }
     }
 }
 
@@ -83,26 +181,21 @@ impl Stages {
         ]
     }
 
-    /// (name, count, total nanoseconds) of every stage.
-    pub fn snapshot(&self) -> Vec<(&'static str, u64, u64)> {
-        self.all()
-            .iter()
-            .map(|(n, s)| {
-                let (c, t) = s.read();
-                (*n, c, t)
-            })
-            .collect()
+    /// (name, what it recorded) of every stage.
+    pub fn snapshot(&self) -> Vec<(&'static str, StageSnapshot)> {
+        self.all().iter().map(|(n, s)| (*n, s.snapshot())).collect()
     }
 }
 
-/// Formats the averages of the stages that changed between two snapshots, e.g.
-/// `kv_write=1520×812µs raft_log_sync=…`; empty if nothing changed.
-pub fn describe(before: &[(&'static str, u64, u64)], after: &[(&'static str, u64, u64)]) -> String {
+/// Formats the count, mean and 99th percentile of the stages that changed between two
+/// snapshots, e.g. `kv_write=1520×812µs/p99=2048µs raft_log_sync=…`; empty if nothing
+/// changed.
+pub fn describe(before: &[(&'static str, StageSnapshot)], after: &[(&'static str, StageSnapshot)]) -> String {
     let mut out = Vec::new();
-    for ((name, c0, t0), (_, c1, t1)) in before.iter().zip(after) {
-        let n = c1 - c0;
-        if n > 0 {
-            out.push(format!("{name}={n}×{:.0}µs", (t1 - t0) as f64 / n as f64 / 1000.0));
+    for ((name, b), (_, a)) in before.iter().zip(after) {
+        let d = a.since(b);
+        if d.count > 0 {
+            out.push(format!("{name}={}×{:.0}µs/p99={}µs", d.count, d.mean_micros(), d.quantile_micros(0.99)));
         }
     }
     out.join(" ")
@@ -131,7 +224,7 @@ pub async fn report_loop(mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let now = STAGES.snapshot();
         let line = describe(&last, &now);
         if !line.is_empty() {
-            tracing::info!(target: "tessera_node::metrics", stages = %line, "write path stages (count × mean)");
+            tracing::info!(target: "tessera_node::metrics", stages = %line, "write path stages (count × mean / p99)");
         }
         last = now;
     }
@@ -142,10 +235,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn describe_reports_the_mean_of_what_changed_only() {
-        let before = vec![("a", 10, 10_000), ("b", 5, 5_000)];
-        let after = vec![("a", 14, 30_000), ("b", 5, 5_000)];
-        assert_eq!(describe(&before, &after), "a=4×5µs");
+    fn every_bucket_holds_the_durations_from_its_floor_to_the_next_floor() {
+        for b in 0..BUCKETS - 1 {
+            let (lo, hi) = (bucket_floor(b), bucket_floor(b + 1));
+            assert!(lo < hi, "bucket {b}");
+            assert_eq!(bucket(lo), b, "floor of bucket {b}");
+            assert_eq!(bucket(hi - 1), b, "top of bucket {b}");
+            // At most a quarter wide (exact below SUBS µs).
+            assert!(hi - lo <= (lo / 4).max(1), "bucket {b}: {lo}..{hi}");
+        }
+        assert_eq!(bucket(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn the_p99_finds_a_tail_the_mean_hides() {
+        let stage = Stage::new();
+        let before = stage.snapshot();
+        for _ in 0..980 {
+            stage.record(Duration::from_micros(300));
+        }
+        for _ in 0..20 {
+            stage.record(Duration::from_millis(5));
+        }
+        let d = stage.snapshot().since(&before);
+        assert_eq!(d.count, 1000);
+        assert!((d.mean_micros() - 394.0).abs() < 1.0, "{}", d.mean_micros());
+        let p50 = d.quantile_micros(0.5);
+        assert!((256..=300).contains(&p50), "p50 {p50}");
+        let p99 = d.quantile_micros(0.99);
+        assert!((4096..=5000).contains(&p99), "p99 {p99}");
+        assert_eq!(d.quantile_micros(0.98), p50, "the 980th of 1000 is still 300 µs");
+    }
+
+    #[test]
+    fn describe_reports_what_changed_only() {
+        let stage = Stage::new();
+        let quiet = Stage::new();
+        let before = vec![("a", stage.snapshot()), ("b", quiet.snapshot())];
+        for us in [3, 5, 7, 5] {
+            stage.record(Duration::from_micros(us));
+        }
+        let after = vec![("a", stage.snapshot()), ("b", quiet.snapshot())];
+        assert_eq!(describe(&before, &after), "a=4×5µs/p99=7µs");
         assert_eq!(describe(&after, &after), "");
+    }
+
+    #[test]
+    fn an_empty_stage_has_no_percentile() {
+        let s = Stage::new().snapshot();
+        assert_eq!((s.quantile_micros(0.99), s.mean_micros()), (0, 0.0));
     }
 }

@@ -37,7 +37,8 @@ pub struct CompareArgs {
     /// unless --keep). Put it on the file system you want to measure.
     #[arg(long, default_value = "./tessera-bench-data")]
     pub base_dir: PathBuf,
-    /// Keep the data directories (and server logs) after the run.
+    /// Keep the data directories and server logs after the run (the node logs carry each
+    /// node's per-stage write-path timings every 10 s: count, mean, p99).
     #[arg(long)]
     pub keep: bool,
     /// Warm-up seconds per run (overrides the preset).

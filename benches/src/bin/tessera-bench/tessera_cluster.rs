@@ -14,8 +14,10 @@ use crate::procs::{free_udp_ports, run_ok, set_aside, ChildProc, START_ATTEMPTS}
 pub const NODES: u64 = 3;
 /// Client certificate name.
 const CLIENT: &str = "bench";
-/// Server log filter: errors only, so logging costs nothing measurable.
-const SERVER_LOG: &str = "error";
+/// Server log filter: errors, and the nodes' per-stage write-path timings (one line per
+/// node every 10 s under load), so that the logs kept with `--keep` show where each run's
+/// time went; logging costs nothing measurable.
+const SERVER_LOG: &str = "error,tessera_node::metrics=info";
 
 #[derive(Debug)]
 pub struct TesseraCluster {
