@@ -32,6 +32,7 @@ mod pd_client;
 pub mod raft;
 mod region;
 mod service;
+mod snapshot_policy;
 pub mod storage;
 
 pub use config::{Admission, Faults, NodeConfig, RaftTiming};

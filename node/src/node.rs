@@ -108,7 +108,8 @@ impl Node {
             heartbeat_interval: cfg.raft.heartbeat_ms,
             election_timeout_min: cfg.raft.election_min_ms,
             election_timeout_max: cfg.raft.election_max_ms,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.raft.snapshot_every),
+            // Snapshots are triggered by `snapshot_policy::snapshot_loop`, by region size.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: cfg.raft.keep_after_snapshot,
             // A node back from a pause or a partition asks before campaigning, so it cannot
             // depose healthy leaders (of every region it follows) with a higher term.
@@ -219,8 +220,20 @@ impl Node {
         if let Some(web) = web_cert {
             tokio::spawn(rotate_web_cert(web, shutdown_rx.clone()));
         }
+        let snapshots = tokio::spawn(crate::snapshot_policy::snapshot_loop(
+            ctx.clone(),
+            cfg.raft.snapshot_every,
+            shutdown_rx.clone(),
+        ));
         let stages = tokio::spawn(crate::metrics::report_loop(shutdown_rx));
-        Ok(Node { node_id: cfg.node_id, local_addr, ctx, shutdown, tasks: vec![serve, hb, ev, stages], released })
+        Ok(Node {
+            node_id: cfg.node_id,
+            local_addr,
+            ctx,
+            shutdown,
+            tasks: vec![serve, hb, ev, snapshots, stages],
+            released,
+        })
     }
 
     /// The address the node listens on.

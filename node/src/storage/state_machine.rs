@@ -1101,8 +1101,15 @@ impl RaftSnapshotBuilder<TypeConfig> for RegionSnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let (engine, region) = (self.engine.clone(), self.region);
+        let started = std::time::Instant::now();
         let (state, file) =
             tokio::task::spawn_blocking(move || snapshot::build(&engine, region)).await.map_err(io::Error::other)??;
+        tracing::info!(
+            region_id = region,
+            index = state.applied.map_or(0, |l| l.index),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot built"
+        );
         let meta = SnapshotMeta { last_log_id: state.applied, last_membership: state.membership };
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), file.clone()));
         Ok(Snapshot { meta, snapshot: file })

@@ -1,0 +1,110 @@
+//! When a region builds a snapshot.
+//!
+//! A snapshot lets the region purge its log, but building one reads every row of the region
+//! and writes them to a file. openraft's own policy (`LogsSinceLast`) builds one every fixed
+//! number of entries, whatever the region's size, so the cost per write grows with the
+//! region: a region of a million keys would copy a million rows for every 10,000 writes.
+//! Here a region builds one once the entries since its last snapshot reach
+//! `snapshot_every` or half its keys, whichever is more, so the rows copied per write stay
+//! about two. The half, not all of them: under inserts only every entry adds a key, so
+//! "entries ≥ keys" would never hold again; with half, snapshots come at doubling sizes.
+//!
+//! The node runs [`snapshot_loop`] with openraft's policy set to `Never`. Nothing else
+//! changes: the log is purged after each snapshot as before (keeping
+//! `keep_after_snapshot` entries), and never past state that is durable in redb
+//! (docs/storage.md).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use openraft::async_runtime::watch::WatchReceiver;
+use tokio::sync::watch;
+
+use crate::region::NodeContext;
+
+/// How often every region is checked.
+pub const CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// Whether a region whose last snapshot is `since` entries behind its applied index, and
+/// which holds about `keys` keys (an estimate that may be briefly negative), should build
+/// a snapshot, with the configured `snapshot_every`.
+pub fn snapshot_due(since: u64, keys: i64, snapshot_every: u64) -> bool {
+    let half_keys = u64::try_from(keys).unwrap_or(0) / 2;
+    since >= snapshot_every.max(half_keys).max(1)
+}
+
+/// Checks every hosted region each [`CHECK_EVERY`] and asks the due ones to build a
+/// snapshot (openraft ignores the request while a build is running), until `shutdown`.
+pub async fn snapshot_loop(ctx: NodeContext, snapshot_every: u64, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        for region in ctx.regions.all() {
+            let (applied, snapshot) = {
+                let m = region.raft.metrics();
+                let m = m.borrow_watched();
+                (m.last_applied.map_or(0, |l| l.index), m.snapshot.map_or(0, |l| l.index))
+            };
+            let since = applied.saturating_sub(snapshot);
+            let keys = region.shared.approx_keys.load(Ordering::Relaxed);
+            if snapshot_due(since, keys, snapshot_every) {
+                tracing::debug!(region_id = region.id.0, since, keys, "snapshot due");
+                if let Err(error) = region.raft.trigger().snapshot().await {
+                    tracing::debug!(region_id = region.id.0, %error, "snapshot not triggered: raft stopped");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_region_builds_a_snapshot_every_snapshot_every_entries() {
+        assert!(!snapshot_due(9_999, 2_500, 10_000));
+        assert!(snapshot_due(10_000, 2_500, 10_000));
+        assert!(snapshot_due(10_000, 20_000, 10_000), "up to twice snapshot_every keys");
+    }
+
+    #[test]
+    fn a_large_region_waits_for_half_its_keys_in_entries() {
+        // A million keys: a snapshot after 500,000 entries, not after 10,000.
+        assert!(!snapshot_due(10_000, 1_000_000, 10_000));
+        assert!(!snapshot_due(499_999, 1_000_000, 10_000));
+        assert!(snapshot_due(500_000, 1_000_000, 10_000));
+    }
+
+    #[test]
+    fn under_inserts_only_snapshots_still_come_at_doubling_sizes() {
+        // Every entry inserts a key. Snapshot at k0 keys; the next is due once the entries
+        // since reach half the keys then held: k0 + n keys after n entries.
+        let every = 100;
+        let mut keys = 0i64;
+        let mut last = 0u64;
+        let mut taken = Vec::new();
+        for entry in 1..=100_000u64 {
+            keys += 1;
+            if snapshot_due(entry - last, keys, every) {
+                taken.push(entry);
+                last = entry;
+            }
+        }
+        // Never stalls (the last one is recent) and grows geometrically (few of them).
+        assert!(*taken.last().unwrap() >= 50_000, "{taken:?}");
+        assert!(taken.len() <= 12, "{taken:?}");
+        assert!(taken.windows(2).all(|w| w[1] >= 2 * w[0] - 1 || w[1] - w[0] == every), "{taken:?}");
+    }
+
+    #[test]
+    fn a_negative_key_estimate_or_zero_setting_never_means_always() {
+        assert!(!snapshot_due(0, -5, 0), "nothing new since the last snapshot");
+        assert!(snapshot_due(1, -5, 0));
+        assert!(snapshot_due(100, -5, 100));
+    }
+}
