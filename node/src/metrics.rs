@@ -123,11 +123,6 @@ impl Stage {
         self.buckets[bucket(micros)].fetch_add(1, Relaxed);
     }
 
-    /// (count, total nanoseconds) so far.
-    pub fn read(&self) -> (u64, u64) {
-        (self.count.load(Relaxed), self.nanos.load(Relaxed))
-    }
-
     /// Everything recorded so far.
     pub fn snapshot(&self) -> StageSnapshot {
         StageSnapshot {

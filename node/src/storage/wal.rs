@@ -1369,12 +1369,17 @@ mod tests {
         }
     }
 
+    /// A log whose writer always lingers, for longer than any test: only a full queue or
+    /// the close ends a linger.
+    fn always_lingering(dir: &Path) -> LogEngine {
+        let cfg = GroupCommit { linger: std::time::Duration::from_secs(3600), min_entries_per_sec: 0 };
+        LogEngine::open_with(dir, SEGMENT_BYTES, cfg).unwrap()
+    }
+
     #[test]
     fn a_lingering_writer_is_not_woken_by_new_jobs_and_syncs_them_together() {
         let dir = tempfile::tempdir().unwrap();
-        // Always linger, for longer than the test: only the close ends it.
-        let cfg = GroupCommit { linger: std::time::Duration::from_secs(3600), min_entries_per_sec: 0 };
-        let log = LogEngine::open_with(dir.path(), SEGMENT_BYTES, cfg).unwrap();
+        let log = always_lingering(dir.path());
         let (tx, rx) = mpsc::channel();
         let submit = |region: u64| {
             let tx = tx.clone();
@@ -1405,8 +1410,7 @@ mod tests {
     #[test]
     fn a_full_queue_ends_the_linger() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = GroupCommit { linger: std::time::Duration::from_secs(3600), min_entries_per_sec: 0 };
-        let log = LogEngine::open_with(dir.path(), SEGMENT_BYTES, cfg).unwrap();
+        let log = always_lingering(dir.path());
         let (tx, rx) = mpsc::channel();
         let submit = |region: u64| {
             let tx = tx.clone();
