@@ -768,6 +768,11 @@ mod tests {
 
     const LINGER_MS: u64 = COMMIT_UPDATE_LINGER.as_millis() as u64;
 
+    /// `ms` milliseconds of simulated time.
+    fn at(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_commit_update_is_dropped_when_the_next_request_carries_its_commit() {
         let got = fold(vec![
@@ -777,21 +782,18 @@ mod tests {
             (0, None),
         ])
         .await;
-        let at = |ms| Duration::from_millis(ms);
         assert_eq!(got, vec![((10, 1, Some(9)), at(0)), ((11, 1, Some(11)), at(4))], "the commit update went unsent");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_commit_update_nothing_follows_goes_after_the_linger() {
         let got = fold(vec![(0, Some(req(1, 10, 1, 9))), (1, Some(req(1, 11, 0, 11)))]).await;
-        let at = |ms| Duration::from_millis(ms);
         assert_eq!(got, vec![((10, 1, Some(9)), at(0)), ((11, 0, Some(11)), at(1 + LINGER_MS))]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_commit_update_goes_at_once_when_the_stream_ends() {
         let got = fold(vec![(0, Some(req(1, 10, 1, 9))), (1, Some(req(1, 11, 0, 11))), (2, None)]).await;
-        let at = |ms| Duration::from_millis(ms);
         assert_eq!(got, vec![((10, 1, Some(9)), at(0)), ((11, 0, Some(11)), at(3))]);
     }
 
@@ -799,7 +801,6 @@ mod tests {
     async fn the_first_request_and_requests_with_entries_go_at_once() {
         // The first request of a session may be a probe: never held, even without entries.
         let got = fold(vec![(0, Some(req(1, 10, 0, 9))), (2, Some(req(1, 10, 2, 9))), (0, None)]).await;
-        let at = |ms| Duration::from_millis(ms);
         assert_eq!(got, vec![((10, 0, Some(9)), at(0)), ((10, 2, Some(9)), at(2))]);
     }
 
@@ -813,7 +814,6 @@ mod tests {
             (0, None),
         ])
         .await;
-        let at = |ms| Duration::from_millis(ms);
         assert_eq!(got, vec![((10, 1, Some(9)), at(0)), ((11, 3, Some(11)), at(3))]);
     }
 
@@ -828,7 +828,6 @@ mod tests {
             (0, None),
         ])
         .await;
-        let at = |ms| Duration::from_millis(ms);
         assert_eq!(got, vec![((10, 1, Some(9)), at(0)), ((11, 0, Some(11)), at(3)), ((11, 1, Some(11)), at(3))]);
         let older_commit = fold(vec![
             (0, Some(req(1, 10, 1, 9))),
