@@ -122,10 +122,8 @@ impl Drop for SmallHold {
 /// regions (about 1.3 ms apart here, so 5 ms apart per region over 4 regions), short
 /// against the 500 ms heartbeat that would otherwise carry the commit index. The cost:
 /// when no write follows, followers learn of a commit (and apply it) this much later,
-/// which only stale reads from followers can see. Measured in `tessera dev`, sequential
-/// puts, 3 interleaved pairs each over 1 and 4 regions (docs/life-of-a-write.md): UDP
-/// datagrams per put 9.9–10.8 → 6.2–7.7, and the median pair's server CPU per put and p50
-/// latency both about 0.8×; at 16 and 256 in flight no change beyond the noise.
+/// which only stale reads from followers can see. Measurements: docs/life-of-a-write.md,
+/// "Where the time goes".
 pub const COMMIT_UPDATE_LINGER: Duration = Duration::from_millis(10);
 
 /// The requests of one replication stream, in order, taken from openraft once no small
@@ -135,8 +133,10 @@ pub const COMMIT_UPDATE_LINGER: Duration = Duration::from_millis(10);
 /// A request without entries after the first (the first may be a probe) only tells the
 /// follower the new commit index. If the stream's next request comes within `linger` and
 /// starts at the same log position for the same leader, it carries that commit index (or a
-/// newer one) too, so the entry-less request is dropped unsent; otherwise it goes after
-/// `linger`. Sequential writes make one such request per write per follower, and a
+/// newer one) too, so the entry-less request is dropped unsent. Otherwise it goes when
+/// `linger` ends, when the input ends, or just before a request that does not cover it.
+/// (openraft's replication stream is where these updates are made; with no option there
+/// to delay them, the network layer is where they can be folded.) Sequential writes make one such request per write per follower, and a
 /// round of it costs the follower a wake-up and an apply of its own: folded, a write costs
 /// two messages per follower instead of four, and followers apply in the next write's
 /// shadow.
@@ -819,24 +819,49 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_that_does_not_cover_the_update_follows_it_unchanged() {
-        // Another leader's request, or one from another log position, cannot stand in for
-        // the update: both go, in order, the update as soon as the other arrives.
-        let got = fold(vec![
+        // Another leader's request, one from another log position, or one with an older
+        // commit index cannot stand in for the update: both go, in order, the update as
+        // soon as the other arrives.
+        for (why, other) in [
+            ("another leader", req(2, 11, 1, 11)),
+            ("another log position", req(1, 12, 1, 11)),
+            ("an older commit index", req(1, 11, 1, 10)),
+        ] {
+            let other_said = said(&other);
+            let got =
+                fold(vec![(0, Some(req(1, 10, 1, 9))), (1, Some(req(1, 11, 0, 11))), (2, Some(other)), (0, None)])
+                    .await;
+            assert_eq!(got, vec![((10, 1, Some(9)), at(0)), ((11, 0, Some(11)), at(3)), (other_said, at(3))], "{why}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_just_after_the_linger_finds_the_update_sent() {
+        // The edge of the linger: a write 1 ms inside it replaces the update, a write 1 ms
+        // past it follows the update that went when the linger ended.
+        let inside = fold(vec![
             (0, Some(req(1, 10, 1, 9))),
             (1, Some(req(1, 11, 0, 11))),
-            (2, Some(req(2, 11, 1, 11))),
+            (LINGER_MS - 1, Some(req(1, 11, 1, 11))),
             (0, None),
         ])
         .await;
-        assert_eq!(got, vec![((10, 1, Some(9)), at(0)), ((11, 0, Some(11)), at(3)), ((11, 1, Some(11)), at(3))]);
-        let older_commit = fold(vec![
+        assert_eq!(inside, vec![((10, 1, Some(9)), at(0)), ((11, 1, Some(11)), at(LINGER_MS))]);
+        let past = fold(vec![
             (0, Some(req(1, 10, 1, 9))),
             (1, Some(req(1, 11, 0, 11))),
-            (1, Some(req(1, 11, 1, 10))),
+            (LINGER_MS + 1, Some(req(1, 11, 1, 11))),
             (0, None),
         ])
         .await;
-        assert_eq!(older_commit.len(), 3, "a request with an older commit index does not replace the update");
+        assert_eq!(
+            past,
+            vec![
+                ((10, 1, Some(9)), at(0)),
+                ((11, 0, Some(11)), at(1 + LINGER_MS)),
+                ((11, 1, Some(11)), at(2 + LINGER_MS))
+            ]
+        );
     }
 
     #[test]
