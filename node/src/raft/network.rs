@@ -116,7 +116,7 @@ impl Drop for SmallHold {
 /// How long an entry-less request of a replication stream (a commit update: openraft sends
 /// one whenever the commit index moves and no entries are waiting) is held back for the
 /// stream's next request, which carries the same commit index or a newer one and so makes
-/// it redundant. See [`fold_commit_updates`].
+/// it redundant. See `fold_commit_updates` (private).
 ///
 /// Long enough for the next write of a sequential client whose writes spread over a few
 /// regions (about 1.3 ms apart here, so 5 ms apart per region over 4 regions), short
@@ -136,10 +136,10 @@ pub const COMMIT_UPDATE_LINGER: Duration = Duration::from_millis(10);
 /// newer one) too, so the entry-less request is dropped unsent. Otherwise it goes when
 /// `linger` ends, when the input ends, or just before a request that does not cover it.
 /// (openraft's replication stream is where these updates are made; with no option there
-/// to delay them, the network layer is where they can be folded.) Sequential writes make one such request per write per follower, and a
-/// round of it costs the follower a wake-up and an apply of its own: folded, a write costs
-/// two messages per follower instead of four, and followers apply in the next write's
-/// shadow.
+/// to delay them, the network layer is where they can be folded.) Sequential writes make
+/// one such request per write per follower, and a round of it costs the follower a
+/// wake-up and an apply of its own: folded, a write costs two messages per follower
+/// instead of four, and followers apply in the next write's shadow.
 ///
 /// openraft's acknowledgements are cumulative (the follower's matching log id drains
 /// every request up to it from the in-flight queue), so the answer to the request sent
