@@ -8,12 +8,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tessera::{Client, ClientConfig, TlsFiles};
 
-use crate::{free_udp_port, ok, spawn_pd, Proc};
+use crate::ports::restartable_port;
+use crate::{ok, spawn_pd, Proc};
 
 pub(crate) const NODES: u64 = 3;
 pub(crate) const REGIONS: u32 = 4;
@@ -46,14 +48,14 @@ impl ProcCluster {
             ok(&["certs", "node", "--dir", certs_s, "--id", &i.to_string(), "--host", "127.0.0.1"]);
         }
         ok(&["certs", "client", "--dir", certs_s, "--name", "app"]);
-        let pd_addr = format!("127.0.0.1:{}", free_udp_port());
+        let pd_addr = format!("127.0.0.1:{}", restartable_port());
         let pd = spawn_pd(&certs, &pd_addr, &dir.path().join("pd"), REGIONS, split_bytes);
         let mut c = ProcCluster {
             dir,
             pd_addr,
             _pd: pd,
             nodes: BTreeMap::new(),
-            ports: (1..=NODES).map(|i| (i, free_udp_port())).collect(),
+            ports: (1..=NODES).map(|i| (i, restartable_port())).collect(),
             extra: extra_node_args.iter().map(|s| s.to_string()).collect(),
         };
         for i in 1..=NODES {
@@ -186,17 +188,16 @@ fn region_of(w: usize) -> u8 {
     (writer_key(w)[0] as usize * REGIONS as usize / 256) as u8
 }
 
-/// Appends `w:n;` tokens in a loop until `stop`, recording every outcome.
-async fn writer(client: Client, w: usize, stop: Arc<tokio::sync::Notify>, record: Arc<Mutex<Record>>) {
+/// Appends `w:n;` tokens in a loop until `stop` is set, recording every outcome. A call
+/// in flight when `stop` is set runs to its end (the client's deadline bounds it), so that
+/// no write that may have been applied goes unrecorded.
+async fn writer(client: Client, w: usize, stop: Arc<AtomicBool>, record: Arc<Mutex<Record>>) {
     let key = writer_key(w);
     let mut n = 0u64;
-    loop {
+    while !stop.load(Ordering::SeqCst) {
         n += 1;
         let token = format!("{w}:{n};");
-        let result = tokio::select! {
-            r = client.append(&key, token.as_bytes()) => r,
-            _ = stop.notified() => return,
-        };
+        let result = client.append(&key, token.as_bytes()).await;
         let outcome = match result {
             Ok(_) => Outcome::Acked,
             Err(e) if e.is_undetermined() => Outcome::Undetermined,
@@ -211,7 +212,7 @@ async fn writer(client: Client, w: usize, stop: Arc<tokio::sync::Notify>, record
 }
 
 struct Load {
-    stop: Arc<tokio::sync::Notify>,
+    stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     record: Arc<Mutex<Record>>,
 }
@@ -219,7 +220,7 @@ struct Load {
 impl Load {
     /// `WRITERS` writers, each on its own client connected now (before any fault).
     async fn start(cluster: &ProcCluster) -> Load {
-        let stop = Arc::new(tokio::sync::Notify::new());
+        let stop = Arc::new(AtomicBool::new(false));
         let record = Arc::new(Mutex::new(Record::default()));
         let mut tasks = Vec::new();
         for w in 0..WRITERS {
@@ -244,24 +245,23 @@ impl Load {
     }
 
     async fn finish(self) -> Record {
-        for _ in 0..WRITERS {
-            self.stop.notify_waiters();
-        }
-        self.stop.notify_waiters();
+        self.stop.store(true, Ordering::SeqCst);
         for t in self.tasks {
-            // A writer in the middle of a call finishes it (recording the outcome) first.
-            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+            // A writer in the middle of a call finishes it (recording the outcome) first;
+            // the client's 10 s deadline bounds the call.
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("a writer did not stop within 30 s of being told")
+                .expect("writer panicked");
         }
-        Arc::try_unwrap(self.record).map(|m| m.into_inner().unwrap()).unwrap_or_else(|r| {
-            let r = r.lock().unwrap();
-            Record { writes: r.writes.clone(), acks: r.acks.clone() }
-        })
+        Arc::try_unwrap(self.record).expect("every writer has stopped").into_inner().unwrap()
     }
 }
 
 /// Reads every writer's key and checks its tokens against the record: every acknowledged
 /// write is there exactly once, a write that failed definitely is absent, an undetermined
-/// one appears at most once, and nothing else appears.
+/// one appears at most once, and nothing else appears (every call a writer made is
+/// recorded: none is cancelled).
 async fn verify(client: &Client, record: &Record) {
     for w in 0..WRITERS {
         let value = client.get(&writer_key(w)).await.unwrap().unwrap_or_default();
@@ -275,8 +275,8 @@ async fn verify(client: &Client, record: &Record) {
             match record.writes.get(&(w, n)) {
                 Some(Outcome::Acked | Outcome::Undetermined) => {}
                 Some(Outcome::Failed(e)) => panic!("write {w}:{n} failed definitely ({e}) but was applied"),
-                // Cancelled by the end of the load while in flight: its fate is open.
-                None => {}
+                // Every call the writers made is recorded (none is cancelled).
+                None => panic!("write {w}:{n} was applied but never sent"),
             }
         }
         for ((rw, n), outcome) in &record.writes {

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 mod big_snapshot;
 mod crash;
+#[path = "../common/ports.rs"]
+mod ports;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
@@ -217,10 +219,6 @@ fn spawn_pd(certs: &Path, addr: &str, dir: &Path, initial_regions: u32, split_by
     pd
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 fn four_processes_form_a_cluster_with_issued_certificates() {
     let dir = tempfile::tempdir().unwrap();
@@ -234,12 +232,12 @@ fn four_processes_form_a_cluster_with_issued_certificates() {
     ok(&["certs", "client", "--dir", &certs, "--name", "app"]);
     assert!(!tessera(&["certs", "init-ca", "--dir", &certs]).status.success(), "init-ca refuses to overwrite");
 
-    let pd_addr = format!("127.0.0.1:{}", free_udp_port());
+    let pd_addr = format!("127.0.0.1:{}", ports::restartable_port());
     let cert = |name: &str| Path::new(&certs).join(name).to_str().unwrap().to_string();
     let pd = spawn_pd(Path::new(&certs), &pd_addr, Path::new(&p("pd")), 2, NO_SPLITS);
     let mut nodes = Vec::new();
     for i in ["1", "2", "3"] {
-        let listen = format!("127.0.0.1:{}", free_udp_port());
+        let listen = format!("127.0.0.1:{}", ports::restartable_port());
         let node = Proc::spawn(&[
             "node",
             "--id",

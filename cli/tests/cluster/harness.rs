@@ -127,7 +127,7 @@ impl TestCluster {
         let certs = dir.path().join("certs");
         let ids: Vec<NodeId> = (1..=nodes).map(NodeId).collect();
         tessera_certs::ensure_dev_certs(&certs, &ids).expect("certs");
-        let mut pd_cfg = PdConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("pd"), TlsFiles::pd(&certs));
+        let mut pd_cfg = PdConfig::new(restartable_addr(), dir.path().join("pd"), TlsFiles::pd(&certs));
         pd_cfg.initial_regions = initial_regions;
         pd_tweak(&mut pd_cfg);
         let pd = PdServer::start(pd_cfg).await.expect("start PD");
@@ -143,7 +143,7 @@ impl TestCluster {
             pd_tweak,
         };
         for id in 1..=nodes {
-            let node = Node::start(c.node_config(id, "127.0.0.1:0".parse().unwrap())).await.expect("start node");
+            let node = Node::start(c.node_config(id, restartable_addr())).await.expect("start node");
             c.node_addrs.insert(id, node.local_addr());
             c.nodes.insert(id, Some(node));
         }
@@ -205,7 +205,7 @@ impl TestCluster {
     /// Starts a new node `id` (with a fresh certificate) that joins the running cluster.
     pub async fn add_node(&mut self, id: u64) {
         tessera_certs::ensure_dev_certs(&self.certs(), &[NodeId(id)]).expect("certs for the new node");
-        let node = Node::start(self.node_config(id, "127.0.0.1:0".parse().unwrap())).await.expect("start node");
+        let node = Node::start(self.node_config(id, restartable_addr())).await.expect("start node");
         self.node_addrs.insert(id, node.local_addr());
         self.nodes.insert(id, Some(node));
     }
@@ -314,8 +314,14 @@ impl TestCluster {
     }
 }
 
+/// An address for a server that may be restarted on it (see [`crate::ports::restartable_port`]).
+fn restartable_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], crate::ports::restartable_port()))
+}
+
 /// Starts a server on the address its stopped predecessor used. Shutdown is synchronous
-/// (the socket and the database are released before it returns), so one attempt must do.
+/// (the socket and the database are released before it returns), and the port is outside
+/// the range other tests' sockets draw from ([`restartable_addr`]), so one attempt must do.
 async fn start_on_same_port<T, E: std::fmt::Debug, F: std::future::Future<Output = Result<T, E>>>(
     what: &str,
     start: impl Fn() -> F,

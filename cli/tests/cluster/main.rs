@@ -1,7 +1,7 @@
 //! Cluster tests: a real PD and three nodes on loopback QUIC with mutual TLS.
 //!
 //! One test binary, one module per behaviour. Each test starts its own cluster in a
-//! temporary directory with OS-assigned ports.
+//! temporary directory, on random ports below the ephemeral range (`ports.rs`).
 
 mod bad_input;
 mod elastic;
@@ -12,6 +12,8 @@ mod init;
 mod kv_ops;
 mod limits;
 pub(crate) mod linearizable;
+#[path = "../common/ports.rs"]
+mod ports;
 mod replication;
 mod restart;
 mod routing;
