@@ -760,6 +760,13 @@ impl RegionStateMachine {
             && work_items.iter().all(|w| {
                 matches!(w, Work::Blank(_) | Work::Command(_, LogCommand::WriteV1 { .. } | LogCommand::WriteV2 { .. }))
             });
+        // A split commits durably, before the new region is started or reported. If a
+        // replica that seeded the new region lost the seed in a crash, PD (told of the new
+        // region by the parent's leader) could have it created empty here before the
+        // parent re-applies the split, which then finds the region present and drops the
+        // half's rows; with every seeding replica lost that way, no replica holds the new
+        // region's rows or membership (seen under `kill -9` in the split crash test).
+        let splits_here = work_items.iter().any(|w| matches!(w, Work::Command(_, LogCommand::SplitV1 { .. })));
         let results: ApplyOutput = Default::default();
         let out = results.clone();
         let mut state = self.state.clone();
@@ -947,7 +954,9 @@ impl RegionStateMachine {
                 Some(Applied { res, dk, db, state, new_desc, splits, collect, merging, merged });
             Ok(())
         });
-        if in_place {
+        if splits_here {
+            self.engine.write(work).await?;
+        } else if in_place {
             self.engine.write_lazy_in_place(work).await?;
         } else {
             self.engine.write_lazy(work).await?;
@@ -1216,6 +1225,27 @@ mod merge_tests {
             target: target.id.0,
             target_epoch: (target.epoch.conf_ver, target.epoch.version),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_split_commits_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let whole = region(1, b"", b"");
+        let mut sm = machine(&engine, &whole).await;
+        apply(&mut sm, 6, put(b"p")).await;
+        let durable_commits = || engine.stats().commits.load(Ordering::SeqCst);
+        let before = durable_commits();
+        let split = LogCommand::SplitV1 {
+            key: b"m".to_vec(),
+            version: whole.epoch.version,
+            new_region_id: 2,
+            new_peers: vec![(21, 1), (22, 2), (23, 3)],
+        };
+        apply(&mut sm, 7, split).await;
+        assert_eq!(sm.shared.descriptor().end_key, b"m".to_vec(), "the split applied");
+        assert_eq!(durable_commits(), before + 1, "its commit was durable");
+        assert_eq!(get(&engine, 2, b"p"), Some(b"v".to_vec()), "the new region was seeded with its half");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
