@@ -95,9 +95,11 @@ pub struct NodeArgs {
     /// write arrives so that more writes share its fdatasync (0: never wait).
     #[arg(long, default_value_t = tessera_node::storage::wal::GroupCommit::default().linger.as_micros() as u64)]
     pub raft_log_linger_us: u64,
-    /// ...only while the node writes at least this many log entries per second.
-    #[arg(long, default_value_t = tessera_node::storage::wal::GroupCommit::default().min_entries_per_sec)]
-    pub raft_log_linger_above: u64,
+    /// ...only while its syncs find at least this many log entries already queued, on
+    /// average over 100 ms (0: always), i.e. while writes arrive faster than one sync at a
+    /// time drains them.
+    #[arg(long, default_value_t = tessera_node::storage::wal::GroupCommit::default().min_queued_entries)]
+    pub raft_log_linger_min_queued: u32,
     /// Confirm every linearizable read with a round to the followers (ReadIndex) instead of
     /// serving it on the leader's lease. The lease assumes the nodes' clocks advance at
     /// nearly the same rate; this removes that assumption at the cost of a round per batch
@@ -161,7 +163,7 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     cfg.cache_bytes = usize::try_from(args.cache_mb << 20).context("--cache-mb is too large")?;
     cfg.raft_log_group_commit = tessera_node::storage::wal::GroupCommit {
         linger: std::time::Duration::from_micros(args.raft_log_linger_us),
-        min_entries_per_sec: args.raft_log_linger_above,
+        min_queued_entries: args.raft_log_linger_min_queued,
     };
     cfg.lease_reads = !args.no_lease_reads;
     cfg.websocket = !args.no_websocket;

@@ -37,7 +37,7 @@ pub struct NodeConfig {
     /// Size of the storage engine's page cache, in bytes (default 256 MiB).
     pub cache_bytes: usize,
     /// The Raft log's group commit under load (default: wait up to 1 ms for more jobs
-    /// before a sync while entries arrive at 8,000 per second or more; see
+    /// before a sync while syncs find 3 or more entries already queued; see
     /// [`crate::storage::wal::GroupCommit`]).
     pub raft_log_group_commit: crate::storage::wal::GroupCommit,
     /// A client session that writes nothing to a region for this long expires there: its

@@ -6,7 +6,8 @@
 //! job asked for it or a durable commit is due, then fires all their completions. So the
 //! applies of all regions that queue up while one transaction runs share the next one. A
 //! small apply may instead commit on its caller's thread when the writer is idle with
-//! nothing queued ([`Engine::write_lazy_in_place`]), which saves two thread wake-ups.
+//! nothing queued and the node is not under write load ([`Engine::write_lazy_in_place`]),
+//! which saves two thread wake-ups.
 //! (The Raft log is not here: it lives in the log engine, `wal.rs`.)
 //!
 //! Fail-stop: if a transaction fails to commit (I/O error, full disk), the engine records the
@@ -125,6 +126,8 @@ struct Shared {
     /// `queued` only under it, so a caller that finds the queue empty while holding it knows
     /// every job sent before has committed.
     committing: Mutex<()>,
+    /// The node's write load ([`Engine::follow_load`]): while set, nothing commits in place.
+    load: std::sync::OnceLock<super::LoadSignal>,
 }
 
 /// The node's database and writer. Cheap to clone; clones share everything.
@@ -201,6 +204,7 @@ impl Engine {
             queued: AtomicUsize::new(0),
             last_durable: Mutex::new(std::time::Instant::now()),
             committing: Mutex::new(()),
+            load: std::sync::OnceLock::new(),
         });
         let writer = {
             let shared = shared.clone();
@@ -245,14 +249,28 @@ impl Engine {
         self.run(work, false).await
     }
 
+    /// Commits in place ([`Engine::write_lazy_in_place`]) only while `load` is clear. The
+    /// node passes its Raft log's signal ([`crate::storage::wal::LogEngine::load_signal`]):
+    /// while the log lingers to group its syncs, the regions' applies come in bursts, and
+    /// one group commit for a burst costs less than one transaction each. Only the first
+    /// call has an effect.
+    pub fn follow_load(&self, load: super::LoadSignal) {
+        let _ = self.shared.load.set(load);
+    }
+
     /// [`Engine::write_lazy`], run on the calling thread when the writer is idle with
-    /// nothing queued (and no durable commit is due): a small apply then costs no thread
-    /// hand-off each way, which on a lightly loaded node is most of its latency. Otherwise
-    /// it joins the group commit like `write_lazy`. For small jobs only: the caller's
-    /// thread (an async worker) is busy for the transaction.
+    /// nothing queued (and no durable commit is due) and the node is not under write load
+    /// ([`Engine::follow_load`]): a small apply then costs no thread hand-off each way,
+    /// which on a lightly loaded node is most of its latency. Otherwise it joins the group
+    /// commit like `write_lazy`. For small jobs only: the caller's thread (an async worker)
+    /// is busy for the transaction.
     pub async fn write_lazy_in_place(&self, work: Work) -> io::Result<()> {
         let shared = &self.shared;
-        if shared.queued.load(Ordering::SeqCst) == 0 && lock(&shared.last_durable).elapsed() < LAZY_DURABLE_EVERY {
+        let under_load = shared.load.get().is_some_and(super::LoadSignal::is_set);
+        if !under_load
+            && shared.queued.load(Ordering::SeqCst) == 0
+            && lock(&shared.last_durable).elapsed() < LAZY_DURABLE_EVERY
+        {
             if let Ok(guard) = shared.committing.try_lock() {
                 if shared.queued.load(Ordering::SeqCst) == 0 {
                     let outcome = Arc::new(Mutex::new(None));
@@ -514,6 +532,34 @@ mod tests {
         queued.await.unwrap().unwrap();
         assert_eq!(lock(&ran_on2).as_deref(), Some("tessera-writer"));
         assert_eq!(engine.read().unwrap().open_table(tables::SM_META).unwrap().len().unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn under_write_load_a_lazy_write_joins_the_group_commit_even_when_the_writer_is_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let load = crate::storage::LoadSignal::default();
+        engine.follow_load(load.clone());
+        let me = std::thread::current().name().map(String::from);
+        let ran_on = Arc::new(Mutex::new(None));
+        engine.write_lazy_in_place(named(1, &ran_on)).await.unwrap();
+        assert_eq!(*lock(&ran_on), me, "no load: in place");
+        load.set(true);
+        engine.write_lazy_in_place(named(2, &ran_on)).await.unwrap();
+        assert_eq!(lock(&ran_on).as_deref(), Some("tessera-writer"), "under load: the writer's group commit");
+        assert!(engine.read().unwrap().open_table(tables::SM_META).unwrap().get(2).unwrap().is_some());
+        // A durable commit, so that none is due when the next job comes (a due one would
+        // send it to the writer whatever the load).
+        engine.write(insert(3)).await.unwrap();
+        // The writer completes its jobs inside its transaction: wait until it has left it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while engine.shared.committing.try_lock().is_err() {
+            assert!(std::time::Instant::now() < deadline, "the writer never left its transaction");
+            tokio::task::yield_now().await;
+        }
+        load.set(false);
+        engine.write_lazy_in_place(named(4, &ran_on)).await.unwrap();
+        assert_eq!(*lock(&ran_on), me, "load gone: in place again");
     }
 
     #[tokio::test]

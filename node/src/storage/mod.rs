@@ -5,7 +5,8 @@
 //!   commit of all regions' appends. A failed write fail-stops it.
 //! * [`engine`]: the database and its single writer thread, which batches the writes of all
 //!   regions into one write transaction (group commit), then completes them; a small apply
-//!   may commit in place when the writer is idle. A failed commit fail-stops the engine.
+//!   may commit in place when the writer is idle and the node is not under write load
+//!   ([`LoadSignal`]). A failed commit fail-stops the engine.
 //! * [`log_store`]: openraft's `RaftLogStorage` for one region, on the log engine.
 //! * [`migrate`]: moves the Raft log of a data directory written before the log engine
 //!   out of redb.
@@ -15,6 +16,7 @@
 
 pub mod engine;
 pub mod inspect;
+mod load;
 pub mod log_store;
 pub mod migrate;
 pub mod records;
@@ -25,6 +27,7 @@ pub(crate) mod tables;
 pub mod wal;
 
 pub use engine::{CommitStats, Engine, StorageError};
+pub use load::LoadSignal;
 pub use log_store::RegionLogStore;
 pub use state_machine::{RegionShared, RegionStateMachine};
 

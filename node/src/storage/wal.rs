@@ -54,72 +54,110 @@ const MAX_BATCH: usize = 4096;
 /// holes, 0.11–0.13 ms with 256 KiB zeroed ahead (docs/storage.md).
 const ZERO_AHEAD: u64 = 256 * 1024;
 
-/// The span over which [`LingerGate`] measures the entry rate.
-const RATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
+/// The span over which [`LingerGate`] averages what the writer found waiting.
+const GATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Group commit under load: when entries arrive fast, the writer waits a moment after the
-/// first durable job so that the jobs of other regions (and the next ones of the same
-/// region) share its `fdatasync`. Jobs that arrive while it waits do not wake it.
+/// Group commit under load: when writes queue up faster than one sync at a time drains
+/// them, the writer waits a moment after the first durable job so that the jobs of other
+/// regions (and the next ones of the same region) share its `fdatasync`. Jobs that arrive
+/// while it waits do not wake it.
 ///
-/// Measured in `tessera dev` (4 regions, `tessera-load --op put`, two interleaved rounds,
-/// server CPU from `/proc`; docs/storage.md): at 256 in flight 13.8k–18.0k puts/s with a
-/// 1 ms linger against 11.9k–12.8k without, and 79–109 µs of server CPU per put against
-/// 119–126; at 64 in flight 7.1k–11.5k against 5.6k–7.2k; at 8 and 16 no change beyond
-/// the noise. Without the rate threshold, a linger cost 20–35% of the throughput at 2 to 8
-/// in flight, where it only adds latency.
+/// Whether it waits follows what it found queued when it came back from its last syncs,
+/// before any wait: the entries that arrived while it was writing. One writer in flight
+/// leaves one entry per sync and never lingers, where a wait would only add latency; many
+/// leave several, and a wait then gathers more of them. Counting what was queued before
+/// the wait, rather than what a sync carried, keeps the wait from sustaining itself once
+/// the load drops, and does not depend on how fast the machine is. While it lingers the
+/// writer also sets the node's [`super::LoadSignal`].
+///
+/// Measured figures are in docs/storage.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupCommit {
     /// How long the writer waits for more jobs before a sync, while lingering. Zero: never.
     pub linger: std::time::Duration,
-    /// Linger only while entries were written at least this fast (entries per second over
-    /// the last 100 ms). Zero: always.
-    pub min_entries_per_sec: u64,
+    /// Linger only while the writer's syncs over the last 100 ms found at least this many
+    /// log entries queued on average (before any wait). Zero: always.
+    pub min_queued_entries: u32,
 }
 
 impl GroupCommit {
     /// Never linger: every sync starts as soon as a durable job is queued.
-    pub const OFF: GroupCommit = GroupCommit { linger: std::time::Duration::ZERO, min_entries_per_sec: 0 };
+    pub const OFF: GroupCommit = GroupCommit { linger: std::time::Duration::ZERO, min_queued_entries: 0 };
 }
 
 impl Default for GroupCommit {
     fn default() -> Self {
-        GroupCommit { linger: std::time::Duration::from_millis(1), min_entries_per_sec: 8_000 }
+        GroupCommit { linger: std::time::Duration::from_millis(1), min_queued_entries: 3 }
     }
 }
 
-/// Decides whether the writer lingers, from the entries it wrote over the last
-/// [`RATE_WINDOW`]. Time is passed in.
+/// Decides whether the writer lingers, from the entries it found queued at its syncs over
+/// the last [`GATE_WINDOW`]. Time is passed in.
 #[derive(Debug)]
 struct LingerGate {
     cfg: GroupCommit,
     window_start: std::time::Instant,
-    entries: u64,
+    /// When the writer last finished a batch: the start of its idle time, if any.
+    finished: std::time::Instant,
+    queued: u64,
+    syncs: u64,
     on: bool,
 }
 
 impl LingerGate {
     fn new(cfg: GroupCommit, now: std::time::Instant) -> LingerGate {
-        LingerGate { cfg, window_start: now, entries: 0, on: cfg.min_entries_per_sec == 0 }
+        LingerGate { cfg, window_start: now, finished: now, queued: 0, syncs: 0, on: cfg.min_queued_entries == 0 }
     }
 
-    /// Counts `entries` written at `now`; at the end of each window, turns lingering on or
-    /// off by the window's rate. A writer idle for longer than a window sees a low rate on
-    /// its next batch, so a burst after a pause starts without lingering.
-    fn observe(&mut self, entries: u64, now: std::time::Instant) {
-        self.entries += entries;
-        let span = now.saturating_duration_since(self.window_start);
-        if span < RATE_WINDOW {
+    /// Whether the writer, woken at `woke`, had been idle for a whole window.
+    fn paused(&self, woke: std::time::Instant) -> bool {
+        woke.saturating_duration_since(self.finished) >= GATE_WINDOW
+    }
+
+    /// Counts one sync whose writer woke at `woke` and found `queued` entries waiting
+    /// (before any linger); at the end of each window, turns lingering on or off by the
+    /// window's average. A writer that had been idle for a window or more starts a new
+    /// window with lingering off.
+    fn observe(&mut self, queued: u64, woke: std::time::Instant) {
+        if self.cfg.min_queued_entries == 0 {
             return;
         }
-        let per_sec = u128::from(self.entries) * 1_000_000 / span.as_micros().max(1);
-        self.on = per_sec >= u128::from(self.cfg.min_entries_per_sec);
-        self.window_start = now;
-        self.entries = 0;
+        if self.paused(woke) {
+            self.on = false;
+            self.window_start = woke;
+            self.queued = 0;
+            self.syncs = 0;
+        }
+        self.queued += queued;
+        self.syncs += 1;
+        if woke.saturating_duration_since(self.window_start) < GATE_WINDOW {
+            return;
+        }
+        self.on = self.queued >= u64::from(self.cfg.min_queued_entries) * self.syncs;
+        self.window_start = woke;
+        self.queued = 0;
+        self.syncs = 0;
+    }
+
+    /// Records that the writer finished a batch at `now` (its idle time, if any, starts).
+    fn finish(&mut self, now: std::time::Instant) {
+        self.finished = now;
     }
 
     /// How long to linger before the next sync, if at all.
     fn linger(&self) -> Option<std::time::Duration> {
         (self.on && !self.cfg.linger.is_zero()).then_some(self.cfg.linger)
+    }
+
+    /// [`LingerGate::linger`] for a writer woken at `woke`: none after an idle pause of a
+    /// whole window, so the first write after a pause goes at once. (A slow sync is not a
+    /// pause: idle time counts from the end of the last batch.)
+    fn linger_at(&self, woke: std::time::Instant) -> Option<std::time::Duration> {
+        if self.cfg.min_queued_entries != 0 && self.paused(woke) {
+            None
+        } else {
+            self.linger()
+        }
     }
 }
 
@@ -402,6 +440,9 @@ pub struct WalStats {
     pub segments_deleted: AtomicU64,
     /// Writes that lingered for more jobs first (see [`GroupCommit`]).
     pub lingered: AtomicU64,
+    /// Log entries the writer found queued when it woke for each write, before any linger:
+    /// divided by `writes`, the batch that group commit alone gives (see [`GroupCommit`]).
+    pub queued_entries: AtomicU64,
 }
 
 /// Completion of a job, called with its outcome once written (and synced, if asked).
@@ -448,6 +489,8 @@ struct Shared {
     failed: Mutex<Option<(io::ErrorKind, String)>>,
     stats: WalStats,
     queued: AtomicUsize,
+    /// The node's write load (see [`LogEngine::load_signal`]).
+    load: super::LoadSignal,
     /// Tests: the next write fails with this kind, as a full or failing disk would.
     #[cfg(test)]
     inject_failure: Mutex<Option<io::ErrorKind>>,
@@ -518,6 +561,7 @@ impl LogEngine {
             failed: Mutex::new(None),
             stats: WalStats::default(),
             queued: AtomicUsize::new(0),
+            load: super::LoadSignal::default(),
             #[cfg(test)]
             inject_failure: Mutex::new(None),
         });
@@ -721,6 +765,13 @@ impl LogEngine {
     /// Counters.
     pub fn stats(&self) -> &WalStats {
         &self.shared.stats
+    }
+
+    /// The node's write load as this writer sees it (see [`super::LoadSignal`]): set by a
+    /// sync that lingers, cleared by one that does not or after a window with no work.
+    /// The node hands it to its state-machine engine ([`crate::storage::Engine::follow_load`]).
+    pub fn load_signal(&self) -> super::LoadSignal {
+        self.shared.load.clone()
     }
 
     /// Durable jobs waiting for the writer (lazy commit marks waiting for one are not counted).
@@ -1028,20 +1079,46 @@ fn recover(dir: &Path, segment_bytes: u64) -> io::Result<Recovered> {
     Ok(Recovered { index, files, tail })
 }
 
+/// What [`next_batch`] took.
+struct Batch {
+    jobs: Vec<Job>,
+    /// Log entries of the jobs taken that were queued when the writer woke, before any
+    /// linger.
+    queued: u64,
+    /// When the writer woke for it.
+    woke: std::time::Instant,
+    lingered: bool,
+    /// The engine is closing with nothing left after this batch.
+    last: bool,
+}
+
 /// The writer's next batch: blocks until a durable job is queued (lazy jobs wait for one),
 /// the queue holds [`MAX_BATCH`] jobs, or the engine is closing; then takes up to
-/// `MAX_BATCH` jobs in order; with `linger`, it first waits that long for more (cut short by
-/// a full queue or a close). Returns the batch and whether the engine is closing with
-/// nothing left after it.
-fn next_batch(shared: &Shared, linger: Option<std::time::Duration>) -> (Vec<Job>, bool) {
+/// `MAX_BATCH` jobs in order. If `gate` says to linger at that moment, it first waits that
+/// long for more (cut short by a full queue or a close). The node's load signal is set
+/// when it lingers, and cleared when it syncs without lingering or has had nothing to do
+/// for a whole [`GATE_WINDOW`].
+fn next_batch(shared: &Shared, gate: &LingerGate) -> Batch {
     // `waiting` stays set while the writer is blocked; senders see it only then (the
     // condition is checked with the lock held).
     let mut intake = lock(&shared.intake);
+    let blocks = |i: &mut Intake| !i.durable && !i.stop && i.jobs.len() < MAX_BATCH;
     intake.waiting = true;
-    intake = shared
-        .work
-        .wait_while(intake, |i| !i.durable && !i.stop && i.jobs.len() < MAX_BATCH)
-        .unwrap_or_else(|p| p.into_inner());
+    if shared.load.is_set() && blocks(&mut intake) {
+        // The applies of the last syncs are still coming: the signal holds for a window
+        // of idleness, then clears.
+        let (guard, wait) =
+            shared.work.wait_timeout_while(intake, GATE_WINDOW, blocks).unwrap_or_else(|p| p.into_inner());
+        intake = guard;
+        if wait.timed_out() {
+            shared.load.set(false);
+        }
+    }
+    intake = shared.work.wait_while(intake, blocks).unwrap_or_else(|p| p.into_inner());
+    let woke = std::time::Instant::now();
+    let queued: u64 = intake.jobs.iter().take(MAX_BATCH).flat_map(|j| j.ops.iter()).map(Op::entry_count).sum();
+    let linger = gate.linger_at(woke);
+    shared.load.set(linger.is_some());
     if let Some(linger) = linger {
         intake.lingering = true;
         intake = shared
@@ -1053,10 +1130,10 @@ fn next_batch(shared: &Shared, linger: Option<std::time::Duration>) -> (Vec<Job>
     }
     intake.waiting = false;
     let n = intake.jobs.len().min(MAX_BATCH);
-    let batch: Vec<Job> = intake.jobs.drain(..n).collect();
+    let jobs: Vec<Job> = intake.jobs.drain(..n).collect();
     intake.durable = intake.jobs.iter().any(|j| j.durable);
     let last = intake.stop && intake.jobs.is_empty();
-    (batch, last)
+    Batch { jobs, queued, woke, lingered: linger.is_some(), last }
 }
 
 fn writer_loop(mut tail: Tail, shared: &Arc<Shared>, group_commit: GroupCommit) {
@@ -1077,21 +1154,20 @@ fn writer_loop(mut tail: Tail, shared: &Arc<Shared>, group_commit: GroupCommit) 
         // Lazy jobs (commit marks) ride along with the next synced write instead of costing
         // a write of their own: they need no durability, only their place in the order. At
         // close, what is left is written without a sync.
-        let linger = gate.linger();
-        let (batch, last) = next_batch(shared, linger);
+        let Batch { jobs: batch, queued, woke, lingered, last } = next_batch(shared, &gate);
         shared.queued.fetch_sub(batch.iter().filter(|j| j.durable).count(), Ordering::Relaxed);
-        if linger.is_some() && !batch.is_empty() {
+        if lingered && !batch.is_empty() {
             shared.stats.lingered.fetch_add(1, Ordering::Relaxed);
         }
-        let entries: u64 = batch.iter().flat_map(|j| j.ops.iter()).map(Op::entry_count).sum();
-        gate.observe(entries, std::time::Instant::now());
         if batch.is_empty() {
             if last {
                 break;
             }
             continue;
         }
+        gate.observe(queued, woke);
         let started = std::time::Instant::now();
+        shared.stats.queued_entries.fetch_add(queued, Ordering::Relaxed);
         for job in batch.iter().filter(|j| j.durable) {
             crate::metrics::STAGES.raft_log_queue.record(started.saturating_duration_since(job.queued_at));
         }
@@ -1126,6 +1202,7 @@ fn writer_loop(mut tail: Tail, shared: &Arc<Shared>, group_commit: GroupCommit) 
         if buf.capacity() > 16 * 1024 * 1024 {
             buf = Vec::with_capacity(1024 * 1024);
         }
+        gate.finish(std::time::Instant::now());
         if last {
             break;
         }
@@ -1333,28 +1410,50 @@ mod tests {
     }
 
     #[test]
-    fn the_linger_gate_follows_the_entry_rate_of_each_window() {
+    fn the_linger_gate_follows_what_each_window_found_queued() {
         let t0 = std::time::Instant::now();
         let ms = |n: u64| t0 + std::time::Duration::from_millis(n);
-        let cfg = GroupCommit { linger: std::time::Duration::from_millis(1), min_entries_per_sec: 8_000 };
+        // One sync: the writer wakes at `woke` ms, finds `queued` entries, is done 2 ms later.
+        let sync = |gate: &mut LingerGate, queued: u64, woke: u64| {
+            gate.observe(queued, ms(woke));
+            gate.finish(ms(woke + 2));
+        };
+        let cfg = GroupCommit { linger: std::time::Duration::from_millis(1), min_queued_entries: 3 };
         let mut gate = LingerGate::new(cfg, t0);
         assert_eq!(gate.linger(), None, "off until a window has been measured");
-        // 1,000 entries in 100 ms: 10,000 per second.
+        // Ten syncs over 100 ms, each finding 3 entries queued: the threshold exactly.
         for i in 1..=10 {
-            gate.observe(100, ms(i * 10));
+            sync(&mut gate, 3, i * 10);
         }
         assert_eq!(gate.linger(), Some(cfg.linger));
-        // Within a window nothing changes, however slow it is so far.
-        gate.observe(1, ms(150));
+        // Within a window nothing changes, however little the syncs find so far.
+        sync(&mut gate, 1, 110);
         assert_eq!(gate.linger(), Some(cfg.linger));
-        // 700 more in the window: 7,010 per second, below the threshold.
-        gate.observe(700, ms(200));
+        // The window ends at 29 entries over 10 syncs: below 3 a sync, off.
+        for i in 2..=10 {
+            sync(&mut gate, if i == 10 { 4 } else { 3 }, 100 + i * 10);
+        }
+        assert_eq!(gate.linger(), None, "29 entries over 10 syncs");
+        // Back on (the last sync is done at 302 ms).
+        for i in 1..=10 {
+            sync(&mut gate, 8, 200 + i * 10);
+        }
+        assert_eq!(gate.linger(), Some(cfg.linger));
+        // Idle time counts from the end of the last batch.
+        assert_eq!(gate.linger_at(ms(401)), Some(cfg.linger), "idle for 99 ms");
+        assert_eq!(gate.linger_at(ms(402)), None, "idle for a whole window: the first sync after it goes at once");
+        // A slow sync is not a pause: woken at 310, done at 500, woken again at 501.
+        gate.observe(8, ms(310));
+        gate.finish(ms(500));
+        assert_eq!(gate.linger_at(ms(501)), Some(cfg.linger), "a 190 ms sync, then 1 ms idle");
+        sync(&mut gate, 8, 501);
+        assert_eq!(gate.linger(), Some(cfg.linger));
+        // A pause starts a new window, off, however much the first sync after it finds.
+        sync(&mut gate, 1_000, 700);
         assert_eq!(gate.linger(), None);
-        // A burst after a long pause is measured over the pause.
-        gate.observe(5_000, ms(1_200));
-        assert_eq!(gate.linger(), None, "5,000 entries over a second");
-        // Zero threshold: always on; zero linger: never.
-        assert!(LingerGate::new(GroupCommit { min_entries_per_sec: 0, ..cfg }, t0).linger().is_some());
+        // Zero threshold: always on, pauses included; zero linger: never.
+        let always = LingerGate::new(GroupCommit { min_queued_entries: 0, ..cfg }, t0);
+        assert_eq!(always.linger_at(ms(10_000)), Some(cfg.linger));
         let mut off = LingerGate::new(GroupCommit::OFF, t0);
         off.observe(1_000_000, ms(100));
         assert_eq!(off.linger(), None);
@@ -1372,7 +1471,7 @@ mod tests {
     /// A log whose writer always lingers, for longer than any test: only a full queue or
     /// the close ends a linger.
     fn always_lingering(dir: &Path) -> LogEngine {
-        let cfg = GroupCommit { linger: std::time::Duration::from_secs(3600), min_entries_per_sec: 0 };
+        let cfg = GroupCommit { linger: std::time::Duration::from_secs(3600), min_queued_entries: 0 };
         LogEngine::open_with(dir, SEGMENT_BYTES, cfg).unwrap()
     }
 
@@ -1387,6 +1486,7 @@ mod tests {
         };
         submit(1);
         wait_for_intake(&log, "lingering after the first durable job", |i| i.lingering && i.waiting);
+        assert!(log.load_signal().is_set(), "a lingering writer signals load");
         submit(2);
         submit(3);
         {
@@ -1401,6 +1501,11 @@ mod tests {
         assert_eq!(done, vec![(1, true), (2, true), (3, true)]);
         assert_eq!(log.stats().syncs.load(Ordering::Relaxed), 1, "one sync for the three jobs");
         assert_eq!(log.stats().lingered.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            log.stats().queued_entries.load(Ordering::Relaxed),
+            2,
+            "only the first job's entries were queued before the linger: what arrives during it does not count"
+        );
         let log = LogEngine::open(dir.path()).unwrap();
         for region in 1..=3 {
             assert_eq!(log.region_state(region).entries, Some((1, 2)));
@@ -1430,10 +1535,10 @@ mod tests {
     }
 
     #[test]
-    fn below_the_rate_threshold_a_write_is_synced_without_lingering() {
+    fn below_the_queue_threshold_a_write_is_synced_without_lingering() {
         let dir = tempfile::tempdir().unwrap();
         // A linger longer than the test, behind a threshold no test reaches.
-        let cfg = GroupCommit { linger: std::time::Duration::from_secs(3600), min_entries_per_sec: u64::MAX };
+        let cfg = GroupCommit { linger: std::time::Duration::from_secs(3600), min_queued_entries: u32::MAX };
         let log = Arc::new(LogEngine::open_with(dir.path(), SEGMENT_BYTES, cfg).unwrap());
         let (tx, rx) = mpsc::channel();
         let writer = log.clone();
@@ -1445,6 +1550,32 @@ mod tests {
         });
         rx.recv_timeout(std::time::Duration::from_secs(60)).expect("writes completed without lingering");
         assert_eq!(log.stats().lingered.load(Ordering::Relaxed), 0);
+        assert!(!log.load_signal().is_set(), "a writer that does not linger signals no load");
+        log.close();
+    }
+
+    #[test]
+    fn the_load_signal_is_set_by_a_lingering_sync_and_cleared_after_a_window_without_work() {
+        let dir = tempfile::tempdir().unwrap();
+        // Always linger, briefly: each write is one lingering sync.
+        let cfg = GroupCommit { linger: std::time::Duration::from_millis(1), min_queued_entries: 0 };
+        let log = LogEngine::open_with(dir.path(), SEGMENT_BYTES, cfg).unwrap();
+        let signal = log.load_signal();
+        assert!(!signal.is_set(), "clear before any write");
+        let (tx, rx) = mpsc::channel();
+        log.submit(vec![entries(1, 1, 1)], Box::new(move |r| tx.send(r.is_ok()).unwrap()));
+        wait_for_intake(&log, "lingering", |i| i.lingering);
+        assert!(signal.is_set(), "set while the writer lingers");
+        assert!(rx.recv_timeout(std::time::Duration::from_secs(60)).expect("synced after the linger"));
+        // With nothing more to do, the writer clears it after a window.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while signal.is_set() {
+            assert!(std::time::Instant::now() < deadline, "the signal outlived the load");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // And the writer still serves work after it.
+        log.write_blocking(vec![entries(2, 1, 1)]).unwrap();
+        assert_eq!(log.stats().lingered.load(Ordering::Relaxed), 2);
         log.close();
     }
 
