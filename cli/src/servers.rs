@@ -100,6 +100,9 @@ pub struct NodeArgs {
     /// time drains them.
     #[arg(long, default_value_t = tessera_node::storage::wal::GroupCommit::default().min_queued_entries)]
     pub raft_log_linger_min_queued: u32,
+    /// Replaced by --raft-log-linger-min-queued (kept to say so).
+    #[arg(long, hide = true)]
+    pub raft_log_linger_above: Option<u64>,
     /// Confirm every linearizable read with a round to the followers (ReadIndex) instead of
     /// serving it on the leader's lease. The lease assumes the nodes' clocks advance at
     /// nearly the same rate; this removes that assumption at the cost of a round per batch
@@ -156,6 +159,13 @@ pub async fn run_pd(args: PdArgs) -> anyhow::Result<()> {
 
 /// Runs a node until stopped.
 pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    if args.raft_log_linger_above.is_some() {
+        anyhow::bail!(
+            "--raft-log-linger-above (an entry rate) was replaced by --raft-log-linger-min-queued \
+             (entries a sync finds queued, default {}): see `tessera node --help`",
+            tessera_node::storage::wal::GroupCommit::default().min_queued_entries
+        );
+    }
     let mut cfg = NodeConfig::new(NodeId(args.id), args.listen, args.dir, args.pd_endpoints, args.tls.files());
     cfg.advertise = args.advertise;
     cfg.raft.snapshot_every = args.snapshot_every;

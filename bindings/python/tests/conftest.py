@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -20,7 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Set
 
 import pytest
 
@@ -163,16 +164,39 @@ def db(dev_cluster: DevCluster) -> Iterator[tessera.Client]:
         yield client
 
 
-def free_udp_port() -> int:
-    """A UDP port the OS just handed out (QUIC listens on UDP)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+# Ports restartable_port() handed out in this process.
+_HANDED_OUT: Set[int] = set()
+
+
+def _free(port: int) -> bool:
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def restartable_port() -> int:
+    """A free port (UDP for QUIC, TCP for WebSocket) for a server restarted on it.
+
+    Not from bind(0): the kernel hands out its ephemeral range (32768-60999 by default),
+    where every client socket draws too, so while a node is down another socket could take
+    its port. A random port below that range, never one handed out before, free now, as
+    the Rust cluster tests do (cli/tests/common/ports.rs).
+    """
+    for _ in range(1000):
+        port = random.randrange(20000, 32000)
+        if port not in _HANDED_OUT and _free(port):
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 class ProcCluster:
-    """PD and three nodes as separate processes, on fixed ports so a node restarts in place."""
+    """PD and three nodes as separate processes, each on a port of its own for the
+    cluster's life (restartable_port), so a node restarts in place."""
 
     NODES = (1, 2, 3)
 
@@ -185,8 +209,8 @@ class ProcCluster:
         for i in self.NODES:
             run_tessera("certs", "node", "--dir", c, "--id", str(i), "--host", "127.0.0.1")
         run_tessera("certs", "client", "--dir", c, "--name", "py")
-        self.pd_addr = f"127.0.0.1:{free_udp_port()}"
-        self.ports: Dict[int, int] = {i: free_udp_port() for i in self.NODES}
+        self.pd_addr = f"127.0.0.1:{restartable_port()}"
+        self.ports: Dict[int, int] = {i: restartable_port() for i in self.NODES}
         self.pd = Proc(
             [
                 "pd",

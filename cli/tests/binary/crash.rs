@@ -21,8 +21,8 @@ pub(crate) const NODES: u64 = 3;
 pub(crate) const REGIONS: u32 = 4;
 const WRITERS: usize = 8;
 
-/// PD and three nodes as separate processes, on fixed ports so that a restarted node comes
-/// back on its address.
+/// PD and three nodes as separate processes, each on a port of its own for the cluster's
+/// life ([`restartable_port`]), so that a restarted node comes back on its address.
 pub(crate) struct ProcCluster {
     dir: tempfile::TempDir,
     pd_addr: String,
@@ -235,11 +235,31 @@ impl Load {
     }
 
     /// Waits until `more` writes beyond those acknowledged so far are acknowledged.
+    /// On a timeout, says how many acknowledgements each region had in the wait, and when
+    /// its last one came, so a stall names its regions.
     async fn wait_for_acks(&self, more: usize, within: Duration) {
         let target = self.acks().await + more;
-        let deadline = Instant::now() + within;
+        let started = Instant::now();
+        let deadline = started + within;
         while self.acks().await < target {
-            assert!(Instant::now() < deadline, "fewer than {more} writes acknowledged in {within:?}");
+            if Instant::now() >= deadline {
+                let per_region: Vec<String> = self
+                    .record
+                    .lock()
+                    .unwrap()
+                    .acks
+                    .iter()
+                    .map(|(region, acks)| {
+                        let during = acks.iter().filter(|t| **t > started).count();
+                        let last = acks.last().map(|t| format!("{:?}", t.saturating_duration_since(started)));
+                        format!("region {region}: {during} (last at {})", last.unwrap_or_else(|| "never".into()))
+                    })
+                    .collect();
+                panic!(
+                    "fewer than {more} writes acknowledged in {within:?}; acknowledgements per region since the \
+                     wait began (the last one's time from its start; before it if at 0s): {per_region:?}"
+                );
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -1,5 +1,6 @@
 //! A real cluster on loopback for tests: one PD and N nodes in this process, QUIC with
-//! mutual TLS, ports from the OS, certificates generated into a temporary directory.
+//! mutual TLS, random ports below the ephemeral range (`ports.rs`: a restarted server
+//! comes back on its port), certificates generated into a temporary directory.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -4,12 +4,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Whether the node is under write load, as its Raft log writer sees it: set by a sync that
-/// lingers to gather more jobs (see [`super::wal::GroupCommit`]), which happens only while
-/// writes queue up faster than one sync at a time drains them; cleared by a sync that does
-/// not linger, or after the writer has had no work for 100 ms. The state machine's engine follows it
-/// ([`super::Engine::follow_load`]): under load, applies join the engine writer's group
-/// commit, where the applies of several regions share one transaction, instead of each
-/// committing in place. Cheap to clone; clones share the flag.
+/// lingers to gather more jobs (see [`super::wal::GroupCommit`]), which with the default
+/// settings happens only while writes queue up faster than one sync at a time drains them;
+/// cleared by a sync that does not linger, or after the writer has had no work for 100 ms.
+/// The state machine's engine follows it ([`super::Engine::follow_load`]): under load,
+/// applies join the engine writer's group commit, where the applies of several regions
+/// share one transaction, instead of each committing in place. Cheap to clone; clones
+/// share the flag.
 #[derive(Debug, Clone, Default)]
 pub struct LoadSignal(Arc<AtomicBool>);
 

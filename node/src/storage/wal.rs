@@ -441,7 +441,8 @@ pub struct WalStats {
     /// Writes that lingered for more jobs first (see [`GroupCommit`]).
     pub lingered: AtomicU64,
     /// Log entries the writer found queued when it woke for each write, before any linger:
-    /// divided by `writes`, the batch that group commit alone gives (see [`GroupCommit`]).
+    /// per write of Raft log jobs, the batch that group commit alone gives (see
+    /// [`GroupCommit`]; `writes` also counts the log's own compaction writes).
     pub queued_entries: AtomicU64,
 }
 
@@ -1557,8 +1558,9 @@ mod tests {
     #[test]
     fn the_load_signal_is_set_by_a_lingering_sync_and_cleared_after_a_window_without_work() {
         let dir = tempfile::tempdir().unwrap();
-        // Always linger, briefly: each write is one lingering sync.
-        let cfg = GroupCommit { linger: std::time::Duration::from_millis(1), min_queued_entries: 0 };
+        // Always linger, for a second: each write is one lingering sync, and the test sees
+        // the linger however slowly it polls.
+        let cfg = GroupCommit { linger: std::time::Duration::from_secs(1), min_queued_entries: 0 };
         let log = LogEngine::open_with(dir.path(), SEGMENT_BYTES, cfg).unwrap();
         let signal = log.load_signal();
         assert!(!signal.is_set(), "clear before any write");
