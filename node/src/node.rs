@@ -479,16 +479,10 @@ const BOOTSTRAP_EPOCH: tessera_wire::RegionEpoch = tessera_wire::RegionEpoch { c
 /// region's leader.
 ///
 /// Refused (silently) if the replica exists, or was destroyed here at an epoch at least as
-/// new (a stale descriptor must not bring a removed replica back). Postponed while a split
-/// here will seed it ([`split_pending_here`]); PD asks again on every heartbeat.
+/// new (a stale descriptor must not bring a removed replica back).
 async fn create_region(shared: &Shared, desc: RegionDescriptor) -> Result<(), NodeError> {
     let _guard = shared.lifecycle.lock().await;
     if shared.ctx.regions.get(desc.id).is_some() {
-        return Ok(());
-    }
-    let local: Vec<RegionDescriptor> = shared.ctx.regions.all().iter().map(|r| r.shared.descriptor()).collect();
-    if let Some(parent) = split_pending_here(&local, &desc) {
-        tracing::debug!(region_id = desc.id.0, parent = parent.0, "region not created yet: a split here will seed it");
         return Ok(());
     }
     let id = desc.id.0;
@@ -535,27 +529,6 @@ async fn create_region(shared: &Shared, desc: RegionDescriptor) -> Result<(), No
     let region = open_region(shared, desc).await?;
     tracing::info!(region_id = id, peer = region.peer.id.0, "region created");
     Ok(())
-}
-
-/// The local replica whose split will create `new` here, if there is one: a new region
-/// still at the membership its split gave it, whose first key a local replica of another
-/// region still covers at an older range version (that replica has not applied the split).
-///
-/// Creating the new region empty before that split applies would make the split find it
-/// present, not seed it, and list the half's rows as garbage: the replica would then wait
-/// for a snapshot from the new region's leader, so the region's rows and membership would
-/// live only on the replicas that seeded it. Left to the split, this replica seeds itself.
-/// A parent replica that catches up by a snapshot taken after the split no longer covers
-/// the key, and the region is created empty then.
-fn split_pending_here(local: &[RegionDescriptor], new: &RegionDescriptor) -> Option<tessera_wire::RegionId> {
-    use crate::storage::state_machine::{conf_ver_at, SPLIT_SEED_INDEX};
-    if new.epoch.conf_ver != conf_ver_at(SPLIT_SEED_INDEX) {
-        return None;
-    }
-    local
-        .iter()
-        .find(|d| d.id != new.id && d.contains(&new.start_key) && d.epoch.version < new.epoch.version)
-        .map(|d| d.id)
 }
 
 /// Destroys this node's replica of a region PD says it no longer has a replica of (`newer`
@@ -902,38 +875,6 @@ mod tests {
     use tessera_wire::{NodeId, Peer, PeerId, RegionEpoch, RegionId};
 
     use super::*;
-
-    fn desc(id: u64, start: &[u8], end: &[u8], conf_ver: u64, version: u64) -> RegionDescriptor {
-        RegionDescriptor {
-            id: RegionId(id),
-            start_key: start.to_vec(),
-            end_key: end.to_vec(),
-            epoch: RegionEpoch { conf_ver, version },
-            peers: (1..=3).map(|n| Peer { id: PeerId(id * 10 + n), node_id: NodeId(n) }).collect(),
-        }
-    }
-
-    #[test]
-    fn a_new_region_waits_for_the_split_that_will_seed_it_here() {
-        use crate::storage::state_machine::{conf_ver_at, SPLIT_SEED_INDEX};
-        let seeded = conf_ver_at(SPLIT_SEED_INDEX);
-        // Region 1 split at "m" (version 2 -> 3); region 2 is its right half.
-        let child = desc(2, b"m", b"", seeded, 3);
-        let unsplit_parent = desc(1, b"", b"", 6, 2);
-        assert_eq!(split_pending_here(std::slice::from_ref(&unsplit_parent), &child), Some(RegionId(1)));
-        // Once the parent applied the split (or installed a snapshot taken after it), it
-        // no longer covers the new region: created empty, it receives a snapshot.
-        let split_parent = desc(1, b"", b"m", 6, 3);
-        assert_eq!(split_pending_here(&[split_parent], &child), None);
-        // A region whose membership changed since its split is not waiting for one here:
-        // this node is a new replica of it.
-        let moved = desc(2, b"m", b"", seeded + 2, 3);
-        assert_eq!(split_pending_here(std::slice::from_ref(&unsplit_parent), &moved), None);
-        // A local region of the same or a newer range version does not hold it back.
-        assert_eq!(split_pending_here(&[desc(1, b"", b"", 6, 3)], &child), None);
-        assert_eq!(split_pending_here(&[], &child), None);
-        assert_eq!(split_pending_here(std::slice::from_ref(&child), &child), None);
-    }
 
     #[test]
     fn initial_leaders_rotate_over_the_peers() {
