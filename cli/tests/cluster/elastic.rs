@@ -320,12 +320,14 @@ async fn a_drained_node_ends_with_no_replica_and_no_rows_and_no_write_is_lost() 
         .await;
     stop.store(true, Ordering::SeqCst);
     let acked = writer.await.unwrap();
-    // The node destroys its replicas once PD says so, and collects their rows.
+    // The node destroys its replicas once PD says so, and collects their rows. (A replica
+    // leaves the node's map before the transaction that retires it commits: wait for both.)
     let node = cluster.nodes[&drained].as_ref().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let rows = loop {
         let rows = node.row_counts().unwrap();
-        if node.region_count() == 0 && rows.data == 0 && rows.dedup == 0 && rows.sessions == 0 {
+        let retired = rows.sm_meta == 0 && rows.regions == 0;
+        if node.region_count() == 0 && retired && rows.data == 0 && rows.dedup == 0 && rows.sessions == 0 {
             break rows;
         }
         assert!(std::time::Instant::now() < deadline, "the drained node still holds {rows:?}");
