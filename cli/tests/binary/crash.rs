@@ -251,14 +251,15 @@ impl Load {
                     .iter()
                     .map(|(region, acks)| {
                         let during = acks.iter().filter(|t| **t > started).count();
-                        let last = acks.last().map(|t| format!("{:?}", t.saturating_duration_since(started)));
-                        format!("region {region}: {during} (last at {})", last.unwrap_or_else(|| "never".into()))
+                        let last = match acks.last() {
+                            Some(t) if *t > started => format!("{:?} into the wait", *t - started),
+                            Some(_) => "before the wait".to_owned(),
+                            None => "never".to_owned(),
+                        };
+                        format!("region {region}: {during}, the last {last}")
                     })
                     .collect();
-                panic!(
-                    "fewer than {more} writes acknowledged in {within:?}; acknowledgements per region since the \
-                     wait began (the last one's time from its start; before it if at 0s): {per_region:?}"
-                );
+                panic!("fewer than {more} writes acknowledged in {within:?}; per region in the wait: {per_region:?}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
