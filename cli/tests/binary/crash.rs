@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tessera::{Client, ClientConfig, TlsFiles};
 
 use crate::ports::restartable_port;
-use crate::{ok, spawn_pd, Proc};
+use crate::{ok, spawn_pd_logging_to, Proc};
 
 pub(crate) const NODES: u64 = 3;
 pub(crate) const REGIONS: u32 = 4;
@@ -49,7 +49,9 @@ impl ProcCluster {
         }
         ok(&["certs", "client", "--dir", certs_s, "--name", "app"]);
         let pd_addr = format!("127.0.0.1:{}", restartable_port());
-        let pd = spawn_pd(&certs, &pd_addr, &dir.path().join("pd"), REGIONS, split_bytes);
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let pd_log = dir.path().join("logs").join("pd.log");
+        let pd = spawn_pd_logging_to(&certs, &pd_addr, &dir.path().join("pd"), REGIONS, split_bytes, Some(&pd_log));
         let mut c = ProcCluster {
             dir,
             pd_addr,
@@ -103,7 +105,13 @@ impl ProcCluster {
             Ok(extra) => format!("warn,tessera_node=info,{extra}"),
             Err(_) => "warn,tessera_node=info".to_owned(),
         };
-        let node = Proc::spawn_logging(&args.iter().map(String::as_str).collect::<Vec<_>>(), &filter);
+        let log = self.dir.path().join("logs").join(format!("node{id}.log"));
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+            writeln!(f, "---- node {id} starts ----").unwrap();
+        }
+        let node = Proc::spawn_logging_to(&args.iter().map(String::as_str).collect::<Vec<_>>(), &filter, Some(&log));
         node.wait_for("listening", Duration::from_secs(30));
         self.nodes.insert(id, Some(node));
     }
@@ -113,6 +121,19 @@ impl ProcCluster {
         let mut node = self.nodes.get_mut(&id).unwrap().take().expect("node running");
         node.child.kill().unwrap();
         node.child.wait().unwrap();
+        self.mark(&format!("node {id} killed with SIGKILL"));
+    }
+
+    /// Appends a line to every node's log file, so the logs a failed test prints show
+    /// where the test's own steps fell (a kill, a restart) among the nodes' lines.
+    pub(crate) fn mark(&self, what: &str) {
+        use std::io::Write;
+        for id in 1..=NODES {
+            let log = self.dir.path().join("logs").join(format!("node{id}.log"));
+            if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+                let _ = writeln!(f, "---- test: {what} ----");
+            }
+        }
     }
 
     pub(crate) fn signal(&self, id: u64, signal: &str) {
@@ -155,6 +176,25 @@ impl ProcCluster {
             }
             assert!(Instant::now() < deadline, "regions without leaders: {routes:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for ProcCluster {
+    /// A failed test prints every process's log (PD and nodes at info, each node's runs one
+    /// after the other), so a failure in CI, where nothing else of the cluster is kept, can
+    /// be read afterwards.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut names: Vec<_> = std::fs::read_dir(self.dir.path().join("logs"))
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        names.sort();
+        for path in names {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            eprintln!("==== {} ({} lines) ====\n{text}", path.display(), text.lines().count());
         }
     }
 }
@@ -552,12 +592,32 @@ fn kill9_of_nodes_while_regions_split_loses_no_acknowledged_write() {
         verify(&client, &record).await;
         let acked: Vec<u32> = acked.lock().unwrap().iter().copied().collect();
         assert!(acked.len() >= 1000, "only {} bulk keys were acknowledged", acked.len());
+        cluster.mark("reading back the acknowledged bulk keys");
+        // Every key is read before any is judged, so a failure names all of the missing
+        // keys and the regions holding them, not only the first.
+        let mut wrong = Vec::new();
         for chunk in acked.chunks(200) {
             let keys: Vec<Vec<u8>> = chunk.iter().map(|&i| bulk_key(i)).collect();
             let values = client.batch_get(&keys).await.unwrap();
             for (i, v) in chunk.iter().zip(values) {
-                assert_eq!(v, Some(bulk_value(*i)), "acknowledged bulk key {i}");
+                if v != Some(bulk_value(*i)) {
+                    wrong.push((*i, v.map(|v| String::from_utf8_lossy(&v[..v.len().min(24)]).into_owned())));
+                }
             }
+        }
+        if !wrong.is_empty() {
+            let routes = client.regions().await.unwrap_or_default();
+            let region_of = |i: u32| {
+                let k = bulk_key(i);
+                routes.iter().find(|r| r.region.contains(&k)).map(|r| r.region.id.0)
+            };
+            let detail: Vec<_> = wrong.iter().take(40).map(|(i, v)| (*i, region_of(*i), v.clone())).collect();
+            panic!(
+                "{} of {} acknowledged bulk keys read back wrong ((key, region, value read), first 40): {detail:?}; \
+                 regions: {routes:?}",
+                wrong.len(),
+                acked.len()
+            );
         }
         let (routes, scanned) = regions_tile_the_key_space(&client).await;
         assert!(routes.len() >= REGIONS as usize + 2 * NODES as usize, "{} regions", routes.len());

@@ -12,7 +12,14 @@ mod crash;
 #[path = "../common/ports.rs"]
 mod ports;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+const BUILT_BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+/// The `tessera` binary under test: the one built with these tests, or the one named by
+/// `TESSERA_TEST_BIN` (to run these tests against another build, say while stress-testing
+/// an older commit without a rebuild replacing it).
+fn bin() -> std::ffi::OsString {
+    std::env::var_os("TESSERA_TEST_BIN").unwrap_or_else(|| BUILT_BIN.into())
+}
 
 /// `line` without terminal colour codes.
 fn strip_ansi(line: &str) -> String {
@@ -46,8 +53,18 @@ impl Proc {
     /// Spawns with `RUST_LOG=filter`; log lines (stderr) arrive with the stdout lines. With
     /// `TESSERA_TEST_LOGS` set, every line is also echoed to the test's stderr.
     fn spawn_logging(args: &[&str], filter: &str) -> Proc {
+        Self::spawn_logging_to(args, filter, None)
+    }
+
+    /// [`Proc::spawn_logging`], also appending every line to the file `log` if given (a
+    /// test prints the files of its processes when it fails: see `ProcCluster`'s `Drop`).
+    fn spawn_logging_to(args: &[&str], filter: &str, log: Option<&Path>) -> Proc {
         let echo = std::env::var_os("TESSERA_TEST_LOGS").is_some();
-        let mut child = Command::new(BIN)
+        let file = log.map(|path| {
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the log file");
+            std::sync::Arc::new(std::sync::Mutex::new(f))
+        });
+        let mut child = Command::new(bin())
             .args(args)
             .env("RUST_LOG", filter)
             .stdout(Stdio::piped())
@@ -59,12 +76,17 @@ impl Proc {
         let err = child.stderr.take().unwrap();
         for stream in [Box::new(out) as Box<dyn std::io::Read + Send>, Box::new(err)] {
             let tx = tx.clone();
+            let file = file.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     if echo {
                         eprintln!("{line}");
                     }
-                    if tx.send(line).is_err() && !echo {
+                    if let Some(f) = &file {
+                        use std::io::Write;
+                        let _ = writeln!(f.lock().unwrap_or_else(|p| p.into_inner()), "{}", strip_ansi(&line));
+                    }
+                    if tx.send(line).is_err() && !echo && file.is_none() {
                         break;
                     }
                 }
@@ -125,7 +147,7 @@ fn terminate(child: &Child) {
 }
 
 fn tessera(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env("RUST_LOG", "error").output().expect("run tessera")
+    Command::new(bin()).args(args).env("RUST_LOG", "error").output().expect("run tessera")
 }
 
 fn stdout(o: &Output) -> String {
@@ -170,7 +192,7 @@ fn dev_cluster_serves_client_commands_and_keeps_data_across_restarts() {
     assert!(json.contains("\"region_count\": 4"), "{json}");
 
     // A reader that goes away (`tessera status | head -0`) ends the command quietly.
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(["--data", d, "status"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -195,26 +217,43 @@ const NO_SPLITS: &str = "4GiB";
 
 /// PD with `initial_regions`, splitting regions past `split_bytes`.
 fn spawn_pd(certs: &Path, addr: &str, dir: &Path, initial_regions: u32, split_bytes: &str) -> Proc {
+    spawn_pd_logging_to(certs, addr, dir, initial_regions, split_bytes, None)
+}
+
+/// [`spawn_pd`], with PD's info lines appended to `log` if given.
+fn spawn_pd_logging_to(
+    certs: &Path,
+    addr: &str,
+    dir: &Path,
+    initial_regions: u32,
+    split_bytes: &str,
+    log: Option<&Path>,
+) -> Proc {
     let cert = |name: &str| certs.join(name).to_str().unwrap().to_string();
-    let pd = Proc::spawn(&[
-        "pd",
-        "--listen",
-        addr,
-        "--dir",
-        dir.to_str().unwrap(),
-        "--initial-regions",
-        &initial_regions.to_string(),
-        "--region-split-bytes",
-        split_bytes,
-        "--region-split-keys",
-        "100000000",
-        "--tls-ca",
-        &cert("ca.pem"),
-        "--tls-cert",
-        &cert("pd.pem"),
-        "--tls-key",
-        &cert("pd-key.pem"),
-    ]);
+    let filter = if log.is_some() { "warn,tessera_pd=info" } else { "error" };
+    let pd = Proc::spawn_logging_to(
+        &[
+            "pd",
+            "--listen",
+            addr,
+            "--dir",
+            dir.to_str().unwrap(),
+            "--initial-regions",
+            &initial_regions.to_string(),
+            "--region-split-bytes",
+            split_bytes,
+            "--region-split-keys",
+            "100000000",
+            "--tls-ca",
+            &cert("ca.pem"),
+            "--tls-cert",
+            &cert("pd.pem"),
+            "--tls-key",
+            &cert("pd-key.pem"),
+        ],
+        filter,
+        log,
+    );
     pd.wait_for("PD listening", Duration::from_secs(30));
     pd
 }
