@@ -147,6 +147,45 @@ impl RegionLogStore {
         Ok(RegionLogStore { region, wal: wal.clone(), engine: engine.clone(), mem: Arc::new(Mutex::new(mem)), budget })
     }
 
+    /// Checks that `entries`, read for a range from `start`, have no hole: consecutive
+    /// indexes, the first of them `start` unless the log begins after `start`. openraft
+    /// applies what a read returns, checking its continuity only in debug builds, so a read
+    /// that came back short (entries lost under the log) would drop their writes without a
+    /// word; this fails the read, and so the region, instead.
+    fn check_contiguous(&self, start: u64, entries: &[Entry]) -> io::Result<()> {
+        let missing = |found: u64, wanted: u64| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "region {}: the raft log read from {start} has entry {found} where {wanted} belongs: \
+                     entries are missing",
+                    self.region
+                ),
+            )
+        };
+        let Some(first) = entries.first() else { return Ok(()) };
+        if first.index() != start {
+            // Fine only if the log begins after `start` (purged, or never written there).
+            let purged = self.mem().last_purged.map(|l| l.index());
+            let begins = self.wal.region_state(self.region).entries.map(|(f, _)| f);
+            let log_start = match (purged, begins) {
+                (Some(p), Some(f)) => f.min(p + 1),
+                (Some(p), None) => p + 1,
+                (None, Some(f)) => f,
+                (None, None) => first.index(),
+            };
+            if first.index() != start.max(log_start) {
+                return Err(missing(first.index(), start.max(log_start)));
+            }
+        }
+        for w in entries.windows(2) {
+            if w[1].index() != w[0].index() + 1 {
+                return Err(missing(w[1].index(), w[0].index() + 1));
+            }
+        }
+        Ok(())
+    }
+
     fn mem(&self) -> std::sync::MutexGuard<'_, LogMem> {
         lock(&self.mem)
     }
@@ -210,16 +249,18 @@ impl RaftLogReader<TypeConfig> for RegionLogStore {
             let entries: Vec<Entry> = mem.entries.range(start..end).map(|(_, e)| e.clone()).collect();
             (entries, mem.first_cached())
         };
-        match first_cached {
+        let out = match first_cached {
             // Part of the range has left memory: read it from disk, then the rest from memory.
             Some(first) if start < first => {
                 let mut out = self.read_disk(start, end.min(first))?;
                 out.extend(from_memory);
-                Ok(out)
+                out
             }
-            Some(_) => Ok(from_memory),
-            None => self.read_disk(start, end),
-        }
+            Some(_) => from_memory,
+            None => self.read_disk(start, end)?,
+        };
+        self.check_contiguous(start, &out)?;
+        Ok(out)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -387,6 +428,31 @@ mod tests {
         Entry {
             log_id: log_id::<TypeConfig>(1, 1, index),
             payload: EntryPayload::Normal(LogCommand::WriteV1 { session: None, op }),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_across_missing_entries_fails_instead_of_coming_back_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let wal = LogEngine::open(&dir.path().join("raft-log")).unwrap();
+        let enc = |i: u64| encode(&entry(i, 10)).unwrap();
+        // Entries 1-3 and 5-6 with 4 lost under them (as a deleted segment would leave).
+        wal.write_blocking(vec![
+            crate::storage::wal::Op::Entries { region: 4, first: 1, entries: (1..=3).map(enc).collect() },
+            crate::storage::wal::Op::Entries { region: 4, first: 5, entries: (5..=6).map(enc).collect() },
+        ])
+        .unwrap();
+        for budget in [1, TAIL_BYTES] {
+            let mut log = RegionLogStore::open_with_budget(&engine, &wal, 4, budget).unwrap();
+            let err = log.try_get_log_entries(1..7).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+            assert!(err.to_string().contains("entry 5 where 4 belongs"), "{err}");
+            // A read starting at the missing entry fails too; one past it does not.
+            assert!(log.try_get_log_entries(4..7).await.is_err());
+            let tail = log.try_get_log_entries(5..7).await.unwrap();
+            assert_eq!(tail.iter().map(|e| e.index()).collect::<Vec<_>>(), [5, 6]);
+            assert_eq!(log.try_get_log_entries(1..4).await.unwrap().len(), 3);
         }
     }
 

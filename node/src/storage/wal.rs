@@ -787,10 +787,13 @@ impl LogEngine {
 
     /// Deletes segments that hold no live entry of any region. Their metadata (votes,
     /// commit marks, purge points) is in the checkpoint of every newer segment.
+    ///
+    /// Every span counts, not only each region's first: a compaction puts its copy of a
+    /// region's oldest entries first, in the newest segment, ahead of spans in older ones.
     fn delete_unused_segments(&self) {
         let min_live = {
             let index = lock(&self.shared.index);
-            index.values().filter_map(|r| r.spans.front().map(|s| s.segment)).min()
+            index.values().flat_map(|r| r.spans.iter().map(|s| s.segment)).min()
         };
         let doomed: Vec<(u64, Arc<File>)> = {
             let mut segments = self.shared.segments.write().unwrap_or_else(|p| p.into_inner());
@@ -1223,6 +1226,11 @@ fn write_checkpoint(shared: &Shared, tail: &mut Tail, buf: &mut Vec<u8>) -> io::
 
 /// Copies the live entries held in the oldest segment forward (as `Relocate` records), so
 /// the segment can be deleted. Runs on the writer thread, between batches.
+///
+/// A relocation replaces a *prefix* of a region's log (its index puts the copy first), so
+/// for each region with entries in the oldest segment it copies every live entry up to the
+/// last of those, wherever the earlier ones are (an earlier compaction may have moved them
+/// to a newer segment). Afterwards no span of any region is in the oldest segment.
 fn compact_oldest(
     engine: &LogEngine,
     tail: &mut Tail,
@@ -1233,25 +1241,27 @@ fn compact_oldest(
     let Some(oldest) = shared.segments.read().unwrap_or_else(|p| p.into_inner()).files.keys().next().copied() else {
         return Ok(());
     };
-    let pinned: Vec<(u64, Vec<Span>)> = lock(&shared.index)
+    let pinned: Vec<(u64, Vec<Span>, u64)> = lock(&shared.index)
         .iter()
         .filter_map(|(&region, r)| {
-            let spans: Vec<Span> = r.spans.iter().take_while(|s| s.segment == oldest).copied().collect();
-            (!spans.is_empty()).then_some((region, spans))
+            let upto = r.spans.iter().filter(|s| s.segment == oldest).map(|s| s.last).max()?;
+            let spans: Vec<Span> = r.spans.iter().take_while(|s| s.first <= upto).copied().collect();
+            Some((region, spans, upto))
         })
         .collect();
     let mut ops = Vec::new();
     let mut moved = 0usize;
-    for (region, spans) in pinned {
+    for (region, spans, upto) in pinned {
         let first = spans[0].first;
         let mut entries = Vec::new();
         for span in &spans {
             for (index, bytes) in engine.read_span(region, span)? {
-                if index >= span.first && index <= span.last {
+                if index >= span.first && index <= span.last.min(upto) {
                     entries.push(bytes);
                 }
             }
         }
+        debug_assert_eq!(entries.len() as u64, upto + 1 - first, "a region's live entries are contiguous");
         moved += entries.len();
         ops.push(Op::Relocate { region, first, entries });
     }
@@ -1774,6 +1784,54 @@ mod tests {
         let log = LogEngine::open_with_segment_bytes(dir.path(), segment).unwrap();
         check(&log);
         assert_eq!(log.region_state(1).entries.map(|e| e.1), Some(12 * 16));
+    }
+
+    #[test]
+    fn compaction_keeps_every_segment_an_idle_region_still_has_entries_in() {
+        // Region 2's log spans two segments and then goes idle. Compacting the first used to
+        // copy only the entries in it, make the copy the region's first span, and then judge
+        // segments by each region's first span alone: the second segment, still holding
+        // entries 4-6, was deleted with the others.
+        let dir = tempfile::tempdir().unwrap();
+        let segment = 1024 * 1024;
+        let log = LogEngine::open_with_segment_bytes(dir.path(), segment).unwrap();
+        let big = vec![7u8; 64 * 1024];
+        let mut next = 1u64;
+        let mut busy = |log: &LogEngine, segments: u64| {
+            for _ in 0..segments * 16 {
+                log.write_blocking(vec![Op::Entries { region: 1, first: next, entries: vec![big.clone()] }]).unwrap();
+                if next.is_multiple_of(20) {
+                    log.write_blocking(vec![Op::Purge { region: 1, upto: next - 5, log_id: vec![1] }]).unwrap();
+                }
+                next += 1;
+            }
+        };
+        log.write_blocking(vec![entries(2, 1, 3)]).unwrap();
+        busy(&log, 1);
+        log.write_blocking(vec![Op::Entries { region: 2, first: 4, entries: vec![big.clone(); 3] }]).unwrap();
+        busy(&log, 12);
+        let check = |log: &LogEngine| {
+            assert_eq!(log.region_state(2).entries, Some((1, 6)));
+            let got = log.read(2, 1, 7, usize::MAX).expect("every entry of region 2 is readable");
+            assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>());
+            assert_eq!(got[0].1, b"2:1".to_vec());
+            assert_eq!(got[5].1, big);
+        };
+        check(&log);
+        assert!(
+            log.segment_count() <= COMPACT_ABOVE_SEGMENTS + 1,
+            "{} segments kept: the idle region pinned them",
+            log.segment_count()
+        );
+        log.close();
+        let log = LogEngine::open_with_segment_bytes(dir.path(), segment).unwrap();
+        check(&log);
+        // And again once the copies themselves are old.
+        busy(&log, 12);
+        check(&log);
+        log.close();
+        let log = LogEngine::open_with_segment_bytes(dir.path(), segment).unwrap();
+        check(&log);
     }
 
     #[test]
