@@ -548,6 +548,7 @@ async fn destroy_region(shared: &Shared, newer: RegionDescriptor) -> Result<(), 
     if let Err(e) = region.raft.shutdown().await {
         tracing::warn!(region_id = newer.id.0, error = %e, "stopping the region's group failed");
     }
+    region.shared.retire().await;
     shared.ctx.regions.remove(newer.id);
     // Reads still in flight on the replica must not read what the retirement removes.
     region.shared.range_version.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
@@ -727,6 +728,7 @@ async fn destroy_merged_region(shared: &Shared, source: tessera_wire::RegionId) 
     if let Err(e) = region.raft.shutdown().await {
         tracing::warn!(region_id = source.0, error = %e, "stopping the region's group failed");
     }
+    region.shared.retire().await;
     shared.ctx.regions.remove(source);
     region.shared.range_version.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
     let id = source.0;

@@ -296,6 +296,11 @@ pub struct RegionShared {
     /// Bumped when any region of the node applies entries (the node's change signal): a
     /// target waiting for its local source to apply a merge's prepare waits on it.
     pub node_changes: std::sync::OnceLock<tokio::sync::watch::Receiver<u64>>,
+    /// Held by the state machine for each apply and snapshot install, and by the node while
+    /// it marks the replica retired ([`RegionShared::retire`]).
+    sm_busy: tokio::sync::Mutex<()>,
+    /// The replica is being destroyed: the state machine applies and installs nothing more.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl RegionShared {
@@ -318,7 +323,30 @@ impl RegionShared {
             reaping: Default::default(),
             reaping_pending: Default::default(),
             node_changes: Default::default(),
+            sm_busy: Default::default(),
+            retired: Default::default(),
         })
+    }
+
+    /// Fences the state machine off before the replica's retirement is written: waits for
+    /// an apply or snapshot install in progress to end, and makes every later one fail
+    /// without writing. `Raft::shutdown` stops the Raft core but not its state-machine
+    /// worker, which may still be installing a snapshot or hold queued applies; one that
+    /// committed after the retirement would write a live record and state over the
+    /// tombstone, and an install would list the rows of a whole data id as garbage (its
+    /// "old range" read from the tombstone), rows that a split-off region may share.
+    pub async fn retire(&self) {
+        let _busy = self.sm_busy.lock().await;
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    /// The guard an apply or install holds, or the error if the replica was retired.
+    async fn enter(&self) -> io::Result<tokio::sync::MutexGuard<'_, ()>> {
+        let busy = self.sm_busy.lock().await;
+        if self.retired.load(Ordering::SeqCst) {
+            return Err(io::Error::other(format!("region {} was retired on this node", self.region_id.0)));
+        }
+        Ok(busy)
     }
 
     /// The merge state: `Some` while prepared to merge.
@@ -622,6 +650,8 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
         while let Some(item) = entries.try_next().await? {
             batch.push(item);
         }
+        let shared = self.shared.clone();
+        let _busy = shared.enter().await?;
         // A merge's commit waits for the local source replica before it applies, so it
         // starts a batch of its own: the entries before it apply first.
         let mut segment: Vec<(Work, Option<ApplyResponder<TypeConfig>>)> = Vec::new();
@@ -648,6 +678,8 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let shared = self.shared.clone();
+        let _busy = shared.enter().await?;
         let installed = snapshot::install(
             &self.engine,
             self.region,
@@ -1225,6 +1257,26 @@ mod merge_tests {
             target: target.id.0,
             target_epoch: (target.epoch.conf_ver, target.epoch.version),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retired_replica_applies_and_installs_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let mut sm = machine(&engine, &region(1, b"", b"")).await;
+        apply(&mut sm, 6, put(b"a")).await;
+        sm.shared.retire().await;
+        let entry = Entry::new_normal(log_id(7), put(b"b"));
+        let err = sm.apply(futures::stream::iter(vec![Ok((entry, None))])).await.unwrap_err();
+        assert!(err.to_string().contains("retired"), "{err}");
+        assert_eq!(get(&engine, 1, b"b"), None);
+        assert_eq!(sm.state.applied.map(|l| l.index()), Some(6));
+        // An install queued before the group stopped is refused too, before it writes.
+        let (_, file) = snapshot::build(&engine, 1).unwrap();
+        let meta = SnapshotMeta { last_log_id: Some(log_id(6)), last_membership: sm.state.membership.clone() };
+        let err = sm.install_snapshot(&meta, file).await.unwrap_err();
+        assert!(err.to_string().contains("retired"), "{err}");
+        assert_eq!(snapshot::read_state(&engine.read().unwrap(), 1).unwrap().data_id, 1, "no switch");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
