@@ -393,8 +393,12 @@ impl Client {
     /// gives each group an id from `begin` (a write's sequence number), sends one call per
     /// group concurrently (built by `make_call`), and hands each answer to `on_done`, which
     /// returns the positions it did not serve (a read answered in part). A group whose
-    /// region changed shape is planned again by region only: its parts keep the group's id,
-    /// so a write part that may already have been applied under it is not applied twice.
+    /// region changed shape is planned again by region only. If the group may already have
+    /// been applied (an attempt's fate is unknown), its parts keep the group's id, so that a
+    /// part applied under it before the change is answered from the region's record of it
+    /// rather than applied twice. Otherwise each part takes an id of its own: parts sharing
+    /// an id could meet again in one region (a merge) and the second would be taken for a
+    /// replay of the first, answered done without being written.
     /// Runs every group to its end, then reports every failure with its positions.
     async fn per_region<T: Copy, F>(
         &self,
@@ -425,7 +429,10 @@ impl Client {
                 match result {
                     Ok((KvOutcome::Replan, delivered)) => {
                         // By region only: the group already fits the count and byte limits.
-                        next.extend(self.plan(keys, &group, usize::MAX, &size).into_iter().map(|g| (g, id, delivered)));
+                        for part in self.plan(keys, &group, usize::MAX, &size) {
+                            let id = if delivered { id } else { begin() };
+                            next.push((part, id, delivered));
+                        }
                     }
                     Ok((KvOutcome::Done { response, .. }, _)) => match on_done(&group, response) {
                         Ok(rest) => {

@@ -438,3 +438,58 @@ async fn the_resent_append_hook_sends_one_write_twice_with_one_sequence_number()
     assert_same_write(&kv);
     assert!(seq_of(&kv[1]).first_pending <= seq_of(&kv[1]).seq, "the write is still pending on the resend");
 }
+
+/// The keys of a batch write as sent.
+fn batch_keys(kv: &SentKv) -> Vec<Vec<u8>> {
+    match command_of(kv) {
+        WriteCommand::BatchPut { pairs } => pairs.iter().map(|(k, _)| k.clone()).collect(),
+        other => panic!("not a batch put: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_batch_refused_whole_sends_its_parts_under_sequence_numbers_of_their_own() {
+    // The cache holds one region; the cluster has split it. The refused batch was applied
+    // nowhere, so its parts need not share its number. Sharing it, two parts could meet in
+    // one region after a merge, and the second would be answered as a replay of the first.
+    let sim = one_region().await;
+    let (left, right) = (region(1, b"", b"m", 2), region(2, b"m", b"", 2));
+    sim.net.script([Step::server(W::EpochNotMatch { current: vec![left, right] }), Step::done(), Step::done()]);
+
+    sim.client.batch_put(&[(b"a", b"1"), (b"x", b"2")]).await.unwrap();
+
+    let kv = sim.net.kv_sent();
+    assert_eq!(kv.len(), 3);
+    assert_eq!(batch_keys(&kv[0]), [b"a".to_vec(), b"x".to_vec()]);
+    let mut parts: Vec<(Vec<Vec<u8>>, u64)> = kv[1..].iter().map(|k| (batch_keys(k), seq_of(k).seq)).collect();
+    parts.sort();
+    assert_eq!(parts[0].0, [b"a".to_vec()]);
+    assert_eq!(parts[1].0, [b"x".to_vec()]);
+    let (whole, a, x) = (seq_of(&kv[0]).seq, parts[0].1, parts[1].1);
+    assert!(whole != a && whole != x && a != x, "sequence numbers: batch {whole}, parts {a} and {x}");
+}
+
+#[tokio::test]
+async fn a_batch_that_may_have_applied_keeps_its_sequence_number_in_every_part() {
+    // The first attempt's fate is unknown: it may have applied whole before the split, and
+    // each half then finds its record in the region now holding it (a split copies the
+    // parent's session rows), so both parts must ask under the batch's number.
+    let sim = one_region().await;
+    let (left, right) = (region(1, b"", b"m", 2), region(2, b"m", b"", 2));
+    sim.net.script([
+        Step::time_out(),
+        Step::server(W::EpochNotMatch { current: vec![left, right] }),
+        Step::done(),
+        Step::done(),
+    ]);
+
+    sim.client.batch_put(&[(b"a", b"1"), (b"x", b"2")]).await.unwrap();
+
+    let kv = sim.net.kv_sent();
+    assert_eq!(kv.len(), 4);
+    let whole = seq_of(&kv[0]).seq;
+    assert!(kv.iter().all(|k| seq_of(k).seq == whole), "{:?}", kv.iter().map(seq_of).collect::<Vec<_>>());
+    let mut keys: Vec<Vec<Vec<u8>>> = kv[2..].iter().map(batch_keys).collect();
+    keys.sort();
+    assert_eq!(keys, [vec![b"a".to_vec()], vec![b"x".to_vec()]]);
+}
