@@ -113,6 +113,7 @@ impl ProcCluster {
         }
         let node = Proc::spawn_logging_to(&args.iter().map(String::as_str).collect::<Vec<_>>(), &filter, Some(&log));
         node.wait_for("listening", Duration::from_secs(30));
+        self.mark(&format!("node {id} (re)started and listening"));
         self.nodes.insert(id, Some(node));
     }
 
@@ -140,6 +141,7 @@ impl ProcCluster {
         let pid = self.nodes[&id].as_ref().expect("node running").child.id().to_string();
         let status = std::process::Command::new("kill").args([signal, &pid]).status().unwrap();
         assert!(status.success());
+        self.mark(&format!("node {id} sent {signal}"));
     }
 
     pub(crate) fn stop_all(&mut self) {

@@ -283,6 +283,7 @@ impl RaftLogReader<TypeConfig> for RegionLogStore {
             (out, used) = self.read_disk_limited(start, disk_end, budget)?;
             let next = out.last().map_or(start, |e| e.index() + 1);
             if next < disk_end {
+                self.check_contiguous(start, &out)?;
                 return Ok(out);
             }
         }
@@ -303,6 +304,7 @@ impl RaftLogReader<TypeConfig> for RegionLogStore {
         if out.is_empty() {
             out = self.read_disk_limited(start, end, budget)?.0;
         }
+        self.check_contiguous(start, &out)?;
         Ok(out)
     }
 }
@@ -448,6 +450,16 @@ mod tests {
             let err = log.try_get_log_entries(1..7).await.unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
             assert!(err.to_string().contains("entry 5 where 4 belongs"), "{err}");
+            // Replication's reads never send a follower a log with a hole: they fail, or
+            // stop before it (a limited read may return fewer entries); a read from it fails.
+            if let Ok(before) = log.limited_get_log_entries(1, 7).await {
+                let before: Vec<u64> = before.iter().map(|e| e.index()).collect();
+                assert!(!before.is_empty() && before.iter().copied().eq(1..=before.len() as u64), "{before:?}");
+                assert!(before.len() <= 3, "{before:?}");
+            }
+            let err = log.limited_get_log_entries(4, 7).await.unwrap_err();
+            assert!(err.to_string().contains("entry 5 where 4 belongs"), "{err}");
+            assert_eq!(log.limited_get_log_entries(5, 7).await.unwrap().len(), 2);
             // A read starting at the missing entry fails too; one past it does not.
             assert!(log.try_get_log_entries(4..7).await.is_err());
             let tail = log.try_get_log_entries(5..7).await.unwrap();

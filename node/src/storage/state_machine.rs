@@ -335,9 +335,18 @@ impl RegionShared {
     /// committed after the retirement would write a live record and state over the
     /// tombstone, and an install would list the rows of a whole data id as garbage (its
     /// "old range" read from the tombstone), rows that a split-off region may share.
+    ///
+    /// The flag is set before the wait, so an apply waiting for a merge's local source
+    /// ([`RegionStateMachine::await_merge_source`], which may wait on work the node cannot
+    /// do while it destroys this replica) gives up instead of holding the retirement back.
     pub async fn retire(&self) {
-        let _busy = self.sm_busy.lock().await;
         self.retired.store(true, Ordering::SeqCst);
+        drop(self.sm_busy.lock().await);
+    }
+
+    /// Whether the replica is being retired ([`RegionShared::retire`]).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 
     /// The guard an apply or install holds, or the error if the replica was retired.
@@ -748,6 +757,12 @@ impl RegionStateMachine {
             }
             if applied >= prepare_index {
                 return Ok(());
+            }
+            if self.shared.is_retired() {
+                return Err(io::Error::other(format!(
+                    "region {} was retired while its merge of region {source} waited for it",
+                    self.region
+                )));
             }
             if !warned && started.elapsed() > std::time::Duration::from_secs(10) {
                 warned = true;
@@ -1332,6 +1347,40 @@ mod merge_tests {
         assert_eq!(sm.shared.descriptor().epoch.version, 5);
         apply(&mut sm, 12, put(b"q")).await;
         assert!(get(&engine, 2, b"q").is_some(), "writes apply again");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retiring_a_target_whose_commit_waits_for_its_source_ends_the_wait() {
+        // The node destroys the target while its merge commit waits for a local source that
+        // will not apply its prepare (it may need the node's lifecycle lock, which the
+        // destruction holds): the retirement must not wait for that, and nothing applies.
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let (left, right) = (region(1, b"", b"m"), region(2, b"m", b""));
+        let mut target = machine(&engine, &left).await;
+        let mut source = machine(&engine, &right).await;
+        apply(&mut source, 6, put(b"p")).await;
+        let commit = LogCommand::CommitMergeV1 {
+            target_epoch: (left.epoch.conf_ver, left.epoch.version),
+            source: 2,
+            source_start: right.start_key.clone(),
+            source_end: right.end_key.clone(),
+            source_epoch: (right.epoch.conf_ver, right.epoch.version + 1),
+            source_peers: right.peers.iter().map(|p| (p.id.0, p.node_id.0)).collect(),
+            prepare_index: 7,
+        };
+        let shared = target.shared.clone();
+        let waiting = tokio::spawn(async move {
+            let entry = Entry::new_normal(log_id(6), commit);
+            target.apply(futures::stream::iter(vec![Ok((entry, None))])).await
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "the commit did not wait for its source");
+        tokio::time::timeout(Duration::from_secs(5), shared.retire()).await.expect("the retirement does not wait");
+        let err = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap().unwrap_err();
+        assert!(err.to_string().contains("retired"), "{err}");
+        assert_eq!(shared.descriptor(), left, "the merge did not apply");
+        assert_eq!(get(&engine, 1, b"p"), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,8 +209,8 @@ pub enum Op {
         /// First index deleted.
         from: u64,
     },
-    /// The region's oldest live entries, `first, first + 1, …`, copied forward by
-    /// compaction: they replace the same entries where they were, and nothing after them.
+    /// Live entries `first, first + 1, …` of the region, copied forward by compaction: they
+    /// replace the same entries where they were, and nothing before or after them.
     Relocate {
         /// Region.
         region: u64,
@@ -361,6 +361,42 @@ impl RegionIndex {
         }
     }
 
+    /// Puts `span` in place of whatever spans hold its entries (a relocation): the entries
+    /// before and after it stay where they are. (Relocations written before 2026-12-03
+    /// always replaced a prefix of the log, which this reads the same way.)
+    fn replace_range(&mut self, span: Span) {
+        let (first, last) = (span.first, span.last);
+        let mut out = VecDeque::with_capacity(self.spans.len() + 2);
+        let mut placed = false;
+        for s in self.spans.drain(..) {
+            if s.last < first {
+                out.push_back(s);
+                continue;
+            }
+            if s.first > last {
+                if !std::mem::replace(&mut placed, true) {
+                    out.push_back(span);
+                }
+                out.push_back(s);
+                continue;
+            }
+            // Overlapping: keep the parts outside the relocated range.
+            if s.first < first {
+                out.push_back(Span { last: first - 1, ..s });
+            }
+            if !std::mem::replace(&mut placed, true) {
+                out.push_back(span);
+            }
+            if s.last > last {
+                out.push_back(Span { first: last + 1, ..s });
+            }
+        }
+        if !placed {
+            out.push_back(span);
+        }
+        self.spans = out;
+    }
+
     fn drop_upto(&mut self, upto: u64) {
         while let Some(front) = self.spans.front_mut() {
             if front.last <= upto {
@@ -383,8 +419,7 @@ impl RegionIndex {
             }
             Op::Relocate { first, entries, .. } => {
                 if let Some(last) = (first + entries.len() as u64).checked_sub(1).filter(|_| !entries.is_empty()) {
-                    self.drop_upto(last);
-                    self.spans.push_front(Span { first: *first, last, record_first: *first, segment, offset, len });
+                    self.replace_range(Span { first: *first, last, record_first: *first, segment, offset, len });
                 }
             }
             Op::Vote { vote, .. } => self.vote = Some(vote.clone()),
@@ -438,6 +473,8 @@ pub struct WalStats {
     pub bytes: AtomicU64,
     /// Segments deleted.
     pub segments_deleted: AtomicU64,
+    /// Entries copied forward by compaction.
+    pub relocated: AtomicU64,
     /// Writes that lingered for more jobs first (see [`GroupCommit`]).
     pub lingered: AtomicU64,
     /// Log entries the writer found queued when it woke for each write, before any linger:
@@ -1224,13 +1261,17 @@ fn write_checkpoint(shared: &Shared, tail: &mut Tail, buf: &mut Vec<u8>) -> io::
     Ok(())
 }
 
+/// Most entry bytes in one `Relocate` record: a read of one entry reads its whole record.
+const RELOCATE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Copies the live entries held in the oldest segment forward (as `Relocate` records), so
 /// the segment can be deleted. Runs on the writer thread, between batches.
 ///
-/// A relocation replaces a *prefix* of a region's log (its index puts the copy first), so
-/// for each region with entries in the oldest segment it copies every live entry up to the
-/// last of those, wherever the earlier ones are (an earlier compaction may have moved them
-/// to a newer segment). Afterwards no span of any region is in the oldest segment.
+/// Only the entries in that segment are copied, each run of consecutive ones as records of
+/// at most [`RELOCATE_BYTES`]: a relocation replaces exactly the entries it holds, so a
+/// region's spans may be in any order of segments afterwards (which is why
+/// `delete_unused_segments` looks at every span). Each rotation past the limit therefore
+/// copies at most one segment's worth, however long a region's log has grown.
 fn compact_oldest(
     engine: &LogEngine,
     tail: &mut Tail,
@@ -1241,33 +1282,42 @@ fn compact_oldest(
     let Some(oldest) = shared.segments.read().unwrap_or_else(|p| p.into_inner()).files.keys().next().copied() else {
         return Ok(());
     };
-    let pinned: Vec<(u64, Vec<Span>, u64)> = lock(&shared.index)
+    let pinned: Vec<(u64, Vec<Span>)> = lock(&shared.index)
         .iter()
         .filter_map(|(&region, r)| {
-            let upto = r.spans.iter().filter(|s| s.segment == oldest).map(|s| s.last).max()?;
-            let spans: Vec<Span> = r.spans.iter().take_while(|s| s.first <= upto).copied().collect();
-            Some((region, spans, upto))
+            let spans: Vec<Span> = r.spans.iter().filter(|s| s.segment == oldest).copied().collect();
+            (!spans.is_empty()).then_some((region, spans))
         })
         .collect();
     let mut ops = Vec::new();
     let mut moved = 0usize;
-    for (region, spans, upto) in pinned {
-        let first = spans[0].first;
-        let mut entries = Vec::new();
+    for (region, spans) in pinned {
+        let (mut run, mut run_first, mut run_bytes, mut next) = (Vec::new(), 0u64, 0usize, None::<u64>);
         for span in &spans {
             for (index, bytes) in engine.read_span(region, span)? {
-                if index >= span.first && index <= span.last.min(upto) {
-                    entries.push(bytes);
+                if index < span.first || index > span.last {
+                    continue;
                 }
+                if next != Some(index) || (run_bytes + bytes.len() > RELOCATE_BYTES && !run.is_empty()) {
+                    if !run.is_empty() {
+                        ops.push(Op::Relocate { region, first: run_first, entries: std::mem::take(&mut run) });
+                    }
+                    (run_first, run_bytes) = (index, 0);
+                }
+                run_bytes += bytes.len();
+                run.push(bytes);
+                next = Some(index + 1);
+                moved += 1;
             }
         }
-        debug_assert_eq!(entries.len() as u64, upto + 1 - first, "a region's live entries are contiguous");
-        moved += entries.len();
-        ops.push(Op::Relocate { region, first, entries });
+        if !run.is_empty() {
+            ops.push(Op::Relocate { region, first: run_first, entries: run });
+        }
     }
     if ops.is_empty() {
         return Ok(());
     }
+    shared.stats.relocated.fetch_add(moved as u64, Ordering::Relaxed);
     let job = Job { ops, done: Box::new(|_| {}), durable: true, queued_at: std::time::Instant::now() };
     write_batch(shared, tail, std::slice::from_ref(&job), buf, positions)?;
     tracing::info!(
@@ -1788,10 +1838,8 @@ mod tests {
 
     #[test]
     fn compaction_keeps_every_segment_an_idle_region_still_has_entries_in() {
-        // Region 2's log spans two segments and then goes idle. Compacting the first used to
-        // copy only the entries in it, make the copy the region's first span, and then judge
-        // segments by each region's first span alone: the second segment, still holding
-        // entries 4-6, was deleted with the others.
+        // Region 2's log spans two segments and then goes idle: once the first is compacted,
+        // the second still holds entries 4-6 and must be kept until it is compacted too.
         let dir = tempfile::tempdir().unwrap();
         let segment = 1024 * 1024;
         let log = LogEngine::open_with_segment_bytes(dir.path(), segment).unwrap();
@@ -1828,6 +1876,38 @@ mod tests {
         check(&log);
         // And again once the copies themselves are old.
         busy(&log, 12);
+        check(&log);
+        log.close();
+        let log = LogEngine::open_with_segment_bytes(dir.path(), segment).unwrap();
+        check(&log);
+    }
+
+    #[test]
+    fn compaction_copies_one_segment_at_a_time_however_long_a_region_log_grows() {
+        // Region 3 writes 24 segments' worth and never purges (its log outgrows the
+        // compaction limit). Each rotation past the limit copies the oldest segment's
+        // entries, not the region's whole log up to them: each entry is copied a few times
+        // at most, where copying the prefix would copy the log again on every rotation.
+        let dir = tempfile::tempdir().unwrap();
+        let segment = 1024 * 1024;
+        let log = LogEngine::open_with_segment_bytes(dir.path(), segment).unwrap();
+        let n = 24 * 16u64;
+        for i in 1..=n {
+            let value = [i.to_le_bytes().to_vec(), vec![7u8; 64 * 1024]].concat();
+            log.write_blocking(vec![Op::Entries { region: 3, first: i, entries: vec![value] }]).unwrap();
+        }
+        let relocated = log.stats().relocated.load(Ordering::Relaxed);
+        assert!(relocated > 0, "the log outgrew the limit, so compaction ran");
+        assert!(relocated <= 2 * n, "{relocated} entries copied for {n} written");
+        let check = |log: &LogEngine| {
+            assert_eq!(log.region_state(3).entries, Some((1, n)));
+            let got = log.read(3, 1, n + 1, usize::MAX).expect("every entry is readable");
+            assert_eq!(got.len() as u64, n);
+            for (k, (i, bytes)) in got.iter().enumerate() {
+                assert_eq!(*i, k as u64 + 1);
+                assert_eq!(bytes[..8], i.to_le_bytes(), "entry {i} holds its own bytes");
+            }
+        };
         check(&log);
         log.close();
         let log = LogEngine::open_with_segment_bytes(dir.path(), segment).unwrap();
