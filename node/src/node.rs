@@ -545,6 +545,7 @@ async fn destroy_region(shared: &Shared, newer: RegionDescriptor) -> Result<(), 
         return Ok(());
     }
     tracing::info!(region_id = newer.id.0, peer = region.peer.id.0, "destroying a replica that was moved away");
+    region.shared.mark_retired();
     if let Err(e) = region.raft.shutdown().await {
         tracing::warn!(region_id = newer.id.0, error = %e, "stopping the region's group failed");
     }
@@ -725,6 +726,7 @@ async fn destroy_merged_region(shared: &Shared, source: tessera_wire::RegionId) 
         return Ok(());
     }
     tracing::info!(region_id = source.0, peer = region.peer.id.0, "destroying a region merged into its neighbour");
+    region.shared.mark_retired();
     if let Err(e) = region.raft.shutdown().await {
         tracing::warn!(region_id = source.0, error = %e, "stopping the region's group failed");
     }

@@ -153,34 +153,38 @@ impl RegionLogStore {
     /// that came back short (entries lost under the log) would drop their writes without a
     /// word; this fails the read, and so the region, instead.
     fn check_contiguous(&self, start: u64, entries: &[Entry]) -> io::Result<()> {
-        let missing = |found: u64, wanted: u64| {
+        let missing = |found: Option<u64>, wanted: u64| {
+            let found = found.map_or_else(|| "nothing".to_owned(), |i| format!("entry {i}"));
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "region {}: the raft log read from {start} has entry {found} where {wanted} belongs: \
+                    "region {}: the raft log read from {start} has {found} where {wanted} belongs: \
                      entries are missing",
                     self.region
                 ),
             )
         };
-        let Some(first) = entries.first() else { return Ok(()) };
-        if first.index() != start {
-            // Fine only if the log begins after `start` (purged, or never written there).
-            let purged = self.mem().last_purged.map(|l| l.index());
-            let begins = self.wal.region_state(self.region).entries.map(|(f, _)| f);
-            let log_start = match (purged, begins) {
-                (Some(p), Some(f)) => f.min(p + 1),
-                (Some(p), None) => p + 1,
-                (None, Some(f)) => f,
-                (None, None) => first.index(),
+        let found = entries.first().map(|e| e.index());
+        if found != Some(start) {
+            // Fine only if the log begins after `start` (purged, or never written there),
+            // or (nothing found) ends before it.
+            let (purged, last, cached) = {
+                let m = self.mem();
+                (m.last_purged.map(|l| l.index()), m.last.map(|l| l.index()), m.first_cached())
             };
-            if first.index() != start.max(log_start) {
-                return Err(missing(first.index(), start.max(log_start)));
+            let begins = self.wal.region_state(self.region).entries.map(|(f, _)| f);
+            let log_start = [purged.map(|p| p + 1), begins, cached, found].into_iter().flatten().min();
+            match (found, log_start) {
+                (Some(i), Some(ls)) if i != start.max(ls) => return Err(missing(found, start.max(ls))),
+                (None, Some(ls)) if start >= ls && last.is_some_and(|l| start <= l) => {
+                    return Err(missing(None, start))
+                }
+                _ => {}
             }
         }
         for w in entries.windows(2) {
             if w[1].index() != w[0].index() + 1 {
-                return Err(missing(w[1].index(), w[0].index() + 1));
+                return Err(missing(Some(w[1].index()), w[0].index() + 1));
             }
         }
         Ok(())
@@ -466,6 +470,33 @@ mod tests {
             assert_eq!(tail.iter().map(|e| e.index()).collect::<Vec<_>>(), [5, 6]);
             assert_eq!(log.try_get_log_entries(1..4).await.unwrap().len(), 3);
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replication_read_at_a_hole_that_runs_to_the_memory_tail_fails_instead_of_finding_nothing() {
+        // Entries 4-5 are missing right below the first entry held in memory: the disk
+        // part of the read finds nothing, and an empty answer would read as "nothing to
+        // send" to openraft, which would retry it every 10 ms for ever.
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let wal = LogEngine::open(&dir.path().join("raft-log")).unwrap();
+        let enc = |i: u64| encode(&entry(i, 100 * 1024)).unwrap();
+        wal.write_blocking(vec![
+            crate::storage::wal::Op::Entries { region: 4, first: 1, entries: (1..=3).map(enc).collect() },
+            crate::storage::wal::Op::Entries { region: 4, first: 6, entries: (6..=8).map(enc).collect() },
+        ])
+        .unwrap();
+        // A budget of three entries: 6-8 are in memory, the rest on disk only.
+        let mut log = RegionLogStore::open_with_budget(&engine, &wal, 4, 310 * 1024).unwrap();
+        assert_eq!(log.cached().0, 3, "entries 6-8 in memory");
+        for start in [4, 5] {
+            let err = log.limited_get_log_entries(start, 9).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+            assert!(log.try_get_log_entries(start..9).await.is_err());
+        }
+        assert_eq!(log.limited_get_log_entries(6, 9).await.unwrap().first().map(|e| e.index()), Some(6));
+        // Past the end of the log there is nothing to find, and that is no error.
+        assert!(log.limited_get_log_entries(9, 12).await.unwrap().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

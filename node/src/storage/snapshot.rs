@@ -23,7 +23,7 @@
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use redb::{ReadableTable, WriteTransaction};
@@ -445,6 +445,7 @@ pub async fn install(
     applied: Option<crate::raft::types::LogId>,
     membership: crate::raft::types::StoredMembership,
     range_version: Option<Arc<AtomicU64>>,
+    abandon: Option<&AtomicBool>,
 ) -> io::Result<Installed> {
     // A fresh data id, listed as an install in progress until it goes live: the collector
     // must not touch it meanwhile, and after a crash (or a failed install) it is garbage.
@@ -456,7 +457,7 @@ pub async fn install(
         Ok(id)
     })
     .await?;
-    let result = install_into(engine, region, file, staging, applied, membership, range_version).await;
+    let result = install_into(engine, region, file, staging, applied, membership, range_version, abandon).await;
     if result.is_err() {
         // Abandoned: its rows are garbage now.
         let _ = job(engine, false, move |txn| {
@@ -474,6 +475,7 @@ pub async fn install(
 }
 
 /// The body of [`install`], into the data id `staging`.
+#[allow(clippy::too_many_arguments)]
 async fn install_into(
     engine: &Engine,
     region: u64,
@@ -482,7 +484,18 @@ async fn install_into(
     applied: Option<crate::raft::types::LogId>,
     membership: crate::raft::types::StoredMembership,
     range_version: Option<Arc<AtomicU64>>,
+    abandon: Option<&AtomicBool>,
 ) -> io::Result<Installed> {
+    // Checked before each step and before the switch: a replica being retired stops here
+    // (its staging rows become garbage) rather than hold the retirement up.
+    let abandoned = || -> io::Result<()> {
+        match abandon.is_some_and(|a| a.load(Ordering::SeqCst)) {
+            true => {
+                Err(io::Error::other(format!("snapshot install of region {region} abandoned: its replica is retired")))
+            }
+            false => Ok(()),
+        }
+    };
     let path = file.path().to_path_buf();
     let mut reader =
         Some(tokio::task::spawn_blocking(move || SnapshotReader::open(&path)).await.map_err(io::Error::other)??);
@@ -494,6 +507,7 @@ async fn install_into(
         let (r, items) =
             tokio::task::spawn_blocking(move || read_step(r, INSTALL_STEP_BYTES)).await.map_err(io::Error::other)??;
         reader = Some(r);
+        abandoned()?;
         if items.is_empty() {
             break;
         }
@@ -754,7 +768,7 @@ mod tests {
         let l = leader.clone();
         let (_, file) = tokio::task::spawn_blocking(move || build(&l, 5)).await.unwrap().unwrap();
         let commits_before = follower.stats().jobs.load(Ordering::Relaxed);
-        let installed = install(&follower, 5, &file, None, StoredMembership::default(), None).await.unwrap();
+        let installed = install(&follower, 5, &file, None, StoredMembership::default(), None, None).await.unwrap();
         assert!(follower.stats().jobs.load(Ordering::Relaxed) - commits_before >= 3, "installed in several jobs");
         assert_eq!(installed.keys, 60_000);
         assert!(installed.state.data_id >= FIRST_INSTALLED_DATA_ID);
@@ -818,7 +832,7 @@ mod tests {
         assert_eq!((pairs, dedup), (500, 1));
         // Region 6 installs it (as a lagging replica would): its old half under id 5 and its
         // old session rows become garbage; region 5's rows and sessions stay.
-        let installed = install(&engine, 6, &file, None, StoredMembership::default(), None).await.unwrap();
+        let installed = install(&engine, 6, &file, None, StoredMembership::default(), None, None).await.unwrap();
         collect_garbage(&engine).await.unwrap();
         assert_eq!(rows(&engine, 5), (500, 1), "region 5 keeps its half and its session rows");
         assert_eq!(rows(&engine, installed.state.data_id), (500, 1));
@@ -840,7 +854,7 @@ mod tests {
         let len = std::fs::metadata(file.path()).unwrap().len();
         let f = std::fs::OpenOptions::new().write(true).open(file.path()).unwrap();
         f.set_len(len - 10).unwrap();
-        let r = install(&engine, 5, &file, None, StoredMembership::default(), None).await;
+        let r = install(&engine, 5, &file, None, StoredMembership::default(), None, None).await;
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData);
         let txn = engine.read().unwrap();
         assert_eq!(read_state(&txn, 5).unwrap().data_id, 5, "still on the old rows");

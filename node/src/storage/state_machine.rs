@@ -340,8 +340,15 @@ impl RegionShared {
     /// ([`RegionStateMachine::await_merge_source`], which may wait on work the node cannot
     /// do while it destroys this replica) gives up instead of holding the retirement back.
     pub async fn retire(&self) {
-        self.retired.store(true, Ordering::SeqCst);
+        self.mark_retired();
         drop(self.sm_busy.lock().await);
+    }
+
+    /// The first half of [`RegionShared::retire`], for before the group stops: from now
+    /// on applies and installs fail, and one waiting (for a merge's source, or between
+    /// install steps) gives up, so the Raft core is never stuck handing it more work.
+    pub fn mark_retired(&self) {
+        self.retired.store(true, Ordering::SeqCst);
     }
 
     /// Whether the replica is being retired ([`RegionShared::retire`]).
@@ -696,6 +703,7 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
             meta.last_log_id,
             meta.last_membership.clone(),
             Some(self.shared.range_version.clone()),
+            Some(&self.shared.retired),
         )
         .await?;
         self.state = installed.state;
@@ -1289,8 +1297,15 @@ mod merge_tests {
         // An install queued before the group stopped is refused too, before it writes.
         let (_, file) = snapshot::build(&engine, 1).unwrap();
         let meta = SnapshotMeta { last_log_id: Some(log_id(6)), last_membership: sm.state.membership.clone() };
-        let err = sm.install_snapshot(&meta, file).await.unwrap_err();
+        let err = sm.install_snapshot(&meta, file.clone()).await.unwrap_err();
         assert!(err.to_string().contains("retired"), "{err}");
+        // An install already past its lock when the replica is marked stops at its next
+        // step, its staging rows listed as garbage.
+        let flag = std::sync::atomic::AtomicBool::new(true);
+        let err = snapshot::install(&engine, 1, &file, Some(log_id(6)), sm.state.membership.clone(), None, Some(&flag))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("abandoned"), "{err}");
         assert_eq!(snapshot::read_state(&engine.read().unwrap(), 1).unwrap().data_id, 1, "no switch");
     }
 

@@ -825,8 +825,9 @@ impl LogEngine {
     /// Deletes segments that hold no live entry of any region. Their metadata (votes,
     /// commit marks, purge points) is in the checkpoint of every newer segment.
     ///
-    /// Every span counts, not only each region's first: a compaction puts its copy of a
-    /// region's oldest entries first, in the newest segment, ahead of spans in older ones.
+    /// Every span counts, not only each region's first: a compaction copies entries into
+    /// the newest segment wherever they are in a region's log, so a region's spans are not
+    /// in segment order.
     fn delete_unused_segments(&self) {
         let min_live = {
             let index = lock(&self.shared.index);
