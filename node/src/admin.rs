@@ -245,15 +245,7 @@ async fn step(ctx: &NodeContext, command: RegionCommand) -> Result<&'static str,
             if applied < prepare_index || local.shared.merging().is_none() {
                 return Err(StepError::Refused(format!("region {} has not applied its prepare here yet", source.id)));
             }
-            let cmd = LogCommand::CommitMergeV1 {
-                target_epoch: (desc.epoch.conf_ver, desc.epoch.version),
-                source: source.id.0,
-                source_start: source.start_key.clone(),
-                source_end: source.end_key.clone(),
-                source_epoch: (source.epoch.conf_ver, source.epoch.version),
-                source_peers: source.peers.iter().map(|p| (p.id.0, p.node_id.0)).collect(),
-                prepare_index,
-            };
+            let cmd = LogCommand::commit_merge(desc.epoch, &source, prepare_index);
             expect(region.raft.client_write(cmd).await.map_err(|e| raft_err(&e))?.data, ApplyResult::Merged)
                 .map(|_| "commit merge")
         }

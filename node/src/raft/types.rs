@@ -116,6 +116,24 @@ pub struct SessionRef {
 }
 
 impl LogCommand {
+    /// The commit of the merge of `source` (as prepared: its epoch after the prepare at
+    /// `prepare_index`) into the region whose epoch is `target`.
+    pub fn commit_merge(
+        target: tessera_wire::RegionEpoch,
+        source: &tessera_wire::RegionDescriptor,
+        prepare_index: u64,
+    ) -> LogCommand {
+        LogCommand::CommitMergeV1 {
+            target_epoch: (target.conf_ver, target.version),
+            source: source.id.0,
+            source_start: source.start_key.clone(),
+            source_end: source.end_key.clone(),
+            source_epoch: (source.epoch.conf_ver, source.epoch.version),
+            source_peers: source.peers.iter().map(|p| (p.id.0, p.node_id.0)).collect(),
+            prepare_index,
+        }
+    }
+
     /// The mutation of a client write, whatever the format version; `None` for an admin
     /// command.
     pub fn op(&self) -> Option<&LogOp> {

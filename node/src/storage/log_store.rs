@@ -437,18 +437,27 @@ mod tests {
         }
     }
 
+    /// Writes region 4's `ranges` of entries (of `value_len` bytes) straight into the log
+    /// engine, so that the gaps between them are entries lost under the log.
+    fn write_with_holes(wal: &LogEngine, ranges: &[std::ops::RangeInclusive<u64>], value_len: usize) {
+        let ops = ranges
+            .iter()
+            .map(|r| crate::storage::wal::Op::Entries {
+                region: 4,
+                first: *r.start(),
+                entries: r.clone().map(|i| encode(&entry(i, value_len)).unwrap()).collect(),
+            })
+            .collect();
+        wal.write_blocking(ops).unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_read_across_missing_entries_fails_instead_of_coming_back_short() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
         let wal = LogEngine::open(&dir.path().join("raft-log")).unwrap();
-        let enc = |i: u64| encode(&entry(i, 10)).unwrap();
         // Entries 1-3 and 5-6 with 4 lost under them (as a deleted segment would leave).
-        wal.write_blocking(vec![
-            crate::storage::wal::Op::Entries { region: 4, first: 1, entries: (1..=3).map(enc).collect() },
-            crate::storage::wal::Op::Entries { region: 4, first: 5, entries: (5..=6).map(enc).collect() },
-        ])
-        .unwrap();
+        write_with_holes(&wal, &[1..=3, 5..=6], 10);
         for budget in [1, TAIL_BYTES] {
             let mut log = RegionLogStore::open_with_budget(&engine, &wal, 4, budget).unwrap();
             let err = log.try_get_log_entries(1..7).await.unwrap_err();
@@ -480,12 +489,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
         let wal = LogEngine::open(&dir.path().join("raft-log")).unwrap();
-        let enc = |i: u64| encode(&entry(i, 100 * 1024)).unwrap();
-        wal.write_blocking(vec![
-            crate::storage::wal::Op::Entries { region: 4, first: 1, entries: (1..=3).map(enc).collect() },
-            crate::storage::wal::Op::Entries { region: 4, first: 6, entries: (6..=8).map(enc).collect() },
-        ])
-        .unwrap();
+        write_with_holes(&wal, &[1..=3, 6..=8], 100 * 1024);
         // A budget of three entries: 6-8 are in memory, the rest on disk only.
         let mut log = RegionLogStore::open_with_budget(&engine, &wal, 4, 310 * 1024).unwrap();
         assert_eq!(log.cached().0, 3, "entries 6-8 in memory");

@@ -359,7 +359,7 @@ impl RegionShared {
     /// The guard an apply or install holds, or the error if the replica was retired.
     async fn enter(&self) -> io::Result<tokio::sync::MutexGuard<'_, ()>> {
         let busy = self.sm_busy.lock().await;
-        if self.retired.load(Ordering::SeqCst) {
+        if self.is_retired() {
             return Err(io::Error::other(format!("region {} was retired on this node", self.region_id.0)));
         }
         Ok(busy)
@@ -1375,15 +1375,9 @@ mod merge_tests {
         let mut target = machine(&engine, &left).await;
         let mut source = machine(&engine, &right).await;
         apply(&mut source, 6, put(b"p")).await;
-        let commit = LogCommand::CommitMergeV1 {
-            target_epoch: (left.epoch.conf_ver, left.epoch.version),
-            source: 2,
-            source_start: right.start_key.clone(),
-            source_end: right.end_key.clone(),
-            source_epoch: (right.epoch.conf_ver, right.epoch.version + 1),
-            source_peers: right.peers.iter().map(|p| (p.id.0, p.node_id.0)).collect(),
-            prepare_index: 7,
-        };
+        let mut prepared = right.clone();
+        prepared.epoch.version += 1;
+        let commit = LogCommand::commit_merge(left.epoch, &prepared, 7);
         let shared = target.shared.clone();
         let waiting = tokio::spawn(async move {
             let entry = Entry::new_normal(log_id(6), commit);
@@ -1410,16 +1404,7 @@ mod merge_tests {
         apply(&mut source, 7, put(b"q")).await;
         let mut prepared = right.clone();
         prepared.epoch.version += 1;
-        let prepared_for_commit = prepared.clone();
-        let commit = move |target_epoch: RegionEpoch| LogCommand::CommitMergeV1 {
-            target_epoch: (target_epoch.conf_ver, target_epoch.version),
-            source: 2,
-            source_start: prepared_for_commit.start_key.clone(),
-            source_end: prepared_for_commit.end_key.clone(),
-            source_epoch: (prepared_for_commit.epoch.conf_ver, prepared_for_commit.epoch.version),
-            source_peers: prepared_for_commit.peers.iter().map(|p| (p.id.0, p.node_id.0)).collect(),
-            prepare_index: 8,
-        };
+        let commit = |target_epoch: RegionEpoch| LogCommand::commit_merge(target_epoch, &prepared, 8);
         // A commit against another epoch of the target is refused at once.
         let mut other = left.epoch;
         other.conf_ver += 1;
