@@ -368,6 +368,7 @@ async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Regi
     let region = Arc::new(Region {
         id: desc.id,
         peer,
+        proposer: crate::raft::proposer::Proposer::new(raft.clone()),
         raft,
         shared: region_shared,
         incoming: Default::default(),

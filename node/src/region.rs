@@ -30,6 +30,8 @@ pub struct Region {
     pub peer: Peer,
     /// The Raft group handle.
     pub raft: Raft,
+    /// Proposes the region's client writes, in batches when several are in progress.
+    pub proposer: crate::raft::proposer::Proposer,
     /// Descriptor and statistics.
     pub shared: Arc<RegionShared>,
     /// Snapshot being received (an async lock: chunks are written to disk under it).

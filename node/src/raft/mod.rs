@@ -2,4 +2,5 @@
 
 pub mod append_stream;
 pub mod network;
+pub mod proposer;
 pub mod types;

@@ -199,10 +199,10 @@ impl NodeService {
             let cmd = LogCommand::from_wire(session, command, self.limits.max_value_len, now_ms, self.session_ttl_ms);
             let started = std::time::Instant::now();
             region.shared.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let result = region.raft.client_write(cmd).await;
+            let result = region.proposer.write(cmd).await;
             crate::metrics::STAGES.kv_write.record(started.elapsed());
             return match result {
-                Ok(resp) => resp.data.to_wire().map(|w| ResponseBody::Kv(KvResponse::Write(w))),
+                Ok(applied) => applied.to_wire().map(|w| ResponseBody::Kv(KvResponse::Write(w))),
                 Err(e) => Err(write_error(e, region_id, || region.leader_hint(&self.ctx.book))),
             };
         }
