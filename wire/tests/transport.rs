@@ -14,7 +14,7 @@ use tempfile::TempDir;
 use tessera_certs::{client_tls_config, ensure_dev_certs, server_tls_config, ClusterAuthenticator, TlsFiles};
 use tessera_wire::quic::{
     Authenticator, ClientEndpoint, ConnectionPool, PeerInfo, Principal, ResetKeySeed, Server, Service, SocketReleased,
-    TransportConfig, TransportError, CLOSE_HANDSHAKE_REFUSED, CLOSE_PROTOCOL_ERROR,
+    TransportConfig, TransportError, CLOSE_HANDSHAKE_REFUSED, CLOSE_INTERNAL_ERROR, CLOSE_PROTOCOL_ERROR,
 };
 use tessera_wire::{
     frame, Error, Frame, FrameBody, Hello, NodeId, PeerId, RaftRequest, RaftResponse, RaftRpcKind, RegionId, Request,
@@ -29,7 +29,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 // Fixtures
 // ---------------------------------------------------------------------------------------
 
-/// Echoes Raft payloads. Payload `hang` never completes, `slow` waits for `release`.
+/// Echoes Raft payloads. Payload `hang` never completes, `slow` waits for `release`,
+/// `panic` panics after a first poll that was pending.
 #[derive(Default)]
 struct Echo {
     remotes: Mutex<HashSet<SocketAddr>>,
@@ -51,6 +52,10 @@ impl Service for Echo {
             b"slow" => {
                 self.started.notify_one();
                 self.release.notified().await;
+            }
+            b"panic" => {
+                tokio::task::yield_now().await;
+                panic!("the service fails on this request");
             }
             _ => {}
         }
@@ -313,6 +318,22 @@ async fn oversized_length_prefix_is_refused_without_waiting_for_the_body() {
     // the prefix alone.
     send.write_all(&(frame::DEFAULT_MAX_FRAME_LEN + 1).to_be_bytes()).await.unwrap();
     assert_eq!(application_close_code(&raw.conn).await, u64::from(CLOSE_PROTOCOL_ERROR));
+    assert_served(&dir, &server).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_request_closes_its_connection_and_no_other() {
+    let dir = certs();
+    let server = start_server(&dir, loopback(), TransportConfig::default());
+    let bystander = client(&dir).connect(&server.addr()).await.unwrap();
+    let raw = raw_connect(&dir, server.addr).await;
+    let (mut send, _recv, ack) = raw_exchange(&raw, &hello()).await;
+    assert!(matches!(ack.body, FrameBody::HelloAck(Ok(_))), "{ack:?}");
+    send.write_all(&frame::encode(&Frame::request(1, echo_request(b"panic"))).unwrap()).await.unwrap();
+    assert_eq!(application_close_code(&raw.conn).await, u64::from(CLOSE_INTERNAL_ERROR));
+
+    assert_eq!(echoed(bystander.call(echo_request(b"unaffected"), TIMEOUT).await.unwrap()), b"unaffected");
     assert_served(&dir, &server).await;
     server.shutdown().await;
 }

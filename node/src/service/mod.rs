@@ -68,7 +68,9 @@ impl Service for NodeService {
                             None => return Ok(ResponseBody::Kv(KvResponse::Scan { pairs: vec![], resume_key: None })),
                         }
                     }
-                    self.kv(req).await
+                    // Boxed: a request's future is as large as its largest branch, and
+                    // Raft messages need far less room than a key-value request.
+                    Box::pin(self.kv(req)).await
                 }
                 Request::Raft(req) => match peer.role {
                     Role::Node(_) => self.raft(req).await,

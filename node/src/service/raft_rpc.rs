@@ -21,11 +21,38 @@ fn encode<T: Serialize>(v: &T) -> Response {
 }
 
 impl NodeService {
+    /// Answers a Raft message. Pipelined appends, nearly all of the traffic, are handled
+    /// here; the other kinds in [`NodeService::raft_other`], boxed, so that the future of
+    /// every request (which its task holds) stays small.
     pub(crate) async fn raft(&self, req: RaftRequest) -> Response {
         let region = self.ctx.regions.get(req.region_id).ok_or(Error::RegionNotFound { region_id: req.region_id })?;
         if region.peer.id != req.to_peer {
             return Err(Error::RegionNotFound { region_id: req.region_id });
         }
+        if req.kind == RaftRpcKind::AppendStream {
+            self.append_stream(&region, req).await
+        } else {
+            Box::pin(self.raft_other(region, req)).await
+        }
+    }
+
+    /// One message of a pipelined replication stream.
+    async fn append_stream(&self, region: &Region, req: RaftRequest) -> Response {
+        let msg: crate::raft::network::StreamAppendMsg = decode(&req.payload)?;
+        let has_entries = !msg.rpc.entries.is_empty();
+        let started = std::time::Instant::now();
+        let answer = region.append_streams.submit(&region.raft, msg);
+        let result = answer.await.map_err(|_| Error::RegionUnavailable {
+            region_id: req.region_id,
+            reason: "replication stream ended".into(),
+        })?;
+        if has_entries {
+            crate::metrics::STAGES.follower_append.record(started.elapsed());
+        }
+        encode(&result)
+    }
+
+    async fn raft_other(&self, region: std::sync::Arc<Region>, req: RaftRequest) -> Response {
         let unavailable =
             |e: &dyn std::fmt::Display| Error::RegionUnavailable { region_id: req.region_id, reason: e.to_string() };
         match req.kind {
@@ -39,17 +66,7 @@ impl NodeService {
                 }
                 encode(&resp)
             }
-            RaftRpcKind::AppendStream => {
-                let msg: crate::raft::network::StreamAppendMsg = decode(&req.payload)?;
-                let has_entries = !msg.rpc.entries.is_empty();
-                let started = std::time::Instant::now();
-                let answer = region.append_streams.submit(&region.raft, msg);
-                let result = answer.await.map_err(|_| unavailable(&"replication stream ended"))?;
-                if has_entries {
-                    crate::metrics::STAGES.follower_append.record(started.elapsed());
-                }
-                encode(&result)
-            }
+            RaftRpcKind::AppendStream => self.append_stream(&region, req).await,
             RaftRpcKind::Vote => {
                 let rpc: VoteRequest<TypeConfig> = decode(&req.payload)?;
                 let resp = region.raft.vote(rpc).await.map_err(|e| unavailable(&e))?;

@@ -509,7 +509,7 @@ impl<C: Closer> Handler<C> {
     async fn run(self, response: impl Future<Output = Response> + Send + 'static) {
         let request_id = self.request_id;
         let remote = self.peer.remote;
-        let response = match CatchUnwind(Box::pin(response)).await {
+        let response = match CatchUnwind::new(response).await {
             Ok(response) => response,
             Err(()) => {
                 // The request's fate is unknown; losing the connection is how the client
@@ -548,15 +548,27 @@ pub(crate) fn encode_response(request_id: u64, response: Response, max_frame_len
     }
 }
 
-/// Runs a future, turning a panic into `Err(())` so one failing request cannot take the
-/// server's tasks down silently.
-pub(crate) struct CatchUnwind<F>(pub(crate) Pin<Box<F>>);
+pin_project_lite::pin_project! {
+    /// Runs a future, turning a panic into `Err(())` so one failing request cannot take the
+    /// server's tasks down silently. The future stays where it is (inside its task), so a
+    /// request's future is allocated and moved once, not boxed a second time.
+    pub(crate) struct CatchUnwind<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> CatchUnwind<F> {
+    pub(crate) fn new(inner: F) -> CatchUnwind<F> {
+        CatchUnwind { inner }
+    }
+}
 
 impl<F: Future> Future for CatchUnwind<F> {
     type Output = Result<F::Output, ()>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.0.as_mut();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.project().inner;
         match std::panic::catch_unwind(AssertUnwindSafe(move || inner.poll(cx))) {
             Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
             Ok(Poll::Pending) => Poll::Pending,

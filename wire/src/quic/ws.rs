@@ -258,7 +258,7 @@ async fn serve_socket<S: Service, A: Authenticator>(
                 tokio::spawn(async move {
                     let _slot = slot;
                     let _done = done;
-                    let answer = match CatchUnwind(Box::pin(response)).await {
+                    let answer = match CatchUnwind::new(response).await {
                         Ok(response) => response_message(request_id, response, max_frame_len),
                         Err(()) => {
                             tracing::error!(peer = %remote, request_id, "request handler panicked; closing socket");
