@@ -44,7 +44,8 @@ pub trait Propose: Clone + Send + Sync + 'static {
     /// Proposes one write and waits for its result.
     fn write_one(&self, cmd: LogCommand) -> impl Future<Output = WriteOutcome> + Send;
     /// Proposes `cmds` as one message; the stream yields their results in order.
-    fn write_many(&self, cmds: Vec<LogCommand>) -> impl Future<Output = Result<BatchResults, Fatal<TypeConfig>>> + Send;
+    fn write_many(&self, cmds: Vec<LogCommand>)
+        -> impl Future<Output = Result<BatchResults, Fatal<TypeConfig>>> + Send;
 }
 
 impl Propose for Raft {
@@ -239,6 +240,20 @@ mod tests {
         }
     }
 
+    /// Starts a first write (key 1), which goes straight to the group and whose answer waits
+    /// on the fake's gate, and returns once the group has it: later writes find a write in
+    /// progress and queue.
+    async fn hold_the_group(fake: &Fake, proposer: &Arc<Proposer<Fake>>) -> tokio::task::JoinHandle<WriteOutcome> {
+        let first = tokio::spawn({
+            let p = proposer.clone();
+            async move { p.write(put(1)).await }
+        });
+        while fake.singles.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        first
+    }
+
     #[tokio::test]
     async fn a_lone_write_goes_straight_to_raft() {
         let fake = Fake::default();
@@ -254,15 +269,7 @@ mod tests {
     async fn concurrent_writes_go_as_one_batch_and_each_gets_its_own_answer() {
         let fake = Fake::default();
         let proposer = Arc::new(Proposer::new(fake.clone()));
-        // The first write holds the group (its answer waits on the gate), so the next ones
-        // find a write in progress and queue.
-        let first = tokio::spawn({
-            let p = proposer.clone();
-            async move { p.write(put(1)).await }
-        });
-        while fake.singles.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let first = hold_the_group(&fake, &proposer).await;
         let rest: Vec<_> = (2..=20)
             .map(|i| {
                 let p = proposer.clone();
@@ -296,13 +303,7 @@ mod tests {
     async fn a_batch_never_exceeds_its_byte_budget_but_a_large_write_still_goes() {
         let fake = Fake::default();
         let proposer = Arc::new(Proposer::new(fake.clone()));
-        let first = tokio::spawn({
-            let p = proposer.clone();
-            async move { p.write(put(1)).await }
-        });
-        while fake.singles.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let first = hold_the_group(&fake, &proposer).await;
         // Three writes of 3 MiB each: no two fit one batch of MAX_BATCH_BYTES.
         let big = |i: u32| {
             LogCommand::from_wire(
@@ -334,13 +335,7 @@ mod tests {
     async fn writers_whose_results_never_come_learn_that_the_group_stopped() {
         let fake = Fake { stop_after: Some(0), ..Fake::default() };
         let proposer = Arc::new(Proposer::new(fake.clone()));
-        let first = tokio::spawn({
-            let p = proposer.clone();
-            async move { p.write(put(1)).await }
-        });
-        while fake.singles.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let first = hold_the_group(&fake, &proposer).await;
         let outcome = proposer.write(put(2)).await;
         assert!(matches!(outcome, Err(RaftError::Fatal(Fatal::Stopped))), "{outcome:?}");
         fake.gate.add_permits(1);
