@@ -177,17 +177,10 @@ impl NodeService {
         let region_id = desc.id;
         let r = region_id.0;
         if let KvOp::Write { session, command } = req.op {
-            if let WriteCommand::Append { key, value } = &command {
-                // Fast path: refuse an append that would grow the value past the limit
-                // without proposing it. The state machine checks again at apply, where
-                // concurrent appends are ordered; this read only saves a log entry.
-                let key = key.clone();
-                let current = self.read(move |engine| read_get(engine, r, None, &key)).await?;
-                let len = (current.map_or(0, |v| v.len()) + value.len()) as u64;
-                if len > self.limits.max_value_len as u64 {
-                    return Err(Error::ValueTooLarge { len, max: self.limits.max_value_len as u64 });
-                }
-            }
+            // An append that would grow its value past the limit is refused by the state
+            // machine, where appends are ordered. (No refusal here from a read of the local
+            // state: that state is not linearized, and a write answered before its commit
+            // (docs/life-of-a-write.md) may not be visible in it yet.)
             if let Some(busy) = self.overload(&region) {
                 return Err(busy);
             }

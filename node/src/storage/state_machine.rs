@@ -35,12 +35,24 @@ pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, SnapshotFile)>>>;
 /// What one apply batch produced: results in entry order, the change in (keys, bytes), and
 /// the state after it.
-type ApplyOutput = Arc<Mutex<Option<Applied>>>;
+type ApplyOutput<A> = Arc<Mutex<Option<Applied<A>>>>;
+
+/// Where an entry's result goes: its proposer, waiting in `client_write` (a channel in
+/// tests).
+trait Answer: Send + 'static {
+    fn send(self, result: ApplyResult);
+}
+
+impl Answer for ApplyResponder<TypeConfig> {
+    fn send(self, result: ApplyResult) {
+        ApplyResponder::send(self, result);
+    }
+}
 
 /// What one apply batch produced.
-struct Applied {
-    /// Results in entry order.
-    res: Vec<ApplyResult>,
+struct Applied<A> {
+    /// Proposers not answered before the commit, with their results.
+    late: Vec<(A, ApplyResult)>,
     /// Change in keys.
     dk: i64,
     /// Change in bytes.
@@ -794,13 +806,19 @@ impl RegionStateMachine {
 
     /// Applies `items` (a batch, or the part of one up to a merge's commit) in one
     /// transaction of the group commit, then answers their proposers.
-    async fn apply_segment(&mut self, items: Vec<(Work, Option<ApplyResponder<TypeConfig>>)>) -> io::Result<()> {
+    async fn apply_segment<A: Answer>(&mut self, items: Vec<(Work, Option<A>)>) -> io::Result<()> {
         if items.is_empty() {
             return Ok(());
         }
         let started = std::time::Instant::now();
         let region = self.region;
         let (work_items, responders): (Vec<Work>, Vec<_>) = items.into_iter().unzip();
+        // Client writes are answered inside the transaction, before it commits (see
+        // `answer`); admin commands and membership changes after it, with their effects.
+        let early: Vec<bool> = work_items
+            .iter()
+            .map(|w| matches!(w, Work::Command(_, LogCommand::WriteV1 { .. } | LogCommand::WriteV2 { .. })))
+            .collect();
         if let Some(Work::Command(_, cmd @ LogCommand::CommitMergeV1 { .. })) = work_items.first() {
             let desc = self.shared.descriptor();
             if let Some(merge) = CommitMerge::from_command(cmd) {
@@ -822,7 +840,7 @@ impl RegionStateMachine {
         // half's rows; with every seeding replica lost that way, no replica holds the new
         // region's rows or membership (docs/storage.md).
         let splits_here = work_items.iter().any(|w| matches!(w, Work::Command(_, LogCommand::SplitV1 { .. })));
-        let results: ApplyOutput = Default::default();
+        let results: ApplyOutput<A> = Default::default();
         let out = results.clone();
         let mut state = self.state.clone();
         let mut desc = self.shared.descriptor();
@@ -1005,8 +1023,9 @@ impl RegionStateMachine {
                 snapshot::queue_garbage(txn, garbage)?;
             }
             let new_desc = desc_changed.then_some(desc);
+            let late = answer(responders, res, &early);
             *out.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(Applied { res, dk, db, state, new_desc, splits, collect, merging, merged });
+                Some(Applied { late, dk, db, state, new_desc, splits, collect, merging, merged });
             Ok(())
         });
         if splits_here {
@@ -1017,7 +1036,7 @@ impl RegionStateMachine {
             self.engine.write_lazy(work).await?;
         }
         crate::metrics::STAGES.apply.record(started.elapsed());
-        let Applied { res, dk, db, state, new_desc, splits, collect, merging, merged } = results
+        let Applied { late, dk, db, state, new_desc, splits, collect, merging, merged } = results
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
@@ -1060,13 +1079,35 @@ impl RegionStateMachine {
                 let _ = tx.send(RegionEvent::Merged { target: self.shared.region_id, source });
             }
         }
-        for (responder, r) in responders.into_iter().zip(res) {
-            if let Some(responder) = responder {
-                responder.send(r);
-            }
+        for (responder, r) in late {
+            responder.send(r);
         }
         Ok(())
     }
+}
+
+/// Answers the proposers of the entries marked `early` now, and returns the others' with
+/// their results (answered once the batch's effects are published).
+///
+/// A client write is answered as soon as its result is computed, inside the apply's
+/// transaction, before that commits: its entry is committed (durable on a majority), and
+/// the result is a function of the log up to it, so every replica, and this one applying
+/// the log again after a crash, computes the same. Nothing can observe the write's absence
+/// after the answer: a linearizable read waits until openraft's applied index reaches its
+/// read index, and that moves only when `apply` returns, after the commit; a later write
+/// applies after this one. A commit that fails fail-stops the node's storage, and the
+/// other replicas apply the entry. What this saves is the wait for the commit and for the
+/// group commit's other jobs (docs/life-of-a-write.md, "Answered before the commit").
+fn answer<A: Answer>(responders: Vec<Option<A>>, res: Vec<ApplyResult>, early: &[bool]) -> Vec<(A, ApplyResult)> {
+    let mut late = Vec::new();
+    for ((responder, r), &early) in responders.into_iter().zip(res).zip(early) {
+        match responder {
+            Some(responder) if early => responder.send(r),
+            Some(responder) => late.push((responder, r)),
+            None => {}
+        }
+    }
+    late
 }
 
 /// A merge commit's fields.
@@ -1331,6 +1372,83 @@ mod merge_tests {
         assert_eq!(sm.shared.descriptor().end_key, b"m".to_vec(), "the split applied");
         assert_eq!(durable_commits(), before + 1, "its commit was durable");
         assert_eq!(get(&engine, 2, b"p"), Some(b"v".to_vec()), "the new region was seeded with its half");
+    }
+
+    /// A proposer waiting for its entry's result.
+    struct Waiter(tokio::sync::oneshot::Sender<ApplyResult>);
+
+    impl Answer for Waiter {
+        fn send(self, result: ApplyResult) {
+            let _ = self.0.send(result);
+        }
+    }
+
+    fn waiter() -> (Option<Waiter>, tokio::sync::oneshot::Receiver<ApplyResult>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Some(Waiter(tx)), rx)
+    }
+
+    /// A client write's proposer hears its result from inside the apply's transaction,
+    /// while the group commit it joined has not committed (another job of it is still
+    /// running); a split's proposer only once the split is committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_write_is_answered_before_its_commit_and_a_split_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let whole = region(1, b"", b"");
+        let mut sm = machine(&engine, &whole).await;
+        // The writer is held inside a transaction, so what follows queues up behind it ...
+        let (running_tx, running_rx) = std::sync::mpsc::channel();
+        let (release_writer, writer_released) = std::sync::mpsc::channel::<()>();
+        let e = engine.clone();
+        let held = tokio::spawn(async move {
+            e.write(Box::new(move |_| {
+                running_tx.send(()).unwrap();
+                writer_released.recv().unwrap();
+                Ok(())
+            }))
+            .await
+        });
+        tokio::task::spawn_blocking(move || running_rx.recv().unwrap()).await.unwrap();
+        // ... a segment of a put and a split (its job is queued on the first poll) ...
+        let (put_waiter, put_answer) = waiter();
+        let (split_waiter, mut split_answer) = waiter();
+        let split = LogCommand::SplitV1 {
+            key: b"m".to_vec(),
+            version: whole.epoch.version,
+            new_region_id: 2,
+            new_peers: vec![(21, 1), (22, 2), (23, 3)],
+        };
+        let items =
+            vec![(Work::Command(log_id(6), put(b"a")), put_waiter), (Work::Command(log_id(7), split), split_waiter)];
+        let mut applying = Box::pin(sm.apply_segment(items));
+        assert!(futures::poll!(&mut applying).is_pending());
+        // ... and a job that keeps the batch from committing until released.
+        let (release_commit, commit_released) = std::sync::mpsc::channel::<()>();
+        let (blocker_tx, blocker_done) = tokio::sync::oneshot::channel();
+        engine.submit(
+            Box::new(move |_| {
+                commit_released.recv().unwrap();
+                Ok(())
+            }),
+            Box::new(move |r| {
+                let _ = blocker_tx.send(r);
+            }),
+            0,
+        );
+        release_writer.send(()).unwrap();
+        held.await.unwrap().unwrap();
+
+        let answer = tokio::time::timeout(Duration::from_secs(30), put_answer).await;
+        assert_eq!(answer.expect("the put was answered before its commit").unwrap(), ApplyResult::Done);
+        assert_eq!(get(&engine, 1, b"a"), None, "the put is not committed yet");
+        assert!(split_answer.try_recv().is_err(), "the split is answered after its commit");
+
+        release_commit.send(()).unwrap();
+        applying.await.unwrap();
+        blocker_done.await.unwrap().unwrap();
+        assert_eq!(split_answer.await.unwrap(), ApplyResult::Split);
+        assert_eq!(get(&engine, 1, b"a"), Some(b"v".to_vec()), "committed");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
