@@ -443,7 +443,7 @@ fn commit_batch(db: &redb::Database, batch: Vec<Job>, shared: &Shared) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use redb::ReadableTableMetadata;
 
     use super::*;
@@ -456,9 +456,12 @@ mod tests {
         })
     }
 
-    /// Submits a job (inserting row 0) that holds the writer inside its transaction until
-    /// the returned sender is used; returns once the writer is inside it.
-    async fn hold_writer(engine: &Engine) -> (tokio::task::JoinHandle<io::Result<()>>, std::sync::mpsc::Sender<()>) {
+    /// Submits a job (inserting row 0 of `sm_meta`, which no region uses) that holds the
+    /// writer inside its transaction until the returned sender is used; returns once the
+    /// writer is inside it.
+    pub(crate) async fn hold_writer(
+        engine: &Engine,
+    ) -> (tokio::task::JoinHandle<io::Result<()>>, std::sync::mpsc::Sender<()>) {
         let (running_tx, running_rx) = std::sync::mpsc::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let e = engine.clone();

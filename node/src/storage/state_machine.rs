@@ -1310,6 +1310,16 @@ mod merge_tests {
         sm.apply(futures::stream::iter(vec![Ok((entry, None))])).await.unwrap();
     }
 
+    /// Splits `whole` at `m` into a new region 2.
+    fn split_at_m(whole: &RegionDescriptor) -> LogCommand {
+        LogCommand::SplitV1 {
+            key: b"m".to_vec(),
+            version: whole.epoch.version,
+            new_region_id: 2,
+            new_peers: vec![(21, 1), (22, 2), (23, 3)],
+        }
+    }
+
     fn get(engine: &Engine, region: u64, key: &[u8]) -> Option<Vec<u8>> {
         read_get(engine, region, None, key).unwrap()
     }
@@ -1362,12 +1372,7 @@ mod merge_tests {
         engine.write(Box::new(|_| Ok(()))).await.unwrap();
         let durable_commits = || engine.stats().commits.load(Ordering::SeqCst);
         let before = durable_commits();
-        let split = LogCommand::SplitV1 {
-            key: b"m".to_vec(),
-            version: whole.epoch.version,
-            new_region_id: 2,
-            new_peers: vec![(21, 1), (22, 2), (23, 3)],
-        };
+        let split = split_at_m(&whole);
         apply(&mut sm, 7, split).await;
         assert_eq!(sm.shared.descriptor().end_key, b"m".to_vec(), "the split applied");
         assert_eq!(durable_commits(), before + 1, "its commit was durable");
@@ -1398,27 +1403,11 @@ mod merge_tests {
         let whole = region(1, b"", b"");
         let mut sm = machine(&engine, &whole).await;
         // The writer is held inside a transaction, so what follows queues up behind it ...
-        let (running_tx, running_rx) = std::sync::mpsc::channel();
-        let (release_writer, writer_released) = std::sync::mpsc::channel::<()>();
-        let e = engine.clone();
-        let held = tokio::spawn(async move {
-            e.write(Box::new(move |_| {
-                running_tx.send(()).unwrap();
-                writer_released.recv().unwrap();
-                Ok(())
-            }))
-            .await
-        });
-        tokio::task::spawn_blocking(move || running_rx.recv().unwrap()).await.unwrap();
+        let (held, release_writer) = crate::storage::engine::tests::hold_writer(&engine).await;
         // ... a segment of a put and a split (its job is queued on the first poll) ...
         let (put_waiter, put_answer) = waiter();
         let (split_waiter, mut split_answer) = waiter();
-        let split = LogCommand::SplitV1 {
-            key: b"m".to_vec(),
-            version: whole.epoch.version,
-            new_region_id: 2,
-            new_peers: vec![(21, 1), (22, 2), (23, 3)],
-        };
+        let split = split_at_m(&whole);
         let items =
             vec![(Work::Command(log_id(6), put(b"a")), put_waiter), (Work::Command(log_id(7), split), split_waiter)];
         let mut applying = Box::pin(sm.apply_segment(items));
