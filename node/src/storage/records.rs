@@ -230,12 +230,25 @@ pub enum SessionRecord {
 /// A remembered write result for exactly-once application.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum DedupRecord {
-    /// Version 1.
+    /// Version 1: the write applied whole (every row written before version 2, and every
+    /// write of one key).
     V1 {
         /// Log index the write was applied at.
         index: u64,
         /// Its result.
         result: ApplyResult,
+    },
+    /// Version 2: a batch write, with the keys applied under its `(session, seq)` in this
+    /// region's lineage. The parts of a batch planned again after a split share its seq;
+    /// a part whose keys are not all here was not applied here (docs/storage.md,
+    /// "Batches across regions").
+    V2 {
+        /// Log index the write (its last part) was applied at.
+        index: u64,
+        /// Its result.
+        result: ApplyResult,
+        /// The keys applied, sorted and without duplicates.
+        keys: Vec<Vec<u8>>,
     },
 }
 

@@ -36,6 +36,10 @@ pub const TOMBSTONE_TTL_MS: u64 = 24 * 3600 * 1000;
 pub enum Admit {
     /// Apply it, then [`Sessions::record`] its result.
     Apply,
+    /// A part of a batch whose other keys were applied under the same seq (see
+    /// [`DedupRecord::V2`]): apply only this batch of the keys not applied yet, then
+    /// [`Sessions::record`] it.
+    ApplyPart(LogOp),
     /// Already applied: answer with this result, change nothing.
     Replay(ApplyResult),
     /// Refused: answer with this result, change nothing.
@@ -188,6 +192,14 @@ impl<'t> Sessions<'t> {
                     .collect::<Result<_, _>>()
                     .map_err(io_err)?;
                 for (seq, v) in rows {
+                    let merged = match self.dedup.get((region, id, seq)).map_err(io_err)? {
+                        Some(ours) => unite(&decode(ours.value())?, decode(&v)?),
+                        None => None,
+                    };
+                    let v = match merged {
+                        Some(record) => encode(&record)?,
+                        None => v,
+                    };
                     self.dedup.insert((region, id, seq), v.as_slice()).map_err(io_err)?;
                 }
             }
@@ -229,12 +241,23 @@ impl<'t> Sessions<'t> {
         if s.seq < floor {
             return Ok(Admit::Refuse(ApplyResult::Acknowledged));
         }
-        match self.dedup.get((self.region, s.id, s.seq)).map_err(io_err)? {
-            Some(row) => {
-                let DedupRecord::V1 { result, .. } = decode(row.value())?;
+        let row = match self.dedup.get((self.region, s.id, s.seq)).map_err(io_err)? {
+            Some(row) => decode::<DedupRecord>(row.value())?,
+            None => return Ok(Admit::Apply),
+        };
+        match (row, op) {
+            (DedupRecord::V2 { keys, result, .. }, LogOp::BatchPut(pairs)) => {
+                let rest: Vec<(Vec<u8>, Vec<u8>)> =
+                    pairs.iter().filter(|(k, _)| keys.binary_search(k).is_err()).cloned().collect();
+                if rest.is_empty() {
+                    Ok(Admit::Replay(expand(result, op)))
+                } else {
+                    Ok(Admit::ApplyPart(LogOp::BatchPut(rest)))
+                }
+            }
+            (DedupRecord::V1 { result, .. } | DedupRecord::V2 { result, .. }, _) => {
                 Ok(Admit::Replay(expand(result, op)))
             }
-            None => Ok(Admit::Apply),
         }
     }
 
@@ -253,7 +276,22 @@ impl<'t> Sessions<'t> {
             None => 0,
         };
         let floor = old_floor.max(s.first_pending.min(s.seq));
-        let row = encode(&DedupRecord::V1 { index, result: compact(result, op) })?;
+        let record = match op {
+            // A batch names its keys, joining those of the parts applied before it.
+            LogOp::BatchPut(pairs) => {
+                let mut keys: Vec<Vec<u8>> = pairs.iter().map(|(k, _)| k.clone()).collect();
+                if let Some(row) = self.dedup.get((self.region, s.id, s.seq)).map_err(io_err)? {
+                    if let DedupRecord::V2 { keys: before, .. } = decode(row.value())? {
+                        keys.extend(before);
+                    }
+                }
+                keys.sort_unstable();
+                keys.dedup();
+                DedupRecord::V2 { index, result: compact(result, op), keys }
+            }
+            _ => DedupRecord::V1 { index, result: compact(result, op) },
+        };
+        let row = encode(&record)?;
         self.dedup.insert((self.region, s.id, s.seq), row.as_slice()).map_err(io_err)?;
         // The row and the results below the new floor are written back by `flush`.
         let c = self.cached(s.id)?;
@@ -298,6 +336,22 @@ impl<'t> Sessions<'t> {
             self.sessions.remove((region, id)).map_err(io_err)?;
         }
         Ok(())
+    }
+}
+
+/// The row for one `(session, seq)` found in both regions of a merge, when it is not simply
+/// theirs: parts of one batch applied on either side (after a split) cover the keys of
+/// both; a row of a whole write (version 1) covers everything. `None`: take theirs.
+fn unite(ours: &DedupRecord, theirs: DedupRecord) -> Option<DedupRecord> {
+    match (ours, theirs) {
+        (DedupRecord::V2 { index: a, keys: ours, .. }, DedupRecord::V2 { index: b, result, mut keys }) => {
+            keys.extend(ours.iter().cloned());
+            keys.sort_unstable();
+            keys.dedup();
+            Some(DedupRecord::V2 { index: b.max(*a), result, keys })
+        }
+        (DedupRecord::V1 { .. }, DedupRecord::V2 { .. }) => Some(ours.clone()),
+        (_, DedupRecord::V1 { .. }) => None,
     }
 }
 
@@ -522,6 +576,61 @@ mod tests {
         // New writes apply.
         assert_eq!(db.with(|x| x.admit(s(7, 7, 5), &put())).await, Admit::Apply);
         assert_eq!(db.with(|x| x.admit(s(8, 2, 1), &put())).await, Admit::Apply);
+    }
+
+    fn batch(keys: &[&str]) -> LogOp {
+        LogOp::BatchPut(keys.iter().map(|k| (k.as_bytes().to_vec(), b"v".to_vec())).collect())
+    }
+
+    /// A batch (seq 5) whose fate was unknown was planned again after a split: its part
+    /// {a, b} applied in one half, then the halves merged back before the part {c, d}
+    /// arrived. That part shares the seq but was never applied: it must be, not answered
+    /// from the first part's row. Whichever side of the merge the first part applied in.
+    #[tokio::test]
+    async fn a_part_of_a_batch_is_applied_after_a_merge_back_even_though_another_part_shares_its_seq() {
+        for first_in_target in [true, false] {
+            let db = Db::new();
+            let region = if first_in_target { 1 } else { 2 };
+            db.with_region(region, |x| x.record(s(7, 5, 5), &batch(&["a", "b"]), &ApplyResult::Done, 3, 1_000)).await;
+            db.with(|x| x.absorb(2)).await;
+            assert_eq!(
+                db.with(|x| x.admit(s(7, 5, 5), &batch(&["c", "d"]))).await,
+                Admit::ApplyPart(batch(&["c", "d"])),
+                "first part in the {}",
+                if first_in_target { "target" } else { "source" }
+            );
+            db.with(|x| x.record(s(7, 5, 5), &batch(&["c", "d"]), &ApplyResult::Done, 9, 2_000)).await;
+            // Now both parts are answered from the row, and a part mixing applied keys with
+            // new ones applies only the new ones.
+            for part in [&["a", "b"][..], &["c", "d"], &["d", "a"]] {
+                assert_eq!(db.with(move |x| x.admit(s(7, 5, 5), &batch(part))).await, Admit::Replay(ApplyResult::Done));
+            }
+            assert_eq!(db.with(|x| x.admit(s(7, 5, 5), &batch(&["b", "e"]))).await, Admit::ApplyPart(batch(&["e"])));
+        }
+    }
+
+    /// Parts of one batch applied on both sides of a split are both remembered by the
+    /// merged region; a batch applied whole before a split answers its parts in either half.
+    #[tokio::test]
+    async fn merges_unite_the_keys_of_a_batch_and_splits_copy_them() {
+        let db = Db::new();
+        db.with(|x| x.record(s(7, 5, 5), &batch(&["a", "b"]), &ApplyResult::Done, 3, 1_000)).await;
+        db.with_region(2, |x| x.record(s(7, 5, 5), &batch(&["c", "d"]), &ApplyResult::Done, 4, 1_000)).await;
+        db.with(|x| x.absorb(2)).await;
+        for part in [&["a", "b"][..], &["c", "d"]] {
+            assert_eq!(db.with(move |x| x.admit(s(7, 5, 5), &batch(part))).await, Admit::Replay(ApplyResult::Done));
+        }
+        // Split: region 1's rows are copied to 3.
+        db.with(|x| x.copy_to(3)).await;
+        for part in [&["a"][..], &["d", "c"]] {
+            assert_eq!(
+                db.with_region(3, move |x| x.admit(s(7, 5, 5), &batch(part))).await,
+                Admit::Replay(ApplyResult::Done)
+            );
+        }
+        // A single-key write's row (version 1) still answers whatever the op.
+        db.with(|x| x.record(s(7, 6, 5), &put(), &ApplyResult::Done, 5, 1_000)).await;
+        assert_eq!(db.with(|x| x.admit(s(7, 6, 5), &put())).await, Admit::Replay(ApplyResult::Done));
     }
 
     #[tokio::test]

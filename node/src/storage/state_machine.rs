@@ -993,9 +993,13 @@ impl RegionStateMachine {
                     res.push(ApplyResult::KeyNotInRange);
                     continue;
                 }
+                let mut op = op;
                 if let Some(s) = session {
                     match sessions.admit(s, &op)? {
                         Admit::Apply => {}
+                        // Other parts of this batch were applied under its seq: only the
+                        // keys not applied yet are written (and recorded).
+                        Admit::ApplyPart(part) => op = part,
                         Admit::Replay(r) | Admit::Refuse(r) => {
                             res.push(r);
                             continue;
@@ -1438,6 +1442,27 @@ mod merge_tests {
         blocker_done.await.unwrap().unwrap();
         assert_eq!(split_answer.await.unwrap(), ApplyResult::Split);
         assert_eq!(get(&engine, 1, b"a"), Some(b"v".to_vec()), "committed");
+    }
+
+    /// A part of a batch whose seq already applied some of its keys (its parts were planned
+    /// again after a split, and the halves merged back) writes only the others: the applied
+    /// key keeps the newer value written since.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_part_writes_only_the_keys_its_seq_has_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let mut sm = machine(&engine, &region(1, b"", b"")).await;
+        let part = |keys: &[&[u8]]| LogCommand::WriteV2 {
+            session: Some(SessionRef { id: 7, seq: 5, first_pending: 5 }),
+            op: LogOp::BatchPut(keys.iter().map(|k| (k.to_vec(), b"batch".to_vec())).collect()),
+            at_ms: 1,
+            session_ttl_ms: 1 << 40,
+        };
+        apply(&mut sm, 6, part(&[b"a"])).await;
+        apply(&mut sm, 7, put(b"a")).await;
+        apply(&mut sm, 8, part(&[b"a", b"c"])).await;
+        assert_eq!(get(&engine, 1, b"a"), Some(b"v".to_vec()), "not written again");
+        assert_eq!(get(&engine, 1, b"c"), Some(b"batch".to_vec()), "written once");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
