@@ -44,6 +44,24 @@ fn batch(first: u64, n: u64, now_ms: u64) -> Vec<Entry> {
         .collect()
 }
 
+/// One batch write of `keys` puts (100-byte values) at log index `index`, with the next
+/// sequence number of one client session: its exactly-once row names the keys.
+fn batch_put(index: u64, keys: u64, now_ms: u64) -> Vec<Entry> {
+    let pairs = (0..keys)
+        .map(|i| {
+            let n = (index * keys + i).wrapping_mul(2_654_435_761) % 1_000_000;
+            (format!("user{n:012}").into_bytes(), vec![b'v'; 100])
+        })
+        .collect();
+    let command = LogCommand::WriteV2 {
+        session: Some(SessionRef { id: 1, seq: index, first_pending: index }),
+        op: LogOp::BatchPut(pairs),
+        at_ms: now_ms,
+        session_ttl_ms: 30 * 60 * 1000,
+    };
+    vec![Entry::new_normal(openraft::testing::log_id::<TypeConfig>(1, 1, index), command)]
+}
+
 fn apply(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
@@ -62,6 +80,18 @@ fn apply(c: &mut Criterion) {
             })
         });
     }
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = state_machine(dir.path());
+    let mut next = 1u64;
+    group.throughput(Throughput::Elements(256));
+    group.bench_function("batch put of 256 keys", |b| {
+        b.iter(|| {
+            let entries = batch_put(next, 256, now_ms);
+            next += 1;
+            let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+            rt.block_on(sm.apply(stream)).unwrap();
+        })
+    });
     group.finish();
 }
 
