@@ -285,9 +285,7 @@ impl<'t> Sessions<'t> {
                         keys.extend(before);
                     }
                 }
-                keys.sort_unstable();
-                keys.dedup();
-                DedupRecord::V2 { index, result: compact(result, op), keys }
+                DedupRecord::V2 { index, result: compact(result, op), keys: key_set(keys) }
             }
             _ => DedupRecord::V1 { index, result: compact(result, op) },
         };
@@ -346,13 +344,18 @@ fn unite(ours: &DedupRecord, theirs: DedupRecord) -> Option<DedupRecord> {
     match (ours, theirs) {
         (DedupRecord::V2 { index: a, keys: ours, .. }, DedupRecord::V2 { index: b, result, mut keys }) => {
             keys.extend(ours.iter().cloned());
-            keys.sort_unstable();
-            keys.dedup();
-            Some(DedupRecord::V2 { index: b.max(*a), result, keys })
+            Some(DedupRecord::V2 { index: b.max(*a), result, keys: key_set(keys) })
         }
         (DedupRecord::V1 { .. }, DedupRecord::V2 { .. }) => Some(ours.clone()),
         (_, DedupRecord::V1 { .. }) => None,
     }
+}
+
+/// Keys as a [`DedupRecord::V2`] keeps them: sorted (looked up by binary search), each once.
+fn key_set(mut keys: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 /// What the dedup table keeps of a result: all of it, except that a successful
