@@ -16,7 +16,7 @@ use tessera::ScanOptions;
 use tessera_pd::PdConfig;
 use tessera_wire::{NodeId, NodeInfo, RegionInfo};
 
-use crate::harness::TestCluster;
+use crate::harness::{wait_operator, TestCluster};
 
 /// Replicas (voters and learners) and leaders per node, in PD's view.
 fn counts(regions: &[RegionInfo]) -> (BTreeMap<NodeId, u64>, BTreeMap<NodeId, u64>) {
@@ -453,19 +453,6 @@ async fn other_regions_serve_while_a_region_moves_and_its_source_node_stops() {
 }
 
 /// Waits until operator `id` finished, and returns how it ended.
-async fn wait_operator(client: &tessera::Client, id: u64) -> tessera_wire::OperatorState {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let ops = client.operators().await.unwrap();
-        let op = ops.iter().find(|o| o.id == id).unwrap_or_else(|| panic!("operator {id} unknown: {ops:?}"));
-        if op.state != tessera_wire::OperatorState::Running {
-            return op.state.clone();
-        }
-        assert!(std::time::Instant::now() < deadline, "operator {id} still running: {ops:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merge_joins_a_split_off_region_back_and_keeps_every_key() {
     // The halves of a split share their rows' data id: the merge moves no rows.

@@ -333,6 +333,20 @@ async fn start_on_same_port<T, E: std::fmt::Debug, F: std::future::Future<Output
     }
 }
 
+/// Polls PD until operator `id` is no longer running (at most 60 s) and returns its state.
+pub async fn wait_operator(client: &tessera::Client, id: u64) -> tessera_wire::OperatorState {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ops = client.operators().await.unwrap();
+        let op = ops.iter().find(|o| o.id == id).unwrap_or_else(|| panic!("operator {id} unknown: {ops:?}"));
+        if op.state != tessera_wire::OperatorState::Running {
+            return op.state.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "operator {id} still running: {ops:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Keys spread over the key space so that they land in different regions when the
 /// cluster has several (region split points are spread over the first byte).
 pub fn spread_key(i: usize, n: usize) -> Vec<u8> {
