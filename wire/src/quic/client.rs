@@ -18,6 +18,24 @@ use crate::{Frame, FrameBody, Hello, Request, Response, Role, PROTOCOL_VERSION};
 /// Frames queued per request stream before `call` waits for the writer.
 const STREAM_QUEUE: usize = 256;
 
+/// Frames of at least this many bytes take turns on the request streams after the first
+/// (see [`stream_for`]).
+const LARGE_FRAME: usize = 64 * 1024;
+
+/// The request stream, of `streams`, that a frame of `len` bytes is queued on. Frames
+/// below [`LARGE_FRAME`] all share the first stream, so frames sent close together (a
+/// node's `AppendEntries` for several regions, a client's concurrent requests) leave in one
+/// write of one writer task, and their answers come back the same way. Larger frames
+/// (snapshot chunks, big batches) take turns on the other streams, so that no small frame
+/// waits behind one.
+fn stream_for(len: usize, streams: usize, turn: &AtomicUsize) -> usize {
+    if streams == 1 || len < LARGE_FRAME {
+        0
+    } else {
+        1 + turn.fetch_add(1, Ordering::Relaxed) % (streams - 1)
+    }
+}
+
 /// A client endpoint: dials servers and performs the `Hello` handshake as `role`.
 #[derive(Debug, Clone)]
 pub struct ClientEndpoint {
@@ -364,7 +382,7 @@ impl Connection {
             pending.waiters.insert(request_id, tx);
         }
         let _guard = PendingGuard { table: &inner.pending, request_id };
-        let index = inner.next_stream.fetch_add(1, Ordering::Relaxed) % inner.streams.len();
+        let index = stream_for(bytes.len(), inner.streams.len(), &inner.next_stream);
         let deadline = tokio::time::Instant::now() + timeout;
         // Queueing waits only for room in the stream's queue; a request still unqueued when
         // time runs out was never sent.
@@ -442,7 +460,24 @@ impl Connection {
 
 #[cfg(test)]
 mod tests {
-    use super::server_name;
+    use super::{server_name, stream_for, LARGE_FRAME};
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn small_frames_share_the_first_stream_and_large_ones_take_turns_on_the_others() {
+        let turn = AtomicUsize::new(0);
+        for len in [0, 100, LARGE_FRAME - 1] {
+            assert_eq!(stream_for(len, 4, &turn), 0, "{len} bytes");
+        }
+        let large: Vec<usize> = (0..6).map(|i| stream_for(LARGE_FRAME + i, 4, &turn)).collect();
+        assert_eq!(large, [1, 2, 3, 1, 2, 3]);
+        // Small frames in between do not take a turn.
+        assert_eq!(stream_for(10, 4, &turn), 0);
+        assert_eq!(stream_for(4 << 20, 4, &turn), 1);
+        // With one stream, everything goes on it.
+        assert_eq!(stream_for(4 << 20, 1, &turn), 0);
+        assert_eq!(stream_for(10, 1, &turn), 0);
+    }
 
     #[test]
     fn server_name_is_the_host_part() {

@@ -30,7 +30,8 @@ pub struct TransportConfig {
     /// derive it from its identity, so that after a restart it resets the connections of
     /// its previous incarnation at once rather than letting them hang until idle timeout.
     pub reset_key_seed: Option<ResetKeySeed>,
-    /// Long-lived request streams a client opens per connection (default 4).
+    /// Long-lived request streams a client opens per connection (default 4). Frames below
+    /// 64 KiB all go on the first; larger ones take turns on the others.
     pub streams_per_connection: usize,
     /// Most connections a server accepts at once (default 1024).
     pub max_connections: usize,
