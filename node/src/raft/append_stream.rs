@@ -2,11 +2,12 @@
 //!
 //! A leader sends a replication stream's `AppendEntries` as separate requests tagged with
 //! the stream id and a sequence number ([`StreamAppendMsg`]); several are in flight at once
-//! and may arrive out of order (they travel over several QUIC streams). Here each stream
-//! gets an openraft `Raft::stream_append` pipeline: requests are fed to it strictly in
-//! sequence order, and its answers (which come in the same order) are handed back to the
-//! waiting requests. A stream that ends in an error (a conflict, a higher vote) is
-//! forgotten; so is one idle for [`IDLE`] (its leader moved on to a new stream).
+//! and may arrive out of order (one of 64 KiB or more travels on another QUIC stream than
+//! the small ones). Here each stream gets an openraft `Raft::stream_append` pipeline:
+//! requests are fed to it strictly in sequence order, and its answers (which come in the
+//! same order) are handed back to the waiting requests. A stream that ends in an error (a
+//! conflict, a higher vote) is forgotten; so is one idle for [`IDLE`] (its leader moved on
+//! to a new stream).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

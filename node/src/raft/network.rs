@@ -208,7 +208,8 @@ fn supersedes(next: &AppendEntriesRequest<TypeConfig>, update: &AppendEntriesReq
 
 /// One `AppendEntries` of a pipelined replication stream (node-internal encoding inside a
 /// Raft payload). The follower applies a stream's messages in `seq` order, whatever order
-/// they arrive in (requests travel over several QUIC streams).
+/// they arrive in (a request of 64 KiB or more travels on another QUIC stream than the
+/// small ones, so either may overtake the other).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StreamAppendMsg {
     /// Chosen by the leader for each replication stream.
