@@ -72,10 +72,7 @@ async fn write_in_session(cluster: &TestCluster, session: SessionId, seq: u64, c
                 timeout_ms: 10_000,
                 consistency: ReadConsistency::Linearizable,
             },
-            op: KvOp::Write {
-                session: Some(SessionSeq { session, seq, first_pending: 1 }),
-                command: command.clone(),
-            },
+            op: KvOp::Write { session: Some(SessionSeq { session, seq, first_pending: 1 }), command: command.clone() },
         });
         let conn = endpoint.connect(&route.peer_addrs[idx]).await.unwrap();
         match conn.call(request, Duration::from_secs(15)).await.unwrap() {
