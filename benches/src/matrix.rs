@@ -218,6 +218,9 @@ pub struct RunRecord {
     /// Tessera: every node had reported its counters after the run ended (they travel in
     /// PD heartbeats); `false` means the sync counts may miss the run's last syncs.
     pub syncs_complete: bool,
+    /// Tessera: the regions PD knew right after the run. Load splits (PD's
+    /// `--region-split-qps`) can raise it during a long run.
+    pub regions_after: Option<usize>,
 }
 
 impl RunRecord {

@@ -333,6 +333,7 @@ mod tests {
             output: out,
             syncs: vec![],
             syncs_complete: true,
+            regions_after: None,
         }
     }
 

@@ -63,7 +63,8 @@ pub struct CompareArgs {
     /// Tessera's initial regions for the main cluster.
     #[arg(long, default_value_t = 4)]
     pub regions: u32,
-    /// Skip the rows comparing Tessera with 8 and 1 initial regions (they restart Tessera).
+    /// Skip the rows comparing Tessera with 8 and 1 initial regions (they restart Tessera,
+    /// with PD's load splits off so that the region counts hold for the whole run).
     #[arg(long)]
     pub no_regions_rows: bool,
     /// Only these rows (comma-separated ids, e.g. seq,put-c256,put-c256-r8; see results.json).
@@ -276,7 +277,7 @@ impl Ctx<'_> {
                 stale_reads: row.stale_reads,
                 seed: self.args.seed.wrapping_add(repeat as u64 * 1_000_003),
             };
-            let (output, syncs, complete) = match system {
+            let (output, syncs, complete, regions_after) = match system {
                 System::Tessera => {
                     let client = sys.tessera_target.client().clone();
                     let before = counters::tessera(&client, Instant::now(), Duration::from_secs(3)).await?;
@@ -284,7 +285,8 @@ impl Ctx<'_> {
                     let out = runner::run(&sys.tessera_target, &spec, &sys.tessera_inserts, &pids).await;
                     let after = counters::tessera(&client, Instant::now(), Duration::from_secs(5)).await?;
                     let syncs = counters::tessera_deltas(&before, &after, out.total_writes);
-                    (out, syncs, before.fresh && after.fresh)
+                    let regions = client.cluster_status().await.ok().map(|(_, regions)| regions.len());
+                    (out, syncs, before.fresh && after.fresh, regions)
                 }
                 System::Etcd => {
                     let (cluster, target) = match (sys.etcd.as_ref(), sys.etcd_target.as_ref()) {
@@ -296,7 +298,7 @@ impl Ctx<'_> {
                     let after = counters::etcd(&cluster.client_urls).await;
                     let complete = before.iter().chain(&after).all(Option::is_some);
                     let syncs = counters::etcd_deltas(&cluster.names, &before, &after, out.total_writes);
-                    (out, syncs, complete)
+                    (out, syncs, complete, None)
                 }
             };
             let record = RunRecord {
@@ -310,6 +312,7 @@ impl Ctx<'_> {
                 output,
                 syncs,
                 syncs_complete: complete,
+                regions_after,
             };
             self.progress.line(run_line(&record));
             self.runs.push(record);
@@ -369,6 +372,7 @@ impl Ctx<'_> {
                 output: out,
                 syncs: Vec::new(),
                 syncs_complete: false,
+                regions_after: None,
             };
             self.progress.line(run_line(&record));
             self.runs.push(record);
@@ -402,6 +406,9 @@ fn run_line(r: &RunRecord) -> String {
     }
     if let Some(w) = r.writes_per_fsync() {
         s.push_str(&format!("  {w:.1} writes/fsync"));
+    }
+    if let Some(n) = r.regions_after {
+        s.push_str(&format!("  regions after: {n}"));
     }
     if o.errors > 0 {
         s.push_str(&format!(
@@ -528,7 +535,7 @@ async fn run_matrix(
         ctx.progress.bar.set_message(format!("starting Tessera ({} regions) and etcd", args.regions));
         let (tessera_dir, etcd_dir) = (data.join("tessera"), data.join("etcd"));
         let (tessera, etcd) = tokio::join!(
-            TesseraCluster::start(tessera_bin, &tessera_dir, args.regions),
+            TesseraCluster::start(tessera_bin, &tessera_dir, args.regions, true),
             EtcdCluster::start(etcd_bin, &etcd_dir)
         );
         // Whichever started is stopped (dropped) if the other failed.
@@ -580,7 +587,8 @@ async fn run_matrix(
             let regions = row.regions.unwrap_or(args.regions);
             ctx.progress.bar.set_message(format!("starting Tessera with {regions} regions"));
             let dir = data.join(format!("tessera-r{regions}"));
-            let (cluster, client) = TesseraCluster::start(tessera_bin, &dir, regions).await?;
+            // Load splits off: the pair compares 8 regions with 1 for the whole run.
+            let (cluster, client) = TesseraCluster::start(tessera_bin, &dir, regions, false).await?;
             clusters.push((
                 row.clone(),
                 Systems {

@@ -30,13 +30,23 @@ pub struct TesseraCluster {
     node_args: BTreeMap<u64, Vec<String>>,
 }
 
+/// PD's arguments that turn load splits off: a region never serves this many operations
+/// per second.
+const NO_LOAD_SPLITS: [&str; 2] = ["--region-split-qps", "1000000000"];
+
 impl TesseraCluster {
     /// Issues certificates and starts PD (bootstrapping `regions` regions) and three nodes
-    /// in `dir`; returns once every region has a leader and a put succeeds.
-    pub async fn start(bin: &Path, dir: &Path, regions: u32) -> anyhow::Result<(TesseraCluster, Client)> {
+    /// in `dir`; returns once every region has a leader and a put succeeds. Without
+    /// `load_splits`, PD never splits a region for its load (size splits stay on).
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        regions: u32,
+        load_splits: bool,
+    ) -> anyhow::Result<(TesseraCluster, Client)> {
         let mut failures = Vec::new();
         for attempt in 1..=START_ATTEMPTS {
-            match Self::start_once(bin, dir, regions).await {
+            match Self::start_once(bin, dir, regions, load_splits).await {
                 Ok(started) => return Ok(started),
                 Err(e) => failures.push(format!("{e:#} (logs moved to {})", set_aside(dir, attempt).display())),
             }
@@ -44,7 +54,12 @@ impl TesseraCluster {
         bail!("Tessera did not start in {START_ATTEMPTS} attempts: {}", failures.join("; "))
     }
 
-    async fn start_once(bin: &Path, dir: &Path, regions: u32) -> anyhow::Result<(TesseraCluster, Client)> {
+    async fn start_once(
+        bin: &Path,
+        dir: &Path,
+        regions: u32,
+        load_splits: bool,
+    ) -> anyhow::Result<(TesseraCluster, Client)> {
         std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("creating {}", dir.display()))?;
         let certs = dir.join("certs");
         let c = certs.to_str().context("non-UTF-8 data directory")?;
@@ -58,7 +73,7 @@ impl TesseraCluster {
         let ports = free_udp_ports(1 + NODES as usize)?;
         let pd_addr = format!("127.0.0.1:{}", ports[0]);
         let cert = |name: &str| certs.join(name).to_string_lossy().into_owned();
-        let pd_args: Vec<String> = [
+        let mut pd_args: Vec<String> = [
             "pd",
             "--listen",
             &pd_addr,
@@ -75,6 +90,9 @@ impl TesseraCluster {
         ]
         .map(String::from)
         .into();
+        if !load_splits {
+            pd_args.extend([NO_LOAD_SPLITS[0].to_owned(), NO_LOAD_SPLITS[1].to_owned()]);
+        }
         let mut pd =
             ChildProc::spawn("tessera pd", bin, &pd_args, &[("RUST_LOG", SERVER_LOG)], &dir.join("logs/pd.log"))?;
         pd.wait_for("PD listening", Duration::from_secs(30)).await?;
