@@ -177,7 +177,7 @@ impl ClientEndpoint {
                 conn,
                 server_role: ack.role,
                 next_request_id: AtomicU64::new(1),
-                next_stream: AtomicUsize::new(0),
+                large_turn: AtomicUsize::new(0),
                 streams,
                 pending,
                 max_frame_len: max,
@@ -314,7 +314,8 @@ pub(crate) struct ConnectionInner {
     server_role: Role,
     /// Per-connection request ids; 0 is the handshake.
     next_request_id: AtomicU64,
-    next_stream: AtomicUsize,
+    /// Which of the streams after the first the next large frame takes ([`stream_for`]).
+    large_turn: AtomicUsize,
     /// Send queues of the request streams; never empty.
     streams: Vec<mpsc::Sender<Bytes>>,
     pending: Arc<PendingTable>,
@@ -382,7 +383,7 @@ impl Connection {
             pending.waiters.insert(request_id, tx);
         }
         let _guard = PendingGuard { table: &inner.pending, request_id };
-        let index = stream_for(bytes.len(), inner.streams.len(), &inner.next_stream);
+        let index = stream_for(bytes.len(), inner.streams.len(), &inner.large_turn);
         let deadline = tokio::time::Instant::now() + timeout;
         // Queueing waits only for room in the stream's queue; a request still unqueued when
         // time runs out was never sent.
