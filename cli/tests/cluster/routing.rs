@@ -1,8 +1,10 @@
 //! Clients with stale routing caches are redirected by typed errors, invisibly to callers.
 
+use futures::StreamExt;
 use tessera::RegionEpoch;
+use tessera_wire::{Limits, OperatorState};
 
-use crate::harness::TestCluster;
+use crate::harness::{wait_operator, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_follower_as_leader_is_corrected_by_not_leader() {
@@ -95,5 +97,72 @@ async fn with_a_majority_down_only_stale_reads_are_served() {
     // it gets the default deadline.
     let stale = cluster.client().await.get_with(&key, tessera::ReadConsistency::Stale).await.unwrap();
     assert_eq!(stale, Some(b"v".to_vec()), "node {survivor} serves its applied state");
+    cluster.shutdown().await;
+}
+
+/// A batch planned on a cache that predates a split goes to the old region whole, is
+/// refused with `EpochNotMatch`, and is planned again by the regions the refusal names: the
+/// SDK's own re-planning (`Client::per_region`), against a real split. The batches are as
+/// large as the limits allow (`max_batch_keys` pairs of `max_batch_bytes` in all), half on
+/// each side of the split, so each half is a part of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_planned_before_a_split_is_planned_again_by_the_sdk_and_applies_whole() {
+    let cluster = TestCluster::start_placed(3, 1, |pd| {
+        // Only the split this test asks for.
+        pd.scheduler.merge_bytes = 0;
+        pd.scheduler.merge_keys = 0;
+    })
+    .await;
+    let limits = Limits::DEFAULT;
+    let pair_len = limits.max_batch_bytes / limits.max_batch_keys;
+    let value_len = 8;
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..limits.max_batch_keys)
+        .map(|i| {
+            let side = if i % 2 == 0 { 'a' } else { 'x' };
+            let mut key = format!("{side}{i:06}").into_bytes();
+            key.resize(pair_len - value_len, b'.');
+            (key, format!("v{i:07}").into_bytes())
+        })
+        .collect();
+    assert_eq!(pairs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>(), limits.max_batch_bytes);
+    let keys: Vec<&[u8]> = pairs.iter().map(|(k, _)| k.as_slice()).collect();
+    let (left, right) = (keys[0], keys[1]);
+
+    // Two clients learn the single region, then another splits it at "m".
+    let writer = cluster.client().await;
+    let reader = cluster.client().await;
+    assert_eq!(writer.get(left).await.unwrap(), None);
+    assert_eq!(reader.get(right).await.unwrap(), None);
+    let before = writer.debug_cached_epoch(left).expect("cached");
+    let admin = cluster.client().await;
+    let split = admin.split_region(b"m").await.unwrap();
+    assert_eq!(wait_operator(&admin, split).await, OperatorState::Succeeded);
+    for (client, key) in [(&writer, left), (&writer, right), (&reader, left), (&reader, right)] {
+        assert_eq!(client.debug_cached_epoch(key), Some(before), "the cache predates the split");
+    }
+
+    // Planned as one part, refused whole, planned again as two.
+    writer.batch_put(&pairs).await.unwrap();
+    for key in [left, right] {
+        let epoch = writer.debug_cached_epoch(key).expect("cached");
+        assert_ne!(epoch, before, "the writer learned the split from the refusal");
+    }
+    let values = reader.batch_get(&keys).await.unwrap();
+    for ((key, value), got) in pairs.iter().zip(&values) {
+        assert_eq!(got.as_ref(), Some(value), "{}", String::from_utf8_lossy(&key[..7]));
+    }
+    for key in [left, right] {
+        assert_ne!(reader.debug_cached_epoch(key), Some(before), "the reader planned again too");
+    }
+
+    // Each pair is stored once, in the region that holds its key.
+    let (_, regions) = admin.cluster_status().await.unwrap();
+    assert_eq!(regions.len(), 2, "{regions:?}");
+    let stored: Vec<_> = admin.scan(b"", b"", Default::default()).collect().await;
+    let stored: Vec<(Vec<u8>, Vec<u8>)> = stored.into_iter().map(Result::unwrap).collect();
+    let mut expected = pairs.clone();
+    expected.sort();
+    assert_eq!(stored.len(), expected.len());
+    assert!(stored == expected, "the scan returns exactly the batch's pairs");
     cluster.shutdown().await;
 }
