@@ -15,7 +15,7 @@ pub struct PlacementArgs {
     #[arg(long, default_value_t = 960_000)]
     pub region_split_keys: u64,
     /// Split a region serving more reads plus writes per second than this for 10 s, where
-    /// its load halves.
+    /// its load halves, while it carries more than half of its leader node's requests.
     #[arg(long, default_value_t = 3_000)]
     pub region_split_qps: u64,
     /// Merge two adjacent regions both smaller than this (default: split bytes / 5).

@@ -181,10 +181,18 @@ async fn step(ctx: &NodeContext, command: RegionCommand) -> Result<&'static str,
             if has_learners(&region) {
                 return Err(StepError::Refused("the region has a learner".into()));
             }
-            // A hot region splits where its recent requests halve, if its sample says.
-            let key = key.or_else(|| {
-                by_load.then(|| region.shared.load.balancing_key(&desc.start_key, &desc.end_key)).flatten()
-            });
+            // A hot region splits where its recent requests halve, and only there: if no key
+            // leaves a fair share of them on each side (one key carries most), a split
+            // anywhere would not spread the load, and the step is refused. PD asks again
+            // while the region stays hot.
+            let key = match (key, by_load) {
+                (None, true) => {
+                    Some(region.shared.load.balancing_key(&desc.start_key, &desc.end_key).ok_or_else(|| {
+                        StepError::Refused("no key splits the region's recent requests evenly".into())
+                    })?)
+                }
+                (key, _) => key,
+            };
             let key = match key {
                 Some(k) => k,
                 None => {

@@ -18,6 +18,8 @@ const EVERY: u64 = 4;
 const WINDOW: u64 = 4096;
 /// Fewer samples than this inside the range say too little to pick a key.
 const MIN_SAMPLES: usize = 16;
+/// A split must leave at least one sample in this many on each side.
+const MIN_SIDE: usize = 4;
 
 /// A sample of the keys a region's requests touched recently.
 #[derive(Debug)]
@@ -68,8 +70,14 @@ impl KeySampler {
         }
     }
 
-    /// The sampled key that splits the recent requests inside `[start, end)` in two halves
-    /// (the median sample), if it lies strictly after `start` and there are enough samples.
+    /// The sampled key that splits the recent requests inside `[start, end)` most evenly,
+    /// if there are enough samples and some key both lies strictly after `start` and leaves
+    /// at least a quarter of them ([`MIN_SIDE`]) on each side.
+    ///
+    /// Requests to one key cannot be split: when a key carries so many that no boundary
+    /// leaves a quarter on both sides, there is no such key. Splitting anyway (or at the
+    /// size midpoint) would leave the hot key's region as hot as before and add a region
+    /// that costs every write round more, again at each heartbeat while the key stays hot.
     pub fn balancing_key(&self, start: &[u8], end: &[u8]) -> Option<Vec<u8>> {
         let r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut inside: Vec<&[u8]> =
@@ -78,8 +86,18 @@ impl KeySampler {
             return None;
         }
         inside.sort_unstable();
-        let median = inside[inside.len() / 2];
-        (median > start).then(|| median.to_vec())
+        let n = inside.len();
+        let median = inside[n / 2];
+        // A split at `inside[i]` leaves the `i` samples before it on the left. The median
+        // key's run of samples starts at `first` and ends before `past`: the boundaries
+        // nearest the middle are those two.
+        let first = inside.partition_point(|k| *k < median);
+        let past = inside.partition_point(|k| *k <= median);
+        [first, past]
+            .into_iter()
+            .filter(|&i| i > 0 && i < n && inside[i] > start && i.min(n - i) * MIN_SIDE >= n)
+            .min_by_key(|&i| i.abs_diff(n / 2))
+            .map(|i| inside[i].to_vec())
     }
 }
 
@@ -130,6 +148,38 @@ mod tests {
         }
         assert_eq!(hot.balancing_key(b"start", b""), None, "the median is the range's first key");
         assert_eq!(hot.balancing_key(b"a", b"b"), None, "no sample inside the range");
-        assert_eq!(hot.balancing_key(b"a", b"").as_deref(), Some(&b"start"[..]));
+        assert_eq!(hot.balancing_key(b"a", b""), None, "every request on one key: nothing to split");
+    }
+
+    /// Requests: `hot_pct` percent on `key(hot)`, the rest spread at random over
+    /// `key(0..100)`.
+    fn with_hot_key(hot: u32, hot_pct: u32) -> KeySampler {
+        let s = KeySampler::default();
+        let mut x: u64 = 1;
+        for i in 0..40_000u32 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let k = if i % 100 < hot_pct { hot } else { ((x >> 33) % 100) as u32 };
+            s.record(&key(k));
+        }
+        s
+    }
+
+    #[test]
+    fn a_key_carrying_most_requests_gives_no_split() {
+        // 70% on k000050: any boundary leaves about 15% on one side.
+        assert_eq!(with_hot_key(50, 70).balancing_key(b"", b""), None);
+    }
+
+    #[test]
+    fn a_hot_key_that_leaves_enough_on_both_sides_is_split_around() {
+        // A third on k000050 and a third on each side of it: the split is at the hot key
+        // or right after it.
+        let split = with_hot_key(50, 34).balancing_key(b"", b"").expect("a split at the hot key");
+        assert!(split >= key(50) && split <= key(53), "{}", String::from_utf8_lossy(&split));
+        // 40% on k000010, about 6% before it: the hot key stays on the left (47% with the
+        // keys before it) and the median falls a few keys after it, far left of the
+        // key-space middle (k000050).
+        let split = with_hot_key(10, 40).balancing_key(b"", b"").expect("a split after the hot key");
+        assert!(split > key(10) && split < key(35), "{}", String::from_utf8_lossy(&split));
     }
 }

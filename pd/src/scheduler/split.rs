@@ -5,22 +5,50 @@
 //! None }`); a hot one where its recent requests halve (`SplitByLoad`: the leader samples
 //! the keys its requests touch). A region with fewer than two keys cannot be split
 //! and is left alone however large or busy it is.
+//!
+//! A load split is for spreading load, which the balancer does by moving leaders between
+//! nodes. So a region over `hot_qps` is split only while it also carries more than half
+//! of the requests its leader's node leads ([`HOT_SHARE`]): then no leader move evens
+//! the load out without halving the region first. Once a node's load is spread over
+//! regions that each carry half of it or less, more regions spread nothing and cost every
+//! write round (each region replicates, syncs and applies its own batch), and they stay
+//! for `split_merge_interval_ms` before merging back. A hot region is also left whole when
+//! its leader finds no key that splits its recent requests evenly (one key carries most
+//! of them: `node/src/load_sample.rs`); PD asks again after the step times out.
+
+use std::collections::BTreeMap;
+
+use tessera_wire::NodeId;
 
 use super::plan::{operator, Plan};
-use super::{OperatorKind, Reason};
+use super::{OperatorKind, Reason, RegionView};
+
+/// A hot region splits only while it carries more than `1 / HOT_SHARE` of the requests
+/// of the regions its leader's node leads.
+pub const HOT_SHARE: u64 = 2;
 
 /// Plans splits for every free region with a usable leader, by region id.
 pub(super) fn plan(plan: &mut Plan<'_>) {
     let config = plan.config();
+    let qps = |r: &RegionView| r.read_qps.saturating_add(r.write_qps);
+    let mut led: BTreeMap<NodeId, u64> = BTreeMap::new();
     for region in plan.regions() {
-        if !plan.is_free(region.descriptor.id) || plan.usable_leader(region).is_none() || region.approximate_keys < 2 {
+        if let Some(leader) = region.leader {
+            let total = led.entry(leader.node_id).or_default();
+            *total = total.saturating_add(qps(region));
+        }
+    }
+    for region in plan.regions() {
+        let Some(leader) = plan.usable_leader(region) else { continue };
+        if !plan.is_free(region.descriptor.id) || region.approximate_keys < 2 {
             continue;
         }
+        let node_qps = led.get(&leader.node_id).copied().unwrap_or(0);
         let reason = if region.approximate_size > config.split_bytes {
             Reason::SplitSize
         } else if region.approximate_keys > config.split_keys {
             Reason::SplitKeys
-        } else if region.read_qps.saturating_add(region.write_qps) > config.hot_qps {
+        } else if qps(region) > config.hot_qps && qps(region).saturating_mul(HOT_SHARE) > node_qps {
             Reason::SplitHot
         } else {
             continue;
