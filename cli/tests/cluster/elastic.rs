@@ -16,7 +16,7 @@ use tessera::ScanOptions;
 use tessera_pd::PdConfig;
 use tessera_wire::{NodeId, NodeInfo, RegionInfo};
 
-use crate::harness::{wait_operator, TestCluster};
+use crate::harness::{no_merges, wait_operator, TestCluster};
 
 /// Replicas (voters and learners) and leaders per node, in PD's view.
 fn counts(regions: &[RegionInfo]) -> (BTreeMap<NodeId, u64>, BTreeMap<NodeId, u64>) {
@@ -56,9 +56,7 @@ fn spread(counts: &BTreeMap<NodeId, u64>, nodes: &[u64]) -> u64 {
 fn small_regions(pd: &mut PdConfig) {
     pd.scheduler.split_bytes = 96 * 1024;
     pd.scheduler.split_keys = 1_000_000;
-    // Only the merges a test asks for.
-    pd.scheduler.merge_bytes = 0;
-    pd.scheduler.merge_keys = 0;
+    no_merges(pd);
 }
 
 fn load_key(i: usize) -> Vec<u8> {
@@ -481,12 +479,7 @@ async fn a_merge_joins_two_bootstrapped_regions_and_keeps_every_key() {
 /// merged region: one range over everything, every acknowledged value, writes on both
 /// sides, and on every node exactly one region and one copy of each row.
 async fn merge_joins_two_regions(initial_regions: u32) {
-    let cluster = TestCluster::start_placed(3, initial_regions, |pd| {
-        // Only the merge this test asks for.
-        pd.scheduler.merge_bytes = 0;
-        pd.scheduler.merge_keys = 0;
-    })
-    .await;
+    let cluster = TestCluster::start_placed(3, initial_regions, no_merges).await;
     let client = cluster.client().await;
     let n = 200;
     let value = |i: usize, round: usize| format!("v{i}-{round}").into_bytes();

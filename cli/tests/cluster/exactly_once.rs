@@ -9,7 +9,7 @@ use tessera_wire::{
     RetryAction, Role, SessionId, SessionSeq, WriteCommand, WriteResult,
 };
 
-use crate::harness::{wait_operator, TestCluster};
+use crate::harness::{no_merges, wait_operator, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_append_with_the_same_session_sequence_applies_once() {
@@ -95,12 +95,7 @@ async fn write_in_session(cluster: &TestCluster, session: SessionId, seq: u64, c
 /// not apply again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parts_of_a_batch_split_by_a_split_and_sent_after_a_merge_back_each_apply_once() {
-    let cluster = TestCluster::start_placed(3, 1, |pd| {
-        // Only the split and merge this test asks for.
-        pd.scheduler.merge_bytes = 0;
-        pd.scheduler.merge_keys = 0;
-    })
-    .await;
+    let cluster = TestCluster::start_placed(3, 1, no_merges).await;
     let client = cluster.client().await;
     let split = client.split_region(b"m").await.unwrap();
     assert_eq!(wait_operator(&client, split).await, OperatorState::Succeeded);

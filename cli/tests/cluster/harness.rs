@@ -333,6 +333,12 @@ async fn start_on_same_port<T, E: std::fmt::Debug, F: std::future::Future<Output
     }
 }
 
+/// PD tweak for [`TestCluster::start_placed`]: no merges but those a test asks for.
+pub fn no_merges(pd: &mut PdConfig) {
+    pd.scheduler.merge_bytes = 0;
+    pd.scheduler.merge_keys = 0;
+}
+
 /// Polls PD until operator `id` is no longer running (at most 60 s) and returns its state.
 pub async fn wait_operator(client: &tessera::Client, id: u64) -> tessera_wire::OperatorState {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -4,7 +4,7 @@ use futures::StreamExt;
 use tessera::RegionEpoch;
 use tessera_wire::{Limits, OperatorState};
 
-use crate::harness::{wait_operator, TestCluster};
+use crate::harness::{no_merges, wait_operator, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_follower_as_leader_is_corrected_by_not_leader() {
@@ -107,12 +107,7 @@ async fn with_a_majority_down_only_stale_reads_are_served() {
 /// each side of the split, so each half is a part of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_planned_before_a_split_is_planned_again_by_the_sdk_and_applies_whole() {
-    let cluster = TestCluster::start_placed(3, 1, |pd| {
-        // Only the split this test asks for.
-        pd.scheduler.merge_bytes = 0;
-        pd.scheduler.merge_keys = 0;
-    })
-    .await;
+    let cluster = TestCluster::start_placed(3, 1, no_merges).await;
     let limits = Limits::DEFAULT;
     let pair_len = limits.max_batch_bytes / limits.max_batch_keys;
     let value_len = 8;
