@@ -91,7 +91,7 @@ impl TesseraCluster {
         .map(String::from)
         .into();
         if !load_splits {
-            pd_args.extend([NO_LOAD_SPLITS[0].to_owned(), NO_LOAD_SPLITS[1].to_owned()]);
+            pd_args.extend(NO_LOAD_SPLITS.map(String::from));
         }
         let mut pd =
             ChildProc::spawn("tessera pd", bin, &pd_args, &[("RUST_LOG", SERVER_LOG)], &dir.join("logs/pd.log"))?;
