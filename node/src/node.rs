@@ -47,6 +47,8 @@ struct Shared {
     events: tokio::sync::mpsc::UnboundedSender<RegionEvent>,
     /// Serialises creating, splitting off and destroying replicas.
     lifecycle: tokio::sync::Mutex<()>,
+    /// Merged-away regions whose destruction is under way (see [`destroy_merged_later`]).
+    destroying: std::sync::Mutex<std::collections::BTreeSet<tessera_wire::RegionId>>,
     /// Revoked token ids, as PD's heartbeat answers list them.
     revocations: tessera_certs::Revocations,
     /// The browser certificate, when the node serves WebTransport.
@@ -128,6 +130,7 @@ impl Node {
             leadership: Default::default(),
             events,
             lifecycle: Default::default(),
+            destroying: Default::default(),
             revocations: Default::default(),
             web: web_cert.clone(),
         });
@@ -747,6 +750,47 @@ async fn destroy_merged_region(shared: &Shared, source: tessera_wire::RegionId) 
     retire(&shared.ctx, id, work).await
 }
 
+/// How long a merged region's destruction, or a heartbeat round, may take before the node
+/// warns about it.
+const WARN_SLOWER_THAN: Duration = Duration::from_secs(10);
+
+/// Destroys the merged-away `source` ([`destroy_merged_region`]) on a task of its own, so
+/// that the heartbeat loop goes on reporting the regions this node leads meanwhile: PD
+/// drives every other region's steps (a merge's commit among them) from those reports, and
+/// stopping a region's group waits for its Raft core. A destruction already under way is
+/// not started twice; one that takes longer than [`WARN_SLOWER_THAN`] is logged.
+fn destroy_merged_later(shared: &Arc<Shared>, source: tessera_wire::RegionId) {
+    if !shared.destroying.lock().unwrap_or_else(|p| p.into_inner()).insert(source) {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let work = destroy_merged_region(&shared, source);
+        tokio::pin!(work);
+        let result = tokio::select! {
+            r = &mut work => r,
+            _ = tokio::time::sleep(WARN_SLOWER_THAN) => {
+                tracing::warn!(
+                    region_id = source.0,
+                    after_s = WARN_SLOWER_THAN.as_secs(),
+                    "destroying a merged region is taking long"
+                );
+                work.await
+            }
+        };
+        match result {
+            Ok(()) => tracing::info!(
+                region_id = source.0,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "merged region destroyed"
+            ),
+            Err(e) => tracing::error!(region_id = source.0, error = %e, "destroying a merged region failed"),
+        }
+        shared.destroying.lock().unwrap_or_else(|p| p.into_inner()).remove(&source);
+    });
+}
+
 async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let pd = PdClient::new(shared.cfg.pd_endpoints.clone(), shared.pool.clone());
     let node_id = shared.cfg.node_id;
@@ -782,6 +826,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
                 }
             }
         }
+        let round = std::time::Instant::now();
         let hb = PdRequest::NodeHeartbeat {
             node_id,
             stats: node_stats(&shared.ctx, shared.web.as_ref()),
@@ -805,9 +850,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
                     }
                 }
                 for id in destroy_merged {
-                    if let Err(e) = destroy_merged_region(&shared, id).await {
-                        tracing::error!(region_id = id.0, error = %e, "destroying a merged region failed");
-                    }
+                    destroy_merged_later(&shared, id);
                 }
             }
             Ok(other) => tracing::warn!(node_id = node_id.0, answer = ?other, "unexpected heartbeat answer"),
@@ -822,6 +865,14 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             }
         }
         report_regions(&shared, &pd, &mut load).await;
+        // Creating or destroying a replica holds up the next reports: say so when it is long.
+        if round.elapsed() > WARN_SLOWER_THAN {
+            tracing::warn!(
+                node_id = node_id.0,
+                elapsed_ms = round.elapsed().as_millis() as u64,
+                "a heartbeat round took long; region reports were late"
+            );
+        }
     }
 }
 

@@ -99,11 +99,12 @@ impl ProcCluster {
         .map(|s| s.to_string())
         .collect();
         args.extend(self.extra.iter().cloned());
-        // Node logs at info, so a test can wait for a log line (they are kept in memory);
+        // Node logs at info (and the region steps PD asks for at debug, refusals included),
+        // so a test can wait for a log line (they are kept in memory);
         // `TESSERA_TEST_NODE_LOG` adds directives, e.g. `openraft=debug`, for debugging.
         let filter = match std::env::var("TESSERA_TEST_NODE_LOG") {
-            Ok(extra) => format!("warn,tessera_node=info,{extra}"),
-            Err(_) => "warn,tessera_node=info".to_owned(),
+            Ok(extra) => format!("warn,tessera_node=info,tessera_node::admin=debug,{extra}"),
+            Err(_) => "warn,tessera_node=info,tessera_node::admin=debug".to_owned(),
         };
         let log = self.dir.path().join("logs").join(format!("node{id}.log"));
         {
@@ -194,11 +195,52 @@ impl Drop for ProcCluster {
             .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
             .unwrap_or_default();
         names.sort();
+        let mut digest = Vec::new();
         for path in names {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             eprintln!("==== {} ({} lines) ====\n{text}", path.display(), text.lines().count());
+            let name = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            digest.extend(digest_lines(&name, &text));
+        }
+        // Last, so that a CI report that keeps only the head and the tail of the output
+        // still shows the story: every process's notable lines, in time order.
+        digest.sort();
+        let skip = digest.len().saturating_sub(DIGEST_LINES);
+        eprintln!("==== digest: the last {} notable lines of every log, in time order ====", digest.len() - skip);
+        for (_, name, line) in &digest[skip..] {
+            eprintln!("{name:>5} | {line}");
         }
     }
+}
+
+/// Lines of the digest a failed test prints last.
+const DIGEST_LINES: usize = 150;
+
+/// The notable lines of one process's log (warnings, errors, region steps, merges,
+/// operators and the test's own marks, those in node 1's log only), each with the
+/// timestamp it sorts by: a mark takes the timestamp of the line before it.
+fn digest_lines(name: &str, text: &str) -> Vec<(String, String, String)> {
+    const NOTABLE: [&str; 10] =
+        [" WARN ", " ERROR ", "step", "merge", "absorbed", "destroy", "operator", "descriptor", "registered", "---- "];
+    // openraft's warnings about unreachable peers repeat many times a second while a node
+    // is down or a region is being created; the full logs above have them.
+    const NOISE: [&str; 4] = ["openraft::replication", "replication_handler", "HeartbeatWorker", "requesting"];
+    let mut at = String::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some(ts) = line.split_whitespace().next().filter(|w| w.len() > 20 && w.ends_with('Z')) {
+            at = ts.to_owned();
+        }
+        // Every node's log gets the test's marks: node 1's (the first started) are enough.
+        let mark = line.starts_with("---- test:");
+        if mark && name != "node1" {
+            continue;
+        }
+        if NOTABLE.iter().any(|n| line.contains(n)) && !NOISE.iter().any(|n| line.contains(n)) {
+            out.push((at.clone(), name.to_owned(), line.to_owned()));
+        }
+    }
+    out
 }
 
 /// What happened to one write.
@@ -707,4 +749,21 @@ async fn regions_tile_the_key_space(client: &Client) -> (Vec<tessera_wire::Regio
         client.scan(b"", b"", tessera::ScanOptions::default()).map(|p| p.expect("scan").0).collect().await;
     assert!(scanned.windows(2).all(|w| w[0] < w[1]), "scan in order, each key once");
     (routes, scanned)
+}
+
+#[test]
+fn the_digest_keeps_notable_lines_and_dates_the_marks() {
+    let log = "2026-12-04T21:15:28.1Z  INFO tessera_node::node: node started\n\
+               2026-12-04T21:15:28.2Z DEBUG tessera_node::admin: region step not taken\n\
+               ---- test: node 1 killed with SIGKILL ----\n\
+               2026-12-04T21:15:29.0Z  WARN openraft::replication: ReplicationCore recv RPCError\n";
+    let lines = digest_lines("node1", log);
+    let kept: Vec<(&str, &str)> = lines.iter().map(|(at, _, l)| (at.as_str(), l.as_str())).collect();
+    assert_eq!(
+        kept,
+        [
+            ("2026-12-04T21:15:28.2Z", "2026-12-04T21:15:28.2Z DEBUG tessera_node::admin: region step not taken"),
+            ("2026-12-04T21:15:28.2Z", "---- test: node 1 killed with SIGKILL ----"),
+        ]
+    );
 }

@@ -230,7 +230,9 @@ fn spawn_pd_logging_to(
     log: Option<&Path>,
 ) -> Proc {
     let cert = |name: &str| certs.join(name).to_str().unwrap().to_string();
-    let filter = if log.is_some() { "warn,tessera_pd=info" } else { "error" };
+    // With a log file (a crash test's cluster): what PD decided, and at debug the region
+    // reports it ignored and the leaders it learned.
+    let filter = if log.is_some() { "warn,tessera_pd=info,tessera_pd::meta=debug" } else { "error" };
     let pd = Proc::spawn_logging_to(
         &[
             "pd",
