@@ -150,6 +150,8 @@ struct Op {
     kind: OpKind,
     key: Vec<u8>,
     scan_len: usize,
+    /// A scan's exclusive end (see [`crate::keys::scan_end`]); empty otherwise.
+    scan_end: Vec<u8>,
 }
 
 /// Issues `op`; returns the rows it read (scans) or 0.
@@ -159,7 +161,7 @@ async fn issue<T: Target>(target: &T, op: Op, value: Vec<u8>, stale: bool) -> Re
         OpKind::Read => target.get(op.key).await.map(|_| 0),
         OpKind::Update => target.put(op.key, value).await.map(|_| 0),
         OpKind::Insert => target.insert(op.key, value).await.map(|_| 0),
-        OpKind::Scan => target.scan(op.key, op.scan_len).await.map(|n| n as u64),
+        OpKind::Scan => target.scan(op.key, op.scan_end, op.scan_len).await.map(|n| n as u64),
     }
 }
 
@@ -184,16 +186,18 @@ pub async fn run<T: Target>(target: &T, spec: &RunSpec, inserts: &InsertCounter,
                 let kind = if spec.workload == Workload::S { sequential_op(n) } else { mix.choose(rng.random()) };
                 n += 1;
                 let op = match kind {
-                    OpKind::Insert => Op { kind, key: record_key(inserts.take()), scan_len: 0 },
+                    OpKind::Insert => Op { kind, key: record_key(inserts.take()), scan_len: 0, scan_end: Vec::new() },
                     OpKind::Scan => {
                         let scan_len = if spec.workload == Workload::S {
                             SEQUENTIAL_SCAN_LEN
                         } else {
                             rng.random_range(1..=MAX_SCAN_LEN)
                         };
-                        Op { kind, key: record_key(chooser.next(&mut rng)), scan_len }
+                        let key = record_key(chooser.next(&mut rng));
+                        let scan_end = crate::keys::scan_end(&key, scan_len, spec.records);
+                        Op { kind, key, scan_len, scan_end }
                     }
-                    _ => Op { kind, key: record_key(chooser.next(&mut rng)), scan_len: 0 },
+                    _ => Op { kind, key: record_key(chooser.next(&mut rng)), scan_len: 0, scan_end: Vec::new() },
                 };
                 let v = if matches!(kind, OpKind::Update | OpKind::Insert) {
                     value(spec.value_size, rng.random())
@@ -368,9 +372,9 @@ mod tests {
         async fn get_stale(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, OpError> {
             self.get(key).await
         }
-        async fn scan(&self, start: Vec<u8>, limit: usize) -> Result<usize, OpError> {
+        async fn scan(&self, start: Vec<u8>, end: Vec<u8>, limit: usize) -> Result<usize, OpError> {
             self.step().await?;
-            Ok(self.map.lock().unwrap().range(start..).take(limit).count())
+            Ok(self.map.lock().unwrap().range(start..end).take(limit).count())
         }
     }
 

@@ -42,9 +42,9 @@ pub trait Target: Clone + Send + Sync + 'static {
     /// Reads `key` from any replica, possibly missing recent writes (Tessera: stale read;
     /// etcd: serializable read).
     fn get_stale(&self, key: Vec<u8>) -> impl Future<Output = Result<Option<Vec<u8>>, OpError>> + Send;
-    /// Reads up to `limit` pairs from `start` (inclusive) to [`crate::keys::SCAN_END`];
-    /// returns how many.
-    fn scan(&self, start: Vec<u8>, limit: usize) -> impl Future<Output = Result<usize, OpError>> + Send;
+    /// Reads up to `limit` pairs from `start` (inclusive) to `end` (exclusive); returns how
+    /// many.
+    fn scan(&self, start: Vec<u8>, end: Vec<u8>, limit: usize) -> impl Future<Output = Result<usize, OpError>> + Send;
     /// Stores a new record. Both systems treat it as a put.
     fn insert(&self, key: Vec<u8>, value: Vec<u8>) -> impl Future<Output = Result<(), OpError>> + Send {
         self.put(key, value)
@@ -91,13 +91,13 @@ impl Target for TesseraTarget {
         self.client.get_with(&key, tessera::ReadConsistency::Stale).await.map_err(tessera_err)
     }
 
-    async fn scan(&self, start: Vec<u8>, limit: usize) -> Result<usize, OpError> {
+    async fn scan(&self, start: Vec<u8>, end: Vec<u8>, limit: usize) -> Result<usize, OpError> {
         let opts = tessera::ScanOptions {
             limit: Some(limit as u64),
             page_size: u32::try_from(limit.max(1)).unwrap_or(u32::MAX),
             ..tessera::ScanOptions::default()
         };
-        let mut rows = self.client.scan(&start, crate::keys::SCAN_END, opts);
+        let mut rows = self.client.scan(&start, &end, opts);
         let mut n = 0;
         while let Some(row) = rows.next().await {
             row.map_err(tessera_err)?;
@@ -169,8 +169,8 @@ impl Target for EtcdTarget {
         self.get_with(key, true).await
     }
 
-    async fn scan(&self, start: Vec<u8>, limit: usize) -> Result<usize, OpError> {
-        let opts = etcd_client::GetOptions::new().with_range(crate::keys::SCAN_END).with_limit(limit as i64);
+    async fn scan(&self, start: Vec<u8>, end: Vec<u8>, limit: usize) -> Result<usize, OpError> {
+        let opts = etcd_client::GetOptions::new().with_range(end).with_limit(limit as i64);
         let resp = self.kv().get(start, Some(opts)).await.map_err(etcd_err)?;
         Ok(resp.kvs().len())
     }
