@@ -15,7 +15,8 @@ pub struct PlacementArgs {
     #[arg(long, default_value_t = 960_000)]
     pub region_split_keys: u64,
     /// Split a region serving more reads plus writes per second than this for 10 s, where
-    /// its load halves, while it carries more than half of its leader node's requests.
+    /// its load halves, while its leader's node carries over a quarter more than its share
+    /// of the cluster's requests and the region more than half of that node's.
     #[arg(long, default_value_t = 3_000)]
     pub region_split_qps: u64,
     /// Merge two adjacent regions both smaller than this (default: split bytes / 5).

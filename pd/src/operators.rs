@@ -570,6 +570,10 @@ mod tests {
                     ..RegionStats::new(desc.clone(), leader, 1)
                 };
                 let at = Duration::from_secs(at);
+                // Every node heartbeats, so all three count for the load's fair share.
+                for i in 1..=3 {
+                    meta.node_heartbeat(NodeId(i), NodeStats::default(), &[desc.id], at).unwrap();
+                }
                 let _ = meta.region_heartbeat(leader.node_id, &[stats], at).unwrap();
                 cmds = ctl.on_region_heartbeat(&mut meta, &[desc.id], at).0;
             }
