@@ -47,7 +47,7 @@ struct Shared {
     events: tokio::sync::mpsc::UnboundedSender<RegionEvent>,
     /// Serialises creating, splitting off and destroying replicas.
     lifecycle: tokio::sync::Mutex<()>,
-    /// Merged-away regions whose destruction is under way (see [`destroy_merged_later`]).
+    /// Replicas whose destruction is under way (see [`destroy_later`]).
     destroying: std::sync::Mutex<std::collections::BTreeSet<tessera_wire::RegionId>>,
     /// Revoked token ids, as PD's heartbeat answers list them.
     revocations: tessera_certs::Revocations,
@@ -750,44 +750,62 @@ async fn destroy_merged_region(shared: &Shared, source: tessera_wire::RegionId) 
     retire(&shared.ctx, id, work).await
 }
 
-/// How long a merged region's destruction, or a heartbeat round, may take before the node
-/// warns about it.
+/// How long a replica's destruction, or a heartbeat round, may take before the node warns
+/// about it.
 const WARN_SLOWER_THAN: Duration = Duration::from_secs(10);
 
-/// Destroys the merged-away `source` ([`destroy_merged_region`]) on a task of its own, so
-/// that the heartbeat loop goes on reporting the regions this node leads meanwhile: PD
-/// drives every other region's steps (a merge's commit among them) from those reports, and
-/// stopping a region's group waits for its Raft core. A destruction already under way is
-/// not started twice; one that takes longer than [`WARN_SLOWER_THAN`] is logged.
-fn destroy_merged_later(shared: &Arc<Shared>, source: tessera_wire::RegionId) {
-    if !shared.destroying.lock().unwrap_or_else(|p| p.into_inner()).insert(source) {
+/// A replica PD's node-heartbeat answer says to destroy.
+enum Destroy {
+    /// Moved to other nodes ([`destroy_region`], with PD's newer descriptor).
+    MovedAway(RegionDescriptor),
+    /// Merged into its left neighbour everywhere ([`destroy_merged_region`]).
+    MergedAway(tessera_wire::RegionId),
+}
+
+/// Destroys a replica on a task of its own, so that the heartbeat loop goes on reporting
+/// the regions this node leads meanwhile: PD drives every region's steps (a merge's commit
+/// among them) from those reports, and stopping a replica's group waits for its Raft core.
+/// Destructions stay serialised with creations by the lifecycle lock; one already under
+/// way for the region is not started twice, and one that takes longer than
+/// [`WARN_SLOWER_THAN`] is logged.
+fn destroy_later(shared: &Arc<Shared>, what: Destroy) {
+    let region_id = match &what {
+        Destroy::MovedAway(desc) => desc.id,
+        Destroy::MergedAway(id) => *id,
+    };
+    if !shared.destroying.lock().unwrap_or_else(|p| p.into_inner()).insert(region_id) {
         return;
     }
     let shared = shared.clone();
     tokio::spawn(async move {
         let started = std::time::Instant::now();
-        let work = destroy_merged_region(&shared, source);
+        let work = async {
+            match what {
+                Destroy::MovedAway(desc) => destroy_region(&shared, desc).await,
+                Destroy::MergedAway(id) => destroy_merged_region(&shared, id).await,
+            }
+        };
         tokio::pin!(work);
         let result = tokio::select! {
             r = &mut work => r,
             _ = tokio::time::sleep(WARN_SLOWER_THAN) => {
                 tracing::warn!(
-                    region_id = source.0,
+                    region_id = region_id.0,
                     after_s = WARN_SLOWER_THAN.as_secs(),
-                    "destroying a merged region is taking long"
+                    "destroying a replica is taking long"
                 );
                 work.await
             }
         };
         match result {
-            Ok(()) => tracing::info!(
-                region_id = source.0,
+            Ok(()) => tracing::debug!(
+                region_id = region_id.0,
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                "merged region destroyed"
+                "replica destruction ended"
             ),
-            Err(e) => tracing::error!(region_id = source.0, error = %e, "destroying a merged region failed"),
+            Err(e) => tracing::error!(region_id = region_id.0, error = %e, "destroying a replica failed"),
         }
-        shared.destroying.lock().unwrap_or_else(|p| p.into_inner()).remove(&source);
+        shared.destroying.lock().unwrap_or_else(|p| p.into_inner()).remove(&region_id);
     });
 }
 
@@ -845,12 +863,10 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
                     }
                 }
                 for desc in destroy {
-                    if let Err(e) = destroy_region(&shared, desc).await {
-                        tracing::error!(node_id = node_id.0, error = %e, "destroying region failed");
-                    }
+                    destroy_later(&shared, Destroy::MovedAway(desc));
                 }
                 for id in destroy_merged {
-                    destroy_merged_later(&shared, id);
+                    destroy_later(&shared, Destroy::MergedAway(id));
                 }
             }
             Ok(other) => tracing::warn!(node_id = node_id.0, answer = ?other, "unexpected heartbeat answer"),
@@ -865,7 +881,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             }
         }
         report_regions(&shared, &pd, &mut load).await;
-        // Creating or destroying a replica holds up the next reports: say so when it is long.
+        // Creating a replica holds up the next reports: say so when a round is long.
         if round.elapsed() > WARN_SLOWER_THAN {
             tracing::warn!(
                 node_id = node_id.0,
