@@ -22,6 +22,7 @@ use std::sync::{mpsc, Arc, Mutex, RwLock};
 
 use redb::ReadableDatabase;
 
+use super::overlay::Overlay;
 use super::tables;
 
 /// Work done inside the shared write transaction.
@@ -34,6 +35,9 @@ struct Job {
     done: Done,
     log_entries: u64,
     durable: bool,
+    /// An apply of plain writes, which stages its rows in the data overlay. Any other job
+    /// sees the table alone: the overlay is written to it first (`overlay.rs`).
+    plain: bool,
 }
 
 /// A message to the writer thread.
@@ -135,6 +139,8 @@ struct Shared {
     committing: Mutex<()>,
     /// The node's write load ([`Engine::follow_load`]): while set, nothing commits in place.
     load: std::sync::OnceLock<super::LoadSignal>,
+    /// Applied rows of the `data` table not yet written to it (`overlay.rs`).
+    overlay: Arc<Overlay>,
 }
 
 /// The node's database and writer. Cheap to clone; clones share everything.
@@ -212,6 +218,7 @@ impl Engine {
             last_durable: Mutex::new(std::time::Instant::now()),
             committing: Mutex::new(()),
             load: std::sync::OnceLock::new(),
+            overlay: Arc::default(),
         });
         let writer = {
             let shared = shared.clone();
@@ -227,14 +234,14 @@ impl Engine {
     /// Queues `work`; `done` is called once its commit is durable (or failed).
     /// `log_entries` counts the Raft log entries it writes, for the statistics.
     pub fn submit(&self, work: Work, done: Done, log_entries: u64) {
-        self.send(Job { work, done, log_entries, durable: true })
+        self.send(Job { work, done, log_entries, durable: true, plain: false })
     }
 
     /// Queues `work` without waiting for it and without requiring an fsync of its own: it
     /// becomes durable with the next durable commit. A failure shows as the engine's
     /// fail-stop, like every other.
     pub fn submit_lazy(&self, work: Work) {
-        self.send(Job { work, done: Box::new(|_| {}), log_entries: 0, durable: false })
+        self.send(Job { work, done: Box::new(|_| {}), log_entries: 0, durable: false, plain: false })
     }
 
     fn send(&self, job: Job) {
@@ -253,7 +260,18 @@ impl Engine {
     /// anything later is durable (a log append, a vote, a purge) so is this; in particular
     /// the log is never purged past state that could still be lost.
     pub async fn write_lazy(&self, work: Work) -> io::Result<()> {
-        self.run(work, false).await
+        self.run(work, false, false).await
+    }
+
+    /// [`Engine::write_lazy`] for an apply of plain writes, which stages its rows of the
+    /// `data` table in the overlay ([`Engine::overlay`]); committed in place if `in_place`
+    /// allows it ([`Engine::write_lazy_in_place`]).
+    pub async fn apply_plain(&self, work: Work, in_place: bool) -> io::Result<()> {
+        if in_place {
+            self.lazy_in_place(work, true).await
+        } else {
+            self.run(work, false, true).await
+        }
     }
 
     /// Commits in place ([`Engine::write_lazy_in_place`]) only while `load` is clear. The
@@ -272,6 +290,10 @@ impl Engine {
     /// commit like `write_lazy`. For small jobs only: the caller's thread (an async worker)
     /// is busy for the transaction.
     pub async fn write_lazy_in_place(&self, work: Work) -> io::Result<()> {
+        self.lazy_in_place(work, false).await
+    }
+
+    async fn lazy_in_place(&self, work: Work, plain: bool) -> io::Result<()> {
         let shared = &self.shared;
         let under_load = shared.load.get().is_some_and(super::LoadSignal::is_set);
         if !under_load
@@ -284,27 +306,27 @@ impl Engine {
                     let slot = outcome.clone();
                     let done: Done = Box::new(move |r| *lock(&slot) = Some(r));
                     let db = shared.db_handle()?;
-                    commit_batch(&db, vec![Job { work, done, log_entries: 0, durable: false }], shared);
+                    commit_batch(&db, vec![Job { work, done, log_entries: 0, durable: false, plain }], shared);
                     drop(guard);
                     let result = lock(&outcome).take();
                     return result.unwrap_or_else(|| Err(io::Error::other("storage commit gave no outcome")));
                 }
             }
         }
-        self.run(work, false).await
+        self.run(work, false, plain).await
     }
 
     /// Runs `work` in the next group commit and waits until it is durable.
     pub async fn write(&self, work: Work) -> io::Result<()> {
-        self.run(work, true).await
+        self.run(work, true, false).await
     }
 
-    async fn run(&self, work: Work, durable: bool) -> io::Result<()> {
+    async fn run(&self, work: Work, durable: bool, plain: bool) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let done: Done = Box::new(move |r| {
             let _ = tx.send(r);
         });
-        self.send(Job { work, done, log_entries: 0, durable });
+        self.send(Job { work, done, log_entries: 0, durable, plain });
         rx.await.map_err(|_| io::Error::other("storage writer dropped a job"))?
     }
 
@@ -314,6 +336,34 @@ impl Engine {
         let db = self.shared.db.read().unwrap_or_else(|p| p.into_inner());
         let db = db.as_ref().ok_or_else(|| io::Error::other("storage is closed"))?;
         db.begin_read().map_err(io_err)
+    }
+
+    /// The applied rows of the `data` table not yet written to it. Readers of the table
+    /// read through it ([`Engine::read_data`]).
+    pub fn overlay(&self) -> &Arc<Overlay> {
+        &self.shared.overlay
+    }
+
+    /// A read transaction and, taken consistently with it by `pick`, rows of the overlay
+    /// ([`Overlay::read_consistent`]): together they show every apply committed up to when
+    /// `pick` ran. Not for snapshots ([`Engine::read_cut`]).
+    pub fn read_data<T>(
+        &self,
+        pick: impl FnMut(&redb::ReadTransaction, &super::overlay::Rows) -> io::Result<T>,
+    ) -> io::Result<(redb::ReadTransaction, T)> {
+        self.shared.overlay.read_consistent(|| self.read(), pick)
+    }
+
+    /// [`Engine::read_data`] at a commit boundary: the transaction and the overlay's rows
+    /// show exactly the same commits, so a region's applied state read from the
+    /// transaction matches its rows. Waits for the commit in progress, if any.
+    pub fn read_cut<T>(
+        &self,
+        pick: impl FnOnce(&redb::ReadTransaction, &super::overlay::Rows) -> io::Result<T>,
+    ) -> io::Result<(redb::ReadTransaction, T)> {
+        let _committing = lock(&self.shared.committing);
+        let mut pick = Some(pick);
+        self.read_data(|txn, rows| (pick.take().expect("called once under the commit lock"))(txn, rows))
     }
 
     /// `Err` once the engine has fail-stopped.
@@ -356,6 +406,21 @@ impl Engine {
         }
         // A commit in place that started before finishes first.
         let _committing = lock(&self.shared.committing);
+        // redb makes a pending non-durable commit durable when the database closes: write
+        // the overlay out first, so that such a commit never carries applied indexes
+        // without their rows (`overlay.rs`).
+        if self.shared.overlay.has_rows() {
+            if let Ok(db) = self.shared.db_handle() {
+                let job = Job {
+                    work: Box::new(|_| Ok(())),
+                    done: Box::new(|_| {}),
+                    log_entries: 0,
+                    durable: true,
+                    plain: false,
+                };
+                commit_batch(&db, vec![job], &self.shared);
+            }
+        }
         self.shared.db.write().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
@@ -417,16 +482,31 @@ fn commit_batch(db: &redb::Database, batch: Vec<Job>, shared: &Shared) {
     let log_entries: u64 = batch.iter().map(|j| j.log_entries).sum();
     // Completions are taken out first, so that every job of the batch hears the outcome,
     // whichever job fails.
-    let (works, dones): (Vec<Work>, Vec<Done>) = batch.into_iter().map(|j| (j.work, j.done)).unzip();
+    let (works, dones): (Vec<(Work, bool)>, Vec<Done>) = batch.into_iter().map(|j| ((j.work, j.plain), j.done)).unzip();
+    let overlay = &shared.overlay;
     let result = (|| -> io::Result<()> {
         let mut txn = db.begin_write().map_err(io_err)?;
         let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
         txn.set_durability(durability).map_err(io_err)?;
-        for work in works {
+        for (work, plain) in works {
+            if !plain && overlay.has_rows() {
+                overlay.flush_into(&txn)?;
+            }
             work(&txn)?;
+        }
+        // Every durable commit holds the rows of the applied indexes it holds.
+        if (durable || overlay.is_full()) && overlay.has_rows() {
+            let started = std::time::Instant::now();
+            let rows = overlay.flush_into(&txn)?;
+            tracing::trace!(
+                rows,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "data overlay written to the table"
+            );
         }
         txn.commit().map_err(io_err)
     })();
+    overlay.committed(result.is_ok());
     match &result {
         Ok(()) => {
             if durable {
@@ -627,6 +707,69 @@ pub(crate) mod tests {
         // Nothing of the failed batch was committed.
         let read = engine.read();
         assert_eq!(read.unwrap_err().kind(), io::ErrorKind::StorageFull);
+    }
+
+    /// A plain apply job staging `key = value` in the overlay.
+    fn stage(engine: &Engine, key: &'static [u8], value: &'static [u8]) -> Work {
+        let overlay = engine.overlay().clone();
+        Box::new(move |txn| {
+            let t = txn.open_table(tables::DATA).map_err(io_err)?;
+            overlay.put(&t, key.to_vec(), value)?;
+            Ok(())
+        })
+    }
+
+    /// `key`'s row in the table itself, overlay aside.
+    fn in_table(engine: &Engine, key: &[u8]) -> Option<Vec<u8>> {
+        let txn = engine.read().unwrap();
+        let t = txn.open_table(tables::DATA).unwrap();
+        let v = t.get(key).unwrap().map(|v| v.value().to_vec());
+        v
+    }
+
+    #[tokio::test]
+    async fn applied_rows_reach_the_table_with_the_next_durable_commit_or_job_that_is_not_an_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        engine.apply_plain(stage(&engine, b"a", b"1"), false).await.unwrap();
+        engine.apply_plain(stage(&engine, b"b", b"2"), true).await.unwrap();
+        assert_eq!(engine.overlay().len(), 2);
+        assert_eq!(in_table(&engine, b"a"), None, "a non-durable apply leaves its rows in the overlay");
+        // Readers see them.
+        let (_, seen) = engine.read_data(|_, rows| Ok(rows.get(b"b".as_slice()).cloned())).unwrap();
+        assert_eq!(seen, Some(Some(b"2".to_vec())));
+        // A durable commit carries them, even one whose own job wrote nothing.
+        engine.write(Box::new(|_| Ok(()))).await.unwrap();
+        assert_eq!(in_table(&engine, b"a"), Some(b"1".to_vec()));
+        assert_eq!(in_table(&engine, b"b"), Some(b"2".to_vec()));
+        assert!(engine.overlay().is_empty());
+        // A lazy job that is not an apply sees the table up to date before it runs.
+        engine.apply_plain(stage(&engine, b"c", b"3"), false).await.unwrap();
+        let seen = Arc::new(Mutex::new(None));
+        let s = seen.clone();
+        engine
+            .write_lazy(Box::new(move |txn| {
+                use redb::ReadableTable;
+                let t = txn.open_table(tables::DATA).map_err(io_err)?;
+                *lock(&s) = t.get(b"c".as_slice()).map_err(io_err)?.map(|v| v.value().to_vec());
+                Ok(())
+            }))
+            .await
+            .unwrap();
+        assert_eq!(*lock(&seen), Some(b"3".to_vec()));
+        assert!(engine.overlay().is_empty());
+    }
+
+    #[tokio::test]
+    async fn close_writes_the_overlay_to_the_table_before_the_database_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let engine = Engine::open(&path).unwrap();
+        engine.apply_plain(stage(&engine, b"k", b"v"), false).await.unwrap();
+        assert_eq!(in_table(&engine, b"k"), None);
+        tokio::task::spawn_blocking(move || engine.close()).await.unwrap();
+        let reopened = Engine::open(&path).unwrap();
+        assert_eq!(in_table(&reopened, b"k"), Some(b"v".to_vec()));
     }
 
     #[tokio::test]

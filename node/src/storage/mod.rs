@@ -7,6 +7,8 @@
 //!   regions into one write transaction (group commit), then completes them; a small apply
 //!   may commit in place when the writer is idle and the node is not under write load
 //!   ([`LoadSignal`]). A failed commit fail-stops the engine.
+//! * [`overlay`]: the data overlay, the `data` rows applied and not yet written to redb,
+//!   which every durable commit writes first; readers read through it.
 //! * [`log_store`]: openraft's `RaftLogStorage` for one region, on the log engine.
 //! * [`migrate`]: moves the Raft log of a data directory written before the log engine
 //!   out of redb.
@@ -19,6 +21,7 @@ pub mod inspect;
 mod load;
 pub mod log_store;
 pub mod migrate;
+pub mod overlay;
 pub mod records;
 pub mod sessions;
 pub mod snapshot;

@@ -221,7 +221,16 @@ pub(crate) fn absorbed_here(
 /// state it reflects and the file. Refused ([`MergedAway`]) for a region merged into its
 /// neighbour here.
 pub fn build(engine: &Engine, region: u64) -> io::Result<(SmState, SnapshotFile)> {
-    let txn = engine.read()?;
+    // The region's applied state and its rows as of one commit: the table's rows as the
+    // transaction sees them, with the overlay's rows of the same commits over them.
+    let (txn, fresh) = engine.read_cut(|txn, rows| {
+        let state = read_state(txn, region)?;
+        let regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
+        let record = regions.get(region).map_err(io_err)?.map(|r| r.value().to_vec());
+        let (start, end) = record_range(record.as_deref())?;
+        let (lo, hi) = data_range(state.data_id, &start, &end);
+        Ok(super::overlay::range_rows(rows, &lo, &hi, false, usize::MAX))
+    })?;
     let state = read_state(&txn, region)?;
     let id = state.data_id;
     let file = SnapshotFile::adopt(new_path(engine, "built", region));
@@ -241,9 +250,11 @@ pub fn build(engine: &Engine, region: u64) -> io::Result<(SmState, SnapshotFile)
     // Only the region's range: a region split off shares its parent's data id.
     let (start, end) = record_range(record.as_deref())?;
     let (lo, hi) = data_range(id, &start, &end);
-    for row in data.range(lo.as_slice()..hi.as_slice()).map_err(io_err)? {
-        let (k, v) = row.map_err(io_err)?;
-        write_item(&mut w, &SnapshotItem::Pair(k.value()[8..].to_vec(), v.value().to_vec()))?;
+    let rows = super::overlay::table_rows(&data, &lo, &hi, false)?;
+    for row in super::overlay::merged(rows, fresh, false) {
+        let (mut k, v) = row?;
+        k.drain(..8);
+        write_item(&mut w, &SnapshotItem::Pair(k, v))?;
         pairs += 1;
     }
     let sid = state.session_id;

@@ -21,6 +21,7 @@ use redb::ReadableTable;
 use tessera_wire::{RegionDescriptor, RegionId};
 
 use super::engine::{io_err, Engine};
+use super::overlay::{self, DataTable, Overlay};
 use super::records::{encode, MergeState, RegionRecord, SmMetaRecord, SmState};
 use super::sessions::{Admit, Sessions};
 use super::snapshot::{self, GcItem, SnapshotFile};
@@ -405,17 +406,19 @@ impl RegionShared {
     }
 
     fn count_now(&self, engine: &Engine) -> io::Result<()> {
-        let txn = engine.read()?;
-        let id = data_id(&txn, self.region_id.0)?;
-        let data = txn.open_table(tables::DATA).map_err(io_err)?;
         // Only the region's range: regions split off share their parent's data id.
         let desc = self.descriptor();
-        let (lo, hi) = data_range(id, &desc.start_key, &desc.end_key);
+        let (txn, ((lo, hi), fresh)) = engine.read_data(|txn, rows| {
+            let (lo, hi) = data_range(data_id(txn, self.region_id.0)?, &desc.start_key, &desc.end_key);
+            let fresh = overlay::range_rows(rows, &lo, &hi, false, usize::MAX);
+            Ok(((lo, hi), fresh))
+        })?;
+        let data = txn.open_table(tables::DATA).map_err(io_err)?;
         let (mut keys, mut bytes) = (0i64, 0i64);
-        for row in data.range(lo.as_slice()..hi.as_slice()).map_err(io_err)? {
-            let (k, v) = row.map_err(io_err)?;
+        for row in overlay::merged(overlay::table_rows(&data, &lo, &hi, false)?, fresh, false) {
+            let (k, v) = row?;
             keys += 1;
-            bytes += (k.value().len() - 8 + v.value().len()) as i64;
+            bytes += (k.len() - 8 + v.len()) as i64;
         }
         self.approx_keys.store(keys, Ordering::Relaxed);
         self.approx_bytes.store(bytes, Ordering::Relaxed);
@@ -495,28 +498,45 @@ fn check_range(check: RangeCheck<'_>) -> io::Result<()> {
 /// split leaves two halves of about equal size. `None` if that key is the range's first
 /// (a single huge key, or an empty region).
 pub fn middle_key(engine: &Engine, region: u64, start: &[u8], end: &[u8], total: u64) -> io::Result<Option<Vec<u8>>> {
-    let txn = engine.read()?;
-    let id = data_id(&txn, region)?;
+    let (txn, ((lo, hi), fresh)) = engine.read_data(|txn, rows| {
+        let (lo, hi) = data_range(data_id(txn, region)?, start, end);
+        let fresh = overlay::range_rows(rows, &lo, &hi, false, usize::MAX);
+        Ok(((lo, hi), fresh))
+    })?;
     let t = txn.open_table(tables::DATA).map_err(io_err)?;
-    let (lo, hi) = data_range(id, start, end);
     let mut seen = 0u64;
-    for row in t.range(lo.as_slice()..hi.as_slice()).map_err(io_err)? {
-        let (k, v) = row.map_err(io_err)?;
-        let key = &k.value()[8..];
+    for row in overlay::merged(overlay::table_rows(&t, &lo, &hi, false)?, fresh, false) {
+        let (k, v) = row?;
+        let key = &k[8..];
         if seen >= total / 2 && key > start {
             return Ok(Some(key.to_vec()));
         }
-        seen += (key.len() + v.value().len()) as u64;
+        seen += (key.len() + v.len()) as u64;
     }
     Ok(None)
 }
 
+/// What the overlay says of one `data` table key: `Some(row)` if it has the key (the row
+/// may be a deletion), `None` to read the table.
+fn overlay_row(rows: &overlay::Rows, key: &[u8]) -> Option<overlay::Row> {
+    rows.get(key).cloned()
+}
+
 /// Reads one key of `region` from the applied state.
 pub fn read_get(engine: &Engine, region: u64, check: RangeCheck<'_>, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
-    let txn = engine.read()?;
-    let id = data_id(&txn, region)?;
-    let t = txn.open_table(tables::DATA).map_err(io_err)?;
-    let value = t.get(data_key(id, key).as_slice()).map_err(io_err)?.map(|v| v.value().to_vec());
+    let (txn, (dk, fresh)) = engine.read_data(|txn, rows| {
+        let dk = data_key(data_id(txn, region)?, key);
+        let fresh = overlay_row(rows, &dk);
+        Ok((dk, fresh))
+    })?;
+    let value = match fresh {
+        Some(row) => row,
+        None => {
+            let t = txn.open_table(tables::DATA).map_err(io_err)?;
+            let v = t.get(dk.as_slice()).map_err(io_err)?.map(|v| v.value().to_vec());
+            v
+        }
+    };
     check_range(check)?;
     Ok(value)
 }
@@ -530,16 +550,26 @@ pub fn read_batch(
     keys: &[Vec<u8>],
     max_bytes: usize,
 ) -> io::Result<Vec<Option<Vec<u8>>>> {
-    let txn = engine.read()?;
-    let id = data_id(&txn, region)?;
+    let (txn, (id, fresh)) = engine.read_data(|txn, rows| {
+        let id = data_id(txn, region)?;
+        let fresh: Vec<Option<overlay::Row>> = if rows.is_empty() {
+            Vec::new()
+        } else {
+            keys.iter().map(|k| overlay_row(rows, &data_key(id, k))).collect()
+        };
+        Ok((id, fresh))
+    })?;
     let t = txn.open_table(tables::DATA).map_err(io_err)?;
     let mut out = Vec::with_capacity(keys.len());
     let mut bytes = 0;
-    for k in keys {
+    for (i, k) in keys.iter().enumerate() {
         if !out.is_empty() && bytes >= max_bytes {
             break;
         }
-        let v = t.get(data_key(id, k).as_slice()).map_err(io_err)?.map(|v| v.value().to_vec());
+        let v = match fresh.get(i).cloned().flatten() {
+            Some(row) => row,
+            None => t.get(data_key(id, k).as_slice()).map_err(io_err)?.map(|v| v.value().to_vec()),
+        };
         bytes += k.len() + v.as_ref().map_or(0, Vec::len);
         out.push(v);
     }
@@ -562,17 +592,18 @@ pub fn read_scan(
     max_bytes: usize,
     reverse: bool,
 ) -> io::Result<(Pairs, Option<Vec<u8>>)> {
-    let txn = engine.read()?;
-    let id = data_id(&txn, region)?;
+    let (txn, ((lo, hi), fresh)) = engine.read_data(|txn, rows| {
+        let (lo, hi) = data_range(data_id(txn, region)?, start, end);
+        // One row past the limit: the page's resume key.
+        let fresh = overlay::range_rows(rows, &lo, &hi, reverse, limit.saturating_add(1));
+        Ok(((lo, hi), fresh))
+    })?;
     let t = txn.open_table(tables::DATA).map_err(io_err)?;
-    let (lo, hi) = data_range(id, start, end);
-    let range = t.range(lo.as_slice()..hi.as_slice()).map_err(io_err)?;
-    let rows: Box<dyn Iterator<Item = _>> = if reverse { Box::new(range.rev()) } else { Box::new(range) };
     let mut out = Vec::new();
     let mut bytes = 0;
-    for row in rows {
-        let (k, v) = row.map_err(io_err)?;
-        let key = k.value()[8..].to_vec();
+    for row in overlay::merged(overlay::table_rows(&t, &lo, &hi, reverse)?, fresh, reverse) {
+        let (k, v) = row?;
+        let key = k[8..].to_vec();
         if out.len() >= limit || (!out.is_empty() && bytes >= max_bytes) {
             // Where the next page starts: this key for a forward scan; for a reverse scan
             // the exclusive end just past it.
@@ -580,30 +611,28 @@ pub fn read_scan(
             check_range(check)?;
             return Ok((out, Some(resume)));
         }
-        bytes += key.len() + v.value().len();
-        out.push((key, v.value().to_vec()));
+        bytes += key.len() + v.len();
+        out.push((key, v));
     }
     check_range(check)?;
     Ok((out, None))
 }
 
-type DataTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
-
-/// Executes one operation against the data table. Returns the result and the change in
-/// (keys, bytes).
-fn execute(data: &mut DataTable<'_>, region: u64, op: &LogOp) -> io::Result<(ApplyResult, i64, i64)> {
-    let get = |data: &DataTable<'_>, key: &[u8]| -> io::Result<Option<Vec<u8>>> {
-        Ok(data.get(data_key(region, key).as_slice()).map_err(io_err)?.map(|v| v.value().to_vec()))
+/// Executes one operation against the data table, through the overlay (whose rows the
+/// commit publishes). Returns the result and the change in (keys, bytes).
+fn execute(table: &DataTable<'_>, overlay: &Overlay, region: u64, op: &LogOp) -> io::Result<(ApplyResult, i64, i64)> {
+    let data = &(table, overlay);
+    let get = |(table, overlay): &(&DataTable<'_>, &Overlay), key: &[u8]| -> io::Result<Option<Vec<u8>>> {
+        overlay.get(table, &data_key(region, key))
     };
-    let put = |data: &mut DataTable<'_>, key: &[u8], value: &[u8]| -> io::Result<(i64, i64)> {
-        let old = data.insert(data_key(region, key).as_slice(), value).map_err(io_err)?.map(|v| v.value().len());
-        Ok(match old {
+    let put = |(table, overlay): &(&DataTable<'_>, &Overlay), key: &[u8], value: &[u8]| -> io::Result<(i64, i64)> {
+        Ok(match overlay.put(table, data_key(region, key), value)? {
             Some(old_len) => (0, value.len() as i64 - old_len as i64),
             None => (1, (key.len() + value.len()) as i64),
         })
     };
-    let del = |data: &mut DataTable<'_>, key: &[u8]| -> io::Result<Option<usize>> {
-        Ok(data.remove(data_key(region, key).as_slice()).map_err(io_err)?.map(|v| v.value().len()))
+    let del = |(table, overlay): &(&DataTable<'_>, &Overlay), key: &[u8]| -> io::Result<Option<usize>> {
+        overlay.remove(table, data_key(region, key))
     };
     Ok(match op {
         LogOp::Put(k, v) => {
@@ -840,6 +869,18 @@ impl RegionStateMachine {
         // half's rows; with every seeding replica lost that way, no replica holds the new
         // region's rows or membership (docs/storage.md).
         let splits_here = work_items.iter().any(|w| matches!(w, Work::Command(_, LogCommand::SplitV1 { .. })));
+        // Plain writes stage their rows in the engine's data overlay; anything else (a
+        // split, a merge step) runs against the table alone, which the engine first brings
+        // up to date (`overlay.rs`).
+        let plain = work_items.iter().all(|w| {
+            matches!(
+                w,
+                Work::Blank(_)
+                    | Work::Membership(..)
+                    | Work::Command(_, LogCommand::WriteV1 { .. } | LogCommand::WriteV2 { .. })
+            )
+        });
+        let overlay = self.engine.overlay().clone();
         let results: ApplyOutput<A> = Default::default();
         let out = results.clone();
         let mut state = self.state.clone();
@@ -1006,7 +1047,7 @@ impl RegionStateMachine {
                         }
                     }
                 }
-                let (r, k, b) = execute(&mut data, id, &op)?;
+                let (r, k, b) = execute(&data, &overlay, id, &op)?;
                 dk += k;
                 db += b;
                 if let Some(s) = session {
@@ -1034,8 +1075,8 @@ impl RegionStateMachine {
         });
         if splits_here {
             self.engine.write(work).await?;
-        } else if in_place {
-            self.engine.write_lazy_in_place(work).await?;
+        } else if plain {
+            self.engine.apply_plain(work, in_place).await?;
         } else {
             self.engine.write_lazy(work).await?;
         }
@@ -1335,6 +1376,71 @@ mod merge_tests {
             target: target.id.0,
             target_epoch: (target.epoch.conf_ver, target.epoch.version),
         }
+    }
+
+    fn write(op: LogOp) -> LogCommand {
+        LogCommand::WriteV2 { session: None, op, at_ms: 1, session_ttl_ms: 1 << 40 }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn applied_writes_wait_in_the_overlay_and_reads_scans_and_snapshots_see_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let desc = region(1, b"", b"");
+        let mut sm = machine(&engine, &desc).await;
+        for (i, k) in [b"a", b"b", b"c"].iter().enumerate() {
+            apply(&mut sm, i as u64 + 1, put(*k)).await;
+        }
+        // A durable commit writes them to the table.
+        engine.write(Box::new(|_| Ok(()))).await.unwrap();
+        assert!(engine.overlay().is_empty());
+        // A deletion, a new key and an append stay in the overlay.
+        apply(&mut sm, 4, write(LogOp::Delete(b"b".to_vec()))).await;
+        apply(&mut sm, 5, put(b"d")).await;
+        apply(&mut sm, 6, write(LogOp::Append(b"a".to_vec(), b"+".to_vec()))).await;
+        assert_eq!(engine.overlay().len(), 3);
+        let in_table = |key: &[u8]| {
+            let txn = engine.read().unwrap();
+            let t = txn.open_table(tables::DATA).unwrap();
+            let v = t.get(data_key(1, key).as_slice()).unwrap().map(|v| v.value().to_vec());
+            v
+        };
+        assert_eq!(in_table(b"b"), Some(b"v".to_vec()), "the deletion has not reached the table");
+        assert_eq!(in_table(b"d"), None);
+
+        assert_eq!(get(&engine, 1, b"a"), Some(b"v+".to_vec()), "the append read the table's row");
+        assert_eq!(get(&engine, 1, b"b"), None);
+        assert_eq!(get(&engine, 1, b"d"), Some(b"v".to_vec()));
+        let keys = |pairs: &Pairs| pairs.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        let (pairs, resume) = read_scan(&engine, 1, None, b"", b"", 10, usize::MAX, false).unwrap();
+        assert_eq!(keys(&pairs), vec![b"a".to_vec(), b"c".to_vec(), b"d".to_vec()]);
+        assert_eq!(pairs[0].1, b"v+".to_vec());
+        assert_eq!(resume, None);
+        let (pairs, _) = read_scan(&engine, 1, None, b"", b"", 10, usize::MAX, true).unwrap();
+        assert_eq!(keys(&pairs), vec![b"d".to_vec(), b"c".to_vec(), b"a".to_vec()]);
+        let (pairs, resume) = read_scan(&engine, 1, None, b"", b"", 2, usize::MAX, false).unwrap();
+        assert_eq!(keys(&pairs), vec![b"a".to_vec(), b"c".to_vec()]);
+        assert_eq!(resume, Some(b"d".to_vec()));
+        let batch = read_batch(&engine, 1, None, &[b"b".to_vec(), b"c".to_vec(), b"d".to_vec()], usize::MAX).unwrap();
+        assert_eq!(batch, vec![None, Some(b"v".to_vec()), Some(b"v".to_vec())]);
+
+        // A snapshot holds the state of index 6: the overlay's rows over the table's.
+        let (state, file) = snapshot::build(&engine, 1).unwrap();
+        assert_eq!(state.applied.map(|l| l.index), Some(6));
+        let mut reader = snapshot::SnapshotReader::open(file.path()).unwrap();
+        let mut pairs = Vec::new();
+        while let Some(item) = reader.next_item().unwrap() {
+            if let crate::storage::records::SnapshotItem::Pair(k, v) = item {
+                pairs.push((k, v));
+            }
+        }
+        assert_eq!(
+            pairs,
+            vec![(b"a".to_vec(), b"v+".to_vec()), (b"c".to_vec(), b"v".to_vec()), (b"d".to_vec(), b"v".to_vec())]
+        );
+        // The region's key count followed the overlay.
+        sm.shared.count_now(&engine).unwrap();
+        assert_eq!(sm.shared.approx_keys.load(Ordering::Relaxed), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
