@@ -150,6 +150,12 @@ pub struct Stages {
     pub follower_append: Stage,
     /// Applying a batch of committed entries to the state machine (redb commit included).
     pub apply: Stage,
+    /// Writing the data overlay into redb's `data` table, inside a commit
+    /// (`storage/overlay.rs`).
+    pub overlay_flush: Stage,
+    /// A durable redb commit (`Durability::Immediate`: the pages dirtied since the last one
+    /// written out, and synced), the overlay's write-out before it not included.
+    pub redb_durable_commit: Stage,
 }
 
 /// The process's stages.
@@ -161,10 +167,12 @@ pub static STAGES: Stages = Stages {
     append_rpc: Stage::new(),
     follower_append: Stage::new(),
     apply: Stage::new(),
+    overlay_flush: Stage::new(),
+    redb_durable_commit: Stage::new(),
 };
 
 impl Stages {
-    fn all(&self) -> [(&'static str, &Stage); 7] {
+    fn all(&self) -> [(&'static str, &Stage); 9] {
         [
             ("kv_write", &self.kv_write),
             ("read_index", &self.read_index),
@@ -173,6 +181,8 @@ impl Stages {
             ("append_rpc", &self.append_rpc),
             ("follower_append", &self.follower_append),
             ("apply", &self.apply),
+            ("overlay_flush", &self.overlay_flush),
+            ("redb_durable_commit", &self.redb_durable_commit),
         ]
     }
 

@@ -488,23 +488,33 @@ fn commit_batch(db: &redb::Database, batch: Vec<Job>, shared: &Shared) {
         let mut txn = db.begin_write().map_err(io_err)?;
         let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
         txn.set_durability(durability).map_err(io_err)?;
-        for (work, plain) in works {
-            if !plain && overlay.has_rows() {
-                overlay.flush_into(&txn)?;
-            }
-            work(&txn)?;
-        }
-        // Every durable commit holds the rows of the applied indexes it holds.
-        if (durable || overlay.is_full()) && overlay.has_rows() {
+        let flush = |txn: &redb::WriteTransaction| -> io::Result<()> {
             let started = std::time::Instant::now();
-            let rows = overlay.flush_into(&txn)?;
+            let rows = overlay.flush_into(txn)?;
+            crate::metrics::STAGES.overlay_flush.record(started.elapsed());
             tracing::trace!(
                 rows,
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "data overlay written to the table"
             );
+            Ok(())
+        };
+        for (work, plain) in works {
+            if !plain && overlay.has_rows() {
+                flush(&txn)?;
+            }
+            work(&txn)?;
         }
-        txn.commit().map_err(io_err)
+        // Every durable commit holds the rows of the applied indexes it holds.
+        if (durable || overlay.is_full()) && overlay.has_rows() {
+            flush(&txn)?;
+        }
+        let started = std::time::Instant::now();
+        txn.commit().map_err(io_err)?;
+        if durable {
+            crate::metrics::STAGES.redb_durable_commit.record(started.elapsed());
+        }
+        Ok(())
     })();
     overlay.committed(result.is_ok());
     match &result {
