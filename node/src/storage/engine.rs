@@ -362,8 +362,11 @@ impl Engine {
         pick: impl FnOnce(&redb::ReadTransaction, &super::overlay::Rows) -> io::Result<T>,
     ) -> io::Result<(redb::ReadTransaction, T)> {
         let _committing = lock(&self.shared.committing);
-        let mut pick = Some(pick);
-        self.read_data(|txn, rows| (pick.take().expect("called once under the commit lock"))(txn, rows))
+        // No commit runs meanwhile, so no rows leave the overlay: the transaction and the
+        // published rows show the same commits.
+        let txn = self.read()?;
+        let picked = self.shared.overlay.with_published(|rows| pick(&txn, rows))?;
+        Ok((txn, picked))
     }
 
     /// `Err` once the engine has fail-stopped.
@@ -408,17 +411,15 @@ impl Engine {
         let _committing = lock(&self.shared.committing);
         // redb makes a pending non-durable commit durable when the database closes: write
         // the overlay out first, so that such a commit never carries applied indexes
-        // without their rows (`overlay.rs`).
+        // without their rows (`overlay.rs`). Also after a fail-stop: the overlay holds only
+        // committed rows (a failed transaction published nothing), exactly the state redb
+        // would promote. After an I/O failure redb refuses this commit, and then it promotes
+        // nothing either.
         if self.shared.overlay.has_rows() {
             if let Ok(db) = self.shared.db_handle() {
-                let job = Job {
-                    work: Box::new(|_| Ok(())),
-                    done: Box::new(|_| {}),
-                    log_entries: 0,
-                    durable: true,
-                    plain: false,
-                };
-                commit_batch(&db, vec![job], &self.shared);
+                if let Err(e) = flush_at_close(&db, &self.shared.overlay) {
+                    tracing::error!(error = %e, "writing the data overlay out at close failed");
+                }
             }
         }
         self.shared.db.write().unwrap_or_else(|p| p.into_inner()).take();
@@ -466,6 +467,17 @@ fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Msg>, shared: &Shared
             (job.done)(Err(io::Error::other("storage is closed")));
         }
     }
+}
+
+/// The durable commit of the overlay's rows that [`Engine::close`] makes.
+fn flush_at_close(db: &redb::Database, overlay: &Overlay) -> io::Result<()> {
+    let result = (|| {
+        let txn = db.begin_write().map_err(io_err)?;
+        overlay.flush_into(&txn)?;
+        txn.commit().map_err(io_err)
+    })();
+    overlay.committed(result.is_ok());
+    result
 }
 
 /// Runs one batch in one transaction and completes every job of it with the outcome.
@@ -780,6 +792,32 @@ pub(crate) mod tests {
         tokio::task::spawn_blocking(move || engine.close()).await.unwrap();
         let reopened = Engine::open(&path).unwrap();
         assert_eq!(in_table(&reopened, b"k"), Some(b"v".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn close_after_a_fail_stop_still_writes_out_the_committed_rows_of_the_overlay() {
+        // redb promotes the pending non-durable commits at close whatever the engine's
+        // state; they hold applied indexes (here: a `sm_meta` row), so their rows must go
+        // with them.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let engine = Engine::open(&path).unwrap();
+        // An apply: its row staged, its applied index (here a `sm_meta` row) in the table.
+        let (stage_k, insert_7) = (stage(&engine, b"k", b"v"), insert(7));
+        let apply: Work = Box::new(move |txn| {
+            stage_k(txn)?;
+            insert_7(txn)
+        });
+        engine.apply_plain(apply, false).await.unwrap();
+        assert!(engine.overlay().has_rows());
+        // A job's own error (not an I/O failure of redb) fail-stops the engine.
+        assert!(engine.write_lazy(Box::new(|_| Err(io::Error::other("bad job")))).await.is_err());
+        assert!(engine.failure().is_some());
+        tokio::task::spawn_blocking(move || engine.close()).await.unwrap();
+        let reopened = Engine::open(&path).unwrap();
+        let read = reopened.read().unwrap();
+        assert!(read.open_table(tables::SM_META).unwrap().get(7).unwrap().is_some(), "redb promoted the commit");
+        assert_eq!(in_table(&reopened, b"k"), Some(b"v".to_vec()), "and the overlay's row went with it");
     }
 
     #[tokio::test]

@@ -219,6 +219,13 @@ impl Overlay {
         }
     }
 
+    /// Runs `f` on the published rows. Only consistent with a read transaction opened
+    /// while no commit can run (the engine's `read_cut`); otherwise use
+    /// [`Overlay::read_consistent`].
+    pub fn with_published<T>(&self, f: impl FnOnce(&Rows) -> T) -> T {
+        f(&self.published())
+    }
+
     /// Opens a read transaction with `begin` and runs `pick` on it and on the published
     /// rows, so that the two together show every commit up to some point: the transaction
     /// shows the table as of some commit, and the rows show every apply committed up to
