@@ -23,9 +23,8 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
-use super::engine::{io_err, Engine};
+use super::engine::Engine;
 use super::records::{decode, encode};
-use super::tables;
 use super::wal::{LogEngine, Op};
 use crate::raft::network::{entry_len_bound, REPLICATION_BYTES};
 use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
@@ -47,9 +46,23 @@ struct LogMem {
     last_purged: Option<LogId>,
     vote: Option<Vote>,
     committed: Option<LogId>,
+    /// Purges done in memory whose record the log engine has not been given yet, oldest
+    /// first, each with the state machine's count of durable commits when it was asked
+    /// for (see [`RegionLogStore::purge`]).
+    pending_purges: std::collections::VecDeque<(LogId, u64)>,
 }
 
 impl LogMem {
+    /// Purges up to `log_id` in memory: what openraft sees from now on.
+    fn purge(&mut self, log_id: LogId) {
+        let upto = log_id.index();
+        self.cut_upto(upto);
+        self.last_purged = Some(log_id);
+        if self.last.is_none_or(|l| l.index() < upto) {
+            self.last = Some(log_id);
+        }
+    }
+
     fn insert(&mut self, entry: Entry) {
         self.last = Some(entry.log_id());
         self.bytes += entry_len_bound(&entry);
@@ -104,7 +117,8 @@ impl LogMem {
 pub struct RegionLogStore {
     region: u64,
     wal: LogEngine,
-    /// The state machine's database, made durable before every purge.
+    /// The state machine's database: a purge is recorded in the log engine only after a
+    /// durable commit of it.
     engine: Engine,
     mem: Arc<Mutex<LogMem>>,
     budget: usize,
@@ -194,6 +208,19 @@ impl RegionLogStore {
         lock(&self.mem)
     }
 
+    /// Purges the log up to `log_id` now, in memory and in the log engine, after a
+    /// durable redb commit: for a seeded region, whose log starts at its seed
+    /// (`node::seed_split_log`) and which has no entry to replay if a crash lost the seed.
+    /// openraft's own purges go through [`RaftLogStorage::purge`], which does not wait.
+    pub async fn purge_durably(&mut self, log_id: LogId) -> io::Result<()> {
+        let upto = log_id.index();
+        lock(&self.mem).purge(log_id);
+        self.engine.write(Box::new(|_| Ok(()))).await?;
+        self.wal.write(vec![Op::Purge { region: self.region, upto, log_id: encode(&log_id)? }]).await?;
+        tracing::info!(region_id = self.region, index = upto, "raft log purged");
+        Ok(())
+    }
+
     /// Entries held in memory, and their bytes (for tests and statistics).
     pub fn cached(&self) -> (usize, usize) {
         let mem = self.mem();
@@ -245,6 +272,9 @@ impl RaftLogReader<TypeConfig> for RegionLogStore {
             Bound::Excluded(x) => *x,
             Bound::Unbounded => u64::MAX,
         };
+        // Nothing up to the purge point is returned, even while the log engine still holds
+        // it (a purge reaches the log engine later: see `purge`).
+        let start = start.max(self.mem().last_purged.map_or(0, |l| l.index() + 1));
         if start >= end {
             return Ok(Vec::new());
         }
@@ -394,29 +424,38 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
         self.wal.write(vec![Op::Truncate { region: self.region, from }]).await
     }
 
+    /// Purges the log up to `log_id` in memory at once; the log engine's purge record
+    /// follows once a durable redb commit covers the state machine's applies of the
+    /// entries purged, so the log is never purged past state that a crash could lose.
+    ///
+    /// That cover is not forced here: a durable commit writes out the data overlay, and
+    /// every apply of the node waits behind it, while this call holds up the region's Raft
+    /// core (openraft awaits it). Instead each purge is kept pending with the count of
+    /// durable commits made so far. Every entry it purges was applied, and that apply
+    /// committed, before the purge was asked for (openraft purges only what a snapshot
+    /// covers), so any durable commit completing later makes it durable. A later call
+    /// writes the newest pending purge so covered; the 2 s durable interval makes one
+    /// under load. openraft calls this method once at a time per region, so the records
+    /// reach the log engine in order (its replay takes the last one, not the largest).
+    /// A purge still pending at a crash or a shutdown only leaves the log longer.
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let upto = log_id.index();
-        let bytes = encode(&log_id)?;
-        {
+        let durable_commits = self.engine.stats().commits.load(std::sync::atomic::Ordering::SeqCst);
+        let covered = {
             let mut mem = self.mem();
-            mem.cut_upto(upto);
-            mem.last_purged = Some(log_id);
-            if mem.last.is_none_or(|l| l.index() < upto) {
-                mem.last = Some(log_id);
+            mem.purge(log_id);
+            let mut covered = None;
+            while mem.pending_purges.front().is_some_and(|(_, asked_at)| *asked_at < durable_commits) {
+                covered = mem.pending_purges.pop_front().map(|(id, _)| id);
             }
+            mem.pending_purges.push_back((log_id, durable_commits));
+            covered
+        };
+        tracing::info!(region_id = self.region, index = log_id.index(), "raft log purged");
+        if let Some(covered) = covered {
+            let upto = covered.index();
+            self.wal.write(vec![Op::Purge { region: self.region, upto, log_id: encode(&covered)? }]).await?;
+            tracing::debug!(region_id = self.region, index = upto, "raft log purge recorded in the log engine");
         }
-        // The entries purged were applied to the state machine, whose writes are lazily
-        // durable: make them durable first, so a crash cannot leave the state machine behind
-        // a log that no longer has the entries to replay.
-        self.engine
-            .write(Box::new(|txn| {
-                let mut t = txn.open_table(tables::NODE_META).map_err(io_err)?;
-                t.insert("log_purge_barrier", [1u8].as_slice()).map_err(io_err)?;
-                Ok(())
-            }))
-            .await?;
-        self.wal.write(vec![Op::Purge { region: self.region, upto, log_id: bytes }]).await?;
-        tracing::info!(region_id = self.region, index = upto, "raft log purged");
         Ok(())
     }
 }
@@ -560,8 +599,11 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_purge_first_makes_the_lazily_applied_state_machine_durable() {
+    async fn a_purge_reaches_the_log_engine_only_once_a_durable_commit_covers_it() {
         use std::sync::atomic::Ordering::Relaxed;
+
+        use super::super::engine::io_err;
+        use super::super::tables;
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
         let wal = LogEngine::open(&dir.path().join("raft-log")).unwrap();
@@ -581,12 +623,26 @@ mod tests {
             .await
             .unwrap();
         let durable_before = engine.stats().commits.load(Relaxed);
+        log.purge(log_id::<TypeConfig>(1, 1, 7)).await.unwrap();
         log.purge(log_id::<TypeConfig>(1, 1, 8)).await.unwrap();
-        assert!(
-            engine.stats().commits.load(Relaxed) > durable_before,
-            "the purge made redb durable (covering the lazy apply) before dropping entries"
-        );
-        assert_eq!(wal.region_state(3).entries, Some((9, 10)));
+        assert_eq!(engine.stats().commits.load(Relaxed), durable_before, "a purge forces no durable commit");
+        // Purged for openraft at once...
+        assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id.map(|l| l.index), Some(8));
+        // ...but not in the log engine: a crash now must find the entries the lazy apply
+        // may need again.
+        assert_eq!(wal.region_state(3).purged, None);
+        assert_eq!(wal.region_state(3).entries, Some((1, 10)));
+        // Once a durable commit has completed, the next purge writes the newest covered one.
+        engine.write(Box::new(|_| Ok(()))).await.unwrap();
+        log.purge(log_id::<TypeConfig>(1, 1, 9)).await.unwrap();
         assert_eq!(wal.region_state(3).purged.map(|p| p.0), Some(8));
+        assert_eq!(wal.region_state(3).entries, Some((9, 10)));
+        // The purge at 9 waits for the next durable commit in turn.
+        log.purge(log_id::<TypeConfig>(1, 1, 10)).await.unwrap();
+        assert_eq!(wal.region_state(3).purged.map(|p| p.0), Some(8));
+        engine.write(Box::new(|_| Ok(()))).await.unwrap();
+        log.purge(log_id::<TypeConfig>(1, 1, 10)).await.unwrap();
+        assert_eq!(wal.region_state(3).purged.map(|p| p.0), Some(10));
+        assert_eq!(wal.region_state(3).entries, None);
     }
 }
