@@ -81,8 +81,9 @@ pub struct NodeArgs {
     /// PD endpoints (repeat or comma-separate).
     #[arg(long = "pd-endpoints", value_delimiter = ',', required = true)]
     pub pd_endpoints: Vec<String>,
-    /// Build a region snapshot (and compact its log) after this many log entries, or after
-    /// half the region's keys if that is more, so that large regions are not copied often.
+    /// Build a region snapshot (and purge its log) after this many log entries, or after
+    /// half the region's keys if that is more, so that a lagging follower of a large region
+    /// catches up from the log rather than by a copy of the region.
     #[arg(long, default_value_t = tessera_node::RaftTiming::default().snapshot_every)]
     pub snapshot_every: u64,
     /// Log entries kept after a snapshot, for followers that lag a little.

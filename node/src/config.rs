@@ -107,8 +107,10 @@ pub struct RaftTiming {
     pub election_min_ms: u64,
     /// Maximum election timeout (ms).
     pub election_max_ms: u64,
-    /// Build a snapshot after this many log entries since the last one, or after half the
-    /// region's keys if that is more (a snapshot copies every row: see `snapshot_policy`).
+    /// Build a snapshot (and purge the log up to it) after this many log entries since the
+    /// last one, or after half the region's keys if that is more, so that a follower of a
+    /// large region that lags catches up from the log rather than by a snapshot, which
+    /// copies every row (see `snapshot_policy`).
     pub snapshot_every: u64,
     /// Entries kept in the log after a snapshot, for lagging followers.
     pub keep_after_snapshot: u64,

@@ -1,18 +1,20 @@
-//! When a region builds a snapshot.
+//! When a region builds a snapshot, and with it how much Raft log it keeps.
 //!
-//! A snapshot lets the region purge its log, but building one reads every row of the region
-//! and writes them to a file. openraft's own policy (`LogsSinceLast`) builds one every fixed
-//! number of entries, whatever the region's size, so the cost per write grows with the
-//! region: a region of a million keys would copy a million rows for every 10,000 writes.
-//! Here a region builds one once the entries since its last snapshot reach
-//! `snapshot_every` or half its keys, whichever is more, so the rows copied per write stay
-//! about two. The half, not all of them: under inserts only every entry adds a key, so
-//! "entries ≥ keys" would never hold again; with half, snapshots come at doubling sizes.
+//! Building a snapshot writes nothing: it takes the region's applied state as of its last
+//! commit, and openraft then purges the log up to it, less `keep_after_snapshot` entries
+//! (`RegionSnapshotBuilder`). A snapshot is written to a file only when a follower needs
+//! one, and that copies every row of the region. So this policy decides how far behind a
+//! follower can fall and still catch up from the log instead. openraft's own policy
+//! (`LogsSinceLast`) builds one every fixed number of entries, whatever the region's size:
+//! a region of a million keys would then send a million rows to a follower that missed
+//! 10,000 writes. Here a region builds one once the entries since its last snapshot reach
+//! `snapshot_every` or half its keys, whichever is more, so its log holds at least about
+//! half as many entries as it has keys. The half, not all of them: under inserts only every
+//! entry adds a key, so "entries ≥ keys" would never hold again; with half, snapshots come
+//! at doubling sizes.
 //!
-//! The node runs [`snapshot_loop`] with openraft's policy set to `Never`. Nothing else
-//! changes: the log is purged after each snapshot as before (keeping
-//! `keep_after_snapshot` entries), and never past state that is durable in redb
-//! (docs/storage.md).
+//! The node runs [`snapshot_loop`] with openraft's policy set to `Never`. The log is never
+//! purged past state that is durable in redb (docs/storage.md).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

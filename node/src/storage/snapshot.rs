@@ -1,7 +1,10 @@
 //! Region snapshots as files, so that no side ever holds a whole region in memory.
 //!
 //! * **Build**: one redb read transaction (a consistent view, taken concurrently with
-//!   applies) is streamed record by record into a file in `<data>/snapshots/`.
+//!   applies) is streamed record by record into a file in `<data>/snapshots/`. Only a
+//!   snapshot to be sent is written ([`build`], from the state machine's
+//!   `get_current_snapshot`); the snapshots openraft builds to purge the log are the
+//!   region's applied state alone ([`applied_state`]).
 //! * **Send and receive**: the leader reads the file in chunks of `SNAPSHOT_CHUNK` bytes
 //!   (see `raft::network`); the follower appends each chunk to a file as it arrives.
 //! * **Install**: the file is read record by record and written under a fresh *data id* in
@@ -54,7 +57,9 @@ struct Owned(PathBuf);
 
 impl Drop for Owned {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 
@@ -62,6 +67,13 @@ impl SnapshotFile {
     /// Takes ownership of the file at `path` (which need not exist yet).
     pub fn adopt(path: PathBuf) -> SnapshotFile {
         SnapshotFile(Arc::new(Owned(path)))
+    }
+
+    /// No file: the data of a snapshot built for openraft's log purge, which writes none
+    /// (see `RegionSnapshotBuilder`). Reading it fails with `NotFound`; nothing sends it,
+    /// since a snapshot is sent only from `get_current_snapshot`, which writes a file.
+    pub fn unwritten() -> SnapshotFile {
+        SnapshotFile(Arc::new(Owned(PathBuf::new())))
     }
 
     /// The file's path.
@@ -215,6 +227,22 @@ pub(crate) fn absorbed_here(
     Ok(decode::<RegionRecord>(target.value())?
         .to_descriptor()
         .is_some_and(|t| t.contains(&desc.start_key) && t.epoch.version > m.target_epoch.1))
+}
+
+/// The applied state of `region` as of its last commit: what a snapshot written now would
+/// reflect, without writing one. Refused ([`MergedAway`]) for a region merged into its
+/// neighbour here, as [`build`] is.
+pub fn applied_state(engine: &Engine, region: u64) -> io::Result<SmState> {
+    let txn = engine.read()?;
+    let state = read_state(&txn, region)?;
+    let regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
+    let record = regions.get(region).map_err(io_err)?.map(|r| r.value().to_vec());
+    if let Some(record) = record {
+        if absorbed_here(&regions, &decode::<RegionRecord>(&record)?)? {
+            return Err(io::Error::other(MergedAway { region }));
+        }
+    }
+    Ok(state)
 }
 
 /// Writes a snapshot of `region` (blocking: run it off the async runtime). Returns the

@@ -32,8 +32,22 @@ use crate::raft::types::{
 
 /// Key-value pairs, in scan order.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
-/// The last snapshot built or installed: its metadata and file.
-type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, SnapshotFile)>>>;
+/// The region's snapshots, shared by its state machine and snapshot builder.
+type CurrentSnapshot = Arc<Mutex<Snapshots>>;
+
+/// The last snapshot openraft was told of, and the last one written to a file.
+///
+/// Building a snapshot for openraft (which then purges the log up to it) writes nothing:
+/// redb already holds the state, and copying a region into a file for every purge cost
+/// the writes a second time (`RegionSnapshotBuilder`). A file is written only when a
+/// snapshot is to be sent, by `get_current_snapshot`, or comes with one installed.
+#[derive(Debug, Default)]
+struct Snapshots {
+    /// The metadata of the last snapshot built or installed.
+    built: Option<SnapshotMeta>,
+    /// The last snapshot written or installed, with its file.
+    file: Option<(SnapshotMeta, SnapshotFile)>,
+}
 /// What one apply batch produced: results in entry order, the change in (keys, bytes), and
 /// the state after it.
 type ApplyOutput<A> = Arc<Mutex<Option<Applied<A>>>>;
@@ -712,6 +726,7 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
         // A merge's commit waits for the local source replica before it applies, so it
         // starts a batch of its own: the entries before it apply first.
         let mut segment: Vec<(Work, Option<ApplyResponder<TypeConfig>>)> = Vec::new();
+        let mut prepares = false;
         for (entry, responder) in batch {
             let log_id = entry.log_id();
             let work = match entry.payload {
@@ -722,10 +737,19 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
             if matches!(work, Work::Command(_, LogCommand::CommitMergeV1 { .. })) && !segment.is_empty() {
                 self.apply_segment(std::mem::take(&mut segment)).await?;
             }
+            prepares |= matches!(work, Work::Command(_, LogCommand::PrepareMergeV1 { .. }));
             segment.push((work, responder));
         }
         if !segment.is_empty() {
             self.apply_segment(segment).await?;
+        }
+        if prepares && self.shared.merging().is_some() {
+            // Frozen at the prepare, its state is final: written now, while its rows are
+            // still its own, a file can still catch a lagging source replica up once the
+            // target here has absorbed it (after which none can be written).
+            if let Err(error) = self.write_snapshot().await {
+                tracing::warn!(region_id = self.region, %error, "snapshot of the region prepared to merge not written");
+            }
         }
         Ok(())
     }
@@ -758,21 +782,62 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
         }
         self.shared.approx_keys.store(installed.keys, Ordering::Relaxed);
         self.shared.approx_bytes.store(installed.bytes, Ordering::Relaxed);
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), snapshot));
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        current.built = Some(meta.clone());
+        current.file = Some((meta.clone(), snapshot));
         Ok(())
     }
 
+    /// The snapshot to send to a follower: the last file if it is not older than the last
+    /// snapshot built, or else a file written now, of the state as of the last apply (at or
+    /// after the last snapshot built, so it covers every entry the log purged). None before
+    /// any snapshot was built or installed, as openraft expects of a fresh state machine.
+    ///
+    /// openraft calls this on the region's state-machine worker, so the region's applies
+    /// wait while a file is written; that happens only when a follower needs a snapshot.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|(meta, file)| Snapshot { meta: meta.clone(), snapshot: file.clone() }))
+        let (built, file) = {
+            let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            (current.built.clone(), current.file.clone())
+        };
+        let Some(built) = built else { return Ok(None) };
+        if let Some((meta, file)) = &file {
+            if meta.last_log_id >= built.last_log_id {
+                return Ok(Some(Snapshot { meta: meta.clone(), snapshot: file.clone() }));
+            }
+        }
+        match self.write_snapshot().await {
+            Ok((meta, file)) => Ok(Some(Snapshot { meta, snapshot: file })),
+            // Absorbed by its target here: the last file is all there is (ARCHITECTURE.md,
+            // merges).
+            Err(e) if e.get_ref().is_some_and(|i| i.is::<snapshot::MergedAway>()) && file.is_some() => {
+                Ok(file.map(|(meta, file)| Snapshot { meta, snapshot: file }))
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
 impl RegionStateMachine {
+    /// Writes a snapshot file of the region's state as of its last apply and keeps it as
+    /// the current file.
+    async fn write_snapshot(&self) -> io::Result<(SnapshotMeta, SnapshotFile)> {
+        let (engine, region) = (self.engine.clone(), self.region);
+        let started = std::time::Instant::now();
+        let (state, file) =
+            tokio::task::spawn_blocking(move || snapshot::build(&engine, region)).await.map_err(io::Error::other)??;
+        tracing::info!(
+            region_id = region,
+            index = state.applied.map_or(0, |l| l.index),
+            bytes = std::fs::metadata(file.path()).map_or(0, |m| m.len()),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        );
+        let meta = SnapshotMeta { last_log_id: state.applied, last_membership: state.membership };
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).file = Some((meta.clone(), file.clone()));
+        Ok((meta, file))
+    }
+
     /// Waits until this node's replica of `source` has applied its log up to
     /// `prepare_index` (the prepare of a merge into this region), so its rows are final.
     /// The source's group runs on this node (a merge needs both regions' voters on the
@@ -1238,7 +1303,10 @@ fn absorb(
     Ok(())
 }
 
-/// Builds a snapshot file from one consistent read transaction, concurrently with applies.
+/// Builds the snapshots openraft asks for to purge the log: their metadata only, the
+/// region's applied state as of its last commit (see [`Snapshots`]). openraft then purges
+/// the log up to it, less `keep_after_snapshot` entries, and the log engine records that
+/// purge only once a durable redb commit covers it (docs/storage.md, "The purge rule").
 #[derive(Debug)]
 pub struct RegionSnapshotBuilder {
     region: u64,
@@ -1250,19 +1318,11 @@ impl RaftSnapshotBuilder<TypeConfig> for RegionSnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (engine, region) = (self.engine.clone(), self.region);
-        let started = std::time::Instant::now();
-        let (state, file) =
-            tokio::task::spawn_blocking(move || snapshot::build(&engine, region)).await.map_err(io::Error::other)??;
-        tracing::info!(
-            region_id = region,
-            index = state.applied.map_or(0, |l| l.index),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "snapshot built"
-        );
+        let state = snapshot::applied_state(&self.engine, self.region)?;
+        tracing::debug!(region_id = self.region, index = state.applied.map_or(0, |l| l.index), "snapshot built");
         let meta = SnapshotMeta { last_log_id: state.applied, last_membership: state.membership };
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), file.clone()));
-        Ok(Snapshot { meta, snapshot: file })
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).built = Some(meta.clone());
+        Ok(Snapshot { meta, snapshot: SnapshotFile::unwritten() })
     }
 }
 
@@ -1441,6 +1501,52 @@ mod merge_tests {
         // The region's key count followed the overlay.
         sm.shared.count_now(&engine).unwrap();
         assert_eq!(sm.shared.approx_keys.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_built_snapshot_writes_no_file_and_one_is_written_only_when_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let mut sm = machine(&engine, &region(1, b"", b"")).await;
+        let files = || std::fs::read_dir(engine.snapshot_dir()).unwrap().count();
+        let pairs_in = |snap: &Snapshot| {
+            let mut reader = snapshot::SnapshotReader::open(snap.snapshot.path()).unwrap();
+            let mut pairs = Vec::new();
+            while let Some(item) = reader.next_item().unwrap() {
+                if let crate::storage::records::SnapshotItem::Pair(k, _) = item {
+                    pairs.push(k);
+                }
+            }
+            pairs
+        };
+        assert!(sm.get_current_snapshot().await.unwrap().is_none(), "nothing built yet");
+        apply(&mut sm, 1, put(b"a")).await;
+        apply(&mut sm, 2, put(b"b")).await;
+
+        let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(2));
+        assert_eq!(built.meta.last_membership, sm.state.membership);
+        assert_eq!(files(), 0, "building writes no file");
+        assert!(std::fs::metadata(built.snapshot.path()).is_err(), "the built snapshot has no data to send");
+
+        // Asked for one to send after more applies: a file of the state as of the last one.
+        apply(&mut sm, 3, put(b"c")).await;
+        let sent = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(sent.meta.last_log_id.map(|l| l.index), Some(3), "at or after the built one");
+        assert_eq!(pairs_in(&sent), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(files(), 1);
+        // Asked again with no newer build: the same file.
+        apply(&mut sm, 4, put(b"d")).await;
+        let again = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!((again.meta.clone(), again.snapshot.path()), (sent.meta.clone(), sent.snapshot.path()));
+        // After a newer build: a new file, and the old one goes with its last handle.
+        let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(4));
+        let newer = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(newer.meta.last_log_id.map(|l| l.index), Some(4));
+        assert_eq!(pairs_in(&newer).len(), 4);
+        drop((sent, again));
+        assert_eq!(files(), 1, "only the newest file is left");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1640,6 +1746,8 @@ mod merge_tests {
         apply(&mut target, 6, put(b"a")).await;
         apply(&mut source, 6, put(b"p")).await;
         apply(&mut source, 7, put(b"q")).await;
+        // The source's last snapshot before its prepare: metadata only.
+        source.get_snapshot_builder().await.build_snapshot().await.unwrap();
         let mut prepared = right.clone();
         prepared.epoch.version += 1;
         let commit = |target_epoch: RegionEpoch| LogCommand::commit_merge(target_epoch, &prepared, 8);
@@ -1671,6 +1779,20 @@ mod merge_tests {
         // Its snapshot would not be its final state any more: refused.
         let e = snapshot::build(&engine, 2).map(|_| ()).unwrap_err();
         assert!(e.get_ref().is_some_and(|i| i.is::<snapshot::MergedAway>()), "{e}");
+        let e = source.get_snapshot_builder().await.build_snapshot().await.map(|_| ()).unwrap_err();
+        assert!(e.get_ref().is_some_and(|i| i.is::<snapshot::MergedAway>()), "{e}");
+        // The file written when it applied its prepare still serves a lagging replica: its
+        // final state, as of the prepare.
+        let frozen = source.get_current_snapshot().await.unwrap().expect("the prepare's snapshot");
+        assert_eq!(frozen.meta.last_log_id.map(|l| l.index), Some(8));
+        let mut reader = snapshot::SnapshotReader::open(frozen.snapshot.path()).unwrap();
+        let mut keys = Vec::new();
+        while let Some(item) = reader.next_item().unwrap() {
+            if let crate::storage::records::SnapshotItem::Pair(k, _) = item {
+                keys.push(k);
+            }
+        }
+        assert_eq!(keys, vec![b"p".to_vec(), b"q".to_vec()]);
         let tombstone = encode(&RegionRecord::tombstone(&prepared, PeerId(21))).unwrap();
         engine.write(Box::new(move |txn| snapshot::retire_merged_region(txn, 2, 1, &tombstone))).await.unwrap();
         snapshot::collect_garbage(&engine).await.unwrap();
