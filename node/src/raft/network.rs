@@ -577,8 +577,10 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        // The file is read one chunk at a time: the sender never holds the snapshot.
+        // The file is read one chunk at a time: the sender never holds the snapshot. It may
+        // still be being written (`get_current_snapshot` returns at once).
         let file = snapshot.snapshot;
+        file.written().await.map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e.to_string())))?;
         let len = tokio::fs::metadata(file.path())
             .await
             .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(format!("snapshot file: {e}"))))?

@@ -48,37 +48,78 @@ pub const GC_STEP_ROWS: usize = 20_000;
 const FIRST_INSTALLED_DATA_ID: u64 = 1 << 48;
 
 /// A snapshot file. Clones share it; the file is deleted when the last clone is dropped,
-/// so a sender still streaming an older snapshot keeps it alive.
+/// so a sender still streaming an older snapshot keeps it alive. A file being written in
+/// the background ([`SnapshotFile::pending`]) is complete once [`SnapshotFile::written`]
+/// returns.
 #[derive(Debug, Clone)]
 pub struct SnapshotFile(Arc<Owned>);
 
 #[derive(Debug)]
-struct Owned(PathBuf);
+struct Owned {
+    path: PathBuf,
+    /// `None` while a background write runs, then its outcome. No channel: complete.
+    written: Option<tokio::sync::watch::Receiver<Option<Result<(), String>>>>,
+}
 
 impl Drop for Owned {
     fn drop(&mut self) {
-        if !self.0.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.0);
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// Reports the outcome of a background write to the [`SnapshotFile`] it belongs to.
+#[derive(Debug)]
+pub struct Completion(tokio::sync::watch::Sender<Option<Result<(), String>>>);
+
+impl Completion {
+    /// Marks the file written, or failed with `result`'s error.
+    pub fn finish(self, result: &io::Result<()>) {
+        self.0.send_replace(Some(result.as_ref().map(|_| ()).map_err(|e| e.to_string())));
     }
 }
 
 impl SnapshotFile {
     /// Takes ownership of the file at `path` (which need not exist yet).
     pub fn adopt(path: PathBuf) -> SnapshotFile {
-        SnapshotFile(Arc::new(Owned(path)))
+        SnapshotFile(Arc::new(Owned { path, written: None }))
+    }
+
+    /// Takes ownership of the file at `path`, which a background task is about to write
+    /// and reports through the returned [`Completion`] (dropping it unfinished fails the
+    /// file).
+    pub fn pending(path: PathBuf) -> (SnapshotFile, Completion) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        (SnapshotFile(Arc::new(Owned { path, written: Some(rx) })), Completion(tx))
     }
 
     /// No file: the data of a snapshot built for openraft's log purge, which writes none
     /// (see `RegionSnapshotBuilder`). Reading it fails with `NotFound`; nothing sends it,
     /// since a snapshot is sent only from `get_current_snapshot`, which writes a file.
     pub fn unwritten() -> SnapshotFile {
-        SnapshotFile(Arc::new(Owned(PathBuf::new())))
+        SnapshotFile::adopt(PathBuf::new())
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
-        &self.0 .0
+        &self.0.path
+    }
+
+    /// Waits until the file is completely written; `Err` if its write failed.
+    pub async fn written(&self) -> io::Result<()> {
+        let Some(rx) = &self.0.written else { return Ok(()) };
+        let mut rx = rx.clone();
+        let outcome =
+            rx.wait_for(|w| w.is_some()).await.map_err(|_| io::Error::other("snapshot file write abandoned"))?.clone();
+        outcome.unwrap_or(Ok(())).map_err(|e| io::Error::other(format!("snapshot file not written: {e}")))
+    }
+
+    /// Whether its background write failed (or was abandoned).
+    pub fn failed(&self) -> bool {
+        self.0.written.as_ref().is_some_and(|rx| {
+            matches!(&*rx.borrow(), Some(Err(_))) || (rx.has_changed().is_err() && rx.borrow().is_none())
+        })
     }
 }
 
@@ -245,10 +286,26 @@ pub fn applied_state(engine: &Engine, region: u64) -> io::Result<SmState> {
     Ok(state)
 }
 
-/// Writes a snapshot of `region` (blocking: run it off the async runtime). Returns the
-/// state it reflects and the file. Refused ([`MergedAway`]) for a region merged into its
-/// neighbour here.
-pub fn build(engine: &Engine, region: u64) -> io::Result<(SmState, SnapshotFile)> {
+/// A consistent view of a region for a snapshot: a read transaction at a commit boundary,
+/// with the data overlay's rows of the same commits ([`cut`]).
+pub struct Cut {
+    txn: redb::ReadTransaction,
+    fresh: Vec<(Vec<u8>, super::overlay::Row)>,
+    state: SmState,
+    record: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cut").field("state", &self.state).field("fresh", &self.fresh.len()).finish()
+    }
+}
+
+/// The region's state and rows as of one commit, to [`write`] later: a read transaction
+/// taken under the commit lock (so it waits for a commit in progress, not for the region's
+/// size). Returns the state the snapshot will reflect. Refused ([`MergedAway`]) for a
+/// region merged into its neighbour here.
+pub fn cut(engine: &Engine, region: u64) -> io::Result<(SmState, Cut)> {
     // The region's applied state and its rows as of one commit: the table's rows as the
     // transaction sees them, with the overlay's rows of the same commits over them.
     let (txn, fresh) = engine.read_cut(|txn, rows| {
@@ -260,24 +317,34 @@ pub fn build(engine: &Engine, region: u64) -> io::Result<(SmState, SnapshotFile)
         Ok(super::overlay::range_rows(rows, &lo, &hi, false, usize::MAX))
     })?;
     let state = read_state(&txn, region)?;
-    let id = state.data_id;
-    let file = SnapshotFile::adopt(new_path(engine, "built", region));
-    let mut w = BufWriter::with_capacity(1 << 20, File::create(file.path())?);
+    let record = {
+        let regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
+        let record = regions.get(region).map_err(io_err)?.map(|r| r.value().to_vec());
+        if let Some(record) = &record {
+            if absorbed_here(&regions, &decode::<RegionRecord>(record)?)? {
+                return Err(io::Error::other(MergedAway { region }));
+            }
+        }
+        record
+    };
+    Ok((state.clone(), Cut { txn, fresh, state, record }))
+}
+
+/// Streams the snapshot of `cut` into a new file at `path` and fsyncs it (blocking: run it
+/// off the async runtime).
+pub fn write(cut: Cut, path: &Path) -> io::Result<()> {
+    let Cut { txn, fresh, state, record } = cut;
+    let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
     w.write_all(MAGIC)?;
     write_item(&mut w, &SnapshotItem::Clock(state.clock))?;
-    let regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
-    let record = regions.get(region).map_err(io_err)?.map(|r| r.value().to_vec());
     if let Some(record) = &record {
-        if absorbed_here(&regions, &decode::<RegionRecord>(record)?)? {
-            return Err(io::Error::other(MergedAway { region }));
-        }
         write_item(&mut w, &SnapshotItem::Region(record.clone()))?;
     }
     let (mut pairs, mut dedup, mut sessions) = (0u64, 0u64, 0u64);
     let data = txn.open_table(tables::DATA).map_err(io_err)?;
     // Only the region's range: a region split off shares its parent's data id.
     let (start, end) = record_range(record.as_deref())?;
-    let (lo, hi) = data_range(id, &start, &end);
+    let (lo, hi) = data_range(state.data_id, &start, &end);
     let rows = super::overlay::table_rows(&data, &lo, &hi, false)?;
     for row in super::overlay::merged(rows, fresh, false) {
         let (mut k, v) = row?;
@@ -300,7 +367,15 @@ pub fn build(engine: &Engine, region: u64) -> io::Result<(SmState, SnapshotFile)
         sessions += 1;
     }
     write_item(&mut w, &SnapshotItem::End { pairs, dedup, sessions })?;
-    w.into_inner().map_err(|e| e.into_error())?.sync_data()?;
+    w.into_inner().map_err(|e| e.into_error())?.sync_data()
+}
+
+/// Writes a snapshot of `region` ([`cut`] then [`write`]; blocking: run it off the async
+/// runtime). Returns the state it reflects and the file.
+pub fn build(engine: &Engine, region: u64) -> io::Result<(SmState, SnapshotFile)> {
+    let (state, cut) = cut(engine, region)?;
+    let file = SnapshotFile::adopt(new_path(engine, "built", region));
+    write(cut, file.path())?;
     Ok((state, file))
 }
 
@@ -486,6 +561,7 @@ pub async fn install(
     range_version: Option<Arc<AtomicU64>>,
     abandon: Option<&AtomicBool>,
 ) -> io::Result<Installed> {
+    file.written().await?;
     // A fresh data id, listed as an install in progress until it goes live: the collector
     // must not touch it meanwhile, and after a crash (or a failed install) it is garbage.
     let staging = job(engine, false, |txn| {
@@ -928,6 +1004,32 @@ mod tests {
         reclaim_abandoned_installs(&engine).await.unwrap();
         collect_garbage(&engine).await.unwrap();
         assert_eq!(rows(&engine, staging), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_file_written_in_the_background_is_ready_or_failed_only_once_its_write_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, done) = SnapshotFile::pending(dir.path().join("a.snap"));
+        let waiting = tokio::spawn({
+            let file = file.clone();
+            async move { file.written().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished() && !file.failed(), "not written yet");
+        done.finish(&Ok(()));
+        waiting.await.unwrap().unwrap();
+        assert!(!file.failed());
+
+        let (file, done) = SnapshotFile::pending(dir.path().join("b.snap"));
+        done.finish(&Err(io::Error::other("disk full")));
+        assert!(file.failed());
+        assert!(file.written().await.unwrap_err().to_string().contains("disk full"));
+
+        let (file, done) = SnapshotFile::pending(dir.path().join("c.snap"));
+        drop(done);
+        assert!(file.failed(), "a write that never reported failed");
+        assert!(file.written().await.is_err());
+        assert!(SnapshotFile::adopt(dir.path().join("d.snap")).written().await.is_ok(), "an adopted file is complete");
     }
 
     #[test]

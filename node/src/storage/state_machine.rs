@@ -794,7 +794,8 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
     /// any snapshot was built or installed, as openraft expects of a fresh state machine.
     ///
     /// openraft calls this on the region's state-machine worker, so the region's applies
-    /// wait while a file is written; that happens only when a follower needs a snapshot.
+    /// wait for the cut of a new file (a read transaction at a commit boundary), not for
+    /// its rows: they are written in the background, and the sender waits for them.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let (built, file) = {
             let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
@@ -802,7 +803,7 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
         };
         let Some(built) = built else { return Ok(None) };
         if let Some((meta, file)) = &file {
-            if meta.last_log_id >= built.last_log_id {
+            if meta.last_log_id >= built.last_log_id && !file.failed() {
                 return Ok(Some(Snapshot { meta: meta.clone(), snapshot: file.clone() }));
             }
         }
@@ -819,20 +820,32 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
 }
 
 impl RegionStateMachine {
-    /// Writes a snapshot file of the region's state as of its last apply and keeps it as
-    /// the current file.
+    /// Starts writing a snapshot file of the region's state as of its last apply and keeps
+    /// it as the current file. Returns once the state is cut (a read transaction at a
+    /// commit boundary), so the region's applies wait for that only; the rows are written
+    /// on the blocking pool, and a sender waits for them ([`SnapshotFile::written`]).
     async fn write_snapshot(&self) -> io::Result<(SnapshotMeta, SnapshotFile)> {
         let (engine, region) = (self.engine.clone(), self.region);
-        let started = std::time::Instant::now();
-        let (state, file) =
-            tokio::task::spawn_blocking(move || snapshot::build(&engine, region)).await.map_err(io::Error::other)??;
-        tracing::info!(
-            region_id = region,
-            index = state.applied.map_or(0, |l| l.index),
-            bytes = std::fs::metadata(file.path()).map_or(0, |m| m.len()),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "snapshot written"
-        );
+        let (state, cut) =
+            tokio::task::spawn_blocking(move || snapshot::cut(&engine, region)).await.map_err(io::Error::other)??;
+        let index = state.applied.map_or(0, |l| l.index);
+        let (file, done) = SnapshotFile::pending(snapshot::new_path(&self.engine, "built", region));
+        let path = file.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let result = snapshot::write(cut, &path);
+            match &result {
+                Ok(()) => tracing::info!(
+                    region_id = region,
+                    index,
+                    bytes = std::fs::metadata(&path).map_or(0, |m| m.len()),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "snapshot written"
+                ),
+                Err(error) => tracing::warn!(region_id = region, index, %error, "snapshot file not written"),
+            }
+            done.finish(&result);
+        });
         let meta = SnapshotMeta { last_log_id: state.applied, last_membership: state.membership };
         self.current.lock().unwrap_or_else(|p| p.into_inner()).file = Some((meta.clone(), file.clone()));
         Ok((meta, file))
@@ -1532,6 +1545,7 @@ mod merge_tests {
         // Asked for one to send after more applies: a file of the state as of the last one.
         apply(&mut sm, 3, put(b"c")).await;
         let sent = sm.get_current_snapshot().await.unwrap().unwrap();
+        sent.snapshot.written().await.unwrap();
         assert_eq!(sent.meta.last_log_id.map(|l| l.index), Some(3), "at or after the built one");
         assert_eq!(pairs_in(&sent), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
         assert_eq!(files(), 1);
@@ -1543,6 +1557,7 @@ mod merge_tests {
         let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
         assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(4));
         let newer = sm.get_current_snapshot().await.unwrap().unwrap();
+        newer.snapshot.written().await.unwrap();
         assert_eq!(newer.meta.last_log_id.map(|l| l.index), Some(4));
         assert_eq!(pairs_in(&newer).len(), 4);
         drop((sent, again));
@@ -1785,6 +1800,7 @@ mod merge_tests {
         // final state, as of the prepare.
         let frozen = source.get_current_snapshot().await.unwrap().expect("the prepare's snapshot");
         assert_eq!(frozen.meta.last_log_id.map(|l| l.index), Some(8));
+        frozen.snapshot.written().await.unwrap();
         let mut reader = snapshot::SnapshotReader::open(frozen.snapshot.path()).unwrap();
         let mut keys = Vec::new();
         while let Some(item) = reader.next_item().unwrap() {
