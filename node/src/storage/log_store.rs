@@ -210,11 +210,18 @@ impl RegionLogStore {
 
     /// Purges the log up to `log_id` now, in memory and in the log engine, after a
     /// durable redb commit: for a seeded region, whose log starts at its seed
-    /// (`node::seed_split_log`) and which has no entry to replay if a crash lost the seed.
-    /// openraft's own purges go through [`RaftLogStorage::purge`], which does not wait.
+    /// (`node::seed_split_log`) and which has no entry to replay if a crash lost the seed,
+    /// and for a purge that leaves no entry after it (see [`RaftLogStorage::purge`]).
+    /// openraft's other purges do not wait.
     pub async fn purge_durably(&mut self, log_id: LogId) -> io::Result<()> {
         let upto = log_id.index();
-        lock(&self.mem).purge(log_id);
+        {
+            let mut mem = lock(&self.mem);
+            mem.purge(log_id);
+            // Older pending purges must not reach the log engine after this one: its replay
+            // takes the last purge record.
+            mem.pending_purges.clear();
+        }
         self.engine.write(Box::new(|_| Ok(()))).await?;
         self.wal.write(vec![Op::Purge { region: self.region, upto, log_id: encode(&log_id)? }]).await?;
         tracing::info!(region_id = self.region, index = upto, "raft log purged");
@@ -439,6 +446,14 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
     /// reach the log engine in order (its replay takes the last one, not the largest).
     /// A purge still pending at a crash or a shutdown only leaves the log longer.
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        // A purge at or past the last entry (after a snapshot installed beyond the log) is
+        // recorded at once: the next append continues from the purge point, and a log
+        // engine holding those entries without the purge below them would, after a crash,
+        // start the log at a hole. The state it covers was installed durably; the durable
+        // commit first also covers any apply.
+        if self.mem().last.is_none_or(|l| l.index() <= log_id.index()) {
+            return self.purge_durably(log_id).await;
+        }
         let durable_commits = self.engine.stats().commits.load(std::sync::atomic::Ordering::SeqCst);
         let covered = {
             let mut mem = self.mem();
@@ -608,10 +623,8 @@ mod tests {
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
         let wal = LogEngine::open(&dir.path().join("raft-log")).unwrap();
         let mut log = RegionLogStore::open(&engine, &wal, 3).unwrap();
-        for i in 1..=10 {
-            let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
-            log.append([entry(i, 10)], IOFlushed::<TypeConfig>::signal(tx)).await.unwrap();
-            rx.await.unwrap().unwrap();
+        for i in 1..=12 {
+            append(&mut log, i).await;
         }
         // An apply, committed lazily: visible, but durable only with a later durable commit.
         engine
@@ -631,18 +644,61 @@ mod tests {
         // ...but not in the log engine: a crash now must find the entries the lazy apply
         // may need again.
         assert_eq!(wal.region_state(3).purged, None);
-        assert_eq!(wal.region_state(3).entries, Some((1, 10)));
+        assert_eq!(wal.region_state(3).entries, Some((1, 12)));
         // Once a durable commit has completed, the next purge writes the newest covered one.
         engine.write(Box::new(|_| Ok(()))).await.unwrap();
         log.purge(log_id::<TypeConfig>(1, 1, 9)).await.unwrap();
         assert_eq!(wal.region_state(3).purged.map(|p| p.0), Some(8));
-        assert_eq!(wal.region_state(3).entries, Some((9, 10)));
+        assert_eq!(wal.region_state(3).entries, Some((9, 12)));
         // The purge at 9 waits for the next durable commit in turn.
         log.purge(log_id::<TypeConfig>(1, 1, 10)).await.unwrap();
         assert_eq!(wal.region_state(3).purged.map(|p| p.0), Some(8));
         engine.write(Box::new(|_| Ok(()))).await.unwrap();
         log.purge(log_id::<TypeConfig>(1, 1, 10)).await.unwrap();
         assert_eq!(wal.region_state(3).purged.map(|p| p.0), Some(10));
-        assert_eq!(wal.region_state(3).entries, None);
+        assert_eq!(wal.region_state(3).entries, Some((11, 12)));
+    }
+
+    async fn append(log: &mut RegionLogStore, index: u64) {
+        let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
+        log.append([entry(index, 10)], IOFlushed::<TypeConfig>::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_past_the_last_entry_is_recorded_at_once_so_a_restart_finds_no_hole() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        {
+            let wal = LogEngine::open(&dir.path().join("raft-log")).unwrap();
+            let mut log = RegionLogStore::open(&engine, &wal, 3).unwrap();
+            for i in 1..=3 {
+                append(&mut log, i).await;
+            }
+            // An ordinary purge waits for a durable commit...
+            log.purge(log_id::<TypeConfig>(1, 1, 2)).await.unwrap();
+            assert_eq!(wal.region_state(3).purged, None);
+            // ...but one past the end of the log (a snapshot installed up to 6) is recorded
+            // at once, after a durable commit, and supersedes the pending one.
+            let durable_before = engine.stats().commits.load(Relaxed);
+            log.purge(log_id::<TypeConfig>(1, 1, 6)).await.unwrap();
+            assert!(engine.stats().commits.load(Relaxed) > durable_before);
+            assert_eq!(wal.region_state(3).purged.map(|p| p.0), Some(6));
+            // The log continues from the purge point.
+            append(&mut log, 7).await;
+            append(&mut log, 8).await;
+            engine.write(Box::new(|_| Ok(()))).await.unwrap();
+            log.purge(log_id::<TypeConfig>(1, 1, 7)).await.unwrap();
+            assert_eq!(wal.region_state(3).purged.map(|p| p.0), Some(6), "the superseded purge at 2 is not written");
+        }
+        // A restart (the log engine reopened from its files) finds the log from 7 on.
+        let wal = LogEngine::open(&dir.path().join("raft-log")).unwrap();
+        let mut log = RegionLogStore::open(&engine, &wal, 3).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(6));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(8));
+        let entries = log.try_get_log_entries(7..9).await.unwrap();
+        assert_eq!(entries.iter().map(|e| e.index()).collect::<Vec<_>>(), vec![7, 8]);
     }
 }
