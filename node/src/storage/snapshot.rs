@@ -2,9 +2,9 @@
 //!
 //! * **Build**: one redb read transaction (a consistent view, taken concurrently with
 //!   applies) is streamed record by record into a file in `<data>/snapshots/`. Only a
-//!   snapshot to be sent is written ([`build`], from the state machine's
-//!   `get_current_snapshot`); the snapshots openraft builds to purge the log are the
-//!   region's applied state alone ([`applied_state`]).
+//!   snapshot to be sent is written ([`cut`], then [`write`] in the background, from the
+//!   state machine's `get_current_snapshot`); the snapshots openraft builds to purge the
+//!   log are the region's applied state alone ([`applied_state`]).
 //! * **Send and receive**: the leader reads the file in chunks of `SNAPSHOT_CHUNK` bytes
 //!   (see `raft::network`); the follower appends each chunk to a file as it arrives.
 //! * **Install**: the file is read record by record and written under a fresh *data id* in
@@ -272,7 +272,7 @@ pub(crate) fn absorbed_here(
 
 /// The applied state of `region` as of its last commit: what a snapshot written now would
 /// reflect, without writing one. Refused ([`MergedAway`]) for a region merged into its
-/// neighbour here, as [`build`] is.
+/// neighbour here, as [`cut`] is.
 pub fn applied_state(engine: &Engine, region: u64) -> io::Result<SmState> {
     let txn = engine.read()?;
     let state = read_state(&txn, region)?;
@@ -370,8 +370,9 @@ pub fn write(cut: Cut, path: &Path) -> io::Result<()> {
     w.into_inner().map_err(|e| e.into_error())?.sync_data()
 }
 
-/// Writes a snapshot of `region` ([`cut`] then [`write`]; blocking: run it off the async
-/// runtime). Returns the state it reflects and the file.
+/// Writes a snapshot of `region` ([`cut`] then [`write`], blocking), for tests. Returns the
+/// state it reflects and the file.
+#[cfg(test)]
 pub fn build(engine: &Engine, region: u64) -> io::Result<(SmState, SnapshotFile)> {
     let (state, cut) = cut(engine, region)?;
     let file = SnapshotFile::adopt(new_path(engine, "built", region));
