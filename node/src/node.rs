@@ -424,7 +424,7 @@ async fn seed_split_log(log: &mut RegionLogStore, sm: &mut RegionStateMachine) -
     let (applied, _) = sm.applied_state().await?;
     let seed = split_seed_log_id();
     if state.last_log_id.is_none() && applied == Some(seed) {
-        log.purge_durably(seed).await?;
+        log.purge(seed).await?;
     }
     Ok(())
 }

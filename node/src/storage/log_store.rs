@@ -209,11 +209,10 @@ impl RegionLogStore {
     }
 
     /// Purges the log up to `log_id` now, in memory and in the log engine, after a
-    /// durable redb commit: for a seeded region, whose log starts at its seed
-    /// (`node::seed_split_log`) and which has no entry to replay if a crash lost the seed,
-    /// and for a purge that leaves no entry after it (see [`RaftLogStorage::purge`]).
-    /// openraft's other purges do not wait.
-    pub async fn purge_durably(&mut self, log_id: LogId) -> io::Result<()> {
+    /// durable redb commit: for a purge that leaves no entry after it (see
+    /// [`RaftLogStorage::purge`]), such as a seeded region's purge to its seed
+    /// (`node::seed_split_log`), which has no entry to replay if a crash lost the seed.
+    async fn purge_durably(&mut self, log_id: LogId) -> io::Result<()> {
         let upto = log_id.index();
         {
             let mut mem = lock(&self.mem);
@@ -446,8 +445,8 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
     /// reach the log engine in order (its replay takes the last one, not the largest).
     /// A purge still pending at a crash or a shutdown only leaves the log longer.
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        // A purge at or past the last entry (after a snapshot installed beyond the log) is
-        // recorded at once: the next append continues from the purge point, and a log
+        // A purge at or past the last entry (after a snapshot installed beyond the log, or a
+        // seeded region's purge to its seed) is recorded at once: the next append continues from the purge point, and a log
         // engine holding those entries without the purge below them would, after a crash,
         // start the log at a hole. The state it covers was installed durably; the durable
         // commit first also covers any apply.
