@@ -275,15 +275,21 @@ pub(crate) fn absorbed_here(
 /// neighbour here, as [`cut`] is.
 pub fn applied_state(engine: &Engine, region: u64) -> io::Result<SmState> {
     let txn = engine.read()?;
-    let state = read_state(&txn, region)?;
+    own_record(&txn, region)?;
+    read_state(&txn, region)
+}
+
+/// `region`'s record as of `txn` (None if it has none), refused ([`MergedAway`]) once its
+/// target here has absorbed it: what a snapshot of it may be taken from.
+fn own_record(txn: &redb::ReadTransaction, region: u64) -> io::Result<Option<Vec<u8>>> {
     let regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
     let record = regions.get(region).map_err(io_err)?.map(|r| r.value().to_vec());
-    if let Some(record) = record {
-        if absorbed_here(&regions, &decode::<RegionRecord>(&record)?)? {
+    if let Some(record) = &record {
+        if absorbed_here(&regions, &decode::<RegionRecord>(record)?)? {
             return Err(io::Error::other(MergedAway { region }));
         }
     }
-    Ok(state)
+    Ok(record)
 }
 
 /// A consistent view of a region for a snapshot: a read transaction at a commit boundary,
@@ -308,25 +314,13 @@ impl std::fmt::Debug for Cut {
 pub fn cut(engine: &Engine, region: u64) -> io::Result<(SmState, Cut)> {
     // The region's applied state and its rows as of one commit: the table's rows as the
     // transaction sees them, with the overlay's rows of the same commits over them.
-    let (txn, fresh) = engine.read_cut(|txn, rows| {
+    let (txn, (state, record, fresh)) = engine.read_cut(|txn, rows| {
         let state = read_state(txn, region)?;
-        let regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
-        let record = regions.get(region).map_err(io_err)?.map(|r| r.value().to_vec());
+        let record = own_record(txn, region)?;
         let (start, end) = record_range(record.as_deref())?;
         let (lo, hi) = data_range(state.data_id, &start, &end);
-        Ok(super::overlay::range_rows(rows, &lo, &hi, false, usize::MAX))
+        Ok((state, record, super::overlay::range_rows(rows, &lo, &hi, false, usize::MAX)))
     })?;
-    let state = read_state(&txn, region)?;
-    let record = {
-        let regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
-        let record = regions.get(region).map_err(io_err)?.map(|r| r.value().to_vec());
-        if let Some(record) = &record {
-            if absorbed_here(&regions, &decode::<RegionRecord>(record)?)? {
-                return Err(io::Error::other(MergedAway { region }));
-            }
-        }
-        record
-    };
     Ok((state.clone(), Cut { txn, fresh, state, record }))
 }
 
