@@ -48,6 +48,7 @@ struct Snapshots {
     /// The last snapshot written or installed, with its file.
     file: Option<(SnapshotMeta, SnapshotFile)>,
 }
+
 /// What one apply batch produced: results in entry order, the change in (keys, bytes), and
 /// the state after it.
 type ApplyOutput<A> = Arc<Mutex<Option<Applied<A>>>>;
@@ -1455,6 +1456,18 @@ mod merge_tests {
         LogCommand::WriteV2 { session: None, op, at_ms: 1, session_ttl_ms: 1 << 40 }
     }
 
+    /// The pairs of the snapshot file at `path`, in order.
+    fn snapshot_pairs(path: &std::path::Path) -> Pairs {
+        let mut reader = snapshot::SnapshotReader::open(path).unwrap();
+        let mut pairs = Vec::new();
+        while let Some(item) = reader.next_item().unwrap() {
+            if let crate::storage::records::SnapshotItem::Pair(k, v) = item {
+                pairs.push((k, v));
+            }
+        }
+        pairs
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn applied_writes_wait_in_the_overlay_and_reads_scans_and_snapshots_see_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -1500,15 +1513,8 @@ mod merge_tests {
         // A snapshot holds the state of index 6: the overlay's rows over the table's.
         let (state, file) = snapshot::build(&engine, 1).unwrap();
         assert_eq!(state.applied.map(|l| l.index), Some(6));
-        let mut reader = snapshot::SnapshotReader::open(file.path()).unwrap();
-        let mut pairs = Vec::new();
-        while let Some(item) = reader.next_item().unwrap() {
-            if let crate::storage::records::SnapshotItem::Pair(k, v) = item {
-                pairs.push((k, v));
-            }
-        }
         assert_eq!(
-            pairs,
+            snapshot_pairs(file.path()),
             vec![(b"a".to_vec(), b"v+".to_vec()), (b"c".to_vec(), b"v".to_vec()), (b"d".to_vec(), b"v".to_vec())]
         );
         // The region's key count followed the overlay.
@@ -1522,16 +1528,8 @@ mod merge_tests {
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
         let mut sm = machine(&engine, &region(1, b"", b"")).await;
         let files = || std::fs::read_dir(engine.snapshot_dir()).unwrap().count();
-        let pairs_in = |snap: &Snapshot| {
-            let mut reader = snapshot::SnapshotReader::open(snap.snapshot.path()).unwrap();
-            let mut pairs = Vec::new();
-            while let Some(item) = reader.next_item().unwrap() {
-                if let crate::storage::records::SnapshotItem::Pair(k, _) = item {
-                    pairs.push(k);
-                }
-            }
-            pairs
-        };
+        let keys_in =
+            |snap: &Snapshot| snapshot_pairs(snap.snapshot.path()).into_iter().map(|(k, _)| k).collect::<Vec<_>>();
         assert!(sm.get_current_snapshot().await.unwrap().is_none(), "nothing built yet");
         apply(&mut sm, 1, put(b"a")).await;
         apply(&mut sm, 2, put(b"b")).await;
@@ -1547,7 +1545,7 @@ mod merge_tests {
         let sent = sm.get_current_snapshot().await.unwrap().unwrap();
         sent.snapshot.written().await.unwrap();
         assert_eq!(sent.meta.last_log_id.map(|l| l.index), Some(3), "at or after the built one");
-        assert_eq!(pairs_in(&sent), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(keys_in(&sent), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
         assert_eq!(files(), 1);
         // Asked again with no newer build: the same file.
         apply(&mut sm, 4, put(b"d")).await;
@@ -1559,7 +1557,7 @@ mod merge_tests {
         let newer = sm.get_current_snapshot().await.unwrap().unwrap();
         newer.snapshot.written().await.unwrap();
         assert_eq!(newer.meta.last_log_id.map(|l| l.index), Some(4));
-        assert_eq!(pairs_in(&newer).len(), 4);
+        assert_eq!(keys_in(&newer).len(), 4);
         drop((sent, again));
         assert_eq!(files(), 1, "only the newest file is left");
     }
@@ -1801,13 +1799,7 @@ mod merge_tests {
         let frozen = source.get_current_snapshot().await.unwrap().expect("the prepare's snapshot");
         assert_eq!(frozen.meta.last_log_id.map(|l| l.index), Some(8));
         frozen.snapshot.written().await.unwrap();
-        let mut reader = snapshot::SnapshotReader::open(frozen.snapshot.path()).unwrap();
-        let mut keys = Vec::new();
-        while let Some(item) = reader.next_item().unwrap() {
-            if let crate::storage::records::SnapshotItem::Pair(k, _) = item {
-                keys.push(k);
-            }
-        }
+        let keys: Vec<_> = snapshot_pairs(frozen.snapshot.path()).into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, vec![b"p".to_vec(), b"q".to_vec()]);
         let tombstone = encode(&RegionRecord::tombstone(&prepared, PeerId(21))).unwrap();
         engine.write(Box::new(move |txn| snapshot::retire_merged_region(txn, 2, 1, &tombstone))).await.unwrap();
