@@ -227,8 +227,18 @@ fn digest_lines(name: &str, text: &str) -> Vec<(String, String, String)> {
     const NOISE: [&str; 4] = ["openraft::replication", "replication_handler", "HeartbeatWorker", "requesting"];
     let mut at = String::new();
     let mut out = Vec::new();
+    // A notable line repeated with only its timestamp changed (a step PD retries every
+    // 500 ms) is kept once, followed by one line saying how often and until when it
+    // repeated: a minute of retries must not push the rest of the story out of the digest.
+    let mut repeats: Option<(&str, usize, String)> = None;
+    let flush = |repeats: &mut Option<(&str, usize, String)>, out: &mut Vec<(String, String, String)>| {
+        if let Some((message, n, last)) = repeats.take().filter(|(_, n, _)| *n > 0) {
+            out.push((last.clone(), name.to_owned(), format!("{last} (repeated {n} more times until here){message}")));
+        }
+    };
     for line in text.lines() {
-        if let Some(ts) = line.split_whitespace().next().filter(|w| w.len() > 20 && w.ends_with('Z')) {
+        let stamp = line.split_whitespace().next().filter(|w| w.len() > 20 && w.ends_with('Z'));
+        if let Some(ts) = stamp {
             at = ts.to_owned();
         }
         // Every node's log gets the test's marks: node 1's (the first started) are enough.
@@ -237,9 +247,20 @@ fn digest_lines(name: &str, text: &str) -> Vec<(String, String, String)> {
             continue;
         }
         if NOTABLE.iter().any(|n| line.contains(n)) && !NOISE.iter().any(|n| line.contains(n)) {
+            let message = stamp.map_or(line, |ts| &line[ts.len()..]);
+            match &mut repeats {
+                Some((last, n, until)) if *last == message => {
+                    *n += 1;
+                    *until = at.clone();
+                    continue;
+                }
+                _ => flush(&mut repeats, &mut out),
+            }
+            repeats = Some((message, 0, at.clone()));
             out.push((at.clone(), name.to_owned(), line.to_owned()));
         }
     }
+    flush(&mut repeats, &mut out);
     out
 }
 
@@ -756,7 +777,11 @@ fn the_digest_keeps_notable_lines_and_dates_the_marks() {
     let log = "2026-12-04T21:15:28.1Z  INFO tessera_node::node: node started\n\
                2026-12-04T21:15:28.2Z DEBUG tessera_node::admin: region step not taken\n\
                ---- test: node 1 killed with SIGKILL ----\n\
-               2026-12-04T21:15:29.0Z  WARN openraft::replication: ReplicationCore recv RPCError\n";
+               2026-12-04T21:15:29.0Z  WARN openraft::replication: ReplicationCore recv RPCError\n\
+               2026-12-04T21:15:29.5Z DEBUG tessera_node::admin: region step not taken\n\
+               2026-12-04T21:15:30.0Z DEBUG tessera_node::admin: region step not taken\n\
+               2026-12-04T21:15:30.5Z DEBUG tessera_node::admin: region step not taken\n\
+               2026-12-04T21:15:31.0Z  INFO tessera_node::node: region absorbed\n";
     let lines = digest_lines("node1", log);
     let kept: Vec<(&str, &str)> = lines.iter().map(|(at, _, l)| (at.as_str(), l.as_str())).collect();
     assert_eq!(
@@ -764,6 +789,12 @@ fn the_digest_keeps_notable_lines_and_dates_the_marks() {
         [
             ("2026-12-04T21:15:28.2Z", "2026-12-04T21:15:28.2Z DEBUG tessera_node::admin: region step not taken"),
             ("2026-12-04T21:15:28.2Z", "---- test: node 1 killed with SIGKILL ----"),
+            ("2026-12-04T21:15:29.5Z", "2026-12-04T21:15:29.5Z DEBUG tessera_node::admin: region step not taken"),
+            (
+                "2026-12-04T21:15:30.5Z",
+                "2026-12-04T21:15:30.5Z (repeated 2 more times until here) DEBUG tessera_node::admin: region step not taken"
+            ),
+            ("2026-12-04T21:15:31.0Z", "2026-12-04T21:15:31.0Z  INFO tessera_node::node: region absorbed"),
         ]
     );
 }
