@@ -138,10 +138,6 @@ pub fn full_rows() -> Vec<RowSpec> {
     rows.push(stale_gets(64));
     rows.push(mixed(Workload::A, 64));
     rows.push(mixed(Workload::B, 64));
-    rows.push(RowSpec {
-        value_size: Some(1024),
-        ..RowSpec::new("put1k-c256", "1 KiB puts, 256 in flight", RowKind::Throughput, Workload::W, 256)
-    });
     rows.push(RowSpec::new(
         "e-c64",
         "workload E (95% scans of 1-100, 5% inserts), 64 in flight",
@@ -149,6 +145,12 @@ pub fn full_rows() -> Vec<RowSpec> {
         Workload::E,
         64,
     ));
+    // Last: its updates rewrite the loaded records at 1 KiB, and every row after it would
+    // read those instead of the value size it names (workload E had scanned 1 KiB rows).
+    rows.push(RowSpec {
+        value_size: Some(1024),
+        ..RowSpec::new("put1k-c256", "1 KiB puts, 256 in flight", RowKind::Throughput, Workload::W, 256)
+    });
     rows
 }
 
@@ -245,6 +247,22 @@ mod tests {
             assert!(ids.contains(r.id.as_str()), "{} not in --full", r.id);
         }
         assert!(full.iter().any(|r| r.kind == RowKind::Scan) && full.iter().any(|r| r.value_size == Some(1024)));
+    }
+
+    #[test]
+    fn no_row_runs_over_records_another_row_rewrote_at_another_value_size() {
+        // Rows share the records loaded at the default value size; a row writing another
+        // size rewrites them, so only rows of that size (or none) may follow it.
+        for rows in [quick_rows(), full_rows()] {
+            if let Some(first) = rows.iter().position(|r| r.value_size.is_some()) {
+                let size = rows[first].value_size;
+                assert!(
+                    rows[first..].iter().all(|r| r.value_size == size),
+                    "a row follows one that rewrote the records at {size:?} bytes: {:?}",
+                    rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>()
+                );
+            }
+        }
     }
 
     #[test]
