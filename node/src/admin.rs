@@ -246,12 +246,22 @@ async fn step(ctx: &NodeContext, command: RegionCommand) -> Result<&'static str,
                 .regions
                 .get(source.id)
                 .ok_or(StepError::Refused(format!("region {} has no replica on this node", source.id)))?;
-            let applied = {
+            let (applied, last_log, leader, state) = {
                 use openraft::async_runtime::watch::WatchReceiver;
-                local.raft.metrics().borrow_watched().last_applied.map_or(0, |l| l.index)
+                let metrics = local.raft.metrics();
+                let m = metrics.borrow_watched();
+                (m.last_applied.map_or(0, |l| l.index), m.last_log_index.unwrap_or(0), m.current_leader, m.state)
             };
-            if applied < prepare_index || local.shared.merging().is_none() {
-                return Err(StepError::Refused(format!("region {} has not applied its prepare here yet", source.id)));
+            let merging = local.shared.merging().is_some();
+            if applied < prepare_index || !merging {
+                // PD retries this every heartbeat; what the local source replica has is what
+                // explains a merge that does not commit (did the prepare reach its log, is it
+                // applied, who leads it).
+                return Err(StepError::Refused(format!(
+                    "region {} has not applied its prepare here yet: prepare at {prepare_index}, applied \
+                     {applied}, log up to {last_log}, prepared {merging}, leader {leader:?}, {state:?}",
+                    source.id
+                )));
             }
             let cmd = LogCommand::commit_merge(desc.epoch, &source, prepare_index);
             expect(region.raft.client_write(cmd).await.map_err(|e| raft_err(&e))?.data, ApplyResult::Merged)
