@@ -446,10 +446,10 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
     /// A purge still pending at a crash or a shutdown only leaves the log longer.
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         // A purge at or past the last entry (after a snapshot installed beyond the log, or a
-        // seeded region's purge to its seed) is recorded at once: the next append continues from the purge point, and a log
-        // engine holding those entries without the purge below them would, after a crash,
-        // start the log at a hole. The state it covers was installed durably; the durable
-        // commit first also covers any apply.
+        // seeded region's purge to its seed) is recorded at once: the next append continues
+        // from the purge point, and a log engine holding those entries without the purge
+        // below them would, after a crash, start the log at a hole. The state it covers was
+        // installed durably; the durable commit first also covers any apply.
         if self.mem().last.is_none_or(|l| l.index() <= log_id.index()) {
             return self.purge_durably(log_id).await;
         }
