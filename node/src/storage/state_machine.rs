@@ -1468,6 +1468,11 @@ mod merge_tests {
         pairs
     }
 
+    /// The keys of the snapshot file at `path`, in order.
+    fn snapshot_keys(path: &std::path::Path) -> Vec<Vec<u8>> {
+        snapshot_pairs(path).into_iter().map(|(k, _)| k).collect()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn applied_writes_wait_in_the_overlay_and_reads_scans_and_snapshots_see_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -1528,8 +1533,7 @@ mod merge_tests {
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
         let mut sm = machine(&engine, &region(1, b"", b"")).await;
         let files = || std::fs::read_dir(engine.snapshot_dir()).unwrap().count();
-        let keys_in =
-            |snap: &Snapshot| snapshot_pairs(snap.snapshot.path()).into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        let keys_in = |snap: &Snapshot| snapshot_keys(snap.snapshot.path());
         assert!(sm.get_current_snapshot().await.unwrap().is_none(), "nothing built yet");
         apply(&mut sm, 1, put(b"a")).await;
         apply(&mut sm, 2, put(b"b")).await;
@@ -1799,8 +1803,7 @@ mod merge_tests {
         let frozen = source.get_current_snapshot().await.unwrap().expect("the prepare's snapshot");
         assert_eq!(frozen.meta.last_log_id.map(|l| l.index), Some(8));
         frozen.snapshot.written().await.unwrap();
-        let keys: Vec<_> = snapshot_pairs(frozen.snapshot.path()).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, vec![b"p".to_vec(), b"q".to_vec()]);
+        assert_eq!(snapshot_keys(frozen.snapshot.path()), vec![b"p".to_vec(), b"q".to_vec()]);
         let tombstone = encode(&RegionRecord::tombstone(&prepared, PeerId(21))).unwrap();
         engine.write(Box::new(move |txn| snapshot::retire_merged_region(txn, 2, 1, &tombstone))).await.unwrap();
         snapshot::collect_garbage(&engine).await.unwrap();
