@@ -15,7 +15,7 @@ use tessera_node::raft::types::{Entry, LogCommand, LogOp, SessionRef, TypeConfig
 use tessera_node::storage::{Engine, RegionShared, RegionStateMachine};
 use tessera_wire::{NodeId, Peer, PeerId, RegionDescriptor, RegionEpoch, RegionId};
 
-fn state_machine(dir: &std::path::Path) -> RegionStateMachine {
+fn state_machine(dir: &std::path::Path) -> (Engine, RegionStateMachine) {
     let engine = Engine::open(&dir.join("node.redb")).expect("open engine");
     let desc = RegionDescriptor {
         id: RegionId(1),
@@ -24,15 +24,16 @@ fn state_machine(dir: &std::path::Path) -> RegionStateMachine {
         epoch: RegionEpoch { conf_ver: 1, version: 1 },
         peers: vec![Peer { id: PeerId(1), node_id: NodeId(1) }],
     };
-    RegionStateMachine::open(&engine, RegionShared::new(desc, 0)).expect("open state machine")
+    let sm = RegionStateMachine::open(&engine, RegionShared::new(desc, 0)).expect("open state machine");
+    (engine, sm)
 }
 
 /// Puts of 100-byte values at log indexes `first..first + n`, each with the next sequence
-/// number of one client session (as every SDK write has).
-fn batch(first: u64, n: u64, now_ms: u64) -> Vec<Entry> {
+/// number of one client session (as every SDK write has), at keys among `keys`.
+fn batch(first: u64, n: u64, now_ms: u64, keys: u64) -> Vec<Entry> {
     (first..first + n)
         .map(|index| {
-            let key = format!("user{:012}", index.wrapping_mul(2_654_435_761) % 1_000_000).into_bytes();
+            let key = format!("user{:012}", index.wrapping_mul(2_654_435_761) % keys).into_bytes();
             let command = LogCommand::WriteV2 {
                 session: Some(SessionRef { id: 1, seq: index, first_pending: index }),
                 op: LogOp::Put(key, vec![b'v'; 100]),
@@ -68,20 +69,42 @@ fn apply(c: &mut Criterion) {
     let mut group = c.benchmark_group("state machine apply");
     for n in [1u64, 64] {
         let dir = tempfile::tempdir().unwrap();
-        let mut sm = state_machine(dir.path());
+        let (_engine, mut sm) = state_machine(dir.path());
         let mut next = 1u64;
         group.throughput(Throughput::Elements(n));
         group.bench_with_input(BenchmarkId::new("puts per apply", n), &n, |b, &n| {
             b.iter(|| {
-                let entries = batch(next, n, now_ms);
+                let entries = batch(next, n, now_ms, 1_000_000);
                 next += n;
                 let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
                 rt.block_on(sm.apply(stream)).unwrap();
             })
         });
     }
+    // Updates, as the goal table's put rows make them: 64 per apply over 100,000 records
+    // loaded first (and written out to the table by a durable commit).
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, mut sm) = state_machine(dir.path());
+        let mut next = 1u64;
+        while next <= 100_000 / 256 {
+            let stream = futures::stream::iter(batch_put(next, 256, now_ms).into_iter().map(|e| Ok((e, None))));
+            rt.block_on(sm.apply(stream)).unwrap();
+            next += 1;
+        }
+        rt.block_on(engine.write(Box::new(|_| Ok(())))).unwrap();
+        group.throughput(Throughput::Elements(64));
+        group.bench_function("puts per apply/64 updates of 100k records", |b| {
+            b.iter(|| {
+                let entries = batch(next, 64, now_ms, 100_000);
+                next += 64;
+                let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+                rt.block_on(sm.apply(stream)).unwrap();
+            })
+        });
+    }
     let dir = tempfile::tempdir().unwrap();
-    let mut sm = state_machine(dir.path());
+    let (_engine, mut sm) = state_machine(dir.path());
     let mut next = 1u64;
     group.throughput(Throughput::Elements(256));
     group.bench_function("batch put of 256 keys", |b| {
