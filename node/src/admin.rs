@@ -197,7 +197,7 @@ async fn step(ctx: &NodeContext, command: RegionCommand) -> Result<&'static str,
                 Some(k) => k,
                 None => {
                     let engine = ctx.engine.clone();
-                    let (r, total) = (region.id.0, region.shared.approx_bytes.load(Ordering::Relaxed).max(0) as u64);
+                    let (r, total) = (region.id.0, region.shared.approx.bytes().max(0) as u64);
                     let (start, end) = (desc.start_key.clone(), desc.end_key.clone());
                     tokio::task::spawn_blocking(move || {
                         crate::storage::state_machine::middle_key(&engine, r, &start, &end, total)

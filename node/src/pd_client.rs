@@ -59,7 +59,7 @@ pub(crate) fn node_stats(ctx: &crate::region::NodeContext, web: Option<&tessera_
     NodeStats {
         region_count: regions.len() as u64,
         leader_count: regions.iter().filter(|r| r.is_leader()).count() as u64,
-        used_bytes: regions.iter().map(|r| r.shared.approx_bytes.load(Ordering::Relaxed).max(0) as u64).sum(),
+        used_bytes: regions.iter().map(|r| r.shared.approx.bytes().max(0) as u64).sum(),
         write_path: ctx.write_path_stats(),
         web_cert_hash: web.map(|w| w.hash().to_vec()),
     }
@@ -128,8 +128,8 @@ pub(crate) fn led_region_stats(ctx: &crate::region::NodeContext, load: &mut Load
                 region: desc,
                 leader: r.peer,
                 term,
-                approximate_size: r.shared.approx_bytes.load(Ordering::Relaxed).max(0) as u64,
-                approximate_keys: r.shared.approx_keys.load(Ordering::Relaxed).max(0) as u64,
+                approximate_size: r.shared.approx.bytes().max(0) as u64,
+                approximate_keys: r.shared.approx.keys().max(0) as u64,
                 learners,
                 write_qps,
                 read_qps,

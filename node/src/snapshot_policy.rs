@@ -16,7 +16,6 @@
 //! The node runs [`snapshot_loop`] with openraft's policy set to `Never`. The log is never
 //! purged past state that is durable in redb (docs/storage.md).
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
@@ -52,7 +51,7 @@ pub async fn snapshot_loop(ctx: NodeContext, snapshot_every: u64, mut shutdown: 
                 (m.last_applied.map_or(0, |l| l.index), m.snapshot.map_or(0, |l| l.index))
             };
             let since = applied.saturating_sub(snapshot);
-            let keys = region.shared.approx_keys.load(Ordering::Relaxed);
+            let keys = region.shared.approx.keys();
             if snapshot_due(since, keys, snapshot_every) {
                 tracing::debug!(region_id = region.id.0, since, keys, "snapshot due");
                 if let Err(error) = region.raft.trigger().snapshot().await {

@@ -736,7 +736,7 @@ pub(crate) mod tests {
         let overlay = engine.overlay().clone();
         Box::new(move |txn| {
             let t = txn.open_table(tables::DATA).map_err(io_err)?;
-            overlay.put(&t, key.to_vec(), value)?;
+            overlay.put(&t, &Default::default(), key.to_vec(), value)?;
             Ok(())
         })
     }

@@ -21,6 +21,12 @@
 //! - Closing the engine writes the buffer out durably first: redb makes a pending
 //!   non-durable commit durable when the database closes, and that commit must not carry
 //!   applied indexes without their rows.
+//! - A put does not read the value it replaces from the table ([`Replaced::Unread`]): the
+//!   region's approximate counts ([`ApproxSize`]) take it as a value of the same length,
+//!   and the flush that writes the row, which redb's insert tells the value it replaced,
+//!   corrects them when its transaction commits. Until then a region's counts lag behind
+//!   its new keys by at most one durable interval. Deletions still read it: their result
+//!   says whether the key existed.
 //! - Readers see the overlay over a read transaction ([`Overlay::read_consistent`]). Rows
 //!   leave the overlay only after the commit that wrote them to the table, and each such
 //!   clearing moves the overlay's epoch: a reader whose transaction may predate the commit
@@ -28,11 +34,11 @@
 //!
 //! [`LAZY_DURABLE_EVERY`]: super::engine::LAZY_DURABLE_EVERY
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use redb::ReadableTable;
 
@@ -65,6 +71,73 @@ fn row_bytes(key: &[u8], row: &Row) -> usize {
 /// The map's own bytes per row, roughly.
 const ROW_OVERHEAD: usize = 64;
 
+/// A region's approximate number of keys and bytes of keys and values (without the data
+/// id prefix), as a scan of its range would count them. Applies add their changes; puts
+/// whose replaced value was not read are corrected by the flush that writes them (see the
+/// module documentation).
+#[derive(Debug, Default)]
+pub struct ApproxSize {
+    keys: AtomicI64,
+    bytes: AtomicI64,
+}
+
+impl ApproxSize {
+    /// Approximate number of keys.
+    pub fn keys(&self) -> i64 {
+        self.keys.load(Ordering::Relaxed)
+    }
+
+    /// Approximate bytes of keys and values.
+    pub fn bytes(&self) -> i64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Adds a change.
+    pub fn add(&self, keys: i64, bytes: i64) {
+        self.keys.fetch_add(keys, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Replaces both figures (after a count of the range).
+    pub fn set(&self, keys: i64, bytes: i64) {
+        self.keys.store(keys, Ordering::Relaxed);
+        self.bytes.store(bytes, Ordering::Relaxed);
+    }
+}
+
+/// What a staged put replaced, as the transaction in progress sees the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replaced {
+    /// The key had no value.
+    Nothing,
+    /// A value of this length.
+    Value(usize),
+    /// The key's value is only in the table, which the put did not read: counted as a value
+    /// of the new one's length until the flush that writes the row corrects the counts.
+    Unread,
+}
+
+/// A row whose value in the table was never read: the region whose counts took it as a
+/// value of `assumed_len` bytes.
+#[derive(Debug, Clone)]
+struct Unread {
+    size: Arc<ApproxSize>,
+    assumed_len: usize,
+}
+
+impl Unread {
+    /// The change in (keys, bytes) that turns counts which took the table's value as
+    /// `assumed_len` bytes into exact ones, given the value the table had (`actual`).
+    fn correction(&self, data_key: &[u8], actual: Option<usize>) -> (i64, i64) {
+        let assumed = self.assumed_len as i64;
+        match actual {
+            Some(len) => (0, assumed - len as i64),
+            // Counted as replacing a value; it was a new key.
+            None => (1, (data_key.len().saturating_sub(8)) as i64 + assumed),
+        }
+    }
+}
+
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub struct Overlay {
@@ -73,8 +146,8 @@ pub struct Overlay {
     epoch: AtomicU64,
     /// Bytes of the published rows ([`row_bytes`]).
     bytes: AtomicUsize,
-    /// The write transaction in progress. Only whoever holds the engine's commit lock uses
-    /// it, so it is never contended.
+    /// The write transaction in progress, and the writer's own records of the published
+    /// rows. Only whoever holds the engine's commit lock uses it, so it is never contended.
     txn: Mutex<TxnRows>,
 }
 
@@ -86,6 +159,37 @@ struct TxnRows {
     /// The transaction wrote the published rows into the table: they are no longer to be
     /// read from the overlay by it, and leave the overlay when it commits.
     flushed: bool,
+    /// Staged rows whose value in the table was never read ([`Replaced::Unread`]).
+    staged_unread: HashMap<Vec<u8>, Unread>,
+    /// The same for published rows; replaced when a commit writes them to the table.
+    published_unread: HashMap<Vec<u8>, Unread>,
+    /// Count corrections of the rows this transaction wrote to the table, added when it
+    /// commits: one entry per region.
+    corrections: Vec<(Arc<ApproxSize>, i64, i64)>,
+}
+
+impl TxnRows {
+    fn correct(&mut self, key: &[u8], unread: &Unread, actual: Option<usize>) {
+        let (keys, bytes) = unread.correction(key, actual);
+        if (keys, bytes) == (0, 0) {
+            return;
+        }
+        match self.corrections.iter_mut().find(|(size, _, _)| Arc::ptr_eq(size, &unread.size)) {
+            Some((_, k, b)) => (*k, *b) = (*k + keys, *b + bytes),
+            None => self.corrections.push((unread.size.clone(), keys, bytes)),
+        }
+    }
+}
+
+/// Where the transaction in progress finds a key's value.
+enum Current {
+    /// In the overlay: its length (`None`: a deletion), and what the counts assumed of the
+    /// table's value if it was never read.
+    Overlay(Option<usize>, Option<Unread>),
+    /// In the table, read: its length.
+    Table(Option<usize>),
+    /// Only in the table, not read.
+    Unread,
 }
 
 impl Overlay {
@@ -115,17 +219,21 @@ impl Overlay {
         !txn.staged.is_empty() || (!txn.flushed && !self.published().is_empty())
     }
 
-    /// Length of `key`'s value as the transaction in progress sees it (`data` table key).
-    fn len_of(&self, txn: &TxnRows, table: &DataTable<'_>, key: &[u8]) -> io::Result<Option<usize>> {
+    /// Where the transaction in progress finds `key`'s value (`data` table key); the table
+    /// is read only if `read_table`.
+    fn current(&self, txn: &TxnRows, table: &DataTable<'_>, key: &[u8], read_table: bool) -> io::Result<Current> {
         if let Some(row) = txn.staged.get(key) {
-            return Ok(row.as_ref().map(Vec::len));
+            return Ok(Current::Overlay(row.as_ref().map(Vec::len), txn.staged_unread.get(key).cloned()));
         }
         if !txn.flushed {
             if let Some(row) = self.published().get(key) {
-                return Ok(row.as_ref().map(Vec::len));
+                return Ok(Current::Overlay(row.as_ref().map(Vec::len), txn.published_unread.get(key).cloned()));
             }
         }
-        Ok(table.get(key).map_err(io_err)?.map(|v| v.value().len()))
+        if !read_table {
+            return Ok(Current::Unread);
+        }
+        Ok(Current::Table(table.get(key).map_err(io_err)?.map(|v| v.value().len())))
     }
 
     /// `key`'s value as the transaction in progress sees it (`data` table key).
@@ -142,46 +250,78 @@ impl Overlay {
         Ok(table.get(key).map_err(io_err)?.map(|v| v.value().to_vec()))
     }
 
-    /// Stages `key = value` in the transaction in progress; returns the length of the value
-    /// it replaces, if any.
-    pub fn put(&self, table: &DataTable<'_>, key: Vec<u8>, value: &[u8]) -> io::Result<Option<usize>> {
-        self.stage(table, key, Some(value.to_vec()))
-    }
-
-    /// Stages the deletion of `key`; returns the length of the value deleted, if any.
-    pub fn remove(&self, table: &DataTable<'_>, key: Vec<u8>) -> io::Result<Option<usize>> {
-        self.stage(table, key, None)
-    }
-
-    fn stage(&self, table: &DataTable<'_>, key: Vec<u8>, row: Row) -> io::Result<Option<usize>> {
+    /// Stages `key = value` in the transaction in progress, for the region whose counts are
+    /// `size`; returns what it replaced. The table is not read: a key found only there is
+    /// [`Replaced::Unread`], and the flush that writes the row corrects `size`.
+    pub fn put(
+        &self,
+        table: &DataTable<'_>,
+        size: &Arc<ApproxSize>,
+        key: Vec<u8>,
+        value: &[u8],
+    ) -> io::Result<Replaced> {
         let mut txn = lock(&self.txn);
-        let old = self.len_of(&txn, table, &key)?;
-        txn.staged_bytes += row_bytes(&key, &row);
-        let key_len = key.len();
-        if let Some(replaced) = txn.staged.insert(key, row) {
-            txn.staged_bytes -= key_len + replaced.as_ref().map_or(0, Vec::len) + ROW_OVERHEAD;
-        }
-        Ok(old)
+        let replaced = match self.current(&txn, table, &key, false)? {
+            Current::Overlay(len, unread) => {
+                // A published row's assumption stays with the key.
+                if let Some(unread) = unread {
+                    txn.staged_unread.insert(key.clone(), unread);
+                }
+                len.map_or(Replaced::Nothing, Replaced::Value)
+            }
+            Current::Table(len) => len.map_or(Replaced::Nothing, Replaced::Value),
+            Current::Unread => {
+                txn.staged_unread.insert(key.clone(), Unread { size: size.clone(), assumed_len: value.len() });
+                Replaced::Unread
+            }
+        };
+        stage(&mut txn, key, Some(value.to_vec()));
+        Ok(replaced)
+    }
+
+    /// Stages the deletion of `key`; returns the length of the value deleted, if any (read
+    /// from the table if the overlay does not have the key).
+    pub fn remove(&self, table: &DataTable<'_>, key: Vec<u8>) -> io::Result<Option<usize>> {
+        let mut txn = lock(&self.txn);
+        let len = match self.current(&txn, table, &key, true)? {
+            Current::Overlay(len, unread) => {
+                if let Some(unread) = unread {
+                    txn.staged_unread.insert(key.clone(), unread);
+                }
+                len
+            }
+            Current::Table(len) => len,
+            Current::Unread => unreachable!("the table was read"),
+        };
+        stage(&mut txn, key, None);
+        Ok(len)
     }
 
     /// Writes every row not yet in the table into it, in key order, within `txn`; returns
     /// how many. Rows stay readable from the overlay until the commit ([`Overlay::
     /// committed`]).
     pub fn flush_into(&self, txn: &redb::WriteTransaction) -> io::Result<usize> {
-        let mut rows = lock(&self.txn);
+        let mut guard = lock(&self.txn);
+        let rows = &mut *guard;
         let mut table = txn.open_table(tables::DATA).map_err(io_err)?;
         let mut written = 0;
         if !rows.flushed {
             let published = self.published();
             for (key, row) in published.iter() {
                 if !rows.staged.contains_key(key) {
-                    write_row(&mut table, key, row)?;
+                    let actual = write_row(&mut table, key, row)?;
+                    if let Some(unread) = rows.published_unread.get(key).cloned() {
+                        rows.correct(key, &unread, actual);
+                    }
                     written += 1;
                 }
             }
         }
         for (key, row) in std::mem::take(&mut rows.staged) {
-            write_row(&mut table, &key, &row)?;
+            let actual = write_row(&mut table, &key, &row)?;
+            if let Some(unread) = rows.staged_unread.remove(&key) {
+                rows.correct(&key, &unread, actual);
+            }
             written += 1;
         }
         rows.staged_bytes = 0;
@@ -197,7 +337,23 @@ impl Overlay {
         let staged = std::mem::take(&mut rows.staged);
         let staged_bytes = std::mem::replace(&mut rows.staged_bytes, 0);
         let flushed = std::mem::replace(&mut rows.flushed, false);
-        if !ok || (staged.is_empty() && !flushed) {
+        let staged_unread = std::mem::take(&mut rows.staged_unread);
+        let corrections = std::mem::take(&mut rows.corrections);
+        if !ok {
+            return;
+        }
+        for (size, keys, bytes) in corrections {
+            size.add(keys, bytes);
+        }
+        if flushed {
+            // Every published row was written to the table: what is left unread is what
+            // the transaction staged after its flush.
+            rows.published_unread = staged_unread;
+        } else {
+            rows.published_unread.extend(staged_unread);
+        }
+        drop(rows);
+        if staged.is_empty() && !flushed {
             return;
         }
         let mut published = self.published.write().unwrap_or_else(|p| p.into_inner());
@@ -254,12 +410,22 @@ impl Overlay {
     }
 }
 
-fn write_row(table: &mut DataTable<'_>, key: &[u8], row: &Row) -> io::Result<()> {
-    match row {
-        Some(value) => drop(table.insert(key, value.as_slice()).map_err(io_err)?),
-        None => drop(table.remove(key).map_err(io_err)?),
+/// Stages `row` under `key` in the transaction in progress.
+fn stage(txn: &mut TxnRows, key: Vec<u8>, row: Row) {
+    txn.staged_bytes += row_bytes(&key, &row);
+    let key_len = key.len();
+    if let Some(replaced) = txn.staged.insert(key, row) {
+        txn.staged_bytes -= key_len + replaced.as_ref().map_or(0, Vec::len) + ROW_OVERHEAD;
     }
-    Ok(())
+}
+
+/// Writes `row` into the table; returns the length of the value it replaced, if any.
+fn write_row(table: &mut DataTable<'_>, key: &[u8], row: &Row) -> io::Result<Option<usize>> {
+    let old = match row {
+        Some(value) => table.insert(key, value.as_slice()).map_err(io_err)?,
+        None => table.remove(key).map_err(io_err)?,
+    };
+    Ok(old.map(|v| v.value().len()))
 }
 
 /// Owned pairs of the `data` table, in scan order.
@@ -387,36 +553,57 @@ mod tests {
         }
     }
 
-    /// One transaction: stage `rows` (value `None`: delete), flush if asked, commit.
-    fn commit(o: &Overlay, db: &redb::Database, rows: &[(&[u8], Option<&[u8]>)], flush: bool) -> Vec<Option<usize>> {
+    /// One transaction: stage `rows` (value `None`: delete) for the region counted by
+    /// `size`, flush if asked, commit. Returns what each replaced (a deletion's
+    /// `Some(len)` as `Value(len)`).
+    fn commit_counted(
+        o: &Overlay,
+        db: &redb::Database,
+        size: &Arc<ApproxSize>,
+        rows: &[(&[u8], Option<&[u8]>)],
+        flush: bool,
+        ok: bool,
+    ) -> Vec<Replaced> {
         let txn = db.begin_write().unwrap();
         let mut old = Vec::new();
         {
             let table = txn.open_table(tables::DATA).unwrap();
             for (k, v) in rows {
                 old.push(match v {
-                    Some(v) => o.put(&table, k.to_vec(), v).unwrap(),
-                    None => o.remove(&table, k.to_vec()).unwrap(),
+                    Some(v) => o.put(&table, size, k.to_vec(), v).unwrap(),
+                    None => o.remove(&table, k.to_vec()).unwrap().map_or(Replaced::Nothing, Replaced::Value),
                 });
             }
         }
         if flush {
             o.flush_into(&txn).unwrap();
         }
-        txn.commit().unwrap();
-        o.committed(true);
+        if ok {
+            txn.commit().unwrap();
+        } else {
+            txn.abort().unwrap();
+        }
+        o.committed(ok);
         old
+    }
+
+    fn commit(o: &Overlay, db: &redb::Database, rows: &[(&[u8], Option<&[u8]>)], flush: bool) -> Vec<Replaced> {
+        commit_counted(o, db, &Arc::default(), rows, flush, true)
     }
 
     #[test]
     fn staged_rows_are_published_by_the_commit_and_reach_the_table_only_when_flushed() {
         let (_dir, db) = open();
         let o = Overlay::default();
-        assert_eq!(commit(&o, &db, &[(b"a", Some(b"1")), (b"b", Some(b"22"))], false), vec![None, None]);
+        // The table is not read for a put.
+        assert_eq!(commit(&o, &db, &[(b"a", Some(b"1")), (b"b", Some(b"22"))], false), vec![Replaced::Unread; 2]);
         assert_eq!(overlay_value(&o, &db, b"a"), Some(b"1".to_vec()));
         assert_eq!(table_value(&db, b"a"), None, "not written to the table yet");
         // The old lengths come from the overlay; a deletion hides the row.
-        assert_eq!(commit(&o, &db, &[(b"b", Some(b"333")), (b"a", None)], false), vec![Some(2), Some(1)]);
+        assert_eq!(
+            commit(&o, &db, &[(b"b", Some(b"333")), (b"a", None)], false),
+            vec![Replaced::Value(2), Replaced::Value(1)]
+        );
         assert_eq!(overlay_value(&o, &db, b"a"), None);
         assert_eq!(overlay_value(&o, &db, b"b"), Some(b"333".to_vec()));
         assert_eq!(o.len(), 2);
@@ -427,8 +614,8 @@ mod tests {
         assert_eq!(table_value(&db, b"a"), None);
         assert_eq!(table_value(&db, b"b"), Some(b"333".to_vec()));
         assert_eq!(table_value(&db, b"c"), Some(b"4".to_vec()));
-        // After a flush, old lengths come from the table, and a deletion reaches it.
-        assert_eq!(commit(&o, &db, &[(b"b", None)], false), vec![Some(3)]);
+        // After a flush, a deletion reads the old length from the table, and reaches it.
+        assert_eq!(commit(&o, &db, &[(b"b", None)], false), vec![Replaced::Value(3)]);
         assert_eq!(table_value(&db, b"b"), Some(b"333".to_vec()));
         assert_eq!(overlay_value(&o, &db, b"b"), None);
         commit(&o, &db, &[], true);
@@ -442,7 +629,7 @@ mod tests {
         let txn = db.begin_write().unwrap();
         {
             let table = txn.open_table(tables::DATA).unwrap();
-            o.put(&table, b"k".to_vec(), b"v").unwrap();
+            o.put(&table, &Arc::default(), b"k".to_vec(), b"v").unwrap();
         }
         txn.abort().unwrap();
         o.committed(false);
@@ -464,13 +651,85 @@ mod tests {
             let mut table = txn.open_table(tables::DATA).unwrap();
             table.insert(b"k".as_slice(), b"direct".as_slice()).unwrap();
             assert_eq!(o.get(&table, b"k").unwrap(), Some(b"direct".to_vec()));
-            assert_eq!(o.put(&table, b"k".to_vec(), b"later").unwrap(), Some(6));
+            // A put after the flush does not read it back.
+            assert_eq!(o.put(&table, &Arc::default(), b"k".to_vec(), b"later").unwrap(), Replaced::Unread);
         }
         txn.commit().unwrap();
         o.committed(true);
         assert_eq!(overlay_value(&o, &db, b"k"), Some(b"later".to_vec()));
         assert_eq!(table_value(&db, b"k"), Some(b"direct".to_vec()));
         assert_eq!(o.len(), 1, "only the row staged after the flush is left");
+    }
+
+    /// Keys and bytes of the table's rows, counted as a region's range is.
+    fn exact_size(db: &redb::Database) -> (i64, i64) {
+        use redb::ReadableDatabase;
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(tables::DATA).unwrap();
+        let mut size = (0, 0);
+        for row in t.iter().unwrap() {
+            let (k, v) = row.unwrap();
+            size = (size.0 + 1, size.1 + (k.value().len() - 8 + v.value().len()) as i64);
+        }
+        size
+    }
+
+    /// What the state machine credits a region for a put or deletion of `key` = `value`.
+    fn credit(size: &ApproxSize, key: &[u8], value: Option<&[u8]>, replaced: Replaced) {
+        let (klen, vlen) = ((key.len() - 8) as i64, value.map_or(0, |v| v.len() as i64));
+        match (value, replaced) {
+            (Some(_), Replaced::Nothing) => size.add(1, klen + vlen),
+            (Some(_), Replaced::Value(old)) => size.add(0, vlen - old as i64),
+            (_, Replaced::Unread) => {}
+            (None, Replaced::Value(old)) => size.add(-1, -(klen + old as i64)),
+            (None, Replaced::Nothing) => {}
+        }
+    }
+
+    #[test]
+    fn counts_of_unread_puts_are_exact_once_a_committed_flush_has_written_them() {
+        let (_dir, db) = open();
+        let o = Overlay::default();
+        let size = Arc::new(ApproxSize::default());
+        let (a, b, c, d) = (
+            tables::data_key(1, b"a"),
+            tables::data_key(1, b"b"),
+            tables::data_key(1, b"c"),
+            tables::data_key(1, b"d"),
+        );
+        let step = |rows: &[(&[u8], Option<&[u8]>)], flush: bool, ok: bool| {
+            let replaced = commit_counted(&o, &db, &size, rows, flush, ok);
+            if ok {
+                for ((k, v), r) in rows.iter().zip(replaced) {
+                    credit(&size, k, *v, r);
+                }
+            }
+        };
+        // The table holds a = "xxx" and b = "yy", counted exactly.
+        step(&[(&a, Some(b"xxx")), (&b, Some(b"yy"))], true, true);
+        size.set(2, 7);
+        assert_eq!(exact_size(&db), (2, 7));
+        // Puts over rows only in the table, and of a new key: none is read, so the counts
+        // take each as replacing a value of its own length, until a flush.
+        step(&[(&a, Some(b"12345")), (&c, Some(b"1")), (&b, Some(b"zz"))], false, true);
+        assert_eq!((size.keys(), size.bytes()), (2, 7), "counts lag until the flush");
+        // Over the overlay's rows, the lengths are known; the assumptions stay with the keys.
+        step(&[(&a, Some(b"1")), (&b, None)], false, true);
+        assert_eq!((size.keys(), size.bytes()), (1, 0));
+        // A flush whose transaction fails corrects nothing and forgets nothing.
+        step(&[(&d, Some(b"1234"))], true, false);
+        assert_eq!((size.keys(), size.bytes()), (1, 0));
+        step(&[(&d, Some(b"1234"))], false, true);
+        // The flush that commits corrects every row it wrote: a (assumed 5 bytes, was 3),
+        // b (assumed 2, was 2, then deleted), c and d (assumed present, were new).
+        step(&[], true, true);
+        assert_eq!(exact_size(&db), (3, 9));
+        assert_eq!((size.keys(), size.bytes()), (3, 9));
+        // Written rows leave nothing to correct: later flushes change nothing.
+        step(&[(&c, Some(b"22"))], true, true);
+        step(&[], true, true);
+        assert_eq!(exact_size(&db), (3, 10));
+        assert_eq!((size.keys(), size.bytes()), (3, 10));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! writes the new state under a fresh id and then switches, is never seen half done.
 
 use std::io;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, TryStreamExt};
@@ -21,7 +21,7 @@ use redb::ReadableTable;
 use tessera_wire::{RegionDescriptor, RegionId};
 
 use super::engine::{io_err, Engine};
-use super::overlay::{self, DataTable, Overlay};
+use super::overlay::{self, ApproxSize, DataTable, Overlay, Replaced};
 use super::records::{encode, MergeState, RegionRecord, SmMetaRecord, SmState};
 use super::sessions::{Admit, Sessions};
 use super::snapshot::{self, GcItem, SnapshotFile};
@@ -293,10 +293,8 @@ pub struct RegionShared {
     /// finds it unchanged after reading its rows read rows of the range it was admitted
     /// for (see [`read_get`]).
     pub range_version: Arc<std::sync::atomic::AtomicU64>,
-    /// Approximate number of keys.
-    pub approx_keys: AtomicI64,
-    /// Approximate bytes of keys and values.
-    pub approx_bytes: AtomicI64,
+    /// Approximate number of keys and bytes of keys and values.
+    pub approx: Arc<ApproxSize>,
     /// Where the state machine reports splits (set by the node once the region runs).
     pub events: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RegionEvent>>,
     /// Writes this replica proposed as leader, and reads it served, since it started (for
@@ -339,8 +337,7 @@ impl RegionShared {
             local_node,
             range_version: Arc::new(std::sync::atomic::AtomicU64::new(descriptor.epoch.version)),
             descriptor: RwLock::new(descriptor),
-            approx_keys: AtomicI64::new(0),
-            approx_bytes: AtomicI64::new(0),
+            approx: Default::default(),
             events: Default::default(),
             writes: Default::default(),
             reads: Default::default(),
@@ -435,8 +432,7 @@ impl RegionShared {
             keys += 1;
             bytes += (k.len() - 8 + v.len()) as i64;
         }
-        self.approx_keys.store(keys, Ordering::Relaxed);
-        self.approx_bytes.store(bytes, Ordering::Relaxed);
+        self.approx.set(keys, bytes);
         Ok(())
     }
 }
@@ -635,15 +631,24 @@ pub fn read_scan(
 
 /// Executes one operation against the data table, through the overlay (whose rows the
 /// commit publishes). Returns the result and the change in (keys, bytes).
-fn execute(table: &DataTable<'_>, overlay: &Overlay, region: u64, op: &LogOp) -> io::Result<(ApplyResult, i64, i64)> {
+fn execute(
+    table: &DataTable<'_>,
+    overlay: &Overlay,
+    size: &Arc<ApproxSize>,
+    region: u64,
+    op: &LogOp,
+) -> io::Result<(ApplyResult, i64, i64)> {
     let data = &(table, overlay);
     let get = |(table, overlay): &(&DataTable<'_>, &Overlay), key: &[u8]| -> io::Result<Option<Vec<u8>>> {
         overlay.get(table, &data_key(region, key))
     };
     let put = |(table, overlay): &(&DataTable<'_>, &Overlay), key: &[u8], value: &[u8]| -> io::Result<(i64, i64)> {
-        Ok(match overlay.put(table, data_key(region, key), value)? {
-            Some(old_len) => (0, value.len() as i64 - old_len as i64),
-            None => (1, (key.len() + value.len()) as i64),
+        Ok(match overlay.put(table, size, data_key(region, key), value)? {
+            Replaced::Value(old_len) => (0, value.len() as i64 - old_len as i64),
+            Replaced::Nothing => (1, (key.len() + value.len()) as i64),
+            // Counted as a value of the same length; the flush that writes the row
+            // corrects the region's counts.
+            Replaced::Unread => (0, 0),
         })
     };
     let del = |(table, overlay): &(&DataTable<'_>, &Overlay), key: &[u8]| -> io::Result<Option<usize>> {
@@ -781,8 +786,7 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
         if let Some(tx) = self.shared.events.get() {
             let _ = tx.send(RegionEvent::Installed { region: self.shared.region_id });
         }
-        self.shared.approx_keys.store(installed.keys, Ordering::Relaxed);
-        self.shared.approx_bytes.store(installed.bytes, Ordering::Relaxed);
+        self.shared.approx.set(installed.keys, installed.bytes);
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         current.built = Some(meta.clone());
         current.file = Some((meta.clone(), snapshot));
@@ -960,6 +964,7 @@ impl RegionStateMachine {
             )
         });
         let overlay = self.engine.overlay().clone();
+        let size = self.shared.approx.clone();
         let results: ApplyOutput<A> = Default::default();
         let out = results.clone();
         let mut state = self.state.clone();
@@ -1126,7 +1131,7 @@ impl RegionStateMachine {
                         }
                     }
                 }
-                let (r, k, b) = execute(&data, &overlay, id, &op)?;
+                let (r, k, b) = execute(&data, &overlay, &size, id, &op)?;
                 dk += k;
                 db += b;
                 if let Some(s) = session {
@@ -1174,8 +1179,7 @@ impl RegionStateMachine {
             *self.shared.descriptor.write().unwrap_or_else(|p| p.into_inner()) = desc;
         }
         *self.shared.merging.lock().unwrap_or_else(|p| p.into_inner()) = merging;
-        self.shared.approx_keys.fetch_add(dk, Ordering::Relaxed);
-        self.shared.approx_bytes.fetch_add(db, Ordering::Relaxed);
+        self.shared.approx.add(dk, db);
         if !splits.is_empty() || !merged.is_empty() {
             // A half left, or a neighbour's range joined: count the range again.
             self.shared.recount(&self.engine);
@@ -1524,7 +1528,7 @@ mod merge_tests {
         );
         // The region's key count followed the overlay.
         sm.shared.count_now(&engine).unwrap();
-        assert_eq!(sm.shared.approx_keys.load(Ordering::Relaxed), 3);
+        assert_eq!(sm.shared.approx.keys(), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
