@@ -108,7 +108,8 @@ struct Preset {
     records: u64,
 }
 
-fn preset(args: &CompareArgs) -> Preset {
+/// The preset the flags ask for; an error names any `--rows` id it does not have.
+fn preset(args: &CompareArgs) -> anyhow::Result<Preset> {
     let (name, mut rows, warmup, duration, records) = if args.quick {
         ("quick", quick_rows(), 2.0, 4.0, 10_000)
     } else if args.full {
@@ -122,15 +123,21 @@ fn preset(args: &CompareArgs) -> Preset {
         rows.extend(region_rows(256));
     }
     if !args.rows.is_empty() {
+        let unknown: Vec<&str> =
+            args.rows.iter().filter(|id| !rows.iter().any(|r| &r.id == *id)).map(String::as_str).collect();
+        if !unknown.is_empty() {
+            let known: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+            bail!("--rows: the {name} preset has no row {}; its rows are {}", unknown.join(", "), known.join(", "));
+        }
         rows.retain(|r| args.rows.contains(&r.id));
     }
-    Preset {
+    Ok(Preset {
         name,
         rows,
         warmup: args.warmup.unwrap_or(warmup),
         duration: args.duration.unwrap_or(duration),
         records: args.records.unwrap_or(records),
-    }
+    })
 }
 
 /// Removes the output directory on the way out if nothing was written to it (an
@@ -441,9 +448,9 @@ fn timestamp() -> String {
 
 /// Runs the comparison. Returns whether the crash check passed (true when it was skipped).
 pub async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
-    let preset = preset(&args);
+    let preset = preset(&args)?;
     if preset.rows.is_empty() {
-        bail!("no rows to run (check --rows)");
+        bail!("no rows to run");
     }
     if !(preset.warmup >= 0.0 && preset.duration > 0.0) {
         bail!("--warmup must be >= 0 and --duration > 0");
@@ -703,4 +710,32 @@ fn write_outputs(dir: &Path, r: &Results) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("drawing throughput.svg: {e}"))?;
     plot::draw(&dir.join("p99.svg"), &curves, false).map_err(|e| anyhow::anyhow!("drawing p99.svg: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: CompareArgs,
+    }
+
+    fn preset_of(argv: &[&str]) -> anyhow::Result<Preset> {
+        preset(&Cmd::try_parse_from(std::iter::once("compare").chain(argv.iter().copied()))?.args)
+    }
+
+    #[test]
+    fn rows_keeps_the_named_rows_and_refuses_an_id_the_preset_lacks() {
+        let p = preset_of(&["--rows", "seq,put-c256-r1"]).unwrap();
+        assert_eq!(p.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["seq", "put-c256-r1"]);
+        // A misspelt id used to be dropped in silence, running fewer rows than asked.
+        let err = preset_of(&["--rows", "put-c256,wa-c64"]).err().expect("unknown id refused").to_string();
+        assert!(err.contains("no row wa-c64") && err.contains("put-c256, get-c64"), "{err}");
+        // A row of another preset, or one the flags left out, is unknown here too.
+        assert!(preset_of(&["--quick", "--rows", "e-c64"]).is_err());
+        assert!(preset_of(&["--no-regions-rows", "--rows", "put-c256-r8"]).is_err());
+    }
 }
