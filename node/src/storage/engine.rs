@@ -17,7 +17,7 @@
 use crate::lock;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 
 use redb::ReadableDatabase;
@@ -132,6 +132,9 @@ struct Shared {
     queued: AtomicUsize,
     /// When the last durable commit was made.
     last_durable: Mutex<std::time::Instant>,
+    /// A commit since the last durable one was not durable: an idle writer makes a durable
+    /// commit once the interval has passed (see [`next_batch`]).
+    lazy_pending: AtomicBool,
     /// Held by whoever runs a write transaction: the writer thread for each batch, or a
     /// caller committing its own job in place ([`Engine::write_lazy_in_place`]). Jobs leave
     /// `queued` only under it, so a caller that finds the queue empty while holding it knows
@@ -216,6 +219,7 @@ impl Engine {
             stats: CommitStats::default(),
             queued: AtomicUsize::new(0),
             last_durable: Mutex::new(std::time::Instant::now()),
+            lazy_pending: AtomicBool::new(false),
             committing: Mutex::new(()),
             load: std::sync::OnceLock::new(),
             overlay: Arc::default(),
@@ -436,11 +440,36 @@ impl Shared {
 /// Blocks for the next job, then takes every job already queued, up to [`MAX_BATCH`] (or
 /// until a stop). Returns the batch and whether a stop was seen; `None` when stopped (or
 /// every sender is gone) with nothing queued.
-fn next_batch(rx: &mpsc::Receiver<Msg>) -> Option<(Vec<Job>, bool)> {
-    let mut batch = match rx.recv() {
-        Ok(Msg::Job(job)) => vec![job],
-        Ok(Msg::Stop) | Err(_) => return None,
+/// The next batch of jobs, and whether the engine is stopping after it; `None` once it is
+/// stopped.
+///
+/// An empty batch when the writer has been idle for [`LAZY_DURABLE_EVERY`] since the last
+/// durable commit and a commit since then was not durable: its durable commit writes the
+/// data overlay out, which also settles the regions' approximate counts for the rows it
+/// writes (`overlay::Replaced::Unread`; PD's size splits read them), and covers pending log
+/// purges. Without it, what the last writes left would wait for the next write.
+fn next_batch(rx: &mpsc::Receiver<Msg>, shared: &Shared) -> Option<(Vec<Job>, bool)> {
+    let first = loop {
+        let wait = if shared.lazy_pending.load(Ordering::SeqCst) {
+            LAZY_DURABLE_EVERY.saturating_sub(lock(&shared.last_durable).elapsed())
+        } else {
+            // A commit in place may leave one pending while the writer waits here: it is
+            // seen at the end of this wait.
+            LAZY_DURABLE_EVERY
+        };
+        match rx.recv_timeout(wait) {
+            Ok(Msg::Job(job)) => break job,
+            Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if shared.lazy_pending.load(Ordering::SeqCst)
+                    && lock(&shared.last_durable).elapsed() >= LAZY_DURABLE_EVERY
+                {
+                    return Some((Vec::new(), false));
+                }
+            }
+        }
     };
+    let mut batch = vec![first];
     while batch.len() < MAX_BATCH {
         match rx.try_recv() {
             Ok(Msg::Job(job)) => batch.push(job),
@@ -454,7 +483,7 @@ fn next_batch(rx: &mpsc::Receiver<Msg>) -> Option<(Vec<Job>, bool)> {
 fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Msg>, shared: &Shared) {
     let mut stopping = false;
     while !stopping {
-        let Some((batch, stop)) = next_batch(&rx) else { break };
+        let Some((batch, stop)) = next_batch(&rx, shared) else { break };
         stopping = stop;
         let _committing = lock(&shared.committing);
         shared.queued.fetch_sub(batch.len(), Ordering::SeqCst);
@@ -535,6 +564,7 @@ fn commit_batch(db: &redb::Database, batch: Vec<Job>, shared: &Shared) {
                 shared.stats.commits.fetch_add(1, Ordering::Relaxed);
                 *lock(&shared.last_durable) = std::time::Instant::now();
             }
+            shared.lazy_pending.store(!durable, Ordering::SeqCst);
             shared.stats.jobs.fetch_add(jobs, Ordering::Relaxed);
             shared.stats.log_entries.fetch_add(log_entries, Ordering::Relaxed);
         }
@@ -780,6 +810,28 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(*lock(&seen), Some(b"3".to_vec()));
         assert!(engine.overlay().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_idle_writer_writes_the_overlay_out_once_the_durable_interval_has_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let durable_commits = || engine.stats().commits.load(Ordering::SeqCst);
+        let before = durable_commits();
+        engine.apply_plain(stage(&engine, b"a", b"1"), false).await.unwrap();
+        assert_eq!(in_table(&engine, b"a"), None, "a non-durable apply leaves its row in the overlay");
+        // Nothing else is written: the writer makes a durable commit of its own, which
+        // writes the row to the table (and settles the counts of unread puts). The commit
+        // is counted after it is made, so the row is in the table once it is counted. The
+        // writer is a thread on the real clock, with no event to wait on: poll it.
+        let deadline = std::time::Instant::now() + LAZY_DURABLE_EVERY * 10;
+        while durable_commits() == before {
+            assert!(std::time::Instant::now() < deadline, "the writer made no durable commit");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(in_table(&engine, b"a"), Some(b"1".to_vec()));
+        assert!(engine.overlay().is_empty());
+        assert_eq!(durable_commits(), before + 1, "one durable commit");
     }
 
     #[tokio::test]

@@ -25,8 +25,9 @@
 //!   region's approximate counts ([`ApproxSize`]) take it as a value of the same length,
 //!   and the flush that writes the row, which redb's insert tells the value it replaced,
 //!   corrects them when its transaction commits. Until then a region's counts lag behind
-//!   its new keys by at most one durable interval. Deletions still read it: their result
-//!   says whether the key existed.
+//!   its new keys by at most one durable interval (an idle writer makes a durable commit
+//!   of its own once the interval has passed). Deletions still read it: their result says
+//!   whether the key existed.
 //! - Readers see the overlay over a read transaction ([`Overlay::read_consistent`]). Rows
 //!   leave the overlay only after the commit that wrote them to the table, and each such
 //!   clearing moves the overlay's epoch: a reader whose transaction may predate the commit
