@@ -95,6 +95,8 @@ pub struct CommitStats {
     pub jobs: AtomicU64,
     /// Raft log entries committed.
     pub log_entries: AtomicU64,
+    /// Durable commits the writer made of its own once idle (see `next_batch`).
+    pub idle_commits: AtomicU64,
 }
 
 /// Why the engine stopped: the first failed commit, with its I/O error kind kept (a full
@@ -440,8 +442,6 @@ impl Shared {
 /// Blocks for the next job, then takes every job already queued, up to [`MAX_BATCH`] (or
 /// until a stop). Returns the batch and whether a stop was seen; `None` when stopped (or
 /// every sender is gone) with nothing queued.
-/// The next batch of jobs, and whether the engine is stopping after it; `None` once it is
-/// stopped.
 ///
 /// An empty batch when the writer has been idle for [`LAZY_DURABLE_EVERY`] since the last
 /// durable commit and a commit since then was not durable: its durable commit writes the
@@ -449,8 +449,11 @@ impl Shared {
 /// writes (`overlay::Replaced::Unread`; PD's size splits read them), and covers pending log
 /// purges. Without it, what the last writes left would wait for the next write.
 fn next_batch(rx: &mpsc::Receiver<Msg>, shared: &Shared) -> Option<(Vec<Job>, bool)> {
+    // After a fail-stop nothing commits, so nothing is pending (and an empty batch would
+    // return at once, every time).
+    let pending = || shared.lazy_pending.load(Ordering::SeqCst) && lock(&shared.failed).is_none();
     let first = loop {
-        let wait = if shared.lazy_pending.load(Ordering::SeqCst) {
+        let wait = if pending() {
             LAZY_DURABLE_EVERY.saturating_sub(lock(&shared.last_durable).elapsed())
         } else {
             // A commit in place may leave one pending while the writer waits here: it is
@@ -461,9 +464,8 @@ fn next_batch(rx: &mpsc::Receiver<Msg>, shared: &Shared) -> Option<(Vec<Job>, bo
             Ok(Msg::Job(job)) => break job,
             Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return None,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if shared.lazy_pending.load(Ordering::SeqCst)
-                    && lock(&shared.last_durable).elapsed() >= LAZY_DURABLE_EVERY
-                {
+                if pending() && lock(&shared.last_durable).elapsed() >= LAZY_DURABLE_EVERY {
+                    shared.stats.idle_commits.fetch_add(1, Ordering::Relaxed);
                     return Some((Vec::new(), false));
                 }
             }
@@ -832,6 +834,23 @@ pub(crate) mod tests {
         assert_eq!(in_table(&engine, b"a"), Some(b"1".to_vec()));
         assert!(engine.overlay().is_empty());
         assert_eq!(durable_commits(), before + 1, "one durable commit");
+        assert_eq!(engine.stats().idle_commits.load(Ordering::SeqCst), 1, "the writer's own");
+    }
+
+    #[tokio::test]
+    async fn after_a_fail_stop_an_idle_writer_attempts_no_commit() {
+        // A lazy apply leaves a commit pending, then a failed job fail-stops the engine.
+        // Nothing can commit any more; a writer that still saw the commit as pending would
+        // retry at once, every time, on a core of its own.
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        engine.apply_plain(stage(&engine, b"a", b"1"), false).await.unwrap();
+        assert!(engine.write_lazy(Box::new(|_| Err(io::Error::other("bad job")))).await.is_err());
+        assert!(engine.failure().is_some());
+        // Past the interval (counted from the open), the writer has had its chance. This
+        // waits for something not to happen, so there is no event to wait on.
+        tokio::time::sleep(LAZY_DURABLE_EVERY + LAZY_DURABLE_EVERY / 2).await;
+        assert_eq!(engine.stats().idle_commits.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
