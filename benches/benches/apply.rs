@@ -63,6 +63,12 @@ fn batch_put(index: u64, keys: u64, now_ms: u64) -> Vec<Entry> {
     vec![Entry::new_normal(openraft::testing::log_id::<TypeConfig>(1, 1, index), command)]
 }
 
+/// Applies `entries` as one batch, as openraft hands them over.
+fn apply_all(rt: &tokio::runtime::Runtime, sm: &mut RegionStateMachine, entries: Vec<Entry>) {
+    let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+    rt.block_on(sm.apply(stream)).unwrap();
+}
+
 fn apply(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
@@ -74,10 +80,8 @@ fn apply(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n));
         group.bench_with_input(BenchmarkId::new("puts per apply", n), &n, |b, &n| {
             b.iter(|| {
-                let entries = batch(next, n, now_ms, 1_000_000);
+                apply_all(&rt, &mut sm, batch(next, n, now_ms, 1_000_000));
                 next += n;
-                let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
-                rt.block_on(sm.apply(stream)).unwrap();
             })
         });
     }
@@ -88,18 +92,15 @@ fn apply(c: &mut Criterion) {
         let (engine, mut sm) = state_machine(dir.path());
         let mut next = 1u64;
         while next <= 100_000 / 256 {
-            let stream = futures::stream::iter(batch_put(next, 256, now_ms).into_iter().map(|e| Ok((e, None))));
-            rt.block_on(sm.apply(stream)).unwrap();
+            apply_all(&rt, &mut sm, batch_put(next, 256, now_ms));
             next += 1;
         }
         rt.block_on(engine.write(Box::new(|_| Ok(())))).unwrap();
         group.throughput(Throughput::Elements(64));
         group.bench_function("puts per apply/64 updates of 100k records", |b| {
             b.iter(|| {
-                let entries = batch(next, 64, now_ms, 100_000);
+                apply_all(&rt, &mut sm, batch(next, 64, now_ms, 100_000));
                 next += 64;
-                let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
-                rt.block_on(sm.apply(stream)).unwrap();
             })
         });
     }
@@ -109,10 +110,8 @@ fn apply(c: &mut Criterion) {
     group.throughput(Throughput::Elements(256));
     group.bench_function("batch put of 256 keys", |b| {
         b.iter(|| {
-            let entries = batch_put(next, 256, now_ms);
+            apply_all(&rt, &mut sm, batch_put(next, 256, now_ms));
             next += 1;
-            let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
-            rt.block_on(sm.apply(stream)).unwrap();
         })
     });
     group.finish();
