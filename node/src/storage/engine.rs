@@ -766,9 +766,8 @@ pub(crate) mod tests {
     /// A plain apply job staging `key = value` in the overlay.
     fn stage(engine: &Engine, key: &'static [u8], value: &'static [u8]) -> Work {
         let overlay = engine.overlay().clone();
-        Box::new(move |txn| {
-            let t = txn.open_table(tables::DATA).map_err(io_err)?;
-            overlay.put(&t, &Default::default(), key.to_vec(), value)?;
+        Box::new(move |_| {
+            overlay.put(&Default::default(), key.to_vec(), value);
             Ok(())
         })
     }

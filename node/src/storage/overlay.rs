@@ -118,6 +118,19 @@ pub enum Replaced {
     Unread,
 }
 
+impl Replaced {
+    /// The change in a region's (keys, bytes) of a put of a `key_len`-byte key and a
+    /// `value_len`-byte value that replaced this. An unread value is counted as one of
+    /// the same length: the flush that writes the row corrects the counts.
+    pub fn count_change(self, key_len: usize, value_len: usize) -> (i64, i64) {
+        match self {
+            Replaced::Nothing => (1, (key_len + value_len) as i64),
+            Replaced::Value(old_len) => (0, value_len as i64 - old_len as i64),
+            Replaced::Unread => (0, 0),
+        }
+    }
+}
+
 /// A row whose value in the table was never read: the region whose counts took it as a
 /// value of `assumed_len` bytes.
 #[derive(Debug, Clone)]
@@ -182,17 +195,6 @@ impl TxnRows {
     }
 }
 
-/// Where the transaction in progress finds a key's value.
-enum Current {
-    /// In the overlay: its length (`None`: a deletion), and what the counts assumed of the
-    /// table's value if it was never read.
-    Overlay(Option<usize>, Option<Unread>),
-    /// In the table, read: its length.
-    Table(Option<usize>),
-    /// Only in the table, not read.
-    Unread,
-}
-
 impl Overlay {
     fn published(&self) -> RwLockReadGuard<'_, Rows> {
         self.published.read().unwrap_or_else(|p| p.into_inner())
@@ -220,21 +222,22 @@ impl Overlay {
         !txn.staged.is_empty() || (!txn.flushed && !self.published().is_empty())
     }
 
-    /// Where the transaction in progress finds `key`'s value (`data` table key); the table
-    /// is read only if `read_table`.
-    fn current(&self, txn: &TxnRows, table: &DataTable<'_>, key: &[u8], read_table: bool) -> io::Result<Current> {
+    /// The length of `key`'s value if the overlay holds the key as the transaction in
+    /// progress sees it (`None` inside: a deletion); `None` if only the table can tell.
+    /// A published row's record of an unread table value ([`Unread`]) moves to the staged
+    /// rows with the key, for the row about to be staged over it.
+    fn in_overlay(&self, txn: &mut TxnRows, key: &[u8]) -> Option<Option<usize>> {
         if let Some(row) = txn.staged.get(key) {
-            return Ok(Current::Overlay(row.as_ref().map(Vec::len), txn.staged_unread.get(key).cloned()));
+            return Some(row.as_ref().map(Vec::len));
         }
-        if !txn.flushed {
-            if let Some(row) = self.published().get(key) {
-                return Ok(Current::Overlay(row.as_ref().map(Vec::len), txn.published_unread.get(key).cloned()));
-            }
+        if txn.flushed {
+            return None;
         }
-        if !read_table {
-            return Ok(Current::Unread);
+        let len = self.published().get(key).map(|row| row.as_ref().map(Vec::len))?;
+        if let Some(unread) = txn.published_unread.get(key).cloned() {
+            txn.staged_unread.insert(key.to_vec(), unread);
         }
-        Ok(Current::Table(table.get(key).map_err(io_err)?.map(|v| v.value().len())))
+        Some(len)
     }
 
     /// `key`'s value as the transaction in progress sees it (`data` table key).
@@ -254,45 +257,26 @@ impl Overlay {
     /// Stages `key = value` in the transaction in progress, for the region whose counts are
     /// `size`; returns what it replaced. The table is not read: a key found only there is
     /// [`Replaced::Unread`], and the flush that writes the row corrects `size`.
-    pub fn put(
-        &self,
-        table: &DataTable<'_>,
-        size: &Arc<ApproxSize>,
-        key: Vec<u8>,
-        value: &[u8],
-    ) -> io::Result<Replaced> {
+    pub fn put(&self, size: &Arc<ApproxSize>, key: Vec<u8>, value: &[u8]) -> Replaced {
         let mut txn = lock(&self.txn);
-        let replaced = match self.current(&txn, table, &key, false)? {
-            Current::Overlay(len, unread) => {
-                // A published row's assumption stays with the key.
-                if let Some(unread) = unread {
-                    txn.staged_unread.insert(key.clone(), unread);
-                }
-                len.map_or(Replaced::Nothing, Replaced::Value)
-            }
-            Current::Table(len) => len.map_or(Replaced::Nothing, Replaced::Value),
-            Current::Unread => {
+        let replaced = match self.in_overlay(&mut txn, &key) {
+            Some(len) => len.map_or(Replaced::Nothing, Replaced::Value),
+            None => {
                 txn.staged_unread.insert(key.clone(), Unread { size: size.clone(), assumed_len: value.len() });
                 Replaced::Unread
             }
         };
         stage(&mut txn, key, Some(value.to_vec()));
-        Ok(replaced)
+        replaced
     }
 
     /// Stages the deletion of `key`; returns the length of the value deleted, if any (read
     /// from the table if the overlay does not have the key).
     pub fn remove(&self, table: &DataTable<'_>, key: Vec<u8>) -> io::Result<Option<usize>> {
         let mut txn = lock(&self.txn);
-        let len = match self.current(&txn, table, &key, true)? {
-            Current::Overlay(len, unread) => {
-                if let Some(unread) = unread {
-                    txn.staged_unread.insert(key.clone(), unread);
-                }
-                len
-            }
-            Current::Table(len) => len,
-            Current::Unread => unreachable!("the table was read"),
+        let len = match self.in_overlay(&mut txn, &key) {
+            Some(len) => len,
+            None => table.get(key.as_slice()).map_err(io_err)?.map(|v| v.value().len()),
         };
         stage(&mut txn, key, None);
         Ok(len)
@@ -571,7 +555,7 @@ mod tests {
             let table = txn.open_table(tables::DATA).unwrap();
             for (k, v) in rows {
                 old.push(match v {
-                    Some(v) => o.put(&table, size, k.to_vec(), v).unwrap(),
+                    Some(v) => o.put(size, k.to_vec(), v),
                     None => o.remove(&table, k.to_vec()).unwrap().map_or(Replaced::Nothing, Replaced::Value),
                 });
             }
@@ -628,10 +612,7 @@ mod tests {
         let (_dir, db) = open();
         let o = Overlay::default();
         let txn = db.begin_write().unwrap();
-        {
-            let table = txn.open_table(tables::DATA).unwrap();
-            o.put(&table, &Arc::default(), b"k".to_vec(), b"v").unwrap();
-        }
+        o.put(&Arc::default(), b"k".to_vec(), b"v");
         txn.abort().unwrap();
         o.committed(false);
         assert!(o.is_empty());
@@ -653,7 +634,7 @@ mod tests {
             table.insert(b"k".as_slice(), b"direct".as_slice()).unwrap();
             assert_eq!(o.get(&table, b"k").unwrap(), Some(b"direct".to_vec()));
             // A put after the flush does not read it back.
-            assert_eq!(o.put(&table, &Arc::default(), b"k".to_vec(), b"later").unwrap(), Replaced::Unread);
+            assert_eq!(o.put(&Arc::default(), b"k".to_vec(), b"later"), Replaced::Unread);
         }
         txn.commit().unwrap();
         o.committed(true);
@@ -677,13 +658,14 @@ mod tests {
 
     /// What the state machine credits a region for a put or deletion of `key` = `value`.
     fn credit(size: &ApproxSize, key: &[u8], value: Option<&[u8]>, replaced: Replaced) {
-        let (klen, vlen) = ((key.len() - 8) as i64, value.map_or(0, |v| v.len() as i64));
+        let klen = key.len() - 8;
         match (value, replaced) {
-            (Some(_), Replaced::Nothing) => size.add(1, klen + vlen),
-            (Some(_), Replaced::Value(old)) => size.add(0, vlen - old as i64),
-            (_, Replaced::Unread) => {}
-            (None, Replaced::Value(old)) => size.add(-1, -(klen + old as i64)),
-            (None, Replaced::Nothing) => {}
+            (Some(v), r) => {
+                let (keys, bytes) = r.count_change(klen, v.len());
+                size.add(keys, bytes);
+            }
+            (None, Replaced::Value(old)) => size.add(-1, -((klen + old) as i64)),
+            (None, _) => {}
         }
     }
 
@@ -731,6 +713,13 @@ mod tests {
         step(&[], true, true);
         assert_eq!(exact_size(&db), (3, 10));
         assert_eq!((size.keys(), size.bytes()), (3, 10));
+        // A put over a published unread row, flushed by its own transaction: the row
+        // written is the staged one, which carries the published row's assumption.
+        let e = tables::data_key(1, b"e");
+        step(&[(&e, Some(b"12"))], false, true);
+        step(&[(&e, Some(b"123"))], true, true);
+        assert_eq!(exact_size(&db), (4, 14));
+        assert_eq!((size.keys(), size.bytes()), (4, 14));
     }
 
     #[test]

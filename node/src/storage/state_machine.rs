@@ -21,7 +21,7 @@ use redb::ReadableTable;
 use tessera_wire::{RegionDescriptor, RegionId};
 
 use super::engine::{io_err, Engine};
-use super::overlay::{self, ApproxSize, DataTable, Overlay, Replaced};
+use super::overlay::{self, ApproxSize, DataTable, Overlay};
 use super::records::{encode, MergeState, RegionRecord, SmMetaRecord, SmState};
 use super::sessions::{Admit, Sessions};
 use super::snapshot::{self, GcItem, SnapshotFile};
@@ -642,21 +642,15 @@ fn execute(
     let get = |(table, overlay): &(&DataTable<'_>, &Overlay), key: &[u8]| -> io::Result<Option<Vec<u8>>> {
         overlay.get(table, &data_key(region, key))
     };
-    let put = |(table, overlay): &(&DataTable<'_>, &Overlay), key: &[u8], value: &[u8]| -> io::Result<(i64, i64)> {
-        Ok(match overlay.put(table, size, data_key(region, key), value)? {
-            Replaced::Value(old_len) => (0, value.len() as i64 - old_len as i64),
-            Replaced::Nothing => (1, (key.len() + value.len()) as i64),
-            // Counted as a value of the same length; the flush that writes the row
-            // corrects the region's counts.
-            Replaced::Unread => (0, 0),
-        })
+    let put = |key: &[u8], value: &[u8]| -> (i64, i64) {
+        overlay.put(size, data_key(region, key), value).count_change(key.len(), value.len())
     };
     let del = |(table, overlay): &(&DataTable<'_>, &Overlay), key: &[u8]| -> io::Result<Option<usize>> {
         overlay.remove(table, data_key(region, key))
     };
     Ok(match op {
         LogOp::Put(k, v) => {
-            let (dk, db) = put(data, k, v)?;
+            let (dk, db) = put(k, v);
             (ApplyResult::Done, dk, db)
         }
         LogOp::Delete(k) => match del(data, k)? {
@@ -666,7 +660,7 @@ fn execute(
         LogOp::Append(k, v) => {
             let mut cur = get(data, k)?.unwrap_or_default();
             cur.extend_from_slice(v);
-            let (dk, db) = put(data, k, &cur)?;
+            let (dk, db) = put(k, &cur);
             (ApplyResult::Appended(cur.len() as u64), dk, db)
         }
         LogOp::AppendCapped { key, value, max_len } => {
@@ -676,14 +670,14 @@ fn execute(
                 return Ok((ApplyResult::ValueTooLarge { len, max: *max_len }, 0, 0));
             }
             cur.extend_from_slice(value);
-            let (dk, db) = put(data, key, &cur)?;
+            let (dk, db) = put(key, &cur);
             (ApplyResult::Appended(len), dk, db)
         }
         LogOp::Cas { key, expected, new } => {
             let cur = get(data, key)?;
             if cur == *expected {
                 let (dk, db) = match new {
-                    Some(v) => put(data, key, v)?,
+                    Some(v) => put(key, v),
                     None => match del(data, key)? {
                         Some(len) => (-1, -((key.len() + len) as i64)),
                         None => (0, 0),
@@ -697,7 +691,7 @@ fn execute(
         LogOp::BatchPut(pairs) => {
             let (mut tk, mut tb) = (0, 0);
             for (k, v) in pairs {
-                let (dk, db) = put(data, k, v)?;
+                let (dk, db) = put(k, v);
                 tk += dk;
                 tb += db;
             }
