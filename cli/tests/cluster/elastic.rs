@@ -238,6 +238,65 @@ async fn a_hot_region_splits_where_its_load_halves() {
     cluster.shutdown().await;
 }
 
+/// A region hot on one key stays whole: no boundary splits its requests evenly, so a split
+/// would leave the key's region as hot as before plus a region more. PD plans the load
+/// split and resends it with every heartbeat; the leader refuses it each time. The test
+/// checks the region stays whole until PD's operator has been refused for 2 s (20
+/// heartbeats here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_hot_on_one_key_is_not_split_for_its_load() {
+    let cluster = TestCluster::start_placed(3, 1, |pd| {
+        small_regions(pd);
+        pd.scheduler.split_bytes = 1 << 30;
+        pd.scheduler.hot_qps = 30;
+    })
+    .await;
+    let client = cluster.client().await;
+    let key = |i: usize| format!("key-{i:04}").into_bytes();
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..1000).map(|i| (key(i), vec![b'v'; 100])).collect();
+    for chunk in pairs.chunks(250) {
+        client.batch_put(chunk).await.unwrap();
+    }
+    let epoch = cluster.routes().await[0].region.epoch;
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, stop, reads) = (client.clone(), stop.clone(), reads.clone());
+            let hot = key(7);
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    client.get(&hot).await.unwrap();
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let op = loop {
+        let ops = client.operators().await.unwrap();
+        let refused_long = ops.iter().find(|o| {
+            o.reason == "split-hot" && o.state == tessera_wire::OperatorState::Running && o.started_ms_ago >= 2_000
+        });
+        let routes = cluster.routes().await;
+        assert_eq!(routes.len(), 1, "the region was split for a load on one key: {routes:?} ({ops:?})");
+        if let Some(op) = refused_long {
+            break op.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "PD never kept a load split of the hot region running: {ops:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop.store(true, Ordering::SeqCst);
+    for r in readers {
+        r.await.unwrap();
+    }
+    let routes = cluster.routes().await;
+    assert_eq!(routes.len(), 1, "the region was split for a load on one key: {routes:?} (operator {op:?})");
+    assert_eq!(routes[0].region.epoch, epoch, "its epoch is unchanged (operator {op:?})");
+    assert!(reads.load(Ordering::Relaxed) > 300, "the key was hot: {} reads", reads.load(Ordering::Relaxed));
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn added_nodes_receive_replicas_and_leaders_until_balanced() {
     let mut cluster = TestCluster::start_placed(3, 8, |pd| {
