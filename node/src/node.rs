@@ -106,20 +106,7 @@ impl Node {
             changes: Arc::new(watch::channel(0).0),
         };
         ctx.book.set(cfg.node_id, advertise.clone());
-        let raft_config = openraft::Config {
-            cluster_name: "tessera".into(),
-            heartbeat_interval: cfg.raft.heartbeat_ms,
-            election_timeout_min: cfg.raft.election_min_ms,
-            election_timeout_max: cfg.raft.election_max_ms,
-            // Snapshots are triggered by `snapshot_policy::snapshot_loop`, by region size.
-            snapshot_policy: openraft::SnapshotPolicy::Never,
-            max_in_snapshot_log_to_keep: cfg.raft.keep_after_snapshot,
-            // A node back from a pause or a partition asks before campaigning, so it cannot
-            // depose healthy leaders (of every region it follows) with a higher term.
-            enable_pre_vote: Some(true),
-            ..Default::default()
-        };
-        let raft_config = Arc::new(raft_config.validate().map_err(|e| NodeError::Config(e.to_string()))?);
+        let raft_config = Arc::new(raft_config(&cfg.raft)?);
         let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
@@ -436,6 +423,33 @@ async fn seed_split_log(log: &mut RegionLogStore, sm: &mut RegionStateMachine) -
 /// Every replica seeds the same state, so no replica ever replays a log from its start:
 /// a replica added later either seeds this same state (while the region is unchanged, so
 /// its epoch is still the bootstrap one) or receives a snapshot.
+/// The openraft configuration of every region of a node.
+fn raft_config(timing: &crate::config::RaftTiming) -> Result<openraft::Config, NodeError> {
+    let config = openraft::Config {
+        cluster_name: "tessera".into(),
+        heartbeat_interval: timing.heartbeat_ms,
+        election_timeout_min: timing.election_min_ms,
+        election_timeout_max: timing.election_max_ms,
+        // Snapshots are triggered by `snapshot_policy::snapshot_loop`, by region size.
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: timing.keep_after_snapshot,
+        // A node back from a pause or a partition asks before campaigning, so it cannot
+        // depose healthy leaders (of every region it follows) with a higher term.
+        enable_pre_vote: Some(true),
+        // A restarted leader must win an election: it may not resume at its old term.
+        // A leader commits on its followers' acknowledgements without waiting for its
+        // own sync, so a `kill -9` can take committed entries off the end of its log
+        // (and their applies, which are lazily durable). Resuming at the same term, it
+        // would propose new entries at those indexes under the same log ids, which the
+        // followers take for the entries they hold: the group's replicas would diverge
+        // (a merge's prepare applied on one replica, a client write on another).
+        // An election at a higher term cannot be won with the shorter log.
+        enable_leader_restore: Some(false),
+        ..Default::default()
+    };
+    config.validate().map_err(|e| NodeError::Config(e.to_string()))
+}
+
 async fn seed_bootstrap_region(
     engine: &Engine,
     log: &mut RegionLogStore,
@@ -946,7 +960,95 @@ pub(crate) async fn rotate_web_cert(web: tessera_certs::WebCert, mut shutdown: w
 mod tests {
     use tessera_wire::{NodeId, Peer, PeerId, RegionEpoch, RegionId};
 
+    use crate::raft::types::TypeConfig;
+
     use super::*;
+
+    /// A network to peers that are all down.
+    struct AllDown;
+
+    fn down() -> openraft::error::Unreachable<TypeConfig> {
+        openraft::error::Unreachable::from_string("the peer is down")
+    }
+
+    impl openraft::network::RaftNetworkFactory<TypeConfig> for AllDown {
+        type Network = AllDown;
+
+        async fn new_client(&mut self, _target: u64, _node: &crate::raft::types::PeerNode) -> AllDown {
+            AllDown
+        }
+    }
+
+    impl openraft::network::v2::RaftNetworkV2<TypeConfig> for AllDown {
+        type SnapshotData = crate::raft::types::SnapshotData;
+
+        async fn append_entries(
+            &mut self,
+            _rpc: openraft::raft::AppendEntriesRequest<TypeConfig>,
+            _option: openraft::network::RPCOption,
+        ) -> Result<openraft::raft::AppendEntriesResponse<TypeConfig>, openraft::error::RPCError<TypeConfig>> {
+            Err(openraft::error::RPCError::Unreachable(down()))
+        }
+
+        async fn vote(
+            &mut self,
+            _rpc: openraft::raft::VoteRequest<TypeConfig>,
+            _option: openraft::network::RPCOption,
+        ) -> Result<openraft::raft::VoteResponse<TypeConfig>, openraft::error::RPCError<TypeConfig>> {
+            Err(openraft::error::RPCError::Unreachable(down()))
+        }
+
+        async fn pre_vote(
+            &mut self,
+            _rpc: openraft::raft::VoteRequest<TypeConfig>,
+            _option: openraft::network::RPCOption,
+        ) -> Result<openraft::raft::VoteResponse<TypeConfig>, openraft::error::RPCError<TypeConfig>> {
+            Err(openraft::error::RPCError::Unreachable(down()))
+        }
+
+        async fn full_snapshot(
+            &mut self,
+            _vote: crate::raft::types::Vote,
+            _snapshot: crate::raft::types::Snapshot,
+            _cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed> + Send + 'static,
+            _option: openraft::network::RPCOption,
+        ) -> Result<openraft::raft::SnapshotResponse<TypeConfig>, openraft::error::StreamingError<TypeConfig>> {
+            Err(openraft::error::StreamingError::Unreachable(down()))
+        }
+    }
+
+    /// A leader killed and restarted does not resume leading at its old term: a `kill -9`
+    /// can have taken committed entries off the end of its log, and at the old term it
+    /// would reuse their log ids for new entries (see `raft_config`). Here the replica
+    /// restarts with its own committed vote, as a leader's is, and its two peers down: with
+    /// openraft's leader restore it is leader at once; without, it can only campaign, and
+    /// no peer answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_restarted_with_its_peers_down_does_not_resume_leading() {
+        use openraft::storage::RaftLogStorage;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("node.redb")).unwrap();
+        let wal = LogEngine::open(&dir.path().join("raft-log")).unwrap();
+        let desc = RegionDescriptor {
+            id: RegionId(5),
+            start_key: vec![],
+            end_key: vec![],
+            epoch: BOOTSTRAP_EPOCH,
+            peers: (1..=3).map(|i| Peer { id: PeerId(i), node_id: NodeId(i) }).collect(),
+        };
+        let mut log = RegionLogStore::open(&engine, &wal, 5).unwrap();
+        seed_bootstrap_region(&engine, &mut log, &desc).await.unwrap();
+        log.save_vote(&crate::raft::types::Vote::new_committed(1, 1)).await.unwrap();
+        let sm = RegionStateMachine::open(&engine, RegionShared::new(desc, 1)).unwrap();
+        let config = Arc::new(raft_config(&crate::config::RaftTiming::default()).unwrap());
+        let raft = Raft::new(1, config, AllDown, log, sm).await.unwrap();
+        // Leader restore acts at start-up; an election would need a peer's vote.
+        let led = raft.wait(Some(Duration::from_secs(2))).state(openraft::ServerState::Leader, "leading").await;
+        assert!(led.is_err(), "the restarted replica leads at its old term without an election");
+        let metrics = raft.metrics().borrow_watched().clone();
+        assert_eq!(metrics.current_term, 1, "no election was won: {metrics:?}");
+        raft.shutdown().await.unwrap();
+    }
 
     #[test]
     fn initial_leaders_rotate_over_the_peers() {
