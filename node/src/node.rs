@@ -416,13 +416,6 @@ async fn seed_split_log(log: &mut RegionLogStore, sm: &mut RegionStateMachine) -
     Ok(())
 }
 
-/// Seeds a replica of a region as PD bootstrapped it ([`seeded_state`] with PD's peers
-/// and an empty range), unless it has state already: an applied state machine or a log
-/// (a region a previous version initialised through openraft, whose log starts at 0).
-///
-/// Every replica seeds the same state, so no replica ever replays a log from its start:
-/// a replica added later either seeds this same state (while the region is unchanged, so
-/// its epoch is still the bootstrap one) or receives a snapshot.
 /// The openraft configuration of every region of a node.
 fn raft_config(timing: &crate::config::RaftTiming) -> Result<openraft::Config, NodeError> {
     let config = openraft::Config {
@@ -450,6 +443,13 @@ fn raft_config(timing: &crate::config::RaftTiming) -> Result<openraft::Config, N
     config.validate().map_err(|e| NodeError::Config(e.to_string()))
 }
 
+/// Seeds a replica of a region as PD bootstrapped it ([`seeded_state`] with PD's peers
+/// and an empty range), unless it has state already: an applied state machine or a log
+/// (a region a previous version initialised through openraft, whose log starts at 0).
+///
+/// Every replica seeds the same state, so no replica ever replays a log from its start:
+/// a replica added later either seeds this same state (while the region is unchanged, so
+/// its epoch is still the bootstrap one) or receives a snapshot.
 async fn seed_bootstrap_region(
     engine: &Engine,
     log: &mut RegionLogStore,
@@ -1046,6 +1046,8 @@ mod tests {
         let led = raft.wait(Some(Duration::from_secs(2))).state(openraft::ServerState::Leader, "leading").await;
         assert!(led.is_err(), "the restarted replica leads at its old term without an election");
         let metrics = raft.metrics().borrow_watched().clone();
+        assert!(metrics.running_state.is_ok(), "the group is running: {metrics:?}");
+        assert_ne!(metrics.state, openraft::ServerState::Leader);
         assert_eq!(metrics.current_term, 1, "no election was won: {metrics:?}");
         raft.shutdown().await.unwrap();
     }
