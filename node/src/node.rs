@@ -998,6 +998,7 @@ mod tests {
             Err(openraft::error::RPCError::Unreachable(down()))
         }
 
+        // Overridden: the default grants every pre-vote.
         async fn pre_vote(
             &mut self,
             _rpc: openraft::raft::VoteRequest<TypeConfig>,

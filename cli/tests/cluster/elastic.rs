@@ -191,12 +191,14 @@ async fn regions_of_maximum_size_keys_and_values_split_down_to_one_pair_each() {
     cluster.shutdown().await;
 }
 
-/// A region that is small but hot splits where its load halves, not where its size does:
-/// reads hammer the first 50 of 1,000 keys, so the first split falls among those 50 (the
-/// size midpoint would be near key 500). The reads last the hot window (10 s) first: a
-/// shorter burst is not load to split for.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hot_region_splits_where_its_load_halves() {
+/// Key `i` of [`one_region_split_only_for_load`].
+fn hot_test_key(i: usize) -> Vec<u8> {
+    format!("key-{i:04}").into_bytes()
+}
+
+/// One region holding keys 0 to 999 ([`hot_test_key`]) with 100-byte values, which PD
+/// splits past 30 requests a second and never for its size.
+async fn one_region_split_only_for_load() -> (TestCluster, tessera::Client) {
     let cluster = TestCluster::start_placed(3, 1, |pd| {
         small_regions(pd);
         pd.scheduler.split_bytes = 1 << 30;
@@ -204,11 +206,21 @@ async fn a_hot_region_splits_where_its_load_halves() {
     })
     .await;
     let client = cluster.client().await;
-    let key = |i: usize| format!("key-{i:04}").into_bytes();
-    let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..1000).map(|i| (key(i), vec![b'v'; 100])).collect();
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..1000).map(|i| (hot_test_key(i), vec![b'v'; 100])).collect();
     for chunk in pairs.chunks(250) {
         client.batch_put(chunk).await.unwrap();
     }
+    (cluster, client)
+}
+
+/// A region that is small but hot splits where its load halves, not where its size does:
+/// reads hammer the first 50 of 1,000 keys, so the first split falls among those 50 (the
+/// size midpoint would be near key 500). The reads last the hot window (10 s) first: a
+/// shorter burst is not load to split for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_region_splits_where_its_load_halves() {
+    let (cluster, client) = one_region_split_only_for_load().await;
+    let key = hot_test_key;
     let stop = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..4)
         .map(|r| {
@@ -245,18 +257,8 @@ async fn a_hot_region_splits_where_its_load_halves() {
 /// heartbeats here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_hot_on_one_key_is_not_split_for_its_load() {
-    let cluster = TestCluster::start_placed(3, 1, |pd| {
-        small_regions(pd);
-        pd.scheduler.split_bytes = 1 << 30;
-        pd.scheduler.hot_qps = 30;
-    })
-    .await;
-    let client = cluster.client().await;
-    let key = |i: usize| format!("key-{i:04}").into_bytes();
-    let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..1000).map(|i| (key(i), vec![b'v'; 100])).collect();
-    for chunk in pairs.chunks(250) {
-        client.batch_put(chunk).await.unwrap();
-    }
+    let (cluster, client) = one_region_split_only_for_load().await;
+    let key = hot_test_key;
     let epoch = cluster.routes().await[0].region.epoch;
     let stop = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicUsize::new(0));
