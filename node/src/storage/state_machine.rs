@@ -638,33 +638,34 @@ fn execute(
     region: u64,
     op: &LogOp,
 ) -> io::Result<(ApplyResult, i64, i64)> {
-    let data = &(table, overlay);
-    let get = |(table, overlay): &(&DataTable<'_>, &Overlay), key: &[u8]| -> io::Result<Option<Vec<u8>>> {
-        overlay.get(table, &data_key(region, key))
-    };
+    let get = |key: &[u8]| overlay.get(table, &data_key(region, key));
     let put = |key: &[u8], value: &[u8]| -> (i64, i64) {
         overlay.put(size, data_key(region, key), value).count_change(key.len(), value.len())
     };
-    let del = |(table, overlay): &(&DataTable<'_>, &Overlay), key: &[u8]| -> io::Result<Option<usize>> {
-        overlay.remove(table, data_key(region, key))
+    // Whether the key existed, and the change in (keys, bytes).
+    let del = |key: &[u8]| -> io::Result<(bool, i64, i64)> {
+        Ok(match overlay.remove(table, data_key(region, key))? {
+            Some(len) => (true, -1, -((key.len() + len) as i64)),
+            None => (false, 0, 0),
+        })
     };
     Ok(match op {
         LogOp::Put(k, v) => {
             let (dk, db) = put(k, v);
             (ApplyResult::Done, dk, db)
         }
-        LogOp::Delete(k) => match del(data, k)? {
-            Some(len) => (ApplyResult::Deleted(true), -1, -((k.len() + len) as i64)),
-            None => (ApplyResult::Deleted(false), 0, 0),
-        },
+        LogOp::Delete(k) => {
+            let (existed, dk, db) = del(k)?;
+            (ApplyResult::Deleted(existed), dk, db)
+        }
         LogOp::Append(k, v) => {
-            let mut cur = get(data, k)?.unwrap_or_default();
+            let mut cur = get(k)?.unwrap_or_default();
             cur.extend_from_slice(v);
             let (dk, db) = put(k, &cur);
             (ApplyResult::Appended(cur.len() as u64), dk, db)
         }
         LogOp::AppendCapped { key, value, max_len } => {
-            let mut cur = get(data, key)?.unwrap_or_default();
+            let mut cur = get(key)?.unwrap_or_default();
             let len = (cur.len() + value.len()) as u64;
             if len > *max_len {
                 return Ok((ApplyResult::ValueTooLarge { len, max: *max_len }, 0, 0));
@@ -674,14 +675,14 @@ fn execute(
             (ApplyResult::Appended(len), dk, db)
         }
         LogOp::Cas { key, expected, new } => {
-            let cur = get(data, key)?;
+            let cur = get(key)?;
             if cur == *expected {
                 let (dk, db) = match new {
                     Some(v) => put(key, v),
-                    None => match del(data, key)? {
-                        Some(len) => (-1, -((key.len() + len) as i64)),
-                        None => (0, 0),
-                    },
+                    None => {
+                        let (_, dk, db) = del(key)?;
+                        (dk, db)
+                    }
                 };
                 (ApplyResult::Cas(true, cur), dk, db)
             } else {
