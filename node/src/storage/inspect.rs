@@ -73,10 +73,13 @@ pub struct RowCounts {
 
 /// Counts the rows of every table.
 pub fn row_counts(engine: &Engine) -> io::Result<RowCounts> {
-    let txn = engine.read()?;
+    // Under the commit lock, so that no row moves from the dedup stage to the table between
+    // the two counts.
+    let (txn, staged_dedup) = engine.read_cut(|_, _| Ok(engine.overlay().dedup_len() as u64))?;
     let mut c = RowCounts {
         data: txn.open_table(tables::DATA).map_err(io_err)?.len().map_err(io_err)?,
-        dedup: txn.open_table(tables::DEDUP).map_err(io_err)?.len().map_err(io_err)?,
+        // With the rows staged in memory (`overlay.rs`, "The dedup stage").
+        dedup: txn.open_table(tables::DEDUP).map_err(io_err)?.len().map_err(io_err)? + staged_dedup,
         sessions: txn.open_table(tables::SESSIONS).map_err(io_err)?.len().map_err(io_err)?,
         sm_meta: txn.open_table(tables::SM_META).map_err(io_err)?.len().map_err(io_err)?,
         ..RowCounts::default()

@@ -33,6 +33,18 @@
 //!   clearing moves the overlay's epoch: a reader whose transaction may predate the commit
 //!   sees the epoch move and starts again.
 //!
+//! **The dedup stage.** The exactly-once rows of client writes (`dedup` table,
+//! `sessions.rs`) live a few milliseconds: a row is written when its write applies and
+//! dropped when the client's acknowledgement passes its seq, usually a few batches later.
+//! Written to redb, each cost a B-tree insert and a removal (issue 6's profile of puts at
+//! 256 in flight over 8 regions: the insert alone was 4.4% of the node's CPU). They are
+//! staged here instead ([`Overlay::dedup_put`]) and reach the table only if they are still
+//! live when the overlay is written out, under the same rules as data rows: every durable
+//! commit writes them first, and so does every job that is not a plain apply. Unlike data
+//! rows they are read only inside write transactions and by snapshot cuts, all under the
+//! engine's commit lock, so they need no publishing: a transaction changes them in place,
+//! and a failed one fail-stops the engine.
+//!
 //! [`LAZY_DURABLE_EVERY`]: super::engine::LAZY_DURABLE_EVERY
 
 use std::collections::{BTreeMap, HashMap};
@@ -55,6 +67,28 @@ pub type Rows = BTreeMap<Vec<u8>, Row>;
 
 /// The `data` table as a write transaction opens it.
 pub type DataTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
+/// A key of the `dedup` table: the region's session id, the client's session, the seq.
+pub type DedupKey = (u64, u64, u64);
+
+/// The exactly-once rows not yet in the `dedup` table (see "The dedup stage" above).
+#[derive(Debug, Default)]
+struct DedupStage {
+    rows: BTreeMap<DedupKey, Vec<u8>>,
+    /// Bytes of `rows`, counted as [`row_bytes`] counts data rows.
+    bytes: usize,
+}
+
+impl DedupStage {
+    fn remove(&mut self, key: &DedupKey) {
+        if let Some(row) = self.rows.remove(key) {
+            self.bytes -= DEDUP_KEY_BYTES + row.len() + ROW_OVERHEAD;
+        }
+    }
+}
+
+/// Bytes of a [`DedupKey`].
+const DEDUP_KEY_BYTES: usize = 24;
 
 /// Once the overlay holds this many bytes of keys and values, the next commit writes it to
 /// the table, durable or not. It bounds the node's memory for it and the length of one
@@ -163,6 +197,8 @@ pub struct Overlay {
     /// The write transaction in progress, and the writer's own records of the published
     /// rows. Only whoever holds the engine's commit lock uses it, so it is never contended.
     txn: Mutex<TxnRows>,
+    /// Exactly-once rows not yet in the table. Only used under the engine's commit lock.
+    dedup: Mutex<DedupStage>,
 }
 
 #[derive(Debug, Default)]
@@ -213,13 +249,71 @@ impl Overlay {
     /// True when the overlay has reached [`MAX_BYTES`]: the commit in progress should
     /// write it to the table.
     pub fn is_full(&self) -> bool {
-        self.bytes.load(Ordering::Relaxed) + lock(&self.txn).staged_bytes >= MAX_BYTES
+        self.bytes.load(Ordering::Relaxed) + lock(&self.txn).staged_bytes + lock(&self.dedup).bytes >= MAX_BYTES
     }
 
     /// True when a commit should write rows to the table: some are published or staged.
     pub fn has_rows(&self) -> bool {
         let txn = lock(&self.txn);
-        !txn.staged.is_empty() || (!txn.flushed && !self.published().is_empty())
+        !txn.staged.is_empty() || (!txn.flushed && !self.published().is_empty()) || !lock(&self.dedup).rows.is_empty()
+    }
+
+    /// The staged exactly-once row under `key`, if the stage has it (the table may).
+    pub fn dedup_get(&self, key: DedupKey) -> Option<Vec<u8>> {
+        lock(&self.dedup).rows.get(&key).cloned()
+    }
+
+    /// Stages the exactly-once row `key = row`, in the transaction in progress.
+    pub fn dedup_put(&self, key: DedupKey, row: Vec<u8>) {
+        let mut stage = lock(&self.dedup);
+        stage.remove(&key);
+        stage.bytes += DEDUP_KEY_BYTES + row.len() + ROW_OVERHEAD;
+        stage.rows.insert(key, row);
+    }
+
+    /// Drops the staged rows of client session `session` of region session id `region`
+    /// with a seq in `seqs` (the table's rows are the caller's).
+    pub fn dedup_forget(&self, region: u64, session: u64, seqs: std::ops::Range<u64>) {
+        if seqs.is_empty() {
+            return;
+        }
+        let mut stage = lock(&self.dedup);
+        let keys: Vec<DedupKey> =
+            stage.rows.range((region, session, seqs.start)..(region, session, seqs.end)).map(|(k, _)| *k).collect();
+        for key in &keys {
+            stage.remove(key);
+        }
+    }
+
+    /// Takes every staged row of region session id `region` out of the stage, in key
+    /// order, for the caller to write to the table in the transaction in progress.
+    pub fn dedup_take(&self, region: u64) -> Vec<(DedupKey, Vec<u8>)> {
+        let mut stage = lock(&self.dedup);
+        let keys: Vec<DedupKey> =
+            stage.rows.range((region, 0, 0)..=(region, u64::MAX, u64::MAX)).map(|(k, _)| *k).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(row) = stage.rows.remove(&key) {
+                stage.bytes -= DEDUP_KEY_BYTES + row.len() + ROW_OVERHEAD;
+                out.push((key, row));
+            }
+        }
+        out
+    }
+
+    /// A copy of the staged rows of region session id `region`, as (session, seq, row) in
+    /// key order. Consistent with the table only under the engine's commit lock.
+    pub fn dedup_rows(&self, region: u64) -> Vec<(u64, u64, Vec<u8>)> {
+        lock(&self.dedup)
+            .rows
+            .range((region, 0, 0)..=(region, u64::MAX, u64::MAX))
+            .map(|(&(_, s, seq), row)| (s, seq, row.clone()))
+            .collect()
+    }
+
+    /// Staged exactly-once rows.
+    pub fn dedup_len(&self) -> usize {
+        lock(&self.dedup).rows.len()
     }
 
     /// The length of `key`'s value if the overlay holds the key as the transaction in
@@ -283,8 +377,9 @@ impl Overlay {
     }
 
     /// Writes every row not yet in the table into it, in key order, within `txn`; returns
-    /// how many. Rows stay readable from the overlay until the commit ([`Overlay::
-    /// committed`]).
+    /// how many. Data rows stay readable from the overlay until the commit ([`Overlay::
+    /// committed`]); staged exactly-once rows leave the stage at once (the transaction
+    /// reads them from the table, and one that fails fail-stops the engine).
     pub fn flush_into(&self, txn: &redb::WriteTransaction) -> io::Result<usize> {
         let mut guard = lock(&self.txn);
         let rows = &mut *guard;
@@ -311,6 +406,15 @@ impl Overlay {
         }
         rows.staged_bytes = 0;
         rows.flushed = true;
+        drop(table);
+        let staged = std::mem::take(&mut *lock(&self.dedup));
+        if !staged.rows.is_empty() {
+            let mut dedup = txn.open_table(tables::DEDUP).map_err(io_err)?;
+            for (key, row) in &staged.rows {
+                dedup.insert(key, row.as_slice()).map_err(io_err)?;
+            }
+            written += staged.rows.len();
+        }
         Ok(written)
     }
 
@@ -735,6 +839,48 @@ mod tests {
         assert!(o.is_full());
         commit(&o, &db, &[], true);
         assert!(!o.is_full());
+    }
+
+    #[test]
+    fn staged_results_are_forgotten_by_range_taken_by_region_and_the_rest_written_by_a_flush() {
+        let (_dir, db) = open();
+        let o = Overlay::default();
+        let big = vec![1u8; MAX_BYTES];
+        for seq in 1..=5 {
+            o.dedup_put((1, 7, seq), vec![seq as u8]);
+        }
+        o.dedup_put((1, 8, 1), vec![9]);
+        o.dedup_put((2, 7, 1), vec![10]);
+        o.dedup_put((1, 7, 5), vec![55]);
+        assert!(o.has_rows(), "staged results alone ask for a flush");
+        assert!(o.is_empty(), "they are not published data rows");
+        o.dedup_forget(1, 7, 2..4);
+        let seqs = |region| o.dedup_rows(region).into_iter().map(|(s, seq, _)| (s, seq)).collect::<Vec<_>>();
+        assert_eq!(seqs(1), vec![(7, 1), (7, 4), (7, 5), (8, 1)]);
+        assert_eq!(o.dedup_get((1, 7, 5)), Some(vec![55]), "the newest row of a key");
+        assert_eq!(o.dedup_take(2), vec![((2, 7, 1), vec![10])]);
+        assert_eq!(seqs(2), vec![]);
+
+        let txn = db.begin_write().unwrap();
+        assert_eq!(o.flush_into(&txn).unwrap(), 4);
+        txn.commit().unwrap();
+        o.committed(true);
+        assert_eq!((o.dedup_len(), o.has_rows()), (0, false));
+        let in_table: Vec<DedupKey> = {
+            use redb::{ReadableDatabase, ReadableTable};
+            let txn = db.begin_read().unwrap();
+            let t = txn.open_table(tables::DEDUP).unwrap();
+            let keys = t.iter().unwrap().map(|r| r.unwrap().0.value()).collect();
+            keys
+        };
+        assert_eq!(in_table, vec![(1, 7, 1), (1, 7, 4), (1, 7, 5), (1, 8, 1)]);
+
+        // Their bytes count towards a full overlay, and leave with them.
+        o.dedup_put((1, 7, 6), big);
+        assert!(o.is_full());
+        o.dedup_forget(1, 7, 0..7);
+        assert!(!o.is_full());
+        assert_eq!(lock(&o.dedup).bytes, 0);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::io;
 use redb::{ReadableTable, WriteTransaction};
 
 use super::engine::io_err;
+use super::overlay::Overlay;
 use super::records::{decode, encode, DedupRecord, SessionClock, SessionRecord};
 use super::tables;
 use crate::raft::types::{ApplyResult, LogOp, SessionRef};
@@ -54,10 +55,16 @@ pub enum Admit {
 /// delete per session of the results its acknowledgement lets go. Whoever applies writes
 /// must `flush` before the transaction commits; the methods here that scan the tables
 /// flush first.
+///
+/// Results are recorded in the engine's dedup stage, not the table (`overlay.rs`, "The
+/// dedup stage"): most are forgotten before they would reach it. Lookups read the stage,
+/// then the table; the methods that scan the table first write the region's staged rows
+/// into it.
 pub struct Sessions<'t> {
     region: u64,
     sessions: redb::Table<'t, (u64, u64), &'static [u8]>,
     dedup: redb::Table<'t, (u64, u64, u64), &'static [u8]>,
+    stage: &'t Overlay,
     cache: std::collections::HashMap<u64, Cached>,
 }
 
@@ -78,12 +85,13 @@ impl std::fmt::Debug for Sessions<'_> {
 }
 
 impl<'t> Sessions<'t> {
-    /// Opens the tables of `region`.
-    pub fn open(txn: &'t WriteTransaction, region: u64) -> io::Result<Sessions<'t>> {
+    /// Opens the tables of `region`, with the engine's dedup stage `stage`.
+    pub fn open(txn: &'t WriteTransaction, region: u64, stage: &'t Overlay) -> io::Result<Sessions<'t>> {
         Ok(Sessions {
             region,
             sessions: txn.open_table(tables::SESSIONS).map_err(io_err)?,
             dedup: txn.open_table(tables::DEDUP).map_err(io_err)?,
+            stage,
             cache: std::collections::HashMap::new(),
         })
     }
@@ -96,6 +104,7 @@ impl<'t> Sessions<'t> {
             let Some(record) = &c.record else { continue };
             let SessionRecord::V1 { floor, .. } = record;
             if *floor > c.table_floor {
+                self.stage.dedup_forget(region, id, c.table_floor..*floor);
                 self.dedup
                     .retain_in((region, id, c.table_floor)..(region, id, *floor), |_, _| false)
                     .map_err(io_err)?;
@@ -107,12 +116,30 @@ impl<'t> Sessions<'t> {
         Ok(())
     }
 
-    /// [`Sessions::flush`], then forgets the cache: for the methods that work on the
-    /// tables directly.
+    /// [`Sessions::flush`], writes the region's staged results into the table and forgets
+    /// the cache: for the methods that work on the tables directly.
     fn flush_and_forget(&mut self) -> io::Result<()> {
         self.flush()?;
+        self.settle(self.region)?;
         self.cache.clear();
         Ok(())
+    }
+
+    /// Writes the staged results of the rows kept under `region` into the table.
+    fn settle(&mut self, region: u64) -> io::Result<()> {
+        for (key, row) in self.stage.dedup_take(region) {
+            self.dedup.insert(key, row.as_slice()).map_err(io_err)?;
+        }
+        Ok(())
+    }
+
+    /// The result recorded for `seq` of session `id`: staged, else in the table.
+    fn result_row(&self, id: u64, seq: u64) -> io::Result<Option<DedupRecord>> {
+        let key = (self.region, id, seq);
+        if let Some(row) = self.stage.dedup_get(key) {
+            return decode(&row).map(Some);
+        }
+        self.dedup.get(key).map_err(io_err)?.map(|row| decode(row.value())).transpose()
     }
 
     /// Copies every session and dedup row of this region to the data id `to` (a split: the
@@ -160,6 +187,7 @@ impl<'t> Sessions<'t> {
     /// which of its writes applied. Returns the sessions merged.
     pub fn absorb(&mut self, from: u64) -> io::Result<u64> {
         self.flush_and_forget()?;
+        self.settle(from)?;
         let sessions: Vec<(u64, SessionRecord)> = self
             .sessions
             .range((from, 0u64)..=(from, u64::MAX))
@@ -241,8 +269,8 @@ impl<'t> Sessions<'t> {
         if s.seq < floor {
             return Ok(Admit::Refuse(ApplyResult::Acknowledged));
         }
-        let row = match self.dedup.get((self.region, s.id, s.seq)).map_err(io_err)? {
-            Some(row) => decode::<DedupRecord>(row.value())?,
+        let row = match self.result_row(s.id, s.seq)? {
+            Some(row) => row,
             None => return Ok(Admit::Apply),
         };
         match (row, op) {
@@ -280,18 +308,15 @@ impl<'t> Sessions<'t> {
             // A batch names its keys, joining those of the parts applied before it.
             LogOp::BatchPut(pairs) => {
                 let mut keys: Vec<Vec<u8>> = pairs.iter().map(|(k, _)| k.clone()).collect();
-                if let Some(row) = self.dedup.get((self.region, s.id, s.seq)).map_err(io_err)? {
-                    if let DedupRecord::V2 { keys: before, .. } = decode(row.value())? {
-                        keys.extend(before);
-                    }
+                if let Some(DedupRecord::V2 { keys: before, .. }) = self.result_row(s.id, s.seq)? {
+                    keys.extend(before);
                 }
                 DedupRecord::V2 { index, result: compact(result, op), keys: key_set(keys) }
             }
             _ => DedupRecord::V1 { index, result: compact(result, op) },
         };
-        let row = encode(&record)?;
-        self.dedup.insert((self.region, s.id, s.seq), row.as_slice()).map_err(io_err)?;
-        // The row and the results below the new floor are written back by `flush`.
+        self.stage.dedup_put((self.region, s.id, s.seq), encode(&record)?);
+        // The results below the new floor are forgotten by `flush`.
         let c = self.cached(s.id)?;
         c.record = Some(SessionRecord::V1 { last_seen_ms: clock_ms, floor, expired_at_ms: None });
         c.dirty = true;
@@ -408,7 +433,9 @@ mod tests {
             self.with_region(1, f).await
         }
 
-        /// As [`Db::with`], on the session rows kept under `region`.
+        /// As [`Db::with`], on the session rows kept under `region`. Each call is one plain
+        /// apply's transaction: results stay in the dedup stage across calls, as they do
+        /// between a node's applies, until a call scans the tables.
         async fn with_region<T: Send + 'static>(
             &self,
             region: u64,
@@ -416,22 +443,36 @@ mod tests {
         ) -> T {
             let out = std::sync::Arc::new(std::sync::Mutex::new(None));
             let o = out.clone();
+            let stage = self.engine.overlay().clone();
             self.engine
-                .write(Box::new(move |txn| {
-                    let mut sessions = Sessions::open(txn, region)?;
-                    *o.lock().unwrap() = Some(f(&mut sessions)?);
-                    sessions.flush()
-                }))
+                .apply_plain(
+                    Box::new(move |txn| {
+                        let mut sessions = Sessions::open(txn, region, &stage)?;
+                        *o.lock().unwrap() = Some(f(&mut sessions)?);
+                        sessions.flush()
+                    }),
+                    false,
+                )
                 .await
                 .unwrap();
             let v = out.lock().unwrap().take().unwrap();
             v
         }
 
+        /// Results kept: in the table and in the dedup stage.
         fn dedup_rows(&self) -> usize {
-            let txn = self.engine.read().unwrap();
+            let (txn, staged) = self.engine.read_cut(|_, _| Ok(self.engine.overlay().dedup_len())).unwrap();
             let t = txn.open_table(tables::DEDUP).unwrap();
-            t.iter().unwrap().count()
+            let n = t.iter().unwrap().count();
+            n + staged
+        }
+
+        /// The kept result of `seq` of session 7 of region 1, wherever it is.
+        fn result_row(&self, seq: u64) -> Option<Vec<u8>> {
+            let (txn, staged) = self.engine.read_cut(|_, _| Ok(self.engine.overlay().dedup_get((1, 7, seq)))).unwrap();
+            let t = txn.open_table(tables::DEDUP).unwrap();
+            let in_table = t.get((1, 7, seq)).unwrap().map(|v| v.value().to_vec());
+            staged.or(in_table)
         }
     }
 
@@ -540,12 +581,7 @@ mod tests {
         let cas = LogOp::Cas { key: b"k".to_vec(), expected: Some(big.clone()), new: None };
         let (c, b) = (cas.clone(), big.clone());
         db.with(move |x| x.record(s(7, 1, 1), &c, &ApplyResult::Cas(true, Some(b)), 1, 0)).await;
-        let row_len = {
-            let txn = db.engine.read().unwrap();
-            let t = txn.open_table(tables::DEDUP).unwrap();
-            let row = t.get((1, 7, 1)).unwrap().unwrap();
-            row.value().len()
-        };
+        let row_len = db.result_row(1).unwrap().len();
         assert!(row_len < 64, "the dedup row does not copy the previous value");
         let c = cas.clone();
         assert_eq!(db.with(move |x| x.admit(s(7, 1, 1), &c)).await, Admit::Replay(ApplyResult::Cas(true, Some(big))));

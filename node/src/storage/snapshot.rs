@@ -293,10 +293,13 @@ fn own_record(txn: &redb::ReadTransaction, region: u64) -> io::Result<Option<Vec
 }
 
 /// A consistent view of a region for a snapshot: a read transaction at a commit boundary,
-/// with the data overlay's rows of the same commits ([`cut`]).
+/// with the data overlay's rows and the staged exactly-once rows of the same commits
+/// ([`cut`]).
 pub struct Cut {
     txn: redb::ReadTransaction,
     fresh: Vec<(Vec<u8>, super::overlay::Row)>,
+    /// Staged exactly-once rows: (session, seq, row).
+    fresh_dedup: Vec<(u64, u64, Vec<u8>)>,
     state: SmState,
     record: Option<Vec<u8>>,
 }
@@ -314,20 +317,22 @@ impl std::fmt::Debug for Cut {
 pub fn cut(engine: &Engine, region: u64) -> io::Result<(SmState, Cut)> {
     // The region's applied state and its rows as of one commit: the table's rows as the
     // transaction sees them, with the overlay's rows of the same commits over them.
-    let (txn, (state, record, fresh)) = engine.read_cut(|txn, rows| {
+    let (txn, (state, record, fresh, fresh_dedup)) = engine.read_cut(|txn, rows| {
         let state = read_state(txn, region)?;
         let record = own_record(txn, region)?;
         let (start, end) = record_range(record.as_deref())?;
         let (lo, hi) = data_range(state.data_id, &start, &end);
-        Ok((state, record, super::overlay::range_rows(rows, &lo, &hi, false, usize::MAX)))
+        let fresh = super::overlay::range_rows(rows, &lo, &hi, false, usize::MAX);
+        let fresh_dedup = engine.overlay().dedup_rows(state.session_id);
+        Ok((state, record, fresh, fresh_dedup))
     })?;
-    Ok((state.clone(), Cut { txn, fresh, state, record }))
+    Ok((state.clone(), Cut { txn, fresh, fresh_dedup, state, record }))
 }
 
 /// Streams the snapshot of `cut` into a new file at `path` and fsyncs it (blocking: run it
 /// off the async runtime).
 pub fn write(cut: Cut, path: &Path) -> io::Result<()> {
-    let Cut { txn, fresh, state, record } = cut;
+    let Cut { txn, fresh, fresh_dedup, state, record } = cut;
     let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
     w.write_all(MAGIC)?;
     write_item(&mut w, &SnapshotItem::Clock(state.clock))?;
@@ -347,11 +352,18 @@ pub fn write(cut: Cut, path: &Path) -> io::Result<()> {
         pairs += 1;
     }
     let sid = state.session_id;
+    // The table's rows with the staged ones over them (a staged row replaces the table's:
+    // a write applied again after a crash records its result again).
     let dd = txn.open_table(tables::DEDUP).map_err(io_err)?;
+    let mut results = std::collections::BTreeMap::new();
     for row in dd.range((sid, 0u64, 0u64)..=(sid, u64::MAX, u64::MAX)).map_err(io_err)? {
         let (k, v) = row.map_err(io_err)?;
         let (_, s, seq) = k.value();
-        write_item(&mut w, &SnapshotItem::Dedup(s, seq, v.value().to_vec()))?;
+        results.insert((s, seq), v.value().to_vec());
+    }
+    results.extend(fresh_dedup.into_iter().map(|(s, seq, row)| ((s, seq), row)));
+    for ((s, seq), row) in results {
+        write_item(&mut w, &SnapshotItem::Dedup(s, seq, row))?;
         dedup += 1;
     }
     let ss = txn.open_table(tables::SESSIONS).map_err(io_err)?;

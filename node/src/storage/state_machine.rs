@@ -970,7 +970,7 @@ impl RegionStateMachine {
         let work: crate::storage::engine::Work = Box::new(move |txn| {
             let id = state.data_id;
             let mut data = txn.open_table(tables::DATA).map_err(io_err)?;
-            let mut sessions = Sessions::open(txn, state.session_id)?;
+            let mut sessions = Sessions::open(txn, state.session_id, &overlay)?;
             let mut garbage = Vec::new();
             let mut regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
             let mut meta = txn.open_table(tables::SM_META).map_err(io_err)?;
@@ -1524,6 +1524,57 @@ mod merge_tests {
         // The region's key count followed the overlay.
         sm.shared.count_now(&engine).unwrap();
         assert_eq!(sm.shared.approx.keys(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exactly_once_results_wait_in_the_dedup_stage_and_retries_snapshots_and_durable_commits_see_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let mut sm = machine(&engine, &region(1, b"", b"")).await;
+        let append = |seq: u64, first_pending: u64| LogCommand::WriteV2 {
+            session: Some(SessionRef { id: 7, seq, first_pending }),
+            op: LogOp::Append(b"k".to_vec(), vec![b'0' + seq as u8]),
+            at_ms: 1,
+            session_ttl_ms: 1 << 40,
+        };
+        let in_table = || {
+            let txn = engine.read().unwrap();
+            redb::ReadableTableMetadata::len(&txn.open_table(tables::DEDUP).unwrap()).unwrap()
+        };
+        let dedup_in_snapshot = || {
+            let (_, file) = snapshot::build(&engine, 1).unwrap();
+            let mut reader = snapshot::SnapshotReader::open(file.path()).unwrap();
+            let mut seqs = Vec::new();
+            while let Some(item) = reader.next_item().unwrap() {
+                if let crate::storage::records::SnapshotItem::Dedup(7, seq, _) = item {
+                    seqs.push(seq);
+                }
+            }
+            seqs
+        };
+        apply(&mut sm, 1, append(1, 1)).await;
+        apply(&mut sm, 2, append(2, 1)).await;
+        assert_eq!((engine.overlay().dedup_len(), in_table()), (2, 0), "both results are staged");
+        // A retry of seq 2 (its answer was lost) is answered from the stage, not applied again.
+        apply(&mut sm, 3, append(2, 1)).await;
+        assert_eq!(get(&engine, 1, b"k"), Some(b"12".to_vec()));
+        assert_eq!(dedup_in_snapshot(), vec![1, 2], "a snapshot carries the staged results");
+
+        // The client has its answers below 3: those results go without reaching the table.
+        apply(&mut sm, 4, append(3, 3)).await;
+        assert_eq!((engine.overlay().dedup_len(), in_table()), (1, 0));
+        assert_eq!(dedup_in_snapshot(), vec![3]);
+        // A durable commit writes the live one to the table, with the applied index.
+        engine.write(Box::new(|_| Ok(()))).await.unwrap();
+        assert_eq!((engine.overlay().dedup_len(), in_table()), (0, 1));
+        apply(&mut sm, 5, append(3, 3)).await;
+        assert_eq!(get(&engine, 1, b"k"), Some(b"123".to_vec()), "a retry found the table's result");
+        assert_eq!(dedup_in_snapshot(), vec![3]);
+        // Once acknowledged, the table's row goes too.
+        apply(&mut sm, 6, append(4, 4)).await;
+        engine.write(Box::new(|_| Ok(()))).await.unwrap();
+        assert_eq!((engine.overlay().dedup_len(), in_table()), (0, 1));
+        assert_eq!(dedup_in_snapshot(), vec![4]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
