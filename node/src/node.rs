@@ -344,7 +344,7 @@ async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Regi
     }
     let region_shared = RegionShared::new(desc.clone(), shared.cfg.node_id.0);
     let _ = region_shared.events.set(shared.events.clone());
-    let _ = region_shared.node_changes.set(shared.ctx.changes.subscribe());
+    let _ = region_shared.node_changes.set(shared.ctx.changes.clone());
     let mut sm = RegionStateMachine::open(engine, region_shared.clone()).map_err(|e| region_err(e.into()))?;
     // A voter is in the descriptor; a learner only in the applied membership (or, before
     // its first snapshot, in the descriptor PD created it from).
@@ -373,27 +373,27 @@ async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Regi
         // the others elect one after an election timeout.
         tokio::spawn(campaign(region.clone()));
     }
-    // openraft's metrics are the event source for leadership and apply progress. The task
-    // ends when the Raft group shuts down (its metrics channel closes).
-    let mut metrics = region.raft.metrics();
+    // openraft's server metrics are the event source for leadership (apply progress is
+    // signalled by the state machine). They are sent only when they change, where its full
+    // metrics are sent at every turn of the group's loop: watching those woke this task
+    // several times per write. The task ends when the Raft group shuts down (its metrics
+    // channel closes).
+    let mut metrics = region.raft.server_metrics();
     let notify = shared.leadership.clone();
     let ctx = shared.ctx.clone();
     let me = peer.id.0;
     tokio::spawn(async move {
-        let mut seen = (None, None);
+        let mut seen = None;
         while metrics.changed().await.is_ok() {
-            let (leader, applied) = {
-                let m = metrics.borrow_watched();
-                (m.current_leader, m.last_applied.map(|l| l.index))
-            };
-            if (leader, applied) == seen {
+            let leader = metrics.borrow_watched().current_leader;
+            if leader == seen {
                 continue;
             }
             // A region that gains a leader here reports it to PD at once.
-            if leader == Some(me) && seen.0 != Some(me) {
+            if leader == Some(me) && seen != Some(me) {
                 notify.notify_one();
             }
-            seen = (leader, applied);
+            seen = leader;
             ctx.changed();
         }
     });

@@ -51,15 +51,16 @@ impl std::fmt::Debug for Region {
 impl Region {
     /// The leader as this replica knows it, with its node's address.
     pub fn leader_hint(&self, book: &AddressBook) -> Option<LeaderHint> {
-        let leader = self.raft.metrics().borrow_watched().current_leader?;
+        let leader = self.raft.server_metrics().borrow_watched().current_leader?;
         let peer = self.shared.descriptor().peer(tessera_wire::PeerId(leader))?;
         let addr = book.get(peer.node_id)?;
         Some(LeaderHint { peer, addr })
     }
 
-    /// True when this replica currently believes it leads the region.
+    /// True when this replica currently believes it leads the region. (From openraft's
+    /// server metrics, the node's source of leadership changes: see `node::open_region`.)
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow_watched().current_leader == Some(self.peer.id.0)
+        self.raft.server_metrics().borrow_watched().current_leader == Some(self.peer.id.0)
     }
 }
 

@@ -319,9 +319,10 @@ pub struct RegionShared {
     pub reaping: std::sync::atomic::AtomicBool,
     /// The node is making the absorption durable before setting [`RegionShared::reaping`].
     pub reaping_pending: std::sync::atomic::AtomicBool,
-    /// Bumped when any region of the node applies entries (the node's change signal): a
-    /// target waiting for its local source to apply a merge's prepare waits on it.
-    pub node_changes: std::sync::OnceLock<tokio::sync::watch::Receiver<u64>>,
+    /// The node's change signal, bumped by every apply of any of its regions once it has
+    /// committed: a target waiting for its local source to apply a merge's prepare waits on
+    /// it (as do tests waiting for a replica to catch up).
+    pub node_changes: std::sync::OnceLock<Arc<tokio::sync::watch::Sender<u64>>>,
     /// Held by the state machine for each apply and snapshot install, and by the node while
     /// it marks the replica retired ([`RegionShared::retire`]).
     sm_busy: tokio::sync::Mutex<()>,
@@ -857,7 +858,7 @@ impl RegionStateMachine {
     /// same nodes), and on the others until every node hosting it absorbed it, so it gets
     /// there (from its own leader, or a snapshot).
     async fn await_merge_source(&self, source: u64, prepare_index: u64) -> io::Result<()> {
-        let mut changes = self.shared.node_changes.get().cloned();
+        let mut changes = self.shared.node_changes.get().map(|tx| tx.subscribe());
         let started = std::time::Instant::now();
         let mut warned = false;
         loop {
@@ -1204,6 +1205,9 @@ impl RegionStateMachine {
         }
         for (responder, r) in late {
             responder.send(r);
+        }
+        if let Some(tx) = self.shared.node_changes.get() {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
         }
         Ok(())
     }
