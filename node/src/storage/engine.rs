@@ -891,6 +891,40 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn close_after_a_fail_stop_writes_out_no_result_the_failed_transaction_staged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let engine = Engine::open(&path).unwrap();
+        let staging = |seq: u64, fail: bool| -> Work {
+            let o = engine.overlay().clone();
+            Box::new(move |_| {
+                o.dedup_put((1, 7, seq), vec![seq as u8]);
+                if fail {
+                    return Err(io::Error::other("bad job"));
+                }
+                Ok(())
+            })
+        };
+        // An apply's exactly-once result, staged and committed.
+        engine.apply_plain(staging(1, false), false).await.unwrap();
+        // An apply that stages another, then fails: the engine fail-stops.
+        assert!(engine.apply_plain(staging(2, true), false).await.is_err());
+        assert!(engine.failure().is_some());
+        tokio::task::spawn_blocking(move || engine.close()).await.unwrap();
+        let reopened = Engine::open(&path).unwrap();
+        let read = reopened.read().unwrap();
+        let keys: Vec<(u64, u64, u64)> = redb::ReadableTable::iter(&read.open_table(tables::DEDUP).unwrap())
+            .unwrap()
+            .map(|r| r.unwrap().0.value())
+            .collect();
+        assert_eq!(
+            keys,
+            vec![(1, 7, 1)],
+            "the committed result went out with the commit redb promoted, the failed one not"
+        );
+    }
+
+    #[tokio::test]
     async fn close_finishes_queued_jobs_and_releases_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.redb");

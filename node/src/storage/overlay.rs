@@ -43,7 +43,8 @@
 //! commit writes them first, and so does every job that is not a plain apply. Unlike data
 //! rows they are read only inside write transactions and by snapshot cuts, all under the
 //! engine's commit lock, so they need no publishing: a transaction changes them in place,
-//! and a failed one fail-stops the engine.
+//! keeping an undo log, and a failed one is rolled back ([`Overlay::committed`]) before
+//! the engine fail-stops, so that what closing writes out is committed state only.
 //!
 //! [`LAZY_DURABLE_EVERY`]: super::engine::LAZY_DURABLE_EVERY
 
@@ -77,12 +78,49 @@ struct DedupStage {
     rows: BTreeMap<DedupKey, Vec<u8>>,
     /// Bytes of `rows`, counted as [`row_bytes`] counts data rows.
     bytes: usize,
+    /// The changes of the transaction in progress, oldest first: each key with the row it
+    /// had before. Replayed backwards, they restore the committed rows.
+    undo: Vec<(DedupKey, Option<Vec<u8>>)>,
 }
 
 impl DedupStage {
-    fn remove(&mut self, key: &DedupKey) {
-        if let Some(row) = self.rows.remove(key) {
-            self.bytes -= DEDUP_KEY_BYTES + row.len() + ROW_OVERHEAD;
+    /// Sets `key` to `row` (`None`: removes it) and returns the row it had, without
+    /// recording the change.
+    fn put_raw(&mut self, key: DedupKey, row: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        if let Some(row) = &row {
+            self.bytes += DEDUP_KEY_BYTES + row.len() + ROW_OVERHEAD;
+        }
+        let old = match row {
+            Some(row) => self.rows.insert(key, row),
+            None => self.rows.remove(&key),
+        };
+        if let Some(old) = &old {
+            self.bytes -= DEDUP_KEY_BYTES + old.len() + ROW_OVERHEAD;
+        }
+        old
+    }
+
+    /// Sets `key` to `row` (`None`: removes it) in the transaction in progress; returns the
+    /// row it had.
+    fn put(&mut self, key: DedupKey, row: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        let old = self.put_raw(key, row);
+        self.undo.push((key, old.clone()));
+        old
+    }
+
+    /// Removes the rows of `range` in the transaction in progress; returns them.
+    fn remove_range(&mut self, range: impl std::ops::RangeBounds<DedupKey>) -> Vec<(DedupKey, Vec<u8>)> {
+        let keys: Vec<DedupKey> = self.rows.range(range).map(|(k, _)| *k).collect();
+        keys.into_iter().filter_map(|key| self.put(key, None).map(|row| (key, row))).collect()
+    }
+
+    /// Ends the transaction in progress: keeps its changes, or rolls them back.
+    fn end(&mut self, keep: bool) {
+        let undo = std::mem::take(&mut self.undo);
+        if !keep {
+            for (key, old) in undo.into_iter().rev() {
+                self.put_raw(key, old);
+            }
         }
     }
 }
@@ -265,40 +303,21 @@ impl Overlay {
 
     /// Stages the exactly-once row `key = row`, in the transaction in progress.
     pub fn dedup_put(&self, key: DedupKey, row: Vec<u8>) {
-        let mut stage = lock(&self.dedup);
-        stage.remove(&key);
-        stage.bytes += DEDUP_KEY_BYTES + row.len() + ROW_OVERHEAD;
-        stage.rows.insert(key, row);
+        lock(&self.dedup).put(key, Some(row));
     }
 
     /// Drops the staged rows of client session `session` of region session id `region`
     /// with a seq in `seqs` (the table's rows are the caller's).
     pub fn dedup_forget(&self, region: u64, session: u64, seqs: std::ops::Range<u64>) {
-        if seqs.is_empty() {
-            return;
-        }
-        let mut stage = lock(&self.dedup);
-        let keys: Vec<DedupKey> =
-            stage.rows.range((region, session, seqs.start)..(region, session, seqs.end)).map(|(k, _)| *k).collect();
-        for key in &keys {
-            stage.remove(key);
+        if !seqs.is_empty() {
+            lock(&self.dedup).remove_range((region, session, seqs.start)..(region, session, seqs.end));
         }
     }
 
     /// Takes every staged row of region session id `region` out of the stage, in key
     /// order, for the caller to write to the table in the transaction in progress.
     pub fn dedup_take(&self, region: u64) -> Vec<(DedupKey, Vec<u8>)> {
-        let mut stage = lock(&self.dedup);
-        let keys: Vec<DedupKey> =
-            stage.rows.range((region, 0, 0)..=(region, u64::MAX, u64::MAX)).map(|(k, _)| *k).collect();
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Some(row) = stage.rows.remove(&key) {
-                stage.bytes -= DEDUP_KEY_BYTES + row.len() + ROW_OVERHEAD;
-                out.push((key, row));
-            }
-        }
-        out
+        lock(&self.dedup).remove_range((region, 0, 0)..=(region, u64::MAX, u64::MAX))
     }
 
     /// A copy of the staged rows of region session id `region`, as (session, seq, row) in
@@ -379,7 +398,7 @@ impl Overlay {
     /// Writes every row not yet in the table into it, in key order, within `txn`; returns
     /// how many. Data rows stay readable from the overlay until the commit ([`Overlay::
     /// committed`]); staged exactly-once rows leave the stage at once (the transaction
-    /// reads them from the table, and one that fails fail-stops the engine).
+    /// reads them from the table; if it fails, [`Overlay::committed`] puts them back).
     pub fn flush_into(&self, txn: &redb::WriteTransaction) -> io::Result<usize> {
         let mut guard = lock(&self.txn);
         let rows = &mut *guard;
@@ -407,21 +426,27 @@ impl Overlay {
         rows.staged_bytes = 0;
         rows.flushed = true;
         drop(table);
-        let staged = std::mem::take(&mut *lock(&self.dedup));
-        if !staged.rows.is_empty() {
+        let mut stage = lock(&self.dedup);
+        if !stage.rows.is_empty() {
             let mut dedup = txn.open_table(tables::DEDUP).map_err(io_err)?;
-            for (key, row) in &staged.rows {
+            for (key, row) in &stage.rows {
                 dedup.insert(key, row.as_slice()).map_err(io_err)?;
             }
-            written += staged.rows.len();
+            written += stage.rows.len();
+            // Taken out as a whole (the undo log keeps them for a rollback).
+            let rows = std::mem::take(&mut stage.rows);
+            stage.bytes = 0;
+            stage.undo.extend(rows.into_iter().map(|(key, row)| (key, Some(row))));
         }
         Ok(written)
     }
 
     /// Ends the transaction in progress: if it committed, its staged rows are published,
     /// and if it wrote the overlay to the table, the rows it wrote leave the overlay. A
-    /// failed transaction changes nothing here (the engine fail-stops).
+    /// failed transaction changes nothing here (the engine fail-stops): its changes to the
+    /// dedup stage are rolled back.
     pub fn committed(&self, ok: bool) {
+        lock(&self.dedup).end(ok);
         let mut rows = lock(&self.txn);
         let staged = std::mem::take(&mut rows.staged);
         let staged_bytes = std::mem::replace(&mut rows.staged_bytes, 0);
@@ -881,6 +906,32 @@ mod tests {
         o.dedup_forget(1, 7, 0..7);
         assert!(!o.is_full());
         assert_eq!(lock(&o.dedup).bytes, 0);
+    }
+
+    #[test]
+    fn a_failed_transaction_leaves_the_dedup_stage_as_it_was() {
+        let (_dir, db) = open();
+        let o = Overlay::default();
+        o.dedup_put((1, 7, 1), vec![1]);
+        o.dedup_put((1, 7, 2), vec![2]);
+        o.committed(true);
+        let before = o.dedup_rows(1);
+        // A transaction that changes, forgets, writes out and takes rows, then fails.
+        o.dedup_put((1, 7, 3), vec![3]);
+        o.dedup_put((1, 7, 1), vec![11]);
+        o.dedup_forget(1, 7, 2..3);
+        let txn = db.begin_write().unwrap();
+        assert_eq!(o.flush_into(&txn).unwrap(), 2);
+        o.dedup_put((1, 7, 4), vec![4]);
+        assert_eq!(o.dedup_take(1), vec![((1, 7, 4), vec![4])]);
+        drop(txn);
+        o.committed(false);
+        assert_eq!(o.dedup_rows(1), before);
+        assert_eq!(lock(&o.dedup).bytes, 2 * (DEDUP_KEY_BYTES + 1 + ROW_OVERHEAD));
+        // The next transaction starts from there.
+        o.dedup_forget(1, 7, 0..2);
+        o.committed(true);
+        assert_eq!(o.dedup_rows(1), vec![(7, 2, vec![2])]);
     }
 
     #[test]
