@@ -103,7 +103,7 @@ impl Node {
             book: AddressBook::default(),
             regions: Arc::new(RegionMap::default()),
             snapshots_installed: Default::default(),
-            changes: Arc::new(watch::channel(0).0),
+            changes: crate::storage::state_machine::ChangeSignal::new(),
         };
         ctx.book.set(cfg.node_id, advertise.clone());
         let raft_config = Arc::new(raft_config(&cfg.raft)?);

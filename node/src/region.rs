@@ -9,6 +9,7 @@ use tessera_wire::{LeaderHint, Peer, RegionId};
 
 use crate::raft::network::AddressBook;
 use crate::raft::types::Raft;
+use crate::storage::state_machine::ChangeSignal;
 use crate::storage::{Engine, RegionShared};
 
 /// A snapshot being received in chunks, written to a file as they arrive.
@@ -110,15 +111,14 @@ pub struct NodeContext {
     pub regions: Arc<RegionMap>,
     /// Snapshots received from leaders and installed.
     pub snapshots_installed: Arc<std::sync::atomic::AtomicU64>,
-    /// Bumped whenever a hosted region's leader or applied log index changes, or a snapshot
-    /// is installed: lets callers wait for node state instead of polling it.
-    pub changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The node's change signal (see [`ChangeSignal`]).
+    pub changes: ChangeSignal,
 }
 
 impl NodeContext {
     /// Signals a change of node state to [`NodeContext::changes`] subscribers.
     pub fn changed(&self) {
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        self.changes.bump();
     }
 
     /// The write path's cumulative counters (durable log syncs and what they carried).

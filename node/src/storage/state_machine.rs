@@ -322,12 +322,41 @@ pub struct RegionShared {
     /// The node's change signal, bumped by every apply of any of its regions once it has
     /// committed: a target waiting for its local source to apply a merge's prepare waits on
     /// it (as do tests waiting for a replica to catch up).
-    pub node_changes: std::sync::OnceLock<Arc<tokio::sync::watch::Sender<u64>>>,
+    pub node_changes: std::sync::OnceLock<ChangeSignal>,
     /// Held by the state machine for each apply and snapshot install, and by the node while
     /// it marks the replica retired ([`RegionShared::retire`]).
     sm_busy: tokio::sync::Mutex<()>,
     /// The replica is being destroyed: the state machine applies and installs nothing more.
     retired: std::sync::atomic::AtomicBool,
+}
+
+/// A node's change signal: bumped whenever a hosted region's leader or applied log index
+/// changes, or a snapshot is installed, so that callers wait for node state instead of
+/// polling it. Clones share the signal.
+#[derive(Debug, Clone)]
+pub struct ChangeSignal(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl ChangeSignal {
+    /// A new signal, at 0.
+    pub fn new() -> ChangeSignal {
+        ChangeSignal(Arc::new(tokio::sync::watch::channel(0).0))
+    }
+
+    /// Tells every subscriber that something changed.
+    pub fn bump(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that sees every later bump.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+impl Default for ChangeSignal {
+    fn default() -> Self {
+        ChangeSignal::new()
+    }
 }
 
 impl RegionShared {
@@ -858,7 +887,7 @@ impl RegionStateMachine {
     /// same nodes), and on the others until every node hosting it absorbed it, so it gets
     /// there (from its own leader, or a snapshot).
     async fn await_merge_source(&self, source: u64, prepare_index: u64) -> io::Result<()> {
-        let mut changes = self.shared.node_changes.get().map(|tx| tx.subscribe());
+        let mut changes = self.shared.node_changes.get().map(ChangeSignal::subscribe);
         let started = std::time::Instant::now();
         let mut warned = false;
         loop {
@@ -1206,8 +1235,8 @@ impl RegionStateMachine {
         for (responder, r) in late {
             responder.send(r);
         }
-        if let Some(tx) = self.shared.node_changes.get() {
-            tx.send_modify(|n| *n = n.wrapping_add(1));
+        if let Some(changes) = self.shared.node_changes.get() {
+            changes.bump();
         }
         Ok(())
     }
