@@ -128,6 +128,11 @@ impl DedupStage {
 /// Bytes of a [`DedupKey`].
 const DEDUP_KEY_BYTES: usize = 24;
 
+/// Every [`DedupKey`] of region session id `region`.
+fn region_keys(region: u64) -> std::ops::RangeInclusive<DedupKey> {
+    (region, 0, 0)..=(region, u64::MAX, u64::MAX)
+}
+
 /// Once the overlay holds this many bytes of keys and values, the next commit writes it to
 /// the table, durable or not. It bounds the node's memory for it and the length of one
 /// write-out. With 100-byte values it holds about the durable interval's puts (40,000);
@@ -317,17 +322,13 @@ impl Overlay {
     /// Takes every staged row of region session id `region` out of the stage, in key
     /// order, for the caller to write to the table in the transaction in progress.
     pub fn dedup_take(&self, region: u64) -> Vec<(DedupKey, Vec<u8>)> {
-        lock(&self.dedup).remove_range((region, 0, 0)..=(region, u64::MAX, u64::MAX))
+        lock(&self.dedup).remove_range(region_keys(region))
     }
 
     /// A copy of the staged rows of region session id `region`, as (session, seq, row) in
     /// key order. Consistent with the table only under the engine's commit lock.
     pub fn dedup_rows(&self, region: u64) -> Vec<(u64, u64, Vec<u8>)> {
-        lock(&self.dedup)
-            .rows
-            .range((region, 0, 0)..=(region, u64::MAX, u64::MAX))
-            .map(|(&(_, s, seq), row)| (s, seq, row.clone()))
-            .collect()
+        lock(&self.dedup).rows.range(region_keys(region)).map(|(&(_, s, seq), row)| (s, seq, row.clone())).collect()
     }
 
     /// Staged exactly-once rows.
