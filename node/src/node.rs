@@ -68,7 +68,6 @@ impl Node {
         let engine = Engine::open_with_cache(&cfg.data_dir.join("node.redb"), cfg.cache_bytes)?;
         let wal = LogEngine::open_with(&cfg.data_dir.join(RAFT_LOG_DIR), SEGMENT_BYTES, cfg.raft_log_group_commit)
             .map_err(|e| NodeError::Storage(e.into()))?;
-        engine.follow_load(wal.load_signal());
         crate::storage::migrate::raft_log_out_of_redb(&engine, &wal).map_err(|e| NodeError::Storage(e.into()))?;
         let web_cert = match (&cfg.web_cert, cfg.webtransport) {
             (_, false) => None,

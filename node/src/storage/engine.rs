@@ -4,10 +4,11 @@
 //! transaction plus a completion. The writer thread takes every job queued at that moment,
 //! runs them in order inside one transaction and commits it, durably (one fsync) if any
 //! job asked for it or a durable commit is due, then fires all their completions. So the
-//! applies of all regions that queue up while one transaction runs share the next one. A
-//! small apply may instead commit on its caller's thread when the writer is idle with
-//! nothing queued and the node is not under write load ([`Engine::write_lazy_in_place`]),
-//! which saves two thread wake-ups.
+//! applies of all regions that queue up while one transaction runs share the next one. An
+//! apply of plain writes is instead *staged* on its caller's thread when the writer is idle
+//! with nothing queued ([`Engine::apply_plain`]): it reads through a read transaction and
+//! leaves everything it writes in the overlay (`overlay.rs`), for the next write
+//! transaction to write, which saves the transaction and two thread wake-ups.
 //! (The Raft log is not here: it lives in the log engine, `wal.rs`.)
 //!
 //! Fail-stop: if a transaction fails to commit (I/O error, full disk), the engine records the
@@ -29,6 +30,20 @@ use super::tables;
 pub type Work = Box<dyn FnOnce(&redb::WriteTransaction) -> Result<(), io::Error> + Send>;
 /// Completion, called after the commit with its outcome.
 pub type Done = Box<dyn FnOnce(Result<(), io::Error>) + Send>;
+
+/// The transaction an apply of plain writes runs in: the group commit's write
+/// transaction, or a read transaction when it is staged ([`Engine::apply_plain`]).
+#[derive(Clone, Copy)]
+#[allow(missing_debug_implementations)]
+pub enum TxnRef<'a> {
+    /// A write transaction.
+    Write(&'a redb::WriteTransaction),
+    /// A read transaction: the apply writes nothing to redb, only to the overlay.
+    Read(&'a redb::ReadTransaction),
+}
+
+/// An apply of plain writes ([`Engine::apply_plain`]).
+pub type PlainWork = Box<dyn FnOnce(TxnRef<'_>) -> Result<(), io::Error> + Send>;
 
 struct Job {
     work: Work,
@@ -97,6 +112,8 @@ pub struct CommitStats {
     pub log_entries: AtomicU64,
     /// Durable commits the writer made of its own once idle (see `next_batch`).
     pub idle_commits: AtomicU64,
+    /// Applies staged without a write transaction ([`Engine::apply_plain`]).
+    pub staged: AtomicU64,
 }
 
 /// Why the engine stopped: the first failed commit, with its I/O error kind kept (a full
@@ -137,13 +154,15 @@ struct Shared {
     /// A commit since the last durable one was not durable: an idle writer makes a durable
     /// commit once the interval has passed (see [`next_batch`]).
     lazy_pending: AtomicBool,
-    /// Held by whoever runs a write transaction: the writer thread for each batch, or a
-    /// caller committing its own job in place ([`Engine::write_lazy_in_place`]). Jobs leave
-    /// `queued` only under it, so a caller that finds the queue empty while holding it knows
-    /// every job sent before has committed.
+    /// Held by whoever runs a write transaction (the writer thread for each batch, or a
+    /// cut that writes what staged applies left: [`Engine::read_cut`]), and by a staged
+    /// apply ([`Engine::apply_plain`]). Jobs leave `queued` only under it, so a staged
+    /// apply that finds the queue empty while holding it knows every job sent before has
+    /// committed.
     committing: Mutex<()>,
-    /// The node's write load ([`Engine::follow_load`]): while set, nothing commits in place.
-    load: std::sync::OnceLock<super::LoadSignal>,
+    /// Holders of `committing` other than staged applies, and those about to take it
+    /// ([`Shared::lock_busy`]): a staged apply does not wait for them.
+    busy: AtomicUsize,
     /// Applied rows of the `data` table not yet written to it (`overlay.rs`).
     overlay: Arc<Overlay>,
 }
@@ -223,7 +242,7 @@ impl Engine {
             last_durable: Mutex::new(std::time::Instant::now()),
             lazy_pending: AtomicBool::new(false),
             committing: Mutex::new(()),
-            load: std::sync::OnceLock::new(),
+            busy: AtomicUsize::new(0),
             overlay: Arc::default(),
         });
         let writer = {
@@ -270,56 +289,72 @@ impl Engine {
     }
 
     /// [`Engine::write_lazy`] for an apply of plain writes, which stages its rows of the
-    /// `data` table in the overlay ([`Engine::overlay`]); committed in place if `in_place`
-    /// allows it ([`Engine::write_lazy_in_place`]).
-    pub async fn apply_plain(&self, work: Work, in_place: bool) -> io::Result<()> {
-        if in_place {
-            self.lazy_in_place(work, true).await
+    /// `data` table in the overlay ([`Engine::overlay`]).
+    ///
+    /// If `in_place` allows it (the caller's promise that `work` needs no write: only plain
+    /// writes, no session sweep due), the apply is *staged*: it runs on the calling thread
+    /// against a read transaction, with no write transaction and no commit, and leaves
+    /// everything it would have written in the overlay (its data rows, its exactly-once
+    /// results, its region's `sm_meta` row, its session rows and the `dedup` rows to
+    /// delete), for the next write transaction to write (`overlay.rs`, "Staged applies").
+    /// That happens when nothing is queued for the writer, no write transaction is in
+    /// progress and the overlay is not full; otherwise the apply joins the group commit.
+    pub async fn apply_plain(&self, work: PlainWork, in_place: bool) -> io::Result<()> {
+        let work = if in_place {
+            match self.stage(work) {
+                Ok(result) => return result,
+                Err(work) => work,
+            }
         } else {
-            self.run(work, false, true).await
-        }
+            work
+        };
+        self.run(Box::new(move |txn| work(TxnRef::Write(txn))), false, true).await
     }
 
-    /// Commits in place ([`Engine::write_lazy_in_place`]) only while `load` is clear. The
-    /// node passes its Raft log's signal ([`crate::storage::wal::LogEngine::load_signal`]):
-    /// while the log lingers to group its syncs, the regions' applies come in bursts, and
-    /// one group commit for a burst costs less than one transaction each. Only the first
-    /// call has an effect.
-    pub fn follow_load(&self, load: super::LoadSignal) {
-        let _ = self.shared.load.set(load);
-    }
-
-    /// [`Engine::write_lazy`], run on the calling thread when the writer is idle with
-    /// nothing queued (and no durable commit is due) and the node is not under write load
-    /// ([`Engine::follow_load`]): a small apply then costs no thread hand-off each way,
-    /// which on a lightly loaded node is most of its latency. Otherwise it joins the group
-    /// commit like `write_lazy`. For small jobs only: the caller's thread (an async worker)
-    /// is busy for the transaction.
-    pub async fn write_lazy_in_place(&self, work: Work) -> io::Result<()> {
-        self.lazy_in_place(work, false).await
-    }
-
-    async fn lazy_in_place(&self, work: Work, plain: bool) -> io::Result<()> {
+    /// Runs `work` as a staged apply ([`Engine::apply_plain`]) if it can now; gives it back
+    /// otherwise.
+    fn stage(&self, work: PlainWork) -> Result<io::Result<()>, PlainWork> {
         let shared = &self.shared;
-        let under_load = shared.load.get().is_some_and(super::LoadSignal::is_set);
-        if !under_load
-            && shared.queued.load(Ordering::SeqCst) == 0
-            && lock(&shared.last_durable).elapsed() < LAZY_DURABLE_EVERY
-        {
-            if let Ok(guard) = shared.committing.try_lock() {
-                if shared.queued.load(Ordering::SeqCst) == 0 {
-                    let outcome = Arc::new(Mutex::new(None));
-                    let slot = outcome.clone();
-                    let done: Done = Box::new(move |r| *lock(&slot) = Some(r));
-                    let db = shared.db_handle()?;
-                    commit_batch(&db, vec![Job { work, done, log_entries: 0, durable: false, plain }], shared);
-                    drop(guard);
-                    let result = lock(&outcome).take();
-                    return result.unwrap_or_else(|| Err(io::Error::other("storage commit gave no outcome")));
-                }
+        if shared.queued.load(Ordering::SeqCst) != 0 || shared.overlay.is_full() {
+            return Err(work);
+        }
+        // Other staged applies hold the lock briefly: wait for them, not for anyone else.
+        let _committing = loop {
+            if shared.busy.load(Ordering::SeqCst) != 0 {
+                return Err(work);
+            }
+            match shared.committing.try_lock() {
+                Ok(guard) => break guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => std::thread::yield_now(),
+            }
+        };
+        if shared.queued.load(Ordering::SeqCst) != 0 || shared.busy.load(Ordering::SeqCst) != 0 {
+            return Err(work);
+        }
+        if let Some(failure) = lock(&shared.failed).clone() {
+            return Ok(Err(failure.to_io()));
+        }
+        let db = match shared.db_handle() {
+            Ok(db) => db,
+            // Closed: nothing ran.
+            Err(e) => return Ok(Err(e)),
+        };
+        let result = db.begin_read().map_err(io_err).and_then(|txn| work(TxnRef::Read(&txn)));
+        shared.overlay.committed(result.is_ok());
+        match &result {
+            Ok(()) => {
+                // The next durable commit, or the idle writer's, writes it out.
+                shared.lazy_pending.store(true, Ordering::SeqCst);
+                shared.stats.jobs.fetch_add(1, Ordering::Relaxed);
+                shared.stats.staged.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, kind = ?e.kind(), "staged apply failed; fail-stopping the node's storage");
+                *lock(&shared.failed) = Some(Failure { kind: e.kind(), message: e.to_string() });
             }
         }
-        self.run(work, false, plain).await
+        Ok(result)
     }
 
     /// Runs `work` in the next group commit and waits until it is durable.
@@ -367,7 +402,17 @@ impl Engine {
         &self,
         pick: impl FnOnce(&redb::ReadTransaction, &super::overlay::Rows) -> io::Result<T>,
     ) -> io::Result<(redb::ReadTransaction, T)> {
-        let _committing = lock(&self.shared.committing);
+        let _committing = self.shared.lock_busy();
+        // What staged applies left for the tables goes to them first (a small commit), so
+        // that the transaction shows the regions' applied states and sessions with the
+        // published rows of the same applies.
+        if self.shared.overlay.has_settle() {
+            let db = self.shared.db_handle()?;
+            let job =
+                Job { work: Box::new(|_| Ok(())), done: Box::new(|_| {}), log_entries: 0, durable: false, plain: true };
+            commit_batch(&db, vec![job], &self.shared);
+            self.check()?;
+        }
         // No commit runs meanwhile, so no rows leave the overlay: the transaction and the
         // published rows show the same commits.
         let txn = self.read()?;
@@ -398,6 +443,17 @@ impl Engine {
         self.shared.snapshot_dir.clone()
     }
 
+    /// Tests: waits until no write transaction holds the commit lock (the writer answers
+    /// its jobs before it leaves its transaction), so that the next plain apply is staged.
+    #[cfg(test)]
+    pub(crate) async fn wait_until_writer_idle(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.shared.busy.load(Ordering::SeqCst) != 0 || self.queue_depth() != 0 {
+            assert!(std::time::Instant::now() < deadline, "the writer never left its transaction");
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Jobs waiting for the writer: the depth of the group-commit queue.
     pub fn queue_depth(&self) -> usize {
         self.shared.queued.load(Ordering::Relaxed)
@@ -413,8 +469,8 @@ impl Engine {
                 tracing::error!("storage writer thread panicked");
             }
         }
-        // A commit in place that started before finishes first.
-        let _committing = lock(&self.shared.committing);
+        // A staged apply or a cut that started before finishes first.
+        let _committing = self.shared.lock_busy();
         // redb makes a pending non-durable commit durable when the database closes: write
         // the overlay out first, so that such a commit never carries applied indexes
         // without their rows (`overlay.rs`). Also after a fail-stop: the overlay holds only
@@ -432,8 +488,27 @@ impl Engine {
     }
 }
 
+/// The commit lock, held by someone other than a staged apply ([`Shared::lock_busy`]).
+struct Busy<'a> {
+    shared: &'a Shared,
+    _guard: std::sync::MutexGuard<'a, ()>,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.shared.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Shared {
-    /// The open database, for a commit in place.
+    /// Takes the commit lock for a write transaction or a cut, telling staged applies not
+    /// to wait for it (they join the group commit instead).
+    fn lock_busy(&self) -> Busy<'_> {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        Busy { shared: self, _guard: lock(&self.committing) }
+    }
+
+    /// The open database, for a staged apply or a cut.
     fn db_handle(&self) -> io::Result<Arc<redb::Database>> {
         self.db.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| io::Error::other("storage is closed"))
     }
@@ -456,7 +531,7 @@ fn next_batch(rx: &mpsc::Receiver<Msg>, shared: &Shared) -> Option<(Vec<Job>, bo
         let wait = if pending() {
             LAZY_DURABLE_EVERY.saturating_sub(lock(&shared.last_durable).elapsed())
         } else {
-            // A commit in place may leave one pending while the writer waits here: it is
+            // A staged apply may leave one pending while the writer waits here: it is
             // seen at the end of this wait.
             LAZY_DURABLE_EVERY
         };
@@ -487,7 +562,7 @@ fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Msg>, shared: &Shared
     while !stopping {
         let Some((batch, stop)) = next_batch(&rx, shared) else { break };
         stopping = stop;
-        let _committing = lock(&shared.committing);
+        let _committing = shared.lock_busy();
         shared.queued.fetch_sub(batch.len(), Ordering::SeqCst);
         commit_batch(&db, batch, shared);
     }
@@ -531,6 +606,8 @@ fn commit_batch(db: &redb::Database, batch: Vec<Job>, shared: &Shared) {
         let mut txn = db.begin_write().map_err(io_err)?;
         let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
         txn.set_durability(durability).map_err(io_err)?;
+        // The jobs see the tables as the staged applies left them.
+        overlay.settle_into(&txn)?;
         let flush = |txn: &redb::WriteTransaction| -> io::Result<()> {
             let started = std::time::Instant::now();
             let rows = overlay.flush_into(txn)?;
@@ -642,31 +719,49 @@ pub(crate) mod tests {
         assert_eq!(read.open_table(tables::SM_META).unwrap().len().unwrap(), 200);
     }
 
-    /// A job that records the name of the thread that ran it.
-    fn named(i: u64, ran_on: &Arc<Mutex<Option<String>>>) -> Work {
-        let ran_on = ran_on.clone();
+    /// A plain apply that records the thread it ran on and leaves region `i`'s `sm_meta`
+    /// row: in the write transaction, or staged.
+    fn applied(engine: &Engine, i: u64, ran_on: &Arc<Mutex<Option<String>>>) -> PlainWork {
+        let (ran_on, overlay) = (ran_on.clone(), engine.overlay().clone());
         Box::new(move |txn| {
             *lock(&ran_on) = std::thread::current().name().map(String::from);
-            insert(i)(txn)
+            match txn {
+                TxnRef::Write(txn) => insert(i)(txn),
+                TxnRef::Read(_) => {
+                    overlay.meta_put(i, vec![1]);
+                    Ok(())
+                }
+            }
         })
     }
 
+    fn meta_in_table(engine: &Engine, region: u64) -> bool {
+        engine.read().unwrap().open_table(tables::SM_META).unwrap().get(region).unwrap().is_some()
+    }
+
     #[tokio::test]
-    async fn a_lazy_write_commits_in_place_when_the_writer_is_idle_and_queues_behind_it_otherwise() {
+    async fn a_plain_apply_is_staged_on_the_callers_thread_when_the_writer_is_idle_and_queues_behind_it_otherwise() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
         let me = std::thread::current().name().map(String::from);
-        // Idle: it runs on this thread, and is visible when the call returns.
+        // Idle: staged on this thread, without a transaction.
         let ran_on = Arc::new(Mutex::new(None));
-        engine.write_lazy_in_place(named(1, &ran_on)).await.unwrap();
-        assert_eq!(*lock(&ran_on), me, "committed in place");
-        assert!(engine.read().unwrap().open_table(tables::SM_META).unwrap().get(1).unwrap().is_some());
+        engine.apply_plain(applied(&engine, 1, &ran_on), true).await.unwrap();
+        assert_eq!(*lock(&ran_on), me, "staged in place");
+        assert_eq!(engine.stats().staged.load(Ordering::Relaxed), 1);
+        assert!(!meta_in_table(&engine, 1), "a staged apply commits nothing");
+        assert!(engine.overlay().has_settle());
+        // A cut writes what it left first.
+        let (_, seen) = engine
+            .read_cut(|txn, _| Ok(txn.open_table(tables::SM_META).map_err(io_err)?.get(1).map_err(io_err)?.is_some()))
+            .unwrap();
+        assert!(seen && meta_in_table(&engine, 1) && !engine.overlay().has_settle());
         // While the writer holds a transaction, it joins the group commit instead.
         let (first, release_tx) = hold_writer(&engine).await;
         let e = engine.clone();
         let ran_on2 = Arc::new(Mutex::new(None));
-        let job = named(2, &ran_on2);
-        let queued = tokio::spawn(async move { e.write_lazy_in_place(job).await });
+        let job = applied(&engine, 2, &ran_on2);
+        let queued = tokio::spawn(async move { e.apply_plain(job, true).await });
         while engine.queue_depth() == 0 {
             tokio::task::yield_now().await;
         }
@@ -675,47 +770,87 @@ pub(crate) mod tests {
         first.await.unwrap().unwrap();
         queued.await.unwrap().unwrap();
         assert_eq!(lock(&ran_on2).as_deref(), Some("tessera-writer"));
-        assert_eq!(engine.read().unwrap().open_table(tables::SM_META).unwrap().len().unwrap(), 3);
+        assert!(meta_in_table(&engine, 2));
+        // Not in place when the caller says so: the group commit.
+        engine.apply_plain(applied(&engine, 3, &ran_on), false).await.unwrap();
+        assert_eq!(lock(&ran_on).as_deref(), Some("tessera-writer"));
+        assert_eq!(engine.stats().staged.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
-    async fn under_write_load_a_lazy_write_joins_the_group_commit_even_when_the_writer_is_idle() {
+    async fn what_staged_applies_leave_reaches_the_tables_with_the_next_transaction_and_a_failed_one_puts_it_back() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
-        let load = crate::storage::LoadSignal::default();
-        engine.follow_load(load.clone());
-        let me = std::thread::current().name().map(String::from);
-        let ran_on = Arc::new(Mutex::new(None));
-        engine.write_lazy_in_place(named(1, &ran_on)).await.unwrap();
-        assert_eq!(*lock(&ran_on), me, "no load: in place");
-        load.set(true);
-        engine.write_lazy_in_place(named(2, &ran_on)).await.unwrap();
-        assert_eq!(lock(&ran_on).as_deref(), Some("tessera-writer"), "under load: the writer's group commit");
-        assert!(engine.read().unwrap().open_table(tables::SM_META).unwrap().get(2).unwrap().is_some());
-        // A durable commit, so that none is due when the next job comes (a due one would
-        // send it to the writer whatever the load).
-        engine.write(insert(3)).await.unwrap();
-        // The writer completes its jobs inside its transaction: wait until it has left it.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while engine.shared.committing.try_lock().is_err() {
-            assert!(std::time::Instant::now() < deadline, "the writer never left its transaction");
-            tokio::task::yield_now().await;
-        }
-        load.set(false);
-        engine.write_lazy_in_place(named(4, &ran_on)).await.unwrap();
-        assert_eq!(*lock(&ran_on), me, "load gone: in place again");
+        let path = dir.path().join("db.redb");
+        let engine = Engine::open(&path).unwrap();
+        // Results of session 7 of region 1 in the table.
+        engine
+            .write(Box::new(|txn| {
+                let mut t = txn.open_table(tables::DEDUP).map_err(io_err)?;
+                for seq in 1..=3u64 {
+                    t.insert((1u64, 7u64, seq), [seq as u8].as_slice()).map_err(io_err)?;
+                }
+                Ok(())
+            }))
+            .await
+            .unwrap();
+        let dedup_seqs = |engine: &Engine| -> Vec<u64> {
+            let txn = engine.read().unwrap();
+            let t = txn.open_table(tables::DEDUP).unwrap();
+            let seqs = redb::ReadableTable::iter(&t).unwrap().map(|r| r.unwrap().0.value().2).collect();
+            seqs
+        };
+        let stage_all = |engine: &Engine, floor: u64, meta: u8| -> PlainWork {
+            let o = engine.overlay().clone();
+            Box::new(move |_| {
+                o.session_put((1, 7), vec![floor as u8]);
+                o.dedup_delete(1, 7, 0..floor)?;
+                o.meta_put(1, vec![meta]);
+                Ok(())
+            })
+        };
+        engine.wait_until_writer_idle().await;
+        engine.apply_plain(stage_all(&engine, 2, 20), true).await.unwrap();
+        engine.apply_plain(stage_all(&engine, 3, 30), true).await.unwrap();
+        assert_eq!(engine.stats().staged.load(Ordering::Relaxed), 2);
+        assert_eq!(dedup_seqs(&engine), vec![1, 2, 3], "nothing reached the tables");
+        assert!(!meta_in_table(&engine, 1));
+        // A transaction that fails puts them back in the stage (the engine fail-stops)...
+        assert!(engine.write_lazy(Box::new(|_| Err(io::Error::other("bad job")))).await.is_err());
+        assert!(engine.overlay().has_settle());
+        // ...and closing writes them out, the newest of each row, the ranges joined.
+        tokio::task::spawn_blocking(move || engine.close()).await.unwrap();
+        let engine = Engine::open(&path).unwrap();
+        assert_eq!(dedup_seqs(&engine), vec![3]);
+        let txn = engine.read().unwrap();
+        let session = txn.open_table(tables::SESSIONS).unwrap().get((1u64, 7u64)).unwrap().map(|v| v.value().to_vec());
+        let meta = txn.open_table(tables::SM_META).unwrap().get(1).unwrap().map(|v| v.value().to_vec());
+        assert_eq!((session, meta), (Some(vec![3]), Some(vec![30])));
+        drop(txn);
+        // A transaction that commits writes them too.
+        engine.apply_plain(stage_all(&engine, 4, 40), true).await.unwrap();
+        engine.write_lazy(Box::new(|_| Ok(()))).await.unwrap();
+        assert!(!engine.overlay().has_settle());
+        assert_eq!(dedup_seqs(&engine), Vec::<u64>::new());
     }
 
     #[tokio::test]
-    async fn a_commit_in_place_after_a_failure_is_refused_too() {
+    async fn a_staged_apply_that_fails_fail_stops_the_engine_and_later_ones_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
-        let r = engine.write_lazy_in_place(Box::new(|_| Err(io::Error::from(io::ErrorKind::StorageFull)))).await;
+        let o = engine.overlay().clone();
+        let failing: PlainWork = Box::new(move |_| {
+            o.meta_put(1, vec![1]);
+            Err(io::Error::from(io::ErrorKind::StorageFull))
+        });
+        let r = engine.apply_plain(failing, true).await;
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::StorageFull);
         assert_eq!(engine.failure().unwrap().kind, io::ErrorKind::StorageFull, "the engine fail-stopped");
-        let r = engine.write_lazy_in_place(insert(1)).await;
+        assert!(!engine.overlay().has_settle(), "the failed apply's row was rolled back");
+        let ran_on = Arc::new(Mutex::new(None));
+        let r = engine.apply_plain(applied(&engine, 2, &ran_on), true).await;
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::StorageFull);
-        let r = engine.write(insert(2)).await;
+        assert_eq!(*lock(&ran_on), None, "not run");
+        let r = engine.write(insert(3)).await;
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::StorageFull);
     }
 
@@ -764,7 +899,7 @@ pub(crate) mod tests {
     }
 
     /// A plain apply job staging `key = value` in the overlay.
-    fn stage(engine: &Engine, key: &'static [u8], value: &'static [u8]) -> Work {
+    fn stage(engine: &Engine, key: &'static [u8], value: &'static [u8]) -> PlainWork {
         let overlay = engine.overlay().clone();
         Box::new(move |_| {
             overlay.put(&Default::default(), key.to_vec(), value);
@@ -874,8 +1009,9 @@ pub(crate) mod tests {
         let engine = Engine::open(&path).unwrap();
         // An apply: its row staged, its applied index (here a `sm_meta` row) in the table.
         let (stage_k, insert_7) = (stage(&engine, b"k", b"v"), insert(7));
-        let apply: Work = Box::new(move |txn| {
+        let apply: PlainWork = Box::new(move |txn| {
             stage_k(txn)?;
+            let TxnRef::Write(txn) = txn else { unreachable!("not staged") };
             insert_7(txn)
         });
         engine.apply_plain(apply, false).await.unwrap();
@@ -895,7 +1031,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.redb");
         let engine = Engine::open(&path).unwrap();
-        let staging = |seq: u64, fail: bool| -> Work {
+        let staging = |seq: u64, fail: bool| -> PlainWork {
             let o = engine.overlay().clone();
             Box::new(move |_| {
                 o.dedup_put((1, 7, seq), vec![seq as u8]);

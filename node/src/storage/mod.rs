@@ -4,11 +4,12 @@
 //! * [`wal`]: the Raft log engine: segmented, checksummed, one `fdatasync` per group
 //!   commit of all regions' appends. A failed write fail-stops it.
 //! * [`engine`]: the database and its single writer thread, which batches the writes of all
-//!   regions into one write transaction (group commit), then completes them; a small apply
-//!   may commit in place when the writer is idle and the node is not under write load
-//!   ([`LoadSignal`]). A failed commit fail-stops the engine.
+//!   regions into one write transaction (group commit), then completes them; an apply of
+//!   plain writes is staged instead, with no transaction, when the writer is idle. A
+//!   failed commit fail-stops the engine.
 //! * [`overlay`]: the data overlay, the `data` rows applied and not yet written to redb,
-//!   which every durable commit writes first; readers read through it.
+//!   which every durable commit writes first; readers read through it. Beside it, what
+//!   staged applies leave for the other tables.
 //! * [`log_store`]: openraft's `RaftLogStorage` for one region, on the log engine.
 //! * [`migrate`]: moves the Raft log of a data directory written before the log engine
 //!   out of redb.
@@ -18,7 +19,6 @@
 
 pub mod engine;
 pub mod inspect;
-mod load;
 pub mod log_store;
 pub mod migrate;
 pub mod overlay;
@@ -30,7 +30,6 @@ pub(crate) mod tables;
 pub mod wal;
 
 pub use engine::{CommitStats, Engine, StorageError};
-pub use load::LoadSignal;
 pub use log_store::RegionLogStore;
 pub use state_machine::{RegionShared, RegionStateMachine};
 

@@ -20,7 +20,7 @@ use std::io;
 
 use redb::{ReadableTable, WriteTransaction};
 
-use super::engine::io_err;
+use super::engine::{io_err, TxnRef};
 use super::overlay::Overlay;
 use super::records::{decode, encode, DedupRecord, SessionClock, SessionRecord};
 use super::tables;
@@ -62,8 +62,7 @@ pub enum Admit {
 /// into it.
 pub struct Sessions<'t> {
     region: u64,
-    sessions: redb::Table<'t, (u64, u64), &'static [u8]>,
-    dedup: redb::Table<'t, (u64, u64, u64), &'static [u8]>,
+    tables: Tables<'t>,
     stage: &'t Overlay,
     cache: std::collections::HashMap<u64, Cached>,
 }
@@ -84,33 +83,94 @@ impl std::fmt::Debug for Sessions<'_> {
     }
 }
 
+/// The session tables, as the transaction an apply runs in opens them.
+enum Tables<'t> {
+    /// A write transaction's.
+    Write {
+        sessions: redb::Table<'t, (u64, u64), &'static [u8]>,
+        dedup: redb::Table<'t, (u64, u64, u64), &'static [u8]>,
+    },
+    /// A staged apply's read transaction's: what it writes goes to the overlay.
+    Read {
+        sessions: redb::ReadOnlyTable<(u64, u64), &'static [u8]>,
+        dedup: redb::ReadOnlyTable<(u64, u64, u64), &'static [u8]>,
+    },
+}
+
+type SessionsTable<'t> = redb::Table<'t, (u64, u64), &'static [u8]>;
+type DedupTable<'t> = redb::Table<'t, (u64, u64, u64), &'static [u8]>;
+
 impl<'t> Sessions<'t> {
     /// Opens the tables of `region`, with the engine's dedup stage `stage`.
     pub fn open(txn: &'t WriteTransaction, region: u64, stage: &'t Overlay) -> io::Result<Sessions<'t>> {
-        Ok(Sessions {
-            region,
-            sessions: txn.open_table(tables::SESSIONS).map_err(io_err)?,
-            dedup: txn.open_table(tables::DEDUP).map_err(io_err)?,
-            stage,
-            cache: std::collections::HashMap::new(),
-        })
+        Self::open_in(TxnRef::Write(txn), region, stage)
+    }
+
+    /// [`Sessions::open`] in the transaction of an apply, staged or not
+    /// ([`crate::storage::engine::Engine::apply_plain`]). A staged apply's session rows
+    /// and deletions go to the overlay (only [`Sessions::admit`], [`Sessions::record`],
+    /// [`Sessions::flush`] and a [`Sessions::sweep`] that is not due work there).
+    pub fn open_in(txn: TxnRef<'t>, region: u64, stage: &'t Overlay) -> io::Result<Sessions<'t>> {
+        let tables = match txn {
+            TxnRef::Write(txn) => Tables::Write {
+                sessions: txn.open_table(tables::SESSIONS).map_err(io_err)?,
+                dedup: txn.open_table(tables::DEDUP).map_err(io_err)?,
+            },
+            TxnRef::Read(txn) => Tables::Read {
+                sessions: txn.open_table(tables::SESSIONS).map_err(io_err)?,
+                dedup: txn.open_table(tables::DEDUP).map_err(io_err)?,
+            },
+        };
+        Ok(Sessions { region, tables, stage, cache: std::collections::HashMap::new() })
+    }
+
+    /// The write transaction's tables; an error in a staged apply.
+    fn write(&mut self) -> io::Result<(&mut SessionsTable<'t>, &mut DedupTable<'t>)> {
+        match &mut self.tables {
+            Tables::Write { sessions, dedup } => Ok((sessions, dedup)),
+            Tables::Read { .. } => Err(io::Error::other("a staged apply cannot change the session tables")),
+        }
+    }
+
+    /// Session `id`'s row: staged by a staged apply, else in the table.
+    fn session_row(&self, id: u64) -> io::Result<Option<SessionRecord>> {
+        let key = (self.region, id);
+        if let Some(row) = self.stage.session_get(key) {
+            return decode(&row).map(Some);
+        }
+        let row = match &self.tables {
+            Tables::Write { sessions, .. } => sessions.get(key).map_err(io_err)?.map(|v| decode(v.value())),
+            Tables::Read { sessions, .. } => sessions.get(key).map_err(io_err)?.map(|v| decode(v.value())),
+        };
+        row.transpose()
     }
 
     /// Writes back the session rows this batch changed, and drops the results below each
-    /// one's new floor. Must run before the transaction commits.
+    /// one's new floor. Must run before the transaction commits (or the staged apply ends).
     pub fn flush(&mut self) -> io::Result<()> {
         let region = self.region;
         for (&id, c) in self.cache.iter_mut().filter(|(_, c)| c.dirty) {
             let Some(record) = &c.record else { continue };
             let SessionRecord::V1 { floor, .. } = record;
+            let row = encode(record)?;
             if *floor > c.table_floor {
                 self.stage.dedup_forget(region, id, c.table_floor..*floor);
-                self.dedup
-                    .retain_in((region, id, c.table_floor)..(region, id, *floor), |_, _| false)
-                    .map_err(io_err)?;
-                c.table_floor = *floor;
             }
-            self.sessions.insert((region, id), encode(record)?.as_slice()).map_err(io_err)?;
+            match &mut self.tables {
+                Tables::Write { sessions, dedup } => {
+                    if *floor > c.table_floor {
+                        dedup
+                            .retain_in((region, id, c.table_floor)..(region, id, *floor), |_, _| false)
+                            .map_err(io_err)?;
+                    }
+                    sessions.insert((region, id), row.as_slice()).map_err(io_err)?;
+                }
+                Tables::Read { .. } => {
+                    self.stage.dedup_delete(region, id, c.table_floor..*floor)?;
+                    self.stage.session_put((region, id), row);
+                }
+            }
+            c.table_floor = c.table_floor.max(*floor);
             c.dirty = false;
         }
         Ok(())
@@ -127,8 +187,10 @@ impl<'t> Sessions<'t> {
 
     /// Writes the staged results of the rows kept under `region` into the table.
     fn settle(&mut self, region: u64) -> io::Result<()> {
-        for (key, row) in self.stage.dedup_take(region) {
-            self.dedup.insert(key, row.as_slice()).map_err(io_err)?;
+        let rows = self.stage.dedup_take(region);
+        let (_, dedup) = self.write()?;
+        for (key, row) in rows {
+            dedup.insert(key, row.as_slice()).map_err(io_err)?;
         }
         Ok(())
     }
@@ -139,7 +201,11 @@ impl<'t> Sessions<'t> {
         if let Some(row) = self.stage.dedup_get(key) {
             return decode(&row).map(Some);
         }
-        self.dedup.get(key).map_err(io_err)?.map(|row| decode(row.value())).transpose()
+        let row = match &self.tables {
+            Tables::Write { dedup, .. } => dedup.get(key).map_err(io_err)?.map(|row| decode(row.value())),
+            Tables::Read { dedup, .. } => dedup.get(key).map_err(io_err)?.map(|row| decode(row.value())),
+        };
+        row.transpose()
     }
 
     /// Copies every session and dedup row of this region to the data id `to` (a split: the
@@ -150,14 +216,16 @@ impl<'t> Sessions<'t> {
         self.flush_and_forget()?;
         let from = self.region;
         let sessions: Vec<(u64, Vec<u8>)> = self
-            .sessions
+            .write()?
+            .0
             .range((from, 0u64)..=(from, u64::MAX))
             .map_err(io_err)?
             .map(|r| r.map(|(k, v)| (k.value().1, v.value().to_vec())))
             .collect::<Result<_, _>>()
             .map_err(io_err)?;
         let dedup: Vec<(u64, u64, Vec<u8>)> = self
-            .dedup
+            .write()?
+            .1
             .range((from, 0u64, 0u64)..=(from, u64::MAX, u64::MAX))
             .map_err(io_err)?
             .map(|r| {
@@ -170,10 +238,10 @@ impl<'t> Sessions<'t> {
             .map_err(io_err)?;
         let n = (sessions.len() + dedup.len()) as u64;
         for (s, v) in sessions {
-            self.sessions.insert((to, s), v.as_slice()).map_err(io_err)?;
+            self.write()?.0.insert((to, s), v.as_slice()).map_err(io_err)?;
         }
         for (s, seq, v) in dedup {
-            self.dedup.insert((to, s, seq), v.as_slice()).map_err(io_err)?;
+            self.write()?.1.insert((to, s, seq), v.as_slice()).map_err(io_err)?;
         }
         Ok(n)
     }
@@ -189,7 +257,8 @@ impl<'t> Sessions<'t> {
         self.flush_and_forget()?;
         self.settle(from)?;
         let sessions: Vec<(u64, SessionRecord)> = self
-            .sessions
+            .write()?
+            .0
             .range((from, 0u64)..=(from, u64::MAX))
             .map_err(io_err)?
             .map(|r| r.map_err(io_err).and_then(|(k, v)| Ok((k.value().1, decode(v.value())?))))
@@ -209,18 +278,19 @@ impl<'t> Sessions<'t> {
             };
             let region = self.region;
             if expired.is_some() {
-                self.dedup.retain_in((region, id, 0)..=(region, id, u64::MAX), |_, _| false).map_err(io_err)?;
+                self.write()?.1.retain_in((region, id, 0)..=(region, id, u64::MAX), |_, _| false).map_err(io_err)?;
             } else {
-                self.dedup.retain_in((region, id, 0)..(region, id, floor), |_, _| false).map_err(io_err)?;
+                self.write()?.1.retain_in((region, id, 0)..(region, id, floor), |_, _| false).map_err(io_err)?;
                 let rows: Vec<(u64, Vec<u8>)> = self
-                    .dedup
+                    .write()?
+                    .1
                     .range((from, id, floor)..=(from, id, u64::MAX))
                     .map_err(io_err)?
                     .map(|r| r.map(|(k, v)| (k.value().2, v.value().to_vec())))
                     .collect::<Result<_, _>>()
                     .map_err(io_err)?;
                 for (seq, v) in rows {
-                    let merged = match self.dedup.get((region, id, seq)).map_err(io_err)? {
+                    let merged = match self.write()?.1.get((region, id, seq)).map_err(io_err)? {
                         Some(ours) => unite(&decode(ours.value())?, decode(&v)?),
                         None => None,
                     };
@@ -228,11 +298,11 @@ impl<'t> Sessions<'t> {
                         Some(record) => encode(&record)?,
                         None => v,
                     };
-                    self.dedup.insert((region, id, seq), v.as_slice()).map_err(io_err)?;
+                    self.write()?.1.insert((region, id, seq), v.as_slice()).map_err(io_err)?;
                 }
             }
             let record = encode(&SessionRecord::V1 { last_seen_ms: seen, floor, expired_at_ms: expired })?;
-            self.sessions.insert((region, id), record.as_slice()).map_err(io_err)?;
+            self.write()?.0.insert((region, id), record.as_slice()).map_err(io_err)?;
         }
         // `session` cached the rows as they were before.
         self.cache.clear();
@@ -245,16 +315,13 @@ impl<'t> Sessions<'t> {
 
     /// Session `id`'s row as this batch sees it, read from the table the first time.
     fn cached(&mut self, id: u64) -> io::Result<&mut Cached> {
-        use std::collections::hash_map::Entry;
-        match self.cache.entry(id) {
-            Entry::Occupied(e) => Ok(e.into_mut()),
-            Entry::Vacant(e) => {
-                let record: Option<SessionRecord> =
-                    self.sessions.get((self.region, id)).map_err(io_err)?.map(|v| decode(v.value())).transpose()?;
-                let table_floor = record.map_or(0, |SessionRecord::V1 { floor, .. }| floor);
-                Ok(e.insert(Cached { record, dirty: false, table_floor }))
-            }
+        if !self.cache.contains_key(&id) {
+            let record = self.session_row(id)?;
+            // (A staged row's floor: the rows below it are staged for deletion.)
+            let table_floor = record.map_or(0, |SessionRecord::V1 { floor, .. }| floor);
+            self.cache.insert(id, Cached { record, dirty: false, table_floor });
         }
+        Ok(self.cache.get_mut(&id).expect("inserted above"))
     }
 
     /// Decides whether the write `s` (with mutation `op`) is applied.
@@ -334,7 +401,7 @@ impl<'t> Sessions<'t> {
         self.flush_and_forget()?;
         let region = self.region;
         let (mut expire, mut forget) = (Vec::new(), Vec::new());
-        for row in self.sessions.range((region, 0)..=(region, u64::MAX)).map_err(io_err)? {
+        for row in self.write()?.0.range((region, 0)..=(region, u64::MAX)).map_err(io_err)? {
             let (k, v) = row.map_err(io_err)?;
             let (_, id) = k.value();
             match decode::<SessionRecord>(v.value())? {
@@ -351,12 +418,12 @@ impl<'t> Sessions<'t> {
             }
         }
         for (id, floor) in expire {
-            self.dedup.retain_in((region, id, 0)..=(region, id, u64::MAX), |_, _| false).map_err(io_err)?;
+            self.write()?.1.retain_in((region, id, 0)..=(region, id, u64::MAX), |_, _| false).map_err(io_err)?;
             let tombstone = encode(&SessionRecord::V1 { last_seen_ms: now, floor, expired_at_ms: Some(now) })?;
-            self.sessions.insert((region, id), tombstone.as_slice()).map_err(io_err)?;
+            self.write()?.0.insert((region, id), tombstone.as_slice()).map_err(io_err)?;
         }
         for id in forget {
-            self.sessions.remove((region, id)).map_err(io_err)?;
+            self.write()?.0.remove((region, id)).map_err(io_err)?;
         }
         Ok(())
     }
@@ -447,7 +514,7 @@ mod tests {
             self.engine
                 .apply_plain(
                     Box::new(move |txn| {
-                        let mut sessions = Sessions::open(txn, region, &stage)?;
+                        let mut sessions = Sessions::open_in(txn, region, &stage)?;
                         *o.lock().unwrap() = Some(f(&mut sessions)?);
                         sessions.flush()
                     }),
@@ -457,6 +524,43 @@ mod tests {
                 .unwrap();
             let v = out.lock().unwrap().take().unwrap();
             v
+        }
+
+        /// As [`Db::with`], as a staged apply (no write transaction: what it writes waits
+        /// in the overlay).
+        async fn with_staged<T: Send + 'static>(
+            &self,
+            f: impl FnOnce(&mut Sessions<'_>) -> io::Result<T> + Send + 'static,
+        ) -> T {
+            let staged = || self.engine.stats().staged.load(std::sync::atomic::Ordering::Relaxed);
+            let before = staged();
+            // The writer answers a job inside its transaction: wait until it has left it.
+            self.engine.wait_until_writer_idle().await;
+            let out = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let o = out.clone();
+            let stage = self.engine.overlay().clone();
+            self.engine
+                .apply_plain(
+                    Box::new(move |txn| {
+                        let mut sessions = Sessions::open_in(txn, 1, &stage)?;
+                        *o.lock().unwrap() = Some(f(&mut sessions)?);
+                        sessions.flush()
+                    }),
+                    true,
+                )
+                .await
+                .unwrap();
+            assert_eq!(staged(), before + 1);
+            let v = out.lock().unwrap().take().unwrap();
+            v
+        }
+
+        /// The seqs of session 7 of region 1 with a result in the table (a plain read).
+        fn table_seqs(&self) -> Vec<u64> {
+            let txn = self.engine.read().unwrap();
+            let t = txn.open_table(tables::DEDUP).unwrap();
+            let seqs = t.range((1, 7, 0)..=(1, 7, u64::MAX)).unwrap().map(|r| r.unwrap().0.value().2).collect();
+            seqs
         }
 
         /// Results kept: in the table and in the dedup stage.
@@ -484,6 +588,40 @@ mod tests {
         assert_eq!(db.with(|x| x.admit(s(7, 1, 1), &put())).await, Admit::Replay(ApplyResult::Done));
         // Another session's same seq is a different write.
         assert_eq!(db.with(|x| x.admit(s(8, 1, 1), &put())).await, Admit::Apply);
+    }
+
+    #[tokio::test]
+    async fn staged_applies_keep_sessions_in_the_overlay_until_the_next_transaction_writes_them() {
+        let db = Db::new();
+        for seq in 1..=3 {
+            db.with(move |x| x.record(s(7, seq, 1), &put(), &ApplyResult::Done, seq, 1_000)).await;
+        }
+        // A durable commit writes the staged results to the table.
+        db.engine.write(Box::new(|_| Ok(()))).await.unwrap();
+        assert_eq!(db.table_seqs(), vec![1, 2, 3]);
+        // A staged apply of seq 4, acknowledging 1..=2.
+        let admitted = db
+            .with_staged(|x| {
+                let admit = x.admit(s(7, 4, 3), &put())?;
+                x.record(s(7, 4, 3), &put(), &ApplyResult::Done, 4, 2_000)?;
+                Ok(admit)
+            })
+            .await;
+        assert_eq!(admitted, Admit::Apply);
+        assert_eq!(db.table_seqs(), vec![1, 2, 3], "a staged apply writes nothing to redb");
+        assert!(db.engine.overlay().has_settle());
+        // Later staged applies see its session row and results through the overlay.
+        assert_eq!(db.with_staged(|x| x.admit(s(7, 2, 3), &put())).await, Admit::Refuse(ApplyResult::Acknowledged));
+        assert_eq!(db.with_staged(|x| x.admit(s(7, 4, 3), &put())).await, Admit::Replay(ApplyResult::Done));
+        // The next transaction writes the session row and drops the acknowledged results,
+        // before its own jobs run.
+        assert_eq!(db.with(|x| x.admit(s(7, 3, 3), &put())).await, Admit::Replay(ApplyResult::Done));
+        assert!(!db.engine.overlay().has_settle());
+        assert_eq!(db.table_seqs(), vec![3]);
+        let txn = db.engine.read().unwrap();
+        let row = txn.open_table(tables::SESSIONS).unwrap().get((1, 7)).unwrap().map(|v| v.value().to_vec());
+        let record: SessionRecord = decode(&row.expect("the session row is in the table")).unwrap();
+        assert_eq!(record, SessionRecord::V1 { last_seen_ms: 2_000, floor: 3, expired_at_ms: None });
     }
 
     #[tokio::test]

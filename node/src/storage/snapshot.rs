@@ -274,7 +274,8 @@ pub(crate) fn absorbed_here(
 /// reflect, without writing one. Refused ([`MergedAway`]) for a region merged into its
 /// neighbour here, as [`cut`] is.
 pub fn applied_state(engine: &Engine, region: u64) -> io::Result<SmState> {
-    let txn = engine.read()?;
+    // Under the commit lock, with what staged applies left written.
+    let (txn, ()) = engine.read_cut(|_, _| Ok(()))?;
     own_record(&txn, region)?;
     read_state(&txn, region)
 }

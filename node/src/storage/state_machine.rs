@@ -20,8 +20,8 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::ReadableTable;
 use tessera_wire::{RegionDescriptor, RegionId};
 
-use super::engine::{io_err, Engine};
-use super::overlay::{self, ApproxSize, DataTable, Overlay};
+use super::engine::{io_err, Engine, PlainWork, TxnRef};
+use super::overlay::{self, ApproxSize, DataSource, Overlay};
 use super::records::{encode, MergeState, RegionRecord, SmMetaRecord, SmState};
 use super::sessions::{Admit, Sessions};
 use super::snapshot::{self, GcItem, SnapshotFile};
@@ -482,8 +482,9 @@ impl RegionStateMachine {
     /// Loads the region's applied state and counts its keys.
     pub fn open(engine: &Engine, shared: Arc<RegionShared>) -> io::Result<RegionStateMachine> {
         let region = shared.region_id.0;
-        let txn = engine.read()?;
-        let state = snapshot::read_state(&txn, region)?;
+        // Under the commit lock, with what staged applies left written: the state as the
+        // last apply left it.
+        let (txn, state) = engine.read_cut(|txn, _| snapshot::read_state(txn, region))?;
         let record = txn.open_table(tables::REGIONS).map_err(io_err)?.get(region).map_err(io_err)?;
         let merging = match record {
             Some(r) => super::records::decode::<RegionRecord>(r.value())?.merging(),
@@ -662,7 +663,7 @@ pub fn read_scan(
 /// Executes one operation against the data table, through the overlay (whose rows the
 /// commit publishes). Returns the result and the change in (keys, bytes).
 fn execute(
-    table: &DataTable<'_>,
+    table: &DataSource<'_>,
     overlay: &Overlay,
     size: &Arc<ApproxSize>,
     region: u64,
@@ -731,8 +732,21 @@ fn execute(
     })
 }
 
-/// Most entries an apply commits in place (see [`Engine::write_lazy_in_place`]).
-const APPLY_IN_PLACE_MAX: usize = 16;
+/// Most entries an apply stages (see [`Engine::apply_plain`]): it runs on the caller's
+/// async worker, holding the engine's commit lock.
+const APPLY_IN_PLACE_MAX: usize = 64;
+
+/// True when applying `items` would sweep the region's sessions for expiry
+/// ([`Sessions::sweep`]): a sweep scans the session tables, which a staged apply cannot.
+fn sweep_due(clock: &super::records::SessionClock, items: &[Work]) -> bool {
+    let mut now = None;
+    for item in items {
+        if let Work::Command(_, LogCommand::WriteV2 { at_ms, .. }) = item {
+            now = Some(now.unwrap_or(clock.clock_ms).max(*at_ms));
+        }
+    }
+    now.is_some_and(|now| now >= clock.last_sweep_ms.saturating_add(super::sessions::SWEEP_INTERVAL_MS))
+}
 
 impl RaftStateMachine<TypeConfig> for RegionStateMachine {
     type SnapshotData = SnapshotData;
@@ -892,7 +906,8 @@ impl RegionStateMachine {
         let mut warned = false;
         loop {
             let (applied, hosted) = {
-                let txn = self.engine.read()?;
+                // The source's applied index as its last apply left it (staged or not).
+                let (txn, ()) = self.engine.read_cut(|_, _| Ok(()))?;
                 let hosted = txn
                     .open_table(tables::REGIONS)
                     .map_err(io_err)?
@@ -969,7 +984,8 @@ impl RegionStateMachine {
         let in_place = work_items.len() <= APPLY_IN_PLACE_MAX
             && work_items.iter().all(|w| {
                 matches!(w, Work::Blank(_) | Work::Command(_, LogCommand::WriteV1 { .. } | LogCommand::WriteV2 { .. }))
-            });
+            })
+            && !sweep_due(&self.state.clock, &work_items);
         // A split commits durably, before the new region is started or reported. If a
         // replica that seeded the new region lost the seed in a crash, PD (told of the new
         // region by the parent's leader) could have it created empty here before the
@@ -997,13 +1013,25 @@ impl RegionStateMachine {
         let mut merging = self.shared.merging();
         let local_node = self.shared.local_node;
         let range_version = self.shared.range_version.clone();
-        let work: crate::storage::engine::Work = Box::new(move |txn| {
+        let work: PlainWork = Box::new(move |txn| {
             let id = state.data_id;
-            let mut data = txn.open_table(tables::DATA).map_err(io_err)?;
-            let mut sessions = Sessions::open(txn, state.session_id, &overlay)?;
+            // A staged apply (`Engine::apply_plain`) reads through a read transaction and
+            // writes only to the overlay; the entries that write tables directly (splits,
+            // merges, membership changes) are never staged.
+            let staged = || io::Error::other("a staged apply met an entry that needs a write transaction");
+            let mut data = match txn {
+                TxnRef::Write(t) => DataSource::Write(t.open_table(tables::DATA).map_err(io_err)?),
+                TxnRef::Read(t) => DataSource::Read(t.open_table(tables::DATA).map_err(io_err)?),
+            };
+            let mut sessions = Sessions::open_in(txn, state.session_id, &overlay)?;
             let mut garbage = Vec::new();
-            let mut regions = txn.open_table(tables::REGIONS).map_err(io_err)?;
-            let mut meta = txn.open_table(tables::SM_META).map_err(io_err)?;
+            let (mut regions, mut meta) = match txn {
+                TxnRef::Write(t) => (
+                    Some(t.open_table(tables::REGIONS).map_err(io_err)?),
+                    Some(t.open_table(tables::SM_META).map_err(io_err)?),
+                ),
+                TxnRef::Read(_) => (None, None),
+            };
             let mut res = Vec::with_capacity(work_items.len());
             let mut splits = Vec::new();
             let mut merged = Vec::new();
@@ -1049,14 +1077,15 @@ impl RegionStateMachine {
                     }
                     LogCommand::SplitV1 { key, version, new_region_id, new_peers } => {
                         let split = SplitCmd { key, version, new_region_id, new_peers };
+                        let TxnRef::Write(wtxn) = txn else { return Err(staged()) };
                         match apply_split(
                             &mut desc,
                             &split,
                             &state,
-                            txn,
+                            wtxn,
                             &mut sessions,
-                            &mut regions,
-                            &mut meta,
+                            regions.as_mut().ok_or_else(staged)?,
+                            meta.as_mut().ok_or_else(staged)?,
                             local_node,
                         )? {
                             Some((child, seeded, g)) => {
@@ -1111,10 +1140,12 @@ impl RegionStateMachine {
                         // region at this prepare: anything else means the protocol
                         // broke (a rollback alongside a commit); stop rather than take
                         // rows that are not the source's final state.
-                        let source_merge = match regions.get(merge.source).map_err(io_err)? {
-                            Some(r) => super::records::decode::<RegionRecord>(r.value())?.merging(),
-                            None => None,
-                        };
+                        let TxnRef::Write(wtxn) = txn else { return Err(staged()) };
+                        let source_merge =
+                            match regions.as_ref().ok_or_else(staged)?.get(merge.source).map_err(io_err)? {
+                                Some(r) => super::records::decode::<RegionRecord>(r.value())?.merging(),
+                                None => None,
+                            };
                         if source_merge.is_none_or(|m| m.target != region || m.prepare_index != merge.prepare_index) {
                             return Err(io::Error::other(format!(
                                 "region {region} cannot absorb region {}: its record here is not prepared to merge \
@@ -1123,12 +1154,12 @@ impl RegionStateMachine {
                             )));
                         }
                         let source = snapshot::state_from(
-                            &meta,
-                            &txn.open_table(tables::DATA_IDS).map_err(io_err)?,
-                            &txn.open_table(tables::SESSION_IDS).map_err(io_err)?,
+                            meta.as_ref().ok_or_else(staged)?,
+                            &wtxn.open_table(tables::DATA_IDS).map_err(io_err)?,
+                            &wtxn.open_table(tables::SESSION_IDS).map_err(io_err)?,
                             merge.source,
                         )?;
-                        absorb(&state, &source, &mut sessions, &mut data, &merge)?;
+                        absorb(&state, &source, &mut sessions, data.write()?, &merge)?;
                         desc.end_key = merge.source_end.clone();
                         desc.epoch.version = version;
                         desc_changed = true;
@@ -1167,14 +1198,21 @@ impl RegionStateMachine {
             sessions.flush()?;
             if desc_changed {
                 regions
+                    .as_mut()
+                    .ok_or_else(staged)?
                     .insert(region, encode(&RegionRecord::with_merge(&desc, merging))?.as_slice())
                     .map_err(io_err)?;
             }
-            meta.insert(region, encode(&SmMetaRecord::from_state(&state))?.as_slice()).map_err(io_err)?;
+            let meta_row = encode(&SmMetaRecord::from_state(&state))?;
+            match meta.as_mut() {
+                Some(meta) => drop(meta.insert(region, meta_row.as_slice()).map_err(io_err)?),
+                None => overlay.meta_put(region, meta_row),
+            }
             let collect = !garbage.is_empty();
             if collect {
                 drop((data, sessions, regions, meta));
-                snapshot::queue_garbage(txn, garbage)?;
+                let TxnRef::Write(wtxn) = txn else { return Err(staged()) };
+                snapshot::queue_garbage(wtxn, garbage)?;
             }
             let new_desc = desc_changed.then_some(desc);
             let late = answer(responders, res, &early);
@@ -1183,11 +1221,11 @@ impl RegionStateMachine {
             Ok(())
         });
         if splits_here {
-            self.engine.write(work).await?;
+            self.engine.write(Box::new(move |txn| work(TxnRef::Write(txn)))).await?;
         } else if plain {
             self.engine.apply_plain(work, in_place).await?;
         } else {
-            self.engine.write_lazy(work).await?;
+            self.engine.write_lazy(Box::new(move |txn| work(TxnRef::Write(txn)))).await?;
         }
         crate::metrics::STAGES.apply.record(started.elapsed());
         let Applied { late, dk, db, state, new_desc, splits, collect, merging, merged } = results
@@ -1674,6 +1712,26 @@ mod merge_tests {
             .unwrap_err();
         assert!(err.to_string().contains("abandoned"), "{err}");
         assert_eq!(snapshot::read_state(&engine.read().unwrap(), 1).unwrap().data_id, 1, "no switch");
+    }
+
+    #[test]
+    fn an_apply_is_staged_only_if_no_entry_of_it_sweeps_sessions() {
+        use super::super::records::SessionClock;
+        use super::super::sessions::SWEEP_INTERVAL_MS;
+        let write = |index: u64, at_ms: u64| {
+            Work::Command(
+                log_id(index),
+                LogCommand::WriteV2 { session: None, op: LogOp::Put(b"k".to_vec(), vec![]), at_ms, session_ttl_ms: 1 },
+            )
+        };
+        let clock = SessionClock { clock_ms: 50_000, last_sweep_ms: 45_000 };
+        let due = 45_000 + SWEEP_INTERVAL_MS;
+        assert!(!sweep_due(&clock, &[write(1, 50_001), write(2, due - 1)]));
+        assert!(sweep_due(&clock, &[write(1, 50_001), write(2, due)]), "the last entry's clock sweeps");
+        assert!(!sweep_due(&clock, &[Work::Blank(log_id(1))]), "no write, no sweep");
+        let late = SessionClock { clock_ms: due, last_sweep_ms: 45_000 };
+        assert!(sweep_due(&late, &[write(1, 0)]), "the region's clock is already past the interval");
+        assert!(!sweep_due(&late, &[Work::Blank(log_id(1))]));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

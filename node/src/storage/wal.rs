@@ -67,8 +67,7 @@ const GATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
 /// leaves one entry per sync and never lingers, where a wait would only add latency; many
 /// leave several, and a wait then gathers more of them. Counting what was queued before
 /// the wait, rather than what a sync carried, keeps the wait from sustaining itself once
-/// the load drops, and does not depend on how fast the machine is. While it lingers the
-/// writer also sets the node's [`super::LoadSignal`].
+/// the load drops, and does not depend on how fast the machine is.
 ///
 /// Measured figures are in docs/storage.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -527,8 +526,6 @@ struct Shared {
     failed: Mutex<Option<(io::ErrorKind, String)>>,
     stats: WalStats,
     queued: AtomicUsize,
-    /// The node's write load (see [`LogEngine::load_signal`]).
-    load: super::LoadSignal,
     /// Tests: the next write fails with this kind, as a full or failing disk would.
     #[cfg(test)]
     inject_failure: Mutex<Option<io::ErrorKind>>,
@@ -599,7 +596,6 @@ impl LogEngine {
             failed: Mutex::new(None),
             stats: WalStats::default(),
             queued: AtomicUsize::new(0),
-            load: super::LoadSignal::default(),
             #[cfg(test)]
             inject_failure: Mutex::new(None),
         });
@@ -803,13 +799,6 @@ impl LogEngine {
     /// Counters.
     pub fn stats(&self) -> &WalStats {
         &self.shared.stats
-    }
-
-    /// The node's write load as this writer sees it (see [`super::LoadSignal`]): set by a
-    /// sync that lingers, cleared by one that does not or after a window with no work.
-    /// The node hands it to its state-machine engine ([`crate::storage::Engine::follow_load`]).
-    pub fn load_signal(&self) -> super::LoadSignal {
-        self.shared.load.clone()
     }
 
     /// Durable jobs waiting for the writer (lazy commit marks waiting for one are not counted).
@@ -1137,30 +1126,17 @@ struct Batch {
 /// The writer's next batch: blocks until a durable job is queued (lazy jobs wait for one),
 /// the queue holds [`MAX_BATCH`] jobs, or the engine is closing; then takes up to
 /// `MAX_BATCH` jobs in order. If `gate` says to linger at that moment, it first waits that
-/// long for more (cut short by a full queue or a close). The node's load signal is set
-/// when it lingers, and cleared when it syncs without lingering or has had nothing to do
-/// for a whole [`GATE_WINDOW`].
+/// long for more (cut short by a full queue or a close).
 fn next_batch(shared: &Shared, gate: &LingerGate) -> Batch {
     // `waiting` stays set while the writer is blocked; senders see it only then (the
     // condition is checked with the lock held).
     let mut intake = lock(&shared.intake);
     let blocks = |i: &mut Intake| !i.durable && !i.stop && i.jobs.len() < MAX_BATCH;
     intake.waiting = true;
-    if shared.load.is_set() && blocks(&mut intake) {
-        // The applies of the last syncs are still coming: the signal holds for a window
-        // of idleness, then clears.
-        let (guard, wait) =
-            shared.work.wait_timeout_while(intake, GATE_WINDOW, blocks).unwrap_or_else(|p| p.into_inner());
-        intake = guard;
-        if wait.timed_out() {
-            shared.load.set(false);
-        }
-    }
     intake = shared.work.wait_while(intake, blocks).unwrap_or_else(|p| p.into_inner());
     let woke = std::time::Instant::now();
     let queued: u64 = intake.jobs.iter().take(MAX_BATCH).flat_map(|j| j.ops.iter()).map(Op::entry_count).sum();
     let linger = gate.linger_at(woke);
-    shared.load.set(linger.is_some());
     if let Some(linger) = linger {
         intake.lingering = true;
         intake = shared
@@ -1548,7 +1524,6 @@ mod tests {
         };
         submit(1);
         wait_for_intake(&log, "lingering after the first durable job", |i| i.lingering && i.waiting);
-        assert!(log.load_signal().is_set(), "a lingering writer signals load");
         submit(2);
         submit(3);
         {
@@ -1612,33 +1587,6 @@ mod tests {
         });
         rx.recv_timeout(std::time::Duration::from_secs(60)).expect("writes completed without lingering");
         assert_eq!(log.stats().lingered.load(Ordering::Relaxed), 0);
-        assert!(!log.load_signal().is_set(), "a writer that does not linger signals no load");
-        log.close();
-    }
-
-    #[test]
-    fn the_load_signal_is_set_by_a_lingering_sync_and_cleared_after_a_window_without_work() {
-        let dir = tempfile::tempdir().unwrap();
-        // Always linger, for a second: each write is one lingering sync, and the test sees
-        // the linger however slowly it polls.
-        let cfg = GroupCommit { linger: std::time::Duration::from_secs(1), min_queued_entries: 0 };
-        let log = LogEngine::open_with(dir.path(), SEGMENT_BYTES, cfg).unwrap();
-        let signal = log.load_signal();
-        assert!(!signal.is_set(), "clear before any write");
-        let (tx, rx) = mpsc::channel();
-        log.submit(vec![entries(1, 1, 1)], Box::new(move |r| tx.send(r.is_ok()).unwrap()));
-        wait_for_intake(&log, "lingering", |i| i.lingering);
-        assert!(signal.is_set(), "set while the writer lingers");
-        assert!(rx.recv_timeout(std::time::Duration::from_secs(60)).expect("synced after the linger"));
-        // With nothing more to do, the writer clears it after a window.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while signal.is_set() {
-            assert!(std::time::Instant::now() < deadline, "the signal outlived the load");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        // And the writer still serves work after it.
-        log.write_blocking(vec![entries(2, 1, 1)]).unwrap();
-        assert_eq!(log.stats().lingered.load(Ordering::Relaxed), 2);
         log.close();
     }
 
