@@ -291,7 +291,7 @@ impl Engine {
     /// [`Engine::write_lazy`] for an apply of plain writes, which stages its rows of the
     /// `data` table in the overlay ([`Engine::overlay`]).
     ///
-    /// If `in_place` allows it (the caller's promise that `work` needs no write: only plain
+    /// If `may_stage` allows it (the caller's promise that `work` needs no write: only plain
     /// writes, no session sweep due), the apply is *staged*: it runs on the calling thread
     /// against a read transaction, with no write transaction and no commit, and leaves
     /// everything it would have written in the overlay (its data rows, its exactly-once
@@ -299,8 +299,8 @@ impl Engine {
     /// delete), for the next write transaction to write (`overlay.rs`, "Staged applies").
     /// That happens when nothing is queued for the writer, no write transaction is in
     /// progress and the overlay is not full; otherwise the apply joins the group commit.
-    pub async fn apply_plain(&self, work: PlainWork, in_place: bool) -> io::Result<()> {
-        let work = if in_place {
+    pub async fn apply_plain(&self, work: PlainWork, may_stage: bool) -> io::Result<()> {
+        let work = if may_stage {
             match self.stage(work) {
                 Ok(result) => return result,
                 Err(work) => work,

@@ -54,8 +54,9 @@
 //! `sm_meta` row ([`Overlay::meta_put`]), its session rows ([`Overlay::session_put`]) and
 //! the `dedup` rows its acknowledgements let go ([`Overlay::dedup_delete`]). Without the
 //! transaction, its commit and the hand-off to the writer, workload A at 64 in flight took
-//! 53-60 server CPU-µs per operation instead of 65-84 (issue 6's note). The settle stage is written to the tables by
-//! every write transaction before its first job ([`Overlay::settle_into`]), so every job
+//! 53-60 server CPU-µs per operation instead of 65-84 (issue 6's note). The settle stage
+//! is written to the tables by every write transaction before its first job
+//! ([`Overlay::settle_into`]), so every job
 //! sees the tables as the staged applies left them, and a durable commit holds each
 //! region's applied index with the rows and sessions it implies, as the rule above asks.
 //! Readers of an applied index or a session outside an apply take the commit lock and have
@@ -373,7 +374,8 @@ pub struct Overlay {
     txn: Mutex<TxnRows>,
     /// Exactly-once rows not yet in the table. Only used under the engine's commit lock.
     dedup: Mutex<Stage<DedupKey>>,
-    /// What staged applies left for the tables. Only used under the engine's commit lock.
+    /// What staged applies left for the tables. Changed only under the engine's commit
+    /// lock (its byte count is read outside it, as a hint).
     settle: Mutex<Settle>,
 }
 

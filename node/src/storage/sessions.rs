@@ -18,7 +18,7 @@
 
 use std::io;
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::ReadableTable;
 
 use super::engine::{io_err, TxnRef};
 use super::overlay::Overlay;
@@ -101,16 +101,12 @@ type SessionsTable<'t> = redb::Table<'t, (u64, u64), &'static [u8]>;
 type DedupTable<'t> = redb::Table<'t, (u64, u64, u64), &'static [u8]>;
 
 impl<'t> Sessions<'t> {
-    /// Opens the tables of `region`, with the engine's dedup stage `stage`.
-    pub fn open(txn: &'t WriteTransaction, region: u64, stage: &'t Overlay) -> io::Result<Sessions<'t>> {
-        Self::open_in(TxnRef::Write(txn), region, stage)
-    }
-
-    /// [`Sessions::open`] in the transaction of an apply, staged or not
-    /// ([`crate::storage::engine::Engine::apply_plain`]). A staged apply's session rows
-    /// and deletions go to the overlay (only [`Sessions::admit`], [`Sessions::record`],
-    /// [`Sessions::flush`] and a [`Sessions::sweep`] that is not due work there).
-    pub fn open_in(txn: TxnRef<'t>, region: u64, stage: &'t Overlay) -> io::Result<Sessions<'t>> {
+    /// Opens the tables of `region` in the transaction of an apply, with the engine's
+    /// stages `stage`. In a staged apply's read transaction
+    /// ([`crate::storage::engine::Engine::apply_plain`]) its session rows and deletions go
+    /// to the overlay (only [`Sessions::admit`], [`Sessions::record`], [`Sessions::flush`]
+    /// and a [`Sessions::sweep`] that is not due work there).
+    pub fn open(txn: TxnRef<'t>, region: u64, stage: &'t Overlay) -> io::Result<Sessions<'t>> {
         let tables = match txn {
             TxnRef::Write(txn) => Tables::Write {
                 sessions: txn.open_table(tables::SESSIONS).map_err(io_err)?,
@@ -514,7 +510,7 @@ mod tests {
             self.engine
                 .apply_plain(
                     Box::new(move |txn| {
-                        let mut sessions = Sessions::open_in(txn, region, &stage)?;
+                        let mut sessions = Sessions::open(txn, region, &stage)?;
                         *o.lock().unwrap() = Some(f(&mut sessions)?);
                         sessions.flush()
                     }),
@@ -542,7 +538,7 @@ mod tests {
             self.engine
                 .apply_plain(
                     Box::new(move |txn| {
-                        let mut sessions = Sessions::open_in(txn, 1, &stage)?;
+                        let mut sessions = Sessions::open(txn, 1, &stage)?;
                         *o.lock().unwrap() = Some(f(&mut sessions)?);
                         sessions.flush()
                     }),
