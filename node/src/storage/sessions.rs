@@ -131,14 +131,11 @@ impl<'t> Sessions<'t> {
     /// Session `id`'s row: staged by a staged apply, else in the table.
     fn session_row(&self, id: u64) -> io::Result<Option<SessionRecord>> {
         let key = (self.region, id);
-        if let Some(row) = self.stage.session_get(key) {
-            return decode(&row).map(Some);
+        let staged = self.stage.session_get(key);
+        match &self.tables {
+            Tables::Write { sessions, .. } => staged_or_table(staged, sessions, key),
+            Tables::Read { sessions, .. } => staged_or_table(staged, sessions, key),
         }
-        let row = match &self.tables {
-            Tables::Write { sessions, .. } => sessions.get(key).map_err(io_err)?.map(|v| decode(v.value())),
-            Tables::Read { sessions, .. } => sessions.get(key).map_err(io_err)?.map(|v| decode(v.value())),
-        };
-        row.transpose()
     }
 
     /// Writes back the session rows this batch changed, and drops the results below each
@@ -194,14 +191,11 @@ impl<'t> Sessions<'t> {
     /// The result recorded for `seq` of session `id`: staged, else in the table.
     fn result_row(&self, id: u64, seq: u64) -> io::Result<Option<DedupRecord>> {
         let key = (self.region, id, seq);
-        if let Some(row) = self.stage.dedup_get(key) {
-            return decode(&row).map(Some);
+        let staged = self.stage.dedup_get(key);
+        match &self.tables {
+            Tables::Write { dedup, .. } => staged_or_table(staged, dedup, key),
+            Tables::Read { dedup, .. } => staged_or_table(staged, dedup, key),
         }
-        let row = match &self.tables {
-            Tables::Write { dedup, .. } => dedup.get(key).map_err(io_err)?.map(|row| decode(row.value())),
-            Tables::Read { dedup, .. } => dedup.get(key).map_err(io_err)?.map(|row| decode(row.value())),
-        };
-        row.transpose()
     }
 
     /// Copies every session and dedup row of this region to the data id `to` (a split: the
@@ -425,6 +419,22 @@ impl<'t> Sessions<'t> {
     }
 }
 
+/// A row of a session table: the `staged` one if there is one, else `table`'s under `key`.
+fn staged_or_table<K, T>(
+    staged: Option<Vec<u8>>,
+    table: &impl ReadableTable<K, &'static [u8]>,
+    key: K,
+) -> io::Result<Option<T>>
+where
+    K: redb::Key + for<'a> std::borrow::Borrow<K::SelfType<'a>> + 'static,
+    T: serde::de::DeserializeOwned,
+{
+    if let Some(row) = staged {
+        return decode(&row).map(Some);
+    }
+    table.get(key).map_err(io_err)?.map(|row| decode(row.value())).transpose()
+}
+
 /// The row for one `(session, seq)` found in both regions of a merge, when it is not simply
 /// theirs: parts of one batch applied on either side (after a split) cover the keys of
 /// both; a row of a whole write (version 1) covers everything. `None`: take theirs.
@@ -504,22 +514,7 @@ mod tests {
             region: u64,
             f: impl FnOnce(&mut Sessions<'_>) -> io::Result<T> + Send + 'static,
         ) -> T {
-            let out = std::sync::Arc::new(std::sync::Mutex::new(None));
-            let o = out.clone();
-            let stage = self.engine.overlay().clone();
-            self.engine
-                .apply_plain(
-                    Box::new(move |txn| {
-                        let mut sessions = Sessions::open(txn, region, &stage)?;
-                        *o.lock().unwrap() = Some(f(&mut sessions)?);
-                        sessions.flush()
-                    }),
-                    false,
-                )
-                .await
-                .unwrap();
-            let v = out.lock().unwrap().take().unwrap();
-            v
+            self.apply(region, false, f).await
         }
 
         /// As [`Db::with`], as a staged apply (no write transaction: what it writes waits
@@ -532,21 +527,32 @@ mod tests {
             let before = staged();
             // The writer answers a job inside its transaction: wait until it has left it.
             self.engine.wait_until_writer_idle().await;
+            let v = self.apply(1, true, f).await;
+            assert_eq!(staged(), before + 1, "staged");
+            v
+        }
+
+        /// One plain apply of `f` on the session rows kept under `region`, then a flush.
+        async fn apply<T: Send + 'static>(
+            &self,
+            region: u64,
+            may_stage: bool,
+            f: impl FnOnce(&mut Sessions<'_>) -> io::Result<T> + Send + 'static,
+        ) -> T {
             let out = std::sync::Arc::new(std::sync::Mutex::new(None));
             let o = out.clone();
             let stage = self.engine.overlay().clone();
             self.engine
                 .apply_plain(
                     Box::new(move |txn| {
-                        let mut sessions = Sessions::open(txn, 1, &stage)?;
+                        let mut sessions = Sessions::open(txn, region, &stage)?;
                         *o.lock().unwrap() = Some(f(&mut sessions)?);
                         sessions.flush()
                     }),
-                    true,
+                    may_stage,
                 )
                 .await
                 .unwrap();
-            assert_eq!(staged(), before + 1);
             let v = out.lock().unwrap().take().unwrap();
             v
         }
