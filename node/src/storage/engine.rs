@@ -834,6 +834,46 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_plain_apply_finding_the_overlay_full_goes_to_the_writer_which_writes_the_stages_out() {
+        use crate::storage::overlay::MAX_BYTES;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let me = std::thread::current().name().map(String::from);
+        let ran_on = Arc::new(Mutex::new(None));
+        // One byte short of the bound (a row counts its key, its value and 64 bytes).
+        let o = engine.overlay().clone();
+        let big: PlainWork = Box::new(move |_| {
+            o.put(&Default::default(), b"big".to_vec(), &vec![1u8; MAX_BYTES - 64 - 3 - 1]);
+            Ok(())
+        });
+        engine.apply_plain(big, true).await.unwrap();
+        assert!(!engine.overlay().is_full());
+        // Still staged; its `sm_meta` row takes the overlay over the bound.
+        engine.apply_plain(applied(&engine, 1, &ran_on), true).await.unwrap();
+        assert_eq!(*lock(&ran_on), me, "staged below the bound");
+        assert!(engine.overlay().is_full());
+        // Full: the next goes to the writer, which writes the `sm_meta` row first; the
+        // data rows, under the bound again, stay.
+        engine.apply_plain(applied(&engine, 2, &ran_on), true).await.unwrap();
+        assert_eq!(lock(&ran_on).as_deref(), Some("tessera-writer"), "the group commit");
+        assert!(meta_in_table(&engine, 1) && meta_in_table(&engine, 2));
+        assert!(!engine.overlay().is_full());
+        assert_eq!(in_table(&engine, b"big"), None);
+        // Staged again; a data row takes the overlay over the bound.
+        engine.wait_until_writer_idle().await;
+        engine.apply_plain(stage(&engine, b"k", b"v"), true).await.unwrap();
+        assert!(engine.overlay().is_full());
+        assert_eq!(engine.stats().staged.load(Ordering::Relaxed), 3);
+        // The next goes to the writer, whose commit writes the data rows out.
+        engine.apply_plain(applied(&engine, 3, &ran_on), true).await.unwrap();
+        assert_eq!(lock(&ran_on).as_deref(), Some("tessera-writer"));
+        assert_eq!(in_table(&engine, b"big").map(|v| v.len()), Some(MAX_BYTES - 68));
+        assert_eq!(in_table(&engine, b"k"), Some(b"v".to_vec()));
+        assert!(!engine.overlay().is_full() && !engine.overlay().has_rows());
+        assert_eq!(engine.stats().staged.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
     async fn a_staged_apply_that_fails_fail_stops_the_engine_and_later_ones_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
