@@ -42,6 +42,12 @@ pub enum TxnRef<'a> {
     Read(&'a redb::ReadTransaction),
 }
 
+/// The error of a staged apply ([`Engine::apply_plain`]) asked to write `what` to redb,
+/// which only a write transaction can: the caller's promise that it would not was wrong.
+pub(crate) fn staged_cannot_write(what: &str) -> io::Error {
+    io::Error::other(format!("a staged apply cannot write {what}: it has no write transaction"))
+}
+
 /// An apply of plain writes ([`Engine::apply_plain`]).
 pub type PlainWork = Box<dyn FnOnce(TxnRef<'_>) -> Result<(), io::Error> + Send>;
 

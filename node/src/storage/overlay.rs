@@ -119,7 +119,7 @@ impl<'t> DataSource<'t> {
     pub fn write(&mut self) -> io::Result<&mut DataTable<'t>> {
         match self {
             DataSource::Write(t) => Ok(t),
-            DataSource::Read(_) => Err(io::Error::other("a staged apply cannot write the data table")),
+            DataSource::Read(_) => Err(super::engine::staged_cannot_write("the data table")),
         }
     }
 }

@@ -124,7 +124,7 @@ impl<'t> Sessions<'t> {
     fn write(&mut self) -> io::Result<(&mut SessionsTable<'t>, &mut DedupTable<'t>)> {
         match &mut self.tables {
             Tables::Write { sessions, dedup } => Ok((sessions, dedup)),
-            Tables::Read { .. } => Err(io::Error::other("a staged apply cannot change the session tables")),
+            Tables::Read { .. } => Err(super::engine::staged_cannot_write("the session tables")),
         }
     }
 

@@ -1020,7 +1020,7 @@ impl RegionStateMachine {
             // A staged apply (`Engine::apply_plain`) reads through a read transaction and
             // writes only to the overlay; the entries that write tables directly (splits,
             // merges, membership changes) are never staged.
-            let staged = || io::Error::other("a staged apply met an entry that needs a write transaction");
+            let staged = || super::engine::staged_cannot_write("a split, merge or region record");
             let mut data = match txn {
                 TxnRef::Write(t) => DataSource::Write(t.open_table(tables::DATA).map_err(io_err)?),
                 TxnRef::Read(t) => DataSource::Read(t.open_table(tables::DATA).map_err(io_err)?),
