@@ -237,7 +237,7 @@ pub async fn run(data: &Path, args: DevArgs) -> anyhow::Result<()> {
     }
     let expected = cluster.nodes.iter().map(|n| n.region_count()).max().unwrap_or(0).max(args.initial_regions as usize);
     if cluster.wait_ready(expected, Duration::from_secs(60)).await {
-        println!("ready: {} regions, each with a leader", expected);
+        println!("ready: {} regions, each with a leader ({})", expected, crate::worker_threads_note());
     } else {
         println!("warning: not every region has a leader yet; see `tessera status`");
     }

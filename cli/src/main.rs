@@ -39,6 +39,11 @@ struct Cli {
     /// Client private key (PEM) for client commands with --pd.
     #[arg(long, global = true)]
     key: Option<PathBuf>,
+    /// Worker threads of this process's async runtime (default: one per CPU core). Servers
+    /// that share a machine may do better with a share of its cores each.
+    #[arg(long, global = true, env = "TESSERA_WORKER_THREADS", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -197,7 +202,11 @@ fn main() -> ExitCode {
         }))
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.worker_threads {
+        runtime.worker_threads(usize::from(n));
+    }
+    let rt = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

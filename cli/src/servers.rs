@@ -152,7 +152,7 @@ pub async fn run_pd(args: PdArgs) -> anyhow::Result<()> {
     cfg.webtransport = !args.no_webtransport;
     cfg.web_cert = args.web_cert.zip(args.web_key);
     let pd = PdServer::start(cfg).await.context("starting PD")?;
-    println!("PD listening on {}", pd.local_addr());
+    println!("PD listening on {} ({})", pd.local_addr(), tessera_cli::worker_threads_note());
     wait_for_stop().await?;
     pd.shutdown().await;
     Ok(())
@@ -181,7 +181,13 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     cfg.webtransport = !args.no_webtransport;
     cfg.web_cert = args.web_cert.zip(args.web_key);
     let node = Node::start(cfg).await.context("starting node")?;
-    println!("node {} listening on {} ({} regions recovered)", args.id, node.local_addr(), node.region_count());
+    println!(
+        "node {} listening on {} ({} regions recovered, {})",
+        args.id,
+        node.local_addr(),
+        node.region_count(),
+        tessera_cli::worker_threads_note()
+    );
     wait_for_stop().await?;
     node.shutdown().await;
     Ok(())

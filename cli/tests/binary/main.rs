@@ -203,11 +203,18 @@ fn dev_cluster_serves_client_commands_and_keeps_data_across_restarts() {
     assert!(closed.status.success(), "closed stdout: {}", String::from_utf8_lossy(&closed.stderr));
 
     dev.stop();
-    let dev = Proc::spawn(&["dev", "--data", d]);
-    dev.wait_for("ready", Duration::from_secs(60));
+    // Restarted with its own worker-thread count: one more than the default of one per core.
+    let threads = std::thread::available_parallelism().unwrap().get() + 1;
+    let dev = Proc::spawn(&["--worker-threads", &threads.to_string(), "dev", "--data", d]);
+    let ready = dev.wait_for("ready", Duration::from_secs(60));
+    assert!(ready.contains(&format!("({threads} worker threads)")), "{ready}");
     assert_eq!(ok(&["--data", d, "get", "a"]), "x\n");
     assert_eq!(tessera(&["--data", d, "get", "b"]).status.code(), Some(1));
     dev.stop();
+
+    let zero = tessera(&["--worker-threads", "0", "--data", d, "status"]);
+    assert_eq!(zero.status.code(), Some(2), "a runtime without workers is refused");
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("--worker-threads"), "{zero:?}");
 }
 
 /// Starts `tessera pd` on `addr` with the certificates in `certs`, and waits until it listens.

@@ -91,6 +91,21 @@ pub struct CompareArgs {
     /// The `etcd` binary (default: on PATH).
     #[arg(long)]
     pub etcd_bin: Option<PathBuf>,
+    /// Worker threads of each Tessera server it starts (PD and nodes): their
+    /// `--worker-threads` (default: theirs, one per core). On a 2-core VM, 1 cut the
+    /// sequential put's latency and cost more CPU per put at 256 in flight (issue 6's
+    /// twentieth note).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub server_threads: Option<u16>,
+}
+
+/// Each Tessera server's worker threads (`None`: their default), in words.
+fn server_threads_text(threads: Option<u16>) -> String {
+    match threads {
+        Some(1) => "1 worker thread per Tessera server".to_string(),
+        Some(n) => format!("{n} worker threads per Tessera server"),
+        None => "one worker thread per core in each Tessera server".to_string(),
+    }
 }
 
 /// Syncs timed by each fsync probe.
@@ -174,6 +189,8 @@ struct Settings {
     value_size: usize,
     distribution: Distribution,
     regions: u32,
+    /// Worker threads of each Tessera server; `None`: one per core each.
+    server_threads: Option<u16>,
     etcd_connections: usize,
     contended_fsync_ms: f64,
     seed: u64,
@@ -518,6 +535,8 @@ async fn run_matrix(
         idle.p99_ms,
         threshold_ms
     );
+    let server_threads = args.server_threads;
+    eprintln!("{} ({} cores)", server_threads_text(server_threads), machine.cores);
     if threshold_ms > DEFAULT_CONTENDED_MS && args.contended_fsync_ms.is_none() {
         eprintln!("note: twice this disk's idle fsync median is above {DEFAULT_CONTENDED_MS} ms, so it is the contention threshold");
     }
@@ -542,7 +561,7 @@ async fn run_matrix(
         ctx.progress.bar.set_message(format!("starting Tessera ({} regions) and etcd", args.regions));
         let (tessera_dir, etcd_dir) = (data.join("tessera"), data.join("etcd"));
         let (tessera, etcd) = tokio::join!(
-            TesseraCluster::start(tessera_bin, &tessera_dir, args.regions, true),
+            TesseraCluster::start(tessera_bin, &tessera_dir, args.regions, true, server_threads),
             EtcdCluster::start(etcd_bin, &etcd_dir)
         );
         // Whichever started is stopped (dropped) if the other failed.
@@ -595,7 +614,7 @@ async fn run_matrix(
             ctx.progress.bar.set_message(format!("starting Tessera with {regions} regions"));
             let dir = data.join(format!("tessera-r{regions}"));
             // Load splits off: the pair compares 8 regions with 1 for the whole run.
-            let (cluster, client) = TesseraCluster::start(tessera_bin, &dir, regions, false).await?;
+            let (cluster, client) = TesseraCluster::start(tessera_bin, &dir, regions, false, server_threads).await?;
             clusters.push((
                 row.clone(),
                 Systems {
@@ -636,6 +655,7 @@ async fn run_matrix(
             value_size: args.value_size,
             distribution: args.distribution,
             regions: args.regions,
+            server_threads,
             etcd_connections: args.etcd_conns,
             contended_fsync_ms: threshold_ms,
             seed: args.seed,
@@ -688,7 +708,7 @@ fn write_outputs(dir: &Path, r: &Results) -> anyhow::Result<()> {
     write("results.json", serde_json::to_string_pretty(r)?.as_bytes())?;
     let s = &r.settings;
     let md = format!(
-        "# tessera-bench compare ({})\n\n## Machine\n\n{}\n## Settings\n\n- {} s warm-up + {} s measured per run, {} repeats, interleaved Tessera/etcd\n- {} records of {} B, {:?} keys; Tessera {} initial regions; etcd over {} gRPC connections\n- idle fsync probe: p50 {:.2} ms, p99 {:.2} ms (contended above {:.2} ms)\n- server CPU: utime+stime of every server process (Tessera: PD + nodes; etcd: members) over the measured interval, per measured operation\n- writes/fsync: the run's successful writes (warm-up included) over each server's log syncs in the same span, median over servers\n\n## Results\n\n{}",
+        "# tessera-bench compare ({})\n\n## Machine\n\n{}\n## Settings\n\n- {} s warm-up + {} s measured per run, {} repeats, interleaved Tessera/etcd\n- {} records of {} B, {:?} keys; Tessera {} initial regions, {}; etcd over {} gRPC connections\n- idle fsync probe: p50 {:.2} ms, p99 {:.2} ms (contended above {:.2} ms)\n- server CPU: utime+stime of every server process (Tessera: PD + nodes; etcd: members) over the measured interval, per measured operation\n- writes/fsync: the run's successful writes (warm-up included) over each server's log syncs in the same span, median over servers\n\n## Results\n\n{}",
         r.preset,
         r.machine.markdown(),
         s.warmup_secs,
@@ -698,6 +718,7 @@ fn write_outputs(dir: &Path, r: &Results) -> anyhow::Result<()> {
         s.value_size,
         s.distribution,
         s.regions,
+        server_threads_text(s.server_threads),
         s.etcd_connections,
         r.idle_fsync_probe.p50_ms,
         r.idle_fsync_probe.p99_ms,
@@ -737,5 +758,15 @@ mod tests {
         // A row of another preset, or one the flags left out, is unknown here too.
         assert!(preset_of(&["--quick", "--rows", "e-c64"]).is_err());
         assert!(preset_of(&["--no-regions-rows", "--rows", "put-c256-r8"]).is_err());
+    }
+
+    #[test]
+    fn server_threads_are_the_servers_default_unless_given_and_never_zero() {
+        let parse = |argv: &[&str]| Cmd::try_parse_from(std::iter::once("compare").chain(argv.iter().copied()));
+        assert_eq!(parse(&[]).unwrap().args.server_threads, None);
+        assert_eq!(parse(&["--server-threads", "1"]).unwrap().args.server_threads, Some(1));
+        assert!(parse(&["--server-threads", "0"]).is_err(), "a server without workers is refused here");
+        assert_eq!(server_threads_text(None), "one worker thread per core in each Tessera server");
+        assert_eq!(server_threads_text(Some(2)), "2 worker threads per Tessera server");
     }
 }

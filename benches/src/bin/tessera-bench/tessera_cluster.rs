@@ -37,16 +37,18 @@ const NO_LOAD_SPLITS: [&str; 2] = ["--region-split-qps", "1000000000"];
 impl TesseraCluster {
     /// Issues certificates and starts PD (bootstrapping `regions` regions) and three nodes
     /// in `dir`; returns once every region has a leader and a put succeeds. Without
-    /// `load_splits`, PD never splits a region for its load (size splits stay on).
+    /// `load_splits`, PD never splits a region for its load (size splits stay on). With
+    /// `threads`, every server runs that many worker threads (`--worker-threads`).
     pub async fn start(
         bin: &Path,
         dir: &Path,
         regions: u32,
         load_splits: bool,
+        threads: Option<u16>,
     ) -> anyhow::Result<(TesseraCluster, Client)> {
         let mut failures = Vec::new();
         for attempt in 1..=START_ATTEMPTS {
-            match Self::start_once(bin, dir, regions, load_splits).await {
+            match Self::start_once(bin, dir, regions, load_splits, threads).await {
                 Ok(started) => return Ok(started),
                 Err(e) => failures.push(format!("{e:#} (logs moved to {})", set_aside(dir, attempt).display())),
             }
@@ -59,7 +61,12 @@ impl TesseraCluster {
         dir: &Path,
         regions: u32,
         load_splits: bool,
+        threads: Option<u16>,
     ) -> anyhow::Result<(TesseraCluster, Client)> {
+        let threads: Vec<String> = match threads {
+            Some(n) => vec!["--worker-threads".into(), n.to_string()],
+            None => Vec::new(),
+        };
         std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("creating {}", dir.display()))?;
         let certs = dir.join("certs");
         let c = certs.to_str().context("non-UTF-8 data directory")?;
@@ -93,6 +100,7 @@ impl TesseraCluster {
         if !load_splits {
             pd_args.extend(NO_LOAD_SPLITS.map(String::from));
         }
+        pd_args.extend(threads.iter().cloned());
         let mut pd =
             ChildProc::spawn("tessera pd", bin, &pd_args, &[("RUST_LOG", SERVER_LOG)], &dir.join("logs/pd.log"))?;
         pd.wait_for("PD listening", Duration::from_secs(30)).await?;
@@ -118,7 +126,9 @@ impl TesseraCluster {
                 &cert(&format!("node-{i}-key.pem")),
             ]
             .map(String::from)
-            .into();
+            .into_iter()
+            .chain(threads.iter().cloned())
+            .collect();
             node_args.insert(i, args);
         }
         let mut cluster = TesseraCluster {
