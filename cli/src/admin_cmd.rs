@@ -145,6 +145,8 @@ struct NodeJson {
     approximate_bytes: u64,
     approximate_keys: u64,
     last_heartbeat_ms_ago: u64,
+    /// Percent of its host's CPU time busy over about the last 10 s; null if unknown.
+    host_cpu_busy_pct: Option<u8>,
 }
 
 /// Approximate keys per node: the sum over the regions with a replica on it.
@@ -169,6 +171,7 @@ fn node_json(n: &NodeInfo, keys: &BTreeMap<NodeId, u64>) -> NodeJson {
         approximate_bytes: n.used_bytes,
         approximate_keys: keys.get(&n.id).copied().unwrap_or(0),
         last_heartbeat_ms_ago: n.last_heartbeat_ms_ago,
+        host_cpu_busy_pct: n.host_cpu_busy_pct,
     }
 }
 
@@ -197,21 +200,22 @@ pub async fn status(t: &Target, regions: bool, json: bool) -> anyhow::Result<Exi
     writeln!(o, "NODES")?;
     writeln!(
         o,
-        "{:<6} {:<22} {:<9} {:>8} {:>8} {:>10} {:>10}",
-        "ID", "ADDRESS", "STATE", "REGIONS", "LEADERS", "BYTES", "KEYS"
+        "{:<6} {:<22} {:<9} {:>8} {:>8} {:>10} {:>10} {:>9}",
+        "ID", "ADDRESS", "STATE", "REGIONS", "LEADERS", "BYTES", "KEYS", "HOST CPU"
     )?;
     for n in &nodes {
         let state = if n.draining { format!("{:?}*", n.state) } else { format!("{:?}", n.state) };
         writeln!(
             o,
-            "{:<6} {:<22} {:<9} {:>8} {:>8} {:>10} {:>10}",
+            "{:<6} {:<22} {:<9} {:>8} {:>8} {:>10} {:>10} {:>9}",
             n.id.0,
             n.addr,
             state,
             n.region_count,
             n.leader_count,
             human_bytes(n.used_bytes),
-            keys.get(&n.id).copied().unwrap_or(0)
+            keys.get(&n.id).copied().unwrap_or(0),
+            n.host_cpu_busy_pct.map_or_else(|| "-".to_string(), |p| format!("{p}%"))
         )?;
     }
     if nodes.iter().any(|n| n.draining) {

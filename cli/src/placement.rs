@@ -19,6 +19,12 @@ pub struct PlacementArgs {
     /// of the cluster's requests and the region more than half of that node's.
     #[arg(long, default_value_t = 3_000)]
     pub region_split_qps: u64,
+    /// ...and while some node's host was busy less than this percentage of its CPU time
+    /// over the last 10 s: when every host is busier, no node can take the halves' load,
+    /// and more regions only cost CPU. 100: split whatever the CPU.
+    #[arg(long, default_value_t = tessera_pd::scheduler::DEFAULT_SPLIT_MAX_HOST_BUSY_PCT,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub region_split_max_host_busy: u8,
     /// Merge two adjacent regions both smaller than this (default: split bytes / 5).
     #[arg(long, value_parser = parse_bytes)]
     pub region_merge_bytes: Option<u64>,
@@ -54,6 +60,7 @@ impl PlacementArgs {
             merge_keys: self.region_merge_keys.unwrap_or(self.region_split_keys / 5),
             split_merge_interval_ms: ms(self.split_merge_interval),
             hot_qps: self.region_split_qps,
+            split_max_host_busy_pct: self.region_split_max_host_busy,
             ..SchedulerConfig::default()
         }
     }
@@ -122,5 +129,11 @@ mod tests {
         let small = Cli::parse_from(["x", "--region-split-bytes", "64KiB", "--max-down-time", "5s"]).p.scheduler(3);
         assert_eq!(small.validate(), Ok(()));
         assert_eq!((small.split_bytes, small.merge_bytes, small.max_down_time_ms), (65536, 13107, 5000));
+        assert_eq!(cfg.split_max_host_busy_pct, 80);
+        let off = Cli::parse_from(["x", "--region-split-max-host-busy", "100"]).p.scheduler(3);
+        assert_eq!(off.split_max_host_busy_pct, 100);
+        for bad in ["0", "101", "-5", "half"] {
+            assert!(Cli::try_parse_from(["x", "--region-split-max-host-busy", bad]).is_err(), "{bad}");
+        }
     }
 }

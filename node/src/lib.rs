@@ -25,6 +25,7 @@
 mod admin;
 mod config;
 mod error;
+mod host_cpu;
 mod load_sample;
 pub mod metrics;
 mod node;

@@ -827,6 +827,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
     let node_id = shared.cfg.node_id;
     let mut registered = false;
     let mut load = LoadMeter::default();
+    let mut host_cpu = crate::host_cpu::HostCpu::default();
     let mut ticker = tokio::time::interval(shared.cfg.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -860,7 +861,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         let round = std::time::Instant::now();
         let hb = PdRequest::NodeHeartbeat {
             node_id,
-            stats: node_stats(&shared.ctx, shared.web.as_ref()),
+            stats: node_stats(&shared.ctx, shared.web.as_ref(), host_cpu.sample(std::time::Instant::now())),
             hosted: shared.ctx.regions.ids(),
             merged: merged_regions(&shared.ctx),
         };

@@ -53,8 +53,12 @@ impl PdClient {
     }
 }
 
-/// Builds this node's store statistics.
-pub(crate) fn node_stats(ctx: &crate::region::NodeContext, web: Option<&tessera_certs::WebCert>) -> NodeStats {
+/// Builds this node's store statistics; `host_cpu_busy_pct` from [`crate::host_cpu`].
+pub(crate) fn node_stats(
+    ctx: &crate::region::NodeContext,
+    web: Option<&tessera_certs::WebCert>,
+    host_cpu_busy_pct: Option<u8>,
+) -> NodeStats {
     let regions = ctx.regions.all();
     NodeStats {
         region_count: regions.len() as u64,
@@ -62,6 +66,7 @@ pub(crate) fn node_stats(ctx: &crate::region::NodeContext, web: Option<&tessera_
         used_bytes: regions.iter().map(|r| r.shared.approx.bytes().max(0) as u64).sum(),
         write_path: ctx.write_path_stats(),
         web_cert_hash: web.map(|w| w.hash().to_vec()),
+        host_cpu_busy_pct,
     }
 }
 

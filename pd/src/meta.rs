@@ -217,6 +217,30 @@ struct NodeEntry {
     draining: bool,
     last_heartbeat: Duration,
     stats: NodeStats,
+    /// Soft: (when, host CPU busy share) of the heartbeats of the last [`HOT_WINDOW`] (and
+    /// the one just before it).
+    cpu_history: std::collections::VecDeque<(Duration, Option<u8>)>,
+}
+
+impl NodeEntry {
+    fn new(addr: String, capacity_bytes: u64, draining: bool, now: Duration) -> NodeEntry {
+        NodeEntry {
+            addr,
+            capacity_bytes,
+            draining,
+            last_heartbeat: now,
+            stats: NodeStats::default(),
+            cpu_history: Default::default(),
+        }
+    }
+
+    /// The busiest its host was in its heartbeats of the last [`HOT_WINDOW`]: a host has
+    /// time to spare for a load split only if it had it throughout, as a region is hot
+    /// only if it was throughout (each share is itself the node's average over about as
+    /// long). `None` if no heartbeat of the window told.
+    fn sustained_host_busy(&self, now: Duration) -> Option<u8> {
+        self.cpu_history.iter().filter(|(t, _)| *t + HOT_WINDOW > now).filter_map(|(_, busy)| *busy).max()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -336,16 +360,7 @@ impl ClusterMeta {
     pub fn restore(config: MetaConfig, state: PersistedMeta, now: Duration) -> ClusterMeta {
         let mut meta = ClusterMeta::new(config);
         for n in state.nodes {
-            meta.nodes.insert(
-                n.id,
-                NodeEntry {
-                    addr: n.addr,
-                    capacity_bytes: n.capacity_bytes,
-                    draining: n.draining,
-                    last_heartbeat: now,
-                    stats: NodeStats::default(),
-                },
-            );
+            meta.nodes.insert(n.id, NodeEntry::new(n.addr, n.capacity_bytes, n.draining, now));
         }
         let mut alloc = state.allocator;
         for p in state.regions {
@@ -414,16 +429,7 @@ impl ClusterMeta {
                 n.last_heartbeat = now;
             }
             None => {
-                self.nodes.insert(
-                    node_id,
-                    NodeEntry {
-                        addr,
-                        capacity_bytes,
-                        draining: false,
-                        last_heartbeat: now,
-                        stats: NodeStats::default(),
-                    },
-                );
+                self.nodes.insert(node_id, NodeEntry::new(addr, capacity_bytes, false, now));
                 changes.nodes.insert(node_id);
             }
         }
@@ -491,6 +497,10 @@ impl ClusterMeta {
     ) -> Result<NodeAssignments, MetaError> {
         let node = self.nodes.get_mut(&node_id).ok_or(MetaError::NodeNotRegistered { node_id })?;
         node.last_heartbeat = now;
+        node.cpu_history.push_back((now, stats.host_cpu_busy_pct));
+        while node.cpu_history.len() > 1 && node.cpu_history[1].0 + HOT_WINDOW <= now {
+            node.cpu_history.pop_front();
+        }
         node.stats = stats;
         let hosted_set: HashSet<RegionId> = hosted.iter().copied().collect();
         let mut create = Vec::new();
@@ -750,6 +760,7 @@ impl ClusterMeta {
                 write_path: n.stats.write_path,
                 draining: n.draining,
                 web_cert_hash: n.stats.web_cert_hash.clone(),
+                host_cpu_busy_pct: n.stats.host_cpu_busy_pct,
             })
             .collect()
     }
@@ -807,6 +818,7 @@ impl ClusterMeta {
                     leader_count: leaders.get(id).copied().unwrap_or(0),
                     used_bytes: n.stats.used_bytes,
                     capacity_bytes: n.capacity_bytes,
+                    host_cpu_busy_pct: n.sustained_host_busy(now),
                 }
             })
             .collect();
@@ -1274,6 +1286,40 @@ mod tests {
         assert_eq!(state(&meta, 2, S + Duration::from_secs(41)), NodeState::Down);
         let info = meta.nodes(S + Duration::from_secs(41));
         assert_eq!(info[0].last_heartbeat_ms_ago, 1000);
+    }
+
+    #[test]
+    fn heartbeat_host_cpu_reaches_the_scheduler() {
+        let mut meta = bootstrapped(1);
+        let busy = |meta: &ClusterMeta, id: u64, at: Duration| {
+            let snapshot = meta.scheduler_snapshot(at);
+            snapshot.nodes.iter().find(|n| n.id == NodeId(id)).unwrap().host_cpu_busy_pct
+        };
+        let report = |meta: &mut ClusterMeta, busy: Option<u8>, at: Duration| {
+            let stats = NodeStats { host_cpu_busy_pct: busy, ..NodeStats::default() };
+            meta.node_heartbeat(NodeId(2), stats, &[], at).unwrap();
+        };
+        let t = 2 * S;
+        assert_eq!(busy(&meta, 2, t), None, "nothing reported yet");
+        report(&mut meta, Some(93), t);
+        assert_eq!(busy(&meta, 2, t), Some(93));
+        assert_eq!(busy(&meta, 1, t), None, "another node's report stays its own");
+        // The busiest share of the last 10 s counts: a dip does not make the host spare.
+        let s = Duration::from_secs(1);
+        report(&mut meta, Some(50), t + s);
+        report(&mut meta, None, t + 2 * s);
+        assert_eq!(busy(&meta, 2, t + 2 * s), Some(93));
+        // 10 s after it, the busy report has left the window.
+        report(&mut meta, Some(60), t + 10 * s);
+        assert_eq!(busy(&meta, 2, t + 10 * s), Some(60));
+        // A node that stopped telling (its host's counters went backwards, say) for the
+        // whole window is unknown again.
+        report(&mut meta, None, t + 21 * s);
+        assert_eq!(busy(&meta, 2, t + 21 * s), None);
+        // Soft state: a restart forgets it.
+        report(&mut meta, Some(99), t + 22 * s);
+        let restored = ClusterMeta::restore(config(1), meta.snapshot(), t + 22 * s);
+        assert_eq!(busy(&restored, 2, t + 22 * s), None);
     }
 
     #[test]

@@ -255,7 +255,13 @@ mod tests {
             (any::<u64>(), any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u64>(), 0..3), region())
                 .prop_map(|(n, region_count, used_bytes, hosted, merged)| PdRequest::NodeHeartbeat {
                     node_id: NodeId(n),
-                    stats: NodeStats { region_count, leader_count: 0, used_bytes, ..NodeStats::default() },
+                    stats: NodeStats {
+                        region_count,
+                        leader_count: 0,
+                        used_bytes,
+                        host_cpu_busy_pct: (n % 3 != 0).then_some((n % 101) as u8),
+                        ..NodeStats::default()
+                    },
                     hosted: hosted.into_iter().map(RegionId).collect(),
                     merged: vec![merged],
                 }),
@@ -329,6 +335,7 @@ mod tests {
                         },
                         draining: up && id % 2 == 0,
                         web_cert_hash: up.then(|| id.to_be_bytes().to_vec()),
+                        host_cpu_busy_pct: up.then_some((id % 101) as u8),
                     }
                 },
             )

@@ -50,7 +50,7 @@ pub use transport::TransportError;
 
 /// Version of the protocol spoken by this build. Sent in every [`Hello`]; peers with a
 /// different version are refused with [`Error::UnsupportedVersion`].
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// ALPN protocol identifier used on every Tessera QUIC connection.
 pub const ALPN: &[u8] = b"tessera/1";

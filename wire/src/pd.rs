@@ -40,6 +40,8 @@ pub struct NodeInfo {
     /// SHA-256 of its current WebTransport certificate, as of its last heartbeat; browsers
     /// pin it (`serverCertificateHashes`). `None` when it serves no browsers.
     pub web_cert_hash: Option<Vec<u8>>,
+    /// [`NodeStats::host_cpu_busy_pct`] of its last heartbeat.
+    pub host_cpu_busy_pct: Option<u8>,
 }
 
 /// Cumulative counters of a node's write path since it started, for benchmarks and
@@ -70,6 +72,11 @@ pub struct NodeStats {
     /// SHA-256 of the node's current browser (WebTransport) certificate, if it serves
     /// browsers: what a browser pins to reach it.
     pub web_cert_hash: Option<Vec<u8>>,
+    /// How busy the CPUs of the node's host were over about the last 10 s, in percent of
+    /// their time (every process of the host counts, not only the node). `None` where the
+    /// node cannot tell (not Linux, or too soon after its start). PD splits a region for
+    /// its load only while some node's host has CPU time to spare.
+    pub host_cpu_busy_pct: Option<u8>,
 }
 
 /// Per-region statistics sent by the region leader.

@@ -190,6 +190,28 @@ fn dev_cluster_serves_client_commands_and_keeps_data_across_restarts() {
     assert_eq!(regions.len(), 4, "{listing}");
     let json = ok(&["--data", d, "status", "--regions", "--json"]);
     assert!(json.contains("\"region_count\": 4"), "{json}");
+    // Each node reports how busy its host's CPUs are once two of its heartbeats are 2 s
+    // apart (`node/src/host_cpu.rs`); status shows it last on the node's line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = ok(&["--data", d, "status"]);
+        let shares: Vec<Option<u8>> = status
+            .lines()
+            .skip_while(|l| !l.starts_with("NODES"))
+            .skip(2)
+            .take_while(|l| !l.is_empty())
+            .map(|l| l.split_whitespace().last().and_then(|c| c.strip_suffix('%')).and_then(|p| p.parse().ok()))
+            .collect();
+        assert_eq!(shares.len(), 3, "{status}");
+        if shares.iter().all(|s| s.is_some_and(|p| p <= 100)) {
+            let json = ok(&["--data", d, "status", "--json"]);
+            assert_eq!(json.matches("\"host_cpu_busy_pct\": ").count(), 3, "{json}");
+            assert!(!json.contains("\"host_cpu_busy_pct\": null"), "{json}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no host CPU share after 30 s: {status}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
 
     // A reader that goes away (`tessera status | head -0`) ends the command quietly.
     let mut child = Command::new(bin())

@@ -3,6 +3,10 @@
 /// One MiB, for the size defaults.
 const MIB: u64 = 1024 * 1024;
 
+/// Default of [`SchedulerConfig::split_max_host_busy_pct`]: a host busier than this has
+/// too little CPU time left to take over half of a hot region's requests.
+pub const DEFAULT_SPLIT_MAX_HOST_BUSY_PCT: u8 = 80;
+
 /// Policy knobs of [`super::schedule`].
 ///
 /// The limits must fit together (see [`SchedulerConfig::validate`]): two regions that may
@@ -32,6 +36,9 @@ pub struct SchedulerConfig {
     pub split_merge_interval_ms: u64,
     /// A region whose read plus write rate exceeds this (requests per second) is split.
     pub hot_qps: u64,
+    /// ...but only while some node's host is busy less than this share of its CPU time
+    /// (percent; see `split.rs`). 100 or more: whatever the hosts' CPU.
+    pub split_max_host_busy_pct: u8,
     /// Most operators (in flight and new together) touching one node, as source or target.
     pub max_ops_per_node: usize,
 }
@@ -49,6 +56,7 @@ impl Default for SchedulerConfig {
             merge_keys: 200_000,
             split_merge_interval_ms: 60 * 60 * 1000,
             hot_qps: 3_000,
+            split_max_host_busy_pct: DEFAULT_SPLIT_MAX_HOST_BUSY_PCT,
             max_ops_per_node: 4,
         }
     }

@@ -7,6 +7,7 @@
 //! ```text
 //! config <field>=<value> ...          overrides of SchedulerConfig::default()
 //! node n1 [down=<ms>] [draining] [regions=N] [leaders=N] [used=<bytes>] [capacity=<bytes>]
+//!         [cpu=<percent>]
 //! region r1 range=<start>..<end> epoch=<conf_ver>/<version> voters=p1@n1,p2@n2,p3@n3
 //!        [learners=p4@n4] [leader=p1@n1|none] [size=<bytes>] [keys=N]
 //!        [wqps=N] [rqps=N] [since_split=<ms>]
@@ -15,10 +16,11 @@
 //! expect none                         no operator at all
 //! ```
 //!
-//! A node is up unless `down=` is given. `regions`/`leaders` default to the counts the
-//! fixture's regions imply (voters and learners; leaders). A region's leader defaults to its
-//! first voter; its statistics default to 0 and `since_split` to 0 (so it never merges
-//! unless the fixture says so). Keys in `range` are ASCII, an empty end is unbounded.
+//! A node is up unless `down=` is given; `cpu` is its host's CPU busy share in percent
+//! (unknown if absent). `regions`/`leaders` default to the counts the fixture's regions
+//! imply (voters and learners; leaders). A region's leader defaults to its first voter; its
+//! statistics default to 0 and `since_split` to 0 (so it never merges unless the fixture
+//! says so). Keys in `range` are ASCII, an empty end is unbounded.
 //! Numbers take `_` separators and the suffixes `KiB`, `MiB`, `GiB` (bytes) and `ms`, `s`,
 //! `min`, `h` (milliseconds). Operators are written exactly as their `Display` form, e.g.
 //! `r1 1/1 add-learner n4 because down-voter n3`; the parser checks the round trip.
@@ -117,6 +119,7 @@ fn parse_config(config: &mut SchedulerConfig, rest: &str) -> Result<(), String> 
             "merge_keys" => config.merge_keys = n,
             "split_merge_interval_ms" => config.split_merge_interval_ms = n,
             "hot_qps" => config.hot_qps = n,
+            "split_max_host_busy_pct" => config.split_max_host_busy_pct = u8::try_from(n).map_err(|e| e.to_string())?,
             "max_ops_per_node" => config.max_ops_per_node = usize_n()?,
             other => return Err(format!("unknown config field `{other}`")),
         }
@@ -142,6 +145,7 @@ fn parse_node(rest: &str) -> Result<(NodeView, Option<u64>, Option<u64>), String
             "leaders" => leaders = Some(n),
             "used" => node.used_bytes = n,
             "capacity" => node.capacity_bytes = n,
+            "cpu" => node.host_cpu_busy_pct = Some(u8::try_from(n).map_err(|e| e.to_string())?),
             other => return Err(format!("unknown node field `{other}`")),
         }
     }

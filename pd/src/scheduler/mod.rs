@@ -50,6 +50,7 @@
 //!     leader_count: 0,
 //!     used_bytes: 0,
 //!     capacity_bytes: 0,
+//!     host_cpu_busy_pct: None,
 //! };
 //! let peers: Vec<Peer> = (1..=3).map(|i| Peer { id: PeerId(i), node_id: NodeId(i) }).collect();
 //! let region = RegionView {
@@ -93,7 +94,7 @@ mod convergence_tests;
 #[cfg(test)]
 mod fixtures;
 
-pub use config::{SchedulerConfig, SchedulerConfigError};
+pub use config::{SchedulerConfig, SchedulerConfigError, DEFAULT_SPLIT_MAX_HOST_BUSY_PCT};
 pub use operator::{Operator, OperatorKind, Reason};
 pub use snapshot::{BadNode, ClusterSnapshot, NodeView, RegionView};
 

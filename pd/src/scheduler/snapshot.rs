@@ -27,6 +27,10 @@ pub struct NodeView {
     pub used_bytes: u64,
     /// Capacity it reported, in bytes (0: unknown, no limit).
     pub capacity_bytes: u64,
+    /// How busy its host's CPUs were lately, in percent: the largest share
+    /// (`NodeStats::host_cpu_busy_pct`) its heartbeats of the last 10 s gave; `None` when
+    /// none of them told.
+    pub host_cpu_busy_pct: Option<u8>,
 }
 
 impl NodeView {
@@ -41,6 +45,7 @@ impl NodeView {
             leader_count: 0,
             used_bytes: 0,
             capacity_bytes: 0,
+            host_cpu_busy_pct: None,
         }
     }
 
