@@ -21,9 +21,9 @@
 //!   tell. When every host is that busy, no node can take a half's requests, and the
 //!   halves only cost more rounds: on the 2-core benchmark machine, whose three nodes
 //!   share one host at 87-97% busy under load, the preset's load splits (4 regions to 7)
-//!   cut workload A from 15.8k to 12.0k operations a second and raised its p99 from 11.6
-//!   to 16.8 ms (issue 6's notes, twenty-first session). On a host with idle cores the
-//!   halves can also use them: that counts as time to spare.
+//!   raised workload A's server CPU per operation from 85-89 to 105-110 us (issue 6's
+//!   notes, twenty-first session). On a host with idle cores the halves can also use
+//!   them: that counts as time to spare.
 //!
 //! Past that, more regions spread nothing and cost every write round (each region
 //! replicates, syncs and applies its own batch: the same puts run 1.57 times faster on one
