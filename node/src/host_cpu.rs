@@ -155,6 +155,10 @@ mod tests {
         if meter.sample(t0).is_none() && std::fs::metadata("/proc/stat").is_err() {
             return; // not Linux: nothing to read, and `sample` says so
         }
+        // This kernel's own file parses, with some time counted and no more busy than all.
+        let text = std::fs::read_to_string("/proc/stat").unwrap();
+        let times = parse_proc_stat(&text).unwrap_or_else(|| panic!("unparsed: {text:.200}"));
+        assert!(times.total > 0 && times.busy <= times.total, "{times:?}");
         let share = meter.sample(t0 + MIN_SPAN);
         // The same counters read twice in a row may not have moved at all.
         assert!(share.is_none_or(|s| s <= 100), "{share:?}");
