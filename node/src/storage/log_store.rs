@@ -47,8 +47,8 @@ struct LogMem {
     vote: Option<Vote>,
     committed: Option<LogId>,
     /// Purges done in memory whose record the log engine has not been given yet, oldest
-    /// first, each with the state machine's count of durable commits when it was asked
-    /// for (see [`RegionLogStore::purge`]).
+    /// first, each with the state machine's durable ticket when it was asked for (see
+    /// [`RegionLogStore::purge`]).
     pending_purges: std::collections::VecDeque<(LogId, u64)>,
 }
 
@@ -435,11 +435,13 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
     /// entries purged, so the log is never purged past state that a crash could lose.
     ///
     /// That cover is not forced here: a durable commit writes out the data overlay, and
-    /// every apply of the node waits behind it, while this call holds up the region's Raft
-    /// core (openraft awaits it). Instead each purge is kept pending with the count of
-    /// durable commits made so far. Every entry it purges was applied, and that apply
-    /// committed, before the purge was asked for (openraft purges only what a snapshot
-    /// covers), so any durable commit completing later makes it durable. A later call
+    /// every apply of the node waits behind that write-out, while this call holds up the region's Raft
+    /// core (openraft awaits it). Instead each purge is kept pending with a ticket of the
+    /// state machine's durable state ([`Engine::durable_ticket`]). Every entry it purges
+    /// was applied, and that apply committed or was staged, before the purge was asked for
+    /// (openraft purges only what a snapshot covers), so a durable commit that covers the
+    /// ticket makes it durable. (Not any durable commit completing later: the interval's
+    /// durable commit syncs a state fixed before it, while applies go on.) A later call
     /// writes the newest pending purge so covered; the 2 s durable interval makes one
     /// under load. openraft calls this method once at a time per region, so the records
     /// reach the log engine in order (its replay takes the last one, not the largest).
@@ -453,15 +455,15 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
         if self.mem().last.is_none_or(|l| l.index() <= log_id.index()) {
             return self.purge_durably(log_id).await;
         }
-        let durable_commits = self.engine.stats().commits.load(std::sync::atomic::Ordering::SeqCst);
+        let ticket = self.engine.durable_ticket();
         let covered = {
             let mut mem = self.mem();
             mem.purge(log_id);
             let mut covered = None;
-            while mem.pending_purges.front().is_some_and(|(_, asked_at)| *asked_at < durable_commits) {
+            while mem.pending_purges.front().is_some_and(|(_, asked_at)| self.engine.durable_covers(*asked_at)) {
                 covered = mem.pending_purges.pop_front().map(|(id, _)| id);
             }
-            mem.pending_purges.push_back((log_id, durable_commits));
+            mem.pending_purges.push_back((log_id, ticket));
             covered
         };
         tracing::info!(region_id = self.region, index = log_id.index(), "raft log purged");
@@ -656,6 +658,45 @@ mod tests {
         log.purge(log_id::<TypeConfig>(1, 1, 10)).await.unwrap();
         assert_eq!(wal.region_state(3).purged.map(|p| p.0), Some(10));
         assert_eq!(wal.region_state(3).entries, Some((11, 12)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_asked_while_the_interval_commit_syncs_waits_for_a_later_durable_commit() {
+        use super::super::engine::tests::hold_durable_sync;
+        use super::super::engine::LAZY_DURABLE_EVERY;
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let wal = LogEngine::open(&dir.path().join("raft-log")).unwrap();
+        let mut log = RegionLogStore::open(&engine, &wal, 3).unwrap();
+        for i in 1..=8 {
+            append(&mut log, i).await;
+        }
+        let (held, release) = hold_durable_sync(&engine);
+        // A lazy commit leaves a durable commit pending: the idle writer makes it once the
+        // interval has passed, and is held at its sync.
+        engine.write_lazy(Box::new(|_| Ok(()))).await.unwrap();
+        let held = tokio::task::spawn_blocking(move || held.recv_timeout(LAZY_DURABLE_EVERY * 10)).await.unwrap();
+        assert!(held.is_ok(), "the writer made no durable commit");
+        // Entries up to 5 were applied after the state that sync holds was fixed (staged
+        // applies go on during it): the purge asked now must not count on it.
+        log.purge(log_id::<TypeConfig>(1, 1, 5)).await.unwrap();
+        let commits = engine.stats().commits.load(SeqCst);
+        release.send(()).unwrap();
+        drop(release);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while engine.stats().commits.load(SeqCst) == commits {
+            assert!(std::time::Instant::now() < deadline, "the held sync never completed");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        log.purge(log_id::<TypeConfig>(1, 1, 6)).await.unwrap();
+        assert_eq!(wal.region_state(3).purged, None, "the sync under way at the purge does not cover it");
+        assert_eq!(wal.region_state(3).entries, Some((1, 8)));
+        // A durable commit whose state was fixed after both purges covers them.
+        engine.write(Box::new(|_| Ok(()))).await.unwrap();
+        log.purge(log_id::<TypeConfig>(1, 1, 7)).await.unwrap();
+        assert_eq!(wal.region_state(3).purged.map(|p| p.0), Some(6));
+        assert_eq!(wal.region_state(3).entries, Some((7, 8)));
     }
 
     async fn append(log: &mut RegionLogStore, index: u64) {
