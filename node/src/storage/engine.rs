@@ -1129,6 +1129,16 @@ pub(crate) mod tests {
         (held_rx, release_tx)
     }
 
+    /// Waits until the engine has counted more than `commits` durable commits (the writer
+    /// is a thread on the real clock: poll it).
+    pub(crate) async fn wait_for_durable_commits_above(engine: &Engine, commits: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while engine.stats().commits.load(Ordering::SeqCst) <= commits {
+            assert!(std::time::Instant::now() < deadline, "no durable commit completed");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn applies_are_staged_while_the_interval_commit_syncs_which_covers_only_what_came_before() {
         let dir = tempfile::tempdir().unwrap();
@@ -1165,11 +1175,7 @@ pub(crate) mod tests {
         assert_eq!(commits(), commits_before);
         release.send(()).unwrap();
         drop(release);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while commits() == commits_before {
-            assert!(std::time::Instant::now() < deadline, "the held sync never completed");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        wait_for_durable_commits_above(&engine, commits_before).await;
         assert!(engine.durable_covers(before_a_is_fixed), "the sync covers what was applied before the first step");
         assert!(!engine.durable_covers(after_b), "but not the apply staged during the sync");
         // The next durable commit covers it.

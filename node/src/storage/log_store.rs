@@ -662,7 +662,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_purge_asked_while_the_interval_commit_syncs_waits_for_a_later_durable_commit() {
-        use super::super::engine::tests::hold_durable_sync;
+        use super::super::engine::tests::{hold_durable_sync, wait_for_durable_commits_above};
         use super::super::engine::LAZY_DURABLE_EVERY;
         use std::sync::atomic::Ordering::SeqCst;
         let dir = tempfile::tempdir().unwrap();
@@ -684,11 +684,7 @@ mod tests {
         let commits = engine.stats().commits.load(SeqCst);
         release.send(()).unwrap();
         drop(release);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while engine.stats().commits.load(SeqCst) == commits {
-            assert!(std::time::Instant::now() < deadline, "the held sync never completed");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        wait_for_durable_commits_above(&engine, commits).await;
         log.purge(log_id::<TypeConfig>(1, 1, 6)).await.unwrap();
         assert_eq!(wal.region_state(3).purged, None, "the sync under way at the purge does not cover it");
         assert_eq!(wal.region_state(3).entries, Some((1, 8)));
