@@ -697,7 +697,7 @@ fn commit_batch(db: &redb::Database, batch: Vec<Job>, shared: &Shared) -> Option
     overlay.committed(result.is_ok());
     match &result {
         Ok(()) => {
-            if durable {
+            if let Some(fixed) = fixed.filter(|_| durable) {
                 durable_done(shared, fixed);
             }
             // After a due write-out, `sync_durable` is about to make it durable.
@@ -724,12 +724,10 @@ fn commit_batch(db: &redb::Database, batch: Vec<Job>, shared: &Shared) -> Option
 }
 
 /// Counts a completed durable commit holding durable state `fixed`.
-fn durable_done(shared: &Shared, fixed: Option<u64>) {
+fn durable_done(shared: &Shared, fixed: u64) {
     shared.stats.commits.fetch_add(1, Ordering::Relaxed);
     *lock(&shared.last_durable) = std::time::Instant::now();
-    if let Some(fixed) = fixed {
-        shared.durable_done.fetch_max(fixed, Ordering::SeqCst);
-    }
+    shared.durable_done.fetch_max(fixed, Ordering::SeqCst);
 }
 
 /// The second step of the interval's durable commit (see [`commit_batch`]): an empty
@@ -753,7 +751,7 @@ fn sync_durable(db: &redb::Database, shared: &Shared, fixed: u64) {
     match result {
         Ok(()) => {
             crate::metrics::STAGES.redb_durable_commit.record(started.elapsed());
-            durable_done(shared, Some(fixed));
+            durable_done(shared, fixed);
         }
         Err(e) => {
             tracing::error!(error = %e, kind = ?e.kind(), "durable storage commit failed; fail-stopping the node's storage");
@@ -1105,11 +1103,7 @@ pub(crate) mod tests {
         // writes the row to the table (and settles the counts of unread puts). The commit
         // is counted after it is made, so the row is in the table once it is counted. The
         // writer is a thread on the real clock, with no event to wait on: poll it.
-        let deadline = std::time::Instant::now() + LAZY_DURABLE_EVERY * 10;
-        while durable_commits() == before {
-            assert!(std::time::Instant::now() < deadline, "the writer made no durable commit");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        wait_for_durable_commits_above(&engine, before).await;
         assert_eq!(in_table(&engine, b"a"), Some(b"1".to_vec()));
         assert!(engine.overlay().is_empty());
         assert_eq!(durable_commits(), before + 1, "one durable commit");

@@ -435,8 +435,8 @@ impl RaftLogStorage<TypeConfig> for RegionLogStore {
     /// entries purged, so the log is never purged past state that a crash could lose.
     ///
     /// That cover is not forced here: a durable commit writes out the data overlay, and
-    /// every apply of the node waits behind that write-out, while this call holds up the region's Raft
-    /// core (openraft awaits it). Instead each purge is kept pending with a ticket of the
+    /// every apply of the node waits behind that write-out, while this call holds up the
+    /// region's Raft core (openraft awaits it). Instead each purge is kept pending with a ticket of the
     /// state machine's durable state ([`Engine::durable_ticket`]). Every entry it purges
     /// was applied, and that apply committed or was staged, before the purge was asked for
     /// (openraft purges only what a snapshot covers), so a durable commit that covers the
@@ -621,12 +621,7 @@ mod tests {
         use super::super::engine::io_err;
         use super::super::tables;
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
-        let wal = LogEngine::open(&dir.path().join("raft-log")).unwrap();
-        let mut log = RegionLogStore::open(&engine, &wal, 3).unwrap();
-        for i in 1..=12 {
-            append(&mut log, i).await;
-        }
+        let (engine, wal, mut log) = store_with_entries(dir.path(), 12).await;
         // An apply, committed lazily: visible, but durable only with a later durable commit.
         engine
             .write_lazy(Box::new(|txn| {
@@ -666,20 +661,15 @@ mod tests {
         use super::super::engine::LAZY_DURABLE_EVERY;
         use std::sync::atomic::Ordering::SeqCst;
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
-        let wal = LogEngine::open(&dir.path().join("raft-log")).unwrap();
-        let mut log = RegionLogStore::open(&engine, &wal, 3).unwrap();
-        for i in 1..=8 {
-            append(&mut log, i).await;
-        }
+        let (engine, wal, mut log) = store_with_entries(dir.path(), 8).await;
         let (held, release) = hold_durable_sync(&engine);
         // A lazy commit leaves a durable commit pending: the idle writer makes it once the
         // interval has passed, and is held at its sync.
         engine.write_lazy(Box::new(|_| Ok(()))).await.unwrap();
         let held = tokio::task::spawn_blocking(move || held.recv_timeout(LAZY_DURABLE_EVERY * 10)).await.unwrap();
         assert!(held.is_ok(), "the writer made no durable commit");
-        // Entries up to 5 were applied after the state that sync holds was fixed (staged
-        // applies go on during it): the purge asked now must not count on it.
+        // A purge asked now may cover applies staged after the state that sync holds was
+        // fixed (staged applies go on during it): it must not count on that sync.
         log.purge(log_id::<TypeConfig>(1, 1, 5)).await.unwrap();
         let commits = engine.stats().commits.load(SeqCst);
         release.send(()).unwrap();
@@ -693,6 +683,17 @@ mod tests {
         log.purge(log_id::<TypeConfig>(1, 1, 7)).await.unwrap();
         assert_eq!(wal.region_state(3).purged.map(|p| p.0), Some(6));
         assert_eq!(wal.region_state(3).entries, Some((7, 8)));
+    }
+
+    /// A fresh engine and log engine in `dir`, and region 3's log holding entries 1..=`n`.
+    async fn store_with_entries(dir: &std::path::Path, n: u64) -> (Engine, LogEngine, RegionLogStore) {
+        let engine = Engine::open(&dir.join("db.redb")).unwrap();
+        let wal = LogEngine::open(&dir.join("raft-log")).unwrap();
+        let mut log = RegionLogStore::open(&engine, &wal, 3).unwrap();
+        for i in 1..=n {
+            append(&mut log, i).await;
+        }
+        (engine, wal, log)
     }
 
     async fn append(log: &mut RegionLogStore, index: u64) {
