@@ -1,8 +1,8 @@
 //! Per-stage timings of the write and read paths, for profiling and benchmarks.
 //!
 //! Each stage accumulates a count, a total duration and a histogram of durations
-//! (lock-free). The node logs, for every stage that saw work, the count, mean and 99th
-//! percentile at most every [`REPORT_EVERY`] (target `tessera_node::metrics`, level info),
+//! (lock-free). The node logs, for every stage that saw work, the count, mean, 99th
+//! percentile and maximum at most every [`REPORT_EVERY`] (target `tessera_node::metrics`, level info),
 //! so a benchmark run shows where a request's time goes, in the middle and in the tail:
 //! `kv_write` (a write request, received to answered, on the leader) contains
 //! `raft_log_queue` + `raft_log_sync` of the leader, the `append_rpc` to the followers
@@ -148,11 +148,17 @@ pub struct Stages {
     pub append_rpc: Stage,
     /// An `AppendEntries` with entries handled by a follower (its log append included).
     pub follower_append: Stage,
+    /// A job of the redb writer (an apply that could not be staged, a split, a snapshot
+    /// install, ...) waiting from its submission until its transaction begins.
+    pub redb_queue: Stage,
     /// Applying a batch of committed entries to the state machine (redb commit included).
     pub apply: Stage,
-    /// Writing the data overlay into redb's `data` table, inside a commit
-    /// (`storage/overlay.rs`).
+    /// Writing the data overlay into redb's `data` table inside a commit, under the
+    /// engine's commit lock (`storage/overlay.rs`).
     pub overlay_flush: Stage,
+    /// Writing the overlay's frozen rows into the `data` table outside the commit lock
+    /// (`storage/engine.rs`, `write_out`), its commit not included.
+    pub overlay_write_out: Stage,
     /// A durable redb commit (`Durability::Immediate`: the pages dirtied since the last one
     /// written out, and synced), the overlay's write-out before it not included.
     pub redb_durable_commit: Stage,
@@ -167,12 +173,14 @@ pub static STAGES: Stages = Stages {
     append_rpc: Stage::new(),
     follower_append: Stage::new(),
     apply: Stage::new(),
+    redb_queue: Stage::new(),
     overlay_flush: Stage::new(),
+    overlay_write_out: Stage::new(),
     redb_durable_commit: Stage::new(),
 };
 
 impl Stages {
-    fn all(&self) -> [(&'static str, &Stage); 9] {
+    fn all(&self) -> [(&'static str, &Stage); 11] {
         [
             ("kv_write", &self.kv_write),
             ("read_index", &self.read_index),
@@ -181,7 +189,9 @@ impl Stages {
             ("append_rpc", &self.append_rpc),
             ("follower_append", &self.follower_append),
             ("apply", &self.apply),
+            ("redb_queue", &self.redb_queue),
             ("overlay_flush", &self.overlay_flush),
+            ("overlay_write_out", &self.overlay_write_out),
             ("redb_durable_commit", &self.redb_durable_commit),
         ]
     }
@@ -192,15 +202,21 @@ impl Stages {
     }
 }
 
-/// Formats the count, mean and 99th percentile of the stages that changed between two
-/// snapshots, e.g. `kv_write=1520×812µs/p99=2048µs raft_log_sync=…`; empty if nothing
-/// changed.
+/// Formats the count, mean, 99th percentile and maximum (the floor of its bucket) of the
+/// stages that changed between two snapshots, e.g.
+/// `kv_write=1520×812µs/p99=2048µs/max=6144µs raft_log_sync=…`; empty if nothing changed.
 pub fn describe(before: &[(&'static str, StageSnapshot)], after: &[(&'static str, StageSnapshot)]) -> String {
     let mut out = Vec::new();
     for ((name, b), (_, a)) in before.iter().zip(after) {
         let d = a.since(b);
         if d.count > 0 {
-            out.push(format!("{name}={}×{:.0}µs/p99={}µs", d.count, d.mean_micros(), d.quantile_micros(0.99)));
+            out.push(format!(
+                "{name}={}×{:.0}µs/p99={}µs/max={}µs",
+                d.count,
+                d.mean_micros(),
+                d.quantile_micros(0.99),
+                d.quantile_micros(1.0)
+            ));
         }
     }
     out.join(" ")
@@ -229,7 +245,7 @@ pub async fn report_loop(mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let now = STAGES.snapshot();
         let line = describe(&last, &now);
         if !line.is_empty() {
-            tracing::info!(target: "tessera_node::metrics", stages = %line, "write path stages (count × mean / p99)");
+            tracing::info!(target: "tessera_node::metrics", stages = %line, "write path stages (count × mean / p99 / max)");
         }
         last = now;
     }
@@ -270,6 +286,7 @@ mod tests {
         let p99 = d.quantile_micros(0.99);
         assert!((4096..=5000).contains(&p99), "p99 {p99}");
         assert_eq!(d.quantile_micros(0.98), p50, "the 980th of 1000 is still 300 µs");
+        assert_eq!(d.quantile_micros(1.0), p99, "the maximum, in the same bucket");
     }
 
     #[test]
@@ -281,7 +298,7 @@ mod tests {
             stage.record(Duration::from_micros(us));
         }
         let after = vec![("a", stage.snapshot()), ("b", quiet.snapshot())];
-        assert_eq!(describe(&before, &after), "a=4×5µs/p99=7µs");
+        assert_eq!(describe(&before, &after), "a=4×5µs/p99=7µs/max=7µs");
         assert_eq!(describe(&after, &after), "");
     }
 

@@ -5,8 +5,8 @@
 //! runs them in order inside one transaction and commits it, durably (one fsync) if any
 //! job asked for it or a durable commit is due, then fires all their completions. So the
 //! applies of all regions that queue up while one transaction runs share the next one. An
-//! apply of plain writes is instead *staged* on its caller's thread when the writer is idle
-//! with nothing queued ([`Engine::apply_plain`]): it reads through a read transaction and
+//! apply of plain writes is instead *staged* on its caller's thread when the writer holds
+//! no transaction ([`Engine::apply_plain`]): it reads through a read transaction and
 //! leaves everything it writes in the overlay (`overlay.rs`), for the next write
 //! transaction to write, which saves the transaction and two thread wake-ups.
 //! (The Raft log is not here: it lives in the log engine, `wal.rs`.)
@@ -16,6 +16,7 @@
 //! work with `StorageUnavailable` until restarted, when redb recovers to its last commit.
 
 use crate::lock;
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -23,7 +24,7 @@ use std::sync::{mpsc, Arc, Mutex, RwLock};
 
 use redb::ReadableDatabase;
 
-use super::overlay::Overlay;
+use super::overlay::{Overlay, WriteOut};
 use super::tables;
 
 /// Work done inside the shared write transaction.
@@ -59,6 +60,8 @@ struct Job {
     /// An apply of plain writes, which stages its rows in the data overlay. Any other job
     /// sees the table alone: the overlay is written to it first (`overlay.rs`).
     plain: bool,
+    /// When it was sent to the writer.
+    queued_at: std::time::Instant,
 }
 
 /// A message to the writer thread.
@@ -170,17 +173,21 @@ struct Shared {
     /// Tests: called by the writer at the start of [`sync_durable`].
     #[cfg(test)]
     sync_hook: Mutex<Option<Box<dyn Fn() + Send>>>,
+    /// Tests: called by the writer at the start of [`write_out`].
+    #[cfg(test)]
+    write_out_hook: Mutex<Option<Box<dyn Fn() + Send>>>,
     /// Held by whoever runs a write transaction (the writer thread for each batch, or a
     /// cut that writes what staged applies left: [`Engine::read_cut`]), and by a staged
-    /// apply ([`Engine::apply_plain`]). Jobs leave `queued` only under it, so a staged
-    /// apply that finds the queue empty while holding it knows every job sent before has
-    /// committed.
+    /// apply ([`Engine::apply_plain`]), so the two never run at once.
     committing: Mutex<()>,
     /// Holders of `committing` other than staged applies, and those about to take it
     /// ([`Shared::lock_busy`]): a staged apply does not wait for them.
     busy: AtomicUsize,
     /// Applied rows of the `data` table not yet written to it (`overlay.rs`).
     overlay: Arc<Overlay>,
+    /// Regions whose prepare of a merge is applying and whose snapshot file of the frozen
+    /// state is not cut yet ([`Engine::merge_cut_pending`]), with how many marks each.
+    merge_cuts: Mutex<HashMap<u64, usize>>,
 }
 
 /// The node's database and writer. Cheap to clone; clones share everything.
@@ -261,9 +268,12 @@ impl Engine {
             durable_done: AtomicU64::new(0),
             #[cfg(test)]
             sync_hook: Mutex::new(None),
+            #[cfg(test)]
+            write_out_hook: Mutex::new(None),
             committing: Mutex::new(()),
             busy: AtomicUsize::new(0),
             overlay: Arc::default(),
+            merge_cuts: Mutex::default(),
         });
         let writer = {
             let shared = shared.clone();
@@ -279,14 +289,21 @@ impl Engine {
     /// Queues `work`; `done` is called once its commit is durable (or failed).
     /// `log_entries` counts the Raft log entries it writes, for the statistics.
     pub fn submit(&self, work: Work, done: Done, log_entries: u64) {
-        self.send(Job { work, done, log_entries, durable: true, plain: false })
+        self.send(Job { work, done, log_entries, durable: true, plain: false, queued_at: std::time::Instant::now() })
     }
 
     /// Queues `work` without waiting for it and without requiring an fsync of its own: it
     /// becomes durable with the next durable commit. A failure shows as the engine's
     /// fail-stop, like every other.
     pub fn submit_lazy(&self, work: Work) {
-        self.send(Job { work, done: Box::new(|_| {}), log_entries: 0, durable: false, plain: false })
+        self.send(Job {
+            work,
+            done: Box::new(|_| {}),
+            log_entries: 0,
+            durable: false,
+            plain: false,
+            queued_at: std::time::Instant::now(),
+        })
     }
 
     fn send(&self, job: Job) {
@@ -317,8 +334,10 @@ impl Engine {
     /// everything it would have written in the overlay (its data rows, its exactly-once
     /// results, its region's `sm_meta` row, its session rows and the `dedup` rows to
     /// delete), for the next write transaction to write (`overlay.rs`, "Staged applies").
-    /// That happens when nothing is queued for the writer, no write transaction is in
-    /// progress and the overlay is not full; otherwise the apply joins the group commit.
+    /// That happens when no write transaction is in progress or about to start and the
+    /// overlay is not full, whatever waits in the writer's queue; otherwise the apply joins
+    /// the group commit. Jobs in the queue are of other regions, or not applies: a region's
+    /// applies run one after the other, each awaited by its caller.
     pub async fn apply_plain(&self, work: PlainWork, may_stage: bool) -> io::Result<()> {
         let work = if may_stage {
             match self.stage(work) {
@@ -335,7 +354,11 @@ impl Engine {
     /// otherwise.
     fn stage(&self, work: PlainWork) -> Result<io::Result<()>, PlainWork> {
         let shared = &self.shared;
-        if shared.queued.load(Ordering::SeqCst) != 0 || shared.overlay.is_full() {
+        // Jobs waiting for the writer do not stop it: they belong to other regions (a
+        // region's applies run one after the other, each awaited) or are not applies, and
+        // a slow step of the writer's (its write-out, its sync) must not hold up every
+        // region behind one apply that needed the writer (a session sweep).
+        if shared.overlay.is_full() {
             return Err(work);
         }
         // Other staged applies hold the lock briefly: wait for them, not for anyone else.
@@ -349,7 +372,7 @@ impl Engine {
                 Err(std::sync::TryLockError::WouldBlock) => std::thread::yield_now(),
             }
         };
-        if shared.queued.load(Ordering::SeqCst) != 0 || shared.busy.load(Ordering::SeqCst) != 0 {
+        if shared.busy.load(Ordering::SeqCst) != 0 {
             return Err(work);
         }
         if let Some(failure) = lock(&shared.failed).clone() {
@@ -387,7 +410,7 @@ impl Engine {
         let done: Done = Box::new(move |r| {
             let _ = tx.send(r);
         });
-        self.send(Job { work, done, log_entries: 0, durable, plain });
+        self.send(Job { work, done, log_entries: 0, durable, plain, queued_at: std::time::Instant::now() });
         rx.await.map_err(|_| io::Error::other("storage writer dropped a job"))?
     }
 
@@ -410,7 +433,7 @@ impl Engine {
     /// `pick` ran. Not for snapshots ([`Engine::read_cut`]).
     pub fn read_data<T>(
         &self,
-        pick: impl FnMut(&redb::ReadTransaction, &super::overlay::Rows) -> io::Result<T>,
+        pick: impl FnMut(&redb::ReadTransaction, super::overlay::View<'_>) -> io::Result<T>,
     ) -> io::Result<(redb::ReadTransaction, T)> {
         self.shared.overlay.read_consistent(|| self.read(), pick)
     }
@@ -420,7 +443,7 @@ impl Engine {
     /// transaction matches its rows. Waits for the commit in progress, if any.
     pub fn read_cut<T>(
         &self,
-        pick: impl FnOnce(&redb::ReadTransaction, &super::overlay::Rows) -> io::Result<T>,
+        pick: impl FnOnce(&redb::ReadTransaction, super::overlay::View<'_>) -> io::Result<T>,
     ) -> io::Result<(redb::ReadTransaction, T)> {
         let _committing = self.shared.lock_busy();
         // What staged applies left for the tables goes to them first (a small commit), so
@@ -428,11 +451,21 @@ impl Engine {
         // published rows of the same applies.
         if self.shared.overlay.has_settle() {
             let db = self.shared.db_handle()?;
-            let job =
-                Job { work: Box::new(|_| Ok(())), done: Box::new(|_| {}), log_entries: 0, durable: false, plain: true };
+            let job = Job {
+                work: Box::new(|_| Ok(())),
+                done: Box::new(|_| {}),
+                log_entries: 0,
+                durable: false,
+                plain: true,
+                queued_at: std::time::Instant::now(),
+            };
             // If the durable interval has passed, this is its durable commit: made here,
             // under the lock (a cut is rare), rather than left to a writer that may be idle.
-            if let Some(fixed) = commit_batch(&db, vec![job], &self.shared) {
+            // (If the writer's write-out is under way, this transaction waits for it to
+            // commit: it began under the lock.)
+            let after = commit_batch(&db, vec![job], &self.shared, Place::UnderLock);
+            debug_assert!(after.write_out.is_none());
+            if let Some(fixed) = after.sync {
                 sync_durable(&db, &self.shared, fixed);
             }
             self.check()?;
@@ -442,6 +475,37 @@ impl Engine {
         let txn = self.read()?;
         let picked = self.shared.overlay.with_published(|rows| pick(&txn, rows))?;
         Ok((txn, picked))
+    }
+
+    /// A read transaction taken under the commit lock, with `pick` run under it too: no
+    /// transaction of the writer's is in progress, so the tables' applied states and
+    /// sessions with what staged applies left over them ([`Overlay::meta_get`]) are the
+    /// latest. Unlike [`Engine::read_cut`] it commits nothing, so it never waits for the
+    /// overlay's write-out, nor makes staged applies wait for a commit of its own. Only the
+    /// `data` table may change under it (a write-out commits outside the lock): not for
+    /// rows.
+    pub fn read_settled<T>(
+        &self,
+        pick: impl FnOnce(&redb::ReadTransaction, &Overlay) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let _committing = lock(&self.shared.committing);
+        let txn = self.read()?;
+        pick(&txn, &self.shared.overlay)
+    }
+
+    /// Marks `region`'s prepare of a merge as applying, with its snapshot file not cut yet,
+    /// until the returned guard drops: the merge's target on this node waits for that too
+    /// ([`Engine::is_merge_cut_pending`]), so that it never absorbs the source before the
+    /// file that catches a lagging source replica up is cut. Kept in memory: after a
+    /// restart, a prepare applied before it is not pending.
+    pub fn merge_cut_pending(&self, region: u64) -> MergeCutPending {
+        *lock(&self.shared.merge_cuts).entry(region).or_default() += 1;
+        MergeCutPending { engine: self.clone(), region }
+    }
+
+    /// Whether `region`'s prepare of a merge is applying or its file not cut yet.
+    pub fn is_merge_cut_pending(&self, region: u64) -> bool {
+        lock(&self.shared.merge_cuts).contains_key(&region)
     }
 
     /// `Err` once the engine has fail-stopped.
@@ -528,6 +592,25 @@ impl Engine {
     }
 }
 
+/// A mark of [`Engine::merge_cut_pending`], removed when dropped.
+#[derive(Debug)]
+pub struct MergeCutPending {
+    engine: Engine,
+    region: u64,
+}
+
+impl Drop for MergeCutPending {
+    fn drop(&mut self) {
+        let mut cuts = lock(&self.engine.shared.merge_cuts);
+        if let Some(n) = cuts.get_mut(&self.region) {
+            *n -= 1;
+            if *n == 0 {
+                cuts.remove(&self.region);
+            }
+        }
+    }
+}
+
 /// The commit lock, held by someone other than a staged apply ([`Shared::lock_busy`]).
 struct Busy<'a> {
     shared: &'a Shared,
@@ -602,12 +685,17 @@ fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Msg>, shared: &Shared
     while !stopping {
         let Some((batch, stop)) = next_batch(&rx, shared) else { break };
         stopping = stop;
-        let sync = {
+        let after = {
             let _committing = shared.lock_busy();
             shared.queued.fetch_sub(batch.len(), Ordering::SeqCst);
-            commit_batch(&db, batch, shared)
+            commit_batch(&db, batch, shared, Place::Writer)
         };
-        if let Some(fixed) = sync {
+        if let Some((txn, out)) = after.write_out {
+            if !write_out(txn, out, shared) {
+                continue;
+            }
+        }
+        if let Some(fixed) = after.sync {
             sync_durable(&db, shared, fixed);
         }
     }
@@ -631,35 +719,66 @@ fn flush_at_close(db: &redb::Database, overlay: &Overlay) -> io::Result<()> {
     result
 }
 
+/// Where [`commit_batch`] runs, which decides where a due write-out of the overlay goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// On the writer thread, which finishes what it returns after releasing the lock.
+    Writer,
+    /// Elsewhere under the commit lock (a cut): everything is done in the transaction.
+    UnderLock,
+}
+
+/// What the writer finishes after [`commit_batch`] has released the commit lock.
+#[must_use = "a frozen write-out and a fixed durable state must be finished"]
+struct After {
+    /// The overlay's frozen rows and the transaction, begun under the lock, to write them
+    /// in ([`write_out`]).
+    write_out: Option<(redb::WriteTransaction, WriteOut)>,
+    /// A durable state fixed and written, for [`sync_durable`] to make durable.
+    sync: Option<u64>,
+}
+
 /// Runs one batch in one transaction and completes every job of it with the outcome.
-/// Called under the commit lock. A `Some` returned must be given to [`sync_durable`].
+/// Called under the commit lock.
 ///
-/// A batch with a job that asks for durability commits durably. Once the durable interval
-/// has passed without one, the batch's transaction writes the overlay out and commits
-/// without a sync, and this returns the durable state it fixed, for [`sync_durable`] to make
-/// durable after the commit lock is released: the sync of everything written since the
-/// last durable commit is the slow part (12-50 ms measured), and staged applies need not
-/// wait for it.
-#[must_use = "a durable state fixed here is durable only once `sync_durable` has run"]
-fn commit_batch(db: &redb::Database, batch: Vec<Job>, shared: &Shared) -> Option<u64> {
+/// A batch with a job that asks for durability commits durably, with the overlay written
+/// out in the same transaction. Otherwise, once the durable interval has passed (or the
+/// overlay is full), the overlay is to be written out and (if the interval has passed)
+/// the result made durable, which are the slow parts (issue 6's notes: a write-out of
+/// 18-28 ms under workload A, a sync of 12-50 ms), and staged applies need not wait for
+/// either. On the writer, the transaction writes the overlay's settle and dedup stages
+/// and commits without a sync; the data rows are then frozen ([`Overlay::freeze`]) and
+/// the transaction that will write them begun, both still under the lock, and the writer
+/// writes and commits them ([`write_out`]), then syncs ([`sync_durable`]), with the lock
+/// released. Under the lock elsewhere ([`Place::UnderLock`]) the transaction writes the
+/// whole overlay out, and the caller syncs.
+fn commit_batch(db: &redb::Database, batch: Vec<Job>, shared: &Shared, place: Place) -> After {
+    let mut after = After { write_out: None, sync: None };
     let already_failed = lock(&shared.failed).clone();
     if let Some(failure) = already_failed {
         for job in batch {
             (job.done)(Err(failure.to_io()));
         }
-        return None;
+        return after;
     }
+    let overlay = &shared.overlay;
     let durable = batch.iter().any(|j| j.durable);
     let due = !durable && lock(&shared.last_durable).elapsed() >= LAZY_DURABLE_EVERY;
+    // Frozen rows are left only by a failed write-out, after which nothing commits: the
+    // check keeps a second freeze from ever meeting them.
+    let freeze = place == Place::Writer && !durable && !overlay.has_frozen();
     // The state this transaction commits is what the durable commit will hold: counted now,
     // under the commit lock, so no apply can slip in between.
     let fixed = (durable || due).then(|| shared.durable_fixed.fetch_add(1, Ordering::SeqCst) + 1);
     let jobs = batch.len() as u64;
+    for job in &batch {
+        crate::metrics::STAGES.redb_queue.record(job.queued_at.elapsed());
+    }
     let log_entries: u64 = batch.iter().map(|j| j.log_entries).sum();
     // Completions are taken out first, so that every job of the batch hears the outcome,
     // whichever job fails.
     let (works, dones): (Vec<(Work, bool)>, Vec<Done>) = batch.into_iter().map(|j| ((j.work, j.plain), j.done)).unzip();
-    let overlay = &shared.overlay;
+    let mut write_out_due = false;
     let result = (|| -> io::Result<()> {
         let mut txn = db.begin_write().map_err(io_err)?;
         let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
@@ -685,7 +804,12 @@ fn commit_batch(db: &redb::Database, batch: Vec<Job>, shared: &Shared) -> Option
         }
         // Every durable commit holds the rows of the applied indexes it holds.
         if (durable || due || overlay.is_full()) && overlay.has_rows() {
-            flush(&txn)?;
+            if freeze {
+                overlay.flush_stages_into(&txn)?;
+                write_out_due = true;
+            } else {
+                flush(&txn)?;
+            }
         }
         let started = std::time::Instant::now();
         txn.commit().map_err(io_err)?;
@@ -710,16 +834,86 @@ fn commit_batch(db: &redb::Database, batch: Vec<Job>, shared: &Shared) -> Option
             *lock(&shared.failed) = Some(Failure { kind: e.kind(), message: e.to_string() });
         }
     }
+    // Frozen before the jobs hear that they committed (freezing is a swap): once an apply
+    // has returned, its rows are in the table or frozen for a write-out under way.
+    if result.is_ok() && write_out_due {
+        if let Some(out) = overlay.freeze() {
+            // Begun under the lock, so that no other transaction (a cut's) commits between
+            // this one and the write-out: one that wrote the live rows first would have
+            // them overwritten with the older frozen ones.
+            match db.begin_write().map_err(io_err) {
+                Ok(txn) => after.write_out = Some((txn, out)),
+                Err(e) => {
+                    // The frozen rows stay, readable, and closing writes them out.
+                    fail_stop(shared, &e, "beginning the overlay's write-out");
+                    let _rows = overlay.written_out(out, false);
+                }
+            }
+        }
+    }
     for done in dones {
         done(match &result {
             Ok(()) => Ok(()),
             Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
         });
     }
-    if due && result.is_ok() {
-        fixed
-    } else {
-        None
+    if result.is_err() || lock(&shared.failed).is_some() {
+        return after;
+    }
+    if due {
+        after.sync = fixed;
+    }
+    after
+}
+
+/// Writes the overlay's frozen rows out in `txn` (begun by [`commit_batch`] under the
+/// commit lock) and commits it without a sync, outside the commit lock: staged applies go
+/// on meanwhile, reading the frozen rows from the overlay until they leave it, under the
+/// lock, once the commit is made ([`Overlay::written_out`]). False if it failed, which
+/// fail-stops the engine (the rows stay in the overlay, and closing writes them out).
+fn write_out(txn: redb::WriteTransaction, mut out: WriteOut, shared: &Shared) -> bool {
+    #[cfg(test)]
+    if let Some(hook) = &*lock(&shared.write_out_hook) {
+        hook();
+    }
+    let started = std::time::Instant::now();
+    let result = (|| -> io::Result<usize> {
+        let mut txn = txn;
+        txn.set_durability(redb::Durability::None).map_err(io_err)?;
+        let rows = shared.overlay.write_out(&txn, &mut out)?;
+        crate::metrics::STAGES.overlay_write_out.record(started.elapsed());
+        txn.commit().map_err(io_err)?;
+        Ok(rows)
+    })();
+    if let Err(e) = &result {
+        fail_stop(shared, e, "the overlay's write-out");
+    }
+    let rows = {
+        // Briefly (a swap): staged applies wait for it rather than queue behind the sync.
+        let _committing = lock(&shared.committing);
+        shared.overlay.written_out(out, result.is_ok())
+    };
+    // Freed here, outside the lock.
+    drop(rows);
+    match result {
+        Ok(rows) => {
+            tracing::trace!(
+                rows,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "data overlay written to the table outside the commit lock"
+            );
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Records the engine's first failure: it refuses every commit from now on.
+fn fail_stop(shared: &Shared, e: &io::Error, what: &str) {
+    tracing::error!(error = %e, kind = ?e.kind(), step = what, "storage write failed; fail-stopping the node's storage");
+    let mut failed = lock(&shared.failed);
+    if failed.is_none() {
+        *failed = Some(Failure { kind: e.kind(), message: e.to_string() });
     }
 }
 
@@ -753,13 +947,7 @@ fn sync_durable(db: &redb::Database, shared: &Shared, fixed: u64) {
             crate::metrics::STAGES.redb_durable_commit.record(started.elapsed());
             durable_done(shared, fixed);
         }
-        Err(e) => {
-            tracing::error!(error = %e, kind = ?e.kind(), "durable storage commit failed; fail-stopping the node's storage");
-            let mut failed = lock(&shared.failed);
-            if failed.is_none() {
-                *failed = Some(Failure { kind: e.kind(), message: e.to_string() });
-            }
-        }
+        Err(e) => fail_stop(shared, &e, "the durable commit's sync"),
     }
 }
 
@@ -967,9 +1155,11 @@ pub(crate) mod tests {
         engine.apply_plain(stage(&engine, b"k", b"v"), true).await.unwrap();
         assert!(engine.overlay().is_full());
         assert_eq!(engine.stats().staged.load(Ordering::Relaxed), 3);
-        // The next goes to the writer, whose commit writes the data rows out.
+        // The next goes to the writer, whose commit writes the data rows out (frozen before
+        // the apply returns, and written after, outside the commit lock).
         engine.apply_plain(applied(&engine, 3, &ran_on), true).await.unwrap();
         assert_eq!(lock(&ran_on).as_deref(), Some("tessera-writer"));
+        wait_until_written_out(&engine).await;
         assert_eq!(in_table(&engine, b"big").map(|v| v.len()), Some(MAX_BYTES - 68));
         assert_eq!(in_table(&engine, b"k"), Some(b"v".to_vec()));
         assert!(!engine.overlay().is_full() && !engine.overlay().has_rows());
@@ -1113,14 +1303,211 @@ pub(crate) mod tests {
     /// Holds the writer at the start of the interval's durable sync (`sync_durable`) until
     /// the returned sender is used (or dropped); the receiver hears when it is held.
     pub(crate) fn hold_durable_sync(engine: &Engine) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+        hold_at(&engine.shared.sync_hook)
+    }
+
+    /// The same at the start of the overlay's write-out outside the commit lock
+    /// (`write_out`): its transaction is begun, nothing written yet.
+    pub(crate) fn hold_write_out(engine: &Engine) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+        hold_at(&engine.shared.write_out_hook)
+    }
+
+    type Hook = Mutex<Option<Box<dyn Fn() + Send>>>;
+
+    fn hold_at(hook: &Hook) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
         let (held_tx, held_rx) = std::sync::mpsc::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let (held_tx, release_rx) = (Mutex::new(held_tx), Mutex::new(release_rx));
-        *lock(&engine.shared.sync_hook) = Some(Box::new(move || {
+        *lock(hook) = Some(Box::new(move || {
             let _ = lock(&held_tx).send(());
             let _ = lock(&release_rx).recv();
         }));
         (held_rx, release_tx)
+    }
+
+    /// Waits (off the runtime) until the writer is held at a hook, for at most ten durable
+    /// intervals.
+    pub(crate) async fn until_held(held: std::sync::mpsc::Receiver<()>) -> bool {
+        tokio::task::spawn_blocking(move || held.recv_timeout(LAZY_DURABLE_EVERY * 10).is_ok()).await.unwrap()
+    }
+
+    /// A plain apply job staging `key = value` and its region's applied state (a settle
+    /// row), as a state machine's apply does.
+    fn stage_applied(engine: &Engine, key: &'static [u8], value: &'static [u8]) -> PlainWork {
+        let overlay = engine.overlay().clone();
+        Box::new(move |_| {
+            overlay.put(&Default::default(), key.to_vec(), value);
+            overlay.meta_put(1, value.to_vec());
+            Ok(())
+        })
+    }
+
+    /// `key` as readers see it: the overlay over the table.
+    fn read_value(engine: &Engine, key: &'static [u8]) -> Option<Vec<u8>> {
+        let (txn, row) = engine.read_data(|_, rows| Ok(rows.get(key).cloned())).unwrap();
+        match row {
+            Some(row) => row,
+            None => txn.open_table(tables::DATA).unwrap().get(key).unwrap().map(|v| v.value().to_vec()),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn applies_are_staged_while_the_overlay_is_written_out_and_readers_see_its_rows_throughout() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let (held, release) = hold_write_out(&engine);
+        let staged = || engine.stats().staged.load(Ordering::SeqCst);
+        engine.apply_plain(stage_applied(&engine, b"a", b"1"), true).await.unwrap();
+        engine.apply_plain(stage_applied(&engine, b"b", b"1"), true).await.unwrap();
+        let before_freeze = engine.durable_ticket();
+        // Once the interval has passed, the idle writer commits the stages, freezes the
+        // rows, and is held before writing them.
+        assert!(until_held(held).await, "the writer made no write-out");
+        assert!(engine.overlay().has_frozen());
+        assert!(meta_in_table(&engine, 1), "the first transaction wrote the settle stage");
+        assert_eq!(in_table(&engine, b"a"), None, "the rows are not written yet");
+        assert_eq!(read_value(&engine, b"a"), Some(b"1".to_vec()), "readers see the frozen rows");
+        // The write-out does not hold the commit lock: applies are staged meanwhile, over
+        // the frozen rows, where they used to wait for the whole write-out.
+        let staged_before = staged();
+        let during = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            engine.apply_plain(stage_applied(&engine, b"a", b"2"), true).await.unwrap();
+            engine.apply_plain(stage_applied(&engine, b"c", b"2"), true).await.unwrap();
+        })
+        .await;
+        assert!(during.is_ok(), "an apply waited for the held write-out");
+        assert_eq!(staged(), staged_before + 2, "staged, not queued");
+        let after_them = engine.durable_ticket();
+        assert_eq!(read_value(&engine, b"a"), Some(b"2".to_vec()), "the live row over the frozen one");
+        assert_eq!(read_value(&engine, b"b"), Some(b"1".to_vec()));
+        let scan = engine
+            .read_data(|_, rows| Ok(crate::storage::overlay::range_rows(rows, b"a", b"z", false, usize::MAX)))
+            .unwrap()
+            .1
+            .into_iter()
+            .map(|(k, v)| (k, v.unwrap()))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            scan,
+            vec![(b"a".to_vec(), b"2".to_vec()), (b"b".to_vec(), b"1".to_vec()), (b"c".to_vec(), b"2".to_vec())]
+        );
+        let commits = engine.stats().commits.load(Ordering::SeqCst);
+        release.send(()).unwrap();
+        drop(release);
+        // The write-out commits, the frozen rows leave the overlay, and the sync makes what
+        // came before the freeze durable, not the applies staged during the write-out.
+        wait_for_durable_commits_above(&engine, commits).await;
+        assert!(!engine.overlay().has_frozen());
+        assert_eq!(in_table(&engine, b"a"), Some(b"1".to_vec()), "the frozen value");
+        assert_eq!(in_table(&engine, b"b"), Some(b"1".to_vec()));
+        assert_eq!(in_table(&engine, b"c"), None);
+        assert_eq!(read_value(&engine, b"a"), Some(b"2".to_vec()));
+        assert_eq!(engine.overlay().len(), 2, "the live rows stay for the next write-out");
+        assert!(engine.durable_covers(before_freeze));
+        assert!(!engine.durable_covers(after_them));
+        engine.write(Box::new(|_| Ok(()))).await.unwrap();
+        assert!(engine.durable_covers(after_them));
+        assert_eq!(in_table(&engine, b"a"), Some(b"2".to_vec()));
+        assert_eq!(in_table(&engine, b"c"), Some(b"2".to_vec()));
+        assert!(engine.failure().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_apply_is_staged_while_a_job_that_needs_the_writer_waits_for_its_write_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let (held, release) = hold_write_out(&engine);
+        engine.apply_plain(stage_applied(&engine, b"a", b"1"), true).await.unwrap();
+        assert!(until_held(held).await, "the writer made no write-out");
+        // An apply that cannot be staged (a session sweep's) waits in the queue for the
+        // writer, held in its write-out.
+        let waiting = {
+            let e = engine.clone();
+            let job = stage_applied(&engine, b"b", b"2");
+            tokio::spawn(async move { e.apply_plain(job, false).await })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while engine.queue_depth() == 0 {
+            assert!(std::time::Instant::now() < deadline, "the job never reached the queue");
+            tokio::task::yield_now().await;
+        }
+        // Another region's apply is staged meanwhile, instead of queueing behind it.
+        let staged_before = engine.stats().staged.load(Ordering::SeqCst);
+        let other = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            engine.apply_plain(stage_applied(&engine, b"c", b"3"), true),
+        )
+        .await;
+        assert!(other.is_ok(), "the apply queued behind the waiting job");
+        other.unwrap().unwrap();
+        assert_eq!(engine.stats().staged.load(Ordering::SeqCst), staged_before + 1);
+        assert!(!waiting.is_finished());
+        release.send(()).unwrap();
+        waiting.await.unwrap().unwrap();
+        assert_eq!(read_value(&engine, b"b"), Some(b"2".to_vec()));
+        assert_eq!(read_value(&engine, b"c"), Some(b"3".to_vec()));
+        assert!(engine.failure().is_none());
+    }
+
+    #[test]
+    fn a_merge_cut_stays_pending_until_every_mark_of_the_region_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        assert!(!engine.is_merge_cut_pending(2));
+        let first = engine.merge_cut_pending(2);
+        let second = engine.merge_cut_pending(2);
+        assert!(engine.is_merge_cut_pending(2) && !engine.is_merge_cut_pending(3));
+        drop(first);
+        assert!(engine.is_merge_cut_pending(2), "one mark is left");
+        drop(second);
+        assert!(!engine.is_merge_cut_pending(2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cut_during_the_write_out_commits_after_it_so_the_newer_rows_win() {
+        // A cut that finds staged applies commits what they left, under the lock; during
+        // the write-out it must not commit before the write-out does, or the older frozen
+        // rows would be written over the newer ones it wrote, and then leave the overlay.
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let (held, release) = hold_write_out(&engine);
+        engine.apply_plain(stage_applied(&engine, b"a", b"old"), true).await.unwrap();
+        assert!(until_held(held).await, "the writer made no write-out");
+        engine.apply_plain(stage_applied(&engine, b"a", b"new"), true).await.unwrap();
+        assert!(engine.overlay().has_settle());
+        let (cut_tx, cut) = std::sync::mpsc::channel();
+        {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                let _ = cut_tx.send(engine.read_cut(|_, rows| Ok(rows.get(b"a".as_slice()).cloned())).map(|r| r.1));
+            });
+        }
+        // The cut takes the commit lock (the writer does not hold it during the write-out)
+        // but its transaction waits for the write-out's. This waits for something not to
+        // happen, so there is no event to wait on.
+        let early = cut.recv_timeout(std::time::Duration::from_millis(500));
+        assert!(early.is_err(), "the cut committed while the write-out was held");
+        release.send(()).unwrap();
+        drop(release);
+        let seen = cut.recv_timeout(std::time::Duration::from_secs(30)).expect("the cut never ended").unwrap();
+        // The cut's transaction began after the write-out's had committed, and (the
+        // interval having passed) wrote every row out, newest last.
+        assert_eq!(seen, None, "the cut's commit wrote the overlay out");
+        engine.write(Box::new(|_| Ok(()))).await.unwrap();
+        assert_eq!(in_table(&engine, b"a"), Some(b"new".to_vec()));
+        assert_eq!(read_value(&engine, b"a"), Some(b"new".to_vec()));
+        assert!(!engine.overlay().has_frozen());
+        assert!(engine.failure().is_none());
+    }
+
+    /// Waits until no write-out of frozen rows is under way (the writer is a thread on the
+    /// real clock: poll it).
+    async fn wait_until_written_out(engine: &Engine) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while engine.overlay().has_frozen() {
+            assert!(std::time::Instant::now() < deadline, "the write-out never ended");
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     /// Waits until the engine has counted more than `commits` durable commits (the writer

@@ -63,13 +63,31 @@
 //! the settle stage written first (`Engine::read_cut`). Like the dedup stage it is used
 //! only under the commit lock, changed in place with an undo log.
 //!
+//! **Write-outs outside the commit lock.** Writing the rows out is the slow part of the
+//! interval's durable commit (18-28 ms per write-out under workload A at 64 in flight,
+//! issue 6's notes), and while it ran under the commit lock every apply of the node waited.
+//! The engine's writer makes it in two transactions instead: the first, under the lock,
+//! writes the settle and dedup stages ([`Overlay::flush_stages_into`]) and commits; then,
+//! still under the lock, the live published rows are *frozen* ([`Overlay::freeze`]) and
+//! the second transaction begun; with the lock released, the writer writes the frozen rows
+//! ([`Overlay::write_out`]) and commits. Meanwhile staged applies go on: they publish to
+//! fresh live rows, and every reader sees the live rows over the frozen ones over the
+//! table ([`View`]). The frozen rows leave, moving the epoch, once the second transaction
+//! has committed, under the commit lock ([`Overlay::written_out`]), so that a staged apply
+//! reading through an older read transaction never misses them. Together the two
+//! transactions leave the tables as one flushing transaction at the freeze would, and no
+//! other commit comes between them (the second began under the lock; a cut's transaction
+//! waits for it), so a durable commit after them holds every applied index with its rows.
+//! The frozen rows do not count against [`MAX_BYTES`]: during a write-out the overlay may
+//! hold up to twice that.
+//!
 //! [`LAZY_DURABLE_EVERY`]: super::engine::LAZY_DURABLE_EVERY
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::ReadableTable;
 
@@ -80,8 +98,79 @@ use crate::lock;
 /// A row of the overlay: the value, or `None` for a deletion the table has not seen yet.
 pub type Row = Option<Vec<u8>>;
 
-/// The published rows, by `data` table key.
+/// Rows by `data` table key.
 pub type Rows = BTreeMap<Vec<u8>, Row>;
+
+/// The published rows: the live ones, where commits publish, and those a write-out
+/// outside the commit lock is writing to the table ([`Overlay::freeze`]).
+#[derive(Debug, Default)]
+struct Published {
+    live: Rows,
+    frozen: Option<Arc<Rows>>,
+}
+
+impl Published {
+    fn view(&self) -> View<'_> {
+        View { live: &self.live, frozen: self.frozen.as_deref() }
+    }
+}
+
+/// The published rows as a reader sees them: a live row hides a frozen row of its key.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    live: &'a Rows,
+    frozen: Option<&'a Rows>,
+}
+
+impl<'a> From<&'a Rows> for View<'a> {
+    /// Rows with nothing frozen under them.
+    fn from(live: &'a Rows) -> View<'a> {
+        View { live, frozen: None }
+    }
+}
+
+impl<'a> View<'a> {
+    /// `key`'s row, if the overlay has the key.
+    pub fn get(&self, key: &[u8]) -> Option<&'a Row> {
+        self.live.get(key).or_else(|| self.frozen?.get(key))
+    }
+
+    /// True when the overlay has no row.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty() && self.frozen.is_none_or(BTreeMap::is_empty)
+    }
+
+    /// Keys the overlay has a row for.
+    pub fn len(&self) -> usize {
+        let frozen_only = self.frozen.map_or(0, |f| f.keys().filter(|k| !self.live.contains_key(*k)).count());
+        self.live.len() + frozen_only
+    }
+}
+
+/// The rows [`Overlay::freeze`] took out of the live ones, for the writer to write to the
+/// table in a transaction of their own ([`Overlay::write_out`]) without the commit lock;
+/// readers see them until [`Overlay::written_out`].
+#[derive(Debug)]
+#[must_use = "frozen rows leave the overlay only through `Overlay::written_out`"]
+pub struct WriteOut {
+    rows: Arc<Rows>,
+    /// The frozen rows' records of unread table values.
+    unread: HashMap<Vec<u8>, Unread>,
+    /// Count corrections of the rows written, added by [`Overlay::written_out`].
+    corrections: Vec<(Arc<ApproxSize>, i64, i64)>,
+}
+
+impl WriteOut {
+    /// Rows to write.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
 
 /// The `data` table as a write transaction opens it.
 pub type DataTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
@@ -364,10 +453,11 @@ impl Unread {
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub struct Overlay {
-    published: RwLock<Rows>,
+    published: RwLock<Published>,
     /// Moves each time published rows are cleared because a commit wrote them to the table.
     epoch: AtomicU64,
-    /// Bytes of the published rows ([`row_bytes`]).
+    /// Bytes of the live published rows ([`row_bytes`]); the frozen ones are not counted
+    /// against [`MAX_BYTES`] (see "Write-outs outside the commit lock").
     bytes: AtomicUsize,
     /// The write transaction in progress, and the writer's own records of the published
     /// rows. Only whoever holds the engine's commit lock uses it, so it is never contended.
@@ -398,25 +488,35 @@ struct TxnRows {
 
 impl TxnRows {
     fn correct(&mut self, key: &[u8], unread: &Unread, actual: Option<usize>) {
-        let (keys, bytes) = unread.correction(key, actual);
-        if (keys, bytes) == (0, 0) {
-            return;
-        }
-        match self.corrections.iter_mut().find(|(size, _, _)| Arc::ptr_eq(size, &unread.size)) {
-            Some((_, k, b)) => (*k, *b) = (*k + keys, *b + bytes),
-            None => self.corrections.push((unread.size.clone(), keys, bytes)),
-        }
+        correct(&mut self.corrections, key, unread, actual);
+    }
+}
+
+/// Adds to `corrections` (one entry per region) the correction of a row written to the
+/// table whose value there was never read (`actual`: the value the write replaced).
+fn correct(corrections: &mut Vec<(Arc<ApproxSize>, i64, i64)>, key: &[u8], unread: &Unread, actual: Option<usize>) {
+    let (keys, bytes) = unread.correction(key, actual);
+    if (keys, bytes) == (0, 0) {
+        return;
+    }
+    match corrections.iter_mut().find(|(size, _, _)| Arc::ptr_eq(size, &unread.size)) {
+        Some((_, k, b)) => (*k, *b) = (*k + keys, *b + bytes),
+        None => corrections.push((unread.size.clone(), keys, bytes)),
     }
 }
 
 impl Overlay {
-    fn published(&self) -> RwLockReadGuard<'_, Rows> {
+    fn published(&self) -> RwLockReadGuard<'_, Published> {
         self.published.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn published_mut(&self) -> RwLockWriteGuard<'_, Published> {
+        self.published.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Published rows: rows committed and not yet written to the table.
     pub fn len(&self) -> usize {
-        self.published().len()
+        self.published().view().len()
     }
 
     /// True when no published row waits for the table.
@@ -438,7 +538,7 @@ impl Overlay {
     pub fn has_rows(&self) -> bool {
         let txn = lock(&self.txn);
         !txn.staged.is_empty()
-            || (!txn.flushed && !self.published().is_empty())
+            || (!txn.flushed && !self.published().view().is_empty())
             || !lock(&self.dedup).rows.is_empty()
             || !lock(&self.settle).is_empty()
     }
@@ -452,6 +552,12 @@ impl Overlay {
     /// Stages region `region`'s `sm_meta` row, in the staged apply in progress.
     pub fn meta_put(&self, region: u64, row: Vec<u8>) {
         lock(&self.settle).meta.put(region, Some(row));
+    }
+
+    /// Region `region`'s staged `sm_meta` row, if the stage has it (newer than the
+    /// table's). Consistent with the table only under the engine's commit lock.
+    pub fn meta_get(&self, region: u64) -> Option<Vec<u8>> {
+        lock(&self.settle).meta.rows.get(&region).cloned()
     }
 
     /// The staged `sessions` row under `key`, if the stage has it (the table may).
@@ -571,11 +677,18 @@ impl Overlay {
         if txn.flushed {
             return None;
         }
-        let len = self.published().get(key).map(|row| row.as_ref().map(Vec::len))?;
-        if let Some(unread) = txn.published_unread.get(key).cloned() {
-            txn.staged_unread.insert(key.to_vec(), unread);
+        let published = self.published();
+        if let Some(row) = published.live.get(key) {
+            if let Some(unread) = txn.published_unread.get(key).cloned() {
+                txn.staged_unread.insert(key.to_vec(), unread);
+            }
+            return Some(row.as_ref().map(Vec::len));
         }
-        Some(len)
+        // A frozen row's record of an unread value stays with it: the write-out that
+        // writes the row corrects the counts for it, and the row staged over it replaces
+        // a value of known length.
+        let row = published.frozen.as_deref()?.get(key)?;
+        Some(row.as_ref().map(Vec::len))
     }
 
     /// `key`'s value as the transaction in progress sees it (`data` table key).
@@ -585,7 +698,7 @@ impl Overlay {
             return Ok(row.clone());
         }
         if !txn.flushed {
-            if let Some(row) = self.published().get(key) {
+            if let Some(row) = self.published().view().get(key) {
                 return Ok(row.clone());
             }
         }
@@ -632,7 +745,16 @@ impl Overlay {
         let mut written = 0;
         if !rows.flushed {
             let published = self.published();
-            for (key, row) in published.iter() {
+            // Frozen rows first, as a write-out would have written them (this happens only
+            // when the write-out has committed them already, or failed): the live rows
+            // are newer. Their count corrections are the write-out's.
+            for (key, row) in published.frozen.iter().flat_map(|f| f.iter()) {
+                if !rows.staged.contains_key(key) && !published.live.contains_key(key) {
+                    write_row(&mut table, key, row)?;
+                    written += 1;
+                }
+            }
+            for (key, row) in published.live.iter() {
                 if !rows.staged.contains_key(key) {
                     let actual = write_row(&mut table, key, row)?;
                     if let Some(unread) = rows.published_unread.get(key).cloned() {
@@ -652,17 +774,95 @@ impl Overlay {
         rows.staged_bytes = 0;
         rows.flushed = true;
         drop(table);
+        Ok(written + settled + self.dedup_into(txn)?)
+    }
+
+    /// Writes the staged exactly-once rows into the `dedup` table, within `txn`; returns
+    /// how many. They leave the stage at once (the undo log keeps them for a rollback).
+    fn dedup_into(&self, txn: &redb::WriteTransaction) -> io::Result<usize> {
         let mut stage = lock(&self.dedup);
-        if !stage.rows.is_empty() {
-            let mut dedup = txn.open_table(tables::DEDUP).map_err(io_err)?;
-            // Taken out as a whole (the undo log keeps them for a rollback).
-            let rows = stage.take_all();
-            for (key, row) in &rows {
-                dedup.insert(key, row.as_slice()).map_err(io_err)?;
-            }
-            written += rows.len();
+        if stage.rows.is_empty() {
+            return Ok(0);
         }
-        Ok(written + settled)
+        let mut dedup = txn.open_table(tables::DEDUP).map_err(io_err)?;
+        let rows = stage.take_all();
+        for (key, row) in &rows {
+            dedup.insert(key, row.as_slice()).map_err(io_err)?;
+        }
+        Ok(rows.len())
+    }
+
+    /// What [`Overlay::flush_into`] writes but the data rows, within `txn`: the settle and
+    /// dedup stages; returns how many rows. A transaction that does this and then
+    /// [`Overlay::freeze`]s the data rows once it has committed leaves the tables, once
+    /// [`Overlay::write_out`] has committed too, as one flushing transaction would.
+    pub fn flush_stages_into(&self, txn: &redb::WriteTransaction) -> io::Result<usize> {
+        Ok(self.settle_into(txn)? + self.dedup_into(txn)?)
+    }
+
+    /// True while frozen rows wait for [`Overlay::written_out`].
+    pub fn has_frozen(&self) -> bool {
+        self.published().frozen.is_some()
+    }
+
+    /// Freezes the live published rows for a write-out outside the commit lock (see
+    /// "Write-outs outside the commit lock" in the module documentation): readers and
+    /// later transactions still see them, below the live rows commits publish from now
+    /// on. Called under the engine's commit lock, between transactions, with nothing
+    /// frozen. `None` if there is no live row.
+    pub fn freeze(&self) -> Option<WriteOut> {
+        let mut txn = lock(&self.txn);
+        let mut published = self.published_mut();
+        if published.live.is_empty() || published.frozen.is_some() {
+            return None;
+        }
+        let rows = Arc::new(std::mem::take(&mut published.live));
+        published.frozen = Some(rows.clone());
+        // The frozen rows' bytes no longer count against the bound: the live rows start
+        // again from none.
+        self.bytes.store(0, Ordering::Relaxed);
+        let unread = std::mem::take(&mut txn.published_unread);
+        Some(WriteOut { rows, unread, corrections: Vec::new() })
+    }
+
+    /// Writes the frozen rows of `out` into the `data` table, within `txn` (a transaction
+    /// of their own, which the caller commits); returns how many. Takes no lock of the
+    /// overlay's but briefly its transaction's, so that staged applies go on meanwhile.
+    pub fn write_out(&self, txn: &redb::WriteTransaction, out: &mut WriteOut) -> io::Result<usize> {
+        let mut table = txn.open_table(tables::DATA).map_err(io_err)?;
+        out.corrections.clear();
+        for (key, row) in out.rows.iter() {
+            let actual = write_row(&mut table, key, row)?;
+            if let Some(unread) = out.unread.get(key) {
+                correct(&mut out.corrections, key, unread, actual);
+            }
+        }
+        Ok(out.rows.len())
+    }
+
+    /// Ends a write-out: if its transaction committed (`ok`), the counts are corrected
+    /// and the frozen rows leave the overlay, moving the epoch (see [`Overlay::
+    /// read_consistent`]). Called under the engine's commit lock, so that no staged apply
+    /// reading through an older read transaction misses them. If it failed they stay (the
+    /// engine fail-stops, and closing writes them out with the rest). Returns the rows
+    /// for the caller to free after it releases the lock.
+    pub fn written_out(&self, out: WriteOut, ok: bool) -> Arc<Rows> {
+        let WriteOut { rows, corrections, .. } = out;
+        if !ok {
+            return rows;
+        }
+        for (size, keys, bytes) in corrections {
+            size.add(keys, bytes);
+        }
+        let mut published = self.published_mut();
+        // A flushing transaction since (a cut's, which waited for the write-out to commit)
+        // may have taken them out already.
+        if published.frozen.as_ref().is_some_and(|f| Arc::ptr_eq(f, &rows)) {
+            published.frozen = None;
+            // Under the write lock: see `read_consistent`.
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+        rows
     }
 
     /// Ends the transaction in progress: if it committed, its staged rows are published,
@@ -695,9 +895,10 @@ impl Overlay {
         if staged.is_empty() && !flushed {
             return;
         }
-        let mut published = self.published.write().unwrap_or_else(|p| p.into_inner());
+        let mut published = self.published_mut();
         if flushed {
-            *published = staged;
+            published.live = staged;
+            published.frozen = None;
             self.bytes.store(staged_bytes, Ordering::Relaxed);
             // Under the write lock: see `read_consistent`.
             self.epoch.fetch_add(1, Ordering::SeqCst);
@@ -705,7 +906,7 @@ impl Overlay {
             let mut bytes = self.bytes.load(Ordering::Relaxed) + staged_bytes;
             for (key, row) in staged {
                 let key_len = key.len();
-                if let Some(old) = published.insert(key, row) {
+                if let Some(old) = published.live.insert(key, row) {
                     // Replaced: its bytes were counted when it was published.
                     bytes = bytes.saturating_sub(key_len + old.as_ref().map_or(0, Vec::len) + ROW_OVERHEAD);
                 }
@@ -717,8 +918,8 @@ impl Overlay {
     /// Runs `f` on the published rows. Only consistent with a read transaction opened
     /// while no commit can run (the engine's `read_cut`); otherwise use
     /// [`Overlay::read_consistent`].
-    pub fn with_published<T>(&self, f: impl FnOnce(&Rows) -> T) -> T {
-        f(&self.published())
+    pub fn with_published<T>(&self, f: impl FnOnce(View<'_>) -> T) -> T {
+        f(self.published().view())
     }
 
     /// Opens a read transaction with `begin` and runs `pick` on it and on the published
@@ -734,7 +935,7 @@ impl Overlay {
     pub fn read_consistent<T>(
         &self,
         begin: impl Fn() -> io::Result<redb::ReadTransaction>,
-        mut pick: impl FnMut(&redb::ReadTransaction, &Rows) -> io::Result<T>,
+        mut pick: impl FnMut(&redb::ReadTransaction, View<'_>) -> io::Result<T>,
     ) -> io::Result<(redb::ReadTransaction, T)> {
         loop {
             let before = self.epoch.load(Ordering::SeqCst);
@@ -743,7 +944,7 @@ impl Overlay {
             if self.epoch.load(Ordering::SeqCst) != before {
                 continue;
             }
-            let picked = pick(&txn, &rows)?;
+            let picked = pick(&txn, rows.view())?;
             return Ok((txn, picked));
         }
     }
@@ -791,33 +992,48 @@ pub fn table_rows<'a>(
 
 /// The overlay's rows in `[lo, hi)` in scan order (descending if `reverse`), until `live`
 /// rows with a value have been taken (deletions are taken too and do not count).
-pub fn range_rows(rows: &Rows, lo: &[u8], hi: &[u8], reverse: bool, live: usize) -> Vec<(Vec<u8>, Row)> {
+pub fn range_rows<'a>(rows: View<'a>, lo: &[u8], hi: &[u8], reverse: bool, live: usize) -> Vec<(Vec<u8>, Row)> {
     if lo >= hi {
         return Vec::new();
     }
-    let range = rows.range::<[u8], _>((Bound::Included(lo), Bound::Excluded(hi)));
+    type Range<'r> = Box<dyn Iterator<Item = (&'r Vec<u8>, &'r Row)> + 'r>;
+    let range = |rows: &'a Rows| -> Range<'a> {
+        let range = rows.range::<[u8], _>((Bound::Included(lo), Bound::Excluded(hi)));
+        if reverse {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        }
+    };
+    let mut fresh = range(rows.live).peekable();
+    let mut frozen = match rows.frozen {
+        Some(frozen) => range(frozen),
+        None => Box::new(std::iter::empty()),
+    }
+    .peekable();
+    // True when `a` comes before `b` in scan order.
+    let before = |a: &[u8], b: &[u8]| if reverse { a > b } else { a < b };
     let mut out = Vec::new();
     let mut taken = 0;
-    let mut take = |(k, row): (&Vec<u8>, &Row)| {
-        if taken >= live {
-            return false;
-        }
+    while taken < live {
+        let (key, row) = match (fresh.peek(), frozen.peek()) {
+            (None, None) => break,
+            (Some(_), None) => fresh.next().expect("peeked"),
+            (None, Some(_)) => frozen.next().expect("peeked"),
+            (Some((a, _)), Some((b, _))) => {
+                if before(b, a) {
+                    frozen.next().expect("peeked")
+                } else {
+                    if a == b {
+                        // The live row is the newer one.
+                        frozen.next();
+                    }
+                    fresh.next().expect("peeked")
+                }
+            }
+        };
         taken += usize::from(row.is_some());
-        out.push((k.clone(), row.clone()));
-        true
-    };
-    if reverse {
-        for item in range.rev() {
-            if !take(item) {
-                break;
-            }
-        }
-    } else {
-        for item in range {
-            if !take(item) {
-                break;
-            }
-        }
+        out.push((key.clone(), row.clone()));
     }
     out
 }
@@ -1077,6 +1293,87 @@ mod tests {
     }
 
     #[test]
+    fn frozen_rows_are_read_under_newer_live_rows_until_written_out_which_corrects_their_counts() {
+        let (_dir, db) = open();
+        let o = Overlay::default();
+        let size = Arc::new(ApproxSize::default());
+        let (a, b, c) = (tables::data_key(1, b"a"), tables::data_key(1, b"b"), tables::data_key(1, b"c"));
+        let step = |rows: &[(&[u8], Option<&[u8]>)]| {
+            let replaced = commit_counted(&o, &db, &size, rows, false, true);
+            for ((k, v), r) in rows.iter().zip(replaced.iter()) {
+                credit(&size, k, *v, *r);
+            }
+            replaced
+        };
+        // The table holds a = "xxx", counted exactly.
+        commit_counted(&o, &db, &size, &[(&a, Some(b"xxx"))], true, true);
+        size.set(1, 4);
+        // Unread puts over a (3 bytes in the table, taken as 5) and of a new key b.
+        step(&[(&a, Some(b"12345")), (&b, Some(b"yy"))]);
+        assert_eq!((size.keys(), size.bytes()), (1, 4), "counts lag until the rows are written");
+        let mut out = o.freeze().expect("live rows to freeze");
+        assert_eq!(out.len(), 2);
+        assert!(o.freeze().is_none(), "one write-out at a time");
+        assert!(o.has_frozen() && o.has_rows() && !o.is_full());
+        // Later commits publish over the frozen rows; their lengths are known from them.
+        assert_eq!(step(&[(&b, None), (&c, Some(b"z"))]), vec![Replaced::Value(2), Replaced::Unread]);
+        let view = |f: &dyn Fn(View<'_>)| o.with_published(f);
+        view(&|rows| {
+            assert_eq!(rows.get(&a), Some(&Some(b"12345".to_vec())), "a frozen row is read");
+            assert_eq!(rows.get(&b), Some(&None), "the live deletion hides the frozen row");
+            assert_eq!(rows.len(), 3);
+            let all = range_rows(rows, &a, &tables::data_key(1, b"d"), false, usize::MAX);
+            let keys: Vec<_> = all.iter().map(|(k, r)| (k.clone(), r.is_some())).collect();
+            assert_eq!(keys, vec![(a.clone(), true), (b.clone(), false), (c.clone(), true)]);
+            let back = range_rows(rows, &a, &tables::data_key(1, b"d"), true, 1);
+            assert_eq!(back, vec![(c.clone(), Some(b"z".to_vec()))], "the limit counts live rows, in scan order");
+            let two = range_rows(rows, &a, &tables::data_key(1, b"d"), false, 2);
+            assert_eq!(two.len(), 3, "a deletion between two live rows is taken too");
+        });
+        assert_eq!(table_value(&db, &a), Some(b"xxx".to_vec()), "not written yet");
+        // The write-out writes the frozen rows in a transaction of its own; only once it
+        // is over do they leave the overlay, and the counts of the rows it wrote are exact.
+        let txn = db.begin_write().unwrap();
+        assert_eq!(o.write_out(&txn, &mut out).unwrap(), 2);
+        txn.commit().unwrap();
+        let epoch = o.epoch.load(Ordering::SeqCst);
+        assert!(o.has_frozen());
+        drop(o.written_out(out, true));
+        assert!(o.epoch.load(Ordering::SeqCst) > epoch, "readers whose transaction predates it start again");
+        assert!(!o.has_frozen());
+        assert_eq!(table_value(&db, &a), Some(b"12345".to_vec()));
+        assert_eq!(table_value(&db, &b), Some(b"yy".to_vec()));
+        assert_eq!(o.len(), 2, "the live rows are left");
+        assert_eq!(overlay_value(&o, &db, &b), None);
+        assert_eq!(overlay_value(&o, &db, &a), Some(b"12345".to_vec()));
+        // The next flush writes the live rows; the counts are exact again.
+        commit_counted(&o, &db, &size, &[], true, true);
+        assert!(o.is_empty());
+        assert_eq!(exact_size(&db), (2, 8));
+        assert_eq!((size.keys(), size.bytes()), (2, 8));
+    }
+
+    #[test]
+    fn a_failed_write_out_leaves_the_frozen_rows_for_the_flush_at_close() {
+        let (_dir, db) = open();
+        let o = Overlay::default();
+        commit(&o, &db, &[(b"a", Some(b"1")), (b"b", Some(b"2"))], false);
+        let mut out = o.freeze().unwrap();
+        commit(&o, &db, &[(b"b", Some(b"3"))], false);
+        let txn = db.begin_write().unwrap();
+        o.write_out(&txn, &mut out).unwrap();
+        txn.abort().unwrap();
+        drop(o.written_out(out, false));
+        assert!(o.has_frozen() && o.has_rows());
+        assert_eq!(overlay_value(&o, &db, b"a"), Some(b"1".to_vec()));
+        // A flushing transaction writes both, the live row over the frozen one.
+        commit(&o, &db, &[], true);
+        assert!(o.is_empty() && !o.has_frozen());
+        assert_eq!(table_value(&db, b"a"), Some(b"1".to_vec()));
+        assert_eq!(table_value(&db, b"b"), Some(b"3".to_vec()));
+    }
+
+    #[test]
     fn a_full_overlay_asks_for_a_flush() {
         let (_dir, db) = open();
         let o = Overlay::default();
@@ -1177,18 +1474,18 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let forward = range_rows(&rows, b"a", b"h", false, usize::MAX);
+        let forward = range_rows(View::from(&rows), b"a", b"h", false, usize::MAX);
         let t = table.clone().into_iter().map(Ok);
         assert_eq!(show(&mut merged(t, forward, false)), "at,bo,co,ft,go");
-        let backward = range_rows(&rows, b"a", b"h", true, usize::MAX);
+        let backward = range_rows(View::from(&rows), b"a", b"h", true, usize::MAX);
         let t = table.clone().into_iter().rev().map(Ok);
         assert_eq!(show(&mut merged(t, backward, true)), "go,ft,co,bo,at");
         // Cut after two live rows, the deletion between them taken too: exact up to "c".
-        let cut = range_rows(&rows, b"a", b"h", false, 2);
+        let cut = range_rows(View::from(&rows), b"a", b"h", false, 2);
         assert_eq!(cut.len(), 2);
         let t = table.into_iter().map(Ok);
         assert!(show(&mut merged(t, cut, false)).starts_with("at,bo,co"));
-        assert!(range_rows(&rows, b"h", b"a", false, 5).is_empty());
+        assert!(range_rows(View::from(&rows), b"h", b"a", false, 5).is_empty());
     }
 
     #[test]
@@ -1220,11 +1517,26 @@ mod tests {
                 reads
             }));
         }
+        // Every fourth round also freezes the rows, and the next one writes them out in a
+        // transaction of their own after its commit, as the engine's writer does: readers
+        // must see them until they are in the table (no flushing commit comes between, as
+        // in the engine).
+        let mut frozen = None;
         for round in 1..=400u64 {
             let value = round.to_be_bytes();
             let rows: Vec<(&[u8], Option<&[u8]>)> =
                 keys.iter().map(|k| (k.as_slice(), Some(value.as_slice()))).collect();
-            commit(&o, &db, &rows, round % 3 == 0);
+            let flush = round % 3 == 0 && frozen.is_none();
+            commit(&o, &db, &rows, flush);
+            if let Some(mut out) = frozen.take() {
+                let txn = db.begin_write().unwrap();
+                o.write_out(&txn, &mut out).unwrap();
+                txn.commit().unwrap();
+                drop(o.written_out(out, true));
+            } else if round % 4 == 0 && !flush {
+                frozen = o.freeze();
+                assert!(frozen.is_some());
+            }
         }
         stop.store(true, Ordering::Relaxed);
         for r in readers {

@@ -560,7 +560,7 @@ pub fn middle_key(engine: &Engine, region: u64, start: &[u8], end: &[u8], total:
 
 /// What the overlay says of one `data` table key: `Some(row)` if it has the key (the row
 /// may be a deletion), `None` to read the table.
-fn overlay_row(rows: &overlay::Rows, key: &[u8]) -> Option<overlay::Row> {
+fn overlay_row(rows: overlay::View<'_>, key: &[u8]) -> Option<overlay::Row> {
     rows.get(key).cloned()
 }
 
@@ -774,6 +774,9 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
         // starts a batch of its own: the entries before it apply first.
         let mut segment: Vec<(Work, Option<ApplyResponder<TypeConfig>>)> = Vec::new();
         let mut prepares = false;
+        // Held from before a prepare applies until its snapshot file is cut (below): this
+        // node's target waits for it as well as for the prepare (`await_merge_source`).
+        let mut cutting = None;
         for (entry, responder) in batch {
             let log_id = entry.log_id();
             let work = match entry.payload {
@@ -784,7 +787,10 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
             if matches!(work, Work::Command(_, LogCommand::CommitMergeV1 { .. })) && !segment.is_empty() {
                 self.apply_segment(std::mem::take(&mut segment)).await?;
             }
-            prepares |= matches!(work, Work::Command(_, LogCommand::PrepareMergeV1 { .. }));
+            if matches!(work, Work::Command(_, LogCommand::PrepareMergeV1 { .. })) {
+                prepares = true;
+                cutting.get_or_insert_with(|| self.engine.merge_cut_pending(self.region));
+            }
             segment.push((work, responder));
         }
         if !segment.is_empty() {
@@ -798,6 +804,7 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
                 tracing::warn!(region_id = self.region, %error, "snapshot of the region prepared to merge not written");
             }
         }
+        drop(cutting);
         Ok(())
     }
 
@@ -929,7 +936,9 @@ impl RegionStateMachine {
                     self.region
                 )));
             }
-            if applied >= prepare_index {
+            // Once the prepare's snapshot file is cut too: absorbed first, the source could
+            // not cut it any more (ARCHITECTURE.md, merges).
+            if applied >= prepare_index && !self.engine.is_merge_cut_pending(source) {
                 return Ok(());
             }
             if self.shared.is_retired() {
@@ -1648,6 +1657,32 @@ mod merge_tests {
         engine.write(Box::new(|_| Ok(()))).await.unwrap();
         assert_eq!((engine.overlay().dedup_len(), in_table()), (0, 1));
         assert_eq!(dedup_in_snapshot(), vec![4]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn building_a_snapshot_commits_nothing_and_does_not_wait_for_the_overlays_write_out() {
+        use crate::storage::engine::tests::{hold_write_out, until_held};
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let mut sm = machine(&engine, &region(1, b"", b"")).await;
+        let (held, release) = hold_write_out(&engine);
+        apply(&mut sm, 1, put(b"a")).await;
+        apply(&mut sm, 2, put(b"b")).await;
+        assert!(engine.overlay().has_settle(), "the applies were staged");
+        let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(2), "the staged applied state");
+        assert_eq!(built.meta.last_membership, sm.state.membership);
+        assert!(engine.overlay().has_settle(), "nothing was committed for it");
+        // The writer's write-out of the overlay, held: a build still takes the latest
+        // applied state at once (a commit of its own would wait for the write-out's).
+        assert!(until_held(held).await, "the writer made no write-out");
+        apply(&mut sm, 3, put(b"c")).await;
+        let during =
+            tokio::time::timeout(std::time::Duration::from_secs(10), sm.get_snapshot_builder().await.build_snapshot())
+                .await;
+        release.send(()).unwrap();
+        let built = during.expect("the build waited for the write-out").unwrap();
+        assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(3));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
