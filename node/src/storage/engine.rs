@@ -1342,6 +1342,30 @@ pub(crate) mod tests {
         })
     }
 
+    /// Stages `key = value` with the writer set to hold at its write-out, and waits until it
+    /// is held there (the idle writer's durable commit, once the interval has passed);
+    /// returns what releases it.
+    async fn staged_then_held_in_write_out(
+        engine: &Engine,
+        key: &'static [u8],
+        value: &'static [u8],
+    ) -> std::sync::mpsc::Sender<()> {
+        let (held, release) = hold_write_out(engine);
+        engine.apply_plain(stage_applied(engine, key, value), true).await.unwrap();
+        assert!(until_held(held).await, "the writer made no write-out");
+        release
+    }
+
+    /// Runs `work` as a plain apply that may be staged, and asserts that it was, at once:
+    /// not queued behind what holds the writer (`when`).
+    async fn staged_at_once(engine: &Engine, work: PlainWork, when: &str) {
+        let before = engine.stats().staged.load(Ordering::SeqCst);
+        let done = tokio::time::timeout(std::time::Duration::from_secs(30), engine.apply_plain(work, true)).await;
+        assert!(done.is_ok(), "{when}: the apply waited for the writer");
+        done.unwrap().unwrap();
+        assert_eq!(engine.stats().staged.load(Ordering::SeqCst), before + 1, "{when}: staged, not queued");
+    }
+
     /// `key` as readers see it: the overlay over the table.
     fn read_value(engine: &Engine, key: &'static [u8]) -> Option<Vec<u8>> {
         let (txn, row) = engine.read_data(|_, rows| Ok(rows.get(key).cloned())).unwrap();
@@ -1356,7 +1380,6 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
         let (held, release) = hold_write_out(&engine);
-        let staged = || engine.stats().staged.load(Ordering::SeqCst);
         engine.apply_plain(stage_applied(&engine, b"a", b"1"), true).await.unwrap();
         engine.apply_plain(stage_applied(&engine, b"b", b"1"), true).await.unwrap();
         let before_freeze = engine.durable_ticket();
@@ -1369,14 +1392,8 @@ pub(crate) mod tests {
         assert_eq!(read_value(&engine, b"a"), Some(b"1".to_vec()), "readers see the frozen rows");
         // The write-out does not hold the commit lock: applies are staged meanwhile, over
         // the frozen rows, where they used to wait for the whole write-out.
-        let staged_before = staged();
-        let during = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-            engine.apply_plain(stage_applied(&engine, b"a", b"2"), true).await.unwrap();
-            engine.apply_plain(stage_applied(&engine, b"c", b"2"), true).await.unwrap();
-        })
-        .await;
-        assert!(during.is_ok(), "an apply waited for the held write-out");
-        assert_eq!(staged(), staged_before + 2, "staged, not queued");
+        staged_at_once(&engine, stage_applied(&engine, b"a", b"2"), "during the held write-out").await;
+        staged_at_once(&engine, stage_applied(&engine, b"c", b"2"), "during the held write-out").await;
         let after_them = engine.durable_ticket();
         assert_eq!(read_value(&engine, b"a"), Some(b"2".to_vec()), "the live row over the frozen one");
         assert_eq!(read_value(&engine, b"b"), Some(b"1".to_vec()));
@@ -1416,9 +1433,7 @@ pub(crate) mod tests {
     async fn an_apply_is_staged_while_a_job_that_needs_the_writer_waits_for_its_write_out() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
-        let (held, release) = hold_write_out(&engine);
-        engine.apply_plain(stage_applied(&engine, b"a", b"1"), true).await.unwrap();
-        assert!(until_held(held).await, "the writer made no write-out");
+        let release = staged_then_held_in_write_out(&engine, b"a", b"1").await;
         // An apply that cannot be staged (a session sweep's) waits in the queue for the
         // writer, held in its write-out.
         let waiting = {
@@ -1432,15 +1447,7 @@ pub(crate) mod tests {
             tokio::task::yield_now().await;
         }
         // Another region's apply is staged meanwhile, instead of queueing behind it.
-        let staged_before = engine.stats().staged.load(Ordering::SeqCst);
-        let other = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            engine.apply_plain(stage_applied(&engine, b"c", b"3"), true),
-        )
-        .await;
-        assert!(other.is_ok(), "the apply queued behind the waiting job");
-        other.unwrap().unwrap();
-        assert_eq!(engine.stats().staged.load(Ordering::SeqCst), staged_before + 1);
+        staged_at_once(&engine, stage_applied(&engine, b"c", b"3"), "behind a waiting job").await;
         assert!(!waiting.is_finished());
         release.send(()).unwrap();
         waiting.await.unwrap().unwrap();
@@ -1470,9 +1477,7 @@ pub(crate) mod tests {
         // rows would be written over the newer ones it wrote, and then leave the overlay.
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
-        let (held, release) = hold_write_out(&engine);
-        engine.apply_plain(stage_applied(&engine, b"a", b"old"), true).await.unwrap();
-        assert!(until_held(held).await, "the writer made no write-out");
+        let release = staged_then_held_in_write_out(&engine, b"a", b"old").await;
         engine.apply_plain(stage_applied(&engine, b"a", b"new"), true).await.unwrap();
         assert!(engine.overlay().has_settle());
         let (cut_tx, cut) = std::sync::mpsc::channel();
@@ -1526,7 +1531,6 @@ pub(crate) mod tests {
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
         let (held, release) = hold_durable_sync(&engine);
         let commits = || engine.stats().commits.load(Ordering::SeqCst);
-        let staged = || engine.stats().staged.load(Ordering::SeqCst);
         engine.apply_plain(stage(&engine, b"a", b"1"), true).await.unwrap();
         let before_a_is_fixed = engine.durable_ticket();
         assert!(!engine.durable_covers(before_a_is_fixed));
@@ -1538,17 +1542,10 @@ pub(crate) mod tests {
         assert!(!engine.overlay().has_rows());
         let during = engine.durable_ticket();
         assert!(during > before_a_is_fixed, "the first step fixed the state the sync makes durable");
-        let (commits_before, staged_before) = (commits(), staged());
+        let commits_before = commits();
         // The sync does not hold the commit lock: an apply is staged meanwhile, where it
         // used to wait in the queue until the durable commit was done.
-        let b = tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            engine.apply_plain(stage(&engine, b"b", b"2"), true),
-        )
-        .await;
-        assert!(b.is_ok(), "the apply waited for the held sync");
-        b.unwrap().unwrap();
-        assert_eq!(staged(), staged_before + 1, "staged, not queued");
+        staged_at_once(&engine, stage(&engine, b"b", b"2"), "during the held sync").await;
         assert_eq!(in_table(&engine, b"b"), None);
         let after_b = engine.durable_ticket();
         assert_eq!(after_b, during, "a staged apply fixes no durable state");
