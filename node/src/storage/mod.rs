@@ -5,7 +5,7 @@
 //!   commit of all regions' appends. A failed write fail-stops it.
 //! * [`engine`]: the database and its single writer thread, which batches the writes of all
 //!   regions into one write transaction (group commit), then completes them; an apply of
-//!   plain writes is staged instead, with no transaction, when the writer is idle. A
+//!   plain writes is staged instead, with no transaction, when the writer holds none. A
 //!   failed commit fail-stops the engine.
 //! * [`overlay`]: the data overlay, the `data` rows applied and not yet written to redb,
 //!   which every durable commit writes first; readers read through it. Beside it, what

@@ -991,7 +991,8 @@ impl RegionStateMachine {
             }
         }
         // A few plain writes (the common case on a lightly loaded node) commit on this task
-        // when the writer is idle; anything else, or a larger batch, joins the group commit.
+        // when the writer holds no transaction; anything else, or a larger batch, joins the
+        // group commit.
         let may_stage = work_items.len() <= APPLY_STAGED_MAX
             && work_items.iter().all(|w| {
                 matches!(w, Work::Blank(_) | Work::Command(_, LogCommand::WriteV1 { .. } | LogCommand::WriteV2 { .. }))
