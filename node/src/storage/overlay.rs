@@ -312,10 +312,11 @@ impl<K: StageKey> Stage<K> {
 struct Settle {
     /// `sm_meta` rows, by region.
     meta: Stage<u64>,
-    /// `sessions` rows.
+    /// `sessions` rows; an empty one is a deletion (a session forgotten by a sweep).
     sessions: Stage<SessionKey>,
     /// Ranges of the `dedup` table to delete, per (region session id, session): the seqs
-    /// `from..to` (two big-endian u64) that the session's acknowledgements let go.
+    /// `first..=last` (two big-endian u64) that the session's acknowledgements let go, or
+    /// all of them once the session expired.
     deletes: Stage<SessionKey>,
 }
 
@@ -335,18 +336,23 @@ impl Settle {
     }
 }
 
-fn encode_seqs(seqs: std::ops::Range<u64>) -> Vec<u8> {
+fn encode_seqs(seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {
     let mut v = Vec::with_capacity(16);
-    v.extend_from_slice(&seqs.start.to_be_bytes());
-    v.extend_from_slice(&seqs.end.to_be_bytes());
+    v.extend_from_slice(&seqs.start().to_be_bytes());
+    v.extend_from_slice(&seqs.end().to_be_bytes());
     v
 }
 
-fn decode_seqs(v: &[u8]) -> io::Result<std::ops::Range<u64>> {
+fn decode_seqs(v: &[u8]) -> io::Result<std::ops::RangeInclusive<u64>> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "staged dedup range of the wrong length");
     let start = u64::from_be_bytes(v.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
-    let end = u64::from_be_bytes(v.get(8..16).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
-    Ok(start..end)
+    let last = u64::from_be_bytes(v.get(8..16).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+    Ok(start..=last)
+}
+
+/// A staged `sessions` row: `None` for a staged deletion ([`Overlay::session_delete`]).
+fn staged_session(row: &[u8]) -> Option<&[u8]> {
+    (!row.is_empty()).then_some(row)
 }
 
 /// Every [`DedupKey`] of region session id `region`.
@@ -560,14 +566,34 @@ impl Overlay {
         lock(&self.settle).meta.rows.get(&region).cloned()
     }
 
-    /// The staged `sessions` row under `key`, if the stage has it (the table may).
-    pub fn session_get(&self, key: SessionKey) -> Option<Vec<u8>> {
-        lock(&self.settle).sessions.rows.get(&key).cloned()
+    /// The staged `sessions` row under `key`, if the stage has it (the table may):
+    /// `Some(None)` if the stage deletes it ([`Overlay::session_delete`]).
+    pub fn session_get(&self, key: SessionKey) -> Option<Option<Vec<u8>>> {
+        lock(&self.settle).sessions.rows.get(&key).map(|row| staged_session(row).map(<[u8]>::to_vec))
+    }
+
+    /// The staged `sessions` rows of region session id `region`, as (session, row) in key
+    /// order, `None` for a deletion. Consistent with the table only under the engine's
+    /// commit lock.
+    pub fn session_rows(&self, region: u64) -> Vec<(u64, Option<Vec<u8>>)> {
+        lock(&self.settle)
+            .sessions
+            .rows
+            .range((region, 0)..=(region, u64::MAX))
+            .map(|(&(_, id), row)| (id, staged_session(row).map(<[u8]>::to_vec)))
+            .collect()
     }
 
     /// Stages the `sessions` row `key = row`, in the staged apply in progress.
     pub fn session_put(&self, key: SessionKey, row: Vec<u8>) {
+        debug_assert!(!row.is_empty(), "an encoded session row is never empty");
         lock(&self.settle).sessions.put(key, Some(row));
+    }
+
+    /// Stages the deletion of the `sessions` row `key`, in the staged apply in progress.
+    /// (Kept as an empty row: an encoded session row never is.)
+    pub fn session_delete(&self, key: SessionKey) {
+        lock(&self.settle).sessions.put(key, Some(Vec::new()));
     }
 
     /// Stages the deletion of the `dedup` table's rows of client session `session` of
@@ -578,11 +604,22 @@ impl Overlay {
         if seqs.is_empty() {
             return Ok(());
         }
+        self.dedup_delete_seqs(region, session, seqs.start..=seqs.end - 1)
+    }
+
+    /// Stages the deletion of every `dedup` row of client session `session` of region
+    /// session id `region` (its expiry, [`crate::storage::sessions::Sessions::sweep`]), in
+    /// the staged apply in progress.
+    pub fn dedup_delete_session(&self, region: u64, session: u64) -> io::Result<()> {
+        self.dedup_delete_seqs(region, session, 0..=u64::MAX)
+    }
+
+    fn dedup_delete_seqs(&self, region: u64, session: u64, seqs: std::ops::RangeInclusive<u64>) -> io::Result<()> {
         let mut settle = lock(&self.settle);
         let joined = match settle.deletes.rows.get(&(region, session)) {
             Some(old) => {
                 let old = decode_seqs(old)?;
-                old.start.min(seqs.start)..old.end.max(seqs.end)
+                (*old.start()).min(*seqs.start())..=(*old.end()).max(*seqs.end())
             }
             None => seqs,
         };
@@ -605,7 +642,10 @@ impl Overlay {
         if !sessions.is_empty() {
             let mut table = txn.open_table(tables::SESSIONS).map_err(io_err)?;
             for (key, row) in &sessions {
-                table.insert(key, row.as_slice()).map_err(io_err)?;
+                match staged_session(row) {
+                    Some(row) => table.insert(key, row).map_err(io_err)?,
+                    None => table.remove(key).map_err(io_err)?,
+                };
             }
             written += sessions.len();
         }
@@ -615,7 +655,7 @@ impl Overlay {
             for (&(region, session), seqs) in &deletes {
                 let seqs = decode_seqs(seqs)?;
                 table
-                    .retain_in((region, session, seqs.start)..(region, session, seqs.end), |_, _| false)
+                    .retain_in((region, session, *seqs.start())..=(region, session, *seqs.end()), |_, _| false)
                     .map_err(io_err)?;
             }
             written += deletes.len();
@@ -647,6 +687,12 @@ impl Overlay {
         if !seqs.is_empty() {
             lock(&self.dedup).remove_range((region, session, seqs.start)..(region, session, seqs.end));
         }
+    }
+
+    /// Drops every staged row of client session `session` of region session id `region`
+    /// (the table's rows are the caller's).
+    pub fn dedup_forget_session(&self, region: u64, session: u64) {
+        lock(&self.dedup).remove_range((region, session, 0)..=(region, session, u64::MAX));
     }
 
     /// Takes every staged row of region session id `region` out of the stage, in key

@@ -105,7 +105,7 @@ impl<'t> Sessions<'t> {
     /// stages `stage`. In a staged apply's read transaction
     /// ([`crate::storage::engine::Engine::apply_plain`]) its session rows and deletions go
     /// to the overlay (only [`Sessions::admit`], [`Sessions::record`], [`Sessions::flush`]
-    /// and a [`Sessions::sweep`] that is not due work there).
+    /// and [`Sessions::sweep`] work there).
     pub fn open(txn: TxnRef<'t>, region: u64, stage: &'t Overlay) -> io::Result<Sessions<'t>> {
         let tables = match txn {
             TxnRef::Write(txn) => Tables::Write {
@@ -136,6 +136,37 @@ impl<'t> Sessions<'t> {
             Tables::Write { sessions, .. } => staged_or_table(staged, sessions, key),
             Tables::Read { sessions, .. } => staged_or_table(staged, sessions, key),
         }
+    }
+
+    /// Every session row of the region, staged over the table's, in id order, with the
+    /// cache flushed and forgotten first ([`Sessions::sweep`]). In a write transaction the
+    /// region's staged results are written into the table too.
+    fn session_rows(&mut self) -> io::Result<Vec<(u64, SessionRecord)>> {
+        let region = self.region;
+        let range = (region, 0)..=(region, u64::MAX);
+        let mut rows = std::collections::BTreeMap::new();
+        match &self.tables {
+            Tables::Write { .. } => self.flush_and_forget()?,
+            Tables::Read { .. } => {
+                self.flush()?;
+                self.cache.clear();
+            }
+        }
+        let table = match &self.tables {
+            Tables::Write { sessions, .. } => sessions.range(range),
+            Tables::Read { sessions, .. } => sessions.range(range),
+        };
+        for row in table.map_err(io_err)? {
+            let (k, v) = row.map_err(io_err)?;
+            rows.insert(k.value().1, v.value().to_vec());
+        }
+        for (id, row) in self.stage.session_rows(region) {
+            match row {
+                Some(row) => rows.insert(id, row),
+                None => rows.remove(&id),
+            };
+        }
+        rows.into_iter().map(|(id, row)| Ok((id, decode::<SessionRecord>(&row)?))).collect()
     }
 
     /// Writes back the session rows this batch changed, and drops the results below each
@@ -191,7 +222,7 @@ impl<'t> Sessions<'t> {
     /// The result recorded for `seq` of session `id`: staged, else in the table.
     fn result_row(&self, id: u64, seq: u64) -> io::Result<Option<DedupRecord>> {
         let key = (self.region, id, seq);
-        let staged = self.stage.dedup_get(key);
+        let staged = self.stage.dedup_get(key).map(Some);
         match &self.tables {
             Tables::Write { dedup, .. } => staged_or_table(staged, dedup, key),
             Tables::Read { dedup, .. } => staged_or_table(staged, dedup, key),
@@ -381,20 +412,20 @@ impl<'t> Sessions<'t> {
     }
 
     /// Expires sessions idle for `ttl_ms` and drops old tombstones, at most once per
-    /// [`SWEEP_INTERVAL_MS`] of region clock.
+    /// [`SWEEP_INTERVAL_MS`] of region clock. In a staged apply's read transaction what it
+    /// changes is staged like everything else (the tombstones and deletions of session
+    /// rows, the deletion of the expired sessions' results): a staged sweep and one in a
+    /// write transaction leave the same rows, as every replica must.
     pub fn sweep(&mut self, clock: &mut SessionClock, ttl_ms: u64) -> io::Result<()> {
         let now = clock.clock_ms;
         if now < clock.last_sweep_ms.saturating_add(SWEEP_INTERVAL_MS) {
             return Ok(());
         }
         clock.last_sweep_ms = now;
-        self.flush_and_forget()?;
         let region = self.region;
         let (mut expire, mut forget) = (Vec::new(), Vec::new());
-        for row in self.write()?.0.range((region, 0)..=(region, u64::MAX)).map_err(io_err)? {
-            let (k, v) = row.map_err(io_err)?;
-            let (_, id) = k.value();
-            match decode::<SessionRecord>(v.value())? {
+        for (id, record) in self.session_rows()? {
+            match record {
                 SessionRecord::V1 { expired_at_ms: Some(at), .. } => {
                     if now.saturating_sub(at) > TOMBSTONE_TTL_MS {
                         forget.push(id);
@@ -408,20 +439,35 @@ impl<'t> Sessions<'t> {
             }
         }
         for (id, floor) in expire {
-            self.write()?.1.retain_in((region, id, 0)..=(region, id, u64::MAX), |_, _| false).map_err(io_err)?;
             let tombstone = encode(&SessionRecord::V1 { last_seen_ms: now, floor, expired_at_ms: Some(now) })?;
-            self.write()?.0.insert((region, id), tombstone.as_slice()).map_err(io_err)?;
+            match &mut self.tables {
+                Tables::Write { sessions, dedup } => {
+                    dedup.retain_in((region, id, 0)..=(region, id, u64::MAX), |_, _| false).map_err(io_err)?;
+                    sessions.insert((region, id), tombstone.as_slice()).map_err(io_err)?;
+                }
+                Tables::Read { .. } => {
+                    self.stage.dedup_forget_session(region, id);
+                    self.stage.dedup_delete_session(region, id)?;
+                    self.stage.session_put((region, id), tombstone);
+                }
+            }
         }
         for id in forget {
-            self.write()?.0.remove((region, id)).map_err(io_err)?;
+            match &mut self.tables {
+                Tables::Write { sessions, .. } => {
+                    sessions.remove((region, id)).map_err(io_err)?;
+                }
+                Tables::Read { .. } => self.stage.session_delete((region, id)),
+            }
         }
         Ok(())
     }
 }
 
-/// A row of a session table: the `staged` one if there is one, else `table`'s under `key`.
+/// A row of a session table: the `staged` one if there is one (`Some(None)`: staged as
+/// deleted), else `table`'s under `key`.
 fn staged_or_table<K, T>(
-    staged: Option<Vec<u8>>,
+    staged: Option<Option<Vec<u8>>>,
     table: &impl ReadableTable<K, &'static [u8]>,
     key: K,
 ) -> io::Result<Option<T>>
@@ -430,7 +476,7 @@ where
     T: serde::de::DeserializeOwned,
 {
     if let Some(row) = staged {
-        return decode(&row).map(Some);
+        return row.map(|row| decode(&row)).transpose();
     }
     table.get(key).map_err(io_err)?.map(|row| decode(row.value())).transpose()
 }
@@ -712,6 +758,73 @@ mod tests {
         let mut clock = SessionClock { clock_ms: later, last_sweep_ms: 0 };
         db.with(move |x| x.sweep(&mut clock, 1_000)).await;
         assert_eq!(db.with(|x| x.admit(s(7, 1, 1), &put())).await, Admit::Apply, "the tombstone is gone");
+    }
+
+    /// Every row of the session tables, once a durable commit has written the stages out.
+    async fn tables_after_a_durable_commit(db: &Db) -> (Vec<((u64, u64), Vec<u8>)>, Vec<((u64, u64, u64), Vec<u8>)>) {
+        db.engine.write(Box::new(|_| Ok(()))).await.unwrap();
+        assert!(!db.engine.overlay().has_settle());
+        assert_eq!(db.engine.overlay().dedup_len(), 0);
+        let txn = db.engine.read().unwrap();
+        let sessions = txn.open_table(tables::SESSIONS).unwrap();
+        let dedup = txn.open_table(tables::DEDUP).unwrap();
+        let sessions = sessions.iter().unwrap().map(|r| r.map(|(k, v)| (k.value(), v.value().to_vec())).unwrap());
+        let dedup = dedup.iter().unwrap().map(|r| r.map(|(k, v)| (k.value(), v.value().to_vec())).unwrap());
+        (sessions.collect(), dedup.collect())
+    }
+
+    /// Replicas apply the same entry staged or in a write transaction, as their writers'
+    /// timing has it: a sweep must leave the same rows either way. Session 7 expires with
+    /// results in the table, in the stage and at the last seq; session 9's tombstone is
+    /// forgotten; session 8 stays.
+    #[tokio::test]
+    async fn a_staged_sweep_leaves_the_rows_a_sweep_in_a_write_transaction_leaves() {
+        let ttl = 60_000;
+        let at = 100_000 + TOMBSTONE_TTL_MS + 1;
+        let mut tables = Vec::new();
+        for staged in [false, true] {
+            let db = Db::new();
+            db.with(|x| x.record(s(9, 1, 1), &put(), &ApplyResult::Done, 1, 0)).await;
+            let mut clock = SessionClock { clock_ms: 100_000, last_sweep_ms: 0 };
+            db.with(move |x| x.sweep(&mut clock, 1_000)).await;
+            for seq in [1, 2] {
+                db.with(move |x| x.record(s(7, seq, 1), &put(), &ApplyResult::Done, seq, at - 70_000)).await;
+            }
+            db.with(move |x| x.record(s(8, 1, 1), &put(), &ApplyResult::Done, 3, at - 10_000)).await;
+            db.engine.write(Box::new(|_| Ok(()))).await.unwrap();
+            assert_eq!(db.table_seqs(), vec![1, 2]);
+            // Session 7's newest row and results only in the stages.
+            for seq in [3, u64::MAX] {
+                db.with_staged(move |x| x.record(s(7, seq, 1), &put(), &ApplyResult::Done, seq, at - 70_000)).await;
+            }
+            assert!(db.engine.overlay().has_settle());
+            let sweep = move |x: &mut Sessions<'_>| {
+                let mut clock = SessionClock { clock_ms: at, last_sweep_ms: 100_000 };
+                x.sweep(&mut clock, ttl)
+            };
+            if staged {
+                db.with_staged(sweep).await;
+                assert_eq!(db.table_seqs(), vec![1, 2], "a staged sweep writes nothing to redb");
+                assert_eq!(
+                    db.with_staged(|x| x.admit(s(7, 4, 1), &put())).await,
+                    Admit::Refuse(ApplyResult::SessionExpired(7))
+                );
+                assert_eq!(db.with_staged(|x| x.admit(s(9, 1, 1), &put())).await, Admit::Apply, "forgotten");
+            } else {
+                db.with(sweep).await;
+            }
+            assert_eq!(
+                db.with(|x| x.admit(s(7, u64::MAX, 1), &put())).await,
+                Admit::Refuse(ApplyResult::SessionExpired(7))
+            );
+            assert_eq!(db.with(|x| x.admit(s(8, 1, 1), &put())).await, Admit::Replay(ApplyResult::Done));
+            assert_eq!(db.with(|x| x.admit(s(9, 1, 1), &put())).await, Admit::Apply);
+            tables.push(tables_after_a_durable_commit(&db).await);
+        }
+        let (sessions, dedup) = &tables[0];
+        assert_eq!(sessions.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![(1, 7), (1, 8)]);
+        assert_eq!(dedup.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![(1, 8, 1)]);
+        assert_eq!(tables[1], tables[0], "staged and in a write transaction, the same rows");
     }
 
     #[tokio::test]

@@ -738,18 +738,6 @@ fn execute(
 /// entries at 64 in flight over 4 regions, is staged whole.)
 const APPLY_STAGED_MAX: usize = 64;
 
-/// True when applying `items` would sweep the region's sessions for expiry
-/// ([`Sessions::sweep`]): a sweep scans the session tables, which a staged apply cannot.
-fn sweep_due(clock: &super::records::SessionClock, items: &[Work]) -> bool {
-    let mut now = None;
-    for item in items {
-        if let Work::Command(_, LogCommand::WriteV2 { at_ms, .. }) = item {
-            now = Some(now.unwrap_or(clock.clock_ms).max(*at_ms));
-        }
-    }
-    now.is_some_and(|now| now >= clock.last_sweep_ms.saturating_add(super::sessions::SWEEP_INTERVAL_MS))
-}
-
 impl RaftStateMachine<TypeConfig> for RegionStateMachine {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = RegionSnapshotBuilder;
@@ -996,8 +984,7 @@ impl RegionStateMachine {
         let may_stage = work_items.len() <= APPLY_STAGED_MAX
             && work_items.iter().all(|w| {
                 matches!(w, Work::Blank(_) | Work::Command(_, LogCommand::WriteV1 { .. } | LogCommand::WriteV2 { .. }))
-            })
-            && !sweep_due(&self.state.clock, &work_items);
+            });
         // A split commits durably, before the new region is started or reported. If a
         // replica that seeded the new region lost the seed in a crash, PD (told of the new
         // region by the parent's leader) could have it created empty here before the
@@ -1609,6 +1596,37 @@ mod merge_tests {
         assert_eq!(sm.shared.approx.keys(), 3);
     }
 
+    /// A session sweep needs no write transaction: the apply that makes one is staged like
+    /// any other plain write (it used to wait for the writer, and its region with it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_apply_that_sweeps_sessions_for_expiry_is_staged() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let mut sm = machine(&engine, &region(1, b"", b"")).await;
+        let append = |id: u64, seq: u64, at_ms: u64| LogCommand::WriteV2 {
+            session: Some(SessionRef { id, seq, first_pending: seq }),
+            op: LogOp::Append(b"k".to_vec(), vec![b'0' + id as u8]),
+            at_ms,
+            session_ttl_ms: 5_000,
+        };
+        apply(&mut sm, 1, append(7, 1, 1_000)).await;
+        engine.write(Box::new(|_| Ok(()))).await.unwrap();
+        let staged = || engine.stats().staged.load(std::sync::atomic::Ordering::SeqCst);
+        let before = staged();
+        engine.wait_until_writer_idle().await;
+        // Past the sweep interval of the region's clock: session 7 (idle since 1 s) expires.
+        apply(&mut sm, 2, append(8, 1, 1_000 + crate::storage::sessions::SWEEP_INTERVAL_MS)).await;
+        assert_eq!(staged(), before + 1, "the sweeping apply was staged");
+        assert_eq!(sm.state.clock.last_sweep_ms, 1_000 + crate::storage::sessions::SWEEP_INTERVAL_MS);
+        // Session 7's next write is refused (expired), not applied.
+        apply(&mut sm, 3, append(7, 2, 12_000)).await;
+        assert_eq!(get(&engine, 1, b"k"), Some(b"78".to_vec()));
+        // And so it stays once the stages reach the tables.
+        engine.write(Box::new(|_| Ok(()))).await.unwrap();
+        apply(&mut sm, 4, append(7, 3, 12_000)).await;
+        assert_eq!(get(&engine, 1, b"k"), Some(b"78".to_vec()));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn exactly_once_results_wait_in_the_dedup_stage_and_retries_snapshots_and_durable_commits_see_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -1750,26 +1768,6 @@ mod merge_tests {
             .unwrap_err();
         assert!(err.to_string().contains("abandoned"), "{err}");
         assert_eq!(snapshot::read_state(&engine.read().unwrap(), 1).unwrap().data_id, 1, "no switch");
-    }
-
-    #[test]
-    fn an_apply_is_staged_only_if_no_entry_of_it_sweeps_sessions() {
-        use super::super::records::SessionClock;
-        use super::super::sessions::SWEEP_INTERVAL_MS;
-        let write = |index: u64, at_ms: u64| {
-            Work::Command(
-                log_id(index),
-                LogCommand::WriteV2 { session: None, op: LogOp::Put(b"k".to_vec(), vec![]), at_ms, session_ttl_ms: 1 },
-            )
-        };
-        let clock = SessionClock { clock_ms: 50_000, last_sweep_ms: 45_000 };
-        let due = 45_000 + SWEEP_INTERVAL_MS;
-        assert!(!sweep_due(&clock, &[write(1, 50_001), write(2, due - 1)]));
-        assert!(sweep_due(&clock, &[write(1, 50_001), write(2, due)]), "the last entry's clock sweeps");
-        assert!(!sweep_due(&clock, &[Work::Blank(log_id(1))]), "no write, no sweep");
-        let late = SessionClock { clock_ms: due, last_sweep_ms: 45_000 };
-        assert!(sweep_due(&late, &[write(1, 0)]), "the region's clock is already past the interval");
-        assert!(!sweep_due(&late, &[Work::Blank(log_id(1))]));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
