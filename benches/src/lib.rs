@@ -25,7 +25,7 @@
 //! use tessera_benches::{Distribution, EtcdTarget, Workload};
 //!
 //! let etcd = EtcdTarget::connect(&["http://127.0.0.1:2379".to_string()], 8).await?;
-//! runner::load(&etcd, 10_000, 100, 64, &[]).await;
+//! runner::load(&etcd, 10_000, 100, 64, &[], None).await;
 //! let spec = RunSpec {
 //!     workload: Workload::A,
 //!     concurrency: 64,
@@ -37,7 +37,7 @@
 //!     stale_reads: false,
 //!     seed: 1,
 //! };
-//! let out = runner::run(&etcd, &spec, &InsertCounter::new(10_000), &[]).await;
+//! let out = runner::run(&etcd, &spec, &InsertCounter::new(10_000), &[], None).await;
 //! println!("{:.0} ops/s, p99 {} µs", out.ops_per_sec, out.latency.p99_us);
 //! # Ok(()) }
 //! ```

@@ -79,6 +79,11 @@ fn metrics(row: &RowSpec) -> Vec<Metric> {
             m.push(("client CPU-µs/op".into(), false, Box::new(|r| r.output.client_cpu_us_per_op)));
             if row.workload.writes() {
                 m.push(("writes/fsync per node".into(), true, Box::new(|r| r.writes_per_fsync())));
+                m.push((
+                    "disk KiB written/write".into(),
+                    false,
+                    Box::new(|r| r.output.disk_bytes_per_write.map(|b| b / 1024.0)),
+                ));
             }
         }
     }
@@ -305,6 +310,7 @@ mod tests {
             first_errors: vec![],
             server_cpu_us_per_op: Some(50.0),
             client_cpu_us_per_op: Some(10.0),
+            disk_bytes_per_write: None,
             server_cpu_secs: 0.005,
             client_cpu_secs: 0.001,
         }

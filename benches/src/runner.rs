@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 
 use crate::keys::{record_key, value};
-use crate::procstat::{clock_ticks_per_sec, sample_cpu, ticks_to_us};
+use crate::procstat::{clock_ticks_per_sec, sample_cpu, ticks_to_us, BlockDevice};
 use crate::stats::{new_histogram, LatencySummary};
 use crate::target::Target;
 use crate::workload::{sequential_op, OpKind, Workload, MAX_SCAN_LEN, SEQUENTIAL_SCAN_LEN};
@@ -98,6 +98,11 @@ pub struct RunOutput {
     pub server_cpu_us_per_op: Option<f64>,
     /// This process's CPU per measured operation, µs.
     pub client_cpu_us_per_op: Option<f64>,
+    /// Bytes written to the servers' block device over the measured interval, per measured
+    /// write (updates and inserts): every replica's log, state machine and compaction
+    /// together, and whatever else wrote to the device meanwhile (`None` without a device
+    /// to read, or writes).
+    pub disk_bytes_per_write: Option<f64>,
     /// Server CPU over the measured interval, seconds.
     pub server_cpu_secs: f64,
     /// This process's CPU over the measured interval, seconds.
@@ -166,7 +171,15 @@ async fn issue<T: Target>(target: &T, op: Op, value: Vec<u8>, stale: bool) -> Re
 }
 
 /// Runs `spec` against `target`; CPU is read from `server_pids` and this process.
-pub async fn run<T: Target>(target: &T, spec: &RunSpec, inserts: &InsertCounter, server_pids: &[u32]) -> RunOutput {
+/// `server_pids` are the processes whose CPU is counted, `disk` the device whose writes
+/// are (the servers' data directories').
+pub async fn run<T: Target>(
+    target: &T,
+    spec: &RunSpec,
+    inserts: &InsertCounter,
+    server_pids: &[u32],
+    disk: Option<&BlockDevice>,
+) -> RunOutput {
     let concurrency = if spec.workload == Workload::S { 1 } else { spec.concurrency.max(1) };
     let start = Instant::now();
     let measure_from = start + spec.warmup;
@@ -231,9 +244,9 @@ pub async fn run<T: Target>(target: &T, spec: &RunSpec, inserts: &InsertCounter,
         });
     }
     tokio::time::sleep_until(measure_from.into()).await;
-    let cpu_before = sample_cpu(server_pids);
+    let cpu_before = sample_cpu(server_pids, disk);
     tokio::time::sleep_until(end.into()).await;
-    let cpu_after = sample_cpu(server_pids);
+    let cpu_after = sample_cpu(server_pids, disk);
     while workers.join_next().await.is_some() {}
     finish(&shared, spec.duration, Some((cpu_before, cpu_after)), !server_pids.is_empty())
 }
@@ -246,10 +259,11 @@ pub async fn load<T: Target>(
     value_size: usize,
     concurrency: usize,
     server_pids: &[u32],
+    disk: Option<&BlockDevice>,
 ) -> RunOutput {
     let shared = Arc::new(Shared::new());
     let start = Instant::now();
-    let cpu_before = sample_cpu(server_pids);
+    let cpu_before = sample_cpu(server_pids, disk);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency.max(1) {
         let (target, shared) = (target.clone(), shared.clone());
@@ -283,7 +297,7 @@ pub async fn load<T: Target>(
         });
     }
     while workers.join_next().await.is_some() {}
-    let cpu_after = sample_cpu(server_pids);
+    let cpu_after = sample_cpu(server_pids, disk);
     finish(&shared, start.elapsed(), Some((cpu_before, cpu_after)), !server_pids.is_empty())
 }
 
@@ -313,6 +327,9 @@ fn finish(
         None => (0.0, 0.0),
     };
     let per_op = |us: f64| (measured_ops > 0).then(|| us / measured_ops as f64);
+    let measured_writes: u64 =
+        kinds.iter().filter(|k| matches!(k.kind, OpKind::Update | OpKind::Insert)).map(|k| k.latency.count).sum();
+    let disk_bytes = cpu.and_then(|(a, b)| Some(b.disk_written_bytes?.saturating_sub(a.disk_written_bytes?)));
     RunOutput {
         measured_ops,
         measured_secs: secs,
@@ -326,6 +343,7 @@ fn finish(
         first_errors: shared.first_errors.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         server_cpu_us_per_op: if have_servers { per_op(server_us) } else { None },
         client_cpu_us_per_op: per_op(client_us),
+        disk_bytes_per_write: disk_bytes.filter(|_| measured_writes > 0).map(|b| b as f64 / measured_writes as f64),
         server_cpu_secs: server_us / 1e6,
         client_cpu_secs: client_us / 1e6,
     }
@@ -343,6 +361,8 @@ mod tests {
         map: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>,
         fail_every: u64,
         calls: Arc<AtomicU64>,
+        /// Each put also appends 8 KiB to a file here and syncs it.
+        disk: Option<Arc<tempfile::TempDir>>,
     }
 
     impl Memory {
@@ -362,6 +382,12 @@ mod tests {
         }
         async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), OpError> {
             self.step().await?;
+            if let Some(dir) = &self.disk {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("log")).unwrap();
+                f.write_all(&[1u8; 8192]).unwrap();
+                f.sync_data().unwrap();
+            }
             self.map.lock().unwrap().insert(key, value);
             Ok(())
         }
@@ -392,10 +418,30 @@ mod tests {
         }
     }
 
+    /// The bytes written to the device are counted per measured write: at least what the
+    /// target wrote and synced for each, and nothing without a device or without writes.
+    #[tokio::test]
+    async fn disk_writes_are_counted_per_write_on_the_given_device() {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let Some(dev) = BlockDevice::of(dir.path()) else {
+            // tmpfs or no sysfs here: nothing to count.
+            return;
+        };
+        let m = Memory { disk: Some(dir), ..Memory::default() };
+        load(&m, 200, 16, 8, &[], None).await;
+        let out = run(&m, &spec(Workload::W, 2), &InsertCounter::new(200), &[], Some(&dev)).await;
+        let per_write = out.disk_bytes_per_write.expect("writes were measured on a device");
+        assert!(per_write >= 8192.0, "{per_write} bytes per write of 8 KiB appended and synced");
+        let out = run(&m, &spec(Workload::W, 2), &InsertCounter::new(200), &[], None).await;
+        assert_eq!(out.disk_bytes_per_write, None, "no device given");
+        let out = run(&m, &spec(Workload::C, 2), &InsertCounter::new(200), &[], Some(&dev)).await;
+        assert_eq!(out.disk_bytes_per_write, None, "no writes");
+    }
+
     #[tokio::test]
     async fn load_inserts_every_record_once() {
         let m = Memory::default();
-        let out = load(&m, 200, 16, 8, &[]).await;
+        let out = load(&m, 200, 16, 8, &[], None).await;
         assert_eq!(out.total_ops, 200);
         assert_eq!(out.kind(OpKind::Insert).unwrap().count, 200);
         assert_eq!(m.map.lock().unwrap().len(), 200);
@@ -405,8 +451,8 @@ mod tests {
     #[tokio::test]
     async fn a_mixed_run_measures_each_kind_and_only_the_measured_interval() {
         let m = Memory::default();
-        load(&m, 200, 16, 8, &[]).await;
-        let out = run(&m, &spec(Workload::A, 4), &InsertCounter::new(200), &[]).await;
+        load(&m, 200, 16, 8, &[], None).await;
+        let out = run(&m, &spec(Workload::A, 4), &InsertCounter::new(200), &[], None).await;
         let reads = out.kind(OpKind::Read).unwrap().count;
         let updates = out.kind(OpKind::Update).unwrap().count;
         assert!(reads > 100 && updates > 100, "{reads} reads, {updates} updates");
@@ -419,9 +465,9 @@ mod tests {
     #[tokio::test]
     async fn workload_e_scans_rows_and_inserts_new_records() {
         let m = Memory::default();
-        load(&m, 200, 16, 8, &[]).await;
+        load(&m, 200, 16, 8, &[], None).await;
         let inserts = InsertCounter::new(200);
-        let out = run(&m, &spec(Workload::E, 4), &inserts, &[]).await;
+        let out = run(&m, &spec(Workload::E, 4), &inserts, &[], None).await;
         assert!(out.rows_per_sec > out.ops_per_sec, "scans return several rows each");
         assert!(m.map.lock().unwrap().len() > 200, "inserts created records");
         assert!(out.kind(OpKind::Update).is_none());
@@ -430,8 +476,8 @@ mod tests {
     #[tokio::test]
     async fn the_sequential_workload_keeps_one_operation_in_flight() {
         let m = Memory::default();
-        load(&m, 200, 16, 8, &[]).await;
-        let out = run(&m, &spec(Workload::S, 64), &InsertCounter::new(200), &[]).await;
+        load(&m, 200, 16, 8, &[], None).await;
+        let out = run(&m, &spec(Workload::S, 64), &InsertCounter::new(200), &[], None).await;
         // One in flight at >= 1 ms each: at most ~350 operations in 350 ms.
         assert!(out.total_ops < 360, "{}", out.total_ops);
         let counts: Vec<u64> = [OpKind::Update, OpKind::Read, OpKind::Scan].map(|k| out.kind(k).unwrap().count).into();
@@ -441,7 +487,7 @@ mod tests {
     #[tokio::test]
     async fn errors_are_counted_and_the_first_ones_kept() {
         let m = Memory { fail_every: 3, ..Memory::default() };
-        let out = run(&m, &spec(Workload::W, 2), &InsertCounter::new(200), &[]).await;
+        let out = run(&m, &spec(Workload::W, 2), &InsertCounter::new(200), &[], None).await;
         assert!(out.errors > 5);
         assert_eq!(out.first_errors.len(), KEPT_ERRORS);
         assert!(out.first_errors[0].contains("injected failure"));

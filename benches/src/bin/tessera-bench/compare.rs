@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use tessera_benches::fsync_probe::{self, FsyncProbe};
 use tessera_benches::matrix::{full_rows, quick_rows, region_rows, RowSpec, RunParams, RunRecord};
+use tessera_benches::procstat::BlockDevice;
 use tessera_benches::report::{comparison, markdown_table, regions_comparison};
 use tessera_benches::runner::{self, InsertCounter, RunSpec};
 use tessera_benches::{plot, CrashReport, Distribution, EtcdTarget, Machine, System, TableLine, TesseraTarget};
@@ -245,6 +246,8 @@ struct Ctx<'a> {
     repeats: usize,
     threshold_ms: f64,
     data: PathBuf,
+    /// The data directory's block device, whose writes each run counts.
+    disk: Option<BlockDevice>,
     progress: Progress,
     runs: Vec<RunRecord>,
 }
@@ -306,7 +309,8 @@ impl Ctx<'_> {
                     let client = sys.tessera_target.client().clone();
                     let before = counters::tessera(&client, Instant::now(), Duration::from_secs(3)).await?;
                     let pids = sys.tessera.server_pids();
-                    let out = runner::run(&sys.tessera_target, &spec, &sys.tessera_inserts, &pids).await;
+                    let out =
+                        runner::run(&sys.tessera_target, &spec, &sys.tessera_inserts, &pids, self.disk.as_ref()).await;
                     let after = counters::tessera(&client, Instant::now(), Duration::from_secs(5)).await?;
                     let syncs = counters::tessera_deltas(&before, &after, out.total_writes);
                     let regions = client.cluster_status().await.ok().map(|(_, regions)| regions.len());
@@ -318,7 +322,8 @@ impl Ctx<'_> {
                         _ => bail!("etcd is not running"),
                     };
                     let before = counters::etcd(&cluster.client_urls).await;
-                    let out = runner::run(target, &spec, &sys.etcd_inserts, &cluster.server_pids()).await;
+                    let out =
+                        runner::run(target, &spec, &sys.etcd_inserts, &cluster.server_pids(), self.disk.as_ref()).await;
                     let after = counters::etcd(&cluster.client_urls).await;
                     let complete = before.iter().chain(&after).all(Option::is_some);
                     let syncs = counters::etcd_deltas(&cluster.names, &before, &after, out.total_writes);
@@ -366,13 +371,14 @@ impl Ctx<'_> {
             self.progress.bar.set_message(format!("loading {records} records into {system}"));
             let out = match system {
                 System::Tessera => {
-                    runner::load(&sys.tessera_target, records, value_size, 64, &sys.tessera.server_pids()).await
+                    let pids = sys.tessera.server_pids();
+                    runner::load(&sys.tessera_target, records, value_size, 64, &pids, self.disk.as_ref()).await
                 }
                 System::Etcd => {
                     let (Some(c), Some(t)) = (sys.etcd.as_ref(), sys.etcd_target.as_ref()) else {
                         bail!("etcd is not running")
                     };
-                    runner::load(t, records, value_size, 64, &c.server_pids()).await
+                    runner::load(t, records, value_size, 64, &c.server_pids(), self.disk.as_ref()).await
                 }
             };
             if out.total_ops < records {
@@ -430,6 +436,9 @@ fn run_line(r: &RunRecord) -> String {
     }
     if let Some(w) = r.writes_per_fsync() {
         s.push_str(&format!("  {w:.1} writes/fsync"));
+    }
+    if let Some(b) = o.disk_bytes_per_write {
+        s.push_str(&format!("  {:.1} disk KiB/write", b / 1024.0));
     }
     if let Some(n) = r.regions_after {
         s.push_str(&format!("  regions after: {n}"));
@@ -552,6 +561,7 @@ async fn run_matrix(
         repeats,
         threshold_ms,
         data: data.to_path_buf(),
+        disk: BlockDevice::of(data),
         progress: Progress::new(runs_planned as u64),
         runs: Vec::new(),
     };
@@ -708,7 +718,7 @@ fn write_outputs(dir: &Path, r: &Results) -> anyhow::Result<()> {
     write("results.json", serde_json::to_string_pretty(r)?.as_bytes())?;
     let s = &r.settings;
     let md = format!(
-        "# tessera-bench compare ({})\n\n## Machine\n\n{}\n## Settings\n\n- {} s warm-up + {} s measured per run, {} repeats, interleaved Tessera/etcd\n- {} records of {} B, {:?} keys; Tessera {} initial regions, {}; etcd over {} gRPC connections\n- idle fsync probe: p50 {:.2} ms, p99 {:.2} ms (contended above {:.2} ms)\n- server CPU: utime+stime of every server process (Tessera: PD + nodes; etcd: members) over the measured interval, per measured operation\n- writes/fsync: the run's successful writes (warm-up included) over each server's log syncs in the same span, median over servers\n\n## Results\n\n{}",
+        "# tessera-bench compare ({})\n\n## Machine\n\n{}\n## Settings\n\n- {} s warm-up + {} s measured per run, {} repeats, interleaved Tessera/etcd\n- {} records of {} B, {:?} keys; Tessera {} initial regions, {}; etcd over {} gRPC connections\n- idle fsync probe: p50 {:.2} ms, p99 {:.2} ms (contended above {:.2} ms)\n- server CPU: utime+stime of every server process (Tessera: PD + nodes; etcd: members) over the measured interval, per measured operation\n- writes/fsync: the run's successful writes (warm-up included) over each server's log syncs in the same span, median over servers\n- disk KiB written/write: bytes written to the data directory's block device (its kernel statistics: every replica's log, state machine and compaction, and anything else writing to it) over the measured interval, per measured write\n\n## Results\n\n{}",
         r.preset,
         r.machine.markdown(),
         s.warmup_secs,

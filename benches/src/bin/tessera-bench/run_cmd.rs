@@ -69,6 +69,10 @@ pub struct RunArgs {
     /// Server process ids whose CPU to count (comma-separated), e.g. from `pgrep`.
     #[arg(long, value_delimiter = ',')]
     pub server_pids: Vec<u32>,
+    /// Count the bytes written to the block device holding this path (the servers' data
+    /// directory), per write.
+    #[arg(long, value_name = "PATH")]
+    pub disk_of: Option<std::path::PathBuf>,
     /// Also write the result as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -91,18 +95,46 @@ async fn tessera_client(args: &RunArgs) -> anyhow::Result<Client> {
     Client::connect(ClientConfig::new(vec![pd], Some(tls))).await.context("connecting to Tessera")
 }
 
+/// The block device of `--disk-of`, if it is on one.
+fn disk(args: &RunArgs) -> Option<tessera_benches::procstat::BlockDevice> {
+    let path = args.disk_of.as_deref()?;
+    let dev = tessera_benches::procstat::BlockDevice::of(path);
+    if dev.is_none() {
+        eprintln!("warning: {} is not on a block device with statistics: disk writes not counted", path.display());
+    }
+    dev
+}
+
 /// Inserts the records first if asked (before any counter is read).
 async fn preload<T: Target>(target: &T, args: &RunArgs) {
     if args.load && args.workload != Workload::L {
         eprintln!("loading {} records ...", args.records);
-        let out = runner::load(target, args.records, args.value_size, args.concurrency.max(1), &args.server_pids).await;
+        let disk = disk(args);
+        let out = runner::load(
+            target,
+            args.records,
+            args.value_size,
+            args.concurrency.max(1),
+            &args.server_pids,
+            disk.as_ref(),
+        )
+        .await;
         eprintln!("loaded: {:.0} inserts/s, {} errors", out.ops_per_sec, out.errors);
     }
 }
 
 async fn go<T: Target>(target: &T, args: &RunArgs) -> RunOutput {
     if args.workload == Workload::L {
-        return runner::load(target, args.records, args.value_size, args.concurrency.max(1), &args.server_pids).await;
+        let disk = disk(args);
+        return runner::load(
+            target,
+            args.records,
+            args.value_size,
+            args.concurrency.max(1),
+            &args.server_pids,
+            disk.as_ref(),
+        )
+        .await;
     }
     let spec = RunSpec {
         workload: args.workload,
@@ -115,7 +147,9 @@ async fn go<T: Target>(target: &T, args: &RunArgs) -> RunOutput {
         stale_reads: args.stale,
         seed: args.seed,
     };
-    runner::run(target, &spec, &InsertCounter::new(args.records + 1_000_000_000), &args.server_pids).await
+    let disk = disk(args);
+    runner::run(target, &spec, &InsertCounter::new(args.records + 1_000_000_000), &args.server_pids, disk.as_ref())
+        .await
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -169,6 +203,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(cpu) = out.client_cpu_us_per_op {
         println!("  client CPU {cpu:.0} µs/op");
+    }
+    if let Some(b) = out.disk_bytes_per_write {
+        println!("  disk {:.1} KiB written per write", b / 1024.0);
     }
     for s in &syncs {
         println!(
