@@ -684,35 +684,38 @@ fn stage_queued(rx: &mpsc::Receiver<Msg>, shared: &Shared, carried: &mut Vec<Job
             Ok(Msg::Stop) => return true,
             Err(_) => return false,
         };
-        let Job { task: Task::Plain { work, may_stage: true }, done, queued_at, .. } = job else {
-            carried.push(job);
-            continue;
-        };
-        let result = {
-            let _committing = lock(&shared.committing);
-            if shared.overlay.is_full() {
-                Err(work)
-            } else {
-                crate::metrics::STAGES.redb_queue.record(queued_at.elapsed());
+        match job.task {
+            // As `Engine::stage`: not into a full overlay.
+            Task::Plain { work, may_stage: true } if !shared.overlay.is_full() => {
+                crate::metrics::STAGES.redb_queue.record(job.queued_at.elapsed());
+                let result = {
+                    let _committing = lock(&shared.committing);
+                    run_staged(shared, work)
+                };
                 shared.queued.fetch_sub(1, Ordering::SeqCst);
-                let result = run_staged(shared, work);
                 if result.is_ok() {
                     shared.stats.staged_by_writer.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(result)
+                (job.done)(result);
             }
-        };
-        match result {
-            Ok(result) => done(result),
-            Err(work) => carried.push(Job {
-                task: Task::Plain { work, may_stage: true },
-                done,
-                log_entries: 0,
-                durable: false,
-                queued_at,
-            }),
+            task => carried.push(Job { task, ..job }),
         }
     }
+}
+
+/// The next batch out of the jobs `carried` over from [`stage_queued`], the oldest first,
+/// up to [`MAX_BATCH`]; the queue's jobs join it only once none is left carried (they came
+/// after). True if a stop came before any job it took from the queue.
+fn carried_batch(rx: &mpsc::Receiver<Msg>, carried: &mut Vec<Job>) -> (Vec<Job>, bool) {
+    let mut batch = take_carried(carried);
+    let stop = carried.is_empty() && take_queued(rx, &mut batch);
+    (batch, stop)
+}
+
+/// The oldest [`MAX_BATCH`] jobs of `carried` (all of them if fewer).
+fn take_carried(carried: &mut Vec<Job>) -> Vec<Job> {
+    let rest = if carried.len() > MAX_BATCH { carried.split_off(MAX_BATCH) } else { Vec::new() };
+    std::mem::replace(carried, rest)
 }
 
 /// Blocks for the next job, then takes every job already queued, up to [`MAX_BATCH`] (or
@@ -727,9 +730,7 @@ fn stage_queued(rx: &mpsc::Receiver<Msg>, shared: &Shared, carried: &mut Vec<Job
 /// purges. Without it, what the last writes left would wait for the next write.
 fn next_batch(rx: &mpsc::Receiver<Msg>, shared: &Shared, carried: &mut Vec<Job>) -> Option<(Vec<Job>, bool)> {
     if !carried.is_empty() {
-        let mut batch = std::mem::take(carried);
-        let stop = take_queued(rx, &mut batch);
-        return Some((batch, stop));
+        return Some(carried_batch(rx, carried));
     }
     // After a fail-stop nothing commits, so nothing is pending (and an empty batch would
     // return at once, every time).
@@ -780,7 +781,9 @@ fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Msg>, shared: &Shared
             if carried.is_empty() {
                 break;
             }
-            (std::mem::take(&mut carried), true)
+            let batch = take_carried(&mut carried);
+            // The last batch once nothing is left carried.
+            (batch, carried.is_empty())
         } else {
             match next_batch(&rx, shared, &mut carried) {
                 Some(next) => next,
@@ -1579,36 +1582,54 @@ pub(crate) mod tests {
     /// An apply that finds the writer in the transaction before its write-out waits in the
     /// queue; the writer stages it before the write-out, so it does not wait for that (nor
     /// for the sync after it).
+    /// Holds the writer inside the transaction that precedes a write-out (the durable
+    /// interval set as passed; the transaction is a plain apply of `a = 1`, not staged);
+    /// returns the apply's task and what releases it.
+    async fn held_before_a_write_out(
+        engine: &Engine,
+    ) -> (tokio::task::JoinHandle<io::Result<()>>, std::sync::mpsc::Sender<()>) {
+        *lock(&engine.shared.last_durable) -= LAZY_DURABLE_EVERY;
+        let (running_tx, running_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let e = engine.clone();
+        let apply = stage_applied(engine, b"a", b"1");
+        let job: PlainWork = Box::new(move |txn| {
+            running_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            apply(txn)
+        });
+        let in_transaction = tokio::spawn(async move { e.apply_plain(job, false).await });
+        tokio::task::spawn_blocking(move || running_rx.recv().unwrap()).await.unwrap();
+        (in_transaction, release_tx)
+    }
+
+    /// Sends a plain apply of `key = value` (staged if `may_stage` allows and the writer is
+    /// free) and waits until it is queued for the writer.
+    async fn queued_apply(
+        engine: &Engine,
+        key: &'static [u8],
+        value: &'static [u8],
+        may_stage: bool,
+    ) -> tokio::task::JoinHandle<io::Result<()>> {
+        let depth = engine.queue_depth();
+        let e = engine.clone();
+        let job = stage_applied(engine, key, value);
+        let task = tokio::spawn(async move { e.apply_plain(job, may_stage).await });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while engine.queue_depth() == depth {
+            assert!(std::time::Instant::now() < deadline, "the apply never reached the queue");
+            tokio::task::yield_now().await;
+        }
+        task
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_apply_queued_during_the_transaction_before_a_write_out_is_staged_by_the_writer_before_it() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
         let (held, release_write_out) = hold_write_out(&engine);
-        // The interval has passed: the next batch writes the overlay out after it commits.
-        *lock(&engine.shared.last_durable) -= LAZY_DURABLE_EVERY;
-        let (running_tx, running_rx) = std::sync::mpsc::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let in_transaction = {
-            let e = engine.clone();
-            let apply = stage_applied(&engine, b"a", b"1");
-            let job: PlainWork = Box::new(move |txn| {
-                running_tx.send(()).unwrap();
-                release_rx.recv().unwrap();
-                apply(txn)
-            });
-            tokio::spawn(async move { e.apply_plain(job, false).await })
-        };
-        tokio::task::spawn_blocking(move || running_rx.recv().unwrap()).await.unwrap();
-        let queued = {
-            let e = engine.clone();
-            let job = stage_applied(&engine, b"b", b"2");
-            tokio::spawn(async move { e.apply_plain(job, true).await })
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while engine.queue_depth() == 0 {
-            assert!(std::time::Instant::now() < deadline, "the apply never reached the queue");
-            tokio::task::yield_now().await;
-        }
+        let (in_transaction, release_tx) = held_before_a_write_out(&engine).await;
+        let queued = queued_apply(&engine, b"b", b"2", true).await;
         release_tx.send(()).unwrap();
         in_transaction.await.unwrap().unwrap();
         let done = tokio::time::timeout(std::time::Duration::from_secs(30), queued).await;
@@ -1842,5 +1863,39 @@ pub(crate) mod tests {
         // The file is free: it opens again at once, with every queued job committed.
         let reopened = Engine::open(&path).unwrap();
         assert_eq!(reopened.read().unwrap().open_table(tables::SM_META).unwrap().len().unwrap(), 50);
+    }
+
+    /// A close that comes while the writer's transaction runs, behind an apply it will stage
+    /// and one it cannot: the writer stages the first, commits the second, then stops; both
+    /// are answered and on disk after a reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_close_behind_applies_queued_before_a_write_out_finishes_them_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let engine = Engine::open(&path).unwrap();
+        let (in_transaction, release_tx) = held_before_a_write_out(&engine).await;
+        let too_large = queued_apply(&engine, b"b", b"2", false).await;
+        let stageable = queued_apply(&engine, b"c", b"3", true).await;
+        // The stop `close` sends, queued behind both before the transaction ends; the
+        // writer must exit on it alone.
+        lock(&engine.shared.tx).send(Msg::Stop).unwrap();
+        release_tx.send(()).unwrap();
+        in_transaction.await.unwrap().unwrap();
+        stageable.await.unwrap().unwrap();
+        too_large.await.unwrap().unwrap();
+        let writer = lock(&engine.shared.writer).take().unwrap();
+        let exited = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            tokio::task::spawn_blocking(move || writer.join().is_ok()),
+        )
+        .await;
+        assert!(matches!(exited, Ok(Ok(true))), "the writer never stopped, or panicked");
+        engine.close();
+        assert_eq!(engine.stats().staged_by_writer.load(Ordering::SeqCst), 1);
+        assert!(engine.failure().is_none());
+        let reopened = Engine::open(&path).unwrap();
+        for (key, value) in [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")] {
+            assert_eq!(in_table(&reopened, key), Some(value.to_vec()));
+        }
     }
 }
