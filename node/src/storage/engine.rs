@@ -353,11 +353,12 @@ impl Engine {
     /// `data` table in the overlay ([`Engine::overlay`]).
     ///
     /// If `may_stage` allows it (the caller's promise that `work` needs no write: only plain
-    /// writes, no session sweep due), the apply is *staged*: it runs on the calling thread
-    /// against a read transaction, with no write transaction and no commit, and leaves
-    /// everything it would have written in the overlay (its data rows, its exactly-once
-    /// results, its region's `sm_meta` row, its session rows and the `dedup` rows to
-    /// delete), for the next write transaction to write (`overlay.rs`, "Staged applies").
+    /// writes and the session sweeps they make), the apply is *staged*: it runs on the
+    /// calling thread against a read transaction, with no write transaction and no commit,
+    /// and leaves everything it would have written in the overlay (its data rows, its
+    /// exactly-once results, its region's `sm_meta` row, its session rows and the `dedup`
+    /// rows to delete), for the next write transaction to write (`overlay.rs`, "Staged
+    /// applies").
     /// That happens when no write transaction is in progress or about to start and the
     /// overlay is not full, whatever waits in the writer's queue; otherwise the apply joins
     /// the group commit. Jobs in the queue are of other regions, or not applies: a region's

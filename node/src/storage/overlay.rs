@@ -51,8 +51,10 @@
 //! its caller's thread with no write transaction at all (`Engine::apply_plain`): it reads
 //! through a read transaction and the stages, and what it would write to redb waits here
 //! instead: its data rows and results as above, and in a *settle stage* its region's
-//! `sm_meta` row ([`Overlay::meta_put`]), its session rows ([`Overlay::session_put`]) and
-//! the `dedup` rows its acknowledgements let go ([`Overlay::dedup_delete`]). Without the
+//! `sm_meta` row ([`Overlay::meta_put`]), its session rows ([`Overlay::session_put`], and
+//! [`Overlay::session_delete`] for a tombstone a sweep forgets) and the `dedup` rows its
+//! acknowledgements or a session's expiry let go ([`Overlay::dedup_delete`],
+//! [`Overlay::dedup_delete_session`]). Without the
 //! transaction, its commit and the hand-off to the writer, workload A at 64 in flight took
 //! 53-60 server CPU-µs per operation instead of 65-84 (issue 6's note). The settle stage
 //! is written to the tables by every write transaction before its first job
