@@ -105,36 +105,24 @@ fn disk(args: &RunArgs) -> Option<tessera_benches::procstat::BlockDevice> {
     dev
 }
 
+/// Inserts `--records` records (workload L).
+async fn load<T: Target>(target: &T, args: &RunArgs) -> RunOutput {
+    let disk = disk(args);
+    runner::load(target, args.records, args.value_size, args.concurrency.max(1), &args.server_pids, disk.as_ref()).await
+}
+
 /// Inserts the records first if asked (before any counter is read).
 async fn preload<T: Target>(target: &T, args: &RunArgs) {
     if args.load && args.workload != Workload::L {
         eprintln!("loading {} records ...", args.records);
-        let disk = disk(args);
-        let out = runner::load(
-            target,
-            args.records,
-            args.value_size,
-            args.concurrency.max(1),
-            &args.server_pids,
-            disk.as_ref(),
-        )
-        .await;
+        let out = load(target, args).await;
         eprintln!("loaded: {:.0} inserts/s, {} errors", out.ops_per_sec, out.errors);
     }
 }
 
 async fn go<T: Target>(target: &T, args: &RunArgs) -> RunOutput {
     if args.workload == Workload::L {
-        let disk = disk(args);
-        return runner::load(
-            target,
-            args.records,
-            args.value_size,
-            args.concurrency.max(1),
-            &args.server_pids,
-            disk.as_ref(),
-        )
-        .await;
+        return load(target, args).await;
     }
     let spec = RunSpec {
         workload: args.workload,
