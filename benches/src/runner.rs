@@ -170,9 +170,8 @@ async fn issue<T: Target>(target: &T, op: Op, value: Vec<u8>, stale: bool) -> Re
     }
 }
 
-/// Runs `spec` against `target`; CPU is read from `server_pids` and this process.
-/// `server_pids` are the processes whose CPU is counted, `disk` the device whose writes
-/// are (the servers' data directories').
+/// Runs `spec` against `target`; CPU is read from `server_pids` and this process, bytes
+/// written from `disk` (the servers' data directories' device).
 pub async fn run<T: Target>(
     target: &T,
     spec: &RunSpec,

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tessera::{Client, ClientConfig, TlsFiles};
+use tessera_benches::procstat::BlockDevice;
 use tessera_benches::runner::{self, InsertCounter, RunOutput, RunSpec};
 use tessera_benches::{Distribution, EtcdTarget, System, Target, TesseraTarget, Workload};
 use tessera_cli::layout::DevLayout;
@@ -96,9 +97,9 @@ async fn tessera_client(args: &RunArgs) -> anyhow::Result<Client> {
 }
 
 /// The block device of `--disk-of`, if it is on one.
-fn disk(args: &RunArgs) -> Option<tessera_benches::procstat::BlockDevice> {
+fn disk(args: &RunArgs) -> Option<BlockDevice> {
     let path = args.disk_of.as_deref()?;
-    let dev = tessera_benches::procstat::BlockDevice::of(path);
+    let dev = BlockDevice::of(path);
     if dev.is_none() {
         eprintln!("warning: {} is not on a block device with statistics: disk writes not counted", path.display());
     }
@@ -106,23 +107,22 @@ fn disk(args: &RunArgs) -> Option<tessera_benches::procstat::BlockDevice> {
 }
 
 /// Inserts `--records` records (workload L).
-async fn load<T: Target>(target: &T, args: &RunArgs) -> RunOutput {
-    let disk = disk(args);
-    runner::load(target, args.records, args.value_size, args.concurrency.max(1), &args.server_pids, disk.as_ref()).await
+async fn load<T: Target>(target: &T, args: &RunArgs, disk: Option<&BlockDevice>) -> RunOutput {
+    runner::load(target, args.records, args.value_size, args.concurrency.max(1), &args.server_pids, disk).await
 }
 
 /// Inserts the records first if asked (before any counter is read).
-async fn preload<T: Target>(target: &T, args: &RunArgs) {
+async fn preload<T: Target>(target: &T, args: &RunArgs, disk: Option<&BlockDevice>) {
     if args.load && args.workload != Workload::L {
         eprintln!("loading {} records ...", args.records);
-        let out = load(target, args).await;
+        let out = load(target, args, disk).await;
         eprintln!("loaded: {:.0} inserts/s, {} errors", out.ops_per_sec, out.errors);
     }
 }
 
-async fn go<T: Target>(target: &T, args: &RunArgs) -> RunOutput {
+async fn go<T: Target>(target: &T, args: &RunArgs, disk: Option<&BlockDevice>) -> RunOutput {
     if args.workload == Workload::L {
-        return load(target, args).await;
+        return load(target, args, disk).await;
     }
     let spec = RunSpec {
         workload: args.workload,
@@ -135,19 +135,18 @@ async fn go<T: Target>(target: &T, args: &RunArgs) -> RunOutput {
         stale_reads: args.stale,
         seed: args.seed,
     };
-    let disk = disk(args);
-    runner::run(target, &spec, &InsertCounter::new(args.records + 1_000_000_000), &args.server_pids, disk.as_ref())
-        .await
+    runner::run(target, &spec, &InsertCounter::new(args.records + 1_000_000_000), &args.server_pids, disk).await
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.duration > 0.0 && args.warmup >= 0.0, "--duration must be > 0 and --warmup >= 0");
+    let disk = disk(&args);
     let (out, syncs) = match args.target {
         System::Tessera => {
             let client = tessera_client(&args).await?;
-            preload(&TesseraTarget::new(client.clone()), &args).await;
+            preload(&TesseraTarget::new(client.clone()), &args, disk.as_ref()).await;
             let before = counters::tessera(&client, Instant::now(), Duration::from_secs(3)).await?;
-            let out = go(&TesseraTarget::new(client.clone()), &args).await;
+            let out = go(&TesseraTarget::new(client.clone()), &args, disk.as_ref()).await;
             let after = counters::tessera(&client, Instant::now(), Duration::from_secs(5)).await?;
             let syncs = counters::tessera_deltas(&before, &after, out.total_writes);
             (out, syncs)
@@ -157,9 +156,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("connecting to etcd: {e}"))?;
             let names: Vec<String> = args.etcd_endpoints.clone();
-            preload(&target, &args).await;
+            preload(&target, &args, disk.as_ref()).await;
             let before = counters::etcd(&args.etcd_endpoints).await;
-            let out = go(&target, &args).await;
+            let out = go(&target, &args, disk.as_ref()).await;
             let after = counters::etcd(&args.etcd_endpoints).await;
             (out.clone(), counters::etcd_deltas(&names, &before, &after, out.total_writes))
         }
