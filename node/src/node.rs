@@ -345,6 +345,9 @@ async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Regi
     let _ = region_shared.events.set(shared.events.clone());
     let _ = region_shared.node_changes.set(shared.ctx.changes.clone());
     let mut sm = RegionStateMachine::open(engine, region_shared.clone()).map_err(|e| region_err(e.into()))?;
+    // A replica prepared to merge cuts the file of its frozen state again (a restart
+    // forgot the last one); until it has, this node's target of the merge waits.
+    sm.cut_frozen_state().await;
     // A voter is in the descriptor; a learner only in the applied membership (or, before
     // its first snapshot, in the descriptor PD created it from).
     let Some(peer) = desc.peer_on(shared.cfg.node_id).or_else(|| sm.member_on(shared.cfg.node_id)) else {

@@ -210,9 +210,9 @@ struct Shared {
     busy: AtomicUsize,
     /// Applied rows of the `data` table not yet written to it (`overlay.rs`).
     overlay: Arc<Overlay>,
-    /// Regions whose prepare of a merge is applying and whose snapshot file of the frozen
-    /// state is not cut yet ([`Engine::merge_cut_pending`]), with how many marks each.
-    merge_cuts: Mutex<HashMap<u64, usize>>,
+    /// Per region, the applied index up to which its applies of a merge's prepare are over
+    /// here, the snapshot file of the frozen state cut ([`Engine::merge_cut_settled`]).
+    merge_cuts: Mutex<HashMap<u64, u64>>,
 }
 
 /// The node's database and writer. Cheap to clone; clones share everything.
@@ -498,19 +498,23 @@ impl Engine {
         pick(&txn, &self.shared.overlay)
     }
 
-    /// Marks `region`'s prepare of a merge as applying, with its snapshot file not cut yet,
-    /// until the returned guard drops: the merge's target on this node waits for that too
-    /// ([`Engine::is_merge_cut_pending`]), so that it never absorbs the source before the
-    /// file that catches a lagging source replica up is cut. Kept in memory: after a
-    /// restart, a prepare applied before it is not pending.
-    pub fn merge_cut_pending(&self, region: u64) -> MergeCutPending {
-        *lock(&self.shared.merge_cuts).entry(region).or_default() += 1;
-        MergeCutPending { engine: self.clone(), region }
+    /// Records that `region`'s replica here is done, up to its applied index `applied`, with
+    /// any prepare of a merge it applied: its snapshot file of the frozen state is cut (or
+    /// failed, logged), so the merge's target on this node may absorb it
+    /// ([`Engine::merge_cut_settled`]). Called after an apply that holds a prepare, an
+    /// install, and the start of a prepared replica (which cuts a file first). Kept in
+    /// memory, so a restart forgets it: until a prepared replica started again has cut its
+    /// file, its target here waits (ARCHITECTURE.md, merges).
+    pub fn settle_merge_cut(&self, region: u64, applied: u64) {
+        let mut cuts = lock(&self.shared.merge_cuts);
+        let settled = cuts.entry(region).or_default();
+        *settled = (*settled).max(applied);
     }
 
-    /// Whether `region`'s prepare of a merge is applying or its file not cut yet.
-    pub fn is_merge_cut_pending(&self, region: u64) -> bool {
-        lock(&self.shared.merge_cuts).contains_key(&region)
+    /// Whether `region`'s applies up to `index` are settled ([`Engine::settle_merge_cut`]):
+    /// a prepare at `index` has its file cut since this engine opened.
+    pub fn merge_cut_settled(&self, region: u64, index: u64) -> bool {
+        lock(&self.shared.merge_cuts).get(&region).is_some_and(|settled| *settled >= index)
     }
 
     /// `Err` once the engine has fail-stopped.
@@ -594,25 +598,6 @@ impl Engine {
             }
         }
         self.shared.db.write().unwrap_or_else(|p| p.into_inner()).take();
-    }
-}
-
-/// A mark of [`Engine::merge_cut_pending`], removed when dropped.
-#[derive(Debug)]
-pub struct MergeCutPending {
-    engine: Engine,
-    region: u64,
-}
-
-impl Drop for MergeCutPending {
-    fn drop(&mut self) {
-        let mut cuts = lock(&self.engine.shared.merge_cuts);
-        if let Some(n) = cuts.get_mut(&self.region) {
-            *n -= 1;
-            if *n == 0 {
-                cuts.remove(&self.region);
-            }
-        }
     }
 }
 
@@ -1648,17 +1633,17 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_merge_cut_stays_pending_until_every_mark_of_the_region_is_dropped() {
+    fn a_merge_cut_is_settled_up_to_the_highest_index_recorded_for_the_region() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
-        assert!(!engine.is_merge_cut_pending(2));
-        let first = engine.merge_cut_pending(2);
-        let second = engine.merge_cut_pending(2);
-        assert!(engine.is_merge_cut_pending(2) && !engine.is_merge_cut_pending(3));
-        drop(first);
-        assert!(engine.is_merge_cut_pending(2), "one mark is left");
-        drop(second);
-        assert!(!engine.is_merge_cut_pending(2));
+        assert!(!engine.merge_cut_settled(2, 0), "nothing recorded since the open");
+        engine.settle_merge_cut(2, 8);
+        engine.settle_merge_cut(2, 5);
+        assert!(engine.merge_cut_settled(2, 8) && engine.merge_cut_settled(2, 3));
+        assert!(!engine.merge_cut_settled(2, 9) && !engine.merge_cut_settled(3, 1));
+        engine.close();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        assert!(!engine.merge_cut_settled(2, 8), "forgotten by a restart");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

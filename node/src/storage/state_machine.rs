@@ -762,9 +762,6 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
         // starts a batch of its own: the entries before it apply first.
         let mut segment: Vec<(Work, Option<ApplyResponder<TypeConfig>>)> = Vec::new();
         let mut prepares = false;
-        // Held from before a prepare applies until its snapshot file is cut (below): this
-        // node's target waits for it as well as for the prepare (`await_merge_source`).
-        let mut cutting = None;
         for (entry, responder) in batch {
             let log_id = entry.log_id();
             let work = match entry.payload {
@@ -775,24 +772,19 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
             if matches!(work, Work::Command(_, LogCommand::CommitMergeV1 { .. })) && !segment.is_empty() {
                 self.apply_segment(std::mem::take(&mut segment)).await?;
             }
-            if matches!(work, Work::Command(_, LogCommand::PrepareMergeV1 { .. })) {
-                prepares = true;
-                cutting.get_or_insert_with(|| self.engine.merge_cut_pending(self.region));
-            }
+            prepares |= matches!(work, Work::Command(_, LogCommand::PrepareMergeV1 { .. }));
             segment.push((work, responder));
         }
         if !segment.is_empty() {
             self.apply_segment(segment).await?;
         }
-        if prepares && self.shared.merging().is_some() {
+        if prepares {
             // Frozen at the prepare, its state is final: written now, while its rows are
             // still its own, a file can still catch a lagging source replica up once the
-            // target here has absorbed it (after which none can be written).
-            if let Err(error) = self.write_snapshot().await {
-                tracing::warn!(region_id = self.region, %error, "snapshot of the region prepared to merge not written");
-            }
+            // target here has absorbed it (after which none can be written). This node's
+            // target waits for the cut as well as for the prepare (`await_merge_source`).
+            self.cut_frozen_state().await;
         }
-        drop(cutting);
         Ok(())
     }
 
@@ -826,6 +818,9 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         current.built = Some(meta.clone());
         current.file = Some((meta.clone(), snapshot));
+        drop(current);
+        // The installed file is the region's state as of its index (frozen, if prepared).
+        self.engine.settle_merge_cut(self.region, self.state.applied.map_or(0, |l| l.index));
         Ok(())
     }
 
@@ -842,11 +837,13 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
             let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
             (current.built.clone(), current.file.clone())
         };
-        let Some(built) = built else { return Ok(None) };
         if let Some((meta, file)) = &file {
-            if meta.last_log_id >= built.last_log_id && !file.failed() {
+            if built.as_ref().is_none_or(|b| meta.last_log_id >= b.last_log_id) && !file.failed() {
                 return Ok(Some(Snapshot { meta: meta.clone(), snapshot: file.clone() }));
             }
+        }
+        if built.is_none() {
+            return Ok(None);
         }
         match self.write_snapshot().await {
             Ok((meta, file)) => Ok(Some(Snapshot { meta, snapshot: file })),
@@ -861,6 +858,21 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
 }
 
 impl RegionStateMachine {
+    /// If the region is prepared to merge, starts writing the snapshot file of its frozen
+    /// state (see [`Self::write_snapshot`]); then records on the engine that its applies so
+    /// far are settled, so that this node's target of the merge may absorb it
+    /// ([`Engine::settle_merge_cut`]). After the apply of a prepare, and when a prepared
+    /// replica starts: a restart forgets the last file, and once the target here has
+    /// absorbed the source none can be cut.
+    pub async fn cut_frozen_state(&mut self) {
+        if self.shared.merging().is_some() {
+            if let Err(error) = self.write_snapshot().await {
+                tracing::warn!(region_id = self.region, %error, "snapshot of the region prepared to merge not written");
+            }
+        }
+        self.engine.settle_merge_cut(self.region, self.state.applied.map_or(0, |l| l.index));
+    }
+
     /// Starts writing a snapshot file of the region's state as of its last apply and keeps
     /// it as the current file. Returns once the state is cut (a read transaction at a
     /// commit boundary), so the region's applies wait for that only; the rows are written
@@ -925,8 +937,9 @@ impl RegionStateMachine {
                 )));
             }
             // Once the prepare's snapshot file is cut too: absorbed first, the source could
-            // not cut it any more (ARCHITECTURE.md, merges).
-            if applied >= prepare_index && !self.engine.is_merge_cut_pending(source) {
+            // not cut it any more (ARCHITECTURE.md, merges). After a restart, that waits
+            // for the source replica to start and cut it again.
+            if applied >= prepare_index && self.engine.merge_cut_settled(source, prepare_index) {
                 return Ok(());
             }
             if self.shared.is_retired() {
@@ -1989,5 +2002,52 @@ mod merge_tests {
         for k in [&b"a"[..], b"p", b"q"] {
             assert!(get(&engine, 1, k).is_some(), "{k:?} survives the source's destruction");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_source_restarted_after_its_prepare_cuts_its_file_again_before_the_target_here_absorbs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let (left, right) = (region(1, b"", b"m"), region(2, b"m", b""));
+        {
+            let engine = Engine::open(&path).unwrap();
+            let mut target = machine(&engine, &left).await;
+            let mut source = machine(&engine, &right).await;
+            apply(&mut target, 6, put(b"a")).await;
+            apply(&mut source, 6, put(b"p")).await;
+            apply(&mut source, 7, put(b"q")).await;
+            apply(&mut source, 8, prepare(&right, &left)).await;
+            assert!(source.shared.merging().is_some());
+            engine.close();
+        }
+        // The node restarts after the prepare applied, before its target absorbed it: the
+        // file cut then is forgotten, and its target here opens first.
+        let engine = Engine::open(&path).unwrap();
+        let mut target = machine(&engine, &left).await;
+        target.cut_frozen_state().await;
+        let mut prepared = right.clone();
+        prepared.epoch.version += 1;
+        let cmd = LogCommand::commit_merge(left.epoch, &prepared, 8);
+        let waiting = tokio::spawn(async move {
+            apply(&mut target, 7, cmd).await;
+            target
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "the target absorbed the source before it started again");
+        // The source starts as a node starts it (`open_region`): it cuts its file again.
+        let mut source = RegionStateMachine::open(&engine, RegionShared::new(right.clone(), 0)).unwrap();
+        assert_eq!(source.state.applied.map(|l| l.index), Some(8), "the prepare was durable");
+        source.cut_frozen_state().await;
+        let target = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
+        let merged = target.shared.descriptor();
+        assert_eq!((merged.start_key.as_slice(), merged.end_key.as_slice()), (&b""[..], &b""[..]));
+        // Absorbed, the source can cut no file any more; the one cut at its start serves a
+        // lagging replica its final state.
+        let e = snapshot::build(&engine, 2).map(|_| ()).unwrap_err();
+        assert!(e.get_ref().is_some_and(|i| i.is::<snapshot::MergedAway>()), "{e}");
+        let frozen = source.get_current_snapshot().await.unwrap().expect("the file cut at the start");
+        assert_eq!(frozen.meta.last_log_id.map(|l| l.index), Some(8));
+        frozen.snapshot.written().await.unwrap();
+        assert_eq!(snapshot_keys(frozen.snapshot.path()), vec![b"p".to_vec(), b"q".to_vec()]);
     }
 }
