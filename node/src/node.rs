@@ -266,6 +266,12 @@ impl Node {
         self.ctx.changes.subscribe()
     }
 
+    /// Why this node's storage fail-stopped (a failed commit or Raft log write, e.g. a full
+    /// disk), if it did; it then answers every request with `StorageUnavailable`.
+    pub fn storage_failure(&self) -> Option<String> {
+        self.ctx.storage_failure()
+    }
+
     /// Rows of each table of the node's database (data, sessions, region records, ...),
     /// for tests of replica destruction.
     pub fn row_counts(&self) -> std::io::Result<crate::storage::inspect::RowCounts> {

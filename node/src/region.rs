@@ -121,6 +121,15 @@ impl NodeContext {
         self.changes.bump();
     }
 
+    /// Why the node's storage fail-stopped, if it did: its database's first failed commit
+    /// or its Raft log's first failed write. It then serves nothing until restarted.
+    pub fn storage_failure(&self) -> Option<String> {
+        match self.engine.failure() {
+            Some(failure) => Some(failure.to_string()),
+            None => self.wal.check().err().map(|e| e.to_string()),
+        }
+    }
+
     /// The write path's cumulative counters (durable log syncs and what they carried).
     pub fn write_path_stats(&self) -> tessera_wire::WritePathStats {
         use std::sync::atomic::Ordering::Relaxed;

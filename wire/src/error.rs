@@ -127,7 +127,8 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// The node's storage failed and it refuses work until restarted (fail-stop).
+    /// The node's storage failed and it refuses work until restarted (fail-stop). Nothing
+    /// of the request was applied there; clients retry on the region's other replicas.
     #[error("storage unavailable: {reason}")]
     StorageUnavailable {
         /// The storage failure.
@@ -184,11 +185,14 @@ impl Error {
             Error::EpochNotMatch { .. } | Error::KeyNotInRegion { .. } | Error::RegionNotFound { .. } => {
                 RetryAction::InvalidateRegion
             }
+            // A node whose storage fail-stopped is down for this request: the region's
+            // other replicas serve once one of them leads, so back off and try them.
             Error::ServerBusy { .. }
             | Error::RegionUnavailable { .. }
             | Error::WriteUndetermined { .. }
             | Error::NotBootstrapped
-            | Error::PdNotLeader { .. } => RetryAction::Backoff,
+            | Error::PdNotLeader { .. }
+            | Error::StorageUnavailable { .. } => RetryAction::Backoff,
             Error::DeadlineExceeded
             | Error::KeyTooLarge { .. }
             | Error::ValueTooLarge { .. }
@@ -199,8 +203,7 @@ impl Error {
             | Error::InvalidRequest { .. }
             | Error::UnsupportedVersion { .. }
             | Error::Unauthenticated { .. }
-            | Error::PermissionDenied { .. }
-            | Error::StorageUnavailable { .. } => RetryAction::Surface,
+            | Error::PermissionDenied { .. } => RetryAction::Surface,
         }
     }
 

@@ -117,6 +117,25 @@ impl TestCluster {
         tweak: fn(&mut NodeConfig),
         pd_tweak: fn(&mut PdConfig),
     ) -> TestCluster {
+        Self::start_prepared(nodes, initial_regions, tweak, pd_tweak, |_, _| {}).await
+    }
+
+    /// Starts PD and `nodes` nodes, calling `prepare` with each node's id and data
+    /// directory (created, empty) before the node first starts (e.g. to mount a small
+    /// filesystem there), and waits until every region has a leader.
+    pub async fn start_on(nodes: u64, initial_regions: u32, prepare: impl Fn(u64, &std::path::Path)) -> TestCluster {
+        let c = Self::start_prepared(nodes, initial_regions, |_| {}, |_| {}, prepare).await;
+        c.wait_all_leaders(Duration::from_secs(30)).await;
+        c
+    }
+
+    async fn start_prepared(
+        nodes: u64,
+        initial_regions: u32,
+        tweak: fn(&mut NodeConfig),
+        pd_tweak: fn(&mut PdConfig),
+        prepare: impl Fn(u64, &std::path::Path),
+    ) -> TestCluster {
         // Logs when asked for with RUST_LOG (e.g. RUST_LOG=tessera=debug).
         if std::env::var_os("RUST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
@@ -144,7 +163,10 @@ impl TestCluster {
             pd_tweak,
         };
         for id in 1..=nodes {
-            let node = Node::start(c.node_config(id, restartable_addr())).await.expect("start node");
+            let cfg = c.node_config(id, restartable_addr());
+            std::fs::create_dir_all(&cfg.data_dir).expect("node directory");
+            prepare(id, &cfg.data_dir);
+            let node = Node::start(cfg).await.expect("start node");
             c.node_addrs.insert(id, node.local_addr());
             c.nodes.insert(id, Some(node));
         }

@@ -7,6 +7,7 @@ mod bad_input;
 mod elastic;
 mod exactly_once;
 mod failover;
+mod full_disk;
 mod harness;
 mod init;
 mod kv_ops;

@@ -49,8 +49,11 @@ impl Service for NodeService {
     #[allow(clippy::manual_async_fn)]
     fn call(self: Arc<Self>, peer: Arc<PeerInfo>, request: Request) -> impl Future<Output = Response> + Send + 'static {
         async move {
-            if let Some(failure) = self.ctx.engine.failure() {
-                return Err(Error::StorageUnavailable { reason: failure.to_string() });
+            // A failed database commit or Raft log write: the node serves nothing, not even
+            // a stale read, until restarted (its state may be behind what it acknowledged
+            // to the leader before the failure, and it no longer catches up).
+            if let Some(reason) = self.ctx.storage_failure() {
+                return Err(Error::StorageUnavailable { reason });
             }
             match request {
                 Request::Kv(mut req) => {

@@ -172,6 +172,10 @@ impl RetryState {
         }
         match &self.last_failure {
             Some(Failure::NoRoute(reason)) => Decision::Surface(Error::Unavailable { reason: reason.clone() }),
+            // Every replica tried failed its storage (a full disk on each): say so.
+            Some(Failure::Server(e @ tessera_wire::Error::StorageUnavailable { .. })) => {
+                Decision::Surface(Error::from_server(e.clone()))
+            }
             _ => Decision::Surface(Error::DeadlineExceeded),
         }
     }
@@ -335,6 +339,14 @@ impl RetryState {
                     Next::Wait(None)
                 }
             }
+            (RetryAction::Backoff, W::StorageUnavailable { .. }) => {
+                // That node fail-stopped (its disk failed or filled), like a node down: the
+                // region's other replicas elect a leader, so forget this one and back off.
+                if let Some(t) = target {
+                    updates.push(CacheUpdate::ClearLeader(t.region_id));
+                }
+                Next::Wait(None)
+            }
             (RetryAction::Backoff, W::ServerBusy { retry_after_ms }) => {
                 Next::Wait(Some(Duration::from_millis(u64::from(*retry_after_ms))))
             }
@@ -467,6 +479,21 @@ mod tests {
         );
         assert!(matches!(v.decision, Decision::RetryAfter(_)));
         assert_eq!(v.updates, vec![CacheUpdate::Invalidate(R)]);
+    }
+
+    #[test]
+    fn a_replica_whose_storage_failed_is_forgotten_and_retried_after_a_backoff_until_the_deadline() {
+        let failed = || server(W::StorageUnavailable { reason: "No space left on device".into() });
+        let mut run = Run::new(WRITE);
+        let v = run.decide(failed(), 0, 1000);
+        assert!(matches!(v.decision, Decision::RetryAfter(_)), "{:?}", v.decision);
+        assert_eq!(v.updates, vec![CacheUpdate::ClearLeader(R)]);
+        // Nothing was applied: at the deadline the caller learns why, not "undetermined".
+        let v = run.decide(failed(), 1000, 1000);
+        assert_eq!(
+            v.decision,
+            Decision::Surface(Error::Server(W::StorageUnavailable { reason: "No space left on device".into() }))
+        );
     }
 
     #[test]

@@ -1,0 +1,202 @@
+//! A node whose disk fills up: a real full filesystem (each node's data directory is a
+//! tmpfs of its own, shrunk to what it holds), not an injected error.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tessera_wire::quic::{ClientEndpoint, TransportConfig};
+use tessera_wire::{Error, KvOp, KvRequest, KvResponse, ReadConsistency, Request, RequestHeader, ResponseBody, Role};
+
+use crate::harness::TestCluster;
+
+/// A tmpfs mounted on a directory, unmounted (lazily: a node may still hold files open
+/// after a failed test) when dropped.
+struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `mib` MiB on the empty directory `dir`. `None` if this process
+    /// may not mount (not root); any other failure panics.
+    fn mount(dir: &Path, mib: u64) -> Option<SmallDisk> {
+        let mount = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        if mount.status.success() {
+            return Some(SmallDisk { dir: dir.to_path_buf() });
+        }
+        let euid = Command::new("id").arg("-u").output().expect("run id").stdout;
+        let stderr = String::from_utf8_lossy(&mount.stderr);
+        assert_ne!(String::from_utf8_lossy(&euid).trim(), "0", "mounting a tmpfs failed as root: {stderr}");
+        None
+    }
+
+    /// Resizes the filesystem to what it holds plus `mib` MiB (a disk about to fill), or
+    /// to `mib` MiB if `grow` (the operator freed space).
+    fn resize(&self, mib: u64, grow: bool) {
+        let kib = if grow {
+            mib * 1024
+        } else {
+            let df = Command::new("df").args(["-k", "--output=used"]).arg(&self.dir).output().expect("run df");
+            let used: u64 = String::from_utf8_lossy(&df.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
+            used + mib * 1024
+        };
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={kib}k")])
+            .arg(&self.dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "resize the tmpfs to {kib} KiB");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// Three nodes, each on a tmpfs of 512 MiB, one region. `None` if mounting needs root.
+async fn cluster_on_small_disks() -> Option<(TestCluster, Vec<SmallDisk>)> {
+    let disks = RefCell::new(Vec::new());
+    let refused = RefCell::new(false);
+    let cluster = TestCluster::start_on(3, 1, |_, dir| match SmallDisk::mount(dir, 512) {
+        Some(disk) => disks.borrow_mut().push(disk),
+        None => *refused.borrow_mut() = true,
+    })
+    .await;
+    if refused.into_inner() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return None;
+    }
+    Some((cluster, disks.into_inner()))
+}
+
+/// Half a MiB: the node's Raft log and database each take a copy of a write.
+fn value(i: usize) -> Vec<u8> {
+    vec![(i % 251) as u8; 512 * 1024]
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("k{i:04}").into_bytes()
+}
+
+/// An answer, without the values (half a MiB each).
+fn brief(body: &ResponseBody) -> String {
+    match body {
+        ResponseBody::Kv(KvResponse::Value(v)) => format!("a value of {:?} bytes", v.as_ref().map(Vec::len)),
+        _ => "another answer".to_string(),
+    }
+}
+
+/// Leaves node `full` 16 MiB of free space and writes until its storage fail-stops, then
+/// 5 writes more; every write must be acknowledged (the other two nodes are a majority).
+/// Returns how many were written.
+async fn fill(cluster: &TestCluster, disks: &[SmallDisk], full: u64, client: &tessera::Client) -> usize {
+    disks[full as usize - 1].resize(16, false);
+    let node = cluster.nodes[&full].as_ref().unwrap();
+    let mut written = 0;
+    while node.storage_failure().is_none() {
+        assert!(written < 200, "{written} writes of 512 KiB did not fill 16 MiB");
+        client.put(&key(written), &value(written)).await.expect("a write is acknowledged by a majority");
+        written += 1;
+    }
+    let failure = node.storage_failure().unwrap();
+    assert!(failure.contains("No space left on device"), "{failure}");
+    for i in written..written + 5 {
+        client.put(&key(i), &value(i)).await.expect("writes go on without the full node");
+    }
+    written + 5
+}
+
+/// A stale read of `key(i)` from node `id` alone.
+async fn stale_get(cluster: &TestCluster, id: u64, i: usize) -> Result<ResponseBody, Error> {
+    let tls = tessera_certs::client_tls_config(&cluster.client_tls()).unwrap();
+    let endpoint =
+        ClientEndpoint::new("127.0.0.1:0".parse().unwrap(), tls, Role::Client, TransportConfig::default()).unwrap();
+    let conn = endpoint.connect(&cluster.node_addrs[&id].to_string()).await.unwrap();
+    let route = cluster.routes().await.into_iter().next().unwrap();
+    let request = Request::Kv(KvRequest {
+        header: RequestHeader {
+            region_id: route.region.id,
+            epoch: route.region.epoch,
+            timeout_ms: 0,
+            consistency: ReadConsistency::Stale,
+        },
+        op: KvOp::Get { key: key(i) },
+    });
+    conn.call(request, Duration::from_secs(5)).await.unwrap()
+}
+
+/// The full node refuses even a stale read; once space is freed and it restarts, its own
+/// replica ends with every one of the `written` writes.
+async fn refuse_then_catch_up(cluster: &mut TestCluster, disks: &[SmallDisk], full: u64, written: usize) {
+    match stale_get(cluster, full, 0).await {
+        Err(Error::StorageUnavailable { reason }) => assert!(reason.contains("No space left"), "{reason}"),
+        Ok(body) => panic!("a node with a full disk answered with {}", brief(&body)),
+        Err(e) => panic!("a node with a full disk answered {e:?}"),
+    }
+    disks[full as usize - 1].resize(512, true);
+    cluster.restart_node(full).await;
+    let node = cluster.nodes[&full].as_ref().unwrap();
+    assert_eq!(node.storage_failure(), None);
+    let mut changes = node.subscribe();
+    let last = written - 1;
+    let caught_up = async {
+        loop {
+            changes.borrow_and_update();
+            match stale_get(cluster, full, last).await {
+                Ok(ResponseBody::Kv(KvResponse::Value(Some(v)))) => {
+                    assert!(v == value(last), "the last write has another value on node {full}");
+                    break;
+                }
+                Ok(_) | Err(Error::RegionNotFound { .. } | Error::NotLeader { .. }) => {}
+                Err(e) => panic!("node {full} answered {e:?} after its restart"),
+            }
+            changes.changed().await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), caught_up).await.expect("caught up within 30 s");
+    for i in 0..written {
+        match stale_get(cluster, full, i).await {
+            Ok(ResponseBody::Kv(KvResponse::Value(v))) => {
+                assert!(v == Some(value(i)), "write {i} on node {full}: {:?} bytes", v.map(|v| v.len()))
+            }
+            Ok(body) => panic!("write {i} on node {full}: {}", brief(&body)),
+            Err(e) => panic!("write {i} on node {full}: {e:?}"),
+        }
+    }
+}
+
+/// A follower's disk fills while a client writes: that node fail-stops with a typed
+/// `StorageUnavailable` (no panic), the other two go on acknowledging every write, and
+/// once space is freed and the node restarts it catches up with every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_disk_fills_stops_serving_and_catches_up_once_space_is_freed() {
+    let Some((mut cluster, disks)) = cluster_on_small_disks().await else { return };
+    let follower = (1..=3).find(|id| cluster.nodes[id].as_ref().unwrap().leader_count() == 0).unwrap();
+    let client = cluster.client().await;
+    let written = fill(&cluster, &disks, follower, &client).await;
+    refuse_then_catch_up(&mut cluster, &disks, follower, written).await;
+    drop(cluster);
+}
+
+/// The leader's disk fills while a client writes: the client sees no error (the other two
+/// nodes elect a leader and the SDK moves to it), no acknowledged write is lost, and the
+/// full node catches up once space is freed and it restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_disk_fills_hands_over_and_its_clients_see_no_error() {
+    let Some((mut cluster, disks)) = cluster_on_small_disks().await else { return };
+    let leader = (1..=3).find(|id| cluster.nodes[id].as_ref().unwrap().leader_count() == 1).unwrap();
+    let client = cluster.client().await;
+    let written = fill(&cluster, &disks, leader, &client).await;
+    for i in 0..written {
+        assert!(client.get(&key(i)).await.unwrap() == Some(value(i)), "write {i} was acknowledged");
+    }
+    refuse_then_catch_up(&mut cluster, &disks, leader, written).await;
+    drop(cluster);
+}
