@@ -200,3 +200,50 @@ async fn a_leader_whose_disk_fills_hands_over_and_its_clients_see_no_error() {
     refuse_then_catch_up(&mut cluster, &disks, leader, written).await;
     drop(cluster);
 }
+
+/// Every node's disk fills: writes fail with a typed error that says why (never a panic,
+/// never `Ok` for a write that is not durable on a majority), and once space is freed and
+/// the nodes restart, every acknowledged write is there and writes are accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_disk_fills_writes_fail_with_a_typed_error_and_no_acknowledged_write_is_lost() {
+    let Some((mut cluster, disks)) = cluster_on_small_disks().await else { return };
+    for disk in &disks {
+        disk.resize(16, false);
+    }
+    let client = cluster.client().await.with_timeout(Duration::from_secs(5));
+    let mut acknowledged = 0;
+    let failure = loop {
+        assert!(acknowledged < 200, "{acknowledged} writes of 512 KiB did not fill three disks of 16 MiB free");
+        match client.put(&key(acknowledged), &value(acknowledged)).await {
+            Ok(()) => acknowledged += 1,
+            Err(e) => break e,
+        }
+    };
+    // The write refused may have reached a majority's logs before their disks filled:
+    // `Undetermined` then, with the storage failure as its reason, or the failure itself.
+    let reason = match &failure {
+        tessera::Error::Undetermined { reason } => reason.clone(),
+        tessera::Error::Server(Error::StorageUnavailable { reason }) => reason.clone(),
+        other => panic!("a write on full disks failed with {other:?}"),
+    };
+    assert!(reason.contains("No space left on device"), "{failure:?}");
+    let failed = (1..=3).filter(|id| cluster.nodes[id].as_ref().unwrap().storage_failure().is_some()).count();
+    assert!(failed >= 2, "only {failed} node(s) fail-stopped, yet writes failed");
+
+    for disk in &disks {
+        disk.resize(512, true);
+    }
+    for id in 1..=3 {
+        cluster.restart_node(id).await;
+    }
+    cluster.wait_all_leaders(Duration::from_secs(30)).await;
+    let client = cluster.client().await;
+    for i in 0..acknowledged {
+        assert!(client.get(&key(i)).await.unwrap() == Some(value(i)), "acknowledged write {i} was lost");
+    }
+    // The undetermined write is either whole or absent.
+    let maybe = client.get(&key(acknowledged)).await.unwrap();
+    assert!(maybe.is_none() || maybe == Some(value(acknowledged)), "write {acknowledged} is torn");
+    client.put(b"after", b"space was freed").await.expect("writes are accepted again");
+    drop(cluster);
+}
