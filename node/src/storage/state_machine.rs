@@ -735,7 +735,8 @@ fn execute(
 /// Most entries an apply stages (see [`Engine::apply_plain`]): it runs on the caller's
 /// async worker, holding the engine's commit lock. (Commits in place, before staging, took
 /// at most 16; 64 was chosen, not measured, so that a region's batch under load, 8 to 16
-/// entries at 64 in flight over 4 regions, is staged whole.)
+/// entries at 64 in flight over 4 regions, is staged whole.) A larger batch is applied in
+/// parts of this many (`apply`).
 const APPLY_STAGED_MAX: usize = 64;
 
 impl RaftStateMachine<TypeConfig> for RegionStateMachine {
@@ -774,6 +775,13 @@ impl RaftStateMachine<TypeConfig> for RegionStateMachine {
             }
             prepares |= matches!(work, Work::Command(_, LogCommand::PrepareMergeV1 { .. }));
             segment.push((work, responder));
+            // A region's batch under load holds up to hundreds of entries. Applied in parts
+            // of at most `APPLY_STAGED_MAX`, each part of plain writes is staged; a larger
+            // apply joins the writer's next transaction, behind its write-out and sync (up
+            // to 100 ms at 256 writes in flight), and the region's later applies with it.
+            if segment.len() >= APPLY_STAGED_MAX {
+                self.apply_segment(std::mem::take(&mut segment)).await?;
+            }
         }
         if !segment.is_empty() {
             self.apply_segment(segment).await?;
@@ -1638,6 +1646,28 @@ mod merge_tests {
         engine.write(Box::new(|_| Ok(()))).await.unwrap();
         apply(&mut sm, 4, append(7, 3, 12_000)).await;
         assert_eq!(get(&engine, 1, b"k"), Some(b"78".to_vec()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_larger_than_a_staged_apply_is_staged_in_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let mut sm = machine(&engine, &region(1, b"", b"")).await;
+        engine.wait_until_writer_idle().await;
+        let stats = engine.stats();
+        let (staged, jobs) = (stats.staged.load(Ordering::SeqCst), stats.jobs.load(Ordering::SeqCst));
+        // Two full parts and a partial one, as one batch from openraft (a region's batch at
+        // 256 writes in flight).
+        let n = 2 * APPLY_STAGED_MAX as u64 + 22;
+        let batch: Vec<_> =
+            (1..=n).map(|i| Ok((Entry::new_normal(log_id(i), put(format!("k{i:03}").as_bytes())), None))).collect();
+        sm.apply(futures::stream::iter(batch)).await.unwrap();
+        assert_eq!(stats.staged.load(Ordering::SeqCst), staged + 3, "staged in three parts");
+        assert_eq!(stats.jobs.load(Ordering::SeqCst), jobs + 3, "no part went to the writer");
+        assert_eq!(sm.state.applied.map(|l| l.index), Some(n));
+        for i in 1..=n {
+            assert_eq!(get(&engine, 1, format!("k{i:03}").as_bytes()), Some(b"v".to_vec()), "k{i:03}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
