@@ -118,6 +118,9 @@ pub struct RetryState {
     failures: u32,
     maybe_delivered: bool,
     last_failure: Option<Failure>,
+    /// The last `StorageUnavailable` an attempt got: the reason to give if the request
+    /// ends on a later, less telling failure (a timeout at a node without a leader).
+    storage_failure: Option<tessera_wire::Error>,
 }
 
 enum Next {
@@ -145,7 +148,7 @@ fn is_request_rejection(e: &tessera_wire::Error) -> bool {
 impl RetryState {
     /// Fresh state for a request of `kind`.
     pub fn new(kind: RequestKind) -> Self {
-        RetryState { kind, failures: 0, maybe_delivered: false, last_failure: None }
+        RetryState { kind, failures: 0, maybe_delivered: false, last_failure: None, storage_failure: None }
     }
 
     /// Failed attempts so far.
@@ -160,7 +163,12 @@ impl RetryState {
 
     /// The error to return for [`Decision::Undetermined`].
     pub fn undetermined_error(&self) -> Error {
-        let reason = self.last_failure.as_ref().map_or_else(|| "deadline exceeded".to_string(), |f| f.to_string());
+        let mut reason = self.last_failure.as_ref().map_or_else(|| "deadline exceeded".to_string(), |f| f.to_string());
+        if let Some(e) = &self.storage_failure {
+            if !matches!(&self.last_failure, Some(Failure::Server(last)) if last == e) {
+                reason = format!("{reason} (an earlier attempt: {e})");
+            }
+        }
         Error::Undetermined { reason }
     }
 
@@ -170,12 +178,10 @@ impl RetryState {
         if self.maybe_delivered {
             return Decision::Undetermined;
         }
-        match &self.last_failure {
-            Some(Failure::NoRoute(reason)) => Decision::Surface(Error::Unavailable { reason: reason.clone() }),
-            // Every replica tried failed its storage (a full disk on each): say so.
-            Some(Failure::Server(e @ tessera_wire::Error::StorageUnavailable { .. })) => {
-                Decision::Surface(Error::from_server(e.clone()))
-            }
+        match (&self.last_failure, &self.storage_failure) {
+            (Some(Failure::NoRoute(reason)), _) => Decision::Surface(Error::Unavailable { reason: reason.clone() }),
+            // Replicas failed their storage (a full disk on each): say so.
+            (_, Some(e)) => Decision::Surface(Error::from_server(e.clone())),
             _ => Decision::Surface(Error::DeadlineExceeded),
         }
     }
@@ -223,6 +229,9 @@ impl RetryState {
 
         let next = match &failure {
             Failure::Server(e) => {
+                if matches!(e, tessera_wire::Error::StorageUnavailable { .. }) {
+                    self.storage_failure = Some(e.clone());
+                }
                 if matches!(self.kind, RequestKind::Write { .. }) && e.write_may_have_applied() {
                     self.maybe_delivered = true;
                 }
@@ -488,12 +497,20 @@ mod tests {
         let v = run.decide(failed(), 0, 1000);
         assert!(matches!(v.decision, Decision::RetryAfter(_)), "{:?}", v.decision);
         assert_eq!(v.updates, vec![CacheUpdate::ClearLeader(R)]);
-        // Nothing was applied: at the deadline the caller learns why, not "undetermined".
-        let v = run.decide(failed(), 1000, 1000);
+        // Nothing was applied: at the deadline the caller learns why, not "undetermined",
+        // even when the last attempt only timed out (a node left without a leader).
+        let v = run.decide(Failure::Transport(TransportFailure::Unreachable("n2".into())), 1000, 1000);
         assert_eq!(
             v.decision,
             Decision::Surface(Error::Server(W::StorageUnavailable { reason: "No space left on device".into() }))
         );
+        // A write that may have been delivered is undetermined, and says why.
+        let mut run = Run::new(WRITE);
+        run.decide(failed(), 0, 1000);
+        let v = run.decide(Failure::Transport(TransportFailure::Timeout), 1000, 1000);
+        assert_eq!(v.decision, Decision::Undetermined);
+        let Error::Undetermined { reason } = run.state.undetermined_error() else { unreachable!() };
+        assert!(reason.contains("No space left on device"), "{reason}");
     }
 
     #[test]
