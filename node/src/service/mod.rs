@@ -50,8 +50,8 @@ impl Service for NodeService {
     fn call(self: Arc<Self>, peer: Arc<PeerInfo>, request: Request) -> impl Future<Output = Response> + Send + 'static {
         async move {
             // A failed database commit or Raft log write: the node serves nothing, not even
-            // a stale read, until restarted (its state may be behind what it acknowledged
-            // to the leader before the failure, and it no longer catches up).
+            // a stale read, until restarted (its replicas no longer catch up, so what they
+            // hold grows arbitrarily old).
             if let Some(reason) = self.ctx.storage_failure() {
                 return Err(Error::StorageUnavailable { reason });
             }
