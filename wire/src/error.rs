@@ -172,6 +172,9 @@ pub enum RetryAction {
     InvalidateRegion,
     /// Wait (jittered backoff, at least the server's hint) and retry.
     Backoff,
+    /// This node cannot serve (its storage fail-stopped): forget it as the region's leader,
+    /// back off, and retry on another replica, as for a node that cannot be reached.
+    OtherReplica,
     /// Return the error to the caller.
     Surface,
 }
@@ -185,14 +188,13 @@ impl Error {
             Error::EpochNotMatch { .. } | Error::KeyNotInRegion { .. } | Error::RegionNotFound { .. } => {
                 RetryAction::InvalidateRegion
             }
-            // A node whose storage fail-stopped is down for this request: the region's
-            // other replicas serve once one of them leads, so back off and try them.
             Error::ServerBusy { .. }
             | Error::RegionUnavailable { .. }
             | Error::WriteUndetermined { .. }
             | Error::NotBootstrapped
-            | Error::PdNotLeader { .. }
-            | Error::StorageUnavailable { .. } => RetryAction::Backoff,
+            | Error::PdNotLeader { .. } => RetryAction::Backoff,
+            // Down for this request: the region's other replicas serve once one leads.
+            Error::StorageUnavailable { .. } => RetryAction::OtherReplica,
             Error::DeadlineExceeded
             | Error::KeyTooLarge { .. }
             | Error::ValueTooLarge { .. }

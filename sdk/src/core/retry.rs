@@ -348,9 +348,7 @@ impl RetryState {
                     Next::Wait(None)
                 }
             }
-            (RetryAction::Backoff, W::StorageUnavailable { .. }) => {
-                // That node fail-stopped (its disk failed or filled), like a node down: the
-                // region's other replicas elect a leader, so forget this one and back off.
+            (RetryAction::OtherReplica, _) => {
                 if let Some(t) = target {
                     updates.push(CacheUpdate::ClearLeader(t.region_id));
                 }
