@@ -113,29 +113,41 @@ async fn fill(cluster: &TestCluster, disks: &[SmallDisk], full: u64, client: &te
     written + 5
 }
 
-/// A stale read of `key(i)` from node `id` alone.
-async fn stale_get(cluster: &TestCluster, id: u64, i: usize) -> Result<ResponseBody, Error> {
-    let tls = tessera_certs::client_tls_config(&cluster.client_tls()).unwrap();
-    let endpoint =
-        ClientEndpoint::new("127.0.0.1:0".parse().unwrap(), tls, Role::Client, TransportConfig::default()).unwrap();
-    let conn = endpoint.connect(&cluster.node_addrs[&id].to_string()).await.unwrap();
-    let route = cluster.routes().await.into_iter().next().unwrap();
-    let request = Request::Kv(KvRequest {
-        header: RequestHeader {
-            region_id: route.region.id,
-            epoch: route.region.epoch,
-            timeout_ms: 0,
-            consistency: ReadConsistency::Stale,
-        },
-        op: KvOp::Get { key: key(i) },
-    });
-    conn.call(request, Duration::from_secs(5)).await.unwrap()
+/// Stale reads from one node alone, over one connection.
+struct StaleReader {
+    conn: tessera_wire::quic::Connection,
+    region: tessera_wire::RegionDescriptor,
+}
+
+impl StaleReader {
+    async fn connect(cluster: &TestCluster, id: u64) -> StaleReader {
+        let tls = tessera_certs::client_tls_config(&cluster.client_tls()).unwrap();
+        let endpoint =
+            ClientEndpoint::new("127.0.0.1:0".parse().unwrap(), tls, Role::Client, TransportConfig::default()).unwrap();
+        let conn = endpoint.connect(&cluster.node_addrs[&id].to_string()).await.unwrap();
+        let region = cluster.routes().await.into_iter().next().unwrap().region;
+        StaleReader { conn, region }
+    }
+
+    /// `key(i)` as the node's replica holds it.
+    async fn get(&self, i: usize) -> Result<ResponseBody, Error> {
+        let request = Request::Kv(KvRequest {
+            header: RequestHeader {
+                region_id: self.region.id,
+                epoch: self.region.epoch,
+                timeout_ms: 0,
+                consistency: ReadConsistency::Stale,
+            },
+            op: KvOp::Get { key: key(i) },
+        });
+        self.conn.call(request, Duration::from_secs(5)).await.unwrap()
+    }
 }
 
 /// The full node refuses even a stale read; once space is freed and it restarts, its own
 /// replica ends with every one of the `written` writes.
 async fn refuse_then_catch_up(cluster: &mut TestCluster, disks: &[SmallDisk], full: u64, written: usize) {
-    match stale_get(cluster, full, 0).await {
+    match StaleReader::connect(cluster, full).await.get(0).await {
         Err(Error::StorageUnavailable { reason }) => assert!(reason.contains("No space left"), "{reason}"),
         Ok(body) => panic!("a node with a full disk answered with {}", brief(&body)),
         Err(e) => panic!("a node with a full disk answered {e:?}"),
@@ -145,11 +157,12 @@ async fn refuse_then_catch_up(cluster: &mut TestCluster, disks: &[SmallDisk], fu
     let node = cluster.nodes[&full].as_ref().unwrap();
     assert_eq!(node.storage_failure(), None);
     let mut changes = node.subscribe();
+    let reader = StaleReader::connect(cluster, full).await;
     let last = written - 1;
     let caught_up = async {
         loop {
             changes.borrow_and_update();
-            match stale_get(cluster, full, last).await {
+            match reader.get(last).await {
                 Ok(ResponseBody::Kv(KvResponse::Value(Some(v)))) => {
                     assert!(v == value(last), "the last write has another value on node {full}");
                     break;
@@ -162,7 +175,7 @@ async fn refuse_then_catch_up(cluster: &mut TestCluster, disks: &[SmallDisk], fu
     };
     tokio::time::timeout(Duration::from_secs(30), caught_up).await.expect("caught up within 30 s");
     for i in 0..written {
-        match stale_get(cluster, full, i).await {
+        match reader.get(i).await {
             Ok(ResponseBody::Kv(KvResponse::Value(v))) => {
                 assert!(v == Some(value(i)), "write {i} on node {full}: {:?} bytes", v.map(|v| v.len()))
             }
@@ -172,33 +185,31 @@ async fn refuse_then_catch_up(cluster: &mut TestCluster, disks: &[SmallDisk], fu
     }
 }
 
-/// A follower's disk fills while a client writes: that node fail-stops with a typed
-/// `StorageUnavailable` (no panic), the other two go on acknowledging every write, and
-/// once space is freed and the node restarts it catches up with every acknowledged write.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_whose_disk_fills_stops_serving_and_catches_up_once_space_is_freed() {
+/// One node's disk fills while a client writes, the region's leader if `leader`, else a
+/// follower: the client sees no error (a leader's region elects another, and the SDK
+/// moves to it), no acknowledged write is lost, the node refuses even a stale read, and
+/// once space is freed and it restarts it catches up with every acknowledged write.
+async fn one_disk_fills(leader: bool) {
     let Some((mut cluster, disks)) = cluster_on_small_disks().await else { return };
-    let follower = (1..=3).find(|id| cluster.nodes[id].as_ref().unwrap().leader_count() == 0).unwrap();
+    let leads = |id: &u64| cluster.nodes[id].as_ref().unwrap().leader_count() == usize::from(leader);
+    let full = (1..=3).find(leads).unwrap();
     let client = cluster.client().await;
-    let written = fill(&cluster, &disks, follower, &client).await;
-    refuse_then_catch_up(&mut cluster, &disks, follower, written).await;
-    drop(cluster);
-}
-
-/// The leader's disk fills while a client writes: the client sees no error (the other two
-/// nodes elect a leader and the SDK moves to it), no acknowledged write is lost, and the
-/// full node catches up once space is freed and it restarts.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_whose_disk_fills_hands_over_and_its_clients_see_no_error() {
-    let Some((mut cluster, disks)) = cluster_on_small_disks().await else { return };
-    let leader = (1..=3).find(|id| cluster.nodes[id].as_ref().unwrap().leader_count() == 1).unwrap();
-    let client = cluster.client().await;
-    let written = fill(&cluster, &disks, leader, &client).await;
+    let written = fill(&cluster, &disks, full, &client).await;
     for i in 0..written {
         assert!(client.get(&key(i)).await.unwrap() == Some(value(i)), "write {i} was acknowledged");
     }
-    refuse_then_catch_up(&mut cluster, &disks, leader, written).await;
+    refuse_then_catch_up(&mut cluster, &disks, full, written).await;
     drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_disk_fills_stops_serving_and_catches_up_once_space_is_freed() {
+    one_disk_fills(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_disk_fills_hands_over_and_its_clients_see_no_error() {
+    one_disk_fills(true).await;
 }
 
 /// Every node's disk fills: writes fail with a typed error that says why (never a panic,
