@@ -103,6 +103,7 @@ impl Node {
             regions: Arc::new(RegionMap::default()),
             snapshots_installed: Default::default(),
             changes: crate::storage::state_machine::ChangeSignal::new(),
+            peer_failures: Default::default(),
         };
         ctx.book.set(cfg.node_id, advertise.clone());
         let raft_config = Arc::new(raft_config(&cfg.raft)?);
@@ -360,7 +361,12 @@ async fn open_region(shared: &Shared, desc: RegionDescriptor) -> Result<Arc<Regi
         return Err(NodeError::NotAPeer { region_id });
     };
     seed_split_log(&mut log, &mut sm).await.map_err(|e| region_err(e.into()))?;
-    let network = NetworkFactory { region_id: desc.id, pool: shared.pool.clone(), book: shared.ctx.book.clone() };
+    let network = NetworkFactory {
+        region_id: desc.id,
+        pool: shared.pool.clone(),
+        book: shared.ctx.book.clone(),
+        peer_failures: shared.ctx.peer_failures.clone(),
+    };
     let raft =
         Raft::new(peer.id.0, shared.raft_config.clone(), network, log, sm).await.map_err(|e| region_err(e.into()))?;
     let region = Arc::new(Region {

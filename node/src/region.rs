@@ -113,6 +113,8 @@ pub struct NodeContext {
     pub snapshots_installed: Arc<std::sync::atomic::AtomicU64>,
     /// The node's change signal (see [`ChangeSignal`]).
     pub changes: ChangeSignal,
+    /// Peers whose storage fail-stopped, from their answers to Raft messages.
+    pub peer_failures: crate::raft::network::PeerFailures,
 }
 
 impl NodeContext {

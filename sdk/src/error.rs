@@ -41,7 +41,9 @@ pub enum Error {
         /// Limit.
         max: u64,
     },
-    /// No route to the data: PD unreachable, or no replica answered, before the deadline.
+    /// No route to the data before the deadline: PD unreachable, no replica answered, or
+    /// the region's leader kept refusing (`RegionUnavailable`: no quorum of its replicas
+    /// can write). Nothing was applied.
     #[error("unavailable: {reason}")]
     Unavailable {
         /// The last failure seen.

@@ -143,8 +143,9 @@ pub enum Error {
         /// Address of the PD leader, when known.
         leader: Option<String>,
     },
-    /// The region is temporarily unable to serve (no leader elected, shutting down, ...).
-    /// For a write the proposal was not accepted, so retrying is safe.
+    /// The region is temporarily unable to serve (no leader elected, shutting down, a
+    /// leader that no quorum of its replicas can answer, ...). For a write the proposal was
+    /// not accepted, so retrying is safe.
     #[error("region {region_id} unavailable: {reason}")]
     RegionUnavailable {
         /// The region.

@@ -114,3 +114,44 @@ async fn a_leader_without_its_followers_stops_serving_linearizable_reads_once_it
     assert_eq!(client.get(b"lease-key").await.unwrap().as_deref(), Some(&b"v1"[..]));
     cluster.shutdown().await;
 }
+
+/// A leader that has heard from no quorum of its region for twice the longest election
+/// timeout refuses writes before proposing them (`RegionUnavailable`): the client gets a
+/// definite `Unavailable` that says why, not `Undetermined` after waiting for a quorum, and
+/// the refused write does not apply once the followers are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_hears_from_no_quorum_refuses_writes_and_they_never_apply() {
+    let mut cluster = TestCluster::start(3, 1).await;
+    let client = cluster.client().await;
+    client.put(b"quorum-before", b"v1").await.unwrap();
+    let leader = cluster.leader_node_of(b"quorum-before").await;
+    for id in (1..=3).filter(|&id| id != leader) {
+        cluster.stop_node(id).await;
+    }
+    let impatient = client.with_timeout(Duration::from_secs(3));
+    // Linearizable reads are refused the same way, and are safe to repeat until they are.
+    let refused = async {
+        loop {
+            if let Err(tessera::Error::Unavailable { reason }) = impatient.get(b"quorum-before").await {
+                if reason.contains("no quorum") {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), refused).await.expect("the leader refuses within 30 s");
+    match impatient.put(b"quorum-refused", b"v2").await {
+        Err(tessera::Error::Unavailable { reason }) => {
+            assert!(reason.contains("no quorum of its replicas has answered the leader"), "{reason}")
+        }
+        other => panic!("a write to a leader without a quorum ended {other:?}"),
+    }
+
+    for id in (1..=3).filter(|&id| id != leader) {
+        cluster.restart_node(id).await;
+    }
+    client.put(b"quorum-after", b"v3").await.expect("writes are accepted again");
+    assert_eq!(client.get(b"quorum-refused").await.unwrap(), None, "a refused write applied");
+    assert_eq!(client.get(b"quorum-before").await.unwrap().as_deref(), Some(&b"v1"[..]));
+    cluster.shutdown().await;
+}

@@ -212,6 +212,59 @@ async fn a_leader_whose_disk_fills_hands_over_and_its_clients_see_no_error() {
     one_disk_fills(true).await;
 }
 
+/// Both followers' disks fill while the leader's has space: once the leader has heard
+/// from them that their storage failed, it refuses writes before proposing them, so a
+/// write fails `Unavailable` naming the full disks (not `Undetermined` after waiting for a
+/// quorum), and what it refused never applies once the followers come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_both_followers_disks_fill_the_leader_refuses_writes_and_names_them() {
+    let Some((mut cluster, disks)) = cluster_on_small_disks().await else { return };
+    let leader = (1..=3).find(|id| cluster.nodes[id].as_ref().unwrap().leader_count() == 1).unwrap();
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    for id in &followers {
+        disks[*id as usize - 1].resize(16, false);
+    }
+    let client = cluster.client().await.with_timeout(Duration::from_secs(3));
+    let failed = |cluster: &TestCluster| {
+        followers.iter().all(|id| cluster.nodes[id].as_ref().unwrap().storage_failure().is_some())
+    };
+    let mut next = 0;
+    // Until both followers fail-stopped, writes are acknowledged; the one in flight when
+    // the second does may end undetermined (it waited for a quorum).
+    while !failed(&cluster) {
+        assert!(next < 200, "{next} writes of 512 KiB did not fill two disks of 16 MiB free");
+        match client.put(&key(next), &value(next)).await {
+            Ok(()) | Err(tessera::Error::Undetermined { .. }) => next += 1,
+            Err(e) => panic!("write {next} failed with {e:?} before both followers fail-stopped"),
+        }
+    }
+    // Refused: not applied, and the reason names the followers' full disks.
+    let refused = next;
+    match client.put(&key(refused), &value(refused)).await {
+        Err(tessera::Error::Unavailable { reason }) => {
+            assert!(reason.contains("cannot write") && reason.contains("No space left on device"), "{reason}");
+            for id in &followers {
+                assert!(reason.contains(&format!("node {id}:")), "{reason}");
+            }
+        }
+        other => panic!("a write to a leader whose followers' disks are full ended {other:?}"),
+    }
+    assert!(cluster.nodes[&leader].as_ref().unwrap().storage_failure().is_none());
+
+    for id in &followers {
+        disks[*id as usize - 1].resize(512, true);
+        cluster.restart_node(*id).await;
+    }
+    let client = cluster.client().await;
+    client.put(b"after", b"space was freed").await.expect("writes are accepted again");
+    assert_eq!(client.get(&key(refused)).await.unwrap(), None, "a refused write applied");
+    for i in 0..refused {
+        let v = client.get(&key(i)).await.unwrap();
+        assert!(v.is_none() || v == Some(value(i)), "write {i} is torn");
+    }
+    drop(cluster);
+}
+
 /// Every node's disk fills: writes fail with a typed error that says why (never a panic,
 /// never `Ok` for a write that is not durable on a majority), and once space is freed and
 /// the nodes restart, every acknowledged write is there and writes are accepted again.
@@ -233,9 +286,12 @@ async fn when_every_disk_fills_writes_fail_with_a_typed_error_and_no_acknowledge
     // The write refused may have reached a majority's logs before their disks filled:
     // `Undetermined` then, or the failure itself. Its reason depends on which disk filled
     // last: a leader with space left waits for a quorum until the deadline ("request timed
-    // out"); one that failed answers `StorageUnavailable`, which the SDK then reports.
+    // out"), or refuses once its followers told it their storage failed (`Unavailable`);
+    // one that failed answers `StorageUnavailable`, which the SDK then reports.
     match &failure {
-        tessera::Error::Undetermined { .. } | tessera::Error::Server(Error::StorageUnavailable { .. }) => {}
+        tessera::Error::Undetermined { .. }
+        | tessera::Error::Unavailable { .. }
+        | tessera::Error::Server(Error::StorageUnavailable { .. }) => {}
         other => panic!("a write on full disks failed with {other:?}"),
     }
     let failures: Vec<String> =

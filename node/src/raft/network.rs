@@ -282,6 +282,57 @@ impl AddressBook {
     }
 }
 
+/// Peers whose storage fail-stopped, as their answers to this node's Raft messages said
+/// (`StorageUnavailable`), with the reason they gave. Shared by all regions: a node's
+/// failure is its every replica's. A peer leaves the set when it next answers a Raft
+/// message (it restarted with space again). A leader reads it to refuse writes that no
+/// quorum could make durable (`service::kv`), instead of proposing them to wait for the
+/// deadline and apply whenever the peers come back.
+#[derive(Debug, Clone, Default)]
+pub struct PeerFailures(Arc<PeerFailuresInner>);
+
+#[derive(Debug, Default)]
+struct PeerFailuresInner {
+    /// How many peers are in `failed`: the answer path reads only this while it is 0.
+    count: AtomicUsize,
+    failed: Mutex<HashMap<NodeId, String>>,
+}
+
+impl PeerFailures {
+    /// `node` answered a Raft message with `StorageUnavailable { reason }`.
+    pub fn failed(&self, node: NodeId, reason: String) {
+        let mut failed = lock(&self.0.failed);
+        if failed.insert(node, reason).is_none() {
+            self.0.count.fetch_add(1, Ordering::SeqCst);
+            tracing::warn!(node_id = node.0, "a peer's storage failed; it serves nothing until restarted");
+        }
+    }
+
+    /// `node` answered a Raft message.
+    pub fn answered(&self, node: NodeId) {
+        if self.0.count.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        if lock(&self.0.failed).remove(&node).is_some() {
+            self.0.count.fetch_sub(1, Ordering::SeqCst);
+            tracing::info!(node_id = node.0, "a peer whose storage had failed answers again");
+        }
+    }
+
+    /// True when no peer is known to have failed.
+    pub fn is_empty(&self) -> bool {
+        self.0.count.load(Ordering::SeqCst) == 0
+    }
+
+    /// Why `node`'s storage failed, if its last answer said it had.
+    pub fn get(&self, node: NodeId) -> Option<String> {
+        if self.0.count.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        lock(&self.0.failed).get(&node).cloned()
+    }
+}
+
 /// One chunk of a streamed snapshot (node-internal encoding inside a Raft payload).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SnapshotChunk {
@@ -302,6 +353,7 @@ pub struct NetworkFactory {
     pub(crate) region_id: RegionId,
     pub(crate) pool: ConnectionPool,
     pub(crate) book: AddressBook,
+    pub(crate) peer_failures: PeerFailures,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -314,6 +366,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             node_id: NodeId(node.node_id),
             pool: self.pool.clone(),
             book: self.book.clone(),
+            peer_failures: self.peer_failures.clone(),
             stream: Arc::new(Mutex::new(None)),
         }
     }
@@ -361,6 +414,7 @@ pub struct PeerNetwork {
     node_id: NodeId,
     pool: ConnectionPool,
     book: AddressBook,
+    peer_failures: PeerFailures,
     /// The follower-side stream the next replication session continues: openraft starts a
     /// session for every payload it hands to replication (often one per write burst), and a
     /// session that ended cleanly (every request answered) leaves the follower's pipeline in
@@ -386,9 +440,17 @@ impl PeerNetwork {
         // (or shutdown) for the transport's whole connect timeout.
         let result = self.pool.call(&addr, req, timeout).await;
         match result {
-            Ok(Ok(ResponseBody::Raft(r))) => Ok(r.payload),
+            Ok(Ok(ResponseBody::Raft(r))) => {
+                self.peer_failures.answered(self.node_id);
+                Ok(r.payload)
+            }
             Ok(Ok(other)) => Err(SendError::Network(format!("unexpected response {other:?}"))),
-            Ok(Err(e)) => Err(SendError::Unreachable(e.to_string())),
+            Ok(Err(e)) => {
+                if let tessera_wire::Error::StorageUnavailable { reason } = &e {
+                    self.peer_failures.failed(self.node_id, reason.clone());
+                }
+                Err(SendError::Unreachable(e.to_string()))
+            }
             Err(e) => {
                 if !e.may_have_been_delivered() {
                     self.pool.evict(&addr);

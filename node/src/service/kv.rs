@@ -184,6 +184,9 @@ impl NodeService {
             if let Some(busy) = self.overload(&region) {
                 return Err(busy);
             }
+            if let Some(lost) = self.quorum_lost(&region) {
+                return Err(lost);
+            }
             // The leader's wall clock drives session expiry; each replica keeps the largest
             // seen, so a clock stepping back on a new leader only delays expiry.
             let now_ms = std::time::SystemTime::now()
@@ -200,6 +203,9 @@ impl NodeService {
             };
         }
         if req.header.consistency == ReadConsistency::Linearizable {
+            if let Some(lost) = self.quorum_lost(&region) {
+                return Err(lost);
+            }
             let started = std::time::Instant::now();
             let on_lease = if self.lease_reads {
                 Some(region.raft.ensure_linearizable(ReadPolicy::LeaseRead).await)
@@ -289,6 +295,48 @@ impl NodeService {
         None
     }
 
+    /// `RegionUnavailable` when this node leads `region` but no quorum of its voters can
+    /// answer: the peers' own answers said their storage fail-stopped (a full disk), or no
+    /// quorum has acknowledged the leader for [`NodeService::quorum_silence`] (the peers are
+    /// down or cut off). Such a write would wait in the leader's log until the request's
+    /// deadline, end `WriteUndetermined`, and apply whenever the peers came back; refused
+    /// before proposing, it was not applied, the client backs off and retries, and at its
+    /// deadline reports why. A linearizable read could not confirm the leadership either.
+    fn quorum_lost(&self, region: &Region) -> Option<Error> {
+        let metrics = region.raft.metrics();
+        let m = metrics.borrow_watched();
+        if m.current_leader != Some(m.id) {
+            return None;
+        }
+        let silent_for = m.last_quorum_acked.as_ref().map(|acked| openraft::Instant::elapsed(&**acked));
+        // The common case, with nothing to look at more closely (and nothing allocated).
+        if self.ctx.peer_failures.is_empty() && silent_for.is_none_or(|s| s <= self.quorum_silence) {
+            return None;
+        }
+        let membership = m.membership_config.membership();
+        let configs: Vec<Vec<Voter>> = membership
+            .get_joint_config()
+            .iter()
+            .map(|config| {
+                config
+                    .iter()
+                    .map(|id| {
+                        if *id == m.id {
+                            return Voter::Leader;
+                        }
+                        let node = membership.get_node(id).map(|n| tessera_wire::NodeId(n.node_id));
+                        match node.and_then(|n| self.ctx.peer_failures.get(n).map(|reason| (n, reason))) {
+                            Some((node, reason)) => Voter::Failed { node, reason },
+                            None => Voter::Peer,
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let reason = quorum_refusal(&configs, silent_for, self.quorum_silence)?;
+        Some(Error::RegionUnavailable { region_id: region.id, reason })
+    }
+
     /// Runs a read of the database on the bounded read pool, off the async runtime.
     async fn read<T: Send + 'static>(
         &self,
@@ -301,6 +349,62 @@ impl NodeService {
     /// Runs a short read of the database (one key) on the calling task.
     fn read_now<T>(&self, read: impl FnOnce(&crate::storage::Engine) -> std::io::Result<T>) -> Result<T, Error> {
         read(&self.ctx.engine).map_err(read_error)
+    }
+}
+
+/// A voter of a region, as its leader sees it ([`quorum_refusal`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Voter {
+    /// This node.
+    Leader,
+    /// A peer with no known failure.
+    Peer,
+    /// A peer that answered `StorageUnavailable`.
+    Failed { node: tessera_wire::NodeId, reason: String },
+}
+
+/// Why a leader whose voters are `configs` (one set, or two during a joint membership
+/// change, each needing a majority) cannot make a write durable, if it cannot: a majority of
+/// some set's voters failed their storage, or no quorum acknowledged the leader within
+/// `limit` (`silent_for`: since the last acknowledgement, if there was one). A leader that
+/// is alone in every set needs no acknowledgement.
+fn quorum_refusal(
+    configs: &[Vec<Voter>],
+    silent_for: Option<std::time::Duration>,
+    limit: std::time::Duration,
+) -> Option<String> {
+    let failed: Vec<(tessera_wire::NodeId, &str)> = {
+        let mut failed: Vec<_> = configs
+            .iter()
+            .flatten()
+            .filter_map(|v| match v {
+                Voter::Failed { node, reason } => Some((*node, reason.as_str())),
+                _ => None,
+            })
+            .collect();
+        failed.sort_by_key(|(node, _)| *node);
+        failed.dedup_by_key(|(node, _)| *node);
+        failed
+    };
+    let named =
+        || failed.iter().map(|(node, reason)| format!("node {}: {reason}", node.0)).collect::<Vec<_>>().join("; ");
+    let no_majority = configs.iter().any(|config| {
+        let up = config.iter().filter(|v| !matches!(v, Voter::Failed { .. })).count();
+        up <= config.len() / 2
+    });
+    if no_majority {
+        return Some(format!("a majority of its replicas cannot write: their storage failed ({})", named()));
+    }
+    let alone = configs.iter().all(|config| config.iter().all(|v| *v == Voter::Leader));
+    match silent_for {
+        Some(silent) if !alone && silent > limit => {
+            let mut reason = format!("no quorum of its replicas has answered the leader for {} ms", silent.as_millis());
+            if !failed.is_empty() {
+                reason = format!("{reason} ({})", named());
+            }
+            Some(reason)
+        }
+        _ => None,
     }
 }
 
@@ -351,5 +455,58 @@ pub(crate) fn write_error(
             Error::RegionUnavailable { region_id, reason: e.to_string() }
         }
         RaftError::Fatal(_) => Error::WriteUndetermined { region_id },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tessera_wire::NodeId;
+
+    use super::{quorum_refusal, Voter};
+
+    const LIMIT: Duration = Duration::from_millis(1600);
+
+    fn failed(node: u64) -> Voter {
+        Voter::Failed { node: NodeId(node), reason: "No space left on device".into() }
+    }
+
+    #[test]
+    fn a_leader_refuses_once_a_majority_of_its_voters_failed_their_storage() {
+        let one_failed = [vec![Voter::Leader, Voter::Peer, failed(3)]];
+        assert_eq!(quorum_refusal(&one_failed, Some(Duration::ZERO), LIMIT), None);
+        let two_failed = [vec![Voter::Leader, failed(2), failed(3)]];
+        let reason = quorum_refusal(&two_failed, Some(Duration::ZERO), LIMIT).unwrap();
+        assert!(reason.contains("node 2: No space") && reason.contains("node 3: No space"), "{reason}");
+        // Even before the acknowledgements stop (or if there never was one).
+        assert!(quorum_refusal(&two_failed, None, LIMIT).is_some());
+        // Five voters: two failed still leave a majority.
+        let five = [vec![Voter::Leader, Voter::Peer, Voter::Peer, failed(4), failed(5)]];
+        assert_eq!(quorum_refusal(&five, Some(Duration::ZERO), LIMIT), None);
+    }
+
+    #[test]
+    fn during_a_joint_change_each_set_needs_its_majority() {
+        let joint = [vec![Voter::Leader, Voter::Peer, Voter::Peer], vec![Voter::Leader, failed(4), failed(5)]];
+        assert!(quorum_refusal(&joint, Some(Duration::ZERO), LIMIT).is_some());
+        let joint = [vec![Voter::Leader, Voter::Peer, failed(3)], vec![Voter::Leader, Voter::Peer, failed(5)]];
+        assert_eq!(quorum_refusal(&joint, Some(Duration::ZERO), LIMIT), None);
+    }
+
+    #[test]
+    fn a_leader_refuses_once_no_quorum_answered_it_for_longer_than_the_limit() {
+        let healthy = [vec![Voter::Leader, Voter::Peer, Voter::Peer]];
+        assert_eq!(quorum_refusal(&healthy, Some(LIMIT), LIMIT), None);
+        let reason = quorum_refusal(&healthy, Some(LIMIT + Duration::from_millis(1)), LIMIT).unwrap();
+        assert!(reason.contains("1601 ms"), "{reason}");
+        // No acknowledgement yet (a leader just elected): no refusal on time alone.
+        assert_eq!(quorum_refusal(&healthy, None, LIMIT), None);
+        // A known failure is named beside the silence.
+        let one_failed = [vec![Voter::Leader, Voter::Peer, failed(3)]];
+        let reason = quorum_refusal(&one_failed, Some(Duration::from_secs(5)), LIMIT).unwrap();
+        assert!(reason.contains("node 3: No space"), "{reason}");
+        // A leader alone needs no one's acknowledgement.
+        assert_eq!(quorum_refusal(&[vec![Voter::Leader]], Some(Duration::from_secs(60)), LIMIT), None);
     }
 }

@@ -26,6 +26,9 @@ pub struct NodeService {
     pub(crate) lease_reads: bool,
     /// Revoked token ids, from PD's heartbeat answers.
     pub(crate) revocations: tessera_certs::Revocations,
+    /// A leader that has heard from no quorum of its region for longer refuses writes and
+    /// linearizable reads (`NodeService::quorum_lost`): twice the longest election timeout.
+    pub(crate) quorum_silence: Duration,
 }
 
 impl NodeService {
@@ -40,6 +43,7 @@ impl NodeService {
             session_ttl_ms: u64::try_from(cfg.session_ttl.as_millis()).unwrap_or(u64::MAX),
             lease_reads: cfg.lease_reads,
             revocations: Default::default(),
+            quorum_silence: Duration::from_millis(cfg.raft.election_max_ms.saturating_mul(2)),
         }
     }
 }

@@ -121,6 +121,10 @@ pub struct RetryState {
     /// The last `StorageUnavailable` an attempt got: the reason to give if the request
     /// ends on a later, less telling failure (a timeout at a node without a leader).
     storage_failure: Option<tessera_wire::Error>,
+    /// The last `RegionUnavailable` an attempt got: a leader saying why its region cannot
+    /// serve (a quorum's full disks, an election). Given at the deadline if the request
+    /// ends on such refusals, whichever replica refused last.
+    region_refusal: Option<tessera_wire::Error>,
 }
 
 enum Next {
@@ -148,7 +152,14 @@ fn is_request_rejection(e: &tessera_wire::Error) -> bool {
 impl RetryState {
     /// Fresh state for a request of `kind`.
     pub fn new(kind: RequestKind) -> Self {
-        RetryState { kind, failures: 0, maybe_delivered: false, last_failure: None, storage_failure: None }
+        RetryState {
+            kind,
+            failures: 0,
+            maybe_delivered: false,
+            last_failure: None,
+            storage_failure: None,
+            region_refusal: None,
+        }
     }
 
     /// Failed attempts so far.
@@ -164,7 +175,7 @@ impl RetryState {
     /// The error to return for [`Decision::Undetermined`].
     pub fn undetermined_error(&self) -> Error {
         let mut reason = self.last_failure.as_ref().map_or_else(|| "deadline exceeded".to_string(), |f| f.to_string());
-        if let Some(e) = &self.storage_failure {
+        if let Some(e) = self.region_refusal.as_ref().or(self.storage_failure.as_ref()) {
             if !matches!(&self.last_failure, Some(Failure::Server(last)) if last == e) {
                 reason = format!("{reason} (an earlier attempt: {e})");
             }
@@ -178,10 +189,19 @@ impl RetryState {
         if self.maybe_delivered {
             return Decision::Undetermined;
         }
-        match (&self.last_failure, &self.storage_failure) {
-            (Some(Failure::NoRoute(reason)), _) => Decision::Surface(Error::Unavailable { reason: reason.clone() }),
+        use tessera_wire::Error as W;
+        let refused_last = matches!(
+            &self.last_failure,
+            Some(Failure::Server(W::RegionUnavailable { .. } | W::StorageUnavailable { .. }))
+        );
+        match (&self.last_failure, &self.region_refusal, &self.storage_failure) {
+            (Some(Failure::NoRoute(reason)), _, _) => Decision::Surface(Error::Unavailable { reason: reason.clone() }),
+            // Replicas refused to the end, and the region's leader said why (no quorum of
+            // its replicas can write, an election under way): nothing was applied, and its
+            // reason says more than the deadline or a full replica's refusal does.
+            (_, Some(e), _) if refused_last => Decision::Surface(Error::Unavailable { reason: e.to_string() }),
             // Replicas failed their storage (a full disk on each): say so.
-            (_, Some(e)) => Decision::Surface(Error::from_server(e.clone())),
+            (_, _, Some(e)) => Decision::Surface(Error::from_server(e.clone())),
             _ => Decision::Surface(Error::DeadlineExceeded),
         }
     }
@@ -229,8 +249,10 @@ impl RetryState {
 
         let next = match &failure {
             Failure::Server(e) => {
-                if matches!(e, tessera_wire::Error::StorageUnavailable { .. }) {
-                    self.storage_failure = Some(e.clone());
+                match e {
+                    tessera_wire::Error::StorageUnavailable { .. } => self.storage_failure = Some(e.clone()),
+                    tessera_wire::Error::RegionUnavailable { .. } => self.region_refusal = Some(e.clone()),
+                    _ => {}
                 }
                 if matches!(self.kind, RequestKind::Write { .. }) && e.write_may_have_applied() {
                     self.maybe_delivered = true;
@@ -534,6 +556,30 @@ mod tests {
         let v =
             Run::new(WRITE).decide(server(W::RegionUnavailable { region_id: R, reason: "election".into() }), 0, 1000);
         assert!(matches!(v.decision, Decision::RetryAfter(_)));
+    }
+
+    #[test]
+    fn a_region_unavailable_until_the_deadline_is_reported_with_the_leaders_reason() {
+        let lost = || server(W::RegionUnavailable { region_id: R, reason: "node 2: No space left on device".into() });
+        let mut run = Run::new(WRITE);
+        assert!(matches!(run.decide(lost(), 0, 1000).decision, Decision::RetryAfter(_)));
+        let v = run.decide(lost(), 1000, 1000);
+        let Decision::Surface(Error::Unavailable { reason }) = v.decision else { panic!("{:?}", v.decision) };
+        assert!(reason.contains("No space left on device") && reason.contains("region"), "{reason}");
+        // Also when another replica's refusal came after it: the leader's reason says more.
+        let mut run = Run::new(WRITE);
+        run.decide(lost(), 0, 1000);
+        let full = server(W::StorageUnavailable { reason: "No space left on device".into() });
+        let v = run.decide(full, 1000, 1000);
+        let Decision::Surface(Error::Unavailable { reason }) = v.decision else { panic!("{:?}", v.decision) };
+        assert!(reason.contains("node 2"), "{reason}");
+        // A write that may have been delivered stays undetermined, and says why.
+        let mut run = Run::new(WRITE);
+        run.decide(lost(), 0, 1000);
+        let v = run.decide(Failure::Transport(TransportFailure::Timeout), 1000, 1000);
+        assert_eq!(v.decision, Decision::Undetermined);
+        let Error::Undetermined { reason } = run.state.undetermined_error() else { unreachable!() };
+        assert!(reason.contains("node 2"), "{reason}");
     }
 
     #[test]
