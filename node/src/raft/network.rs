@@ -930,6 +930,22 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_is_failed_from_its_storage_refusal_until_it_next_answers() {
+        let failures = PeerFailures::default();
+        assert!(failures.is_empty());
+        failures.failed(NodeId(2), "No space left on device".into());
+        failures.failed(NodeId(2), "No space left on device".into());
+        failures.failed(NodeId(3), "Input/output error".into());
+        assert_eq!(failures.get(NodeId(2)).as_deref(), Some("No space left on device"));
+        assert_eq!(failures.get(NodeId(1)), None);
+        failures.answered(NodeId(2));
+        assert_eq!(failures.get(NodeId(2)), None);
+        assert!(!failures.is_empty(), "node 3 has not answered");
+        failures.answered(NodeId(3));
+        assert!(failures.is_empty());
+    }
+
+    #[test]
     fn a_session_continues_a_recent_stream_and_starts_afresh_after_idling() {
         let now = std::time::Instant::now();
         let saved = StreamCursor { stream: 7, next_seq: 42, ended_at: now };
