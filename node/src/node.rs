@@ -845,12 +845,30 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
     let mut host_cpu = crate::host_cpu::HostCpu::default();
     let mut ticker = tokio::time::interval(shared.cfg.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut silenced = false;
     loop {
         let leadership_changed = tokio::select! {
             _ = ticker.tick() => false,
             _ = shared.leadership.notified(), if registered => true,
             _ = shutdown.wait_for(|s| *s) => return,
         };
+        // A node whose storage fail-stopped serves nothing until restarted, so it stops
+        // reporting too: to PD it is then a node down, whose replicas the scheduler
+        // recreates on the other nodes once it has been down `max_down_time`. Heartbeating
+        // on, it would look healthy and keep its regions one replica short for as long as
+        // its disk stays full.
+        if let Some(reason) = shared.ctx.storage_failure() {
+            if !silenced {
+                silenced = true;
+                tracing::error!(
+                    node_id = node_id.0,
+                    reason = %reason,
+                    "storage failed: no more heartbeats to PD, which will move this node's replicas elsewhere; \
+                     free the disk and restart the node"
+                );
+            }
+            continue;
+        }
         if leadership_changed {
             report_regions(&shared, &pd, &mut load).await;
             continue;

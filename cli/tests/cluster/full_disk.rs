@@ -9,6 +9,8 @@ use std::time::Duration;
 use tessera_wire::quic::{ClientEndpoint, TransportConfig};
 use tessera_wire::{Error, KvOp, KvRequest, KvResponse, ReadConsistency, Request, RequestHeader, ResponseBody, Role};
 
+use tessera_pd::PdConfig;
+
 use crate::harness::TestCluster;
 
 /// A tmpfs mounted on a directory, unmounted (lazily: a node may still hold files open
@@ -62,9 +64,14 @@ impl Drop for SmallDisk {
 
 /// Three nodes, each on a tmpfs of 512 MiB, one region. `None` if mounting needs root.
 async fn cluster_on_small_disks() -> Option<(TestCluster, Vec<SmallDisk>)> {
+    nodes_on_small_disks(3, |_| {}).await
+}
+
+/// `nodes` nodes, each on a tmpfs of 512 MiB, one region, PD configured by `pd_tweak`.
+async fn nodes_on_small_disks(nodes: u64, pd_tweak: fn(&mut PdConfig)) -> Option<(TestCluster, Vec<SmallDisk>)> {
     let disks = RefCell::new(Vec::new());
     let refused = RefCell::new(false);
-    let cluster = TestCluster::start_on(3, 1, |_, dir| match SmallDisk::mount(dir, 512) {
+    let cluster = TestCluster::start_on(nodes, 1, pd_tweak, |_, dir| match SmallDisk::mount(dir, 512) {
         Some(disk) => disks.borrow_mut().push(disk),
         None => *refused.borrow_mut() = true,
     })
@@ -210,6 +217,48 @@ async fn a_follower_whose_disk_fills_stops_serving_and_catches_up_once_space_is_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_disk_fills_hands_over_and_its_clients_see_no_error() {
     one_disk_fills(true).await;
+}
+
+/// A follower's disk fills in a cluster of four nodes: the full node stops heartbeating PD,
+/// which, once it has been down `max_down_time`, recreates its replica on the fourth node;
+/// the region is back to three replicas that can write, and no acknowledged write is lost.
+/// Once space is freed and it restarts, the node reports again and drops the replica that
+/// moved away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_fills_has_its_replicas_recreated_on_the_other_nodes() {
+    let Some((mut cluster, disks)) = nodes_on_small_disks(4, |pd| pd.scheduler.max_down_time_ms = 1_000).await else {
+        return;
+    };
+    let region = cluster.routes().await.into_iter().next().unwrap();
+    let leader = region.leader.expect("a leader").node_id.0;
+    let full = region.region.peers.iter().map(|p| p.node_id.0).find(|id| *id != leader).unwrap();
+    let spare = (1..=4).find(|id| region.region.peer_on(tessera_wire::NodeId(*id)).is_none()).unwrap();
+    let client = cluster.client().await;
+    let written = fill(&cluster, &disks, full, &client).await;
+    let live: Vec<u64> = (1..=4).filter(|id| *id != full).collect();
+    cluster
+        .wait_for_pd(Duration::from_secs(60), "the full node's replica recreated on the others", |_, regions| {
+            regions.iter().all(|r| {
+                let mut on: Vec<u64> = r.region.peers.iter().map(|p| p.node_id.0).collect();
+                on.sort();
+                r.learners.is_empty() && on == live && r.leader.is_some()
+            })
+        })
+        .await;
+    assert!(cluster.nodes[&spare].as_ref().unwrap().region_count() == 1, "node {spare} hosts the new replica");
+    for i in 0..written {
+        assert!(client.get(&key(i)).await.unwrap() == Some(value(i)), "write {i} was acknowledged");
+    }
+    client.put(b"after", b"three replicas again").await.unwrap();
+
+    disks[full as usize - 1].resize(512, true);
+    cluster.restart_node(full).await;
+    cluster
+        .wait_for_nodes(Duration::from_secs(60), "the restarted node to drop its old replica", |c| {
+            c.nodes[&full].as_ref().unwrap().region_count() == 0
+        })
+        .await;
+    drop(cluster);
 }
 
 /// Both followers' disks fill while the leader's has space: once the leader has heard

@@ -120,11 +120,16 @@ impl TestCluster {
         Self::start_prepared(nodes, initial_regions, tweak, pd_tweak, |_, _| {}).await
     }
 
-    /// Starts PD and `nodes` nodes, calling `prepare` with each node's id and data
-    /// directory (created, empty) before the node first starts (e.g. to mount a small
-    /// filesystem there), and waits until every region has a leader.
-    pub async fn start_on(nodes: u64, initial_regions: u32, prepare: impl Fn(u64, &std::path::Path)) -> TestCluster {
-        let c = Self::start_prepared(nodes, initial_regions, |_| {}, |_| {}, prepare).await;
+    /// Starts PD (configured by `pd_tweak`) and `nodes` nodes, calling `prepare` with each
+    /// node's id and data directory (created, empty) before the node first starts (e.g. to
+    /// mount a small filesystem there), and waits until every region has a leader.
+    pub async fn start_on(
+        nodes: u64,
+        initial_regions: u32,
+        pd_tweak: fn(&mut PdConfig),
+        prepare: impl Fn(u64, &std::path::Path),
+    ) -> TestCluster {
+        let c = Self::start_prepared(nodes, initial_regions, |_| {}, pd_tweak, prepare).await;
         c.wait_all_leaders(Duration::from_secs(30)).await;
         c
     }
