@@ -66,8 +66,10 @@ class DeadlineExceeded(Error, TimeoutError):
 
 
 class Unavailable(Error, ConnectionError):
-    """No route to the data: PD or the replicas did not answer before the deadline, or a
-    node's storage failed (code ``"StorageUnavailable"``). A write was not applied."""
+    """No route to the data: PD or the replicas did not answer before the deadline, the
+    region's leader kept refusing (no quorum of its replicas can write; the message says
+    why), or a node's storage failed (code ``"StorageUnavailable"``). A write was not
+    applied."""
 
     code = "Unavailable"
 

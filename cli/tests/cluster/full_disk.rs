@@ -277,18 +277,20 @@ async fn when_both_followers_disks_fill_the_leader_refuses_writes_and_names_them
     let failed = |cluster: &TestCluster| {
         followers.iter().all(|id| cluster.nodes[id].as_ref().unwrap().storage_failure().is_some())
     };
-    let mut next = 0;
     // Until both followers fail-stopped, writes are acknowledged; the one in flight when
     // the second does may end undetermined (it waited for a quorum).
+    let mut acknowledged = Vec::new();
     while !failed(&cluster) {
+        let next = acknowledged.len();
         assert!(next < 200, "{next} writes of 512 KiB did not fill two disks of 16 MiB free");
         match client.put(&key(next), &value(next)).await {
-            Ok(()) | Err(tessera::Error::Undetermined { .. }) => next += 1,
+            Ok(()) => acknowledged.push(true),
+            Err(tessera::Error::Undetermined { .. }) => acknowledged.push(false),
             Err(e) => panic!("write {next} failed with {e:?} before both followers fail-stopped"),
         }
     }
     // Refused: not applied, and the reason names the followers' full disks.
-    let refused = next;
+    let refused = acknowledged.len();
     match client.put(&key(refused), &value(refused)).await {
         Err(tessera::Error::Unavailable { reason }) => {
             assert!(reason.contains("cannot write") && reason.contains("No space left on device"), "{reason}");
@@ -307,9 +309,12 @@ async fn when_both_followers_disks_fill_the_leader_refuses_writes_and_names_them
     let client = cluster.client().await;
     client.put(b"after", b"space was freed").await.expect("writes are accepted again");
     assert_eq!(client.get(&key(refused)).await.unwrap(), None, "a refused write applied");
-    for i in 0..refused {
+    for (i, acknowledged) in acknowledged.into_iter().enumerate() {
         let v = client.get(&key(i)).await.unwrap();
-        assert!(v.is_none() || v == Some(value(i)), "write {i} is torn");
+        match acknowledged {
+            true => assert!(v == Some(value(i)), "acknowledged write {i} was lost"),
+            false => assert!(v.is_none() || v == Some(value(i)), "undetermined write {i} is torn"),
+        }
     }
     drop(cluster);
 }

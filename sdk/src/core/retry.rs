@@ -525,12 +525,18 @@ mod tests {
             Decision::Surface(Error::Server(W::StorageUnavailable { reason: "No space left on device".into() }))
         );
         // A write that may have been delivered is undetermined, and says why.
+        undetermined_after_a_timeout_names(failed(), "No space left on device");
+    }
+
+    /// A write refused with `refusal`, then timed out at its deadline (so it may have been
+    /// delivered), is undetermined, and its reason names the refusal.
+    fn undetermined_after_a_timeout_names(refusal: Failure, names: &str) {
         let mut run = Run::new(WRITE);
-        run.decide(failed(), 0, 1000);
+        run.decide(refusal, 0, 1000);
         let v = run.decide(Failure::Transport(TransportFailure::Timeout), 1000, 1000);
         assert_eq!(v.decision, Decision::Undetermined);
         let Error::Undetermined { reason } = run.state.undetermined_error() else { unreachable!() };
-        assert!(reason.contains("No space left on device"), "{reason}");
+        assert!(reason.contains(names), "{reason}");
     }
 
     #[test]
@@ -574,12 +580,7 @@ mod tests {
         let Decision::Surface(Error::Unavailable { reason }) = v.decision else { panic!("{:?}", v.decision) };
         assert!(reason.contains("node 2"), "{reason}");
         // A write that may have been delivered stays undetermined, and says why.
-        let mut run = Run::new(WRITE);
-        run.decide(lost(), 0, 1000);
-        let v = run.decide(Failure::Transport(TransportFailure::Timeout), 1000, 1000);
-        assert_eq!(v.decision, Decision::Undetermined);
-        let Error::Undetermined { reason } = run.state.undetermined_error() else { unreachable!() };
-        assert!(reason.contains("node 2"), "{reason}");
+        undetermined_after_a_timeout_names(lost(), "node 2");
     }
 
     #[test]
