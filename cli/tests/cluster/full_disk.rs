@@ -120,6 +120,12 @@ async fn fill(cluster: &TestCluster, disks: &[SmallDisk], full: u64, client: &te
     written + 5
 }
 
+/// The operator frees space on node `id`'s disk (it grows back to 512 MiB) and restarts it.
+async fn free_and_restart(cluster: &mut TestCluster, disks: &[SmallDisk], id: u64) {
+    disks[id as usize - 1].resize(512, true);
+    cluster.restart_node(id).await;
+}
+
 /// Stale reads from one node alone, over one connection.
 struct StaleReader {
     conn: tessera_wire::quic::Connection,
@@ -159,8 +165,7 @@ async fn refuse_then_catch_up(cluster: &mut TestCluster, disks: &[SmallDisk], fu
         Ok(body) => panic!("a node with a full disk answered with {}", brief(&body)),
         Err(e) => panic!("a node with a full disk answered {e:?}"),
     }
-    disks[full as usize - 1].resize(512, true);
-    cluster.restart_node(full).await;
+    free_and_restart(cluster, disks, full).await;
     let node = cluster.nodes[&full].as_ref().unwrap();
     assert_eq!(node.storage_failure(), None);
     let mut changes = node.subscribe();
@@ -251,8 +256,7 @@ async fn a_node_whose_disk_fills_has_its_replicas_recreated_on_the_other_nodes()
     }
     client.put(b"after", b"three replicas again").await.unwrap();
 
-    disks[full as usize - 1].resize(512, true);
-    cluster.restart_node(full).await;
+    free_and_restart(&mut cluster, &disks, full).await;
     cluster
         .wait_for_nodes(Duration::from_secs(60), "the restarted node to drop its old replica", |c| {
             c.nodes[&full].as_ref().unwrap().region_count() == 0
@@ -303,8 +307,7 @@ async fn when_both_followers_disks_fill_the_leader_refuses_writes_and_names_them
     assert!(cluster.nodes[&leader].as_ref().unwrap().storage_failure().is_none());
 
     for id in &followers {
-        disks[*id as usize - 1].resize(512, true);
-        cluster.restart_node(*id).await;
+        free_and_restart(&mut cluster, &disks, *id).await;
     }
     let client = cluster.client().await;
     client.put(b"after", b"space was freed").await.expect("writes are accepted again");
@@ -353,11 +356,8 @@ async fn when_every_disk_fills_writes_fail_with_a_typed_error_and_no_acknowledge
     assert!(failures.len() >= 2, "writes failed with {failure:?}, yet only {failures:?} fail-stopped");
     assert!(failures.iter().all(|f| f.contains("No space left on device")), "{failures:?}");
 
-    for disk in &disks {
-        disk.resize(512, true);
-    }
     for id in 1..=3 {
-        cluster.restart_node(id).await;
+        free_and_restart(&mut cluster, &disks, id).await;
     }
     cluster.wait_all_leaders(Duration::from_secs(30)).await;
     let client = cluster.client().await;

@@ -176,6 +176,14 @@ impl NodeService {
     async fn execute(&self, region: Arc<Region>, desc: RegionDescriptor, req: KvRequest) -> Response {
         let region_id = desc.id;
         let r = region_id.0;
+        // Writes and linearizable reads need a quorum; stale reads are served from this
+        // replica alone.
+        let is_write = matches!(req.op, KvOp::Write { .. });
+        if is_write || req.header.consistency == ReadConsistency::Linearizable {
+            if let Some(lost) = self.quorum_lost(&region) {
+                return Err(lost);
+            }
+        }
         if let KvOp::Write { session, command } = req.op {
             // An append that would grow its value past the limit is refused by the state
             // machine, where appends are ordered. (No refusal here from a read of the local
@@ -183,9 +191,6 @@ impl NodeService {
             // (docs/life-of-a-write.md) may not be visible in it yet.)
             if let Some(busy) = self.overload(&region) {
                 return Err(busy);
-            }
-            if let Some(lost) = self.quorum_lost(&region) {
-                return Err(lost);
             }
             // The leader's wall clock drives session expiry; each replica keeps the largest
             // seen, so a clock stepping back on a new leader only delays expiry.
@@ -203,9 +208,6 @@ impl NodeService {
             };
         }
         if req.header.consistency == ReadConsistency::Linearizable {
-            if let Some(lost) = self.quorum_lost(&region) {
-                return Err(lost);
-            }
             let started = std::time::Instant::now();
             let on_lease = if self.lease_reads {
                 Some(region.raft.ensure_linearizable(ReadPolicy::LeaseRead).await)
