@@ -147,6 +147,8 @@ struct NodeJson {
     last_heartbeat_ms_ago: u64,
     /// Percent of its host's CPU time busy over about the last 10 s; null if unknown.
     host_cpu_busy_pct: Option<u8>,
+    /// Why its storage fail-stopped, as it reported; null for a healthy node.
+    storage_failure: Option<String>,
 }
 
 /// Approximate keys per node: the sum over the regions with a replica on it.
@@ -172,6 +174,7 @@ fn node_json(n: &NodeInfo, keys: &BTreeMap<NodeId, u64>) -> NodeJson {
         approximate_keys: keys.get(&n.id).copied().unwrap_or(0),
         last_heartbeat_ms_ago: n.last_heartbeat_ms_ago,
         host_cpu_busy_pct: n.host_cpu_busy_pct,
+        storage_failure: n.storage_failure.clone(),
     }
 }
 
@@ -220,6 +223,10 @@ pub async fn status(t: &Target, regions: bool, json: bool) -> anyhow::Result<Exi
     }
     if nodes.iter().any(|n| n.draining) {
         writeln!(o, "(* draining)")?;
+    }
+    for n in nodes.iter().filter(|n| n.storage_failure.is_some()) {
+        let reason = n.storage_failure.as_deref().unwrap_or_default();
+        writeln!(o, "node {}: storage failed, serving nothing until restarted: {reason}", n.id.0)?;
     }
     let led = infos.iter().filter(|r| r.leader.is_some()).count();
     writeln!(o)?;

@@ -845,35 +845,39 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
     let mut host_cpu = crate::host_cpu::HostCpu::default();
     let mut ticker = tokio::time::interval(shared.cfg.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut silenced = false;
+    let mut failure_logged = false;
     loop {
         let leadership_changed = tokio::select! {
             _ = ticker.tick() => false,
             _ = shared.leadership.notified(), if registered => true,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        // A node whose storage fail-stopped serves nothing until restarted, so it stops
-        // reporting too: to PD it is then a node down, whose replicas the scheduler
-        // recreates on the other nodes once it has been down `max_down_time`. Heartbeating
-        // on, it would look healthy and keep its regions one replica short for as long as
-        // its disk stays full.
-        if let Some(reason) = shared.ctx.storage_failure() {
-            if !silenced {
-                silenced = true;
+        // A node whose storage fail-stopped serves nothing until restarted: it goes on
+        // heartbeating only to tell PD why (`NodeStats::storage_failure`), which counts it
+        // down from its last healthy heartbeat and recreates its replicas on the other
+        // nodes once it has been down `max_down_time`. It reports no regions and takes no
+        // assignment.
+        let failure = shared.ctx.storage_failure();
+        if let Some(reason) = &failure {
+            if !failure_logged {
+                failure_logged = true;
                 tracing::error!(
                     node_id = node_id.0,
                     reason = %reason,
-                    "storage failed: no more heartbeats to PD, which will move this node's replicas elsewhere; \
+                    "storage failed: PD counts this node down and will move its replicas elsewhere; \
                      free the disk and restart the node"
                 );
             }
-            continue;
         }
         if leadership_changed {
-            report_regions(&shared, &pd, &mut load).await;
+            if failure.is_none() {
+                report_regions(&shared, &pd, &mut load).await;
+            }
             continue;
         }
-        reap_merged_regions(&shared);
+        if failure.is_none() {
+            reap_merged_regions(&shared);
+        }
         if !registered {
             let req = PdRequest::RegisterNode {
                 node_id,
@@ -890,6 +894,16 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
                     continue;
                 }
             }
+        }
+        if let Some(reason) = failure {
+            let mut stats = node_stats(&shared.ctx, shared.web.as_ref(), None);
+            stats.storage_failure = Some(failure_reason(reason));
+            let hb = PdRequest::NodeHeartbeat { node_id, stats, hosted: shared.ctx.regions.ids(), merged: Vec::new() };
+            if let Err(e) = pd.call(hb).await {
+                tracing::debug!(node_id = node_id.0, error = %e, "storage failure report to PD failed");
+                registered = !matches!(e, crate::pd_client::PdCallError::Refused(_));
+            }
+            continue;
         }
         let round = std::time::Instant::now();
         let hb = PdRequest::NodeHeartbeat {
@@ -937,6 +951,19 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             );
         }
     }
+}
+
+/// `reason` cut to [`tessera_wire::MAX_FAILURE_REASON`] bytes, at a character boundary.
+fn failure_reason(mut reason: String) -> String {
+    if reason.len() > tessera_wire::MAX_FAILURE_REASON {
+        let mut end = tessera_wire::MAX_FAILURE_REASON - '…'.len_utf8();
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
 }
 
 /// Sends the region heartbeats of the regions this node leads and starts the steps PD
@@ -996,6 +1023,19 @@ mod tests {
     use crate::raft::types::TypeConfig;
 
     use super::*;
+
+    #[test]
+    fn a_long_failure_reason_is_cut_at_a_character_boundary() {
+        assert_eq!(failure_reason("No space left on device".into()), "No space left on device");
+        let exact = "x".repeat(tessera_wire::MAX_FAILURE_REASON);
+        assert_eq!(failure_reason(exact.clone()), exact);
+        // Three-byte characters: no cut lands on a boundary by chance.
+        let long = format!("a{}", "é€".repeat(400));
+        let cut = failure_reason(long.clone());
+        assert!(cut.len() <= tessera_wire::MAX_FAILURE_REASON && cut.len() > tessera_wire::MAX_FAILURE_REASON - 8);
+        assert!(cut.ends_with('…'));
+        assert!(long.starts_with(cut.trim_end_matches('…')));
+    }
 
     /// A network to peers that are all down.
     struct AllDown;

@@ -67,6 +67,7 @@ pub(crate) fn node_stats(
         write_path: ctx.write_path_stats(),
         web_cert_hash: web.map(|w| w.hash().to_vec()),
         host_cpu_busy_pct,
+        storage_failure: None,
     }
 }
 

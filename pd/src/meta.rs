@@ -427,6 +427,9 @@ impl ClusterMeta {
                     changes.nodes.insert(node_id);
                 }
                 n.last_heartbeat = now;
+                // A node registers when it starts: a storage failure it reported was
+                // before its restart.
+                n.stats.storage_failure = None;
             }
             None => {
                 self.nodes.insert(node_id, NodeEntry::new(addr, capacity_bytes, false, now));
@@ -496,6 +499,20 @@ impl ClusterMeta {
         now: Duration,
     ) -> Result<NodeAssignments, MetaError> {
         let node = self.nodes.get_mut(&node_id).ok_or(MetaError::NodeNotRegistered { node_id })?;
+        if stats.storage_failure.is_some() {
+            // The node serves nothing until restarted: it is down from its last healthy
+            // heartbeat on (so its replicas move after `max_down_time` from then), and it
+            // is told to create or destroy nothing.
+            if node.stats.storage_failure.is_none() {
+                tracing::warn!(
+                    node_id = node_id.0,
+                    reason = stats.storage_failure.as_deref().unwrap_or_default(),
+                    "node reports its storage failed; counting it down"
+                );
+            }
+            node.stats = stats;
+            return Ok(NodeAssignments::default());
+        }
         node.last_heartbeat = now;
         node.cpu_history.push_back((now, stats.host_cpu_busy_pct));
         while node.cpu_history.len() > 1 && node.cpu_history[1].0 + HOT_WINDOW <= now {
@@ -761,6 +778,7 @@ impl ClusterMeta {
                 draining: n.draining,
                 web_cert_hash: n.stats.web_cert_hash.clone(),
                 host_cpu_busy_pct: n.stats.host_cpu_busy_pct,
+                storage_failure: n.stats.storage_failure.clone(),
             })
             .collect()
     }
@@ -904,7 +922,7 @@ impl ClusterMeta {
     }
 
     fn state_of(&self, n: &NodeEntry, now: Duration) -> NodeState {
-        if now.saturating_sub(n.last_heartbeat) > self.config.node_down_after {
+        if n.stats.storage_failure.is_some() || now.saturating_sub(n.last_heartbeat) > self.config.node_down_after {
             NodeState::Down
         } else {
             NodeState::Up
@@ -1286,6 +1304,39 @@ mod tests {
         assert_eq!(state(&meta, 2, S + Duration::from_secs(41)), NodeState::Down);
         let info = meta.nodes(S + Duration::from_secs(41));
         assert_eq!(info[0].last_heartbeat_ms_ago, 1000);
+    }
+
+    #[test]
+    fn a_node_reporting_a_storage_failure_is_down_at_once_and_assigned_nothing() {
+        let mut meta = bootstrapped(2);
+        let secs = |n: u64| S + Duration::from_secs(n);
+        let node = |meta: &ClusterMeta, now: Duration| meta.nodes(now).into_iter().find(|n| n.id == NodeId(2)).unwrap();
+        let view = |meta: &ClusterMeta, now: Duration| {
+            meta.scheduler_snapshot(now).nodes.into_iter().find(|n| n.id == NodeId(2)).unwrap()
+        };
+        // Healthy, hosting nothing yet: told to create both regions.
+        let healthy = meta.node_heartbeat(NodeId(2), NodeStats::default(), &[], secs(5)).unwrap();
+        assert_eq!(healthy.create.len(), 2);
+        assert_eq!(node(&meta, secs(6)).state, NodeState::Up);
+
+        let failed = NodeStats { storage_failure: Some("No space left on device".into()), ..NodeStats::default() };
+        let answer = meta.node_heartbeat(NodeId(2), failed.clone(), &[], secs(7)).unwrap();
+        assert_eq!(answer, NodeAssignments::default(), "a failed node is told to create or destroy nothing");
+        let info = node(&meta, secs(8));
+        assert_eq!(info.state, NodeState::Down, "down at once, long before the silence threshold");
+        assert_eq!(info.storage_failure.as_deref(), Some("No space left on device"));
+        // Its reports keep coming, but its down time runs from its last healthy heartbeat.
+        let _ = meta.node_heartbeat(NodeId(2), failed, &[], secs(20)).unwrap();
+        assert_eq!(node(&meta, secs(21)).last_heartbeat_ms_ago, 16_000);
+        let v = view(&meta, secs(21));
+        assert!(!v.up);
+        assert_eq!(v.down_for_ms, 16_000);
+
+        // Restarted with space: it registers, which clears the failure, and is up again.
+        let _ = meta.register_node(NodeId(2), "127.0.0.1:7002".into(), 1 << 30, secs(30));
+        let info = node(&meta, secs(30));
+        assert_eq!((info.state, info.storage_failure), (NodeState::Up, None));
+        assert!(view(&meta, secs(30)).up);
     }
 
     #[test]

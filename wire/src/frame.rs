@@ -260,6 +260,7 @@ mod tests {
                         leader_count: 0,
                         used_bytes,
                         host_cpu_busy_pct: (n % 3 != 0).then_some((n % 101) as u8),
+                        storage_failure: (n % 5 == 0).then(|| format!("disk {n} full")),
                         ..NodeStats::default()
                     },
                     hosted: hosted.into_iter().map(RegionId).collect(),
@@ -336,6 +337,7 @@ mod tests {
                         draining: up && id % 2 == 0,
                         web_cert_hash: up.then(|| id.to_be_bytes().to_vec()),
                         host_cpu_busy_pct: up.then_some((id % 101) as u8),
+                        storage_failure: (!up && id % 2 == 0).then(|| format!("node {id}: No space left")),
                     }
                 },
             )

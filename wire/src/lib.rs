@@ -43,14 +43,14 @@ pub use kv::{KvOp, KvRequest, KvResponse, ReadConsistency, RequestHeader, Sessio
 pub use limits::{validate_batch, validate_key, validate_value, Limits, MESSAGE_OVERHEAD, PAIR_OVERHEAD};
 pub use pd::{
     MergeReport, NodeInfo, NodeState, NodeStats, OperatorInfo, OperatorState, PdRequest, PdResponse, RegionCommand,
-    RegionCommandKind, RegionInfo, RegionRoute, RegionStats, WritePathStats,
+    RegionCommandKind, RegionInfo, RegionRoute, RegionStats, WritePathStats, MAX_FAILURE_REASON,
 };
 pub use region::{key_in_range, LeaderHint, Peer, RegionDescriptor, RegionEpoch};
 pub use transport::TransportError;
 
 /// Version of the protocol spoken by this build. Sent in every [`Hello`]; peers with a
 /// different version are refused with [`Error::UnsupportedVersion`].
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// ALPN protocol identifier used on every Tessera QUIC connection.
 pub const ALPN: &[u8] = b"tessera/1";

@@ -20,9 +20,10 @@ pub struct NodeInfo {
     pub addr: String,
     /// Capacity the node reported, in bytes.
     pub capacity_bytes: u64,
-    /// Liveness.
+    /// Liveness: [`NodeState::Down`] also while it reports [`Self::storage_failure`].
     pub state: NodeState,
-    /// Milliseconds since PD last heard from it.
+    /// Milliseconds since PD last heard from it healthy: a node reporting a storage failure
+    /// is counted down from its last heartbeat before the failure.
     pub last_heartbeat_ms_ago: u64,
     /// Regions whose replica it hosts (last heartbeat).
     pub region_count: u64,
@@ -42,6 +43,10 @@ pub struct NodeInfo {
     pub web_cert_hash: Option<Vec<u8>>,
     /// [`NodeStats::host_cpu_busy_pct`] of its last heartbeat.
     pub host_cpu_busy_pct: Option<u8>,
+    /// Why the node's storage fail-stopped ([`NodeStats::storage_failure`]), as it last
+    /// reported; `None` once it registers again after a restart, and unknown to a PD leader
+    /// elected after its last report until its next one.
+    pub storage_failure: Option<String>,
 }
 
 /// Cumulative counters of a node's write path since it started, for benchmarks and
@@ -77,7 +82,15 @@ pub struct NodeStats {
     /// node cannot tell (not Linux, or too soon after its start). PD splits a region for
     /// its load only while some node's host has CPU time to spare.
     pub host_cpu_busy_pct: Option<u8>,
+    /// Set when the node's storage fail-stopped (a failed `fsync`, a full disk): it serves
+    /// nothing until restarted, and goes on heartbeating only to say why, at most
+    /// [`MAX_FAILURE_REASON`] bytes. PD counts it down from its last heartbeat before, and
+    /// sends it nothing to create or destroy.
+    pub storage_failure: Option<String>,
 }
+
+/// Longest [`NodeStats::storage_failure`] a node sends, in bytes.
+pub const MAX_FAILURE_REASON: usize = 512;
 
 /// Per-region statistics sent by the region leader.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

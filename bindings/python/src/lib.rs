@@ -249,7 +249,7 @@ struct NativeClient {
 
 /// A node as `status` reports it: (id, address, state, regions, leaders, used bytes,
 /// capacity bytes, ms since its last heartbeat, draining).
-type NodeRow = (u64, String, String, u64, u64, u64, u64, u64, bool);
+type NodeRow = (u64, String, String, u64, u64, u64, u64, u64, bool, Option<String>);
 /// A region as `status` reports it: (id, start, end, (conf_ver, version), voters as
 /// (peer, node), learners, leader, approximate bytes, approximate keys).
 type RegionRow = (u64, Vec<u8>, Vec<u8>, (u64, u64), Vec<(u64, u64)>, Vec<(u64, u64)>, Option<(u64, u64)>, u64, u64);
@@ -274,6 +274,7 @@ async fn status_rows(c: Client) -> Result<(Vec<NodeRow>, Vec<RegionRow>), Error>
                 n.capacity_bytes,
                 n.last_heartbeat_ms_ago,
                 n.draining,
+                n.storage_failure.clone(),
             )
         })
         .collect();

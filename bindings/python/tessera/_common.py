@@ -116,6 +116,9 @@ class NodeStatus:
     capacity_bytes: int
     last_heartbeat_ms_ago: int
     draining: bool
+    #: Why its storage fail-stopped (a full disk, a failed sync), as it reported; it is
+    #: then ``"down"`` until restarted. ``None`` for a healthy node.
+    storage_failure: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ class NodeStatus:
     capacity_bytes: int
     last_heartbeat_ms_ago: int
     draining: bool
+    storage_failure: str | None = ...
 
 @dataclass(frozen=True)
 class RegionStatus:

@@ -224,11 +224,11 @@ async fn a_leader_whose_disk_fills_hands_over_and_its_clients_see_no_error() {
     one_disk_fills(true).await;
 }
 
-/// A follower's disk fills in a cluster of four nodes: the full node stops heartbeating PD,
-/// which, once it has been down `max_down_time`, recreates its replica on the fourth node;
-/// the region is back to three replicas that can write, and no acknowledged write is lost.
-/// Once space is freed and it restarts, the node reports again and drops the replica that
-/// moved away.
+/// A follower's disk fills in a cluster of four nodes: the full node tells PD why, which
+/// shows it down with the reason and, once it has been down `max_down_time`, recreates its
+/// replica on the fourth node; the region is back to three replicas that can write, and no
+/// acknowledged write is lost. Once space is freed and it restarts, the node is up again,
+/// the reason gone, and it drops the replica that moved away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_fills_has_its_replicas_recreated_on_the_other_nodes() {
     let Some((mut cluster, disks)) = nodes_on_small_disks(4, |pd| pd.scheduler.max_down_time_ms = 1_000).await else {
@@ -240,6 +240,15 @@ async fn a_node_whose_disk_fills_has_its_replicas_recreated_on_the_other_nodes()
     let spare = (1..=4).find(|id| region.region.peer_on(tessera_wire::NodeId(*id)).is_none()).unwrap();
     let client = cluster.client().await;
     let written = fill(&cluster, &disks, full, &client).await;
+    let full_node = |nodes: &[tessera_wire::NodeInfo]| nodes.iter().find(|n| n.id.0 == full).cloned().unwrap();
+    let (nodes, _) = cluster
+        .wait_for_pd(Duration::from_secs(30), "PD to learn why the full node stopped", |nodes, _| {
+            full_node(nodes).storage_failure.is_some()
+        })
+        .await;
+    let reported = full_node(&nodes);
+    assert_eq!(reported.state, tessera_wire::NodeState::Down);
+    assert!(reported.storage_failure.as_deref().is_some_and(|r| r.contains("No space left on device")), "{reported:?}");
     let live: Vec<u64> = (1..=4).filter(|id| *id != full).collect();
     cluster
         .wait_for_pd(Duration::from_secs(60), "the full node's replica recreated on the others", |_, regions| {
@@ -262,6 +271,9 @@ async fn a_node_whose_disk_fills_has_its_replicas_recreated_on_the_other_nodes()
             c.nodes[&full].as_ref().unwrap().region_count() == 0
         })
         .await;
+    let (nodes, _) = cluster.wait_for_pd(Duration::from_secs(30), "the restarted node up", |_, _| true).await;
+    let restarted = full_node(&nodes);
+    assert_eq!((restarted.state, restarted.storage_failure), (tessera_wire::NodeState::Up, None));
     drop(cluster);
 }
 
