@@ -1,5 +1,9 @@
-//! A node whose disk fills up: a real full filesystem (each node's data directory is a
-//! tmpfs of its own, shrunk to what it holds), not an injected error.
+//! A node whose disk fills up: a real full filesystem, not an injected error. Each node's
+//! data directory is a filesystem of its own, of 512 MiB: a tmpfs, or, for the tests
+//! named `..._on_ext4`, an ext4 image mounted through a loop device, whose allocation
+//! (delayed allocation, `fallocate`, the journal) is a real disk's. A test fills a disk
+//! by leaving it only a few MiB free (a ballast file takes the rest) and frees it by
+//! deleting the ballast.
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -13,46 +17,77 @@ use tessera_pd::PdConfig;
 
 use crate::harness::TestCluster;
 
-/// A tmpfs mounted on a directory, unmounted (lazily: a node may still hold files open
-/// after a failed test) when dropped.
+/// Size of each node's filesystem.
+const DISK_MIB: u64 = 512;
+
+/// The filesystem a node's data directory is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fs {
+    Tmpfs,
+    /// ext4 on a loop device backed by a sparse image file beside the directory.
+    Ext4,
+}
+
+/// A filesystem mounted on a node's data directory, unmounted (lazily: a node may still
+/// hold files open after a failed test) when dropped; a loop device goes with it.
 struct SmallDisk {
     dir: PathBuf,
 }
 
 impl SmallDisk {
-    /// Mounts a tmpfs of `mib` MiB on the empty directory `dir`. `None` if this process
-    /// may not mount (not root); any other failure panics.
-    fn mount(dir: &Path, mib: u64) -> Option<SmallDisk> {
-        let mount = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("run mount");
+    /// Mounts a filesystem of [`DISK_MIB`] on the empty directory `dir`. `None` if this
+    /// process may not (not root, or no loop device for ext4); any other failure panics.
+    fn mount(dir: &Path, fs: Fs) -> Option<SmallDisk> {
+        let mut mount = Command::new("mount");
+        match fs {
+            Fs::Tmpfs => mount.args(["-t", "tmpfs", "-o", &format!("size={DISK_MIB}m"), "tmpfs"]),
+            Fs::Ext4 => {
+                let image = dir.with_extension("ext4");
+                std::fs::File::create(&image).and_then(|f| f.set_len(DISK_MIB << 20)).expect("create the image");
+                // No blocks reserved for root (the tests run as root): full means full.
+                let mkfs = Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&image).output();
+                match mkfs {
+                    Ok(out) if out.status.success() => {}
+                    Ok(out) => panic!("mkfs.ext4 failed: {}", String::from_utf8_lossy(&out.stderr)),
+                    Err(e) => {
+                        eprintln!("no mkfs.ext4 ({e})");
+                        return None;
+                    }
+                }
+                mount.args(["-t", "ext4", "-o", "loop"]).arg(image)
+            }
+        };
+        let mount = mount.arg(dir).output().expect("run mount");
         if mount.status.success() {
             return Some(SmallDisk { dir: dir.to_path_buf() });
         }
         let euid = Command::new("id").arg("-u").output().expect("run id").stdout;
         let stderr = String::from_utf8_lossy(&mount.stderr);
-        assert_ne!(String::from_utf8_lossy(&euid).trim(), "0", "mounting a tmpfs failed as root: {stderr}");
+        let no_loop = fs == Fs::Ext4 && !Path::new("/dev/loop-control").exists();
+        assert!(String::from_utf8_lossy(&euid).trim() != "0" || no_loop, "mounting a {fs:?} failed as root: {stderr}");
         None
     }
 
-    /// Resizes the filesystem to what it holds plus `mib` MiB (a disk about to fill), or
-    /// to `mib` MiB if `grow` (the operator freed space).
-    fn resize(&self, mib: u64, grow: bool) {
-        let kib = if grow {
-            mib * 1024
-        } else {
-            let df = Command::new("df").args(["-k", "--output=used"]).arg(&self.dir).output().expect("run df");
-            let used: u64 = String::from_utf8_lossy(&df.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
-            used + mib * 1024
-        };
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,size={kib}k")])
-            .arg(&self.dir)
+    fn ballast(&self) -> PathBuf {
+        self.dir.join("ballast")
+    }
+
+    /// Leaves `mib` MiB free (a disk about to fill): a ballast file takes the rest.
+    fn leave_free(&self, mib: u64) {
+        let df = Command::new("df").args(["-k", "--output=avail"]).arg(&self.dir).output().expect("run df");
+        let avail: u64 = String::from_utf8_lossy(&df.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
+        let kib = avail.checked_sub(mib * 1024).expect("more than that free");
+        let status = Command::new("fallocate")
+            .args(["-l", &format!("{kib}KiB")])
+            .arg(self.ballast())
             .status()
-            .expect("run mount");
-        assert!(status.success(), "resize the tmpfs to {kib} KiB");
+            .expect("run fallocate");
+        assert!(status.success(), "allocate a ballast of {kib} KiB");
+    }
+
+    /// The operator frees space: the ballast goes.
+    fn free(&self) {
+        std::fs::remove_file(self.ballast()).expect("remove the ballast");
     }
 }
 
@@ -62,22 +97,28 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Three nodes, each on a tmpfs of 512 MiB, one region. `None` if mounting needs root.
-async fn cluster_on_small_disks() -> Option<(TestCluster, Vec<SmallDisk>)> {
-    nodes_on_small_disks(3, |_| {}).await
+/// Three nodes, each on a filesystem of its own, one region. `None` if mounting needs
+/// root or a loop device.
+async fn cluster_on_small_disks(fs: Fs) -> Option<(TestCluster, Vec<SmallDisk>)> {
+    nodes_on_small_disks(3, fs, |_| {}).await
 }
 
-/// `nodes` nodes, each on a tmpfs of 512 MiB, one region, PD configured by `pd_tweak`.
-async fn nodes_on_small_disks(nodes: u64, pd_tweak: fn(&mut PdConfig)) -> Option<(TestCluster, Vec<SmallDisk>)> {
+/// `nodes` nodes, each on a filesystem of its own, one region, PD configured by
+/// `pd_tweak`.
+async fn nodes_on_small_disks(
+    nodes: u64,
+    fs: Fs,
+    pd_tweak: fn(&mut PdConfig),
+) -> Option<(TestCluster, Vec<SmallDisk>)> {
     let disks = RefCell::new(Vec::new());
     let refused = RefCell::new(false);
-    let cluster = TestCluster::start_on(nodes, 1, pd_tweak, |_, dir| match SmallDisk::mount(dir, 512) {
+    let cluster = TestCluster::start_on(nodes, 1, pd_tweak, |_, dir| match SmallDisk::mount(dir, fs) {
         Some(disk) => disks.borrow_mut().push(disk),
         None => *refused.borrow_mut() = true,
     })
     .await;
     if refused.into_inner() {
-        eprintln!("skipped: mounting a tmpfs needs root");
+        eprintln!("skipped: mounting a {fs:?} needs root (and, for ext4, a loop device)");
         return None;
     }
     Some((cluster, disks.into_inner()))
@@ -104,7 +145,7 @@ fn brief(body: &ResponseBody) -> String {
 /// 5 writes more; every write must be acknowledged (the other two nodes are a majority).
 /// Returns how many were written.
 async fn fill(cluster: &TestCluster, disks: &[SmallDisk], full: u64, client: &tessera::Client) -> usize {
-    disks[full as usize - 1].resize(16, false);
+    disks[full as usize - 1].leave_free(16);
     let node = cluster.nodes[&full].as_ref().unwrap();
     let mut written = 0;
     while node.storage_failure().is_none() {
@@ -120,9 +161,9 @@ async fn fill(cluster: &TestCluster, disks: &[SmallDisk], full: u64, client: &te
     written + 5
 }
 
-/// The operator frees space on node `id`'s disk (it grows back to 512 MiB) and restarts it.
+/// The operator frees space on node `id`'s disk and restarts it.
 async fn free_and_restart(cluster: &mut TestCluster, disks: &[SmallDisk], id: u64) {
-    disks[id as usize - 1].resize(512, true);
+    disks[id as usize - 1].free();
     cluster.restart_node(id).await;
 }
 
@@ -201,8 +242,8 @@ async fn refuse_then_catch_up(cluster: &mut TestCluster, disks: &[SmallDisk], fu
 /// follower: the client sees no error (a leader's region elects another, and the SDK
 /// moves to it), no acknowledged write is lost, the node refuses even a stale read, and
 /// once space is freed and it restarts it catches up with every acknowledged write.
-async fn one_disk_fills(leader: bool) {
-    let Some((mut cluster, disks)) = cluster_on_small_disks().await else { return };
+async fn one_disk_fills(leader: bool, fs: Fs) {
+    let Some((mut cluster, disks)) = cluster_on_small_disks(fs).await else { return };
     let leads = |id: &u64| cluster.nodes[id].as_ref().unwrap().leader_count() == usize::from(leader);
     let full = (1..=3).find(leads).unwrap();
     let client = cluster.client().await;
@@ -216,12 +257,17 @@ async fn one_disk_fills(leader: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_whose_disk_fills_stops_serving_and_catches_up_once_space_is_freed() {
-    one_disk_fills(false).await;
+    one_disk_fills(false, Fs::Tmpfs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_disk_fills_stops_serving_and_catches_up_once_space_is_freed_on_ext4() {
+    one_disk_fills(false, Fs::Ext4).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_disk_fills_hands_over_and_its_clients_see_no_error() {
-    one_disk_fills(true).await;
+    one_disk_fills(true, Fs::Tmpfs).await;
 }
 
 /// A follower's disk fills in a cluster of four nodes: the full node tells PD why, which
@@ -231,7 +277,9 @@ async fn a_leader_whose_disk_fills_hands_over_and_its_clients_see_no_error() {
 /// the reason gone, and it drops the replica that moved away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_fills_has_its_replicas_recreated_on_the_other_nodes() {
-    let Some((mut cluster, disks)) = nodes_on_small_disks(4, |pd| pd.scheduler.max_down_time_ms = 1_000).await else {
+    let Some((mut cluster, disks)) =
+        nodes_on_small_disks(4, Fs::Tmpfs, |pd| pd.scheduler.max_down_time_ms = 1_000).await
+    else {
         return;
     };
     let region = cluster.routes().await.into_iter().next().unwrap();
@@ -283,11 +331,11 @@ async fn a_node_whose_disk_fills_has_its_replicas_recreated_on_the_other_nodes()
 /// quorum), and what it refused never applies once the followers come back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_both_followers_disks_fill_the_leader_refuses_writes_and_names_them() {
-    let Some((mut cluster, disks)) = cluster_on_small_disks().await else { return };
+    let Some((mut cluster, disks)) = cluster_on_small_disks(Fs::Tmpfs).await else { return };
     let leader = (1..=3).find(|id| cluster.nodes[id].as_ref().unwrap().leader_count() == 1).unwrap();
     let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     for id in &followers {
-        disks[*id as usize - 1].resize(16, false);
+        disks[*id as usize - 1].leave_free(16);
     }
     let client = cluster.client().await.with_timeout(Duration::from_secs(3));
     let failed = |cluster: &TestCluster| {
@@ -339,9 +387,18 @@ async fn when_both_followers_disks_fill_the_leader_refuses_writes_and_names_them
 /// the nodes restart, every acknowledged write is there and writes are accepted again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_disk_fills_writes_fail_with_a_typed_error_and_no_acknowledged_write_is_lost() {
-    let Some((mut cluster, disks)) = cluster_on_small_disks().await else { return };
+    every_disk_fills(Fs::Tmpfs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_disk_fills_writes_fail_with_a_typed_error_and_no_acknowledged_write_is_lost_on_ext4() {
+    every_disk_fills(Fs::Ext4).await;
+}
+
+async fn every_disk_fills(fs: Fs) {
+    let Some((mut cluster, disks)) = cluster_on_small_disks(fs).await else { return };
     for disk in &disks {
-        disk.resize(16, false);
+        disk.leave_free(16);
     }
     let client = cluster.client().await.with_timeout(Duration::from_secs(5));
     let mut acknowledged = 0;
