@@ -553,6 +553,64 @@ fn kill9_of_every_node_at_once_loses_no_acknowledged_write() {
     });
 }
 
+/// Two of the three nodes killed with `kill -9`: a region the third node leads, hearing from
+/// no quorum, refuses linearizable reads and writes with `Unavailable` ("no quorum ...")
+/// before proposing them, instead of holding each write until its deadline; once the
+/// killed nodes restart, writes are accepted again and the refused write never applied.
+#[test]
+fn kill9_of_both_followers_makes_the_leader_refuse_writes_that_never_apply() {
+    runtime().block_on(async {
+        let mut cluster = ProcCluster::start(&[]);
+        let client = cluster.ready_client().await;
+        let starts: Vec<Vec<u8>> = client.regions().await.unwrap().into_iter().map(|r| r.region.start_key).collect();
+        let key = |start: &[u8], suffix: &str| [start, suffix.as_bytes()].concat();
+        for start in &starts {
+            client.put(&key(start, "quorum-before"), b"v1").await.unwrap();
+        }
+        // PD's leader balancing may still move a leader: the node leading the most regions
+        // keeps at least one of them.
+        let survivor = cluster.busiest_leader(&client).await;
+        let killed: Vec<u64> = (1..=NODES).filter(|&id| id != survivor).collect();
+        for &id in &killed {
+            cluster.kill9(id);
+        }
+        let impatient = client.with_timeout(Duration::from_secs(3));
+        // A region led by a killed node has no leader now (its reads end `DeadlineExceeded`);
+        // one the survivor leads refuses them once its quorum is stale. Reads are safe to
+        // repeat until one is refused.
+        let refused = async {
+            loop {
+                for start in &starts {
+                    if let Err(tessera::Error::Unavailable { reason }) =
+                        impatient.get(&key(start, "quorum-before")).await
+                    {
+                        if reason.contains("no quorum") {
+                            return start.clone();
+                        }
+                    }
+                }
+            }
+        };
+        let start = tokio::time::timeout(Duration::from_secs(60), refused).await.expect("a leader refuses within 60 s");
+        match impatient.put(&key(&start, "quorum-refused"), b"v2").await {
+            Err(tessera::Error::Unavailable { reason }) => {
+                assert!(reason.contains("no quorum of its replicas has answered the leader"), "{reason}")
+            }
+            other => panic!("a write to a leader whose followers were killed ended {other:?}"),
+        }
+
+        for &id in &killed {
+            cluster.spawn_node(id);
+        }
+        client.put(&key(&start, "quorum-after"), b"v3").await.expect("writes are accepted again");
+        assert_eq!(client.get(&key(&start, "quorum-refused")).await.unwrap(), None, "a refused write applied");
+        for start in &starts {
+            assert_eq!(client.get(&key(start, "quorum-before")).await.unwrap().as_deref(), Some(&b"v1"[..]));
+        }
+        cluster.stop_all();
+    });
+}
+
 /// A node killed while it installs a snapshot recovers: restarted, it catches up, and with
 /// another node stopped it is part of every majority, so writes only go through once it
 /// has; every acknowledged write is then read back exactly once.
