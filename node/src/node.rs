@@ -901,7 +901,9 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             let hb = PdRequest::NodeHeartbeat { node_id, stats, hosted: shared.ctx.regions.ids(), merged: Vec::new() };
             if let Err(e) = pd.call(hb).await {
                 tracing::debug!(node_id = node_id.0, error = %e, "storage failure report to PD failed");
-                registered = !matches!(e, crate::pd_client::PdCallError::Refused(_));
+                if matches!(e, crate::pd_client::PdCallError::Refused(_)) {
+                    registered = false;
+                }
             }
             continue;
         }
@@ -1029,7 +1031,7 @@ mod tests {
         assert_eq!(failure_reason("No space left on device".into()), "No space left on device");
         let exact = "x".repeat(tessera_wire::MAX_FAILURE_REASON);
         assert_eq!(failure_reason(exact.clone()), exact);
-        // Three-byte characters: no cut lands on a boundary by chance.
+        // Two- and three-byte characters: the limit falls inside one.
         let long = format!("a{}", "é€".repeat(400));
         let cut = failure_reason(long.clone());
         assert!(cut.len() <= tessera_wire::MAX_FAILURE_REASON && cut.len() > tessera_wire::MAX_FAILURE_REASON - 8);

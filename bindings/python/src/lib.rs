@@ -248,7 +248,7 @@ struct NativeClient {
 }
 
 /// A node as `status` reports it: (id, address, state, regions, leaders, used bytes,
-/// capacity bytes, ms since its last heartbeat, draining).
+/// capacity bytes, ms since its last healthy heartbeat, draining, storage failure).
 type NodeRow = (u64, String, String, u64, u64, u64, u64, u64, bool, Option<String>);
 /// A region as `status` reports it: (id, start, end, (conf_ver, version), voters as
 /// (peer, node), learners, leader, approximate bytes, approximate keys).
