@@ -353,17 +353,26 @@ async fn when_both_followers_disks_fill_the_leader_refuses_writes_and_names_them
             Err(e) => panic!("write {next} failed with {e:?} before both followers fail-stopped"),
         }
     }
-    // Refused: not applied, and the reason names the followers' full disks.
-    let refused = acknowledged.len();
-    match client.put(&key(refused), &value(refused)).await {
-        Err(tessera::Error::Unavailable { reason }) => {
-            assert!(reason.contains("cannot write") && reason.contains("No space left on device"), "{reason}");
-            for id in &followers {
-                assert!(reason.contains(&format!("node {id}:")), "{reason}");
+    // The leader learns of a follower's failure from its answer to the next message: a
+    // follower whose apply failed after its log append answered that append with success,
+    // so a write may still be proposed, and end undetermined, before the leader has heard.
+    // Then it refuses: not applied, and the reason names the followers' full disks.
+    let failed_at = acknowledged.len();
+    let refused = loop {
+        let next = acknowledged.len();
+        assert!(next < failed_at + 5, "5 writes after the followers fail-stopped, none refused");
+        match client.put(&key(next), &value(next)).await {
+            Err(tessera::Error::Unavailable { reason }) => {
+                assert!(reason.contains("cannot write") && reason.contains("No space left on device"), "{reason}");
+                for id in &followers {
+                    assert!(reason.contains(&format!("node {id}:")), "{reason}");
+                }
+                break next;
             }
+            Err(tessera::Error::Undetermined { .. }) => acknowledged.push(false),
+            other => panic!("a write to a leader whose followers' disks are full ended {other:?}"),
         }
-        other => panic!("a write to a leader whose followers' disks are full ended {other:?}"),
-    }
+    };
     assert!(cluster.nodes[&leader].as_ref().unwrap().storage_failure().is_none());
 
     for id in &followers {

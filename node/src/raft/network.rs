@@ -284,8 +284,10 @@ impl AddressBook {
 
 /// Peers whose storage fail-stopped, as their answers to this node's Raft messages said
 /// (`StorageUnavailable`), with the reason they gave. Shared by all regions: a node's
-/// failure is its every replica's. A peer leaves the set when it next answers a Raft
-/// message (it restarted with space again). A leader reads it to refuse writes that no
+/// failure is its every replica's. A peer leaves the set when it answers a Raft message
+/// sent after its failure was recorded (it restarted with space again): an answer to one
+/// sent before may be a success the peer gave just before it failed, arriving after the
+/// refusal of a later message (answers come back in any order), and must not clear it. A leader reads it to refuse writes that no
 /// quorum could make durable (`service::kv`), instead of proposing them to wait for the
 /// deadline and apply whenever the peers come back.
 #[derive(Debug, Clone, Default)]
@@ -295,25 +297,39 @@ pub struct PeerFailures(Arc<PeerFailuresInner>);
 struct PeerFailuresInner {
     /// How many peers are in `failed`: the answer path reads only this while it is 0.
     count: AtomicUsize,
-    failed: Mutex<HashMap<NodeId, String>>,
+    /// Failures recorded so far: what [`PeerFailures::mark`] reads before a message is
+    /// sent, and each failure's `recorded` stamp.
+    recorded: AtomicU64,
+    /// Per failed peer: its reason, and the `recorded` count its failure was stamped with.
+    failed: Mutex<HashMap<NodeId, (String, u64)>>,
 }
 
 impl PeerFailures {
+    /// Taken before a message is sent, and given back to [`Self::answered`] with its
+    /// answer.
+    pub fn mark(&self) -> u64 {
+        self.0.recorded.load(Ordering::SeqCst)
+    }
+
     /// `node` answered a Raft message with `StorageUnavailable { reason }`.
     pub fn failed(&self, node: NodeId, reason: String) {
         let mut failed = lock(&self.0.failed);
-        if failed.insert(node, reason).is_none() {
+        let stamp = self.0.recorded.fetch_add(1, Ordering::SeqCst) + 1;
+        if failed.insert(node, (reason, stamp)).is_none() {
             self.0.count.fetch_add(1, Ordering::SeqCst);
             tracing::warn!(node_id = node.0, "a peer's storage failed; it serves nothing until restarted");
         }
     }
 
-    /// `node` answered a Raft message.
-    pub fn answered(&self, node: NodeId) {
+    /// `node` answered a Raft message sent at `sent` (its [`Self::mark`]). Clears the
+    /// node's failure only if the message was sent after the failure was recorded.
+    pub fn answered(&self, node: NodeId, sent: u64) {
         if self.0.count.load(Ordering::SeqCst) == 0 {
             return;
         }
-        if lock(&self.0.failed).remove(&node).is_some() {
+        let mut failed = lock(&self.0.failed);
+        if failed.get(&node).is_some_and(|(_, stamp)| *stamp <= sent) {
+            failed.remove(&node);
             self.0.count.fetch_sub(1, Ordering::SeqCst);
             tracing::info!(node_id = node.0, "a peer whose storage had failed answers again");
         }
@@ -329,7 +345,7 @@ impl PeerFailures {
         if self.0.count.load(Ordering::SeqCst) == 0 {
             return None;
         }
-        lock(&self.0.failed).get(&node).cloned()
+        lock(&self.0.failed).get(&node).map(|(reason, _)| reason.clone())
     }
 }
 
@@ -438,10 +454,11 @@ impl PeerNetwork {
         let req = Request::Raft(RaftRequest { region_id: self.region_id, to_peer: self.target, kind, payload });
         // The deadline covers dialling too: a dead peer must not hold a replication stream
         // (or shutdown) for the transport's whole connect timeout.
+        let sent = self.peer_failures.mark();
         let result = self.pool.call(&addr, req, timeout).await;
         match result {
             Ok(Ok(ResponseBody::Raft(r))) => {
-                self.peer_failures.answered(self.node_id);
+                self.peer_failures.answered(self.node_id, sent);
                 Ok(r.payload)
             }
             Ok(Ok(other)) => Err(SendError::Network(format!("unexpected response {other:?}"))),
@@ -930,18 +947,30 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_is_failed_from_its_storage_refusal_until_it_next_answers() {
+    fn a_peer_is_failed_from_its_storage_refusal_until_it_answers_a_later_message() {
         let failures = PeerFailures::default();
         assert!(failures.is_empty());
+        // Messages in flight before any failure is known.
+        let early = failures.mark();
         failures.failed(NodeId(2), "No space left on device".into());
+        let between = failures.mark();
         failures.failed(NodeId(2), "No space left on device".into());
         failures.failed(NodeId(3), "Input/output error".into());
         assert_eq!(failures.get(NodeId(2)).as_deref(), Some("No space left on device"));
         assert_eq!(failures.get(NodeId(1)), None);
-        failures.answered(NodeId(2));
+        // Successes the peers gave before they failed, arriving late, clear nothing: not
+        // even one sent between two of node 2's refusals.
+        failures.answered(NodeId(2), early);
+        failures.answered(NodeId(2), between);
+        failures.answered(NodeId(3), early);
+        assert_eq!(failures.get(NodeId(2)).as_deref(), Some("No space left on device"));
+        assert_eq!(failures.get(NodeId(3)).as_deref(), Some("Input/output error"));
+        // Answers to messages sent after the failures were recorded: the peers restarted.
+        let later = failures.mark();
+        failures.answered(NodeId(2), later);
         assert_eq!(failures.get(NodeId(2)), None);
         assert!(!failures.is_empty(), "node 3 has not answered");
-        failures.answered(NodeId(3));
+        failures.answered(NodeId(3), later);
         assert!(failures.is_empty());
     }
 
