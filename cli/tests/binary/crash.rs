@@ -567,8 +567,8 @@ fn kill9_of_both_followers_makes_the_leader_refuse_writes_that_never_apply() {
         for start in &starts {
             client.put(&key(start, "quorum-before"), b"v1").await.unwrap();
         }
-        // PD's leader balancing may still move a leader: the node leading the most regions
-        // keeps at least one of them.
+        // PD's leader balancing may still move a leader, one at a time: the node leading the
+        // most regions is the one still sure to lead one when the others are killed.
         let survivor = cluster.busiest_leader(&client).await;
         let killed: Vec<u64> = (1..=NODES).filter(|&id| id != survivor).collect();
         for &id in &killed {

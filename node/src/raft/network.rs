@@ -287,9 +287,10 @@ impl AddressBook {
 /// failure is its every replica's. A peer leaves the set when it answers a Raft message
 /// sent after its failure was recorded (it restarted with space again): an answer to one
 /// sent before may be a success the peer gave just before it failed, arriving after the
-/// refusal of a later message (answers come back in any order), and must not clear it. A leader reads it to refuse writes that no
-/// quorum could make durable (`service::kv`), instead of proposing them to wait for the
-/// deadline and apply whenever the peers come back.
+/// refusal of a later message (answers come back in any order), and must not clear it.
+/// A leader reads it to refuse writes that no quorum could make durable (`service::kv`),
+/// instead of proposing them to wait for the deadline and apply whenever the peers come
+/// back.
 #[derive(Debug, Clone, Default)]
 pub struct PeerFailures(Arc<PeerFailuresInner>);
 
