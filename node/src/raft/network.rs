@@ -75,20 +75,63 @@ pub const PIPELINE_DEPTH: usize = 8;
 /// and large values, where the link's round trip is what limits, still pipeline.
 pub const PIPELINE_MIN_BYTES: usize = 32 * 1024;
 
-/// Small requests of one replication stream now in flight (see [`PIPELINE_MIN_BYTES`]).
+/// How long a busy replication stream waits, once its small request in flight is answered,
+/// before it takes the next request from openraft; *busy*: that request carried at least
+/// [`ROUND_LINGER_MIN_ENTRIES`] entries.
+///
+/// A stream sends one small request at a time, so its rounds follow the round trip, and
+/// each round costs about the same CPU whatever it carries: the two nodes' QUIC sends and
+/// receives, openraft's turns on both sides, the follower's log job and each replica's
+/// apply. On a saturated machine the round trip is long, every region's streams go round
+/// as often as it allows, and that cost grows with the regions: with 8 regions a put cost
+/// 66 server CPU-µs against 41 with 1 region (issue 6's twenty-seventh note). Waiting a
+/// moment lets more entries join the next round. Streams that carry a few entries per
+/// round (a sequential client: one) never wait.
+///
+/// Measured on the 2-core benchmark machine (`tessera-bench compare`, puts at 16 to 256 in
+/// flight, workload A, 8 regions and 1): less CPU per operation in every row, see
+/// docs/life-of-a-write.md, "Busy streams wait a moment". (tokio's timer rounds a sleep up
+/// to its 1 ms tick.)
+pub const ROUND_LINGER: Duration = Duration::from_millis(1);
+
+/// Entries a small request must carry for its stream to wait [`ROUND_LINGER`] before the
+/// next one.
+pub const ROUND_LINGER_MIN_ENTRIES: usize = 16;
+
+/// Small requests of one replication stream now in flight (see [`PIPELINE_MIN_BYTES`]),
+/// and whether the stream is busy (see [`ROUND_LINGER`]).
 #[derive(Debug, Default)]
 struct SmallInFlight {
     count: AtomicUsize,
     freed: tokio::sync::Notify,
+    /// The last request sent was small and carried at least [`ROUND_LINGER_MIN_ENTRIES`].
+    busy: AtomicBool,
 }
 
 /// Holds a place in [`SmallInFlight`] until dropped.
 struct SmallHold(Arc<SmallInFlight>);
 
 impl SmallInFlight {
-    fn hold(self: &Arc<Self>) -> SmallHold {
+    /// Counts a small request of `entries` entries in flight until the hold is dropped.
+    fn hold(self: &Arc<Self>, entries: usize) -> SmallHold {
+        self.busy.store(entries >= ROUND_LINGER_MIN_ENTRIES, Ordering::Release);
         self.count.fetch_add(1, Ordering::AcqRel);
         SmallHold(self.clone())
+    }
+
+    /// Records that a large request went: the stream is not busy in [`ROUND_LINGER`]'s
+    /// sense (large requests pipeline; nothing waits after them).
+    fn sent_large(&self) {
+        self.busy.store(false, Ordering::Release);
+    }
+
+    /// Waits until no small request is in flight and then, if the last request sent made
+    /// the stream busy, for [`ROUND_LINGER`] (`linger`) more.
+    async fn wait_turn(&self, linger: Duration) {
+        self.wait_none().await;
+        if !linger.is_zero() && self.busy.swap(false, Ordering::AcqRel) {
+            tokio::time::sleep(linger).await;
+        }
     }
 
     /// Waits until no small request is in flight.
@@ -149,6 +192,7 @@ fn fold_commit_updates<S>(
     input: S,
     small: Arc<SmallInFlight>,
     linger: Duration,
+    round_linger: Duration,
 ) -> impl futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
 where
     S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
@@ -168,7 +212,7 @@ where
             Some(rpc) => rpc,
             None if st.ended => return None,
             None => {
-                st.small.wait_none().await;
+                st.small.wait_turn(round_linger).await;
                 st.input.next().await?
             }
         };
@@ -557,15 +601,22 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let failed = Arc::new(AtomicBool::new(false));
         let failed_seen = failed.clone();
         let small = Arc::new(SmallInFlight::default());
-        // The next request is taken from openraft only once no small request is in flight.
-        let gated = Box::pin(fold_commit_updates(input, small.clone(), COMMIT_UPDATE_LINGER));
+        // The next request is taken from openraft only once no small request is in flight
+        // (and, on a busy stream, a moment later).
+        let gated = Box::pin(fold_commit_updates(input, small.clone(), COMMIT_UPDATE_LINGER, ROUND_LINGER));
         Box::pin(async move {
             let responses = gated
                 .map(move |rpc| {
                     let last = rpc.entries.last().map(|e| e.log_id()).or(rpc.prev_log_id);
+                    let entries = rpc.entries.len();
                     let parts = split_to_frames(rpc);
                     let bytes: usize = parts.iter().map(|(_, b)| b).sum();
-                    let hold = (bytes < PIPELINE_MIN_BYTES).then(|| small.hold());
+                    let hold = if bytes < PIPELINE_MIN_BYTES {
+                        Some(small.hold(entries))
+                    } else {
+                        small.sent_large();
+                        None
+                    };
                     let first_seq = seqs.fetch_add(parts.len() as u64, Ordering::Relaxed);
                     async move {
                         let _hold = hold;
@@ -792,8 +843,8 @@ mod tests {
         let small = Arc::new(SmallInFlight::default());
         // None in flight: the next request may go at once.
         assert!(small.wait_none().now_or_never().is_some());
-        let first = small.hold();
-        let second = small.hold();
+        let first = small.hold(1);
+        let second = small.hold(1);
         let mut waiting = Box::pin(small.wait_none());
         assert!(waiting.as_mut().now_or_never().is_none(), "two small requests are in flight");
         drop(first);
@@ -802,6 +853,41 @@ mod tests {
         // The last answer wakes the waiter (a notification, not a poll loop).
         tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken when the last small request ends");
         assert!(small.wait_none().now_or_never().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_stream_waits_a_moment_after_its_small_request_is_answered() {
+        let small = Arc::new(SmallInFlight::default());
+        let linger = Duration::from_millis(1);
+        let turn_after = |entries: Option<usize>| {
+            let small = small.clone();
+            async move {
+                match entries {
+                    Some(n) => drop(small.hold(n)),
+                    None => small.sent_large(),
+                }
+                let start = tokio::time::Instant::now();
+                small.wait_turn(linger).await;
+                start.elapsed()
+            }
+        };
+        // A round of the threshold's entries makes the stream busy: its next request waits.
+        let waited = turn_after(Some(ROUND_LINGER_MIN_ENTRIES)).await;
+        assert!(waited >= linger && waited < 3 * linger, "{waited:?}");
+        // Once: the wait does not repeat without another busy round.
+        let start = tokio::time::Instant::now();
+        small.wait_turn(linger).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        // A round of fewer entries (a sequential client's), or a large request after a busy
+        // round, does not wait.
+        assert_eq!(turn_after(Some(ROUND_LINGER_MIN_ENTRIES - 1)).await, Duration::ZERO);
+        drop(small.hold(ROUND_LINGER_MIN_ENTRIES));
+        assert_eq!(turn_after(None).await, Duration::ZERO);
+        // No linger configured: never waits.
+        drop(small.hold(ROUND_LINGER_MIN_ENTRIES));
+        let start = tokio::time::Instant::now();
+        small.wait_turn(Duration::ZERO).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
     /// A replication-stream request of leader term `term`: `entries` entries after index
@@ -838,7 +924,7 @@ mod tests {
             }
             std::future::pending::<()>().await;
         });
-        let out = fold_commit_updates(rx, Arc::new(SmallInFlight::default()), COMMIT_UPDATE_LINGER);
+        let out = fold_commit_updates(rx, Arc::new(SmallInFlight::default()), COMMIT_UPDATE_LINGER, Duration::ZERO);
         let mut out = std::pin::pin!(out);
         let mut got = Vec::new();
         // Paused time jumps ahead whenever every task waits; a minute bounds a test that
