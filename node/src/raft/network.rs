@@ -170,8 +170,9 @@ impl Drop for SmallHold {
 pub const COMMIT_UPDATE_LINGER: Duration = Duration::from_millis(10);
 
 /// The requests of one replication stream, in order, taken from openraft once no small
-/// request is in flight (see [`PIPELINE_MIN_BYTES`]), with commit updates folded into the
-/// request after them.
+/// request is in flight (see [`PIPELINE_MIN_BYTES`]) and, on a busy stream, `round_linger`
+/// after that (see [`ROUND_LINGER`]), with commit updates folded into the request after
+/// them.
 ///
 /// A request without entries after the first (the first may be a probe) only tells the
 /// follower the new commit index. If the stream's next request comes within `linger` and
