@@ -110,6 +110,14 @@ pub struct NodeArgs {
     /// of reads.
     #[arg(long)]
     pub no_lease_reads: bool,
+    /// Under light load (at most 2 requests in flight), after each client request or
+    /// replication message with entries, keep a CPU awake for this many microseconds with
+    /// a thread in the idle scheduling class, so that the next message does not wait for a
+    /// halted (virtual) CPU to resume: a sequential put's latency fell by a fifth on a
+    /// 2-core VM. The thread yields to any work, but shows as busy and counts against a
+    /// container's CPU quota (0: off).
+    #[arg(long, value_name = "US", default_value_t = tessera_node::DEFAULT_IDLE_POLL.as_micros() as u64)]
+    pub idle_poll_us: u64,
     /// Do not listen for WebSocket (web clients with tokens) on the same TCP port.
     #[arg(long)]
     pub no_websocket: bool,
@@ -177,6 +185,7 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         min_queued_entries: args.raft_log_linger_min_queued,
     };
     cfg.lease_reads = !args.no_lease_reads;
+    cfg.idle_poll = std::time::Duration::from_micros(args.idle_poll_us);
     cfg.websocket = !args.no_websocket;
     cfg.webtransport = !args.no_webtransport;
     cfg.web_cert = args.web_cert.zip(args.web_key);

@@ -64,6 +64,13 @@ pub struct NodeConfig {
     /// WebTransport instead of the self-signed, pinned one, and to WebSocket clients, which
     /// then connect with `wss://` (e.g. a WebPKI certificate for the node's public name).
     pub web_cert: Option<(PathBuf, PathBuf)>,
+    /// Idle polling (default 1 ms): under light load (at most 2 requests in flight), after
+    /// each client request and each replication message with entries, a thread in the idle
+    /// scheduling class keeps a CPU awake for this long, so that the next message's
+    /// wake-up does not wait for a halted (virtual) CPU to resume. The thread yields to any
+    /// work, but shows as busy and counts against a cgroup's CPU quota; zero turns it off.
+    /// docs/life-of-a-write.md, "Idle polling", has the measurements.
+    pub idle_poll: Duration,
     /// Fault injection, for tests only.
     #[doc(hidden)]
     pub faults: Faults,
@@ -131,6 +138,9 @@ impl Default for RaftTiming {
     }
 }
 
+/// Default of [`NodeConfig::idle_poll`].
+pub const DEFAULT_IDLE_POLL: Duration = Duration::from_millis(1);
+
 impl NodeConfig {
     /// A configuration with defaults for everything but identity, addresses and files.
     pub fn new(
@@ -160,6 +170,7 @@ impl NodeConfig {
             session_ttl: Duration::from_secs(30 * 60),
             cache_bytes: crate::storage::engine::DEFAULT_CACHE_BYTES,
             raft_log_group_commit: Default::default(),
+            idle_poll: DEFAULT_IDLE_POLL,
             faults: Faults::default(),
         }
     }

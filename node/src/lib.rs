@@ -26,6 +26,7 @@ mod admin;
 mod config;
 mod error;
 mod host_cpu;
+mod idle_poll;
 mod load_sample;
 pub mod metrics;
 mod node;
@@ -36,7 +37,7 @@ mod service;
 mod snapshot_policy;
 pub mod storage;
 
-pub use config::{Admission, Faults, NodeConfig, RaftTiming};
+pub use config::{Admission, Faults, NodeConfig, RaftTiming, DEFAULT_IDLE_POLL};
 pub use error::NodeError;
 pub use node::{Node, RAFT_LOG_DIR};
 

@@ -104,6 +104,7 @@ impl Node {
             snapshots_installed: Default::default(),
             changes: crate::storage::state_machine::ChangeSignal::new(),
             peer_failures: Default::default(),
+            idle_poll: crate::idle_poll::IdlePoller::start(cfg.idle_poll).map(Arc::new),
         };
         ctx.book.set(cfg.node_id, advertise.clone());
         let raft_config = Arc::new(raft_config(&cfg.raft)?);
@@ -235,6 +236,12 @@ impl Node {
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// Requests this node's idle poller has seen (client requests, replication messages
+    /// with entries); `None` when idle polling is off.
+    pub fn idle_poll_requests(&self) -> Option<u64> {
+        self.ctx.idle_poll.as_ref().map(|p| p.requests())
     }
 
     /// Number of hosted regions.

@@ -115,6 +115,8 @@ pub struct NodeContext {
     pub changes: ChangeSignal,
     /// Peers whose storage fail-stopped, from their answers to Raft messages.
     pub peer_failures: crate::raft::network::PeerFailures,
+    /// Keeps a CPU awake while requests arrive (`NodeConfig::idle_poll`); `None` when off.
+    pub(crate) idle_poll: Option<Arc<crate::idle_poll::IdlePoller>>,
 }
 
 impl NodeContext {

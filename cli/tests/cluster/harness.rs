@@ -45,6 +45,10 @@ impl TestCluster {
         cfg.raft =
             RaftTiming { heartbeat_ms: 100, election_min_ms: 500, election_max_ms: 1000, ..RaftTiming::default() };
         cfg.heartbeat_interval = Duration::from_millis(100);
+        // Off: a test process runs several nodes beside other test processes on few cores,
+        // and spinning pollers would keep the CPUs from ever going idle (which is when the
+        // kernel moves waiting threads to them). The poller's own test turns it on.
+        cfg.idle_poll = Duration::ZERO;
         (self.tweak)(&mut cfg);
         cfg
     }

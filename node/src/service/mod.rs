@@ -46,6 +46,11 @@ impl NodeService {
             quorum_silence: Duration::from_millis(cfg.raft.election_max_ms.saturating_mul(2)),
         }
     }
+
+    /// A request that brings work begins: see `crate::idle_poll`.
+    pub(crate) fn idle_poll_request(&self) -> Option<crate::idle_poll::InFlight<'_>> {
+        self.ctx.idle_poll.as_ref().map(|poller| poller.request())
+    }
 }
 
 impl Service for NodeService {
@@ -61,6 +66,7 @@ impl Service for NodeService {
             }
             match request {
                 Request::Kv(mut req) => {
+                    let _in_flight = self.idle_poll_request();
                     if let Some(grant) = &peer.grant {
                         // Every request, not only the handshake: a connection outlives its
                         // token's expiry and revocation.

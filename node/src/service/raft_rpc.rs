@@ -40,6 +40,7 @@ impl NodeService {
     async fn append_stream(&self, region: &Region, req: RaftRequest) -> Response {
         let msg: crate::raft::network::StreamAppendMsg = decode(&req.payload)?;
         let has_entries = !msg.rpc.entries.is_empty();
+        let _in_flight = if has_entries { self.idle_poll_request() } else { None };
         let started = std::time::Instant::now();
         let answer = region.append_streams.submit(&region.raft, msg);
         let result = answer.await.map_err(|_| Error::RegionUnavailable {
