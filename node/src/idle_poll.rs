@@ -135,6 +135,7 @@ impl IdlePoller {
                 return None;
             }
         };
+        // Waits for the thread's start only (it sets its class and answers).
         match is_ready.recv() {
             Ok(Ok(())) => {}
             Ok(Err(reason)) => {

@@ -46,8 +46,8 @@ impl TestCluster {
             RaftTiming { heartbeat_ms: 100, election_min_ms: 500, election_max_ms: 1000, ..RaftTiming::default() };
         cfg.heartbeat_interval = Duration::from_millis(100);
         // Off: a test process runs several nodes beside other test processes on few cores,
-        // and spinning pollers would keep the CPUs from ever going idle (which is when the
-        // kernel moves waiting threads to them). The poller's own test turns it on.
+        // where spinning pollers would keep the CPUs from going idle, which cost throughput
+        // under load (docs/life-of-a-write.md, "Idle polling"). Its own test turns it on.
         cfg.idle_poll = Duration::ZERO;
         (self.tweak)(&mut cfg);
         cfg
