@@ -92,6 +92,13 @@ pub struct NodeArgs {
     /// Size of the storage engine's page cache, in MiB.
     #[arg(long, default_value_t = (tessera_node::storage::engine::DEFAULT_CACHE_BYTES >> 20) as u64)]
     pub cache_mb: u64,
+    /// Make the state machine's buffered writes durable in the storage engine at least
+    /// this often, in milliseconds. Acknowledged writes are durable in the Raft log first;
+    /// this bounds what a restart replays from the log and how long region sizes lag
+    /// behind writes. Shorter means more page writes, which the log's syncs wait behind.
+    #[arg(long, value_name = "MS", default_value_t = tessera_node::storage::engine::LAZY_DURABLE_EVERY.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub durable_interval_ms: u64,
     /// Under load, the Raft log writer waits up to this many microseconds after a durable
     /// write arrives so that more writes share its fdatasync (0: never wait).
     #[arg(long, default_value_t = tessera_node::storage::wal::GroupCommit::default().linger.as_micros() as u64)]
@@ -184,6 +191,7 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         linger: std::time::Duration::from_micros(args.raft_log_linger_us),
         min_queued_entries: args.raft_log_linger_min_queued,
     };
+    cfg.durable_interval = std::time::Duration::from_millis(args.durable_interval_ms);
     cfg.lease_reads = !args.no_lease_reads;
     cfg.idle_poll = std::time::Duration::from_micros(args.idle_poll_us);
     cfg.websocket = !args.no_websocket;

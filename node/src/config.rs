@@ -36,6 +36,13 @@ pub struct NodeConfig {
     pub admission: Admission,
     /// Size of the storage engine's page cache, in bytes (default 256 MiB).
     pub cache_bytes: usize,
+    /// The storage engine makes the state machine's lazy commits durable at least this
+    /// often (default 10 s, [`crate::storage::engine::LAZY_DURABLE_EVERY`]). Acknowledged
+    /// writes do not depend on it (they are durable in the Raft log first); it bounds what a
+    /// restart replays from the log, the dirty data one durable commit writes out, and how
+    /// long regions' approximate sizes lag behind their writes. Shorter means more frequent
+    /// page writes, whose disk time the Raft log's syncs wait behind. Must not be zero.
+    pub durable_interval: Duration,
     /// The Raft log's group commit under load (default: wait up to 1 ms for more jobs
     /// before a sync while syncs find 3 or more entries already queued; see
     /// [`crate::storage::wal::GroupCommit`]).
@@ -169,6 +176,7 @@ impl NodeConfig {
             admission: Admission::default(),
             session_ttl: Duration::from_secs(30 * 60),
             cache_bytes: crate::storage::engine::DEFAULT_CACHE_BYTES,
+            durable_interval: crate::storage::engine::LAZY_DURABLE_EVERY,
             raft_log_group_commit: Default::default(),
             idle_poll: DEFAULT_IDLE_POLL,
             faults: Faults::default(),
@@ -190,10 +198,32 @@ impl NodeConfig {
         if self.heartbeat_interval.is_zero() {
             return Err("heartbeat interval must be positive".into());
         }
+        if self.durable_interval.is_zero() {
+            return Err("durable interval must be positive".into());
+        }
         if self.session_ttl < Duration::from_secs(60) {
             return Err("session_ttl must be at least a minute, far above any request deadline".into());
         }
         self.limits.validate(tessera_wire::frame::DEFAULT_MAX_FRAME_LEN).map_err(|e| format!("limits: {e}"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> NodeConfig {
+        let tls = TlsFiles { ca: "ca.pem".into(), cert: "node.pem".into(), key: "node-key.pem".into() };
+        NodeConfig::new(NodeId(1), "127.0.0.1:0".parse().unwrap(), "data".into(), vec!["127.0.0.1:1".into()], tls)
+    }
+
+    #[test]
+    fn a_zero_durable_interval_is_refused() {
+        let mut cfg = config();
+        assert_eq!(cfg.durable_interval, crate::storage::engine::LAZY_DURABLE_EVERY);
+        assert!(cfg.validate().is_ok());
+        cfg.durable_interval = Duration::ZERO;
+        assert_eq!(cfg.validate().unwrap_err(), "durable interval must be positive");
     }
 }

@@ -65,7 +65,7 @@ impl Node {
         cfg.validate().map_err(NodeError::Config)?;
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| NodeError::Config(format!("data dir {}: {e}", cfg.data_dir.display())))?;
-        let engine = Engine::open_with_cache(&cfg.data_dir.join("node.redb"), cfg.cache_bytes)?;
+        let engine = Engine::open_with(&cfg.data_dir.join("node.redb"), cfg.cache_bytes, cfg.durable_interval)?;
         let wal = LogEngine::open_with(&cfg.data_dir.join(RAFT_LOG_DIR), SEGMENT_BYTES, cfg.raft_log_group_commit)
             .map_err(|e| NodeError::Storage(e.into()))?;
         crate::storage::migrate::raft_log_out_of_redb(&engine, &wal).map_err(|e| NodeError::Storage(e.into()))?;

@@ -102,20 +102,26 @@ pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
 /// Most jobs folded into one transaction.
 const MAX_BATCH: usize = 4096;
 
-/// Lazy commits (applies) are made durable at least this often, so that the dirty data a
-/// durable commit must flush stays bounded: without it, the first durable commit after a
-/// long run of applies (a purge's barrier) flushes everything applied since, stalling every
-/// apply behind it for seconds.
+/// Lazy commits (applies) are made durable at least this often by default
+/// (`NodeConfig::durable_interval`), so that the dirty data a durable commit must flush
+/// stays bounded: without it, the first durable commit after a long run of applies (a
+/// purge's barrier) flushes everything applied since, stalling every apply behind it for
+/// seconds. It also bounds what a restart replays from the Raft log (the log is kept back
+/// to the last durable commit) and how long a region's approximate counts lag behind its
+/// writes.
 ///
-/// Each durable commit writes out every page dirtied since the last one and syncs, on the
-/// writer, so it must not come too often either. At 500 ms it set the tail of sequential
-/// puts (100,000 keys: put p99 2.0-2.6 ms against 1.2-1.3 ms at 2 s, p50 unchanged) and of
-/// workload A (p99 21 ms against 12 ms), with throughput at 256 in flight the same within
-/// noise. At 5 s the flushes got long enough to show in the p99 of puts at 256 in flight
-/// (62 ms against 47 ms) and in the maximum. (Those figures predate the split of the
-/// interval's durable commit in two, [`sync_durable`]: only its first step, the overlay's
-/// write-out, still holds up applies.)
-pub const LAZY_DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// Each durable commit writes out every page dirtied since the last one and syncs, so it
+/// must not come too often either: a leaf page dirtied in every interval is written once
+/// per interval, and while the writes go to the disk the Raft log's syncs wait behind them.
+/// At 500 ms (before the write-out left the commit lock) it set the tail of sequential
+/// puts and of workload A; 2 s was the default until issue 6's thirtieth note measured
+/// 10 s against it on this code, in two interleaved pairs of `tessera-bench compare --full
+/// --rows a-c64,put-c256`: puts at 256 in flight 2.93-3.17× etcd against 2.77-2.96×, at
+/// 55.9-59.8 server CPU-µs per put against 60.6-64.9, p99 19.6-22.0 ms against 23.3-26.0;
+/// workload A's p99 10.3-11.9 ms against 11.2-12.8. The sequential put's p99 did not move
+/// beyond the noise (its node's durable commits took 25-38 ms each at 10 s, 12-14 ms at 2 s:
+/// one in 10 s instead of five).
+pub const LAZY_DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Storage failure at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +193,9 @@ struct Shared {
     queued: AtomicUsize,
     /// When the last durable commit was made.
     last_durable: Mutex<std::time::Instant>,
+    /// Lazy commits are made durable at least this often ([`LAZY_DURABLE_EVERY`] by
+    /// default).
+    durable_every: std::time::Duration,
     /// A commit since the last durable one was not durable: an idle writer makes a durable
     /// commit once the interval has passed (see [`next_batch`]).
     lazy_pending: AtomicBool,
@@ -246,11 +255,16 @@ impl Engine {
     /// Opens (or creates) the database at `path` with a [`DEFAULT_CACHE_BYTES`] page cache
     /// and starts the writer thread.
     pub fn open(path: &Path) -> Result<Engine, StorageError> {
-        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+        Self::open_with(path, DEFAULT_CACHE_BYTES, LAZY_DURABLE_EVERY)
     }
 
-    /// [`Engine::open`] with a page cache of `cache_bytes`.
-    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Engine, StorageError> {
+    /// [`Engine::open`] with a page cache of `cache_bytes`, making lazy commits durable at
+    /// least every `durable_every` (see [`LAZY_DURABLE_EVERY`]; at least 1 ms).
+    pub fn open_with(
+        path: &Path,
+        cache_bytes: usize,
+        durable_every: std::time::Duration,
+    ) -> Result<Engine, StorageError> {
         let db = redb::Builder::new()
             .set_cache_size(cache_bytes)
             .create(path)
@@ -288,6 +302,8 @@ impl Engine {
             stats: CommitStats::default(),
             queued: AtomicUsize::new(0),
             last_durable: Mutex::new(std::time::Instant::now()),
+            // Zero would make an idle writer's wait for the interval return at once, forever.
+            durable_every: durable_every.max(std::time::Duration::from_millis(1)),
             lazy_pending: AtomicBool::new(false),
             durable_fixed: AtomicU64::new(0),
             durable_done: AtomicU64::new(0),
@@ -709,7 +725,7 @@ fn take_carried(carried: &mut Vec<Job>) -> Vec<Job> {
 /// them it does not block. Returns the batch and whether a stop was seen; `None` when
 /// stopped (or every sender is gone) with nothing queued.
 ///
-/// An empty batch when the writer has been idle for [`LAZY_DURABLE_EVERY`] since the last
+/// An empty batch when the writer has been idle for the durable interval since the last
 /// durable commit and a commit since then was not durable: its durable commit writes the
 /// data overlay out, which also settles the regions' approximate counts for the rows it
 /// writes (`overlay::Replaced::Unread`; PD's size splits read them), and covers pending log
@@ -723,17 +739,17 @@ fn next_batch(rx: &mpsc::Receiver<Msg>, shared: &Shared, carried: &mut Vec<Job>)
     let pending = || shared.lazy_pending.load(Ordering::SeqCst) && lock(&shared.failed).is_none();
     let first = loop {
         let wait = if pending() {
-            LAZY_DURABLE_EVERY.saturating_sub(lock(&shared.last_durable).elapsed())
+            shared.durable_every.saturating_sub(lock(&shared.last_durable).elapsed())
         } else {
             // A staged apply may leave one pending while the writer waits here: it is
             // seen at the end of this wait.
-            LAZY_DURABLE_EVERY
+            shared.durable_every
         };
         match rx.recv_timeout(wait) {
             Ok(Msg::Job(job)) => break job,
             Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return None,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if pending() && lock(&shared.last_durable).elapsed() >= LAZY_DURABLE_EVERY {
+                if pending() && lock(&shared.last_durable).elapsed() >= shared.durable_every {
                     shared.stats.idle_commits.fetch_add(1, Ordering::Relaxed);
                     return Some((Vec::new(), false));
                 }
@@ -866,7 +882,7 @@ fn commit_batch(db: &redb::Database, batch: Vec<Job>, shared: &Shared, place: Pl
     }
     let overlay = &shared.overlay;
     let durable = batch.iter().any(|j| j.durable);
-    let due = !durable && lock(&shared.last_durable).elapsed() >= LAZY_DURABLE_EVERY;
+    let due = !durable && lock(&shared.last_durable).elapsed() >= shared.durable_every;
     // Frozen rows are left only by a failed write-out, after which nothing commits: the
     // check keeps a second freeze from ever meeting them.
     let freeze = place == Place::Writer && !durable && !overlay.has_frozen();
@@ -1066,6 +1082,16 @@ pub(crate) mod tests {
 
     use super::*;
 
+    /// The durable interval of these tests (and of the other storage modules' tests that
+    /// wait for the writer's own durable commit): long enough that no durable commit of the
+    /// writer's own comes between two steps of a test, short enough to wait for.
+    pub(crate) const TEST_DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+    /// An engine at `path` whose lazy commits are made durable every [`TEST_DURABLE_EVERY`].
+    pub(crate) fn open_test(path: &Path) -> Result<Engine, StorageError> {
+        Engine::open_with(path, DEFAULT_CACHE_BYTES, TEST_DURABLE_EVERY)
+    }
+
     fn insert(i: u64) -> Work {
         Box::new(move |txn| {
             let mut t = txn.open_table(tables::SM_META).map_err(io_err)?;
@@ -1098,7 +1124,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn jobs_queued_during_a_commit_share_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let engine = open_test(&dir.path().join("db.redb")).unwrap();
         // Job 0 holds the writer inside its transaction until released.
         let (first, release_tx) = hold_writer(&engine).await;
         // While it commits, 199 more jobs queue up.
@@ -1142,7 +1168,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_plain_apply_is_staged_on_the_callers_thread_when_the_writer_is_idle_and_queues_behind_it_otherwise() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let engine = open_test(&dir.path().join("db.redb")).unwrap();
         let me = std::thread::current().name().map(String::from);
         // Idle: staged on this thread, without a transaction.
         let ran_on = Arc::new(Mutex::new(None));
@@ -1181,7 +1207,7 @@ pub(crate) mod tests {
     async fn what_staged_applies_leave_reaches_the_tables_with_the_next_transaction_and_a_failed_one_puts_it_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.redb");
-        let engine = Engine::open(&path).unwrap();
+        let engine = open_test(&path).unwrap();
         // Results of session 7 of region 1 in the table.
         engine
             .write(Box::new(|txn| {
@@ -1219,7 +1245,7 @@ pub(crate) mod tests {
         assert!(engine.overlay().has_settle());
         // ...and closing writes them out, the newest of each row, the ranges joined.
         tokio::task::spawn_blocking(move || engine.close()).await.unwrap();
-        let engine = Engine::open(&path).unwrap();
+        let engine = open_test(&path).unwrap();
         assert_eq!(dedup_seqs(&engine), vec![3]);
         let txn = engine.read().unwrap();
         let session = txn.open_table(tables::SESSIONS).unwrap().get((1u64, 7u64)).unwrap().map(|v| v.value().to_vec());
@@ -1237,7 +1263,7 @@ pub(crate) mod tests {
     async fn a_plain_apply_finding_the_overlay_full_goes_to_the_writer_which_writes_the_stages_out() {
         use crate::storage::overlay::MAX_BYTES;
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let engine = open_test(&dir.path().join("db.redb")).unwrap();
         let me = std::thread::current().name().map(String::from);
         let ran_on = Arc::new(Mutex::new(None));
         // One byte short of the bound (a row counts its key, its value and 64 bytes).
@@ -1278,7 +1304,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_staged_apply_that_fails_fail_stops_the_engine_and_later_ones_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let engine = open_test(&dir.path().join("db.redb")).unwrap();
         let o = engine.overlay().clone();
         let failing: PlainWork = Box::new(move |_| {
             o.meta_put(1, vec![1]);
@@ -1299,7 +1325,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_failed_job_fail_stops_the_engine() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let engine = open_test(&dir.path().join("db.redb")).unwrap();
         let r = engine.write(Box::new(|_| Err(io::Error::other("disk on fire")))).await;
         assert!(r.is_err());
         // Later work is refused, even work that would succeed.
@@ -1312,7 +1338,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn every_job_of_a_failed_batch_hears_the_failure_with_its_kind() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let engine = open_test(&dir.path().join("db.redb")).unwrap();
         // Hold the writer so the next jobs share one batch: a good one, a failing one (a
         // full disk), and two more after it.
         let (first, release_tx) = hold_writer(&engine).await;
@@ -1360,7 +1386,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn applied_rows_reach_the_table_with_the_next_durable_commit_or_job_that_is_not_an_apply() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let engine = open_test(&dir.path().join("db.redb")).unwrap();
         engine.apply_plain(stage(&engine, b"a", b"1"), false).await.unwrap();
         engine.apply_plain(stage(&engine, b"b", b"2"), true).await.unwrap();
         assert_eq!(engine.overlay().len(), 2);
@@ -1393,7 +1419,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn an_idle_writer_writes_the_overlay_out_once_the_durable_interval_has_passed() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let engine = open_test(&dir.path().join("db.redb")).unwrap();
         let durable_commits = || engine.stats().commits.load(Ordering::SeqCst);
         let before = durable_commits();
         engine.apply_plain(stage(&engine, b"a", b"1"), false).await.unwrap();
@@ -1407,6 +1433,22 @@ pub(crate) mod tests {
         assert!(engine.overlay().is_empty());
         assert_eq!(durable_commits(), before + 1, "one durable commit");
         assert_eq!(engine.stats().idle_commits.load(Ordering::SeqCst), 1, "the writer's own");
+    }
+
+    #[tokio::test]
+    async fn the_writers_own_durable_commit_follows_the_configured_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let every = std::time::Duration::from_millis(300);
+        let opened = std::time::Instant::now();
+        let engine = Engine::open_with(&dir.path().join("db.redb"), DEFAULT_CACHE_BYTES, every).unwrap();
+        let before = engine.stats().commits.load(Ordering::SeqCst);
+        engine.apply_plain(stage(&engine, b"a", b"1"), false).await.unwrap();
+        wait_for_durable_commits_above(&engine, before).await;
+        // The interval counts from the open (the last durable state).
+        let waited = opened.elapsed();
+        assert!(waited >= every, "not before the interval: {waited:?}");
+        assert!(waited < LAZY_DURABLE_EVERY, "the configured interval, not the default: {waited:?}");
+        assert_eq!(in_table(&engine, b"a"), Some(b"1".to_vec()));
     }
 
     /// Holds the writer at the start of the interval's durable sync (`sync_durable`) until
@@ -1437,7 +1479,7 @@ pub(crate) mod tests {
     /// Waits (off the runtime) until the writer is held at a hook, for at most ten durable
     /// intervals.
     pub(crate) async fn until_held(held: std::sync::mpsc::Receiver<()>) -> bool {
-        tokio::task::spawn_blocking(move || held.recv_timeout(LAZY_DURABLE_EVERY * 10).is_ok()).await.unwrap()
+        tokio::task::spawn_blocking(move || held.recv_timeout(TEST_DURABLE_EVERY * 10).is_ok()).await.unwrap()
     }
 
     /// A plain apply job staging `key = value` and its region's applied state (a settle
@@ -1487,7 +1529,7 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn applies_are_staged_while_the_overlay_is_written_out_and_readers_see_its_rows_throughout() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let engine = open_test(&dir.path().join("db.redb")).unwrap();
         let (held, release) = hold_write_out(&engine);
         engine.apply_plain(stage_applied(&engine, b"a", b"1"), true).await.unwrap();
         engine.apply_plain(stage_applied(&engine, b"b", b"1"), true).await.unwrap();
@@ -1541,7 +1583,7 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_apply_is_staged_while_a_job_that_needs_the_writer_waits_for_its_write_out() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let engine = open_test(&dir.path().join("db.redb")).unwrap();
         let release = staged_then_held_in_write_out(&engine, b"a", b"1").await;
         // An apply that cannot be staged (a batch too large to stage) waits in the queue
         // for the writer, held in its write-out.
@@ -1574,7 +1616,7 @@ pub(crate) mod tests {
     async fn held_before_a_write_out(
         engine: &Engine,
     ) -> (tokio::task::JoinHandle<io::Result<()>>, std::sync::mpsc::Sender<()>) {
-        *lock(&engine.shared.last_durable) -= LAZY_DURABLE_EVERY;
+        *lock(&engine.shared.last_durable) -= TEST_DURABLE_EVERY;
         let (running_tx, running_rx) = std::sync::mpsc::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let e = engine.clone();
@@ -1612,7 +1654,7 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_apply_queued_during_the_transaction_before_a_write_out_is_staged_by_the_writer_before_it() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let engine = open_test(&dir.path().join("db.redb")).unwrap();
         let (held, release_write_out) = hold_write_out(&engine);
         let (in_transaction, release_tx) = held_before_a_write_out(&engine).await;
         let queued = queued_apply(&engine, b"b", b"2", true).await;
@@ -1635,14 +1677,14 @@ pub(crate) mod tests {
     #[test]
     fn a_merge_cut_is_settled_up_to_the_highest_index_recorded_for_the_region() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let engine = open_test(&dir.path().join("db.redb")).unwrap();
         assert!(!engine.merge_cut_settled(2, 0), "nothing recorded since the open");
         engine.settle_merge_cut(2, 8);
         engine.settle_merge_cut(2, 5);
         assert!(engine.merge_cut_settled(2, 8) && engine.merge_cut_settled(2, 3));
         assert!(!engine.merge_cut_settled(2, 9) && !engine.merge_cut_settled(3, 1));
         engine.close();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let engine = open_test(&dir.path().join("db.redb")).unwrap();
         assert!(!engine.merge_cut_settled(2, 8), "forgotten by a restart");
     }
 
@@ -1652,7 +1694,7 @@ pub(crate) mod tests {
         // the write-out it must not commit before the write-out does, or the older frozen
         // rows would be written over the newer ones it wrote, and then leave the overlay.
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let engine = open_test(&dir.path().join("db.redb")).unwrap();
         let release = staged_then_held_in_write_out(&engine, b"a", b"old").await;
         engine.apply_plain(stage_applied(&engine, b"a", b"new"), true).await.unwrap();
         assert!(engine.overlay().has_settle());
@@ -1704,7 +1746,7 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn applies_are_staged_while_the_interval_commit_syncs_which_covers_only_what_came_before() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let engine = open_test(&dir.path().join("db.redb")).unwrap();
         let (held, release) = hold_durable_sync(&engine);
         let commits = || engine.stats().commits.load(Ordering::SeqCst);
         engine.apply_plain(stage(&engine, b"a", b"1"), true).await.unwrap();
@@ -1712,7 +1754,7 @@ pub(crate) mod tests {
         assert!(!engine.durable_covers(before_a_is_fixed));
         // Once the interval has passed, the idle writer makes the durable commit: its first
         // step writes the overlay out without a sync, its second is held at the sync.
-        let held = tokio::task::spawn_blocking(move || held.recv_timeout(LAZY_DURABLE_EVERY * 10)).await.unwrap();
+        let held = tokio::task::spawn_blocking(move || held.recv_timeout(TEST_DURABLE_EVERY * 10)).await.unwrap();
         assert!(held.is_ok(), "the writer made no durable commit");
         assert_eq!(in_table(&engine, b"a"), Some(b"1".to_vec()), "the first step wrote the overlay out");
         assert!(!engine.overlay().has_rows());
@@ -1745,13 +1787,13 @@ pub(crate) mod tests {
         // Nothing can commit any more; a writer that still saw the commit as pending would
         // retry at once, every time, on a core of its own.
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let engine = open_test(&dir.path().join("db.redb")).unwrap();
         engine.apply_plain(stage(&engine, b"a", b"1"), false).await.unwrap();
         assert!(engine.write_lazy(Box::new(|_| Err(io::Error::other("bad job")))).await.is_err());
         assert!(engine.failure().is_some());
         // Past the interval (counted from the open), the writer has had its chance. This
         // waits for something not to happen, so there is no event to wait on.
-        tokio::time::sleep(LAZY_DURABLE_EVERY + LAZY_DURABLE_EVERY / 2).await;
+        tokio::time::sleep(TEST_DURABLE_EVERY + TEST_DURABLE_EVERY / 2).await;
         assert_eq!(engine.stats().idle_commits.load(Ordering::SeqCst), 0);
     }
 
@@ -1759,11 +1801,11 @@ pub(crate) mod tests {
     async fn close_writes_the_overlay_to_the_table_before_the_database_closes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.redb");
-        let engine = Engine::open(&path).unwrap();
+        let engine = open_test(&path).unwrap();
         engine.apply_plain(stage(&engine, b"k", b"v"), false).await.unwrap();
         assert_eq!(in_table(&engine, b"k"), None);
         tokio::task::spawn_blocking(move || engine.close()).await.unwrap();
-        let reopened = Engine::open(&path).unwrap();
+        let reopened = open_test(&path).unwrap();
         assert_eq!(in_table(&reopened, b"k"), Some(b"v".to_vec()));
     }
 
@@ -1774,7 +1816,7 @@ pub(crate) mod tests {
         // with them.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.redb");
-        let engine = Engine::open(&path).unwrap();
+        let engine = open_test(&path).unwrap();
         // An apply: its row staged, its applied index (here a `sm_meta` row) in the table.
         let (stage_k, insert_7) = (stage(&engine, b"k", b"v"), insert(7));
         let apply: PlainWork = Box::new(move |txn| {
@@ -1788,7 +1830,7 @@ pub(crate) mod tests {
         assert!(engine.write_lazy(Box::new(|_| Err(io::Error::other("bad job")))).await.is_err());
         assert!(engine.failure().is_some());
         tokio::task::spawn_blocking(move || engine.close()).await.unwrap();
-        let reopened = Engine::open(&path).unwrap();
+        let reopened = open_test(&path).unwrap();
         let read = reopened.read().unwrap();
         assert!(read.open_table(tables::SM_META).unwrap().get(7).unwrap().is_some(), "redb promoted the commit");
         assert_eq!(in_table(&reopened, b"k"), Some(b"v".to_vec()), "and the overlay's row went with it");
@@ -1798,7 +1840,7 @@ pub(crate) mod tests {
     async fn close_after_a_fail_stop_writes_out_no_result_the_failed_transaction_staged() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.redb");
-        let engine = Engine::open(&path).unwrap();
+        let engine = open_test(&path).unwrap();
         let staging = |seq: u64, fail: bool| -> PlainWork {
             let o = engine.overlay().clone();
             Box::new(move |_| {
@@ -1815,7 +1857,7 @@ pub(crate) mod tests {
         assert!(engine.apply_plain(staging(2, true), false).await.is_err());
         assert!(engine.failure().is_some());
         tokio::task::spawn_blocking(move || engine.close()).await.unwrap();
-        let reopened = Engine::open(&path).unwrap();
+        let reopened = open_test(&path).unwrap();
         let read = reopened.read().unwrap();
         let keys: Vec<(u64, u64, u64)> = redb::ReadableTable::iter(&read.open_table(tables::DEDUP).unwrap())
             .unwrap()
@@ -1832,7 +1874,7 @@ pub(crate) mod tests {
     async fn close_finishes_queued_jobs_and_releases_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.redb");
-        let engine = Engine::open(&path).unwrap();
+        let engine = open_test(&path).unwrap();
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
         for i in 0..50u64 {
             let tx = done_tx.clone();
@@ -1847,7 +1889,7 @@ pub(crate) mod tests {
         let late = reader.write(insert(99)).await;
         assert!(late.is_err(), "a job sent after close fails instead of hanging");
         // The file is free: it opens again at once, with every queued job committed.
-        let reopened = Engine::open(&path).unwrap();
+        let reopened = open_test(&path).unwrap();
         assert_eq!(reopened.read().unwrap().open_table(tables::SM_META).unwrap().len().unwrap(), 50);
     }
 
@@ -1858,7 +1900,7 @@ pub(crate) mod tests {
     async fn a_close_behind_applies_queued_before_a_write_out_finishes_them_all() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.redb");
-        let engine = Engine::open(&path).unwrap();
+        let engine = open_test(&path).unwrap();
         let (in_transaction, release_tx) = held_before_a_write_out(&engine).await;
         let too_large = queued_apply(&engine, b"b", b"2", false).await;
         let stageable = queued_apply(&engine, b"c", b"3", true).await;
@@ -1879,7 +1921,7 @@ pub(crate) mod tests {
         engine.close();
         assert_eq!(engine.stats().staged_by_writer.load(Ordering::SeqCst), 1);
         assert!(engine.failure().is_none());
-        let reopened = Engine::open(&path).unwrap();
+        let reopened = open_test(&path).unwrap();
         for (key, value) in [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")] {
             assert_eq!(in_table(&reopened, key), Some(value.to_vec()));
         }

@@ -657,8 +657,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_purge_asked_while_the_interval_commit_syncs_waits_for_a_later_durable_commit() {
-        use super::super::engine::tests::{hold_durable_sync, wait_for_durable_commits_above};
-        use super::super::engine::LAZY_DURABLE_EVERY;
+        use super::super::engine::tests::{hold_durable_sync, wait_for_durable_commits_above, TEST_DURABLE_EVERY};
         use std::sync::atomic::Ordering::SeqCst;
         let dir = tempfile::tempdir().unwrap();
         let (engine, wal, mut log) = store_with_entries(dir.path(), 8).await;
@@ -666,7 +665,7 @@ mod tests {
         // A lazy commit leaves a durable commit pending: the idle writer makes it once the
         // interval has passed, and is held at its sync.
         engine.write_lazy(Box::new(|_| Ok(()))).await.unwrap();
-        let held = tokio::task::spawn_blocking(move || held.recv_timeout(LAZY_DURABLE_EVERY * 10)).await.unwrap();
+        let held = tokio::task::spawn_blocking(move || held.recv_timeout(TEST_DURABLE_EVERY * 10)).await.unwrap();
         assert!(held.is_ok(), "the writer made no durable commit");
         // A purge asked now may cover applies staged after the state that sync holds was
         // fixed (staged applies go on during it): it must not count on that sync.
@@ -687,7 +686,7 @@ mod tests {
 
     /// A fresh engine and log engine in `dir`, and region 3's log holding entries 1..=`n`.
     async fn store_with_entries(dir: &std::path::Path, n: u64) -> (Engine, LogEngine, RegionLogStore) {
-        let engine = Engine::open(&dir.join("db.redb")).unwrap();
+        let engine = super::super::engine::tests::open_test(&dir.join("db.redb")).unwrap();
         let wal = LogEngine::open(&dir.join("raft-log")).unwrap();
         let mut log = RegionLogStore::open(&engine, &wal, 3).unwrap();
         for i in 1..=n {

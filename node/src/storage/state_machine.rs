@@ -1723,9 +1723,9 @@ mod merge_tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn building_a_snapshot_commits_nothing_and_does_not_wait_for_the_overlays_write_out() {
-        use crate::storage::engine::tests::{hold_write_out, until_held};
+        use crate::storage::engine::tests::{hold_write_out, open_test, until_held};
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("db.redb")).unwrap();
+        let engine = open_test(&dir.path().join("db.redb")).unwrap();
         let mut sm = machine(&engine, &region(1, b"", b"")).await;
         let (held, release) = hold_write_out(&engine);
         apply(&mut sm, 1, put(b"a")).await;
