@@ -121,7 +121,7 @@ const MAX_BATCH: usize = 4096;
 /// workload A's p99 10.3-11.9 ms against 11.2-12.8; bytes written to the disk per write 40%
 /// fewer (1.40-1.43 against 2.24-2.44 KiB per put at 256 in flight, 2.70-2.85 against
 /// 4.41-4.95 KiB per update of workload A). The sequential put's p99 did not move beyond
-/// the noise (its node's durable commits took 25-38 ms each at 10 s, 12-14 ms at 2 s: one
+/// the noise (a node's durable commits took 12-45 ms each at 10 s, 12-17 ms at 2 s: one
 /// in 10 s instead of five). The cost is a longer replay after a crash: a `tessera dev`
 /// killed with `kill -9` after 15 s of puts at 256 in flight answered its first read
 /// 1.7-3.7 s after its restart, against 1.05-1.10 s at 2 s.
