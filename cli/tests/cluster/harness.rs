@@ -49,9 +49,6 @@ impl TestCluster {
         // where spinning pollers would keep the CPUs from going idle, which cost throughput
         // under load (docs/life-of-a-write.md, "Idle polling"). Its own test turns it on.
         cfg.idle_poll = Duration::ZERO;
-        // The durable interval the cluster tests were written with (their waits for region
-        // sizes, which settle with durable commits, assume it); the default is 10 s.
-        cfg.durable_interval = Duration::from_secs(2);
         (self.tweak)(&mut cfg);
         cfg
     }

@@ -108,24 +108,29 @@ const MAX_BATCH: usize = 4096;
 /// purge's barrier) flushes everything applied since, stalling every apply behind it for
 /// seconds. It also bounds what a restart replays from the Raft log (the log is kept back
 /// to the last durable commit) and how long a region's approximate counts lag behind its
-/// writes.
+/// writes: a new key counts only once the write-out that puts it in the table commits
+/// (`overlay::Replaced::Unread`), and PD's size splits read those counts.
 ///
 /// Each durable commit writes out every page dirtied since the last one and syncs, so it
 /// must not come too often either: a leaf page dirtied in every interval is written once
 /// per interval, and while the writes go to the disk the Raft log's syncs wait behind them.
 /// At 500 ms (before the write-out left the commit lock) it set the tail of sequential puts
-/// and of workload A; 2 s was the default until issue 6's thirtieth note measured 10 s
-/// against it on this code, in two interleaved pairs of `tessera-bench compare --full
-/// --rows a-c64,put-c256`: puts at 256 in flight 2.93-3.17× etcd against 2.77-2.96×, at
-/// 55.9-59.8 server CPU-µs per put against 60.6-64.9, p99 19.6-22.0 ms against 23.3-26.0;
-/// workload A's p99 10.3-11.9 ms against 11.2-12.8; bytes written to the disk per write 40%
-/// fewer (1.40-1.43 against 2.24-2.44 KiB per put at 256 in flight, 2.70-2.85 against
-/// 4.41-4.95 KiB per update of workload A). The sequential put's p99 did not move beyond
-/// the noise (a node's durable commits took 12-45 ms each at 10 s, 12-17 ms at 2 s: one
-/// in 10 s instead of five). The cost is a longer replay after a crash: a `tessera dev`
-/// killed with `kill -9` after 15 s of puts at 256 in flight answered its first read
-/// 1.7-3.7 s after its restart, against 1.05-1.10 s at 2 s.
-pub const LAZY_DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// and of workload A.
+///
+/// Longer is faster and is not the default. Issue 6's thirtieth note measured 10 s against
+/// 2 s in two interleaved pairs of `tessera-bench compare --full --rows a-c64,put-c256`:
+/// puts at 256 in flight 2.93-3.17× etcd against 2.77-2.96×, at 55.9-59.8 server CPU-µs per
+/// put against 60.6-64.9, p99 19.6-22.0 ms against 23.3-26.0; workload A's p99 10.3-11.9 ms
+/// against 11.2-12.8; bytes written to the disk per write 40% fewer (1.40-1.43 against
+/// 2.24-2.44 KiB per put at 256 in flight, 2.70-2.85 against 4.41-4.95 KiB per update of
+/// workload A); the sequential put's p99 did not move beyond the noise. But region sizes
+/// then lag by up to 10 s: in the split crash test (32 KiB regions under a bulk load) the
+/// first sizes arrived 10 s in, each region many times over its limit, and PD split them
+/// again and again, into some 250 regions, more than a 2-core machine could keep
+/// heartbeating. And a restart after `kill -9` under full load replays more: a `tessera
+/// dev` killed after 15 s of puts at 256 in flight answered its first read 1.7-3.7 s after
+/// its restart, against 1.05-1.10 s at 2 s.
+pub const LAZY_DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Storage failure at start-up.
 #[derive(Debug, thiserror::Error)]
