@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::crash::{runtime, ProcCluster};
-use crate::strip_ansi;
+use crate::{is_purge_past_seed, strip_ansi};
 
 /// Peak and current resident memory of a process, in bytes (`VmHWM`, `VmRSS`).
 fn memory(pid: u32) -> (u64, u64) {
@@ -49,10 +49,7 @@ fn a_200_mb_region_is_sent_as_a_snapshot_in_bounded_memory_while_other_regions_a
             client.batch_put(&pairs).await.unwrap();
         }
         let routes = client.regions().await.unwrap();
-        let big = routes.iter().find(|r| r.region.contains(b"\x01big")).unwrap();
-        let sender = big.leader.unwrap().node_id.0;
-        let sender_pid = cluster.nodes[&sender].as_ref().unwrap().child.id();
-        let (sender_peak_before, _) = memory(sender_pid);
+        let big = routes.iter().find(|r| r.region.contains(b"\x01big")).unwrap().region.clone();
 
         // Writes to the other regions, timed, for as long as the transfer runs.
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -71,13 +68,37 @@ fn a_200_mb_region_is_sent_as_a_snapshot_in_bounded_memory_while_other_regions_a
                 latencies
             })
         };
-        tokio::time::sleep(Duration::from_millis(500)).await;
         // The lagging node needs a snapshot only once the region's leader has purged its log
         // (snapshot at entry 110). Bring it back after that: otherwise it catches up from the
-        // log, and openraft postpones the purge while that replication is in flight.
-        let wanted = format!("region_id={}", big.region.id.0);
-        let sender_proc = cluster.nodes[&sender].as_ref().unwrap();
-        sender_proc.wait_for_purge(Some(big.region.id.0), Duration::from_secs(120));
+        // log, and openraft postpones the purge while that replication is in flight. The
+        // leader that matters is the one when the node comes back: PD may move the region's
+        // leader meanwhile (balancing leaders between the two live nodes), and a node that
+        // was leader when its snapshot came, with the purge postponed, does not purge once it
+        // follows until its next snapshot. So watch every live node's purges and wait until
+        // the current leader is one that has purged.
+        let wanted = format!("region_id={}", big.id.0);
+        let mut purged = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let sender = loop {
+            for (&id, node) in &cluster.nodes {
+                let lines = node.as_ref().map(|n| n.arrived()).unwrap_or_default();
+                if lines.iter().any(|line| is_purge_past_seed(line, Some(big.id.0))) {
+                    purged.insert(id);
+                }
+            }
+            let routes = client.regions().await.unwrap();
+            let leader = routes.iter().find(|r| r.region.id == big.id).and_then(|r| r.leader).map(|p| p.node_id.0);
+            if let Some(leader) = leader.filter(|l| purged.contains(l)) {
+                break leader;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the big region's leader (n{leader:?}) has not purged its log; nodes that have: {purged:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let sender_pid = cluster.nodes[&sender].as_ref().unwrap().child.id();
+        let (sender_peak_before, _) = memory(sender_pid);
         cluster.spawn_node(lagging);
         let receiver_pid = cluster.nodes[&lagging].as_ref().unwrap().child.id();
         let (_, receiver_start) = memory(receiver_pid);
@@ -138,7 +159,7 @@ fn a_200_mb_region_is_sent_as_a_snapshot_in_bounded_memory_while_other_regions_a
         // The installed replica holds the region: read its durable state once stopped.
         cluster.stop_all();
         let engine = tessera_node::storage::Engine::open(&cluster.db_path(lagging)).unwrap();
-        let pairs = tessera_node::storage::inspect::region_pairs(&engine, big.region.id.0).unwrap();
+        let pairs = tessera_node::storage::inspect::region_pairs(&engine, big.id.0).unwrap();
         engine.close();
         let held: Vec<_> = pairs.iter().filter(|(k, _)| k.starts_with(b"\x01big-")).collect();
         assert!(held.len() >= 200, "the installed replica holds {} of the region's values", held.len());

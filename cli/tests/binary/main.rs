@@ -114,14 +114,15 @@ impl Proc {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let line = strip_ansi(&self.wait_for("raft log purged", deadline - std::time::Instant::now()));
-            let field = |name: &str| -> Option<u64> {
-                line.split_whitespace().find_map(|w| w.strip_prefix(name)).and_then(|n| n.parse().ok())
-            };
-            let index = field("index=").expect("the purge line gives the index");
-            if index > 5 && region.is_none_or(|r| field("region_id=") == Some(r)) {
+            if is_purge_past_seed(&line, region) {
                 return line;
             }
         }
+    }
+
+    /// The lines that have arrived so far, without waiting.
+    fn arrived(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
     }
 
     /// SIGTERM, and wait for a clean exit.
@@ -130,6 +131,19 @@ impl Proc {
         let status = self.child.wait().expect("wait");
         assert!(status.success(), "exit status {status}");
     }
+}
+
+/// Whether `line` logs a Raft log purge past the seed (index 5), of `region` if given.
+fn is_purge_past_seed(line: &str, region: Option<u64>) -> bool {
+    let line = strip_ansi(line);
+    if !line.contains("raft log purged") {
+        return false;
+    }
+    let field = |name: &str| -> Option<u64> {
+        line.split_whitespace().find_map(|w| w.strip_prefix(name)).and_then(|n| n.parse().ok())
+    };
+    let index = field("index=").expect("the purge line gives the index");
+    index > 5 && region.is_none_or(|r| field("region_id=") == Some(r))
 }
 
 impl Drop for Proc {
