@@ -15,7 +15,7 @@ use tessera_benches::{plot, CrashReport, Distribution, EtcdTarget, Machine, Syst
 
 use crate::etcd_cluster::{find_etcd, EtcdCluster};
 use crate::procs::find_binary;
-use crate::tessera_cluster::TesseraCluster;
+use crate::tessera_cluster::{TesseraCluster, NODES};
 use crate::{counters, crash};
 
 /// Options of `tessera-bench compare`.
@@ -93,11 +93,27 @@ pub struct CompareArgs {
     #[arg(long)]
     pub etcd_bin: Option<PathBuf>,
     /// Worker threads of each Tessera server it starts (PD and nodes): their
-    /// `--worker-threads` (default: theirs, one per core). On a 2-core VM, 1 cut the
-    /// sequential put's latency and cost more CPU per put at 256 in flight (issue 6's
-    /// twentieth note).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    /// `--worker-threads`. Default: the machine's cores shared out among the three nodes
+    /// (cores / 3, at least 1), as servers sharing a machine would be set up; 0: the
+    /// servers' own default, one per core each (on 2 cores, 8 workers for PD and three
+    /// nodes). etcd keeps its defaults either way.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=1024))]
     pub server_threads: Option<u16>,
+}
+
+/// The worker threads of each Tessera server (`None`: the servers' own default, one per
+/// core): `--server-threads` if given (0 for the servers' default), else the cores shared
+/// out among the nodes. Three servers with a worker per core each oversubscribe a small
+/// machine, and a task woken on a busy core waits behind another server's thread: on the
+/// 2-core VM of issue 6, one worker per server gave the sequential put a lower p50, and
+/// workload A more throughput at less CPU per operation, in two interleaved pairs, while
+/// etcd run with `GOMAXPROCS=1` moved only its CPU (the thirty-first note).
+fn server_threads_for(arg: Option<u16>, cores: usize) -> Option<u16> {
+    match arg {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => Some(u16::try_from((cores / NODES as usize).max(1)).unwrap_or(u16::MAX)),
+    }
 }
 
 /// Each Tessera server's worker threads (`None`: their default), in words.
@@ -190,7 +206,7 @@ struct Settings {
     value_size: usize,
     distribution: Distribution,
     regions: u32,
-    /// Worker threads of each Tessera server; `None`: one per core each.
+    /// Worker threads of each Tessera server; `None`: the servers' default, one per core each.
     server_threads: Option<u16>,
     etcd_connections: usize,
     contended_fsync_ms: f64,
@@ -544,8 +560,9 @@ async fn run_matrix(
         idle.p99_ms,
         threshold_ms
     );
-    let server_threads = args.server_threads;
-    eprintln!("{} ({} cores)", server_threads_text(server_threads), machine.cores);
+    let server_threads = server_threads_for(args.server_threads, machine.cores);
+    let shared_out = if args.server_threads.is_none() { ", shared out among the 3 nodes" } else { "" };
+    eprintln!("{} ({} cores{shared_out})", server_threads_text(server_threads), machine.cores);
     if threshold_ms > DEFAULT_CONTENDED_MS && args.contended_fsync_ms.is_none() {
         eprintln!("note: twice this disk's idle fsync median is above {DEFAULT_CONTENDED_MS} ms, so it is the contention threshold");
     }
@@ -771,11 +788,19 @@ mod tests {
     }
 
     #[test]
-    fn server_threads_are_the_servers_default_unless_given_and_never_zero() {
+    fn server_threads_are_a_share_of_the_cores_unless_given() {
         let parse = |argv: &[&str]| Cmd::try_parse_from(std::iter::once("compare").chain(argv.iter().copied()));
         assert_eq!(parse(&[]).unwrap().args.server_threads, None);
         assert_eq!(parse(&["--server-threads", "1"]).unwrap().args.server_threads, Some(1));
-        assert!(parse(&["--server-threads", "0"]).is_err(), "a server without workers is refused here");
+        assert!(parse(&["--server-threads", "1025"]).is_err());
+        // Unless given, each server gets its share of the cores (at least one); 0 leaves
+        // the servers their own default.
+        assert_eq!(server_threads_for(None, 2), Some(1));
+        assert_eq!(server_threads_for(None, 1), Some(1));
+        assert_eq!(server_threads_for(None, 12), Some(4));
+        assert_eq!(server_threads_for(Some(3), 2), Some(3));
+        let default = parse(&["--server-threads", "0"]).unwrap().args.server_threads;
+        assert_eq!(server_threads_for(default, 2), None);
         assert_eq!(server_threads_text(None), "one worker thread per core in each Tessera server");
         assert_eq!(server_threads_text(Some(2)), "2 worker threads per Tessera server");
     }
