@@ -42,8 +42,8 @@ pub struct NodeConfig {
     /// Raft log first); it bounds what a restart replays from the log, the dirty data one
     /// durable commit writes out, and how long regions' approximate sizes (PD's size splits)
     /// lag behind their writes. Longer writes fewer pages, whose disk time the Raft log's
-    /// syncs wait behind: 10 s took 40% fewer bytes per write and 6% less CPU per put under
-    /// load, at the cost of size splits 10 s late and longer restarts. Must not be zero.
+    /// syncs wait behind, but size splits come later and restarts replay more. Must not be
+    /// zero.
     pub durable_interval: Duration,
     /// The Raft log's group commit under load (default: wait up to 1 ms for more jobs
     /// before a sync while syncs find 3 or more entries already queued; see
