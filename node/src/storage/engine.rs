@@ -165,6 +165,9 @@ pub struct CommitStats {
     /// Of those, applies the writer found queued before its write-out or its sync and
     /// staged itself ([`stage_queued`]).
     pub staged_by_writer: AtomicU64,
+    /// Syncs of redb's file in a commit's write-back, before the commit's own
+    /// ([`WRITE_BACK_STEP`](super::paced_file::WRITE_BACK_STEP)).
+    pub write_back_steps: Arc<AtomicU64>,
 }
 
 /// Why the engine stopped: the first failed commit, with its I/O error kind kept (a full
@@ -274,10 +277,10 @@ impl Engine {
         cache_bytes: usize,
         durable_every: std::time::Duration,
     ) -> Result<Engine, StorageError> {
-        let db = redb::Builder::new()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(|source| StorageError::Open { path: path.display().to_string(), source })?;
+        let open_err = |source| StorageError::Open { path: path.display().to_string(), source };
+        let write_back_steps = Arc::new(AtomicU64::new(0));
+        let file = super::paced_file::PacedFile::open(path, write_back_steps.clone()).map_err(open_err)?;
+        let db = redb::Builder::new().set_cache_size(cache_bytes).create_with_backend(file).map_err(open_err)?;
         // Create every table up front so readers never see a missing table.
         let txn = db.begin_write().map_err(io_err)?;
         {
@@ -308,7 +311,7 @@ impl Engine {
             tx: Mutex::new(tx),
             writer: Mutex::new(None),
             failed: Mutex::new(None),
-            stats: CommitStats::default(),
+            stats: CommitStats { write_back_steps, ..CommitStats::default() },
             queued: AtomicUsize::new(0),
             last_durable: Mutex::new(std::time::Instant::now()),
             // Zero would make an idle writer's wait for the interval return at once, forever.
@@ -1442,6 +1445,29 @@ pub(crate) mod tests {
         assert!(engine.overlay().is_empty());
         assert_eq!(durable_commits(), before + 1, "one durable commit");
         assert_eq!(engine.stats().idle_commits.load(Ordering::SeqCst), 1, "the writer's own");
+    }
+
+    #[tokio::test]
+    async fn the_databases_write_back_goes_to_the_disk_in_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open_test(&dir.path().join("db.redb")).unwrap();
+        let steps = || engine.stats().write_back_steps.load(Ordering::Relaxed);
+        let before = steps();
+        // 2 MiB of dedup rows in one durable commit: steps of 256 KiB until the budget of
+        // step time is spent (the count depends on the disk's speed; the module's tests count
+        // them with no budget).
+        engine
+            .write(Box::new(|txn| {
+                let mut t = txn.open_table(tables::DEDUP).map_err(io_err)?;
+                for seq in 0..2048u64 {
+                    t.insert((1u64, 7u64, seq), [seq as u8; 1024].as_slice()).map_err(io_err)?;
+                }
+                Ok(())
+            }))
+            .await
+            .unwrap();
+        let taken = steps() - before;
+        assert!(taken >= 1, "{taken} steps");
     }
 
     #[tokio::test]

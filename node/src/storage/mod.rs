@@ -10,6 +10,8 @@
 //! * [`overlay`]: the data overlay, the `data` rows applied and not yet written to redb,
 //!   which every durable commit writes first; readers read through it. Beside it, what
 //!   staged applies leave for the other tables.
+//! * [`paced_file`]: redb's file, whose commits' write-back goes to the disk in steps so that
+//!   log syncs on the same disk do not queue behind a whole durable commit.
 //! * [`log_store`]: openraft's `RaftLogStorage` for one region, on the log engine.
 //! * [`migrate`]: moves the Raft log of a data directory written before the log engine
 //!   out of redb.
@@ -22,6 +24,7 @@ pub mod inspect;
 pub mod log_store;
 pub mod migrate;
 pub mod overlay;
+pub mod paced_file;
 pub mod records;
 pub mod sessions;
 pub mod snapshot;
