@@ -39,9 +39,9 @@ use redb::{BackendError, StorageBackend};
 pub const WRITE_BACK_STEP: u64 = 256 * 1024;
 
 /// Most time the steps between two of redb's own syncs may spend syncing. A quiet
-/// interval's write-back (about 4 MB) took 11 ms of steps on average here and is stepped in
-/// full or nearly; under load (10-20 MB per commit) the steps stop after this much and the
-/// rest goes out with redb's sync. Measured in docs/storage.md.
+/// interval's write-back (about 4 MB) took 15-16 steps and 9-16 ms here and is stepped in
+/// full; under load (10-20 MB per commit) the steps stop after this much and the rest goes
+/// out with redb's sync. Measured in docs/storage.md.
 pub const STEP_BUDGET: Duration = Duration::from_millis(20);
 
 /// redb's [`FileBackend`] with the write-back in steps (see the module docs).
