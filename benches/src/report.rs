@@ -255,6 +255,30 @@ pub fn mem_total_gib(meminfo: &str) -> Option<f64> {
     Some(kib / (1024.0 * 1024.0))
 }
 
+/// The file system type holding `path`, from a `/proc/self/mounts` text: the entry with the
+/// longest mount point that contains it (the last such entry, if one is mounted over
+/// another). `stat -f` cannot tell ext4 from ext2 (they share a magic number); the mount
+/// table can.
+pub fn mount_fs_type(mounts: &str, path: &Path) -> Option<String> {
+    let mut best: Option<(usize, &str)> = None;
+    for line in mounts.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(_device), Some(point), Some(fs_type)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        // The kernel escapes a space, tab, newline and backslash in a mount point as octal.
+        let point = point.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\");
+        let point = Path::new(&point);
+        if path.starts_with(point) {
+            let depth = point.components().count();
+            if best.is_none_or(|(d, _)| depth >= d) {
+                best = Some((depth, fs_type));
+            }
+        }
+    }
+    best.map(|(_, fs_type)| fs_type.to_string())
+}
+
 impl Machine {
     /// Describes this machine; `data_dir` is where the servers keep their data.
     pub fn describe(data_dir: &Path, etcd_bin: Option<&Path>) -> Machine {
@@ -264,7 +288,10 @@ impl Machine {
             cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             ram_gib: mem_total_gib(&read("/proc/meminfo")).unwrap_or(0.0),
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
-            filesystem: command_line(Path::new("stat"), &["-f", "-c", "%T", &data_dir.to_string_lossy()])
+            filesystem: std::fs::canonicalize(data_dir)
+                .ok()
+                .and_then(|dir| mount_fs_type(&read("/proc/self/mounts"), &dir))
+                .or_else(|| command_line(Path::new("stat"), &["-f", "-c", "%T", &data_dir.to_string_lossy()]))
                 .unwrap_or_else(|| "unknown".into()),
             git_commit: git_commit(),
             etcd_version: etcd_bin.and_then(|b| command_line(b, &["--version"])),
@@ -290,6 +317,25 @@ impl Machine {
 mod tests {
     use super::*;
     use crate::matrix::{quick_rows, region_rows, RunParams};
+
+    #[test]
+    fn the_file_system_is_the_longest_mount_point_holding_the_path() {
+        let mounts = "/dev/vda / ext4 rw,relatime,discard 0 0\n\
+                      proc /proc proc rw 0 0\n\
+                      tmpfs /tmp tmpfs rw,size=1g 0 0\n\
+                      /dev/vdb /tmp/data\\040dir xfs rw 0 0\n\
+                      tmpfs /tmp/data\\040dir/ram tmpfs rw 0 0\n\
+                      /dev/vdc /mnt btrfs rw 0 0\n\
+                      overlay /mnt overlay rw 0 0\n";
+        let fs = |p: &str| mount_fs_type(mounts, Path::new(p));
+        assert_eq!(fs("/work/bench").as_deref(), Some("ext4"), "only / holds it");
+        assert_eq!(fs("/tmp/x").as_deref(), Some("tmpfs"));
+        assert_eq!(fs("/tmp/data dir/run-1").as_deref(), Some("xfs"), "an escaped space");
+        assert_eq!(fs("/tmp/data dir/ram/a").as_deref(), Some("tmpfs"), "the deepest");
+        assert_eq!(fs("/tmp/database").as_deref(), Some("tmpfs"), "a prefix of a name is not a parent");
+        assert_eq!(fs("/mnt/a").as_deref(), Some("overlay"), "the last of two at one point");
+        assert_eq!(mount_fs_type("", Path::new("/x")), None);
+    }
     use crate::runner::{KindResult, RunOutput};
     use crate::stats::LatencySummary;
     use crate::workload::Workload;
