@@ -317,6 +317,10 @@ impl Machine {
 mod tests {
     use super::*;
     use crate::matrix::{quick_rows, region_rows, RunParams};
+    use crate::runner::{KindResult, RunOutput};
+    use crate::stats::LatencySummary;
+    use crate::workload::Workload;
+    use crate::zipf::Distribution;
 
     #[test]
     fn the_file_system_is_the_longest_mount_point_holding_the_path() {
@@ -336,10 +340,6 @@ mod tests {
         assert_eq!(fs("/mnt/a").as_deref(), Some("overlay"), "the last of two at one point");
         assert_eq!(mount_fs_type("", Path::new("/x")), None);
     }
-    use crate::runner::{KindResult, RunOutput};
-    use crate::stats::LatencySummary;
-    use crate::workload::Workload;
-    use crate::zipf::Distribution;
 
     fn output(ops_per_sec: f64, p50: u64, p99: u64) -> RunOutput {
         let latency = LatencySummary { count: 100, p50_us: p50, p99_us: p99, ..LatencySummary::default() };
