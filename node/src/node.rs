@@ -215,6 +215,7 @@ impl Node {
         let snapshots = tokio::spawn(crate::snapshot_policy::snapshot_loop(
             ctx.clone(),
             cfg.raft.snapshot_every,
+            cfg.raft.keep_after_snapshot,
             shutdown_rx.clone(),
         ));
         let stages = tokio::spawn(crate::metrics::report_loop(shutdown_rx));
@@ -1132,6 +1133,144 @@ mod tests {
         assert!(metrics.running_state.is_ok(), "the group is running: {metrics:?}");
         assert_ne!(metrics.state, openraft::ServerState::Leader);
         assert_eq!(metrics.current_term, 1, "no election was won: {metrics:?}");
+        raft.shutdown().await.unwrap();
+    }
+
+    /// A network where peer 2 grants votes and takes every append until `higher` is set,
+    /// then answers appends with that vote and refuses votes; peer 3 never answers an
+    /// append, so a replication to it stays in flight for good.
+    #[derive(Clone)]
+    struct OneHangs {
+        higher: Arc<std::sync::Mutex<Option<crate::raft::types::Vote>>>,
+    }
+
+    struct OneHangsClient {
+        target: u64,
+        higher: Arc<std::sync::Mutex<Option<crate::raft::types::Vote>>>,
+    }
+
+    impl openraft::network::RaftNetworkFactory<TypeConfig> for OneHangs {
+        type Network = OneHangsClient;
+
+        async fn new_client(&mut self, target: u64, _node: &crate::raft::types::PeerNode) -> OneHangsClient {
+            OneHangsClient { target, higher: self.higher.clone() }
+        }
+    }
+
+    impl OneHangsClient {
+        fn answer(
+            &self,
+            rpc: &openraft::raft::VoteRequest<TypeConfig>,
+        ) -> Result<openraft::raft::VoteResponse<TypeConfig>, openraft::error::RPCError<TypeConfig>> {
+            if self.target != 2 || crate::lock(&self.higher).is_some() {
+                return Err(openraft::error::RPCError::Unreachable(down()));
+            }
+            Ok(openraft::raft::VoteResponse::new(rpc.vote, None, true))
+        }
+    }
+
+    impl openraft::network::v2::RaftNetworkV2<TypeConfig> for OneHangsClient {
+        type SnapshotData = crate::raft::types::SnapshotData;
+
+        async fn append_entries(
+            &mut self,
+            _rpc: openraft::raft::AppendEntriesRequest<TypeConfig>,
+            _option: openraft::network::RPCOption,
+        ) -> Result<openraft::raft::AppendEntriesResponse<TypeConfig>, openraft::error::RPCError<TypeConfig>> {
+            if self.target != 2 {
+                return std::future::pending().await;
+            }
+            Ok(match *crate::lock(&self.higher) {
+                Some(vote) => openraft::raft::AppendEntriesResponse::HigherVote(vote),
+                None => openraft::raft::AppendEntriesResponse::Success,
+            })
+        }
+
+        async fn vote(
+            &mut self,
+            rpc: openraft::raft::VoteRequest<TypeConfig>,
+            _option: openraft::network::RPCOption,
+        ) -> Result<openraft::raft::VoteResponse<TypeConfig>, openraft::error::RPCError<TypeConfig>> {
+            self.answer(&rpc)
+        }
+
+        async fn pre_vote(
+            &mut self,
+            rpc: openraft::raft::VoteRequest<TypeConfig>,
+            _option: openraft::network::RPCOption,
+        ) -> Result<openraft::raft::VoteResponse<TypeConfig>, openraft::error::RPCError<TypeConfig>> {
+            self.answer(&rpc)
+        }
+
+        async fn full_snapshot(
+            &mut self,
+            _vote: crate::raft::types::Vote,
+            _snapshot: crate::raft::types::Snapshot,
+            _cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed> + Send + 'static,
+            _option: openraft::network::RPCOption,
+        ) -> Result<openraft::raft::SnapshotResponse<TypeConfig>, openraft::error::StreamingError<TypeConfig>> {
+            Err(openraft::error::StreamingError::Unreachable(down()))
+        }
+    }
+
+    /// A leader whose purge is postponed (its replication to peer 3 never comes back) and
+    /// which then steps down purges once the snapshot loop's check asks it to; openraft
+    /// alone would keep the log until the replica's next snapshot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_postponed_while_leading_runs_once_the_leader_steps_down() {
+        use crate::raft::types::{LogCommand, LogOp};
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("node.redb")).unwrap();
+        let wal = LogEngine::open(&dir.path().join("raft-log")).unwrap();
+        let desc = RegionDescriptor {
+            id: RegionId(5),
+            start_key: vec![],
+            end_key: vec![],
+            epoch: BOOTSTRAP_EPOCH,
+            peers: (1..=3).map(|i| Peer { id: PeerId(i), node_id: NodeId(i) }).collect(),
+        };
+        let mut log = RegionLogStore::open(&engine, &wal, 5).unwrap();
+        seed_bootstrap_region(&engine, &mut log, &desc).await.unwrap();
+        let sm = RegionStateMachine::open(&engine, RegionShared::new(desc, 1)).unwrap();
+        let keep = 5;
+        let timing = crate::config::RaftTiming { keep_after_snapshot: keep, ..Default::default() };
+        let config = Arc::new(raft_config(&timing).unwrap());
+        let higher = Arc::new(std::sync::Mutex::new(None));
+        let raft = Raft::new(1, config, OneHangs { higher: higher.clone() }, log, sm).await.unwrap();
+        let wait = |what: &'static str| (raft.wait(Some(Duration::from_secs(20))), what);
+        // Leading, with peer 2's acknowledgement of its first entry: from then on its lease
+        // holds (peer 2 answers every heartbeat), and writes are taken.
+        let (w, what) = wait("leading, with peer 2 caught up");
+        let peer_2_caught_up = |m: &openraft::RaftMetrics<TypeConfig>| {
+            let matched = m.replication.as_ref().and_then(|r| r.get(&2).cloned().flatten());
+            m.state == openraft::ServerState::Leader && matched.map(|l| l.index) == m.last_log_index
+        };
+        w.metrics(peer_2_caught_up, what).await.unwrap();
+        for i in 0..30u32 {
+            let op = LogOp::Put(format!("k{i}").into_bytes(), b"v".to_vec());
+            raft.client_write(LogCommand::WriteV1 { session: None, op }).await.unwrap();
+        }
+        let applied = raft.metrics().borrow_watched().last_applied.unwrap().index;
+        raft.trigger().snapshot().await.unwrap();
+        let (w, what) = wait("the snapshot");
+        let m = w.metrics(|m| m.snapshot.is_some_and(|s| s.index >= applied), what).await.unwrap();
+        let snapshot = m.snapshot.unwrap().index;
+        let policy = snapshot - keep;
+        assert!(
+            m.purged.is_none_or(|p| p.index < policy),
+            "the purge to {policy} was postponed (peer 3's replication is in flight): {m:?}"
+        );
+        // Peer 2 answers the next heartbeat with a vote of a higher term: the leader steps
+        // down, and (votes refused from now on) cannot lead again.
+        *crate::lock(&higher) = Some(crate::raft::types::Vote::new(m.current_term + 1, 2));
+        let (w, what) = wait("stepping down");
+        let m = w.metrics(|m| m.state != openraft::ServerState::Leader, what).await.unwrap();
+        assert!(m.purged.is_none_or(|p| p.index < policy), "stepping down alone does not purge: {m:?}");
+        assert!(crate::snapshot_policy::purge_if_postponed(&raft, 5, keep).await);
+        let (w, what) = wait("the postponed purge");
+        let m = w.metrics(|m| m.purged.is_some_and(|p| p.index > policy), what).await.unwrap();
+        assert!(m.purged.unwrap().index <= snapshot, "never past the snapshot: {m:?}");
+        assert!(!crate::snapshot_policy::purge_if_postponed(&raft, 5, keep).await, "nothing left to ask");
         raft.shutdown().await.unwrap();
     }
 

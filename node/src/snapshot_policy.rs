@@ -15,6 +15,12 @@
 //!
 //! The node runs [`snapshot_loop`] with openraft's policy set to `Never`. The log is never
 //! purged past state that is durable in redb (docs/storage.md).
+//!
+//! The loop also runs a purge that a leader postponed and then never ran: a leader does not
+//! purge entries a replication to some follower still has in flight, and retries only as
+//! replication makes progress. If it steps down meanwhile, openraft purges again only after
+//! its next snapshot, which an idle region may never build, so the log it kept stays on
+//! disk. [`postponed_purge`] finds such a region.
 
 use std::time::Duration;
 
@@ -34,9 +40,48 @@ pub fn snapshot_due(since: u64, keys: i64, snapshot_every: u64) -> bool {
     since >= snapshot_every.max(half_keys).max(1)
 }
 
+/// Where to purge a replica's log that has not been purged as far as its last snapshot
+/// and `keep` (openraft's `max_in_snapshot_log_to_keep`) allow, with `snapshot` and
+/// `purged` the last indexes of its snapshot and of its purge; `None` for a leader (whose
+/// postponed purge runs once replication no longer needs the entries) or when nothing is
+/// behind.
+///
+/// The answer is one past the point openraft's policy purges to (`snapshot - keep`):
+/// openraft takes a purge request only beyond the purge it has scheduled, which is that
+/// point for a postponed one.
+pub fn postponed_purge(leader: bool, snapshot: Option<u64>, purged: Option<u64>, keep: u64) -> Option<u64> {
+    let policy = snapshot?.checked_sub(keep)?;
+    if leader || purged.is_some_and(|p| p >= policy) {
+        return None;
+    }
+    Some(policy + 1)
+}
+
+/// Asks `raft` to purge its log if [`postponed_purge`] finds it behind; true if it asked.
+pub async fn purge_if_postponed(raft: &crate::raft::types::Raft, region_id: u64, keep: u64) -> bool {
+    let (leader, snapshot, purged) = {
+        let m = raft.metrics();
+        let m = m.borrow_watched();
+        (m.state == openraft::ServerState::Leader, m.snapshot.map(|l| l.index), m.purged.map(|l| l.index))
+    };
+    let Some(upto) = postponed_purge(leader, snapshot, purged, keep) else { return false };
+    tracing::info!(region_id, upto, ?purged, "purging the log up to the snapshot, a purge postponed while leading");
+    if let Err(error) = raft.trigger().purge_log(upto).await {
+        tracing::debug!(region_id, %error, "purge not triggered: raft stopped");
+        return false;
+    }
+    true
+}
+
 /// Checks every hosted region each [`CHECK_EVERY`] and asks the due ones to build a
-/// snapshot (openraft ignores the request while a build is running), until `shutdown`.
-pub async fn snapshot_loop(ctx: NodeContext, snapshot_every: u64, mut shutdown: watch::Receiver<bool>) {
+/// snapshot (openraft ignores the request while a build is running), and a region whose
+/// purge was postponed while it led to purge ([`postponed_purge`]), until `shutdown`.
+pub async fn snapshot_loop(
+    ctx: NodeContext,
+    snapshot_every: u64,
+    keep_after_snapshot: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -57,6 +102,8 @@ pub async fn snapshot_loop(ctx: NodeContext, snapshot_every: u64, mut shutdown: 
                 if let Err(error) = region.raft.trigger().snapshot().await {
                     tracing::debug!(region_id = region.id.0, %error, "snapshot not triggered: raft stopped");
                 }
+            } else {
+                purge_if_postponed(&region.raft, region.id.0, keep_after_snapshot).await;
             }
         }
     }
@@ -100,6 +147,19 @@ mod tests {
         assert!(*taken.last().unwrap() >= 50_000, "{taken:?}");
         assert!(taken.len() <= 12, "{taken:?}");
         assert!(taken.windows(2).all(|w| w[1] >= 2 * w[0] - 1 || w[1] - w[0] == every), "{taken:?}");
+    }
+
+    #[test]
+    fn a_purge_behind_the_snapshot_is_asked_of_followers_only() {
+        // Snapshot at 100, keep 5: the policy purges to 95.
+        assert_eq!(postponed_purge(false, Some(100), Some(40), 5), Some(96));
+        assert_eq!(postponed_purge(false, Some(100), None, 5), Some(96));
+        assert_eq!(postponed_purge(true, Some(100), Some(40), 5), None, "a leader's own retry runs it");
+        assert_eq!(postponed_purge(false, Some(100), Some(95), 5), None, "purged as far as the policy");
+        assert_eq!(postponed_purge(false, Some(100), Some(100), 5), None, "purged past it (a snapshot installed)");
+        assert_eq!(postponed_purge(false, Some(4), None, 5), None, "the snapshot is within what is kept");
+        assert_eq!(postponed_purge(false, None, None, 5), None, "no snapshot");
+        assert_eq!(postponed_purge(false, Some(100), Some(40), 0), Some(101), "keep 0: openraft stops at 100");
     }
 
     #[test]
