@@ -1101,6 +1101,24 @@ mod tests {
         }
     }
 
+    /// Peer 1's replica of a bootstrapped region 5 of peers 1-3, in `dir`: its seeded log
+    /// and its state machine.
+    async fn seeded_replica(dir: &std::path::Path) -> (RegionLogStore, RegionStateMachine) {
+        let engine = Engine::open(&dir.join("node.redb")).unwrap();
+        let wal = LogEngine::open(&dir.join("raft-log")).unwrap();
+        let desc = RegionDescriptor {
+            id: RegionId(5),
+            start_key: vec![],
+            end_key: vec![],
+            epoch: BOOTSTRAP_EPOCH,
+            peers: (1..=3).map(|i| Peer { id: PeerId(i), node_id: NodeId(i) }).collect(),
+        };
+        let mut log = RegionLogStore::open(&engine, &wal, 5).unwrap();
+        seed_bootstrap_region(&engine, &mut log, &desc).await.unwrap();
+        let sm = RegionStateMachine::open(&engine, RegionShared::new(desc, 1)).unwrap();
+        (log, sm)
+    }
+
     /// A leader killed and restarted does not resume leading at its old term: a `kill -9`
     /// can have taken committed entries off the end of its log, and at the old term it
     /// would reuse their log ids for new entries (see `raft_config`). Here the replica
@@ -1111,19 +1129,8 @@ mod tests {
     async fn a_leader_restarted_with_its_peers_down_does_not_resume_leading() {
         use openraft::storage::RaftLogStorage;
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("node.redb")).unwrap();
-        let wal = LogEngine::open(&dir.path().join("raft-log")).unwrap();
-        let desc = RegionDescriptor {
-            id: RegionId(5),
-            start_key: vec![],
-            end_key: vec![],
-            epoch: BOOTSTRAP_EPOCH,
-            peers: (1..=3).map(|i| Peer { id: PeerId(i), node_id: NodeId(i) }).collect(),
-        };
-        let mut log = RegionLogStore::open(&engine, &wal, 5).unwrap();
-        seed_bootstrap_region(&engine, &mut log, &desc).await.unwrap();
+        let (mut log, sm) = seeded_replica(dir.path()).await;
         log.save_vote(&crate::raft::types::Vote::new_committed(1, 1)).await.unwrap();
-        let sm = RegionStateMachine::open(&engine, RegionShared::new(desc, 1)).unwrap();
         let config = Arc::new(raft_config(&crate::config::RaftTiming::default()).unwrap());
         let raft = Raft::new(1, config, AllDown, log, sm).await.unwrap();
         // Leader restore acts at start-up; an election would need a peer's vote.
@@ -1204,12 +1211,12 @@ mod tests {
 
         async fn full_snapshot(
             &mut self,
-            _vote: crate::raft::types::Vote,
-            _snapshot: crate::raft::types::Snapshot,
-            _cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed> + Send + 'static,
-            _option: openraft::network::RPCOption,
+            vote: crate::raft::types::Vote,
+            snapshot: crate::raft::types::Snapshot,
+            cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed> + Send + 'static,
+            option: openraft::network::RPCOption,
         ) -> Result<openraft::raft::SnapshotResponse<TypeConfig>, openraft::error::StreamingError<TypeConfig>> {
-            Err(openraft::error::StreamingError::Unreachable(down()))
+            openraft::network::v2::RaftNetworkV2::full_snapshot(&mut AllDown, vote, snapshot, cancel, option).await
         }
     }
 
@@ -1220,40 +1227,27 @@ mod tests {
     async fn a_purge_postponed_while_leading_runs_once_the_leader_steps_down() {
         use crate::raft::types::{LogCommand, LogOp};
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&dir.path().join("node.redb")).unwrap();
-        let wal = LogEngine::open(&dir.path().join("raft-log")).unwrap();
-        let desc = RegionDescriptor {
-            id: RegionId(5),
-            start_key: vec![],
-            end_key: vec![],
-            epoch: BOOTSTRAP_EPOCH,
-            peers: (1..=3).map(|i| Peer { id: PeerId(i), node_id: NodeId(i) }).collect(),
-        };
-        let mut log = RegionLogStore::open(&engine, &wal, 5).unwrap();
-        seed_bootstrap_region(&engine, &mut log, &desc).await.unwrap();
-        let sm = RegionStateMachine::open(&engine, RegionShared::new(desc, 1)).unwrap();
+        let (log, sm) = seeded_replica(dir.path()).await;
         let keep = 5;
         let timing = crate::config::RaftTiming { keep_after_snapshot: keep, ..Default::default() };
         let config = Arc::new(raft_config(&timing).unwrap());
         let higher = Arc::new(std::sync::Mutex::new(None));
         let raft = Raft::new(1, config, OneHangs { higher: higher.clone() }, log, sm).await.unwrap();
-        let wait = |what: &'static str| (raft.wait(Some(Duration::from_secs(20))), what);
+        let wait = || raft.wait(Some(Duration::from_secs(20)));
         // Leading, with peer 2's acknowledgement of its first entry: from then on its lease
         // holds (peer 2 answers every heartbeat), and writes are taken.
-        let (w, what) = wait("leading, with peer 2 caught up");
         let peer_2_caught_up = |m: &openraft::RaftMetrics<TypeConfig>| {
             let matched = m.replication.as_ref().and_then(|r| r.get(&2).cloned().flatten());
             m.state == openraft::ServerState::Leader && matched.map(|l| l.index) == m.last_log_index
         };
-        w.metrics(peer_2_caught_up, what).await.unwrap();
+        wait().metrics(peer_2_caught_up, "leading, with peer 2 caught up").await.unwrap();
         for i in 0..30u32 {
             let op = LogOp::Put(format!("k{i}").into_bytes(), b"v".to_vec());
             raft.client_write(LogCommand::WriteV1 { session: None, op }).await.unwrap();
         }
         let applied = raft.metrics().borrow_watched().last_applied.unwrap().index;
         raft.trigger().snapshot().await.unwrap();
-        let (w, what) = wait("the snapshot");
-        let m = w.metrics(|m| m.snapshot.is_some_and(|s| s.index >= applied), what).await.unwrap();
+        let m = wait().metrics(|m| m.snapshot.is_some_and(|s| s.index >= applied), "the snapshot").await.unwrap();
         let snapshot = m.snapshot.unwrap().index;
         let policy = snapshot - keep;
         assert!(
@@ -1263,12 +1257,10 @@ mod tests {
         // Peer 2 answers the next heartbeat with a vote of a higher term: the leader steps
         // down, and (votes refused from now on) cannot lead again.
         *crate::lock(&higher) = Some(crate::raft::types::Vote::new(m.current_term + 1, 2));
-        let (w, what) = wait("stepping down");
-        let m = w.metrics(|m| m.state != openraft::ServerState::Leader, what).await.unwrap();
+        let m = wait().metrics(|m| m.state != openraft::ServerState::Leader, "stepping down").await.unwrap();
         assert!(m.purged.is_none_or(|p| p.index < policy), "stepping down alone does not purge: {m:?}");
         assert!(crate::snapshot_policy::purge_if_postponed(&raft, 5, keep).await);
-        let (w, what) = wait("the postponed purge");
-        let m = w.metrics(|m| m.purged.is_some_and(|p| p.index > policy), what).await.unwrap();
+        let m = wait().metrics(|m| m.purged.is_some_and(|p| p.index > policy), "the postponed purge").await.unwrap();
         assert!(m.purged.unwrap().index <= snapshot, "never past the snapshot: {m:?}");
         assert!(!crate::snapshot_policy::purge_if_postponed(&raft, 5, keep).await, "nothing left to ask");
         raft.shutdown().await.unwrap();
