@@ -216,6 +216,10 @@ pub struct Machine {
     pub kernel: String,
     /// File system type of the data directory.
     pub filesystem: String,
+    /// The cpuidle driver, and with `haltpoll` its `guest_halt_poll_ns`: whether an idle
+    /// (virtual) CPU polls before it halts, which sets what a wake-up costs, and whether
+    /// Tessera's nodes run their own idle poller (they do not where the kernel polls).
+    pub cpu_idle: String,
     /// `git rev-parse --short HEAD`, when in a repository.
     pub git_commit: Option<String>,
     /// `etcd --version`, first line.
@@ -253,6 +257,17 @@ pub fn mem_total_gib(meminfo: &str) -> Option<f64> {
     let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / (1024.0 * 1024.0))
+}
+
+/// The cpuidle line of the report, from the contents of sysfs's `current_driver` and
+/// `guest_halt_poll_ns` (`None` where missing).
+pub fn cpu_idle(driver: Option<&str>, guest_halt_poll_ns: Option<&str>) -> String {
+    match (driver.map(str::trim), guest_halt_poll_ns.map(str::trim)) {
+        (None, _) => "unknown".into(),
+        (Some("haltpoll"), Some("0")) => "haltpoll, guest_halt_poll_ns 0 (an idle vCPU halts at once)".into(),
+        (Some("haltpoll"), Some(ns)) => format!("haltpoll, guest_halt_poll_ns {ns} (an idle vCPU polls first)"),
+        (Some(d), _) => d.to_string(),
+    }
 }
 
 /// The file system type holding `path`, from a `/proc/self/mounts` text: the entry with the
@@ -293,6 +308,10 @@ impl Machine {
                 .and_then(|dir| mount_fs_type(&read("/proc/self/mounts"), &dir))
                 .or_else(|| command_line(Path::new("stat"), &["-f", "-c", "%T", &data_dir.to_string_lossy()]))
                 .unwrap_or_else(|| "unknown".into()),
+            cpu_idle: cpu_idle(
+                std::fs::read_to_string("/sys/devices/system/cpu/cpuidle/current_driver").ok().as_deref(),
+                std::fs::read_to_string("/sys/module/haltpoll/parameters/guest_halt_poll_ns").ok().as_deref(),
+            ),
             git_commit: git_commit(),
             etcd_version: etcd_bin.and_then(|b| command_line(b, &["--version"])),
         }
@@ -301,11 +320,12 @@ impl Machine {
     /// Markdown lines.
     pub fn markdown(&self) -> String {
         format!(
-            "- CPU: {} ({} cores)\n- RAM: {:.1} GiB\n- kernel: {}\n- data directory file system: {}\n- git commit: {}\n- {}\n",
+            "- CPU: {} ({} cores)\n- RAM: {:.1} GiB\n- kernel: {}\n- cpuidle: {}\n- data directory file system: {}\n- git commit: {}\n- {}\n",
             self.cpu,
             self.cores,
             self.ram_gib,
             self.kernel,
+            self.cpu_idle,
             self.filesystem,
             self.git_commit.as_deref().unwrap_or("unknown"),
             self.etcd_version.as_deref().unwrap_or("etcd version unknown")
@@ -339,6 +359,20 @@ mod tests {
         assert_eq!(fs("/tmp/database").as_deref(), Some("tmpfs"), "a prefix of a name is not a parent");
         assert_eq!(fs("/mnt/a").as_deref(), Some("overlay"), "the last of two at one point");
         assert_eq!(mount_fs_type("", Path::new("/x")), None);
+    }
+
+    #[test]
+    fn the_cpuidle_line_says_whether_an_idle_vcpu_polls() {
+        assert_eq!(
+            cpu_idle(Some("haltpoll\n"), Some("0\n")),
+            "haltpoll, guest_halt_poll_ns 0 (an idle vCPU halts at once)"
+        );
+        assert_eq!(
+            cpu_idle(Some("haltpoll\n"), Some("200000\n")),
+            "haltpoll, guest_halt_poll_ns 200000 (an idle vCPU polls first)"
+        );
+        assert_eq!(cpu_idle(Some("intel_idle\n"), None), "intel_idle");
+        assert_eq!(cpu_idle(None, Some("0")), "unknown");
     }
 
     fn output(ops_per_sec: f64, p50: u64, p99: u64) -> RunOutput {

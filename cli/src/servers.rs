@@ -123,7 +123,8 @@ pub struct NodeArgs {
     /// a thread in the idle scheduling class, so that the next message does not wait for a
     /// halted (virtual) CPU to resume: a sequential put's latency fell by a fifth on a
     /// 2-core VM. The thread yields to any work, but shows as busy and counts against a
-    /// container's CPU quota (0: off).
+    /// container's CPU quota (0: off). Off, whatever this says, where the kernel polls before
+    /// halting an idle CPU (the haltpoll cpuidle driver with guest_halt_poll_ns above 0).
     #[arg(long, value_name = "US", default_value_t = tessera_node::DEFAULT_IDLE_POLL.as_micros() as u64)]
     pub idle_poll_us: u64,
     /// Do not listen for WebSocket (web clients with tokens) on the same TCP port.

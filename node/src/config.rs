@@ -78,7 +78,9 @@ pub struct NodeConfig {
     /// scheduling class keeps a CPU awake for this long, so that the next message's
     /// wake-up does not wait for a halted (virtual) CPU to resume. The thread yields to any
     /// work, but shows as busy and counts against a cgroup's CPU quota; zero turns it off.
-    /// docs/life-of-a-write.md, "Idle polling", has the measurements.
+    /// It is off too where the kernel polls before halting an idle CPU (a virtual
+    /// machine's `haltpoll` cpuidle driver with `guest_halt_poll_ns` above zero), which
+    /// does its job better. docs/life-of-a-write.md, "Idle polling", has the measurements.
     pub idle_poll: Duration,
     /// Fault injection, for tests only.
     #[doc(hidden)]

@@ -39,6 +39,7 @@ pub mod storage;
 
 pub use config::{Admission, Faults, NodeConfig, RaftTiming, DEFAULT_IDLE_POLL};
 pub use error::NodeError;
+pub use idle_poll::kernel_halt_poll_ns;
 pub use node::{Node, RAFT_LOG_DIR};
 
 /// Locks `m`, taking the data of a poisoned lock as it is: every lock in the node guards
