@@ -28,8 +28,8 @@
 //! idle loop, so a woken thread finds its vCPU running without a thread of ours competing
 //! for the CPUs. Measured on that VM with 200 µs set (issue 6's thirty-fourth note): the
 //! sequential put's p50 490-502 µs and p99 1.17-1.25 ms with this poller off, against
-//! 611-635 µs and 1.53-1.58 ms with it on. [`kernel_halt_polls`] reads the setting once,
-//! at start.
+//! 611-635 µs and 1.53-1.58 ms with it on. [`kernel_halt_poll_ns`] reads the setting,
+//! once, at start.
 //!
 //! What it costs: CPU time while light traffic flows and the CPUs would otherwise idle. It
 //! shows as busy in `top` and counts against a cgroup's CPU quota (a container with a hard
@@ -98,9 +98,9 @@ fn polls(now: u64, last_request: u64, busy_until: u64, window: u64) -> bool {
     now.saturating_sub(last_request) < window && now >= busy_until
 }
 
-/// The cpuidle driver's name and the `haltpoll` driver's `guest_halt_poll_ns`, as sysfs
-/// has them.
+/// The name of the cpuidle driver in use.
 const CPUIDLE_DRIVER: &str = "/sys/devices/system/cpu/cpuidle/current_driver";
+/// The `haltpoll` driver's longest poll before halting, in ns.
 const GUEST_HALT_POLL_NS: &str = "/sys/module/haltpoll/parameters/guest_halt_poll_ns";
 
 /// How long (ns) the kernel polls before halting an idle CPU, from the contents of

@@ -1164,18 +1164,6 @@ mod tests {
         }
     }
 
-    impl OneHangsClient {
-        fn answer(
-            &self,
-            rpc: &openraft::raft::VoteRequest<TypeConfig>,
-        ) -> Result<openraft::raft::VoteResponse<TypeConfig>, openraft::error::RPCError<TypeConfig>> {
-            if self.target != 2 || crate::lock(&self.higher).is_some() {
-                return Err(openraft::error::RPCError::Unreachable(down()));
-            }
-            Ok(openraft::raft::VoteResponse::new(rpc.vote, None, true))
-        }
-    }
-
     impl openraft::network::v2::RaftNetworkV2<TypeConfig> for OneHangsClient {
         type SnapshotData = crate::raft::types::SnapshotData;
 
@@ -1193,20 +1181,16 @@ mod tests {
             })
         }
 
+        // `pre_vote` is openraft's default, which grants every pre-vote: only the vote decides.
         async fn vote(
             &mut self,
             rpc: openraft::raft::VoteRequest<TypeConfig>,
             _option: openraft::network::RPCOption,
         ) -> Result<openraft::raft::VoteResponse<TypeConfig>, openraft::error::RPCError<TypeConfig>> {
-            self.answer(&rpc)
-        }
-
-        async fn pre_vote(
-            &mut self,
-            rpc: openraft::raft::VoteRequest<TypeConfig>,
-            _option: openraft::network::RPCOption,
-        ) -> Result<openraft::raft::VoteResponse<TypeConfig>, openraft::error::RPCError<TypeConfig>> {
-            self.answer(&rpc)
+            if self.target != 2 || crate::lock(&self.higher).is_some() {
+                return Err(openraft::error::RPCError::Unreachable(down()));
+            }
+            Ok(openraft::raft::VoteResponse::new(rpc.vote, None, true))
         }
 
         async fn full_snapshot(
